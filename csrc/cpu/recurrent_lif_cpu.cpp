@@ -1,0 +1,199 @@
+// CPU time loops of the recurrent LIF op.
+//
+// Forward: batch rows never interact, so each thread runs the whole time loop
+// for its own rows (no synchronisation per step, bitwise independent of the
+// thread count). Spikes are binary, so the recurrent input S[t-1] @ w_rec.T is
+// the sum of the w_rec columns of the neurons that fired: a gather of
+// contiguous rows of w_rec.T, costing rate * N^2 instead of N^2 per row.
+//
+// Backward: gU[t+1] is dense, so the recurrent term gU[t+1] @ w_rec is one BLAS
+// product per step over the whole batch, followed by one fused element-wise
+// pass. The per-neuron sums for alpha, theta and bias accumulate in a fixed
+// order (t, then b), so results do not depend on the number of threads.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../recurrent_lif.h"
+
+namespace torch_ext {
+namespace {
+
+// Elements per task of the per-step element-wise pass in backward: below this
+// a parallel region costs more than it saves.
+constexpr int64_t kElementwiseGrain = 8192;
+
+template <typename scalar_t>
+struct NeuronParams {
+  const scalar_t* alpha;
+  const scalar_t* theta;
+  int64_t alpha_stride, theta_stride;  // 0 for a shared scalar, 1 per neuron
+
+  explicit NeuronParams(const LoopInputs& in)
+      : alpha(in.alpha.data_ptr<scalar_t>()),
+        theta(in.theta.data_ptr<scalar_t>()),
+        alpha_stride(in.alpha.dim() == 0 ? 0 : 1),
+        theta_stride(in.theta.dim() == 0 ? 0 : 1) {}
+  scalar_t a(int64_t n) const { return alpha[n * alpha_stride]; }
+  scalar_t th(int64_t n) const { return theta[n * theta_stride]; }
+};
+
+template <typename scalar_t, Reset R>
+void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
+  const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
+  scalar_t* U = membrane.data_ptr<scalar_t>();
+  scalar_t* S = spikes.data_ptr<scalar_t>();
+  const scalar_t* u0 = in.u0.data_ptr<scalar_t>();
+  const scalar_t* s0 = in.s0.data_ptr<scalar_t>();
+  const NeuronParams<scalar_t> p(in);
+  // Row j of w_rec.T holds the weights out of neuron j: what its spike adds.
+  const at::Tensor w_out = in.w_rec.defined() ? in.w_rec.t().contiguous() : at::Tensor();
+  const scalar_t* W = w_out.defined() ? w_out.data_ptr<scalar_t>() : nullptr;
+
+  at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
+    std::vector<scalar_t> rec(N);
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const scalar_t* u_prev = u0 + b * N;
+      const scalar_t* r_prev = s0 + b * N;
+      for (int64_t t = 0; t < T; ++t) {
+        std::fill(rec.begin(), rec.end(), scalar_t(0));
+        if (W != nullptr) {
+          for (int64_t j = 0; j < N; ++j) {
+            const scalar_t v = r_prev[j];
+            if (v == scalar_t(0)) continue;
+            const scalar_t* w = W + j * N;
+            if (v == scalar_t(1)) {
+              for (int64_t n = 0; n < N; ++n) rec[n] += w[n];
+            } else {  // s0 may hold any real value
+              for (int64_t n = 0; n < N; ++n) rec[n] += v * w[n];
+            }
+          }
+        }
+        scalar_t* u = U + (t * B + b) * N;
+        scalar_t* s = S + (t * B + b) * N;
+        for (int64_t n = 0; n < N; ++n) {
+          u[n] = membrane_step(R, p.a(n), p.th(n), u_prev[n], r_prev[n], u[n], rec[n]);
+          s[n] = spike(u[n], p.th(n));
+        }
+        u_prev = u;
+        r_prev = s;
+      }
+    }
+  });
+}
+
+void forward_loop_cpu(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
+  AT_DISPATCH_FLOATING_TYPES(membrane.scalar_type(), "recurrent_lif_forward_cpu", [&] {
+    dispatch_reset(in.reset, [&](auto reset) {
+      forward_rows<scalar_t, decltype(reset)::value>(in, membrane, spikes);
+    });
+  });
+}
+
+// Sums acc [B, N] over b in order, per neuron.
+template <typename scalar_t>
+at::Tensor sum_over_batch(const at::Tensor& acc) {
+  const int64_t B = acc.size(0), N = acc.size(1);
+  at::Tensor out = at::empty({N}, acc.options());
+  const scalar_t* a = acc.data_ptr<scalar_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  at::parallel_for(0, N, kElementwiseGrain, [&](int64_t n_begin, int64_t n_end) {
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      scalar_t sum = 0;
+      for (int64_t b = 0; b < B; ++b) sum += a[b * N + n];
+      o[n] = sum;
+    }
+  });
+  return out;
+}
+
+template <typename scalar_t, Reset R, Surrogate SG>
+BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
+  const at::Tensor& membrane = in.membrane;
+  const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
+  const int64_t BN = B * N;
+  const auto opts = membrane.options();
+  const LoopInputs& st = in.state;
+  const bool has_rec = st.w_rec.defined();
+  const bool reset_grad = !in.detach_reset && R != Reset::None;
+
+  BackwardLoopOutputs out;
+  out.grad_u = at::empty({T, B, N}, opts);
+  out.grad_u0 = at::empty({B, N}, opts);
+  out.grad_s0_reset = at::empty({B, N}, opts);
+  at::Tensor acc_alpha = in.need_alpha ? at::zeros({B, N}, opts) : at::Tensor();
+  at::Tensor acc_theta = in.need_theta ? at::zeros({B, N}, opts) : at::Tensor();
+  at::Tensor acc_bias = in.need_bias ? at::zeros({B, N}, opts) : at::Tensor();
+  at::Tensor rec_grad = has_rec ? at::empty({B, N}, opts) : at::Tensor();
+
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+  const scalar_t* U = ptr(membrane);
+  const scalar_t* S = ptr(in.spikes);
+  const scalar_t* gS_out = ptr(in.grad_spikes);
+  const scalar_t* gU_out = ptr(in.grad_membrane);
+  const scalar_t* u0 = ptr(st.u0);
+  const scalar_t* s0 = ptr(st.s0);
+  const scalar_t* G = ptr(rec_grad);
+  scalar_t* gU = ptr(out.grad_u);
+  scalar_t* g_u0 = ptr(out.grad_u0);
+  scalar_t* g_s0 = ptr(out.grad_s0_reset);
+  scalar_t* a_alpha = ptr(acc_alpha);
+  scalar_t* a_theta = ptr(acc_theta);
+  scalar_t* a_bias = ptr(acc_bias);
+  const NeuronParams<scalar_t> p(st);
+  const scalar_t slope = static_cast<scalar_t>(in.slope);
+
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const bool has_next = t < T - 1;
+    if (has_rec && has_next) at::mm_out(rec_grad, out.grad_u[t + 1], st.w_rec);
+    const int64_t base = t * BN;
+    at::parallel_for(0, BN, kElementwiseGrain, [&](int64_t i_begin, int64_t i_end) {
+      for (int64_t i = i_begin; i < i_end; ++i) {
+        const int64_t n = i % N;
+        const int64_t k = base + i;
+        const scalar_t alpha = p.a(n), theta = p.th(n);
+        const scalar_t u_prev = t > 0 ? U[k - BN] : u0[i];
+        const scalar_t r_prev = t > 0 ? S[k - BN] : s0[i];
+        const scalar_t g_next = has_next ? gU[k + BN] : scalar_t(0);
+        const auto terms = backward_step(
+            R, in.detach_reset, SG, slope, alpha, theta, U[k], S[k],
+            gS_out ? gS_out[k] : scalar_t(0), gU_out ? gU_out[k] : scalar_t(0), g_next,
+            has_rec && has_next ? G[i] : scalar_t(0));
+        gU[k] = terms.grad_u;
+        if (a_alpha) a_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
+        if (a_theta) a_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
+        if (a_bias) a_bias[i] += terms.grad_u;
+        if (t == 0) {
+          g_u0[i] = terms.grad_u * dnext_du(R, alpha, r_prev);
+          g_s0[i] = reset_grad ? terms.grad_u * dnext_dr(R, alpha, theta, u_prev) : scalar_t(0);
+        }
+      }
+    });
+  }
+  if (in.need_alpha) out.alpha_sum = sum_over_batch<scalar_t>(acc_alpha);
+  if (in.need_theta) out.theta_sum = sum_over_batch<scalar_t>(acc_theta);
+  if (in.need_bias) out.bias_sum = sum_over_batch<scalar_t>(acc_bias);
+  return out;
+}
+
+BackwardLoopOutputs backward_loop_cpu(const BackwardLoopInputs& in) {
+  return AT_DISPATCH_FLOATING_TYPES(in.membrane.scalar_type(), "recurrent_lif_backward_cpu", [&] {
+    return dispatch_reset(in.state.reset, [&](auto reset) {
+      return dispatch_surrogate(in.surrogate, [&](auto surrogate) {
+        return backward_steps<scalar_t, decltype(reset)::value, decltype(surrogate)::value>(in);
+      });
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torch_ext, CPU, m) {
+  m.impl("recurrent_lif_forward", &forward_kernel<forward_loop_cpu>);
+  m.impl("recurrent_lif_backward", &backward_kernel<backward_loop_cpu>);
+}
+
+}  // namespace torch_ext

@@ -1,0 +1,130 @@
+// Per-neuron, per-step math of the recurrent LIF layer, shared by the CPU and
+// CUDA kernels so that both compute exactly the same expressions.
+// Equations: README.md, "The model" and "The gradients".
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <type_traits>
+
+namespace torch_ext {
+
+enum class Reset : int { Subtract = 0, Zero = 1, None = 2 };
+enum class Surrogate : int { Sigmoid = 0, FastSigmoid = 1, Atan = 2, Triangle = 3 };
+
+// sg(v) = d spike / d v used by the backward pass. Every branch stays finite for
+// finite v: terms that overflow land in a denominator (-> 0) or in exp(-inf).
+template <typename T>
+C10_HOST_DEVICE inline T surrogate_grad(Surrogate kind, T v, T k) {
+  switch (kind) {
+    case Surrogate::Sigmoid: {
+      // k * s * (1 - s) with s = sigmoid(k v), written with e = exp(-k|v|) <= 1.
+      const T e = std::exp(-k * std::abs(v));
+      const T d = T(1) + e;
+      return k * e / (d * d);
+    }
+    case Surrogate::FastSigmoid: {
+      const T d = T(1) + k * std::abs(v);
+      return T(1) / (d * d);
+    }
+    case Surrogate::Atan: {
+      const T z = T(1.5707963267948966) * k * v;
+      return (k / T(2)) / (T(1) + z * z);
+    }
+    case Surrogate::Triangle:
+    default: {
+      const T r = T(1) - k * std::abs(v);
+      return r <= T(0) ? T(0) : k * r;  // NaN falls through to k * NaN
+    }
+  }
+}
+
+// U[t] from the previous state; `rec` is the recurrent input S[t-1] @ w_rec.T.
+// Summed in the order the equations are written, like the reference.
+template <typename T>
+C10_HOST_DEVICE inline T membrane_step(Reset reset, T alpha, T theta, T u_prev,
+                                       T r_prev, T input, T rec) {
+  switch (reset) {
+    case Reset::Subtract:
+      return alpha * u_prev + input + rec - theta * r_prev;
+    case Reset::Zero:
+      return alpha * u_prev * (T(1) - r_prev) + input + rec;
+    case Reset::None:
+    default:
+      return alpha * u_prev + input + rec;
+  }
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T spike(T u, T theta) {
+  return u > theta ? T(1) : T(0);  // strict: U == theta does not fire
+}
+
+// dU[t+1]/dU[t] and dU[t+1]/dR[t], given U[t] and R[t] (= S[t]).
+template <typename T>
+C10_HOST_DEVICE inline T dnext_du(Reset reset, T alpha, T r) {
+  return reset == Reset::Zero ? alpha * (T(1) - r) : alpha;
+}
+template <typename T>
+C10_HOST_DEVICE inline T dnext_dr(Reset reset, T alpha, T theta, T u) {
+  return reset == Reset::Subtract ? -theta : (reset == Reset::Zero ? -alpha * u : T(0));
+}
+
+// Per-neuron terms of one reverse step (SPEC §2) at time t.
+template <typename T>
+struct BackwardTerms {
+  T grad_u;        // gU[t]
+  T grad_s_sg;     // gS[t] * sg[t]
+};
+
+// gS[t] = gS_out[t] + (gU[t+1] @ w_rec) + c_R * gU[t+1] * dU[t+1]/dR[t]
+// gU[t] = gU_out[t] + gS[t] * sg[t] + gU[t+1] * dU[t+1]/dU[t]
+template <typename T>
+C10_HOST_DEVICE inline BackwardTerms<T> backward_step(
+    Reset reset, bool detach_reset, Surrogate kind, T slope, T alpha, T theta,
+    T u, T s, T grad_s_out, T grad_u_out, T grad_u_next, T rec_grad) {
+  T grad_s = grad_s_out + rec_grad;
+  if (!detach_reset && reset != Reset::None) {
+    grad_s += grad_u_next * dnext_dr(reset, alpha, theta, u);
+  }
+  const T grad_s_sg = grad_s * surrogate_grad(kind, u - theta, slope);
+  const T grad_u = grad_u_out + grad_s_sg + grad_u_next * dnext_du(reset, alpha, s);
+  return {grad_u, grad_s_sg};
+}
+
+// Contributions of gU[t] to grad_alpha and grad_theta, given U[t-1] and R[t-1].
+template <typename T>
+C10_HOST_DEVICE inline T alpha_grad_term(Reset reset, T grad_u, T u_prev, T r_prev) {
+  return reset == Reset::Zero ? grad_u * u_prev * (T(1) - r_prev) : grad_u * u_prev;
+}
+template <typename T>
+C10_HOST_DEVICE inline T theta_grad_term(Reset reset, T grad_s_sg, T grad_u, T r_prev) {
+  return reset == Reset::Subtract ? -grad_s_sg - grad_u * r_prev : -grad_s_sg;
+}
+
+// Host-side switches that turn a runtime option into a compile-time constant
+// (`decltype(tag)::value`), so the hot loops carry no per-element branches.
+template <typename F>
+decltype(auto) dispatch_reset(Reset reset, F&& f) {
+  switch (reset) {
+    case Reset::Subtract: return f(std::integral_constant<Reset, Reset::Subtract>{});
+    case Reset::Zero: return f(std::integral_constant<Reset, Reset::Zero>{});
+    case Reset::None:
+    default: return f(std::integral_constant<Reset, Reset::None>{});
+  }
+}
+
+template <typename F>
+decltype(auto) dispatch_surrogate(Surrogate kind, F&& f) {
+  switch (kind) {
+    case Surrogate::Sigmoid: return f(std::integral_constant<Surrogate, Surrogate::Sigmoid>{});
+    case Surrogate::FastSigmoid:
+      return f(std::integral_constant<Surrogate, Surrogate::FastSigmoid>{});
+    case Surrogate::Atan: return f(std::integral_constant<Surrogate, Surrogate::Atan>{});
+    case Surrogate::Triangle:
+    default: return f(std::integral_constant<Surrogate, Surrogate::Triangle>{});
+  }
+}
+
+}  // namespace torch_ext

@@ -1,0 +1,100 @@
+// The recurrent LIF op: argument checks and the device-independent parts of the
+// forward and backward passes (input projection, weight gradients), shared by
+// the CPU and CUDA registrations, which supply only their time loops.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+#include "lif_math.h"
+
+namespace torch_ext {
+
+Reset parse_reset(c10::string_view name);
+Surrogate parse_surrogate(c10::string_view name);
+
+// Everything a time loop reads, contiguous and in the compute dtype
+// (float32 for float16/bfloat16 inputs).
+struct LoopInputs {
+  at::Tensor w_rec;         // [N, N], or undefined: no recurrence
+  at::Tensor alpha, theta;  // 0-dim or [N]
+  at::Tensor u0, s0;        // [B, N]
+  Reset reset;
+};
+
+// Runs t = 1..T. On entry `membrane` [T, B, N] holds the input current I[t]; on
+// exit U[t]. `spikes` [T, B, N] receives S[t].
+using ForwardLoop = void (*)(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes);
+
+struct BackwardLoopInputs {
+  LoopInputs state;
+  at::Tensor spikes, membrane;              // [T, B, N], compute dtype
+  at::Tensor grad_spikes, grad_membrane;    // [T, B, N], or undefined (= zero)
+  bool detach_reset;
+  Surrogate surrogate;
+  double slope;
+  bool need_alpha, need_theta, need_bias;  // which per-neuron sums to produce
+};
+
+struct BackwardLoopOutputs {
+  at::Tensor grad_u;  // [T, B, N]: gU[t] = dL/dI[t]
+  at::Tensor grad_u0;        // [B, N]: gU[1] * dU[1]/dU[0]
+  at::Tensor grad_s0_reset;  // [B, N]: c_R * gU[1] * dU[1]/dR[0] (the w_rec part is added later)
+  // [N] sums over t and b of the grad_alpha, grad_theta and gU terms; undefined if not asked for.
+  at::Tensor alpha_sum, theta_sum, bias_sum;
+};
+
+// Runs the reverse recurrence t = T..1 (README "The gradients").
+using BackwardLoop = BackwardLoopOutputs (*)(const BackwardLoopInputs& in);
+
+using ForwardResult = std::tuple<at::Tensor, at::Tensor>;
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                  at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+ForwardResult recurrent_lif_forward(
+    const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
+    const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& alpha, const at::Tensor& theta,
+    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
+    c10::string_view reset, ForwardLoop loop);
+
+// needs_grad: x, w_in, w_rec, bias, alpha, theta, u0, s0. Gradients not needed
+// come back as empty tensors (numel 0) and are never computed.
+BackwardResult recurrent_lif_backward(
+    const c10::optional<at::Tensor>& grad_spikes,
+    const c10::optional<at::Tensor>& grad_membrane, const at::Tensor& x,
+    const c10::optional<at::Tensor>& w_in, const c10::optional<at::Tensor>& w_rec,
+    const at::Tensor& alpha, const at::Tensor& theta,
+    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
+    const at::Tensor& spikes, const at::Tensor& membrane, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, double slope,
+    std::array<bool, 8> needs_grad, BackwardLoop loop);
+
+// The kernels each backend registers: the shared driver with that backend's loops.
+template <ForwardLoop Loop>
+ForwardResult forward_kernel(
+    const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
+    const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& alpha, const at::Tensor& theta,
+    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
+    c10::string_view reset) {
+  return recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, Loop);
+}
+
+template <BackwardLoop Loop>
+BackwardResult backward_kernel(
+    const c10::optional<at::Tensor>& grad_spikes,
+    const c10::optional<at::Tensor>& grad_membrane, const at::Tensor& x,
+    const c10::optional<at::Tensor>& w_in, const c10::optional<at::Tensor>& w_rec,
+    const at::Tensor& alpha, const at::Tensor& theta,
+    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
+    const at::Tensor& spikes, const at::Tensor& membrane, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, double slope,
+    std::array<bool, 8> needs_grad) {
+  return recurrent_lif_backward(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0,
+                                s0, spikes, membrane, reset, detach_reset, surrogate, slope,
+                                needs_grad, Loop);
+}
+
+}  // namespace torch_ext

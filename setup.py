@@ -1,0 +1,89 @@
+"""Build of torch_ext: the recurrent LIF op as a PyTorch C++/CUDA extension.
+
+CUDA sources are compiled when nvcc and a CUDA-built torch of the same CUDA
+major version are found (never decided by torch.cuda.is_available(), which is
+False on a build machine without a GPU). Environment:
+  TORCH_EXT_NO_CUDA=1     build CPU-only even where CUDA could be built
+  FORCE_CUDA=1            fail instead of falling back to a CPU-only build
+  TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0")
+  MAX_JOBS                parallel compile jobs (ninja)
+"""
+import os
+import re
+import subprocess
+import warnings
+from pathlib import Path
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = Path(__file__).resolve().parent
+CPU_SOURCES = ["csrc/recurrent_lif.cpp", "csrc/cpu/recurrent_lif_cpu.cpp", "csrc/python_module.cpp"]
+CUDA_SOURCES = ["csrc/cuda/recurrent_lif_cuda.cu"]
+
+
+def nvcc_cuda_version():
+    if CUDA_HOME is None:
+        return None
+    try:
+        out = subprocess.run([str(Path(CUDA_HOME) / "bin" / "nvcc"), "--version"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    return match.group(1, 2) if match else None
+
+
+def cuda_build_problem():
+    """Why CUDA cannot be built here, or None if it can."""
+    if os.environ.get("TORCH_EXT_NO_CUDA", "0") == "1":
+        return "TORCH_EXT_NO_CUDA=1"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not built with CUDA"
+    nvcc = nvcc_cuda_version()
+    if nvcc is None:
+        return "nvcc was not found (set CUDA_HOME)"
+    if nvcc[0] != torch.version.cuda.split(".")[0]:
+        return f"nvcc is CUDA {'.'.join(nvcc)} but torch is built for CUDA {torch.version.cuda}"
+    return None
+
+
+problem = cuda_build_problem()
+with_cuda = problem is None
+if problem and os.environ.get("FORCE_CUDA", "0") == "1":
+    raise RuntimeError(f"FORCE_CUDA=1 but CUDA cannot be built: {problem}")
+if problem and problem != "TORCH_EXT_NO_CUDA=1":
+    warnings.warn(f"torch_ext: building CPU-only, because {problem}")
+if with_cuda:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+# Tests read this to know which kernels must be registered.
+(ROOT / "torch_ext" / "_build_config.py").write_text(
+    f"# Written by setup.py.\nWITH_CUDA = {with_cuda}\n")
+
+# -ffp-contract=off / --fmad=false: the membrane update is computed as written
+# (no fused multiply-add), like the plain-PyTorch reference.
+cxx_flags = ["-O3", "-ffp-contract=off"]  # the C++ standard is the one torch asks for
+if with_cuda:
+    extension = CUDAExtension(
+        "torch_ext._C", CPU_SOURCES + CUDA_SOURCES, define_macros=[("WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--fmad=false"]})
+else:
+    extension = CppExtension("torch_ext._C", CPU_SOURCES, extra_compile_args={"cxx": cxx_flags})
+
+setup(
+    name="torch_ext",
+    version="0.1.0",
+    description="Fused recurrent leaky integrate-and-fire layer for PyTorch (CPU and CUDA)",
+    packages=find_packages(include=["torch_ext", "torch_ext.*"]),
+    ext_modules=[extension],
+    cmdclass={"build_ext": BuildExtension},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4"],
+    extras_require={
+        "test": ["pytest", "hypothesis"],
+        "demo": ["scikit-learn", "tqdm", "matplotlib"],
+        "bench": ["tqdm", "matplotlib", "snntorch"],
+    },
+)

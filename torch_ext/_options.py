@@ -1,0 +1,64 @@
+"""Validation of the Python-level options shared by the fused op, the reference
+and the module, so each misuse is reported once, the same way, before any work."""
+import math
+import numbers
+
+import torch
+
+RESETS = ("subtract", "zero", "none")
+# Surrogate name -> default slope k (README, "Surrogate gradients").
+SURROGATE_SLOPES = {"sigmoid": 25.0, "fast_sigmoid": 25.0, "atan": 2.0, "triangle": 1.0}
+
+
+def check_reset(reset):
+    if not isinstance(reset, str) or reset not in RESETS:
+        raise ValueError(f"recurrent_lif: argument 'reset' must be one of {RESETS}, got {reset!r}")
+    return reset
+
+
+def resolve_surrogate(surrogate, slope):
+    """Checks the surrogate name and slope; returns the slope to use as a float."""
+    if not isinstance(surrogate, str) or surrogate not in SURROGATE_SLOPES:
+        raise ValueError(
+            "recurrent_lif: argument 'surrogate' must be one of "
+            f"{tuple(SURROGATE_SLOPES)} (callables are not supported), got {surrogate!r}")
+    if slope is None:
+        return SURROGATE_SLOPES[surrogate]
+    if isinstance(slope, bool) or not isinstance(slope, numbers.Real):
+        raise TypeError(f"recurrent_lif: argument 'slope' must be a float or None, got {type(slope).__name__}")
+    if not math.isfinite(slope) or slope <= 0:
+        raise ValueError(f"recurrent_lif: argument 'slope' must be finite and > 0, got {slope}")
+    return float(slope)
+
+
+def check_float_alpha(alpha):
+    if not 0.0 <= alpha <= 1.0:  # also False for NaN
+        raise ValueError(f"recurrent_lif: argument 'alpha' must lie in [0, 1], got {alpha}")
+
+
+def check_float_theta(theta):
+    if not math.isfinite(theta):
+        raise ValueError(f"recurrent_lif: argument 'theta' must be finite, got {theta}")
+
+
+def neuron_param(value, name, x, check):
+    """alpha or theta as a tensor: Python numbers are checked by `check` and
+    become 0-dim tensors in the compute dtype on x's device; tensors pass as-is
+    (the op checks their shape, dtype and device)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"recurrent_lif: argument '{name}' must be a float or a tensor, got {type(value).__name__}")
+    check(float(value))
+    return torch.tensor(float(value), dtype=compute_dtype(x.dtype), device=x.device)
+
+
+def compute_dtype(dtype):
+    """float64 stays float64; everything else computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_x(x):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"recurrent_lif: argument 'x' must be a tensor, got {type(x).__name__}")

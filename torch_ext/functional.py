@@ -1,0 +1,81 @@
+"""torch_ext.recurrent_lif: the fused op as a differentiable function."""
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _C  # noqa: F401  (loading it registers torch.ops.torch_ext)
+from . import _options
+from . import _fake  # noqa: F401  (shape functions for torch.compile)
+
+_ops = torch.ops.torch_ext
+
+
+class RecurrentLIFFunction(torch.autograd.Function):
+    """Forward and backward both run the C++/CUDA ops; nothing falls back to
+    autograd. Saved for backward: the inputs and the two outputs, nothing else."""
+
+    @staticmethod
+    def forward(ctx, x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset, surrogate, slope):
+        spikes, membrane = _ops.recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset)
+        ctx.save_for_backward(x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane)
+        ctx.options = (reset, detach_reset, surrogate, slope)
+        # An output nobody used arrives as None instead of a tensor of zeros.
+        ctx.set_materialize_grads(False)
+        return spikes, membrane
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_spikes, grad_membrane):
+        x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane = ctx.saved_tensors
+        reset, detach_reset, surrogate, slope = ctx.options
+        needs = list(ctx.needs_input_grad[:8])
+        grads = _ops.recurrent_lif_backward(
+            grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane,
+            reset, detach_reset, surrogate, slope, needs)
+        return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 4
+
+
+def _autocast_inputs(x, w_in, w_rec, bias):
+    """Under torch.autocast, the matrix-product operands take the autocast dtype;
+    alpha, theta and the state stay as given (float32)."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return x, w_in, w_rec, bias
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        return t.to(dtype) if t is not None and t.is_floating_point() else t
+
+    return cast(x), cast(w_in), cast(w_rec), cast(bias)
+
+
+def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=None, *,
+                  reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None):
+    """Runs a recurrent LIF layer over a whole sequence.
+
+    Args:
+        x: input ``[T, B, F]`` (time-major).
+        w_in: input weights ``[N, F]``, or None (then ``F == N`` and I[t] = x[t] + bias).
+        w_rec: recurrent weights ``[N, N]`` (row i = weights into neuron i), or None.
+        bias: ``[N]`` or None.
+        alpha: membrane decay in [0, 1]: a float, a 0-dim tensor or an ``[N]`` tensor.
+        theta: threshold: a float, a 0-dim tensor or an ``[N]`` tensor.
+        u0, s0: initial membrane and spikes ``[B, N]`` (default zeros).
+        reset: "subtract" (default), "zero" or "none".
+        detach_reset: if True, no gradient flows through the reset.
+        surrogate: "sigmoid" (default), "fast_sigmoid", "atan" or "triangle".
+        slope: surrogate slope k > 0; None picks the surrogate's default.
+
+    Returns:
+        ``(spikes, membrane)``, each ``[T, B, N]``. ``(membrane[-1], spikes[-1])``
+        continues the sequence when passed as ``(u0, s0)``.
+    """
+    _options.check_x(x)
+    _options.check_reset(reset)
+    slope = _options.resolve_surrogate(surrogate, slope)
+    if not isinstance(detach_reset, bool):
+        raise TypeError(f"recurrent_lif: argument 'detach_reset' must be a bool, got {type(detach_reset).__name__}")
+    alpha = _options.neuron_param(alpha, "alpha", x, _options.check_float_alpha)
+    theta = _options.neuron_param(theta, "theta", x, _options.check_float_theta)
+    x, w_in, w_rec, bias = _autocast_inputs(x, w_in, w_rec, bias)
+    return RecurrentLIFFunction.apply(x, w_in, w_rec, bias, alpha, theta, u0, s0,
+                                      reset, detach_reset, surrogate, slope)

@@ -1,0 +1,84 @@
+"""Plain-PyTorch reference of the recurrent LIF layer: the same math as the
+fused op, differentiated by autograd step by step. It is the oracle of the tests
+and the baseline of the benchmarks; it keeps several tensors per step alive for
+backward, which is what the fused op avoids."""
+import math
+
+import torch
+
+from . import _options
+
+
+def surrogate_grad_ref(v, surrogate, slope):
+    """sg(v), the stand-in for dH/dv in the backward pass (README table)."""
+    k = slope
+    if surrogate == "sigmoid":
+        e = torch.exp(-k * v.abs())  # stable form of k * s * (1 - s), s = sigmoid(k v)
+        return k * e / ((1 + e) * (1 + e))
+    if surrogate == "fast_sigmoid":
+        d = 1 + k * v.abs()
+        return 1 / (d * d)
+    if surrogate == "atan":
+        z = (math.pi / 2) * k * v
+        return (k / 2) / (1 + z * z)
+    if surrogate == "triangle":
+        return k * torch.clamp(1 - k * v.abs(), min=0)
+    raise ValueError(f"unknown surrogate {surrogate!r}")
+
+
+class _Heaviside(torch.autograd.Function):
+    """H(v) = 1 if v > 0 else 0 forward, sg(v) backward."""
+
+    @staticmethod
+    def forward(ctx, v, surrogate, slope):
+        ctx.save_for_backward(v)
+        ctx.surrogate, ctx.slope = surrogate, slope
+        return (v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        return grad * surrogate_grad_ref(v, ctx.surrogate, ctx.slope), None, None
+
+
+def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=None, *,
+                      reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None):
+    """Same signature and results as :func:`torch_ext.recurrent_lif`."""
+    _options.check_x(x)
+    _options.check_reset(reset)
+    slope = _options.resolve_surrogate(surrogate, slope)
+    if not isinstance(alpha, torch.Tensor):
+        _options.check_float_alpha(alpha)
+    if not isinstance(theta, torch.Tensor):
+        _options.check_float_theta(theta)
+    compute = _options.compute_dtype(x.dtype)
+
+    def c(t):
+        return t.to(compute) if isinstance(t, torch.Tensor) else t
+
+    out_dtype = x.dtype
+    x, w_in, w_rec, bias, alpha, theta, u0, s0 = map(c, (x, w_in, w_rec, bias, alpha, theta, u0, s0))
+    T, B, F = x.shape
+    N = w_in.shape[0] if w_in is not None else F
+    current = x @ w_in.T if w_in is not None else x
+    if bias is not None:
+        current = current + bias
+    u = u0 if u0 is not None else x.new_zeros(B, N)
+    s = s0 if s0 is not None else x.new_zeros(B, N)
+    spikes, membrane = [], []
+    for t in range(T):
+        r = s.detach() if detach_reset else s
+        # Summed in the order the equations are written, like the fused op.
+        u = alpha * u * (1 - r) if reset == "zero" else alpha * u
+        u = u + current[t]
+        if w_rec is not None:
+            u = u + s @ w_rec.T
+        if reset == "subtract":
+            u = u - theta * r
+        s = _Heaviside.apply(u - theta, surrogate, slope)
+        spikes.append(s)
+        membrane.append(u)
+    if T == 0:
+        empty = x.new_empty(0, B, N)
+        return empty.to(out_dtype), empty
+    return torch.stack(spikes).to(out_dtype), torch.stack(membrane)
