@@ -217,6 +217,8 @@ BackwardResult recurrent_lif_backward(
 
   const at::Tensor none = at::empty({0}, x.options());
   const at::Tensor grad_u_2d = out.grad_u.view({d.T * d.B, d.N});
+  // gU[1], what reaches the initial state (zero when T = 0).
+  const at::Tensor grad_u_first = d.T > 0 ? out.grad_u[0] : at::zeros({d.B, d.N}, opts);
   auto per_neuron_grad = [&](bool needed, const at::Tensor& sum, const at::Tensor& param) {
     if (!needed) return none;
     return (param.dim() == 0 ? sum.sum() : sum).to(param.scalar_type());
@@ -235,7 +237,7 @@ BackwardResult recurrent_lif_backward(
   if (need_w_rec && w_rec.has_value()) {
     // sum_t gU[t].T @ S[t-1], with S[0] = s0: two GEMMs instead of a copy of S.
     const at::Tensor& s_first = in.state.s0;
-    grad_w_rec = at::mm(out.grad_u[0].t(), s_first);
+    grad_w_rec = at::mm(grad_u_first.t(), s_first);
     if (d.T > 1) {
       grad_w_rec.addmm_(out.grad_u.narrow(0, 1, d.T - 1).reshape({-1, d.N}).t(),
                         in.spikes.narrow(0, 0, d.T - 1).reshape({-1, d.N}));
@@ -244,7 +246,7 @@ BackwardResult recurrent_lif_backward(
   }
   if (need_s0 && s0.has_value()) {
     grad_s0 = out.grad_s0_reset;
-    if (w_rec.has_value()) grad_s0 = grad_s0 + at::mm(out.grad_u[0], in.state.w_rec);
+    if (w_rec.has_value()) grad_s0 = grad_s0 + at::mm(grad_u_first, in.state.w_rec);
     grad_s0 = grad_s0.to(s0->scalar_type());
   }
   return {grad_x,

@@ -1,6 +1,5 @@
 """torch_ext.recurrent_lif: the fused op as a differentiable function."""
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import _C  # noqa: F401  (loading it registers torch.ops.torch_ext)
 from . import _options
@@ -23,8 +22,11 @@ class RecurrentLIFFunction(torch.autograd.Function):
         return spikes, membrane
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_spikes, grad_membrane):
+        if torch.is_grad_enabled():  # the engine enables grad exactly for create_graph=True
+            raise RuntimeError(
+                "recurrent_lif: the backward pass is once-differentiable; second derivatives "
+                "(create_graph=True through this op) are not supported")
         x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane = ctx.saved_tensors
         reset, detach_reset, surrogate, slope = ctx.options
         needs = list(ctx.needs_input_grad[:8])

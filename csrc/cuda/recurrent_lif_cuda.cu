@@ -1,0 +1,189 @@
+// CUDA time loops of the recurrent LIF op: the simple design, one fused kernel
+// launch per time step in each direction.
+//
+// Each thread owns one (batch row b, neuron n) and computes its recurrent term
+// itself, summing over the source neurons in a fixed order. That keeps the
+// recurrence exact float32 whatever the TF32 setting (binary spikes make the
+// forward term a plain sum of weights), deterministic, and free of a separate
+// GEMM launch per step. Threads of a warp share b, so the spike/gradient row is
+// a broadcast read and the `spike == 0` skip does not diverge; the weights are
+// read along n, coalesced.
+//
+// The input projection and the weight gradients are single cuBLAS products over
+// all T*B rows, done by the shared driver (recurrent_lif.cpp).
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../recurrent_lif.h"
+
+namespace torch_ext {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t>
+struct DeviceParams {
+  const scalar_t* alpha;
+  const scalar_t* theta;
+  int64_t alpha_stride, theta_stride;  // 0 for a shared scalar, 1 per neuron
+  __device__ scalar_t a(int64_t n) const { return alpha[n * alpha_stride]; }
+  __device__ scalar_t th(int64_t n) const { return theta[n * theta_stride]; }
+};
+
+template <typename scalar_t>
+DeviceParams<scalar_t> device_params(const LoopInputs& in) {
+  return {in.alpha.data_ptr<scalar_t>(), in.theta.data_ptr<scalar_t>(),
+          in.alpha.dim() == 0 ? 0 : 1, in.theta.dim() == 0 ? 0 : 1};
+}
+
+unsigned int blocks_for(int64_t elements) {
+  return static_cast<unsigned int>((elements + kThreads - 1) / kThreads);
+}
+
+// One forward step: U[t] = f(U[t-1], R[t-1], I[t] + sum_j S[t-1][j] * w_out[j][n]).
+// w_out = w_rec.T (row j: what a spike of neuron j adds), or null.
+template <typename scalar_t, Reset R>
+__global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __restrict__ w_out,
+                                    DeviceParams<scalar_t> p,
+                                    const scalar_t* __restrict__ u_prev,
+                                    const scalar_t* __restrict__ r_prev,
+                                    scalar_t* __restrict__ u, scalar_t* __restrict__ s) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= B * N) return;
+  const int64_t b = i / N, n = i % N;
+  scalar_t rec = 0;
+  if (w_out != nullptr) {
+    const scalar_t* r_row = r_prev + b * N;
+    for (int64_t j = 0; j < N; ++j) {
+      const scalar_t v = r_row[j];
+      if (v != scalar_t(0)) rec += v * w_out[j * N + n];
+    }
+  }
+  const scalar_t theta = p.th(n);
+  const scalar_t value = membrane_step(R, p.a(n), theta, u_prev[i], r_prev[i], u[i], rec);
+  u[i] = value;
+  s[i] = spike(value, theta);
+}
+
+template <typename scalar_t, Reset R>
+void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
+  const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
+  const int64_t BN = B * N;
+  const at::Tensor w_out = in.w_rec.defined() ? in.w_rec.t().contiguous() : at::Tensor();
+  const scalar_t* W = w_out.defined() ? w_out.data_ptr<scalar_t>() : nullptr;
+  const auto p = device_params<scalar_t>(in);
+  scalar_t* U = membrane.data_ptr<scalar_t>();
+  scalar_t* S = spikes.data_ptr<scalar_t>();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t t = 0; t < T; ++t) {
+    const scalar_t* u_prev = t > 0 ? U + (t - 1) * BN : in.u0.data_ptr<scalar_t>();
+    const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
+    forward_step_kernel<scalar_t, R><<<blocks_for(BN), kThreads, 0, stream>>>(
+        B, N, W, p, u_prev, r_prev, U + t * BN, S + t * BN);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+void forward_loop_cuda(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
+  const c10::cuda::CUDAGuard device_guard(membrane.device());
+  AT_DISPATCH_FLOATING_TYPES(membrane.scalar_type(), "recurrent_lif_forward_cuda", [&] {
+    dispatch_reset(in.reset, [&](auto reset) {
+      forward_steps<scalar_t, decltype(reset)::value>(in, membrane, spikes);
+    });
+  });
+}
+
+template <typename scalar_t>
+struct BackwardPointers {
+  const scalar_t *U, *S, *gS_out, *gU_out, *u0, *s0, *w_rec;
+  scalar_t *gU, *g_u0, *g_s0, *acc_alpha, *acc_theta, *acc_bias;
+};
+
+// One reverse step at time t for element i = (b, n); see lif_math.h.
+template <typename scalar_t, Reset R, Surrogate SG>
+__global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
+                                     bool detach_reset, scalar_t slope,
+                                     DeviceParams<scalar_t> p, BackwardPointers<scalar_t> q) {
+  const int64_t BN = B * N;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= BN) return;
+  const int64_t b = i / N, n = i % N, k = t * BN + i;
+  const bool has_next = t < T - 1;
+  // gU[t+1] @ w_rec, column n: sum_m gU[t+1][b][m] * w_rec[m][n].
+  scalar_t rec_grad = 0;
+  if (has_next && q.w_rec != nullptr) {
+    const scalar_t* g_row = q.gU + (t + 1) * BN + b * N;
+    for (int64_t m = 0; m < N; ++m) rec_grad += g_row[m] * q.w_rec[m * N + n];
+  }
+  const scalar_t alpha = p.a(n), theta = p.th(n);
+  const scalar_t u_prev = t > 0 ? q.U[k - BN] : q.u0[i];
+  const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
+  const auto terms = backward_step(
+      R, detach_reset, SG, slope, alpha, theta, q.U[k], q.S[k],
+      q.gS_out ? q.gS_out[k] : scalar_t(0), q.gU_out ? q.gU_out[k] : scalar_t(0),
+      has_next ? q.gU[k + BN] : scalar_t(0), rec_grad);
+  q.gU[k] = terms.grad_u;
+  if (q.acc_alpha) q.acc_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
+  if (q.acc_theta) q.acc_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
+  if (q.acc_bias) q.acc_bias[i] += terms.grad_u;
+  if (t == 0) {
+    q.g_u0[i] = terms.grad_u * dnext_du(R, alpha, r_prev);
+    q.g_s0[i] = (!detach_reset && R != Reset::None)
+                    ? terms.grad_u * dnext_dr(R, alpha, theta, u_prev) : scalar_t(0);
+  }
+}
+
+template <typename scalar_t, Reset R, Surrogate SG>
+BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
+  const int64_t T = in.membrane.size(0), B = in.membrane.size(1), N = in.membrane.size(2);
+  const auto opts = in.membrane.options();
+  const LoopInputs& st = in.state;
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+
+  BackwardLoopOutputs out;
+  out.grad_u = at::empty({T, B, N}, opts);
+  out.grad_u0 = at::empty({B, N}, opts);
+  out.grad_s0_reset = at::empty({B, N}, opts);
+  const at::Tensor acc_alpha = in.need_alpha ? at::zeros({B, N}, opts) : at::Tensor();
+  const at::Tensor acc_theta = in.need_theta ? at::zeros({B, N}, opts) : at::Tensor();
+  const at::Tensor acc_bias = in.need_bias ? at::zeros({B, N}, opts) : at::Tensor();
+  const BackwardPointers<scalar_t> q{
+      ptr(in.membrane), ptr(in.spikes), ptr(in.grad_spikes), ptr(in.grad_membrane),
+      ptr(st.u0), ptr(st.s0), ptr(st.w_rec), ptr(out.grad_u), ptr(out.grad_u0),
+      ptr(out.grad_s0_reset), ptr(acc_alpha), ptr(acc_theta), ptr(acc_bias)};
+  const auto p = device_params<scalar_t>(st);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    backward_step_kernel<scalar_t, R, SG><<<blocks_for(B * N), kThreads, 0, stream>>>(
+        t, T, B, N, in.detach_reset, static_cast<scalar_t>(in.slope), p, q);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  // Reductions over the batch; ATen's CUDA sum uses no atomics (deterministic).
+  if (in.need_alpha) out.alpha_sum = acc_alpha.sum(0);
+  if (in.need_theta) out.theta_sum = acc_theta.sum(0);
+  if (in.need_bias) out.bias_sum = acc_bias.sum(0);
+  return out;
+}
+
+BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& in) {
+  const c10::cuda::CUDAGuard device_guard(in.membrane.device());
+  return AT_DISPATCH_FLOATING_TYPES(in.membrane.scalar_type(), "recurrent_lif_backward_cuda", [&] {
+    return dispatch_reset(in.state.reset, [&](auto reset) {
+      return dispatch_surrogate(in.surrogate, [&](auto surrogate) {
+        return backward_steps<scalar_t, decltype(reset)::value, decltype(surrogate)::value>(in);
+      });
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torch_ext, CUDA, m) {
+  m.impl("recurrent_lif_forward", &forward_kernel<forward_loop_cuda>);
+  m.impl("recurrent_lif_backward", &backward_kernel<backward_loop_cuda>);
+}
+
+}  // namespace torch_ext

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+import torch_ext  # noqa: F401
+
+
+def make_inputs(T=12, B=3, F=5, N=4, *, dtype=torch.float64, device="cpu", w_in=True,
+                w_rec=True, bias=True, alpha_shape=(), theta_shape=(), state=False,
+                requires_grad=True, seed=0):
+    """Random inputs scaled so that roughly a third of the neuron-steps spike.
+    Returns the positional arguments of recurrent_lif as a list (None where absent)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0, low=None, high=None):
+        if low is not None:
+            t = torch.rand(shape, generator=g, dtype=torch.float64) * (high - low) + low
+        else:
+            t = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+        return t.to(dtype=dtype, device=device).requires_grad_(requires_grad)
+
+    F = F if w_in else N
+    args = [
+        rand(T, B, F, scale=1.0),
+        rand(N, F, scale=1.2 / F ** 0.5) if w_in else None,
+        rand(N, N, scale=0.6 / N ** 0.5) if w_rec else None,
+        rand(N, scale=0.4) if bias else None,
+        rand(*alpha_shape, low=0.6, high=0.95) if alpha_shape is not None else 0.85,
+        rand(*theta_shape, low=0.8, high=1.2) if theta_shape is not None else 1.0,
+        rand(B, N, scale=0.8) if state else None,
+        None,
+    ]
+    if state:  # binary previous spikes, as a continued sequence would pass them
+        s0 = (torch.rand(B, N, generator=g) > 0.5).to(dtype=dtype, device=device)
+        args[7] = s0.requires_grad_(requires_grad)
+    return args
+
+
+def grad_inputs(args):
+    return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+
+def run_with_grads(fn, args, seed=1, **options):
+    """Outputs and the gradients of a random linear function of both outputs."""
+    spikes, membrane = fn(*args, **options)
+    g = torch.Generator().manual_seed(seed)
+    w_s = torch.randn(spikes.shape, generator=g, dtype=torch.float64).to(membrane)
+    w_u = torch.randn(membrane.shape, generator=g, dtype=torch.float64).to(membrane)
+    loss = (spikes.to(membrane.dtype) * w_s).sum() + (membrane * w_u).sum()
+    grads = torch.autograd.grad(loss, grad_inputs(args))
+    return spikes, membrane, grads
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,217 @@
+"""Fused op against the plain-autograd reference, in float64, over every option."""
+import itertools
+import math
+
+import pytest
+import torch
+
+import torch_ext
+from conftest import make_inputs, run_with_grads
+
+OPTION_GRID = list(itertools.product(
+    ["subtract", "zero", "none"],            # reset
+    [False, True],                           # detach_reset
+    ["sigmoid", "fast_sigmoid", "atan", "triangle"],
+    [(), (4,)],                              # alpha: 0-dim or per neuron
+    [(), (4,)],                              # theta
+    [False, True],                           # bias
+    [False, True],                           # given initial state
+))
+
+
+def assert_matches_reference(args, rtol=1e-10, atol=1e-10, **options):
+    s_f, u_f, g_f = run_with_grads(torch_ext.recurrent_lif, args, **options)
+    s_r, u_r, g_r = run_with_grads(torch_ext.recurrent_lif_ref, args, **options)
+    assert torch.equal(s_f, s_r)
+    torch.testing.assert_close(u_f, u_r, rtol=rtol, atol=atol)
+    assert len(g_f) == len(g_r)
+    for got, want in zip(g_f, g_r):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    return s_f
+
+
+@pytest.mark.parametrize("reset,detach,surrogate,alpha_shape,theta_shape,bias,state", OPTION_GRID)
+def test_matches_reference_float64(reset, detach, surrogate, alpha_shape, theta_shape, bias, state):
+    # Float64 and no ties at the threshold: the two differ only by summation order.
+    args = make_inputs(alpha_shape=alpha_shape, theta_shape=theta_shape, bias=bias, state=state)
+    spikes = assert_matches_reference(args, reset=reset, detach_reset=detach, surrogate=surrogate)
+    assert 0.05 < spikes.mean().item() < 0.95, "inputs must give a non-trivial spike rate"
+
+
+@pytest.mark.parametrize("w_in,w_rec", [(False, True), (True, False), (False, False)])
+def test_optional_weights(w_in, w_rec):
+    args = make_inputs(w_in=w_in, w_rec=w_rec, state=True)
+    assert_matches_reference(args, reset="zero")
+
+
+def test_python_float_alpha_theta_get_no_gradient():
+    args = make_inputs(alpha_shape=None, theta_shape=None)
+    assert isinstance(args[4], float) and isinstance(args[5], float)
+    assert_matches_reference(args, slope=5.0)
+
+
+def test_all_eight_gradients_present():
+    args = make_inputs(state=True, alpha_shape=(4,), theta_shape=())
+    _, _, grads = run_with_grads(torch_ext.recurrent_lif, args)
+    assert len(grads) == 8
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_only_requested_gradients_are_computed():
+    args = make_inputs(state=True)
+    args[0].requires_grad_(False)
+    spikes, _ = torch_ext.recurrent_lif(*args)
+    (gw,) = torch.autograd.grad(spikes.sum(), [args[1]])
+    (gw_ref,) = torch.autograd.grad(torch_ext.recurrent_lif_ref(*args)[0].sum(), [args[1]])
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_seed_single_neuron_closed_form():
+    """The seed's forward-mode recursion (u_derivative_beta) for one neuron with
+    one input, reset='subtract', L = sum_t S[t], computed here in plain Python."""
+    T, alpha, theta, k = 40, 0.8, 1.0, 25.0
+    w_in, w_rec = 0.9, 0.35
+    g = torch.Generator().manual_seed(3)
+    xs = (torch.rand(T, generator=g, dtype=torch.float64) * 1.4).tolist()
+
+    def sg(v):
+        e = math.exp(-k * abs(v))
+        return k * e / (1 + e) ** 2
+
+    u, s, du_dw, beta_prev, grad = 0.0, 0.0, 0.0, 0.0, 0.0
+    for x_t in xs:
+        u = alpha * u + w_in * x_t + w_rec * s - theta * s
+        du_dw = beta_prev * du_dw + x_t           # dU[t]/dW_in = beta[t-1] dU[t-1]/dW_in + X[t]
+        grad += sg(u - theta) * du_dw             # dL/dW_in = sum_t sg[t] dU[t]/dW_in
+        beta_prev = alpha + (w_rec - theta) * sg(u - theta)
+        s = 1.0 if u > theta else 0.0
+
+    x = torch.tensor(xs, dtype=torch.float64).view(T, 1, 1)
+    W_in = torch.tensor([[w_in]], dtype=torch.float64, requires_grad=True)
+    W_rec = torch.tensor([[w_rec]], dtype=torch.float64)
+    spikes, _ = torch_ext.recurrent_lif(x, W_in, W_rec, None, alpha, theta,
+                                        reset="subtract", detach_reset=False)
+    assert 0 < spikes.sum() < T
+    (got,) = torch.autograd.grad(spikes.sum(), [W_in])
+    assert got.item() == pytest.approx(grad, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+def test_chained_calls_equal_one_call(reset):
+    args = make_inputs(T=16, state=True, alpha_shape=(4,))
+    x = args[0]
+    s_all, u_all, g_all = run_with_grads(torch_ext.recurrent_lif, args, reset=reset)
+
+    def chained(*a, **kw):
+        s1, u1 = torch_ext.recurrent_lif(a[0][:7], *a[1:], **kw)
+        s2, u2 = torch_ext.recurrent_lif(a[0][7:], *a[1:6], u1[-1], s1[-1], **kw)
+        return torch.cat([s1, s2]), torch.cat([u1, u2])
+
+    s_ch, u_ch, g_ch = run_with_grads(chained, args, reset=reset)
+    assert torch.equal(s_all, s_ch)
+    torch.testing.assert_close(u_ch, u_all, rtol=1e-12, atol=1e-12)
+    for got, want in zip(g_ch, g_all):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert x.grad is None
+
+
+def test_non_contiguous_and_expanded_inputs():
+    T, B, F, N = 10, 3, 5, 4
+    args = make_inputs(T, B, F, N, state=True, requires_grad=False)
+    x, w_in, w_rec, bias, alpha, theta, u0, s0 = args
+    want = torch_ext.recurrent_lif(*args, reset="zero")
+    nc = [
+        x.transpose(0, 1).contiguous().transpose(0, 1),       # strided x
+        w_in.t().contiguous().t(),                             # transposed weights
+        w_rec.t().contiguous().t(),
+        torch.stack([bias, bias], 1)[:, 0],                    # every other element
+        alpha.expand(()),
+        theta.expand(N),                                       # [N] with stride 0
+        u0[:1].expand(B, N).clone().t().contiguous().t(),
+        s0.t().contiguous().t(),
+    ]
+    assert not nc[0].is_contiguous() and not nc[1].is_contiguous() and nc[5].stride() == (0,)
+    got = torch_ext.recurrent_lif(*nc[:6], u0.t().contiguous().t(), nc[7], reset="zero")
+    want_t = torch_ext.recurrent_lif(*args[:5], theta.expand(N).contiguous(), u0, s0, reset="zero")
+    for a, b in zip(got, want_t):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # an expanded [B, N] initial state equals its materialised copy
+    u_exp = u0[:1].expand(B, N)
+    got = torch_ext.recurrent_lif(x, w_in, w_rec, bias, alpha, theta, u_exp, s0)
+    want = torch_ext.recurrent_lif(x, w_in, w_rec, bias, alpha, theta, u_exp.contiguous(), s0)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_grad_of_expanded_incoming_gradient():
+    # loss.sum() hands backward an expanded (stride-0) gradient.
+    args = make_inputs()
+    s, u = torch_ext.recurrent_lif(*args)
+    g1 = torch.autograd.grad(u.sum() + s.sum(), args[:2])
+    s, u = torch_ext.recurrent_lif_ref(*args)
+    g2 = torch.autograd.grad(u.sum() + s.sum(), args[:2])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("T,B", [(0, 3), (5, 0), (0, 0)])
+def test_empty_time_or_batch(T, B):
+    args = make_inputs(T=T, B=B, state=True)
+    spikes, membrane = torch_ext.recurrent_lif(*args)
+    assert spikes.shape == membrane.shape == (T, B, 4)
+    grads = torch.autograd.grad(spikes.sum() + membrane.sum(), args[:4], allow_unused=True)
+    for g, a in zip(grads, args[:4]):
+        assert g.shape == a.shape and not g.abs().sum()
+
+
+def test_float32_matches_float64_away_from_threshold():
+    """float32 agrees with float64 when no membrane comes within 1e-3 of theta
+    (closer, a rounding difference could flip a spike and change the whole
+    trajectory). Tolerances: ~T rounding steps of 6e-8 on values of order 1."""
+    args64 = make_inputs(T=30, B=4, F=6, N=8, seed=11)
+    s64, u64, g64 = run_with_grads(torch_ext.recurrent_lif, args64)
+    assert (u64 - 1.0).abs().min() > 1e-3, "pick a seed without near-ties"
+    args32 = [a.detach().float().requires_grad_() if isinstance(a, torch.Tensor) else a
+              for a in args64]
+    s32, u32, g32 = run_with_grads(torch_ext.recurrent_lif, args32)
+    assert torch.equal(s32.double(), s64)
+    torch.testing.assert_close(u32.double(), u64, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g32, g64):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_compute_in_float32(dtype):
+    args = make_inputs(dtype=dtype, state=True)
+    as_float = [a.detach().float().requires_grad_() if isinstance(a, torch.Tensor) else a
+                for a in args]
+    s_h, u_h, g_h = run_with_grads(torch_ext.recurrent_lif, args)
+    s_f, u_f, g_f = run_with_grads(torch_ext.recurrent_lif, as_float)
+    assert s_h.dtype == dtype and u_h.dtype == torch.float32
+    assert set(s_h.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(s_h.float(), s_f) and torch.equal(u_h, u_f)
+    for got, want, inp in zip(g_h, g_f, [a for a in args if isinstance(a, torch.Tensor)]):
+        assert got.dtype == inp.dtype
+        # the loss weights were rounded to float16 for the half run; compare loosely
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_half_state_from_a_previous_call_is_accepted():
+    args = make_inputs(dtype=torch.bfloat16, requires_grad=False)
+    s, u = torch_ext.recurrent_lif(*args)
+    s2, u2 = torch_ext.recurrent_lif(*args[:6], u[-1], s[-1])  # float32 u0, bfloat16 s0
+    assert s2.dtype == torch.bfloat16
+
+
+def test_second_derivative_raises():
+    args = make_inputs()
+    spikes, _ = torch_ext.recurrent_lif(*args)
+    with pytest.raises(RuntimeError, match="once-differentiable"):
+        torch.autograd.grad(spikes.sum(), [args[1]], create_graph=True)
+
+
+def test_backward_is_the_fused_op():
+    args = make_inputs()
+    spikes, membrane = torch_ext.recurrent_lif(*args)
+    assert type(spikes.grad_fn).__name__ == "RecurrentLIFFunctionBackward"
+    assert spikes.grad_fn is membrane.grad_fn
