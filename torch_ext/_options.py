@@ -41,16 +41,21 @@ def check_float_theta(theta):
         raise ValueError(f"recurrent_lif: argument 'theta' must be finite, got {theta}")
 
 
-def neuron_param(value, name, x, check):
-    """alpha or theta as a tensor: Python numbers are checked by `check` and
-    become 0-dim tensors in the compute dtype on x's device; tensors pass as-is
-    (the op checks their shape, dtype and device)."""
-    if isinstance(value, torch.Tensor):
-        return value
+def check_neuron_number(value, name, check):
+    """alpha or theta given as a Python number: type and value checks."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"recurrent_lif: argument '{name}' must be a float or a tensor, got {type(value).__name__}")
     check(float(value))
+
+
+def neuron_param(value, name, x, check):
+    """alpha or theta as a tensor: Python numbers are checked and become 0-dim
+    tensors in the compute dtype on x's device; tensors pass as they are (the op
+    checks their shape, dtype, device and, for alpha on CPU, their values)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    check_neuron_number(value, name, check)
     return torch.tensor(float(value), dtype=compute_dtype(x.dtype), device=x.device)
 
 

@@ -40,7 +40,7 @@ def _autocast_inputs(x, w_in, w_rec, bias):
     """Under torch.autocast, the matrix-product operands take the autocast dtype;
     alpha, theta and the state stay as given (float32)."""
     device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return x, w_in, w_rec, bias
     dtype = torch.get_autocast_dtype(device_type)
 

@@ -48,9 +48,9 @@ def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, 
     _options.check_reset(reset)
     slope = _options.resolve_surrogate(surrogate, slope)
     if not isinstance(alpha, torch.Tensor):
-        _options.check_float_alpha(alpha)
+        _options.check_neuron_number(alpha, "alpha", _options.check_float_alpha)
     if not isinstance(theta, torch.Tensor):
-        _options.check_float_theta(theta)
+        _options.check_neuron_number(theta, "theta", _options.check_float_theta)
     compute = _options.compute_dtype(x.dtype)
 
     def c(t):
