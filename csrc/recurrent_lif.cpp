@@ -2,7 +2,10 @@
 
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
 
 #include <cmath>
 
@@ -10,6 +13,60 @@ namespace torch_ext {
 
 // Every check names the argument, so `TORCH_CHECK_*(cond, ARG(name), ...)`.
 #define ARG(name) "recurrent_lif: argument '", name, "' "
+
+// MKL's C entry point (mkl_service.h maps mkl_set_num_threads_local to it), when
+// torch links MKL (x86-64 wheels); weak, so builds on other BLAS libraries load
+// without it.
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+
+namespace {
+// Makes BLAS calls on this thread single-threaded while alive. MKL picks how to
+// split a product from the thread count it may use, even inside a parallel
+// region, so a fixed count of one is what makes its results reproducible.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+  }
+ private:
+  int previous_;
+};
+}  // namespace
+
+void deterministic_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                bool accumulate) {
+  if (!out.device().is_cpu()) {
+    if (accumulate) {
+      out.addmm_(a, b);
+    } else {
+      at::mm_out(const_cast<at::Tensor&>(out), a, b);
+    }
+    return;
+  }
+  TORCH_INTERNAL_ASSERT(out.is_contiguous());
+  const int64_t rows = out.size(0);
+  const int64_t block = std::max<int64_t>(16, (rows + 63) / 64);
+  const int64_t blocks = (rows + block - 1) / block;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    const SingleThreadedBlas single_threaded;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t first = i * block, count = std::min(block, rows - first);
+      at::Tensor out_rows = out.narrow(0, first, count);
+      if (accumulate) {
+        out_rows.addmm_(a.narrow(0, first, count), b);
+      } else {
+        at::mm_out(out_rows, a.narrow(0, first, count), b);
+      }
+    }
+  });
+}
+
+at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  deterministic_mm_out(out, a, b);
+  return out;
+}
 
 Reset parse_reset(c10::string_view name) {
   if (name == "subtract") return Reset::Subtract;
@@ -151,11 +208,8 @@ ForwardResult recurrent_lif_forward(
   if (w_in.has_value()) {
     const at::Tensor x_2d = x_c.reshape({d.T * d.B, d.F});
     const at::Tensor w_in_t = w_in->to(d.compute).t();
-    if (bias.has_value()) {
-      at::addmm_out(membrane_2d, bias->to(d.compute), x_2d, w_in_t);
-    } else {
-      at::mm_out(membrane_2d, x_2d, w_in_t);
-    }
+    if (bias.has_value()) membrane_2d.copy_(bias->to(d.compute).expand_as(membrane_2d));
+    deterministic_mm_out(membrane_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
   } else {
     membrane.copy_(x_c);
     if (bias.has_value()) membrane.add_(bias->to(d.compute));
@@ -226,27 +280,27 @@ BackwardResult recurrent_lif_backward(
 
   at::Tensor grad_x = none, grad_w_in = none, grad_w_rec = none, grad_s0 = none;
   if (need_x) {
-    grad_x = (w_in.has_value() ? at::mm(grad_u_2d, w_in->to(d.compute)).view({d.T, d.B, d.F})
+    grad_x = (w_in.has_value() ? deterministic_mm(grad_u_2d, w_in->to(d.compute)).view({d.T, d.B, d.F})
                                : out.grad_u)
                  .to(x.scalar_type());
   }
   if (need_w_in && w_in.has_value()) {
-    grad_w_in = at::mm(grad_u_2d.t(), x.to(d.compute).reshape({d.T * d.B, d.F}))
+    grad_w_in = deterministic_mm(grad_u_2d.t(), x.to(d.compute).reshape({d.T * d.B, d.F}))
                     .to(w_in->scalar_type());
   }
   if (need_w_rec && w_rec.has_value()) {
     // sum_t gU[t].T @ S[t-1], with S[0] = s0: two GEMMs instead of a copy of S.
     const at::Tensor& s_first = in.state.s0;
-    grad_w_rec = at::mm(grad_u_first.t(), s_first);
+    grad_w_rec = deterministic_mm(grad_u_first.t(), s_first);
     if (d.T > 1) {
-      grad_w_rec.addmm_(out.grad_u.narrow(0, 1, d.T - 1).reshape({-1, d.N}).t(),
-                        in.spikes.narrow(0, 0, d.T - 1).reshape({-1, d.N}));
+      deterministic_mm_out(grad_w_rec, out.grad_u.narrow(0, 1, d.T - 1).reshape({-1, d.N}).t(),
+                 in.spikes.narrow(0, 0, d.T - 1).reshape({-1, d.N}), /*accumulate=*/true);
     }
     grad_w_rec = grad_w_rec.to(w_rec->scalar_type());
   }
   if (need_s0 && s0.has_value()) {
     grad_s0 = out.grad_s0_reset;
-    if (w_rec.has_value()) grad_s0 = grad_s0 + at::mm(grad_u_first, in.state.w_rec);
+    if (w_rec.has_value()) grad_s0 = grad_s0 + deterministic_mm(grad_u_first, in.state.w_rec);
     grad_s0 = grad_s0.to(s0->scalar_type());
   }
   return {grad_x,

@@ -11,6 +11,15 @@
 
 namespace torch_ext {
 
+// out = a @ b, or out += a @ b with `accumulate`. On CPU the rows of `out` are
+// split into blocks fixed by the shape alone, computed in parallel, each by one
+// single-threaded BLAS call, so the result is bitwise the same for any number
+// of threads (a multi-threaded BLAS call splits the inner dimension according
+// to its thread count). On other devices: one plain ATen product.
+void deterministic_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                bool accumulate = false);
+at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
+
 Reset parse_reset(c10::string_view name);
 Surrogate parse_surrogate(c10::string_view name);
 

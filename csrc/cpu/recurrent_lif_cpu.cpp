@@ -148,7 +148,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
 
   for (int64_t t = T - 1; t >= 0; --t) {
     const bool has_next = t < T - 1;
-    if (has_rec && has_next) at::mm_out(rec_grad, out.grad_u[t + 1], st.w_rec);
+    if (has_rec && has_next) deterministic_mm_out(rec_grad, out.grad_u[t + 1], st.w_rec);
     const int64_t base = t * BN;
     at::parallel_for(0, BN, kElementwiseGrain, [&](int64_t i_begin, int64_t i_end) {
       for (int64_t i = i_begin; i < i_end; ++i) {
