@@ -63,14 +63,19 @@ if with_cuda:
     f"# Written by setup.py.\nWITH_CUDA = {with_cuda}\n")
 
 # -ffp-contract=off / --fmad=false: the membrane update is computed as written
-# (no fused multiply-add), like the plain-PyTorch reference.
-cxx_flags = ["-O3", "-ffp-contract=off"]  # the C++ standard is the one torch asks for
+# (no fused multiply-add), like the plain-PyTorch reference. -fopenmp: without
+# it at::parallel_for compiles to a serial loop (torch's wheels use OpenMP).
+# The C++ standard is the one torch's cpp_extension asks for.
+cxx_flags = ["-O3", "-ffp-contract=off", "-fopenmp"]
+link_flags = ["-fopenmp"]
 if with_cuda:
     extension = CUDAExtension(
         "torch_ext._C", CPU_SOURCES + CUDA_SOURCES, define_macros=[("WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--fmad=false"]})
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--fmad=false"]},
+        extra_link_args=link_flags)
 else:
-    extension = CppExtension("torch_ext._C", CPU_SOURCES, extra_compile_args={"cxx": cxx_flags})
+    extension = CppExtension("torch_ext._C", CPU_SOURCES, extra_compile_args={"cxx": cxx_flags},
+                             extra_link_args=link_flags)
 
 setup(
     name="torch_ext",

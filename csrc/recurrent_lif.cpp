@@ -49,6 +49,8 @@ void deterministic_mm_out(const at::Tensor& out, const at::Tensor& a, const at::
   const int64_t block = std::max<int64_t>(16, (rows + 63) / 64);
   const int64_t blocks = (rows + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    // Worker threads do not inherit the caller's dispatch state: stay below autograd.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const SingleThreadedBlas single_threaded;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t first = i * block, count = std::min(block, rows - first);

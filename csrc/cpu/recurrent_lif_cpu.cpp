@@ -26,19 +26,12 @@ namespace {
 // a parallel region costs more than it saves.
 constexpr int64_t kElementwiseGrain = 8192;
 
-template <typename scalar_t>
+// alpha and theta as [N] arrays (a scalar broadcast), so the per-neuron loops
+// below read them contiguously and vectorise.
 struct NeuronParams {
-  const scalar_t* alpha;
-  const scalar_t* theta;
-  int64_t alpha_stride, theta_stride;  // 0 for a shared scalar, 1 per neuron
-
-  explicit NeuronParams(const LoopInputs& in)
-      : alpha(in.alpha.data_ptr<scalar_t>()),
-        theta(in.theta.data_ptr<scalar_t>()),
-        alpha_stride(in.alpha.dim() == 0 ? 0 : 1),
-        theta_stride(in.theta.dim() == 0 ? 0 : 1) {}
-  scalar_t a(int64_t n) const { return alpha[n * alpha_stride]; }
-  scalar_t th(int64_t n) const { return theta[n * theta_stride]; }
+  at::Tensor alpha, theta;
+  NeuronParams(const LoopInputs& in, int64_t N)
+      : alpha(in.alpha.expand({N}).contiguous()), theta(in.theta.expand({N}).contiguous()) {}
 };
 
 template <typename scalar_t, Reset R>
@@ -46,25 +39,26 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
   const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
   scalar_t* U = membrane.data_ptr<scalar_t>();
   scalar_t* S = spikes.data_ptr<scalar_t>();
-  const scalar_t* u0 = in.u0.data_ptr<scalar_t>();
-  const scalar_t* s0 = in.s0.data_ptr<scalar_t>();
-  const NeuronParams<scalar_t> p(in);
+  const NeuronParams params(in, N);
+  const scalar_t* __restrict__ alpha = params.alpha.data_ptr<scalar_t>();
+  const scalar_t* __restrict__ theta = params.theta.data_ptr<scalar_t>();
   // Row j of w_rec.T holds the weights out of neuron j: what its spike adds.
   const at::Tensor w_out = in.w_rec.defined() ? in.w_rec.t().contiguous() : at::Tensor();
   const scalar_t* W = w_out.defined() ? w_out.data_ptr<scalar_t>() : nullptr;
 
   at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
-    std::vector<scalar_t> rec(N);
+    std::vector<scalar_t> rec_buffer(N);
+    scalar_t* __restrict__ rec = rec_buffer.data();
     for (int64_t b = b_begin; b < b_end; ++b) {
-      const scalar_t* u_prev = u0 + b * N;
-      const scalar_t* r_prev = s0 + b * N;
+      const scalar_t* u_prev = in.u0.data_ptr<scalar_t>() + b * N;
+      const scalar_t* r_prev = in.s0.data_ptr<scalar_t>() + b * N;
       for (int64_t t = 0; t < T; ++t) {
-        std::fill(rec.begin(), rec.end(), scalar_t(0));
+        std::fill(rec, rec + N, scalar_t(0));
         if (W != nullptr) {
           for (int64_t j = 0; j < N; ++j) {
             const scalar_t v = r_prev[j];
             if (v == scalar_t(0)) continue;
-            const scalar_t* w = W + j * N;
+            const scalar_t* __restrict__ w = W + j * N;
             if (v == scalar_t(1)) {
               for (int64_t n = 0; n < N; ++n) rec[n] += w[n];
             } else {  // s0 may hold any real value
@@ -72,11 +66,14 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
             }
           }
         }
-        scalar_t* u = U + (t * B + b) * N;
-        scalar_t* s = S + (t * B + b) * N;
+        scalar_t* __restrict__ u = U + (t * B + b) * N;  // holds I[t] on entry
+        scalar_t* __restrict__ s = S + (t * B + b) * N;
+        const scalar_t* __restrict__ up = u_prev;
+        const scalar_t* __restrict__ rp = r_prev;
         for (int64_t n = 0; n < N; ++n) {
-          u[n] = membrane_step(R, p.a(n), p.th(n), u_prev[n], r_prev[n], u[n], rec[n]);
-          s[n] = spike(u[n], p.th(n));
+          const scalar_t value = membrane_step(R, alpha[n], theta[n], up[n], rp[n], u[n], rec[n]);
+          u[n] = value;
+          s[n] = spike(value, theta[n]);
         }
         u_prev = u;
         r_prev = s;
@@ -130,45 +127,48 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   at::Tensor rec_grad = has_rec ? at::empty({B, N}, opts) : at::Tensor();
 
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-  const scalar_t* U = ptr(membrane);
-  const scalar_t* S = ptr(in.spikes);
-  const scalar_t* gS_out = ptr(in.grad_spikes);
-  const scalar_t* gU_out = ptr(in.grad_membrane);
-  const scalar_t* u0 = ptr(st.u0);
-  const scalar_t* s0 = ptr(st.s0);
-  const scalar_t* G = ptr(rec_grad);
-  scalar_t* gU = ptr(out.grad_u);
-  scalar_t* g_u0 = ptr(out.grad_u0);
-  scalar_t* g_s0 = ptr(out.grad_s0_reset);
-  scalar_t* a_alpha = ptr(acc_alpha);
-  scalar_t* a_theta = ptr(acc_theta);
-  scalar_t* a_bias = ptr(acc_bias);
-  const NeuronParams<scalar_t> p(st);
+  const NeuronParams params(st, N);
+  const scalar_t* alpha = ptr(params.alpha);
+  const scalar_t* theta = ptr(params.theta);
   const scalar_t slope = static_cast<scalar_t>(in.slope);
+  // A task is a set of batch rows of at least kElementwiseGrain elements.
+  const int64_t rows_per_task = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(N, 1));
 
   for (int64_t t = T - 1; t >= 0; --t) {
     const bool has_next = t < T - 1;
     if (has_rec && has_next) deterministic_mm_out(rec_grad, out.grad_u[t + 1], st.w_rec);
-    const int64_t base = t * BN;
-    at::parallel_for(0, BN, kElementwiseGrain, [&](int64_t i_begin, int64_t i_end) {
-      for (int64_t i = i_begin; i < i_end; ++i) {
-        const int64_t n = i % N;
-        const int64_t k = base + i;
-        const scalar_t alpha = p.a(n), theta = p.th(n);
-        const scalar_t u_prev = t > 0 ? U[k - BN] : u0[i];
-        const scalar_t r_prev = t > 0 ? S[k - BN] : s0[i];
-        const scalar_t g_next = has_next ? gU[k + BN] : scalar_t(0);
-        const auto terms = backward_step(
-            R, in.detach_reset, SG, slope, alpha, theta, U[k], S[k],
-            gS_out ? gS_out[k] : scalar_t(0), gU_out ? gU_out[k] : scalar_t(0), g_next,
-            has_rec && has_next ? G[i] : scalar_t(0));
-        gU[k] = terms.grad_u;
-        if (a_alpha) a_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
-        if (a_theta) a_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
-        if (a_bias) a_bias[i] += terms.grad_u;
+    at::parallel_for(0, B, rows_per_task, [&](int64_t b_begin, int64_t b_end) {
+      for (int64_t b = b_begin; b < b_end; ++b) {
+        const int64_t row = t * BN + b * N;  // offset of (t, b, 0)
+        const scalar_t* __restrict__ u = ptr(membrane) + row;
+        const scalar_t* __restrict__ s = ptr(in.spikes) + row;
+        const scalar_t* __restrict__ u_prev = t > 0 ? u - BN : ptr(st.u0) + b * N;
+        const scalar_t* __restrict__ r_prev = t > 0 ? s - BN : ptr(st.s0) + b * N;
+        const scalar_t* __restrict__ gs_out = in.grad_spikes.defined() ? ptr(in.grad_spikes) + row : nullptr;
+        const scalar_t* __restrict__ gu_out = in.grad_membrane.defined() ? ptr(in.grad_membrane) + row : nullptr;
+        scalar_t* __restrict__ gu = ptr(out.grad_u) + row;
+        const scalar_t* __restrict__ gu_next = has_next ? gu + BN : nullptr;
+        const scalar_t* __restrict__ g_rec = has_rec && has_next ? ptr(rec_grad) + b * N : nullptr;
+        scalar_t* __restrict__ a_alpha = in.need_alpha ? ptr(acc_alpha) + b * N : nullptr;
+        scalar_t* __restrict__ a_theta = in.need_theta ? ptr(acc_theta) + b * N : nullptr;
+        scalar_t* __restrict__ a_bias = in.need_bias ? ptr(acc_bias) + b * N : nullptr;
+        for (int64_t n = 0; n < N; ++n) {
+          const auto terms = backward_step(
+              R, in.detach_reset, SG, slope, alpha[n], theta[n], u[n], s[n],
+              gs_out ? gs_out[n] : scalar_t(0), gu_out ? gu_out[n] : scalar_t(0),
+              gu_next ? gu_next[n] : scalar_t(0), g_rec ? g_rec[n] : scalar_t(0));
+          gu[n] = terms.grad_u;
+          if (a_alpha) a_alpha[n] += alpha_grad_term(R, terms.grad_u, u_prev[n], r_prev[n]);
+          if (a_theta) a_theta[n] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev[n]);
+          if (a_bias) a_bias[n] += terms.grad_u;
+        }
         if (t == 0) {
-          g_u0[i] = terms.grad_u * dnext_du(R, alpha, r_prev);
-          g_s0[i] = reset_grad ? terms.grad_u * dnext_dr(R, alpha, theta, u_prev) : scalar_t(0);
+          scalar_t* g_u0 = ptr(out.grad_u0) + b * N;
+          scalar_t* g_s0 = ptr(out.grad_s0_reset) + b * N;
+          for (int64_t n = 0; n < N; ++n) {
+            g_u0[n] = gu[n] * dnext_du(R, alpha[n], r_prev[n]);
+            g_s0[n] = reset_grad ? gu[n] * dnext_dr(R, alpha[n], theta[n], u_prev[n]) : scalar_t(0);
+          }
         }
       }
     });
