@@ -1,0 +1,59 @@
+"""The implementations the benchmark compares, all computing the same math:
+reset by subtraction of the previous step's spike, reset detached, sigmoid
+surrogate with slope 25, recurrent weights with a bias, and an input projection
+done once for all T steps. Each returns a function (x [T, B, F]) -> spikes."""
+import torch
+
+import torch_ext
+
+OPTIONS = dict(reset="subtract", detach_reset=True, surrogate="sigmoid", slope=25.0)
+
+
+def make_params(F, N, device, dtype=torch.float32, seed=0):
+    """Weights scaled for a spike rate of roughly 10-20 % on randn inputs."""
+    g = torch.Generator().manual_seed(seed)
+    def p(*shape, scale):
+        return (torch.randn(*shape, generator=g) * scale).to(device, dtype).requires_grad_()
+    return {"w_in": p(N, F, scale=1.5 / F ** 0.5), "w_rec": p(N, N, scale=0.5 / N ** 0.5),
+            "bias": p(N, scale=0.1), "alpha": 0.9, "theta": 1.0}
+
+
+def fused(params):
+    return lambda x: torch_ext.recurrent_lif(x, params["w_in"], params["w_rec"], params["bias"],
+                                             params["alpha"], params["theta"], **OPTIONS)[0]
+
+
+def reference(params, compile=False):
+    fn = torch.compile(torch_ext.recurrent_lif_ref) if compile else torch_ext.recurrent_lif_ref
+    return lambda x: fn(x, params["w_in"], params["w_rec"], params["bias"],
+                        params["alpha"], params["theta"], **OPTIONS)[0]
+
+
+def snntorch_rleaky(params):
+    """snnTorch's RLeaky with the same math. Returns None when snnTorch is not
+    installed."""
+    try:
+        import snntorch
+        from snntorch import surrogate
+    except ImportError:
+        return None
+    N = params["w_rec"].shape[0]
+    lif = snntorch.RLeaky(beta=params["alpha"], threshold=params["theta"], linear_features=N,
+                          all_to_all=True, reset_mechanism="subtract", reset_delay=True,
+                          spike_grad=surrogate.sigmoid(slope=OPTIONS["slope"]))
+    lif = lif.to(params["w_rec"].device)
+    # The recurrent Linear uses our very tensors (not copies), so gradients
+    # reach params["w_rec"] and params["bias"] as they do for the other peers.
+    del lif.recurrent.weight, lif.recurrent.bias
+    lif.recurrent.weight, lif.recurrent.bias = params["w_rec"], params["bias"]
+
+    def run(x):
+        current = x @ params["w_in"].T if params["w_in"] is not None else x
+        spk, mem = lif.init_rleaky()
+        spikes = []
+        for t in range(x.shape[0]):
+            spk, mem = lif(current[t], spk, mem)
+            spikes.append(spk)
+        return torch.stack(spikes)
+
+    return run
