@@ -1,7 +1,7 @@
 """The implementations the benchmark compares, all computing the same math:
 reset by subtraction of the previous step's spike, reset detached, sigmoid
 surrogate with slope 25, recurrent weights with a bias, and an input projection
-done once for all T steps. Each returns a function (x [T, B, F]) -> spikes."""
+done once for all T steps. Each returns a function (x [T, B, F]) -> (spikes, membrane), both [T, B, N]."""
 import torch
 
 import torch_ext
@@ -20,13 +20,13 @@ def make_params(F, N, device, dtype=torch.float32, seed=0):
 
 def fused(params):
     return lambda x: torch_ext.recurrent_lif(x, params["w_in"], params["w_rec"], params["bias"],
-                                             params["alpha"], params["theta"], **OPTIONS)[0]
+                                             params["alpha"], params["theta"], **OPTIONS)
 
 
 def reference(params, compile=False):
     fn = torch.compile(torch_ext.recurrent_lif_ref) if compile else torch_ext.recurrent_lif_ref
     return lambda x: fn(x, params["w_in"], params["w_rec"], params["bias"],
-                        params["alpha"], params["theta"], **OPTIONS)[0]
+                        params["alpha"], params["theta"], **OPTIONS)
 
 
 def snntorch_rleaky(params):
@@ -50,10 +50,11 @@ def snntorch_rleaky(params):
     def run(x):
         current = x @ params["w_in"].T if params["w_in"] is not None else x
         spk, mem = lif.init_rleaky()
-        spikes = []
+        spikes, membrane = [], []
         for t in range(x.shape[0]):
             spk, mem = lif(current[t], spk, mem)
             spikes.append(spk)
-        return torch.stack(spikes)
+            membrane.append(mem)
+        return torch.stack(spikes), torch.stack(membrane)
 
     return run

@@ -31,9 +31,10 @@ def test_snntorch_rleaky_matches_fused_op():
     tensors = [params["w_rec"], params["bias"]]
 
     grads = torch.autograd.grad((spikes * weights).sum(), tensors)
-    snn_spikes = peers.snntorch_rleaky(params)(x)
+    snn_spikes, snn_membrane = peers.snntorch_rleaky(params)(x)
     snn_grads = torch.autograd.grad((snn_spikes * weights).sum(), tensors)
     assert torch.equal(snn_spikes, spikes)
+    torch.testing.assert_close(snn_membrane, membrane, rtol=1e-5, atol=1e-5)
     # Agreement to 1e-4 relative to each gradient's scale: the entries are sums
     # of T*B float32 terms and reach ~1e3, so single entries near zero carry
     # absolute rounding differences of ~1e-3 (float64 would agree to ~1e-12).

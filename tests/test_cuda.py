@@ -1,0 +1,138 @@
+"""CUDA kernels: registered in every CUDA build; checked against the CPU op and
+the reference wherever a GPU is present (skipped with a reason otherwise)."""
+import itertools
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import torch_ext
+from torch_ext import _build_config
+from conftest import cuda_only, make_inputs, run_with_grads
+
+OPS = ("recurrent_lif_forward", "recurrent_lif_backward")
+
+
+def cuda_buildable_here():
+    """nvcc of the same CUDA major version as torch: then setup.py must build CUDA."""
+    if torch.version.cuda is None or shutil.which("nvcc") is None:
+        return False
+    out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+    return f"release {torch.version.cuda.split('.')[0]}." in out
+
+
+def test_every_op_has_a_cuda_kernel_when_cuda_was_built():
+    if not _build_config.WITH_CUDA:
+        assert not cuda_buildable_here(), "nvcc and a CUDA torch are here, but CUDA was not built"
+        pytest.skip("CPU-only build")
+    for op in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"torch_ext::{op}", "CUDA"), op
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"torch_ext::{op}", "CPU"), op
+
+
+def on(device, args):
+    return [a.detach().to(device).requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+            for a in args]
+
+
+def assert_same(a, b, rtol, atol):
+    s1, u1, g1 = a
+    s2, u2, g2 = b
+    assert torch.equal(s1.cpu(), s2.cpu())
+    torch.testing.assert_close(u1.cpu(), u2.cpu(), rtol=rtol, atol=atol)
+    for x, y in zip(g1, g2):
+        torch.testing.assert_close(x.cpu(), y.cpu(), rtol=rtol, atol=atol)
+
+
+GRID = list(itertools.product(["subtract", "zero", "none"], [False, True],
+                              ["sigmoid", "fast_sigmoid", "atan", "triangle"], [(), (4,)], [False, True]))
+
+
+@cuda_only
+@pytest.mark.parametrize("reset,detach,surrogate,shape,state", GRID)
+def test_cuda_matches_cpu_and_reference_float64(reset, detach, surrogate, shape, state):
+    args = make_inputs(alpha_shape=shape, theta_shape=shape, state=state)
+    opts = dict(reset=reset, detach_reset=detach, surrogate=surrogate)
+    cpu = run_with_grads(torch_ext.recurrent_lif, args, **opts)
+    gpu = run_with_grads(torch_ext.recurrent_lif, on("cuda", args), **opts)
+    ref = run_with_grads(torch_ext.recurrent_lif_ref, on("cuda", args), **opts)
+    assert_same(gpu, cpu, 1e-10, 1e-10)
+    assert_same(gpu, ref, 1e-10, 1e-10)
+
+
+@cuda_only
+@pytest.mark.parametrize("tf32", [False, True])
+def test_cuda_float32_matches_cpu_float64_away_from_threshold(tf32):
+    args64 = make_inputs(T=30, B=4, F=6, N=8, seed=11)
+    s64, u64, g64 = run_with_grads(torch_ext.recurrent_lif, args64)
+    assert (u64 - 1.0).abs().min() > 1e-3
+    args32 = [a.detach().float().cuda().requires_grad_() if isinstance(a, torch.Tensor) else a
+              for a in args64]
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        s32, u32, g32 = run_with_grads(torch_ext.recurrent_lif, args32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    # TF32 rounds the input projection to ~1e-3 relative; without it float32 rounding.
+    tol = 5e-3 if tf32 else 1e-4
+    assert torch.equal(s32.double().cpu(), s64)
+    torch.testing.assert_close(u32.double().cpu(), u64, rtol=tol, atol=tol)
+    for a, b in zip(g32, g64):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=tol * 10, atol=tol * 10)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_inputs_compute_in_float32(dtype):
+    args = on("cuda", make_inputs(dtype=dtype, state=True))
+    as_float = [a.detach().float().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    s_h, u_h, g_h = run_with_grads(torch_ext.recurrent_lif, args)
+    s_f, u_f, g_f = run_with_grads(torch_ext.recurrent_lif, as_float)
+    assert s_h.dtype == dtype and u_h.dtype == torch.float32
+    assert torch.equal(s_h.float(), s_f)
+    torch.testing.assert_close(u_h, u_f, rtol=1e-5, atol=1e-5)
+    for got, want in zip(g_h, g_f):
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+
+
+@cuda_only
+@pytest.mark.parametrize("T,B,N", [(3000, 2, 8), (20, 3, 1500), (0, 3, 4), (5, 0, 4)])
+def test_cuda_long_and_large_and_empty(T, B, N):
+    args = make_inputs(T=T, B=B, F=N, N=N, state=True)
+    cpu = run_with_grads(torch_ext.recurrent_lif, args)
+    gpu = run_with_grads(torch_ext.recurrent_lif, on("cuda", args))
+    assert_same(gpu, cpu, 1e-9, 1e-9)
+
+
+@cuda_only
+def test_cuda_non_contiguous_inputs_and_side_stream():
+    args = on("cuda", make_inputs(state=True, requires_grad=False))
+    want = torch_ext.recurrent_lif(*args, reset="zero")
+    x = args[0].transpose(0, 1).contiguous().transpose(0, 1)
+    w_in = args[1].t().contiguous().t()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = torch_ext.recurrent_lif(x, w_in, *args[2:], reset="zero")
+    torch.cuda.current_stream().wait_stream(stream)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@cuda_only
+def test_cuda_mixed_devices_name_the_argument():
+    args = make_inputs(requires_grad=False)
+    with pytest.raises(ValueError, match="'w_in'"):
+        torch_ext.recurrent_lif(args[0].cuda(), *args[1:])
+    with pytest.raises(ValueError, match="'w_rec'"):
+        torch_ext.recurrent_lif(args[0].cuda(), args[1].cuda(), *args[2:])
+
+
+@cuda_only
+def test_cuda_deterministic():
+    args = on("cuda", make_inputs(T=50, B=16, F=32, N=64, dtype=torch.float32, state=True))
+    first = run_with_grads(torch_ext.recurrent_lif, args)
+    second = run_with_grads(torch_ext.recurrent_lif, args)
+    assert_same(first, second, 0, 0)
