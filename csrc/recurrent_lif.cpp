@@ -90,6 +90,13 @@ Surrogate parse_surrogate(c10::string_view name) {
 
 namespace {
 
+Surrogate check_surrogate(c10::string_view name, double slope) {
+  const Surrogate surrogate = parse_surrogate(name);
+  TORCH_CHECK_VALUE(std::isfinite(slope) && slope > 0, ARG("slope"),
+                    "must be finite and > 0, got ", slope);
+  return surrogate;
+}
+
 struct Dims {
   int64_t T, B, F, N;
   at::ScalarType compute;  // float64 for float64 inputs, float32 otherwise
@@ -194,12 +201,14 @@ ForwardResult recurrent_lif_forward(
     const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
     const at::Tensor& alpha, const at::Tensor& theta,
     const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    c10::string_view reset_name, ForwardLoop loop) {
+    c10::string_view reset_name, bool /*detach_reset*/, c10::string_view surrogate_name,
+    double slope, ForwardLoop loop) {
   // The matrix products below must stay in the compute dtype even when the
   // caller runs under autocast (which already cast the inputs it wanted cast).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   const Reset reset = parse_reset(reset_name);
+  check_surrogate(surrogate_name, slope);  // used by backward; checked before any work
   const auto opts = x.options().dtype(d.compute);
 
   // I[t] = x[t] @ w_in.T + bias for all T steps at once, written straight into
@@ -236,9 +245,7 @@ BackwardResult recurrent_lif_backward(
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const Dims d = check_inputs(x, w_in, w_rec, c10::nullopt, alpha, theta, u0, s0);
   const Reset reset = parse_reset(reset_name);
-  const Surrogate surrogate = parse_surrogate(surrogate_name);
-  TORCH_CHECK_VALUE(std::isfinite(slope) && slope > 0, ARG("slope"),
-                    "must be finite and > 0, got ", slope);
+  const Surrogate surrogate = check_surrogate(surrogate_name, slope);
   const std::vector<int64_t> out_shape{d.T, d.B, d.N};
   for (const auto& [t, name] : {std::make_pair(&spikes, "spikes"),
                                 std::make_pair(&membrane, "membrane")}) {
@@ -271,16 +278,17 @@ BackwardResult recurrent_lif_backward(
     out.alpha_sum = out.theta_sum = out.bias_sum = at::zeros({d.N}, opts);
   }
 
-  const at::Tensor none = at::empty({0}, x.options());
+  // A fresh empty tensor per unneeded gradient: outputs must not alias each other.
+  auto none = [&] { return at::empty({0}, x.options()); };
   const at::Tensor grad_u_2d = out.grad_u.view({d.T * d.B, d.N});
   // gU[1], what reaches the initial state (zero when T = 0).
   const at::Tensor grad_u_first = d.T > 0 ? out.grad_u[0] : at::zeros({d.B, d.N}, opts);
   auto per_neuron_grad = [&](bool needed, const at::Tensor& sum, const at::Tensor& param) {
-    if (!needed) return none;
+    if (!needed) return none();
     return (param.dim() == 0 ? sum.sum() : sum).to(param.scalar_type());
   };
 
-  at::Tensor grad_x = none, grad_w_in = none, grad_w_rec = none, grad_s0 = none;
+  at::Tensor grad_x = none(), grad_w_in = none(), grad_w_rec = none(), grad_s0 = none();
   if (need_x) {
     grad_x = (w_in.has_value() ? deterministic_mm(grad_u_2d, w_in->to(d.compute)).view({d.T, d.B, d.F})
                                : out.grad_u)
@@ -308,18 +316,18 @@ BackwardResult recurrent_lif_backward(
   return {grad_x,
           grad_w_in,
           grad_w_rec,
-          need_bias ? out.bias_sum.to(x.scalar_type()) : none,
+          need_bias ? out.bias_sum.to(x.scalar_type()) : none(),
           per_neuron_grad(need_alpha, out.alpha_sum, alpha),
           per_neuron_grad(need_theta, out.theta_sum, theta),
-          need_u0 && u0.has_value() ? out.grad_u0.to(u0->scalar_type()) : none,
+          need_u0 && u0.has_value() ? out.grad_u0.to(u0->scalar_type()) : none(),
           grad_s0};
 }
 
 TORCH_LIBRARY(torch_ext, m) {
   m.def(
       "recurrent_lif_forward(Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, "
-      "Tensor alpha, Tensor theta, Tensor? u0, Tensor? s0, str reset) "
-      "-> (Tensor spikes, Tensor membrane)");
+      "Tensor alpha, Tensor theta, Tensor? u0, Tensor? s0, str reset, bool detach_reset, "
+      "str surrogate, float slope) -> (Tensor spikes, Tensor membrane)");
   m.def(
       "recurrent_lif_backward(Tensor? grad_spikes, Tensor? grad_membrane, Tensor x, "
       "Tensor? w_in, Tensor? w_rec, Tensor alpha, Tensor theta, Tensor? u0, Tensor? s0, "

@@ -61,12 +61,15 @@ using ForwardResult = std::tuple<at::Tensor, at::Tensor>;
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// The forward op takes the backward's options too (detach_reset, surrogate,
+// slope), so that autograd can be registered on the op itself; it checks them.
 ForwardResult recurrent_lif_forward(
     const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
     const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
     const at::Tensor& alpha, const at::Tensor& theta,
     const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    c10::string_view reset, ForwardLoop loop);
+    c10::string_view reset, bool detach_reset, c10::string_view surrogate, double slope,
+    ForwardLoop loop);
 
 // needs_grad: x, w_in, w_rec, bias, alpha, theta, u0, s0. Gradients not needed
 // come back as empty tensors (numel 0) and are never computed.
@@ -87,8 +90,9 @@ ForwardResult forward_kernel(
     const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
     const at::Tensor& alpha, const at::Tensor& theta,
     const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    c10::string_view reset) {
-  return recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, Loop);
+    c10::string_view reset, bool detach_reset, c10::string_view surrogate, double slope) {
+  return recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset,
+                               surrogate, slope, Loop);
 }
 
 template <BackwardLoop Loop>

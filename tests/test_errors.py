@@ -78,20 +78,22 @@ def test_reference_checks_the_same_options(replace, options, exc, name):
 
 def test_errors_from_cpp_reach_python_for_direct_op_calls():
     a = args()
-    with pytest.raises(ValueError, match="'reset'"):
-        torch.ops.torch_ext.recurrent_lif_forward(*a[:4], torch.tensor(0.5, dtype=torch.float64),
-                                                  torch.tensor(1.0, dtype=torch.float64), *a[6:], "hard")
-    spikes, membrane = torch.ops.torch_ext.recurrent_lif_forward(
-        a[0], a[1], a[2], a[3], torch.tensor(0.5, dtype=torch.float64),
-        torch.tensor(1.0, dtype=torch.float64), a[6], a[7], "zero")
-    common = (a[0], a[1], a[2], torch.tensor(0.5, dtype=torch.float64),
-              torch.tensor(1.0, dtype=torch.float64), a[6], a[7], spikes, membrane, "zero", False)
+    alpha, theta = torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    forward = torch.ops.torch_ext.recurrent_lif_forward
+    for options, name in [(("hard", False, "atan", 1.0), "reset"),
+                          (("zero", False, "nope", 1.0), "surrogate"),
+                          (("zero", False, "atan", -1.0), "slope")]:
+        with pytest.raises(ValueError, match=f"'{name}'"):
+            forward(*a[:4], alpha, theta, *a[6:], *options)
+    spikes, membrane = forward(*a[:4], alpha, theta, *a[6:], "zero", False, "atan", 1.0)
+    common = (a[0], a[1], a[2], alpha, theta, a[6], a[7], spikes, membrane, "zero", False)
+    backward = torch.ops.torch_ext.recurrent_lif_backward
     with pytest.raises(ValueError, match="'surrogate'"):
-        torch.ops.torch_ext.recurrent_lif_backward(None, None, *common, "nope", 1.0, [True] * 8)
+        backward(None, None, *common, "nope", 1.0, [True] * 8)
     with pytest.raises(ValueError, match="'slope'"):
-        torch.ops.torch_ext.recurrent_lif_backward(None, None, *common, "atan", -1.0, [True] * 8)
+        backward(None, None, *common, "atan", -1.0, [True] * 8)
     with pytest.raises(ValueError, match="'grad_spikes'"):
-        torch.ops.torch_ext.recurrent_lif_backward(spikes[:1], None, *common, "atan", 1.0, [True] * 8)
+        backward(spikes[:1], None, *common, "atan", 1.0, [True] * 8)
 
 
 def test_nan_input_propagates():

@@ -213,5 +213,6 @@ def test_second_derivative_raises():
 def test_backward_is_the_fused_op():
     args = make_inputs()
     spikes, membrane = torch_ext.recurrent_lif(*args)
-    assert type(spikes.grad_fn).__name__ == "RecurrentLIFFunctionBackward"
-    assert spikes.grad_fn is membrane.grad_fn
+    assert spikes.grad_fn is membrane.grad_fn  # one node for the whole sequence
+    assert "recurrent_lif_forward" in type(spikes.grad_fn).__name__ or \
+        "torch_ext" in str(spikes.grad_fn.name())

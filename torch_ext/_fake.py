@@ -15,7 +15,7 @@ def _compute_dtype(dtype):
 
 
 @_register_fake("torch_ext::recurrent_lif_forward")
-def _forward_fake(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset):
+def _forward_fake(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset, surrogate, slope):
     T, B, F = x.shape
     N = w_in.shape[0] if w_in is not None else F
     return x.new_empty((T, B, N)), x.new_empty((T, B, N), dtype=_compute_dtype(x.dtype))
@@ -24,9 +24,9 @@ def _forward_fake(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset):
 @_register_fake("torch_ext::recurrent_lif_backward")
 def _backward_fake(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0, spikes,
                    membrane, reset, detach_reset, surrogate, slope, needs_grad):
-    none = x.new_empty((0,))
-    # Gradient i is shaped like input i (bias has shape [N] and x's dtype).
+    # Gradient i is shaped like input i (bias has shape [N] and x's dtype); one
+    # not needed is a fresh empty tensor (outputs never alias each other).
     bias_like = membrane.new_empty(membrane.shape[-1:], dtype=x.dtype)
     inputs = (x, w_in, w_rec, bias_like, alpha, theta, u0, s0)
-    return tuple(t.new_empty(t.shape) if need and t is not None else none
+    return tuple(t.new_empty(t.shape) if need and t is not None else x.new_empty((0,))
                  for t, need in zip(inputs, needs_grad))

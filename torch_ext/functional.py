@@ -1,39 +1,44 @@
-"""torch_ext.recurrent_lif: the fused op as a differentiable function."""
+"""torch_ext.recurrent_lif: the fused op as a differentiable function.
+
+Autograd is registered on the op itself (torch.library.register_autograd), so
+the op is differentiable wherever it is called from, passes
+torch.library.opcheck, and torch.compile traces it without a graph break. Both
+passes run the C++/CUDA ops; nothing falls back to autograd."""
 import torch
 
 from . import _C  # noqa: F401  (loading it registers torch.ops.torch_ext)
-from . import _options
 from . import _fake  # noqa: F401  (shape functions for torch.compile)
+from . import _options
 
 _ops = torch.ops.torch_ext
 
 
-class RecurrentLIFFunction(torch.autograd.Function):
-    """Forward and backward both run the C++/CUDA ops; nothing falls back to
-    autograd. Saved for backward: the inputs and the two outputs, nothing else."""
+def _setup_context(ctx, inputs, output):
+    x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset, surrogate, slope = inputs
+    spikes, membrane = output
+    # Saved: inputs and the two outputs, nothing per step besides.
+    ctx.save_for_backward(x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane)
+    ctx.options = (reset, detach_reset, surrogate, slope)
+    # An output nobody used arrives as None instead of a tensor of zeros.
+    ctx.set_materialize_grads(False)
 
-    @staticmethod
-    def forward(ctx, x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset, surrogate, slope):
-        spikes, membrane = _ops.recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset)
-        ctx.save_for_backward(x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane)
-        ctx.options = (reset, detach_reset, surrogate, slope)
-        # An output nobody used arrives as None instead of a tensor of zeros.
-        ctx.set_materialize_grads(False)
-        return spikes, membrane
 
-    @staticmethod
-    def backward(ctx, grad_spikes, grad_membrane):
-        if torch.is_grad_enabled():  # the engine enables grad exactly for create_graph=True
-            raise RuntimeError(
-                "recurrent_lif: the backward pass is once-differentiable; second derivatives "
-                "(create_graph=True through this op) are not supported")
-        x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane = ctx.saved_tensors
-        reset, detach_reset, surrogate, slope = ctx.options
-        needs = list(ctx.needs_input_grad[:8])
-        grads = _ops.recurrent_lif_backward(
-            grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane,
-            reset, detach_reset, surrogate, slope, needs)
-        return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 4
+def _backward(ctx, grad_spikes, grad_membrane):
+    if torch.is_grad_enabled():  # the engine enables grad exactly for create_graph=True
+        raise RuntimeError(
+            "recurrent_lif: the backward pass is once-differentiable; second derivatives "
+            "(create_graph=True through this op) are not supported")
+    x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane = ctx.saved_tensors
+    reset, detach_reset, surrogate, slope = ctx.options
+    needs = list(ctx.needs_input_grad[:8])
+    grads = _ops.recurrent_lif_backward(
+        grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane,
+        reset, detach_reset, surrogate, slope, needs)
+    return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 4
+
+
+torch.library.register_autograd("torch_ext::recurrent_lif_forward", _backward,
+                                setup_context=_setup_context)
 
 
 def _autocast_inputs(x, w_in, w_rec, bias):
@@ -79,5 +84,5 @@ def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=N
     alpha = _options.neuron_param(alpha, "alpha", x, _options.check_float_alpha)
     theta = _options.neuron_param(theta, "theta", x, _options.check_float_theta)
     x, w_in, w_rec, bias = _autocast_inputs(x, w_in, w_rec, bias)
-    return RecurrentLIFFunction.apply(x, w_in, w_rec, bias, alpha, theta, u0, s0,
+    return _ops.recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0,
                                       reset, detach_reset, surrogate, slope)

@@ -14,7 +14,8 @@ using torch::Tensor;
 using OptTensor = c10::optional<Tensor>;
 using ForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
                                              const OptTensor&, const Tensor&, const Tensor&,
-                                             const OptTensor&, const OptTensor&, c10::string_view);
+                                             const OptTensor&, const OptTensor&, c10::string_view,
+                                             bool, c10::string_view, double);
 using BackwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, const OptTensor&,
     const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
@@ -113,7 +114,8 @@ TEST_P(MatchesAutograd, ForwardAndAllGradients) {
   const Inputs in = random_inputs(15, 3, 5, 6);
 
   const auto [spikes, membrane] = forward_op().call(
-      in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(), in.u0, in.s0, reset);
+      in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(), in.u0, in.s0, reset,
+      detach, surrogate, slope);
   const auto [spikes_ref, membrane_ref] = reference(in, reset, detach, surrogate, slope);
   ASSERT_TRUE(torch::equal(spikes, spikes_ref));
   ASSERT_TRUE(torch::allclose(membrane, membrane_ref, 1e-10, 1e-10));
@@ -148,7 +150,7 @@ TEST(RecurrentLIF, UnneededGradientsAreEmpty) {
   const Inputs in = random_inputs(6, 2, 3, 4);
   const auto [spikes, membrane] = forward_op().call(
       in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(), in.u0, in.s0,
-      "subtract");
+      "subtract", false, "sigmoid", 25.0);
   const auto grads = backward_op().call(
       torch::ones_like(spikes), c10::nullopt, in.x, in.w_in, in.w_rec, in.alpha.detach(),
       in.theta.detach(), in.u0, in.s0, spikes, membrane, "subtract", false, "sigmoid", 25.0,
@@ -160,10 +162,11 @@ TEST(RecurrentLIF, UnneededGradientsAreEmpty) {
 
 // Runs the forward op with one argument replaced and expects an error naming it.
 template <typename Error>
-void expect_error(const char* argument, Inputs in, const std::string& reset = "subtract") {
+void expect_error(const char* argument, Inputs in, const std::string& reset = "subtract",
+                  const std::string& surrogate = "sigmoid", double slope = 25.0) {
   try {
     forward_op().call(in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(),
-                      in.u0, in.s0, reset);
+                      in.u0, in.s0, reset, false, surrogate, slope);
     ADD_FAILURE() << "no error for a bad '" << argument << "'";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(std::string("'") + argument + "'"), std::string::npos)
@@ -186,6 +189,8 @@ TEST(RecurrentLIF, BadInputsNameTheArgument) {
   expect_error<c10::ValueError>("u0", with([](Inputs& in) { in.u0 = in.u0.t(); }));
   expect_error<c10::ValueError>("s0", with([](Inputs& in) { in.s0 = in.s0[0]; }));
   expect_error<c10::ValueError>("reset", good, "hard");
+  expect_error<c10::ValueError>("surrogate", good, "subtract", "relu");
+  expect_error<c10::ValueError>("slope", good, "subtract", "sigmoid", 0.0);
 }
 
 }  // namespace
