@@ -13,6 +13,12 @@ namespace torch_ext {
 enum class Reset : int { Subtract = 0, Zero = 1, None = 2 };
 enum class Surrogate : int { Sigmoid = 0, FastSigmoid = 1, Atan = 2, Triangle = 3 };
 
+// -log of the smallest normal number of T, rounded down: exp(-x) is normal for x below it.
+template <typename T>
+C10_HOST_DEVICE constexpr T exp_cutoff() {
+  return sizeof(T) == sizeof(float) ? T(87) : T(708);
+}
+
 // sg(v) = d spike / d v used by the backward pass. Every branch stays finite for
 // finite v: terms that overflow land in a denominator (-> 0) or in exp(-inf).
 template <typename T>
@@ -20,7 +26,11 @@ C10_HOST_DEVICE inline T surrogate_grad(Surrogate kind, T v, T k) {
   switch (kind) {
     case Surrogate::Sigmoid: {
       // k * s * (1 - s) with s = sigmoid(k v), written with e = exp(-k|v|) <= 1.
-      const T e = std::exp(-k * std::abs(v));
+      // Past the cutoff e is subnormal, where the arithmetic runs ~10x slower
+      // on x86, and the result (< 1e-37 for float) is returned as 0.
+      const T a = k * std::abs(v);
+      if (a > exp_cutoff<T>()) return T(0);
+      const T e = std::exp(-a);
       const T d = T(1) + e;
       return k * e / (d * d);
     }

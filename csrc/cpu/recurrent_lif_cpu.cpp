@@ -24,7 +24,7 @@ namespace {
 
 // Elements per task of the per-step element-wise pass in backward: below this
 // a parallel region costs more than it saves.
-constexpr int64_t kElementwiseGrain = 8192;
+constexpr int64_t kElementwiseGrain = 2048;
 
 // alpha and theta as [N] arrays (a scalar broadcast), so the per-neuron loops
 // below read them contiguously and vectorise.
