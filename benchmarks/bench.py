@@ -164,11 +164,12 @@ def plot(rows, stem):
 
     impls = sorted({r["impl"] for r in rows}, key=["fused", "autograd", "compiled", "snntorch"].index)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for impl in impls:
-        axes[0].plot(*series("T", "fwd_bwd_ms", impl), marker="o", label=impl)
-        if impl != "fused":
-            axes[1].plot(*series("N", "fwd_bwd_ratio", impl), marker="o", label=f"{impl} / fused")
-        axes[2].plot(*series("T", "saved_bytes", impl), marker="o", label=impl)
+    for color, impl in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], impls):
+        style = dict(marker="o", color=color)
+        axes[0].plot(*series("T", "fwd_bwd_ms", impl), label=impl, **style)
+        if impl != "fused" and series("N", "fwd_bwd_ratio", impl)[0]:
+            axes[1].plot(*series("N", "fwd_bwd_ratio", impl), label=f"{impl} / fused", **style)
+        axes[2].plot(*series("T", "saved_bytes", impl), label=impl, **style)
     axes[0].set(xlabel="T", ylabel="forward + backward [ms]", title="time vs T", xscale="log", yscale="log")
     axes[1].set(xlabel="N", ylabel="time ratio (higher: fused faster)", title="speed-up vs N", xscale="log")
     axes[1].axhline(1, color="gray", lw=0.5)

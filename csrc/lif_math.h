@@ -53,8 +53,8 @@ C10_HOST_DEVICE inline T surrogate_grad(Surrogate kind, T v, T k) {
 // U[t] from the previous state; `rec` is the recurrent input S[t-1] @ w_rec.T.
 // Summed in the order the equations are written, like the reference.
 template <typename T>
-C10_HOST_DEVICE inline T membrane_step(Reset reset, T alpha, T theta, T u_prev,
-                                       T r_prev, T input, T rec) {
+C10_HOST_DEVICE inline T membrane_step(Reset reset, T alpha, T theta, T u_prev, T r_prev, T input,
+                                       T rec) {
   switch (reset) {
     case Reset::Subtract:
       return alpha * u_prev + input + rec - theta * r_prev;
@@ -84,16 +84,17 @@ C10_HOST_DEVICE inline T dnext_dr(Reset reset, T alpha, T theta, T u) {
 // Per-neuron terms of one reverse step (SPEC §2) at time t.
 template <typename T>
 struct BackwardTerms {
-  T grad_u;        // gU[t]
-  T grad_s_sg;     // gS[t] * sg[t]
+  T grad_u;     // gU[t]
+  T grad_s_sg;  // gS[t] * sg[t]
 };
 
 // gS[t] = gS_out[t] + (gU[t+1] @ w_rec) + c_R * gU[t+1] * dU[t+1]/dR[t]
 // gU[t] = gU_out[t] + gS[t] * sg[t] + gU[t+1] * dU[t+1]/dU[t]
 template <typename T>
-C10_HOST_DEVICE inline BackwardTerms<T> backward_step(
-    Reset reset, bool detach_reset, Surrogate kind, T slope, T alpha, T theta,
-    T u, T s, T grad_s_out, T grad_u_out, T grad_u_next, T rec_grad) {
+C10_HOST_DEVICE inline BackwardTerms<T> backward_step(Reset reset, bool detach_reset,
+                                                      Surrogate kind, T slope, T alpha, T theta,
+                                                      T u, T s, T grad_s_out, T grad_u_out,
+                                                      T grad_u_next, T rec_grad) {
   T grad_s = grad_s_out + rec_grad;
   if (!detach_reset && reset != Reset::None) {
     grad_s += grad_u_next * dnext_dr(reset, alpha, theta, u);
@@ -118,22 +119,28 @@ C10_HOST_DEVICE inline T theta_grad_term(Reset reset, T grad_s_sg, T grad_u, T r
 template <typename F>
 decltype(auto) dispatch_reset(Reset reset, F&& f) {
   switch (reset) {
-    case Reset::Subtract: return f(std::integral_constant<Reset, Reset::Subtract>{});
-    case Reset::Zero: return f(std::integral_constant<Reset, Reset::Zero>{});
+    case Reset::Subtract:
+      return f(std::integral_constant<Reset, Reset::Subtract>{});
+    case Reset::Zero:
+      return f(std::integral_constant<Reset, Reset::Zero>{});
     case Reset::None:
-    default: return f(std::integral_constant<Reset, Reset::None>{});
+    default:
+      return f(std::integral_constant<Reset, Reset::None>{});
   }
 }
 
 template <typename F>
 decltype(auto) dispatch_surrogate(Surrogate kind, F&& f) {
   switch (kind) {
-    case Surrogate::Sigmoid: return f(std::integral_constant<Surrogate, Surrogate::Sigmoid>{});
+    case Surrogate::Sigmoid:
+      return f(std::integral_constant<Surrogate, Surrogate::Sigmoid>{});
     case Surrogate::FastSigmoid:
       return f(std::integral_constant<Surrogate, Surrogate::FastSigmoid>{});
-    case Surrogate::Atan: return f(std::integral_constant<Surrogate, Surrogate::Atan>{});
+    case Surrogate::Atan:
+      return f(std::integral_constant<Surrogate, Surrogate::Atan>{});
     case Surrogate::Triangle:
-    default: return f(std::integral_constant<Surrogate, Surrogate::Triangle>{});
+    default:
+      return f(std::integral_constant<Surrogate, Surrogate::Triangle>{});
   }
 }
 

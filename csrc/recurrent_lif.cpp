@@ -1,12 +1,11 @@
 #include "recurrent_lif.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-
 #include <cmath>
 
 namespace torch_ext {
@@ -29,18 +28,19 @@ class SingleThreadedBlas {
   ~SingleThreadedBlas() {
     if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
   }
+
  private:
   int previous_;
 };
 }  // namespace
 
-void deterministic_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                bool accumulate) {
+void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
+                          bool accumulate) {
   if (!out.device().is_cpu()) {
     if (accumulate) {
       out.addmm_(a, b);
     } else {
-      at::mm_out(const_cast<at::Tensor&>(out), a, b);
+      at::mm_out(out, a, b);
     }
     return;
   }
@@ -92,8 +92,8 @@ namespace {
 
 Surrogate check_surrogate(c10::string_view name, double slope) {
   const Surrogate surrogate = parse_surrogate(name);
-  TORCH_CHECK_VALUE(std::isfinite(slope) && slope > 0, ARG("slope"),
-                    "must be finite and > 0, got ", slope);
+  TORCH_CHECK_VALUE(std::isfinite(slope) && slope > 0, ARG("slope"), "must be finite and > 0, got ",
+                    slope);
   return surrogate;
 }
 
@@ -108,23 +108,24 @@ std::string shape_str(at::IntArrayRef sizes) { return c10::str(sizes); }
 // float16 runs pass float32 state and parameters).
 void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x,
                   at::ScalarType compute, bool allow_compute_dtype) {
-  TORCH_CHECK_VALUE(t.device() == x.device(), ARG(name), "is on ", t.device(),
-                    " but x is on ", x.device(), "; all tensors must be on one device");
-  const bool ok = t.scalar_type() == x.scalar_type() ||
-                  (allow_compute_dtype && t.scalar_type() == compute);
+  TORCH_CHECK_VALUE(t.device() == x.device(), ARG(name), "is on ", t.device(), " but x is on ",
+                    x.device(), "; all tensors must be on one device");
+  const bool ok =
+      t.scalar_type() == x.scalar_type() || (allow_compute_dtype && t.scalar_type() == compute);
   TORCH_CHECK_TYPE(ok, ARG(name), "has dtype ", t.scalar_type(), " but x has dtype ",
-                   x.scalar_type(), allow_compute_dtype && compute != x.scalar_type()
-                       ? c10::str(" (", compute, " is accepted too)") : std::string());
+                   x.scalar_type(),
+                   allow_compute_dtype && compute != x.scalar_type()
+                       ? c10::str(" (", compute, " is accepted too)")
+                       : std::string());
 }
 
 void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected,
                  const char* meaning) {
-  TORCH_CHECK_VALUE(t.sizes() == expected, ARG(name), "must have shape ",
-                    shape_str(expected), " ", meaning, ", got ", shape_str(t.sizes()));
+  TORCH_CHECK_VALUE(t.sizes() == expected, ARG(name), "must have shape ", shape_str(expected), " ",
+                    meaning, ", got ", shape_str(t.sizes()));
 }
 
-void check_neuron_param(const at::Tensor& t, const char* name, const at::Tensor& x,
-                        const Dims& d) {
+void check_neuron_param(const at::Tensor& t, const char* name, const at::Tensor& x, const Dims& d) {
   check_like_x(t, name, x, d.compute, /*allow_compute_dtype=*/true);
   TORCH_CHECK_VALUE(t.dim() == 0 || (t.dim() == 1 && t.size(0) == d.N), ARG(name),
                     "must be a float, a 0-dim tensor or a tensor of shape [N] = [", d.N,
@@ -132,10 +133,9 @@ void check_neuron_param(const at::Tensor& t, const char* name, const at::Tensor&
 }
 
 Dims check_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-                  const c10::optional<at::Tensor>& w_rec,
-                  const c10::optional<at::Tensor>& bias, const at::Tensor& alpha,
-                  const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
-                  const c10::optional<at::Tensor>& s0) {
+                  const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
+                  const at::Tensor& alpha, const at::Tensor& theta,
+                  const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0) {
   TORCH_CHECK_VALUE(x.defined(), ARG("x"), "is required");
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), ARG("x"),
                    "must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
@@ -181,28 +181,32 @@ at::Tensor compute_contiguous(const at::Tensor& t, at::ScalarType compute) {
   return t.to(compute).contiguous();
 }
 
-LoopInputs loop_inputs(const Dims& d, const at::Tensor& x,
-                       const c10::optional<at::Tensor>& w_rec, const at::Tensor& alpha,
-                       const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
-                       const c10::optional<at::Tensor>& s0, Reset reset) {
+LoopInputs loop_inputs(const Dims& d, const at::Tensor& x, const c10::optional<at::Tensor>& w_rec,
+                       const at::Tensor& alpha, const at::Tensor& theta,
+                       const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
+                       Reset reset) {
   const auto opts = x.options().dtype(d.compute);
   auto state = [&](const c10::optional<at::Tensor>& t) {
     return t.has_value() ? compute_contiguous(*t, d.compute) : at::zeros({d.B, d.N}, opts);
   };
   return LoopInputs{w_rec.has_value() ? compute_contiguous(*w_rec, d.compute) : at::Tensor(),
-                    compute_contiguous(alpha, d.compute), compute_contiguous(theta, d.compute),
-                    state(u0), state(s0), reset};
+                    compute_contiguous(alpha, d.compute),
+                    compute_contiguous(theta, d.compute),
+                    state(u0),
+                    state(s0),
+                    reset};
 }
 
 }  // namespace
 
-ForwardResult recurrent_lif_forward(
-    const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-    const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
-    const at::Tensor& alpha, const at::Tensor& theta,
-    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    c10::string_view reset_name, bool /*detach_reset*/, c10::string_view surrogate_name,
-    double slope, ForwardLoop loop) {
+ForwardResult recurrent_lif_forward(const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
+                                    const c10::optional<at::Tensor>& w_rec,
+                                    const c10::optional<at::Tensor>& bias, const at::Tensor& alpha,
+                                    const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
+                                    const c10::optional<at::Tensor>& s0,
+                                    c10::string_view reset_name, bool /*detach_reset*/,
+                                    c10::string_view surrogate_name, double slope,
+                                    ForwardLoop loop) {
   // The matrix products below must stay in the compute dtype even when the
   // caller runs under autocast (which already cast the inputs it wanted cast).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -234,10 +238,9 @@ ForwardResult recurrent_lif_forward(
 }
 
 BackwardResult recurrent_lif_backward(
-    const c10::optional<at::Tensor>& grad_spikes,
-    const c10::optional<at::Tensor>& grad_membrane, const at::Tensor& x,
-    const c10::optional<at::Tensor>& w_in, const c10::optional<at::Tensor>& w_rec,
-    const at::Tensor& alpha, const at::Tensor& theta,
+    const c10::optional<at::Tensor>& grad_spikes, const c10::optional<at::Tensor>& grad_membrane,
+    const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
+    const c10::optional<at::Tensor>& w_rec, const at::Tensor& alpha, const at::Tensor& theta,
     const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
     const at::Tensor& spikes, const at::Tensor& membrane, c10::string_view reset_name,
     bool detach_reset, c10::string_view surrogate_name, double slope,
@@ -247,8 +250,8 @@ BackwardResult recurrent_lif_backward(
   const Reset reset = parse_reset(reset_name);
   const Surrogate surrogate = check_surrogate(surrogate_name, slope);
   const std::vector<int64_t> out_shape{d.T, d.B, d.N};
-  for (const auto& [t, name] : {std::make_pair(&spikes, "spikes"),
-                                std::make_pair(&membrane, "membrane")}) {
+  for (const auto& [t, name] :
+       {std::make_pair(&spikes, "spikes"), std::make_pair(&membrane, "membrane")}) {
     check_like_x(*t, name, x, d.compute, true);
     check_shape(*t, name, out_shape, "[T, B, N]");
   }
@@ -258,8 +261,8 @@ BackwardResult recurrent_lif_backward(
     check_shape(*g, name, out_shape, "[T, B, N]");
     return compute_contiguous(*g, d.compute);
   };
-  const auto [need_x, need_w_in, need_w_rec, need_bias, need_alpha, need_theta, need_u0,
-              need_s0] = needs_grad;
+  const auto [need_x, need_w_in, need_w_rec, need_bias, need_alpha, need_theta, need_u0, need_s0] =
+      needs_grad;
   const auto opts = x.options().dtype(d.compute);
 
   BackwardLoopInputs in{loop_inputs(d, x, w_rec, alpha, theta, u0, s0, reset),
@@ -267,7 +270,12 @@ BackwardResult recurrent_lif_backward(
                         compute_contiguous(membrane, d.compute),
                         incoming(grad_spikes, "grad_spikes"),
                         incoming(grad_membrane, "grad_membrane"),
-                        detach_reset, surrogate, slope, need_alpha, need_theta, need_bias};
+                        detach_reset,
+                        surrogate,
+                        slope,
+                        need_alpha,
+                        need_theta,
+                        need_bias};
   BackwardLoopOutputs out;
   if (membrane.numel() > 0) {
     out = loop(in);
@@ -290,9 +298,10 @@ BackwardResult recurrent_lif_backward(
 
   at::Tensor grad_x = none(), grad_w_in = none(), grad_w_rec = none(), grad_s0 = none();
   if (need_x) {
-    grad_x = (w_in.has_value() ? deterministic_mm(grad_u_2d, w_in->to(d.compute)).view({d.T, d.B, d.F})
-                               : out.grad_u)
-                 .to(x.scalar_type());
+    grad_x =
+        (w_in.has_value() ? deterministic_mm(grad_u_2d, w_in->to(d.compute)).view({d.T, d.B, d.F})
+                          : out.grad_u)
+            .to(x.scalar_type());
   }
   if (need_w_in && w_in.has_value()) {
     grad_w_in = deterministic_mm(grad_u_2d.t(), x.to(d.compute).reshape({d.T * d.B, d.F}))
@@ -304,7 +313,7 @@ BackwardResult recurrent_lif_backward(
     grad_w_rec = deterministic_mm(grad_u_first.t(), s_first);
     if (d.T > 1) {
       deterministic_mm_out(grad_w_rec, out.grad_u.narrow(0, 1, d.T - 1).reshape({-1, d.N}).t(),
-                 in.spikes.narrow(0, 0, d.T - 1).reshape({-1, d.N}), /*accumulate=*/true);
+                           in.spikes.narrow(0, 0, d.T - 1).reshape({-1, d.N}), /*accumulate=*/true);
     }
     grad_w_rec = grad_w_rec.to(w_rec->scalar_type());
   }

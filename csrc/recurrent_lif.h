@@ -16,8 +16,8 @@ namespace torch_ext {
 // single-threaded BLAS call, so the result is bitwise the same for any number
 // of threads (a multi-threaded BLAS call splits the inner dimension according
 // to its thread count). On other devices: one plain ATen product.
-void deterministic_mm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                bool accumulate = false);
+void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
+                          bool accumulate = false);
 at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
 
 Reset parse_reset(c10::string_view name);
@@ -38,8 +38,8 @@ using ForwardLoop = void (*)(const LoopInputs& in, at::Tensor& membrane, at::Ten
 
 struct BackwardLoopInputs {
   LoopInputs state;
-  at::Tensor spikes, membrane;              // [T, B, N], compute dtype
-  at::Tensor grad_spikes, grad_membrane;    // [T, B, N], or undefined (= zero)
+  at::Tensor spikes, membrane;            // [T, B, N], compute dtype
+  at::Tensor grad_spikes, grad_membrane;  // [T, B, N], or undefined (= zero)
   bool detach_reset;
   Surrogate surrogate;
   double slope;
@@ -47,7 +47,7 @@ struct BackwardLoopInputs {
 };
 
 struct BackwardLoopOutputs {
-  at::Tensor grad_u;  // [T, B, N]: gU[t] = dL/dI[t]
+  at::Tensor grad_u;         // [T, B, N]: gU[t] = dL/dI[t]
   at::Tensor grad_u0;        // [B, N]: gU[1] * dU[1]/dU[0]
   at::Tensor grad_s0_reset;  // [B, N]: c_R * gU[1] * dU[1]/dR[0] (the w_rec part is added later)
   // [N] sums over t and b of the grad_alpha, grad_theta and gU terms; undefined if not asked for.
@@ -58,56 +58,54 @@ struct BackwardLoopOutputs {
 using BackwardLoop = BackwardLoopOutputs (*)(const BackwardLoopInputs& in);
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor>;
-using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                  at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                  at::Tensor, at::Tensor, at::Tensor>;
 
 // The forward op takes the backward's options too (detach_reset, surrogate,
 // slope), so that autograd can be registered on the op itself; it checks them.
-ForwardResult recurrent_lif_forward(
-    const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-    const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
-    const at::Tensor& alpha, const at::Tensor& theta,
-    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    c10::string_view reset, bool detach_reset, c10::string_view surrogate, double slope,
-    ForwardLoop loop);
+ForwardResult recurrent_lif_forward(const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
+                                    const c10::optional<at::Tensor>& w_rec,
+                                    const c10::optional<at::Tensor>& bias, const at::Tensor& alpha,
+                                    const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
+                                    const c10::optional<at::Tensor>& s0, c10::string_view reset,
+                                    bool detach_reset, c10::string_view surrogate, double slope,
+                                    ForwardLoop loop);
 
 // needs_grad: x, w_in, w_rec, bias, alpha, theta, u0, s0. Gradients not needed
 // come back as empty tensors (numel 0) and are never computed.
 BackwardResult recurrent_lif_backward(
-    const c10::optional<at::Tensor>& grad_spikes,
-    const c10::optional<at::Tensor>& grad_membrane, const at::Tensor& x,
-    const c10::optional<at::Tensor>& w_in, const c10::optional<at::Tensor>& w_rec,
-    const at::Tensor& alpha, const at::Tensor& theta,
+    const c10::optional<at::Tensor>& grad_spikes, const c10::optional<at::Tensor>& grad_membrane,
+    const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
+    const c10::optional<at::Tensor>& w_rec, const at::Tensor& alpha, const at::Tensor& theta,
     const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    const at::Tensor& spikes, const at::Tensor& membrane, c10::string_view reset,
-    bool detach_reset, c10::string_view surrogate, double slope,
-    std::array<bool, 8> needs_grad, BackwardLoop loop);
+    const at::Tensor& spikes, const at::Tensor& membrane, c10::string_view reset, bool detach_reset,
+    c10::string_view surrogate, double slope, std::array<bool, 8> needs_grad, BackwardLoop loop);
 
 // The kernels each backend registers: the shared driver with that backend's loops.
 template <ForwardLoop Loop>
-ForwardResult forward_kernel(
-    const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-    const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
-    const at::Tensor& alpha, const at::Tensor& theta,
-    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    c10::string_view reset, bool detach_reset, c10::string_view surrogate, double slope) {
+ForwardResult forward_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
+                             const c10::optional<at::Tensor>& w_rec,
+                             const c10::optional<at::Tensor>& bias, const at::Tensor& alpha,
+                             const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
+                             const c10::optional<at::Tensor>& s0, c10::string_view reset,
+                             bool detach_reset, c10::string_view surrogate, double slope) {
   return recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset,
                                surrogate, slope, Loop);
 }
 
 template <BackwardLoop Loop>
-BackwardResult backward_kernel(
-    const c10::optional<at::Tensor>& grad_spikes,
-    const c10::optional<at::Tensor>& grad_membrane, const at::Tensor& x,
-    const c10::optional<at::Tensor>& w_in, const c10::optional<at::Tensor>& w_rec,
-    const at::Tensor& alpha, const at::Tensor& theta,
-    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    const at::Tensor& spikes, const at::Tensor& membrane, c10::string_view reset,
-    bool detach_reset, c10::string_view surrogate, double slope,
-    std::array<bool, 8> needs_grad) {
-  return recurrent_lif_backward(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0,
-                                s0, spikes, membrane, reset, detach_reset, surrogate, slope,
-                                needs_grad, Loop);
+BackwardResult backward_kernel(const c10::optional<at::Tensor>& grad_spikes,
+                               const c10::optional<at::Tensor>& grad_membrane, const at::Tensor& x,
+                               const c10::optional<at::Tensor>& w_in,
+                               const c10::optional<at::Tensor>& w_rec, const at::Tensor& alpha,
+                               const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
+                               const c10::optional<at::Tensor>& s0, const at::Tensor& spikes,
+                               const at::Tensor& membrane, c10::string_view reset,
+                               bool detach_reset, c10::string_view surrogate, double slope,
+                               std::array<bool, 8> needs_grad) {
+  return recurrent_lif_backward(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0,
+                                spikes, membrane, reset, detach_reset, surrogate, slope, needs_grad,
+                                Loop);
 }
 
 }  // namespace torch_ext

@@ -136,3 +136,29 @@ def test_cuda_deterministic():
     first = run_with_grads(torch_ext.recurrent_lif, args)
     second = run_with_grads(torch_ext.recurrent_lif, args)
     assert_same(first, second, 0, 0)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_equals_float32_on_rounded_inputs(dtype):
+    torch.manual_seed(0)
+    layer = torch_ext.RecurrentLIF(16, 32, return_membrane=True).cuda()
+    x = torch.randn(20, 8, 16, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        spikes, membrane, (u, _) = layer(x)
+    assert spikes.dtype == dtype and membrane.dtype == u.dtype == torch.float32
+    rounded = [p.detach().to(dtype).float() for p in (layer.w_in, layer.w_rec, layer.bias)]
+    spikes_r, membrane_r = torch_ext.recurrent_lif(x.to(dtype).float(), *rounded, layer.alpha,
+                                                   layer.theta)
+    assert torch.equal(spikes.float(), spikes_r)
+    torch.testing.assert_close(membrane, membrane_r, rtol=1e-5, atol=1e-5)
+
+
+@cuda_only
+def test_module_moves_between_devices():
+    layer = torch_ext.RecurrentLIF(3, 4, learn_alpha=True, dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    want = layer(x)[0]
+    got = layer.cuda()(x.cuda())[0]
+    assert layer.alpha.device.type == "cuda"
+    assert torch.equal(got.cpu(), want)

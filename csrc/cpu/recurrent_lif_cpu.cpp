@@ -144,8 +144,10 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
         const scalar_t* __restrict__ s = ptr(in.spikes) + row;
         const scalar_t* __restrict__ u_prev = t > 0 ? u - BN : ptr(st.u0) + b * N;
         const scalar_t* __restrict__ r_prev = t > 0 ? s - BN : ptr(st.s0) + b * N;
-        const scalar_t* __restrict__ gs_out = in.grad_spikes.defined() ? ptr(in.grad_spikes) + row : nullptr;
-        const scalar_t* __restrict__ gu_out = in.grad_membrane.defined() ? ptr(in.grad_membrane) + row : nullptr;
+        const scalar_t* __restrict__ gs_out =
+            in.grad_spikes.defined() ? ptr(in.grad_spikes) + row : nullptr;
+        const scalar_t* __restrict__ gu_out =
+            in.grad_membrane.defined() ? ptr(in.grad_membrane) + row : nullptr;
         scalar_t* __restrict__ gu = ptr(out.grad_u) + row;
         const scalar_t* __restrict__ gu_next = has_next ? gu + BN : nullptr;
         const scalar_t* __restrict__ g_rec = has_rec && has_next ? ptr(rec_grad) + b * N : nullptr;
@@ -153,10 +155,10 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
         scalar_t* __restrict__ a_theta = in.need_theta ? ptr(acc_theta) + b * N : nullptr;
         scalar_t* __restrict__ a_bias = in.need_bias ? ptr(acc_bias) + b * N : nullptr;
         for (int64_t n = 0; n < N; ++n) {
-          const auto terms = backward_step(
-              R, in.detach_reset, SG, slope, alpha[n], theta[n], u[n], s[n],
-              gs_out ? gs_out[n] : scalar_t(0), gu_out ? gu_out[n] : scalar_t(0),
-              gu_next ? gu_next[n] : scalar_t(0), g_rec ? g_rec[n] : scalar_t(0));
+          const auto terms =
+              backward_step(R, in.detach_reset, SG, slope, alpha[n], theta[n], u[n], s[n],
+                            gs_out ? gs_out[n] : scalar_t(0), gu_out ? gu_out[n] : scalar_t(0),
+                            gu_next ? gu_next[n] : scalar_t(0), g_rec ? g_rec[n] : scalar_t(0));
           gu[n] = terms.grad_u;
           if (a_alpha) a_alpha[n] += alpha_grad_term(R, terms.grad_u, u_prev[n], r_prev[n]);
           if (a_theta) a_theta[n] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev[n]);

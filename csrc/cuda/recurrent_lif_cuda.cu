@@ -35,8 +35,8 @@ struct DeviceParams {
 
 template <typename scalar_t>
 DeviceParams<scalar_t> device_params(const LoopInputs& in) {
-  return {in.alpha.data_ptr<scalar_t>(), in.theta.data_ptr<scalar_t>(),
-          in.alpha.dim() == 0 ? 0 : 1, in.theta.dim() == 0 ? 0 : 1};
+  return {in.alpha.data_ptr<scalar_t>(), in.theta.data_ptr<scalar_t>(), in.alpha.dim() == 0 ? 0 : 1,
+          in.theta.dim() == 0 ? 0 : 1};
 }
 
 unsigned int blocks_for(int64_t elements) {
@@ -47,10 +47,9 @@ unsigned int blocks_for(int64_t elements) {
 // w_out = w_rec.T (row j: what a spike of neuron j adds), or null.
 template <typename scalar_t, Reset R>
 __global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __restrict__ w_out,
-                                    DeviceParams<scalar_t> p,
-                                    const scalar_t* __restrict__ u_prev,
-                                    const scalar_t* __restrict__ r_prev,
-                                    scalar_t* __restrict__ u, scalar_t* __restrict__ s) {
+                                    DeviceParams<scalar_t> p, const scalar_t* __restrict__ u_prev,
+                                    const scalar_t* __restrict__ r_prev, scalar_t* __restrict__ u,
+                                    scalar_t* __restrict__ s) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= B * N) return;
   const int64_t b = i / N, n = i % N;
@@ -104,9 +103,9 @@ struct BackwardPointers {
 
 // One reverse step at time t for element i = (b, n); see lif_math.h.
 template <typename scalar_t, Reset R, Surrogate SG>
-__global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
-                                     bool detach_reset, scalar_t slope,
-                                     DeviceParams<scalar_t> p, BackwardPointers<scalar_t> q) {
+__global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N, bool detach_reset,
+                                     scalar_t slope, DeviceParams<scalar_t> p,
+                                     BackwardPointers<scalar_t> q) {
   const int64_t BN = B * N;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= BN) return;
@@ -121,10 +120,10 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
   const scalar_t alpha = p.a(n), theta = p.th(n);
   const scalar_t u_prev = t > 0 ? q.U[k - BN] : q.u0[i];
   const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
-  const auto terms = backward_step(
-      R, detach_reset, SG, slope, alpha, theta, q.U[k], q.S[k],
-      q.gS_out ? q.gS_out[k] : scalar_t(0), q.gU_out ? q.gU_out[k] : scalar_t(0),
-      has_next ? q.gU[k + BN] : scalar_t(0), rec_grad);
+  const auto terms =
+      backward_step(R, detach_reset, SG, slope, alpha, theta, q.U[k], q.S[k],
+                    q.gS_out ? q.gS_out[k] : scalar_t(0), q.gU_out ? q.gU_out[k] : scalar_t(0),
+                    has_next ? q.gU[k + BN] : scalar_t(0), rec_grad);
   q.gU[k] = terms.grad_u;
   if (q.acc_alpha) q.acc_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
   if (q.acc_theta) q.acc_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
@@ -132,7 +131,8 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
   if (t == 0) {
     q.g_u0[i] = terms.grad_u * dnext_du(R, alpha, r_prev);
     q.g_s0[i] = (!detach_reset && R != Reset::None)
-                    ? terms.grad_u * dnext_dr(R, alpha, theta, u_prev) : scalar_t(0);
+                    ? terms.grad_u * dnext_dr(R, alpha, theta, u_prev)
+                    : scalar_t(0);
   }
 }
 
@@ -150,10 +150,11 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const at::Tensor acc_alpha = in.need_alpha ? at::zeros({B, N}, opts) : at::Tensor();
   const at::Tensor acc_theta = in.need_theta ? at::zeros({B, N}, opts) : at::Tensor();
   const at::Tensor acc_bias = in.need_bias ? at::zeros({B, N}, opts) : at::Tensor();
-  const BackwardPointers<scalar_t> q{
-      ptr(in.membrane), ptr(in.spikes), ptr(in.grad_spikes), ptr(in.grad_membrane),
-      ptr(st.u0), ptr(st.s0), ptr(st.w_rec), ptr(out.grad_u), ptr(out.grad_u0),
-      ptr(out.grad_s0_reset), ptr(acc_alpha), ptr(acc_theta), ptr(acc_bias)};
+  const BackwardPointers<scalar_t> q{ptr(in.membrane),       ptr(in.spikes),  ptr(in.grad_spikes),
+                                     ptr(in.grad_membrane),  ptr(st.u0),      ptr(st.s0),
+                                     ptr(st.w_rec),          ptr(out.grad_u), ptr(out.grad_u0),
+                                     ptr(out.grad_s0_reset), ptr(acc_alpha),  ptr(acc_theta),
+                                     ptr(acc_bias)};
   const auto p = device_params<scalar_t>(st);
   const auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t t = T - 1; t >= 0; --t) {

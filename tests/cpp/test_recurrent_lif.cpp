@@ -18,8 +18,8 @@ using ForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, co
                                              bool, c10::string_view, double);
 using BackwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, const OptTensor&,
-    const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
-    const Tensor&, c10::string_view, bool, c10::string_view, double, std::array<bool, 8>);
+    const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
+    c10::string_view, bool, c10::string_view, double, std::array<bool, 8>);
 
 c10::TypedOperatorHandle<ForwardFn> forward_op() {
   return c10::Dispatcher::singleton()
@@ -86,9 +86,8 @@ Inputs random_inputs(int64_t T, int64_t B, int64_t F, int64_t N) {
   return in;
 }
 
-std::tuple<Tensor, Tensor> reference(const Inputs& in, const std::string& reset,
-                                     bool detach_reset, const std::string& surrogate,
-                                     double slope) {
+std::tuple<Tensor, Tensor> reference(const Inputs& in, const std::string& reset, bool detach_reset,
+                                     const std::string& surrogate, double slope) {
   const Tensor current = torch::matmul(in.x, in.w_in.t()) + in.bias;
   Tensor u = in.u0, s = in.s0;
   std::vector<Tensor> spikes, membrane;
@@ -113,9 +112,9 @@ TEST_P(MatchesAutograd, ForwardAndAllGradients) {
   const double slope = surrogate == "atan" ? 2.0 : (surrogate == "triangle" ? 1.0 : 25.0);
   const Inputs in = random_inputs(15, 3, 5, 6);
 
-  const auto [spikes, membrane] = forward_op().call(
-      in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(), in.u0, in.s0, reset,
-      detach, surrogate, slope);
+  const auto [spikes, membrane] =
+      forward_op().call(in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(),
+                        in.u0, in.s0, reset, detach, surrogate, slope);
   const auto [spikes_ref, membrane_ref] = reference(in, reset, detach, surrogate, slope);
   ASSERT_TRUE(torch::equal(spikes, spikes_ref));
   ASSERT_TRUE(torch::allclose(membrane, membrane_ref, 1e-10, 1e-10));
@@ -125,10 +124,10 @@ TEST_P(MatchesAutograd, ForwardAndAllGradients) {
 
   const Tensor grad_spikes = torch::randn_like(spikes);
   const Tensor grad_membrane = torch::randn_like(membrane);
-  const auto grads = backward_op().call(
-      grad_spikes, grad_membrane, in.x, in.w_in, in.w_rec, in.alpha.detach(), in.theta.detach(),
-      in.u0, in.s0, spikes, membrane, reset, detach, surrogate, slope,
-      {true, true, true, true, true, true, true, true});
+  const auto grads =
+      backward_op().call(grad_spikes, grad_membrane, in.x, in.w_in, in.w_rec, in.alpha.detach(),
+                         in.theta.detach(), in.u0, in.s0, spikes, membrane, reset, detach,
+                         surrogate, slope, {true, true, true, true, true, true, true, true});
   const std::vector<Tensor> got = {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads),
                                    std::get<3>(grads), std::get<4>(grads), std::get<5>(grads),
                                    std::get<6>(grads), std::get<7>(grads)};
@@ -148,13 +147,13 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(RecurrentLIF, UnneededGradientsAreEmpty) {
   const Inputs in = random_inputs(6, 2, 3, 4);
-  const auto [spikes, membrane] = forward_op().call(
-      in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(), in.u0, in.s0,
-      "subtract", false, "sigmoid", 25.0);
-  const auto grads = backward_op().call(
-      torch::ones_like(spikes), c10::nullopt, in.x, in.w_in, in.w_rec, in.alpha.detach(),
-      in.theta.detach(), in.u0, in.s0, spikes, membrane, "subtract", false, "sigmoid", 25.0,
-      {false, true, false, false, false, false, false, false});
+  const auto [spikes, membrane] =
+      forward_op().call(in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(),
+                        in.u0, in.s0, "subtract", false, "sigmoid", 25.0);
+  const auto grads = backward_op().call(torch::ones_like(spikes), c10::nullopt, in.x, in.w_in,
+                                        in.w_rec, in.alpha.detach(), in.theta.detach(), in.u0,
+                                        in.s0, spikes, membrane, "subtract", false, "sigmoid", 25.0,
+                                        {false, true, false, false, false, false, false, false});
   EXPECT_EQ(std::get<0>(grads).numel(), 0);
   EXPECT_EQ(std::get<1>(grads).sizes(), in.w_in.sizes());
   EXPECT_EQ(std::get<2>(grads).numel(), 0);
@@ -165,8 +164,8 @@ template <typename Error>
 void expect_error(const char* argument, Inputs in, const std::string& reset = "subtract",
                   const std::string& surrogate = "sigmoid", double slope = 25.0) {
   try {
-    forward_op().call(in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(),
-                      in.u0, in.s0, reset, false, surrogate, slope);
+    forward_op().call(in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(), in.u0,
+                      in.s0, reset, false, surrogate, slope);
     ADD_FAILURE() << "no error for a bad '" << argument << "'";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(std::string("'") + argument + "'"), std::string::npos)
@@ -176,16 +175,25 @@ void expect_error(const char* argument, Inputs in, const std::string& reset = "s
 
 TEST(RecurrentLIF, BadInputsNameTheArgument) {
   const Inputs good = random_inputs(4, 2, 3, 5);
-  auto with = [&](auto change) { Inputs in = good; change(in); return in; };
+  auto with = [&](auto change) {
+    Inputs in = good;
+    change(in);
+    return in;
+  };
   expect_error<c10::ValueError>("x", with([](Inputs& in) { in.x = in.x[0]; }));
   expect_error<c10::TypeError>("x", with([](Inputs& in) { in.x = in.x.to(torch::kInt32); }));
   expect_error<c10::ValueError>("w_in", with([](Inputs& in) { in.w_in = in.w_in.t(); }));
-  expect_error<c10::TypeError>("w_in", with([](Inputs& in) { in.w_in = in.w_in.to(torch::kFloat32); }));
+  expect_error<c10::TypeError>("w_in",
+                               with([](Inputs& in) { in.w_in = in.w_in.to(torch::kFloat32); }));
   expect_error<c10::ValueError>("w_rec", with([](Inputs& in) { in.w_rec = in.w_rec[0]; }));
-  expect_error<c10::ValueError>("bias", with([](Inputs& in) { in.bias = in.bias.narrow(0, 0, 2); }));
+  expect_error<c10::ValueError>("bias",
+                                with([](Inputs& in) { in.bias = in.bias.narrow(0, 0, 2); }));
   expect_error<c10::ValueError>("alpha", with([](Inputs& in) { in.alpha = in.alpha * 3; }));
-  expect_error<c10::ValueError>("alpha", with([](Inputs& in) { in.alpha = in.alpha.view({1, -1}); }));
-  expect_error<c10::ValueError>("theta", with([](Inputs& in) { in.theta = torch::ones({2}, torch::kFloat64); }));
+  expect_error<c10::ValueError>("alpha", with([](Inputs& in) {
+                                  in.alpha = in.alpha.view({1, -1});
+                                }));
+  expect_error<c10::ValueError>(
+      "theta", with([](Inputs& in) { in.theta = torch::ones({2}, torch::kFloat64); }));
   expect_error<c10::ValueError>("u0", with([](Inputs& in) { in.u0 = in.u0.t(); }));
   expect_error<c10::ValueError>("s0", with([](Inputs& in) { in.s0 = in.s0[0]; }));
   expect_error<c10::ValueError>("reset", good, "hard");
