@@ -37,7 +37,11 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def saved_bytes(fn, x, params):
+def saved_bytes(run, keep):
+    """(bytes, outputs): the bytes autograd keeps alive for backward while
+    `run()` builds its graph, each storage counted once, leaving out the
+    storages of the tensors in `keep` (inputs, parameters) and of the returned
+    outputs; and those outputs."""
     storages = {}
 
     def pack(t):
@@ -45,10 +49,9 @@ def saved_bytes(fn, x, params):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        outputs = fn(x)
-    own = {t.untyped_storage().data_ptr() for t in [x, *outputs, *params.values()]
-           if isinstance(t, torch.Tensor)}
-    return sum(n for ptr, n in storages.items() if ptr not in own)
+        outputs = run()
+    own = {t.untyped_storage().data_ptr() for t in (*keep, *outputs) if isinstance(t, torch.Tensor)}
+    return sum(n for ptr, n in storages.items() if ptr not in own), outputs
 
 
 def timed(fn, x, params, backward, device):
@@ -116,7 +119,7 @@ def measure(T, B, N, args, device):
             "fwd_bwd_q1_ms": 1e3 * q["fwd_bwd"][0], "fwd_bwd_q3_ms": 1e3 * q["fwd_bwd"][2],
             "fwd_ratio": statistics.median(times[name]["fwd"]) / fused_f,
             "fwd_bwd_ratio": statistics.median(times[name]["fwd_bwd"]) / fused_fb,
-            "saved_bytes": saved_bytes(fn, x, params),
+            "saved_bytes": saved_bytes(lambda: fn(x), [x, *params.values()])[0],
             "peak_bytes": peak_bytes(fn, x, params, device),
             "spike_rate": peers.fused(params)(x)[0].mean().item() if name == "fused" else None,
         })

@@ -3,22 +3,8 @@ import pytest
 import torch
 
 import torch_ext
+from benchmarks.bench import saved_bytes
 from conftest import grad_inputs, make_inputs, run_with_grads
-
-
-def saved_bytes(fn, args):
-    """Bytes kept alive for backward, each storage counted once, leaving out the
-    inputs and the returned outputs (SPEC: saved_tensors_hooks measurement)."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        outputs = fn(*args)
-    own = {t.untyped_storage().data_ptr() for t in (*args, *outputs) if isinstance(t, torch.Tensor)}
-    return sum(n for ptr, n in storages.items() if ptr not in own)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -26,8 +12,8 @@ def test_saved_for_backward_at_most_one_bit_per_neuron_step(dtype):
     T, B, N = 50, 8, 16
     args = make_inputs(T=T, B=B, F=N, N=N, dtype=dtype, state=True)
     neuron_steps = T * B * N
-    fused = saved_bytes(torch_ext.recurrent_lif, args)
-    reference = saved_bytes(torch_ext.recurrent_lif_ref, args)
+    fused, _ = saved_bytes(lambda: torch_ext.recurrent_lif(*args), args)
+    reference, _ = saved_bytes(lambda: torch_ext.recurrent_lif_ref(*args), args)
     assert fused <= neuron_steps / 8
     assert reference >= 2 * dtype.itemsize * neuron_steps
 

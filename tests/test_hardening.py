@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import torch_ext
+from benchmarks.bench import saved_bytes
 from conftest import make_inputs, run_with_grads
 from torch_ext._options import SURROGATE_SLOPES
 
@@ -74,17 +75,8 @@ def test_non_finite_input_propagates(bad):
 def test_long_sequence_keeps_nothing_per_step():
     T, B, N = 100_000, 2, 4
     args = make_inputs(T=T, B=B, F=N, N=N, dtype=torch.float32, state=True)
-    saved = {}
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        spikes, membrane = torch_ext.recurrent_lif(*args)
-    own = {t.untyped_storage().data_ptr() for t in (*args, spikes, membrane)
-           if isinstance(t, torch.Tensor)}
-    assert sum(n for p, n in saved.items() if p not in own) <= T * B * N / 8
+    kept, (spikes, membrane) = saved_bytes(lambda: torch_ext.recurrent_lif(*args), args)
+    assert kept <= T * B * N / 8
     grads = torch.autograd.grad(spikes.sum() + membrane.sum(), [args[0], args[2]])
     assert all(torch.isfinite(g).all() for g in grads)
     assert 0 < spikes.mean() < 1
