@@ -200,7 +200,11 @@ def main(argv=None):
     parser.add_argument("--no-snntorch", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # e.g. a bare GPU machine: no progress bar
+        def tqdm(items, **_):
+            return items
 
     device = torch.device(args.device)
     configs = configurations(args, device)

@@ -136,6 +136,6 @@ def test_distributed_data_parallel_matches_single_process(tmp_path):
     out_path = tmp_path / "ddp_grads.pt"
     mp.start_processes(_ddp_worker, args=(2, _free_port(), x, y, layer.state_dict(), str(out_path)),
                        nprocs=2, join=True, start_method="spawn")
-    ddp_grads = torch.load(out_path)
+    ddp_grads = torch.load(out_path, weights_only=True)
     for name, p in layer.named_parameters():
         torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-12, atol=1e-12)
