@@ -34,6 +34,31 @@ struct NeuronParams {
       : alpha(in.alpha.expand({N}).contiguous()), theta(in.theta.expand({N}).contiguous()) {}
 };
 
+// The extension is compiled for baseline x86-64 (SSE2); the forward's hot loop
+// is cloned for AVX-512 and AVX2, and the loader picks the best the CPU has.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TORCH_EXT_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TORCH_EXT_CPU_CLONES
+#endif
+
+// acc += v * w over n elements: the recurrent input of one presynaptic neuron.
+// For a spike (v = 1) a plain add, exact like the sum it stands for.
+template <typename T>
+inline void add_scaled_row_impl(T* __restrict__ acc, const T* __restrict__ w, T v, int64_t n) {
+  if (v == T(1)) {
+    for (int64_t i = 0; i < n; ++i) acc[i] += w[i];
+  } else {  // s0 may hold any real value
+    for (int64_t i = 0; i < n; ++i) acc[i] += v * w[i];
+  }
+}
+TORCH_EXT_CPU_CLONES void add_scaled_row(float* acc, const float* w, float v, int64_t n) {
+  add_scaled_row_impl(acc, w, v, n);
+}
+TORCH_EXT_CPU_CLONES void add_scaled_row(double* acc, const double* w, double v, int64_t n) {
+  add_scaled_row_impl(acc, w, v, n);
+}
+
 template <typename scalar_t, Reset R>
 void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
   const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
@@ -56,14 +81,7 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
         std::fill(rec, rec + N, scalar_t(0));
         if (W != nullptr) {
           for (int64_t j = 0; j < N; ++j) {
-            const scalar_t v = r_prev[j];
-            if (v == scalar_t(0)) continue;
-            const scalar_t* __restrict__ w = W + j * N;
-            if (v == scalar_t(1)) {
-              for (int64_t n = 0; n < N; ++n) rec[n] += w[n];
-            } else {  // s0 may hold any real value
-              for (int64_t n = 0; n < N; ++n) rec[n] += v * w[n];
-            }
+            if (r_prev[j] != scalar_t(0)) add_scaled_row(rec, W + j * N, r_prev[j], N);
           }
         }
         scalar_t* __restrict__ u = U + (t * B + b) * N;  // holds I[t] on entry
