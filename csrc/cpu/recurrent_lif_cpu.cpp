@@ -5,6 +5,12 @@
 // thread count). Spikes are binary, so the recurrent input S[t-1] @ w_rec.T is
 // the sum of the w_rec columns of the neurons that fired: a gather of
 // contiguous rows of w_rec.T, costing rate * N^2 instead of N^2 per row.
+// Measured against the alternative (one BLAS product S[t-1] @ w_rec.T per step
+// over the batch, then the element-wise pass) on the 2-core CI machine, at
+// spike rates of 10-24 %, T=300 B=32 N=128 and T=200 B=32 N=512: within the
+// run-to-run noise of each other (7-10 ms and 31-43 ms for both). The gather
+// stays: it needs no synchronisation per step and gets cheaper as spikes get
+// sparser.
 //
 // Backward: gU[t+1] is dense, so the recurrent term gU[t+1] @ w_rec is one BLAS
 // product per step over the whole batch, followed by one fused element-wise
