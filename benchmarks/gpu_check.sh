@@ -10,6 +10,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 export MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" FORCE_CUDA=1
 time python3 setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
-python3 -m pytest tests/test_cuda.py tests/test_gradients.py -q -x 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
+if python3 -c "import pytest" 2>/dev/null; then
+  # Failures are reported but do not stop the run: the table below still comes.
+  python3 -m pytest tests/test_cuda.py tests/test_gradients.py -q 2>&1 | tail -15 \
+    | tee "$OUT/cuda_tests.txt" || true
+else
+  echo "pytest is not installed here: CUDA tests not run" | tee "$OUT/cuda_tests.txt"
+fi
 python3 -m benchmarks.bench --device cuda --targets-only --reps 5 --no-snntorch --out "$OUT" \
   2>&1 | grep -v "benchmark:" | tee "$OUT/gpu_bench.txt"
