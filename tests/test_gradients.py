@@ -216,3 +216,14 @@ def test_backward_is_the_fused_op():
     assert spikes.grad_fn is membrane.grad_fn  # one node for the whole sequence
     assert "torch_ext_recurrent_lif_forward" in spikes.grad_fn.name()
     assert not spikes.grad_fn.next_functions[0][0].name().startswith("Generated")
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("detach", [False, True])
+def test_real_valued_initial_spikes(reset, detach):
+    # s0 may hold any real value (R[0] = s0): the recurrent input of the first
+    # step is then a weighted, not a plain, sum of w_rec columns.
+    args = make_inputs(state=True)
+    g = torch.Generator().manual_seed(7)
+    args[7] = (torch.randn(args[7].shape, generator=g, dtype=torch.float64) * 1.5).requires_grad_()
+    assert_matches_reference(args, reset=reset, detach_reset=detach)
