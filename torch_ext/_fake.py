@@ -3,6 +3,7 @@ running them, so torch.compile can trace the layer and opcheck can verify it."""
 import torch
 
 from . import _C  # noqa: F401
+from ._options import compute_dtype
 
 if hasattr(torch.library, "register_fake"):  # torch >= 2.4
     _register_fake = torch.library.register_fake
@@ -10,15 +11,11 @@ else:  # pragma: no cover
     _register_fake = torch.library.impl_abstract
 
 
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @_register_fake("torch_ext::recurrent_lif_forward")
 def _forward_fake(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset, surrogate, slope):
     T, B, F = x.shape
     N = w_in.shape[0] if w_in is not None else F
-    return x.new_empty((T, B, N)), x.new_empty((T, B, N), dtype=_compute_dtype(x.dtype))
+    return x.new_empty((T, B, N)), x.new_empty((T, B, N), dtype=compute_dtype(x.dtype))
 
 
 @_register_fake("torch_ext::recurrent_lif_backward")
