@@ -1,6 +1,5 @@
 """CUDA kernels: registered in every CUDA build; checked against the CPU op and
 the reference wherever a GPU is present (skipped with a reason otherwise)."""
-import itertools
 import shutil
 import subprocess
 
@@ -10,6 +9,7 @@ import torch
 import torch_ext
 from torch_ext import _build_config
 from conftest import cuda_only, make_inputs, run_with_grads
+from test_gradients import OPTION_GRID
 
 OPS = ("recurrent_lif_forward", "recurrent_lif_backward")
 
@@ -45,20 +45,26 @@ def assert_same(a, b, rtol, atol):
         torch.testing.assert_close(x.cpu(), y.cpu(), rtol=rtol, atol=atol)
 
 
-GRID = list(itertools.product(["subtract", "zero", "none"], [False, True],
-                              ["sigmoid", "fast_sigmoid", "atan", "triangle"], [(), (4,)], [False, True]))
-
-
 @cuda_only
-@pytest.mark.parametrize("reset,detach,surrogate,shape,state", GRID)
-def test_cuda_matches_cpu_and_reference_float64(reset, detach, surrogate, shape, state):
-    args = make_inputs(alpha_shape=shape, theta_shape=shape, state=state)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reset,detach,surrogate,alpha_shape,theta_shape,bias,state", OPTION_GRID)
+def test_cuda_matches_cpu_and_reference(reset, detach, surrogate, alpha_shape, theta_shape, bias,
+                                        state, dtype):
+    """The same option grid as the CPU tests. float32: the recurrence is exact
+    float32 on both devices, but the input projection's GEMM may round
+    differently, so examples with a membrane within 1e-4 of theta are skipped
+    (a tie could legitimately flip) and the tolerance is float32's."""
+    args = make_inputs(dtype=dtype, alpha_shape=alpha_shape, theta_shape=theta_shape, bias=bias,
+                       state=state)
     opts = dict(reset=reset, detach_reset=detach, surrogate=surrogate)
     cpu = run_with_grads(torch_ext.recurrent_lif, args, **opts)
+    if dtype == torch.float32 and (cpu[1] - args[5]).abs().min() < 1e-4:
+        pytest.skip("a membrane within rounding distance of the threshold")
     gpu = run_with_grads(torch_ext.recurrent_lif, on("cuda", args), **opts)
     ref = run_with_grads(torch_ext.recurrent_lif_ref, on("cuda", args), **opts)
-    assert_same(gpu, cpu, 1e-10, 1e-10)
-    assert_same(gpu, ref, 1e-10, 1e-10)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert_same(gpu, cpu, tol, tol)
+    assert_same(gpu, ref, tol, tol)
 
 
 @cuda_only
