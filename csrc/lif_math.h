@@ -81,6 +81,13 @@ C10_HOST_DEVICE inline T dnext_dr(Reset reset, T alpha, T theta, T u) {
   return reset == Reset::Subtract ? -theta : (reset == Reset::Zero ? -alpha * u : T(0));
 }
 
+// c_R * g * dU[t+1]/dR[t]: what reaches the reset signal R[t] from g = gU[t+1]
+// (nothing with detach_reset, or without a reset).
+template <typename T>
+C10_HOST_DEVICE inline T reset_grad(Reset reset, bool detach_reset, T alpha, T theta, T u, T g) {
+  return (detach_reset || reset == Reset::None) ? T(0) : g * dnext_dr(reset, alpha, theta, u);
+}
+
 // Per-neuron terms of one reverse step (SPEC §2) at time t.
 template <typename T>
 struct BackwardTerms {
@@ -95,10 +102,8 @@ C10_HOST_DEVICE inline BackwardTerms<T> backward_step(Reset reset, bool detach_r
                                                       Surrogate kind, T slope, T alpha, T theta,
                                                       T u, T s, T grad_s_out, T grad_u_out,
                                                       T grad_u_next, T rec_grad) {
-  T grad_s = grad_s_out + rec_grad;
-  if (!detach_reset && reset != Reset::None) {
-    grad_s += grad_u_next * dnext_dr(reset, alpha, theta, u);
-  }
+  const T grad_s =
+      grad_s_out + rec_grad + reset_grad(reset, detach_reset, alpha, theta, u, grad_u_next);
   const T grad_s_sg = grad_s * surrogate_grad(kind, u - theta, slope);
   const T grad_u = grad_u_out + grad_s_sg + grad_u_next * dnext_du(reset, alpha, s);
   return {grad_u, grad_s_sg};
@@ -142,6 +147,15 @@ decltype(auto) dispatch_surrogate(Surrogate kind, F&& f) {
     default:
       return f(std::integral_constant<Surrogate, Surrogate::Triangle>{});
   }
+}
+
+// Both switches at once, for kernels templated on the reset and the surrogate.
+template <typename F>
+decltype(auto) dispatch_options(Reset reset, Surrogate kind, F&& f) {
+  return dispatch_reset(reset, [&](auto reset_tag) {
+    return dispatch_surrogate(kind,
+                              [&](auto surrogate_tag) { return f(reset_tag, surrogate_tag); });
+  });
 }
 
 }  // namespace torch_ext

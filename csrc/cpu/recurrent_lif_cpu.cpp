@@ -139,7 +139,6 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const auto opts = membrane.options();
   const LoopInputs& st = in.state;
   const bool has_rec = st.w_rec.defined();
-  const bool reset_grad = !in.detach_reset && R != Reset::None;
 
   BackwardLoopOutputs out;
   out.grad_u = at::empty({T, B, N}, opts);
@@ -157,6 +156,20 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const scalar_t slope = static_cast<scalar_t>(in.slope);
   // A task is a set of batch rows of at least kElementwiseGrain elements.
   const int64_t rows_per_task = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(N, 1));
+  // Base pointers, looked up once (null for what is absent or not needed).
+  const scalar_t* U = ptr(membrane);
+  const scalar_t* S = ptr(in.spikes);
+  const scalar_t* u0 = ptr(st.u0);
+  const scalar_t* s0 = ptr(st.s0);
+  const scalar_t* gS_out = ptr(in.grad_spikes);
+  const scalar_t* gU_out = ptr(in.grad_membrane);
+  const scalar_t* G = ptr(rec_grad);
+  scalar_t* gU = ptr(out.grad_u);
+  scalar_t* g_u0 = ptr(out.grad_u0);
+  scalar_t* g_s0 = ptr(out.grad_s0_reset);
+  scalar_t* acc_a = ptr(acc_alpha);
+  scalar_t* acc_th = ptr(acc_theta);
+  scalar_t* acc_b = ptr(acc_bias);
 
   for (int64_t t = T - 1; t >= 0; --t) {
     const bool has_next = t < T - 1;
@@ -164,20 +177,18 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
     at::parallel_for(0, B, rows_per_task, [&](int64_t b_begin, int64_t b_end) {
       for (int64_t b = b_begin; b < b_end; ++b) {
         const int64_t row = t * BN + b * N;  // offset of (t, b, 0)
-        const scalar_t* __restrict__ u = ptr(membrane) + row;
-        const scalar_t* __restrict__ s = ptr(in.spikes) + row;
-        const scalar_t* __restrict__ u_prev = t > 0 ? u - BN : ptr(st.u0) + b * N;
-        const scalar_t* __restrict__ r_prev = t > 0 ? s - BN : ptr(st.s0) + b * N;
-        const scalar_t* __restrict__ gs_out =
-            in.grad_spikes.defined() ? ptr(in.grad_spikes) + row : nullptr;
-        const scalar_t* __restrict__ gu_out =
-            in.grad_membrane.defined() ? ptr(in.grad_membrane) + row : nullptr;
-        scalar_t* __restrict__ gu = ptr(out.grad_u) + row;
+        const scalar_t* __restrict__ u = U + row;
+        const scalar_t* __restrict__ s = S + row;
+        const scalar_t* __restrict__ u_prev = t > 0 ? u - BN : u0 + b * N;
+        const scalar_t* __restrict__ r_prev = t > 0 ? s - BN : s0 + b * N;
+        const scalar_t* __restrict__ gs_out = gS_out ? gS_out + row : nullptr;
+        const scalar_t* __restrict__ gu_out = gU_out ? gU_out + row : nullptr;
+        scalar_t* __restrict__ gu = gU + row;
         const scalar_t* __restrict__ gu_next = has_next ? gu + BN : nullptr;
-        const scalar_t* __restrict__ g_rec = has_rec && has_next ? ptr(rec_grad) + b * N : nullptr;
-        scalar_t* __restrict__ a_alpha = in.need_alpha ? ptr(acc_alpha) + b * N : nullptr;
-        scalar_t* __restrict__ a_theta = in.need_theta ? ptr(acc_theta) + b * N : nullptr;
-        scalar_t* __restrict__ a_bias = in.need_bias ? ptr(acc_bias) + b * N : nullptr;
+        const scalar_t* __restrict__ g_rec = has_rec && has_next ? G + b * N : nullptr;
+        scalar_t* __restrict__ a_alpha = acc_a ? acc_a + b * N : nullptr;
+        scalar_t* __restrict__ a_theta = acc_th ? acc_th + b * N : nullptr;
+        scalar_t* __restrict__ a_bias = acc_b ? acc_b + b * N : nullptr;
         for (int64_t n = 0; n < N; ++n) {
           const auto terms =
               backward_step(R, in.detach_reset, SG, slope, alpha[n], theta[n], u[n], s[n],
@@ -189,11 +200,9 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           if (a_bias) a_bias[n] += terms.grad_u;
         }
         if (t == 0) {
-          scalar_t* g_u0 = ptr(out.grad_u0) + b * N;
-          scalar_t* g_s0 = ptr(out.grad_s0_reset) + b * N;
           for (int64_t n = 0; n < N; ++n) {
-            g_u0[n] = gu[n] * dnext_du(R, alpha[n], r_prev[n]);
-            g_s0[n] = reset_grad ? gu[n] * dnext_dr(R, alpha[n], theta[n], u_prev[n]) : scalar_t(0);
+            g_u0[b * N + n] = gu[n] * dnext_du(R, alpha[n], r_prev[n]);
+            g_s0[b * N + n] = reset_grad(R, in.detach_reset, alpha[n], theta[n], u_prev[n], gu[n]);
           }
         }
       }
@@ -207,10 +216,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
 
 BackwardLoopOutputs backward_loop_cpu(const BackwardLoopInputs& in) {
   return AT_DISPATCH_FLOATING_TYPES(in.membrane.scalar_type(), "recurrent_lif_backward_cpu", [&] {
-    return dispatch_reset(in.state.reset, [&](auto reset) {
-      return dispatch_surrogate(in.surrogate, [&](auto surrogate) {
-        return backward_steps<scalar_t, decltype(reset)::value, decltype(surrogate)::value>(in);
-      });
+    return dispatch_options(in.state.reset, in.surrogate, [&](auto reset, auto surrogate) {
+      return backward_steps<scalar_t, decltype(reset)::value, decltype(surrogate)::value>(in);
     });
   });
 }

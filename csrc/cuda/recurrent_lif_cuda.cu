@@ -130,9 +130,7 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
   if (q.acc_bias) q.acc_bias[i] += terms.grad_u;
   if (t == 0) {
     q.g_u0[i] = terms.grad_u * dnext_du(R, alpha, r_prev);
-    q.g_s0[i] = (!detach_reset && R != Reset::None)
-                    ? terms.grad_u * dnext_dr(R, alpha, theta, u_prev)
-                    : scalar_t(0);
+    q.g_s0[i] = reset_grad(R, detach_reset, alpha, theta, u_prev, terms.grad_u);
   }
 }
 
@@ -172,10 +170,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
 BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& in) {
   const c10::cuda::CUDAGuard device_guard(in.membrane.device());
   return AT_DISPATCH_FLOATING_TYPES(in.membrane.scalar_type(), "recurrent_lif_backward_cuda", [&] {
-    return dispatch_reset(in.state.reset, [&](auto reset) {
-      return dispatch_surrogate(in.surrogate, [&](auto surrogate) {
-        return backward_steps<scalar_t, decltype(reset)::value, decltype(surrogate)::value>(in);
-      });
+    return dispatch_options(in.state.reset, in.surrogate, [&](auto reset, auto surrogate) {
+      return backward_steps<scalar_t, decltype(reset)::value, decltype(surrogate)::value>(in);
     });
   });
 }
