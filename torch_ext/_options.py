@@ -49,19 +49,32 @@ def check_neuron_number(value, name, check):
     check(float(value))
 
 
-def neuron_param(value, name, x, check):
-    """alpha or theta as a tensor: Python numbers are checked and become 0-dim
-    tensors in the compute dtype on x's device; tensors pass as they are (the op
-    checks their shape, dtype, device and, for alpha on CPU, their values)."""
+def as_tensor_param(value, x):
+    """alpha or theta (already checked) as a tensor: a Python number becomes a
+    0-dim tensor in the compute dtype on x's device; tensors pass as they are
+    (the op checks their shape, dtype, device and, for alpha on CPU, values)."""
     if isinstance(value, torch.Tensor):
         return value
-    check_neuron_number(value, name, check)
     return torch.tensor(float(value), dtype=compute_dtype(x.dtype), device=x.device)
 
 
 def compute_dtype(dtype):
     """float64 stays float64; everything else computes in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_call(x, alpha, theta, reset, detach_reset, surrogate, slope):
+    """The checks shared by recurrent_lif and recurrent_lif_ref, made before
+    any work; returns the slope to use."""
+    check_x(x)
+    check_reset(reset)
+    if not isinstance(detach_reset, bool):
+        raise TypeError(
+            f"recurrent_lif: argument 'detach_reset' must be a bool, got {type(detach_reset).__name__}")
+    for value, name, check in ((alpha, "alpha", check_float_alpha), (theta, "theta", check_float_theta)):
+        if not isinstance(value, torch.Tensor):
+            check_neuron_number(value, name, check)
+    return resolve_surrogate(surrogate, slope)
 
 
 def check_x(x):

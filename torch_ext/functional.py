@@ -76,13 +76,8 @@ def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=N
         ``(spikes, membrane)``, each ``[T, B, N]``. ``(membrane[-1], spikes[-1])``
         continues the sequence when passed as ``(u0, s0)``.
     """
-    _options.check_x(x)
-    _options.check_reset(reset)
-    slope = _options.resolve_surrogate(surrogate, slope)
-    if not isinstance(detach_reset, bool):
-        raise TypeError(f"recurrent_lif: argument 'detach_reset' must be a bool, got {type(detach_reset).__name__}")
-    alpha = _options.neuron_param(alpha, "alpha", x, _options.check_float_alpha)
-    theta = _options.neuron_param(theta, "theta", x, _options.check_float_theta)
+    slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate, slope)
+    alpha, theta = _options.as_tensor_param(alpha, x), _options.as_tensor_param(theta, x)
     x, w_in, w_rec, bias = _autocast_inputs(x, w_in, w_rec, bias)
     return _ops.recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0,
                                       reset, detach_reset, surrogate, slope)

@@ -44,13 +44,7 @@ class _Heaviside(torch.autograd.Function):
 def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=None, *,
                       reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None):
     """Same signature and results as :func:`torch_ext.recurrent_lif`."""
-    _options.check_x(x)
-    _options.check_reset(reset)
-    slope = _options.resolve_surrogate(surrogate, slope)
-    if not isinstance(alpha, torch.Tensor):
-        _options.check_neuron_number(alpha, "alpha", _options.check_float_alpha)
-    if not isinstance(theta, torch.Tensor):
-        _options.check_neuron_number(theta, "theta", _options.check_float_theta)
+    slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate, slope)
     compute = _options.compute_dtype(x.dtype)
 
     def c(t):
