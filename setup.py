@@ -19,7 +19,10 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).resolve().parent
-CPU_SOURCES = ["csrc/recurrent_lif.cpp", "csrc/cpu/recurrent_lif_cpu.cpp", "csrc/python_module.cpp"]
+VERSION = "0.2.0"
+LIBRARY_SOURCES = ["csrc/recurrent_lif.cpp", "csrc/autograd.cpp", "csrc/api.cpp",
+                   "csrc/cpu/recurrent_lif_cpu.cpp"]
+CPU_SOURCES = LIBRARY_SOURCES + ["csrc/python_module.cpp"]
 CUDA_SOURCES = ["csrc/cuda/recurrent_lif_cuda.cu"]
 
 
@@ -58,28 +61,30 @@ if problem and problem != "TORCH_EXT_NO_CUDA=1":
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-# Tests read this to know which kernels must be registered.
-(ROOT / "torch_ext" / "_build_config.py").write_text(
-    f"# Written by setup.py.\nWITH_CUDA = {with_cuda}\n")
-
 # -ffp-contract=off / --fmad=false: the membrane update is computed as written
 # (no fused multiply-add), like the plain-PyTorch reference. -fopenmp: without
 # it at::parallel_for compiles to a serial loop (torch's wheels use OpenMP).
 # The C++ standard is the one torch's cpp_extension asks for.
+# torch_ext.build_info() reports the version and the CUDA architectures.
 cxx_flags = ["-O3", "-ffp-contract=off", "-fopenmp"]
 link_flags = ["-fopenmp"]
+macros = [("TORCH_EXT_VERSION", f'"{VERSION}"')]
+include_dirs = [str(ROOT / "csrc" / "include")]
 if with_cuda:
+    macros += [("WITH_CUDA", None),
+               ("TORCH_EXT_CUDA_ARCHS", f'"{os.environ["TORCH_CUDA_ARCH_LIST"]}"')]
     extension = CUDAExtension(
-        "torch_ext._C", CPU_SOURCES + CUDA_SOURCES, define_macros=[("WITH_CUDA", None)],
+        "torch_ext._C", CPU_SOURCES + CUDA_SOURCES, define_macros=macros, include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--fmad=false"]},
         extra_link_args=link_flags)
 else:
-    extension = CppExtension("torch_ext._C", CPU_SOURCES, extra_compile_args={"cxx": cxx_flags},
+    extension = CppExtension("torch_ext._C", CPU_SOURCES, define_macros=macros,
+                             include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
                              extra_link_args=link_flags)
 
 setup(
     name="torch_ext",
-    version="0.1.0",
+    version=VERSION,
     description="Fused recurrent leaky integrate-and-fire layer for PyTorch (CPU and CUDA)",
     packages=find_packages(include=["torch_ext", "torch_ext.*"]),
     ext_modules=[extension],

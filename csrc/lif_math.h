@@ -10,8 +10,29 @@
 
 namespace torch_ext {
 
-enum class Reset : int { Subtract = 0, Zero = 1, None = 2 };
-enum class Surrogate : int { Sigmoid = 0, FastSigmoid = 1, Atan = 2, Triangle = 3 };
+// The options, written once. Each table drives the enums below, the parsing of
+// the names, the error messages listing them, the default slopes, and (through
+// torch_ext._C) the Python checks and the tests' option grid.
+//   reset:     X(enumerator, name)
+//   surrogate: X(enumerator, name, default slope k)
+#define TORCH_EXT_FOR_EACH_RESET(X) \
+  X(Subtract, "subtract")           \
+  X(Zero, "zero")                   \
+  X(None, "none")
+#define TORCH_EXT_FOR_EACH_SURROGATE(X) \
+  X(Sigmoid, "sigmoid", 25.0)           \
+  X(FastSigmoid, "fast_sigmoid", 25.0)  \
+  X(Atan, "atan", 2.0)                  \
+  X(Triangle, "triangle", 1.0)
+
+#define TORCH_EXT_ENUMERATOR(name, ...) name,
+enum class Reset : int { TORCH_EXT_FOR_EACH_RESET(TORCH_EXT_ENUMERATOR) };
+enum class Surrogate : int { TORCH_EXT_FOR_EACH_SURROGATE(TORCH_EXT_ENUMERATOR) };
+#undef TORCH_EXT_ENUMERATOR
+
+// Switches over these enums list every case and have no `default:`, so the
+// compiler flags a case a new table entry forgot; the line after such a switch
+// is unreachable.
 
 // -log of the smallest normal number of T, rounded down: exp(-x) is normal for x below it.
 template <typename T>
@@ -42,12 +63,12 @@ C10_HOST_DEVICE inline T surrogate_grad(Surrogate kind, T v, T k) {
       const T z = T(1.5707963267948966) * k * v;
       return (k / T(2)) / (T(1) + z * z);
     }
-    case Surrogate::Triangle:
-    default: {
+    case Surrogate::Triangle: {
       const T r = T(1) - k * std::abs(v);
       return r <= T(0) ? T(0) : k * r;  // NaN falls through to k * NaN
     }
   }
+  return T(0);
 }
 
 // U[t] from the previous state; `rec` is the recurrent input S[t-1] @ w_rec.T.
@@ -61,9 +82,9 @@ C10_HOST_DEVICE inline T membrane_step(Reset reset, T alpha, T theta, T u_prev, 
     case Reset::Zero:
       return alpha * u_prev * (T(1) - r_prev) + input + rec;
     case Reset::None:
-    default:
       return alpha * u_prev + input + rec;
   }
+  return T(0);
 }
 
 template <typename T>
@@ -88,7 +109,7 @@ C10_HOST_DEVICE inline T reset_grad(Reset reset, bool detach_reset, T alpha, T t
   return (detach_reset || reset == Reset::None) ? T(0) : g * dnext_dr(reset, alpha, theta, u);
 }
 
-// Per-neuron terms of one reverse step (SPEC §2) at time t.
+// Per-neuron terms of one reverse step at time t (README "The gradients").
 template <typename T>
 struct BackwardTerms {
   T grad_u;     // gU[t]
@@ -97,15 +118,18 @@ struct BackwardTerms {
 
 // gS[t] = gS_out[t] + (gU[t+1] @ w_rec) + c_R * gU[t+1] * dU[t+1]/dR[t]
 // gU[t] = gU_out[t] + gS[t] * sg[t] + gU[t+1] * dU[t+1]/dU[t]
+// At t = T there is no step t+1: its terms are left out rather than added as
+// zeros, because 0 * dU[t+1]/dR[t] is NaN for an infinite U[t] (reset "zero").
 template <typename T>
 C10_HOST_DEVICE inline BackwardTerms<T> backward_step(Reset reset, bool detach_reset,
                                                       Surrogate kind, T slope, T alpha, T theta,
                                                       T u, T s, T grad_s_out, T grad_u_out,
-                                                      T grad_u_next, T rec_grad) {
-  const T grad_s =
-      grad_s_out + rec_grad + reset_grad(reset, detach_reset, alpha, theta, u, grad_u_next);
+                                                      bool has_next, T grad_u_next, T rec_grad) {
+  T grad_s = grad_s_out;
+  if (has_next) grad_s += rec_grad + reset_grad(reset, detach_reset, alpha, theta, u, grad_u_next);
   const T grad_s_sg = grad_s * surrogate_grad(kind, u - theta, slope);
-  const T grad_u = grad_u_out + grad_s_sg + grad_u_next * dnext_du(reset, alpha, s);
+  T grad_u = grad_u_out + grad_s_sg;
+  if (has_next) grad_u += grad_u_next * dnext_du(reset, alpha, s);
   return {grad_u, grad_s_sg};
 }
 
@@ -121,32 +145,25 @@ C10_HOST_DEVICE inline T theta_grad_term(Reset reset, T grad_s_sg, T grad_u, T r
 
 // Host-side switches that turn a runtime option into a compile-time constant
 // (`decltype(tag)::value`), so the hot loops carry no per-element branches.
+// The switches are generated from the tables, so they cover every option.
 template <typename F>
 decltype(auto) dispatch_reset(Reset reset, F&& f) {
-  switch (reset) {
-    case Reset::Subtract:
-      return f(std::integral_constant<Reset, Reset::Subtract>{});
-    case Reset::Zero:
-      return f(std::integral_constant<Reset, Reset::Zero>{});
-    case Reset::None:
-    default:
-      return f(std::integral_constant<Reset, Reset::None>{});
-  }
+#define TORCH_EXT_CASE(name, ...) \
+  case Reset::name:               \
+    return f(std::integral_constant<Reset, Reset::name>{});
+  switch (reset) { TORCH_EXT_FOR_EACH_RESET(TORCH_EXT_CASE) }
+#undef TORCH_EXT_CASE
+  return f(std::integral_constant<Reset, Reset::Subtract>{});  // unreachable
 }
 
 template <typename F>
 decltype(auto) dispatch_surrogate(Surrogate kind, F&& f) {
-  switch (kind) {
-    case Surrogate::Sigmoid:
-      return f(std::integral_constant<Surrogate, Surrogate::Sigmoid>{});
-    case Surrogate::FastSigmoid:
-      return f(std::integral_constant<Surrogate, Surrogate::FastSigmoid>{});
-    case Surrogate::Atan:
-      return f(std::integral_constant<Surrogate, Surrogate::Atan>{});
-    case Surrogate::Triangle:
-    default:
-      return f(std::integral_constant<Surrogate, Surrogate::Triangle>{});
-  }
+#define TORCH_EXT_CASE(name, ...) \
+  case Surrogate::name:           \
+    return f(std::integral_constant<Surrogate, Surrogate::name>{});
+  switch (kind) { TORCH_EXT_FOR_EACH_SURROGATE(TORCH_EXT_CASE) }
+#undef TORCH_EXT_CASE
+  return f(std::integral_constant<Surrogate, Surrogate::Sigmoid>{});  // unreachable
 }
 
 // Both switches at once, for kernels templated on the reset and the surrogate.

@@ -1,8 +1,80 @@
-// The only Python-facing C++: an empty module whose import loads the shared
-// library, whose static initialisers register the ops under torch.ops.torch_ext.
-#include <Python.h>
+// The only Python-facing C++: the pybind11 module torch_ext._C. Importing it
+// loads the library, whose static initialisers register the ops under
+// torch.ops.torch_ext; besides, it exposes the option tables, the option check
+// and how the extension was built.
+#include <ATen/Context.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/version.h>
 
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+#include <string>
+
+#include "recurrent_lif.h"
+
+namespace py = pybind11;
+
+namespace {
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = TORCH_EXT_VERSION;
+  info["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                          std::to_string(TORCH_VERSION_MINOR) + "." +
+                          std::to_string(TORCH_VERSION_PATCH);
+#ifdef WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_archs"] = std::string(TORCH_EXT_CUDA_ARCHS);
+#else
+  info["cuda"] = false;
+  info["cuda_archs"] = py::none();
+#endif
+#ifdef _OPENMP
+  info["openmp"] = _OPENMP;  // the OpenMP version, as yyyymm
+#else
+  info["openmp"] = py::none();
+#endif
+#ifdef TORCH_EXT_CPU_CLONE_TARGETS
+  info["cpu_simd_clones"] = std::vector<std::string>{TORCH_EXT_CPU_CLONE_TARGETS};
+#else
+  info["cpu_simd_clones"] = std::vector<std::string>{};
+#endif
+  info["blas"] = at::globalContext().hasMKL() ? "MKL" : "torch's BLAS (not MKL)";
+  info["compiler"] = __VERSION__;
+  return info;
+}
+
+// check_options with its errors as the Python exceptions torch raises for
+// the same checks in the op (ValueError, TypeError).
+double resolve_slope(const std::string& reset, bool detach_reset, const std::string& surrogate,
+                     std::optional<double> slope, bool float64) {
+  try {
+    return torch_ext::check_options(reset, detach_reset, surrogate, slope,
+                                    float64 ? at::kDouble : at::kFloat)
+        .slope;
+  } catch (const c10::ValueError& e) {
+    throw py::value_error(e.what_without_backtrace());
+  } catch (const c10::TypeError& e) {
+    throw py::type_error(e.what_without_backtrace());
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "torch_ext's compiled part: the recurrent LIF ops and the facts of this build";
+  m.def("build_info", &build_info,
+        "How this extension was built: versions, CUDA and its architectures, OpenMP, SIMD, BLAS.");
+  m.def("resolve_slope", &resolve_slope, py::arg("reset"), py::arg("detach_reset"),
+        py::arg("surrogate"), py::arg("slope"), py::arg("float64"),
+        "Checks the options as the op does; returns the slope to use.");
+  py::list resets;
+#define TORCH_EXT_RESET(enumerator, name) resets.append(name);
+  TORCH_EXT_FOR_EACH_RESET(TORCH_EXT_RESET)
+#undef TORCH_EXT_RESET
+  m.attr("RESETS") = py::tuple(resets);
+  py::dict slopes;
+#define TORCH_EXT_SLOPE(enumerator, name, slope) slopes[name] = slope;
+  TORCH_EXT_FOR_EACH_SURROGATE(TORCH_EXT_SLOPE)
+#undef TORCH_EXT_SLOPE
+  m.attr("SURROGATE_SLOPES") = slopes;
 }

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 namespace torch_ext {
 
@@ -70,39 +72,64 @@ at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
-Reset parse_reset(c10::string_view name) {
-  if (name == "subtract") return Reset::Subtract;
-  if (name == "zero") return Reset::Zero;
-  if (name == "none") return Reset::None;
-  TORCH_CHECK_VALUE(false, ARG("reset"), "must be one of 'subtract', 'zero', 'none', got '",
-                    std::string(name), "'");
-}
-
-Surrogate parse_surrogate(c10::string_view name) {
-  if (name == "sigmoid") return Surrogate::Sigmoid;
-  if (name == "fast_sigmoid") return Surrogate::FastSigmoid;
-  if (name == "atan") return Surrogate::Atan;
-  if (name == "triangle") return Surrogate::Triangle;
-  TORCH_CHECK_VALUE(false, ARG("surrogate"),
-                    "must be one of 'sigmoid', 'fast_sigmoid', 'atan', 'triangle', got '",
-                    std::string(name), "'");
+at::ScalarType compute_dtype(at::ScalarType input_dtype) {
+  return input_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 namespace {
 
-Surrogate check_surrogate(c10::string_view name, double slope) {
-  const Surrogate surrogate = parse_surrogate(name);
-  TORCH_CHECK_VALUE(std::isfinite(slope) && slope > 0, ARG("slope"), "must be finite and > 0, got ",
-                    slope);
-  return surrogate;
+#define TORCH_EXT_NAME(name, text, ...) "'" text "', "
+constexpr const char* kResetNames = TORCH_EXT_FOR_EACH_RESET(TORCH_EXT_NAME);
+constexpr const char* kSurrogateNames = TORCH_EXT_FOR_EACH_SURROGATE(TORCH_EXT_NAME);
+#undef TORCH_EXT_NAME
+
+// "'a', 'b', " -> "one of 'a', 'b'"
+std::string one_of(const char* names) {
+  const std::string list(names);
+  return "must be one of " + list.substr(0, list.size() - 2);
 }
 
-struct Dims {
-  int64_t T, B, F, N;
-  at::ScalarType compute;  // float64 for float64 inputs, float32 otherwise
-};
+Reset parse_reset(c10::string_view name) {
+#define TORCH_EXT_MATCH(enumerator, text) \
+  if (name == text) return Reset::enumerator;
+  TORCH_EXT_FOR_EACH_RESET(TORCH_EXT_MATCH)
+#undef TORCH_EXT_MATCH
+  TORCH_CHECK_VALUE(false, ARG("reset"), one_of(kResetNames), ", got '", std::string(name), "'");
+}
 
-std::string shape_str(at::IntArrayRef sizes) { return c10::str(sizes); }
+// The surrogate and its default slope.
+std::pair<Surrogate, double> parse_surrogate(c10::string_view name) {
+#define TORCH_EXT_MATCH(enumerator, text, slope) \
+  if (name == text) return {Surrogate::enumerator, slope};
+  TORCH_EXT_FOR_EACH_SURROGATE(TORCH_EXT_MATCH)
+#undef TORCH_EXT_MATCH
+  TORCH_CHECK_VALUE(false, ARG("surrogate"), one_of(kSurrogateNames),
+                    " (callables are not supported), got '", std::string(name), "'");
+}
+
+}  // namespace
+
+Options check_options(c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+                      std::optional<double> slope, at::ScalarType compute) {
+  const auto [kind, default_slope] = parse_surrogate(surrogate);
+  const double k = slope.value_or(default_slope);
+  // A slope the compute dtype cannot hold would become inf and the gradients NaN.
+  const double largest = compute == at::kDouble ? std::numeric_limits<double>::max()
+                                                : std::numeric_limits<float>::max();
+  TORCH_CHECK_VALUE(std::isfinite(k) && k > 0 && k <= largest, ARG("slope"),
+                    "must be finite, > 0 and at most ", largest, " (the largest ", compute,
+                    "), got ", k);
+  return Options{parse_reset(reset), detach_reset, kind, k};
+}
+
+namespace {
+
+// Sizes are SymInts so that the same checks serve the Meta kernels, which
+// torch.compile and torch.export run with symbolic shapes.
+struct Dims {
+  c10::SymInt T, B, F, N;
+  at::ScalarType compute;
+};
 
 // Same device as x, and either x's dtype or the compute dtype (the latter lets
 // float16 runs pass float32 state and parameters).
@@ -119,37 +146,36 @@ void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x,
                        : std::string());
 }
 
-void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected,
+void check_shape(const at::Tensor& t, const char* name, c10::SymIntArrayRef expected,
                  const char* meaning) {
-  TORCH_CHECK_VALUE(t.sizes() == expected, ARG(name), "must have shape ", shape_str(expected), " ",
-                    meaning, ", got ", shape_str(t.sizes()));
+  TORCH_CHECK_VALUE(t.sym_sizes() == expected, ARG(name), "must have shape ", expected, " ",
+                    meaning, ", got ", t.sym_sizes());
 }
 
 void check_neuron_param(const at::Tensor& t, const char* name, const at::Tensor& x, const Dims& d) {
   check_like_x(t, name, x, d.compute, /*allow_compute_dtype=*/true);
-  TORCH_CHECK_VALUE(t.dim() == 0 || (t.dim() == 1 && t.size(0) == d.N), ARG(name),
+  TORCH_CHECK_VALUE(t.dim() == 0 || (t.dim() == 1 && t.sym_size(0) == d.N), ARG(name),
                     "must be a float, a 0-dim tensor or a tensor of shape [N] = [", d.N,
-                    "], got shape ", shape_str(t.sizes()));
+                    "], got shape ", t.sym_sizes());
 }
 
-Dims check_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-                  const c10::optional<at::Tensor>& w_rec, const c10::optional<at::Tensor>& bias,
-                  const at::Tensor& alpha, const at::Tensor& theta,
-                  const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0) {
+Dims check_inputs(const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+                  const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& theta,
+                  const OptionalTensor& u0, const OptionalTensor& s0) {
   TORCH_CHECK_VALUE(x.defined(), ARG("x"), "is required");
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), ARG("x"),
                    "must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
                    x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() == 3, ARG("x"), "must have shape [T, B, F] (3 dims), got ",
-                    shape_str(x.sizes()));
-  Dims d{x.size(0), x.size(1), x.size(2), x.size(2),
-         x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat};
+                    x.sym_sizes());
+  Dims d{x.sym_size(0), x.sym_size(1), x.sym_size(2), x.sym_size(2),
+         compute_dtype(x.scalar_type())};
   if (w_in.has_value()) {
     check_like_x(*w_in, "w_in", x, d.compute, false);
-    TORCH_CHECK_VALUE(w_in->dim() == 2 && w_in->size(1) == d.F, ARG("w_in"),
+    TORCH_CHECK_VALUE(w_in->dim() == 2 && w_in->sym_size(1) == d.F, ARG("w_in"),
                       "must have shape [N, F] with F = x.shape[2] = ", d.F, ", got ",
-                      shape_str(w_in->sizes()));
-    d.N = w_in->size(0);
+                      w_in->sym_sizes());
+    d.N = w_in->sym_size(0);
   }
   if (w_rec.has_value()) {
     check_like_x(*w_rec, "w_rec", x, d.compute, false);
@@ -177,21 +203,40 @@ Dims check_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
   return d;
 }
 
+// The backward's own arguments: the forward's outputs and the incoming gradients.
+void check_backward_inputs(const Dims& d, const at::Tensor& x, const at::Tensor& spikes,
+                           const at::Tensor& membrane, const OptionalTensor& grad_spikes,
+                           const OptionalTensor& grad_membrane) {
+  const std::vector<c10::SymInt> out_shape{d.T, d.B, d.N};
+  for (const auto& [t, name] :
+       {std::make_pair(&spikes, "spikes"), std::make_pair(&membrane, "membrane")}) {
+    check_like_x(*t, name, x, d.compute, true);
+    check_shape(*t, name, out_shape, "[T, B, N]");
+  }
+  for (const auto& [g, name] : {std::make_pair(&grad_spikes, "grad_spikes"),
+                                std::make_pair(&grad_membrane, "grad_membrane")}) {
+    if (g->has_value()) {
+      check_like_x(**g, name, x, d.compute, true);
+      check_shape(**g, name, out_shape, "[T, B, N]");
+    }
+  }
+}
+
 at::Tensor compute_contiguous(const at::Tensor& t, at::ScalarType compute) {
   return t.to(compute).contiguous();
 }
 
-LoopInputs loop_inputs(const Dims& d, const at::Tensor& x, const c10::optional<at::Tensor>& w_rec,
-                       const at::Tensor& alpha, const at::Tensor& theta,
-                       const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
+LoopInputs loop_inputs(int64_t B, int64_t N, at::ScalarType compute, const at::Tensor& x,
+                       const OptionalTensor& w_rec, const at::Tensor& alpha,
+                       const at::Tensor& theta, const OptionalTensor& u0, const OptionalTensor& s0,
                        Reset reset) {
-  const auto opts = x.options().dtype(d.compute);
-  auto state = [&](const c10::optional<at::Tensor>& t) {
-    return t.has_value() ? compute_contiguous(*t, d.compute) : at::zeros({d.B, d.N}, opts);
+  const auto opts = x.options().dtype(compute);
+  auto state = [&](const OptionalTensor& t) {
+    return t.has_value() ? compute_contiguous(*t, compute) : at::zeros({B, N}, opts);
   };
-  return LoopInputs{w_rec.has_value() ? compute_contiguous(*w_rec, d.compute) : at::Tensor(),
-                    compute_contiguous(alpha, d.compute),
-                    compute_contiguous(theta, d.compute),
+  return LoopInputs{w_rec.has_value() ? compute_contiguous(*w_rec, compute) : at::Tensor(),
+                    compute_contiguous(alpha, compute),
+                    compute_contiguous(theta, compute),
                     state(u0),
                     state(s0),
                     reset};
@@ -199,98 +244,102 @@ LoopInputs loop_inputs(const Dims& d, const at::Tensor& x, const c10::optional<a
 
 }  // namespace
 
-ForwardResult recurrent_lif_forward(const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-                                    const c10::optional<at::Tensor>& w_rec,
-                                    const c10::optional<at::Tensor>& bias, const at::Tensor& alpha,
-                                    const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
-                                    const c10::optional<at::Tensor>& s0,
-                                    c10::string_view reset_name, bool /*detach_reset*/,
-                                    c10::string_view surrogate_name, double slope,
+ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w_in,
+                                    const OptionalTensor& w_rec, const OptionalTensor& bias,
+                                    const at::Tensor& alpha, const at::Tensor& theta,
+                                    const OptionalTensor& u0, const OptionalTensor& s0,
+                                    c10::string_view reset_name, bool detach_reset,
+                                    c10::string_view surrogate_name, std::optional<double> slope,
                                     ForwardLoop loop) {
-  // The matrix products below must stay in the compute dtype even when the
-  // caller runs under autocast (which already cast the inputs it wanted cast).
+  // The matrix products below stay in the compute dtype even under autocast
+  // (whose kernel for this op already cast the inputs it casts).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
-  const Reset reset = parse_reset(reset_name);
-  check_surrogate(surrogate_name, slope);  // used by backward; checked before any work
-  const auto opts = x.options().dtype(d.compute);
+  const Dims sym = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  const Options options =
+      check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute);
+  const int64_t T = x.size(0), B = x.size(1), F = x.size(2), N = sym.N.expect_int();
+  const at::ScalarType compute = sym.compute;
+  const auto opts = x.options().dtype(compute);
 
   // I[t] = x[t] @ w_in.T + bias for all T steps at once, written straight into
   // the membrane buffer that the time loop then updates in place.
-  at::Tensor membrane = at::empty({d.T, d.B, d.N}, opts);
-  at::Tensor membrane_2d = membrane.view({d.T * d.B, d.N});
-  const at::Tensor x_c = x.to(d.compute);
+  at::Tensor membrane = at::empty({T, B, N}, opts);
+  at::Tensor membrane_2d = membrane.view({T * B, N});
+  const at::Tensor x_c = x.to(compute);
   if (w_in.has_value()) {
-    const at::Tensor x_2d = x_c.reshape({d.T * d.B, d.F});
-    const at::Tensor w_in_t = w_in->to(d.compute).t();
-    if (bias.has_value()) membrane_2d.copy_(bias->to(d.compute).expand_as(membrane_2d));
+    const at::Tensor x_2d = x_c.reshape({T * B, F});
+    // Contiguous whatever the caller's strides: BLAS picks its kernel by
+    // layout, and a different kernel may round differently.
+    const at::Tensor w_in_t = compute_contiguous(*w_in, compute).t();
+    if (bias.has_value()) membrane_2d.copy_(bias->to(compute).expand_as(membrane_2d));
     deterministic_mm_out(membrane_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
   } else {
     membrane.copy_(x_c);
-    if (bias.has_value()) membrane.add_(bias->to(d.compute));
+    if (bias.has_value()) membrane.add_(bias->to(compute));
   }
 
-  at::Tensor spikes = at::empty({d.T, d.B, d.N}, opts);
+  at::Tensor spikes = at::empty({T, B, N}, opts);
   if (membrane.numel() > 0) {
-    loop(loop_inputs(d, x, w_rec, alpha, theta, u0, s0, reset), membrane, spikes);
+    loop(loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset), membrane,
+         spikes);
   }
   return {spikes.to(x.scalar_type()), membrane};
 }
 
-BackwardResult recurrent_lif_backward(
-    const c10::optional<at::Tensor>& grad_spikes, const c10::optional<at::Tensor>& grad_membrane,
-    const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-    const c10::optional<at::Tensor>& w_rec, const at::Tensor& alpha, const at::Tensor& theta,
-    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    const at::Tensor& spikes, const at::Tensor& membrane, c10::string_view reset_name,
-    bool detach_reset, c10::string_view surrogate_name, double slope,
-    std::array<bool, 8> needs_grad, BackwardLoop loop) {
+BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
+                                      const OptionalTensor& grad_membrane, const at::Tensor& x,
+                                      const OptionalTensor& w_in, const OptionalTensor& w_rec,
+                                      const at::Tensor& alpha, const at::Tensor& theta,
+                                      const OptionalTensor& u0, const OptionalTensor& s0,
+                                      const at::Tensor& spikes, const at::Tensor& membrane,
+                                      c10::string_view reset_name, bool detach_reset,
+                                      c10::string_view surrogate_name,
+                                      std::optional<double> slope,
+                                      std::array<bool, 8> needs_grad, BackwardLoop loop) {
+  // The matrix products below stay in the compute dtype even under autocast
+  // (whose kernel for this op already cast the inputs it casts).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const Dims d = check_inputs(x, w_in, w_rec, c10::nullopt, alpha, theta, u0, s0);
-  const Reset reset = parse_reset(reset_name);
-  const Surrogate surrogate = check_surrogate(surrogate_name, slope);
-  const std::vector<int64_t> out_shape{d.T, d.B, d.N};
-  for (const auto& [t, name] :
-       {std::make_pair(&spikes, "spikes"), std::make_pair(&membrane, "membrane")}) {
-    check_like_x(*t, name, x, d.compute, true);
-    check_shape(*t, name, out_shape, "[T, B, N]");
-  }
-  auto incoming = [&](const c10::optional<at::Tensor>& g, const char* name) {
-    if (!g.has_value()) return at::Tensor();
-    check_like_x(*g, name, x, d.compute, true);
-    check_shape(*g, name, out_shape, "[T, B, N]");
-    return compute_contiguous(*g, d.compute);
+  const Dims sym = check_inputs(x, w_in, w_rec, std::nullopt, alpha, theta, u0, s0);
+  check_backward_inputs(sym, x, spikes, membrane, grad_spikes, grad_membrane);
+  const Options options =
+      check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute);
+  const int64_t T = x.size(0), B = x.size(1), F = x.size(2), N = sym.N.expect_int();
+  const at::ScalarType compute = sym.compute;
+  const auto opts = x.options().dtype(compute);
+  auto incoming = [&](const OptionalTensor& g) {
+    return g.has_value() ? compute_contiguous(*g, compute) : at::Tensor();
   };
   const auto [need_x, need_w_in, need_w_rec, need_bias, need_alpha, need_theta, need_u0, need_s0] =
       needs_grad;
-  const auto opts = x.options().dtype(d.compute);
 
-  BackwardLoopInputs in{loop_inputs(d, x, w_rec, alpha, theta, u0, s0, reset),
-                        compute_contiguous(spikes, d.compute),
-                        compute_contiguous(membrane, d.compute),
-                        incoming(grad_spikes, "grad_spikes"),
-                        incoming(grad_membrane, "grad_membrane"),
-                        detach_reset,
-                        surrogate,
-                        slope,
+  BackwardLoopInputs in{loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset),
+                        compute_contiguous(spikes, compute),
+                        compute_contiguous(membrane, compute),
+                        incoming(grad_spikes),
+                        incoming(grad_membrane),
+                        options.detach_reset,
+                        options.surrogate,
+                        options.slope,
                         need_alpha,
                         need_theta,
                         need_bias};
   BackwardLoopOutputs out;
   if (membrane.numel() > 0) {
     out = loop(in);
-  } else {
-    out.grad_u = at::zeros(out_shape, opts);
-    out.grad_u0 = at::zeros({d.B, d.N}, opts);
-    out.grad_s0_reset = at::zeros({d.B, d.N}, opts);
-    out.alpha_sum = out.theta_sum = out.bias_sum = at::zeros({d.N}, opts);
+  } else {  // nothing flows back: zeros, each its own tensor (outputs never alias)
+    out.grad_u = at::zeros({T, B, N}, opts);
+    out.grad_u0 = at::zeros({B, N}, opts);
+    out.grad_s0_reset = at::zeros({B, N}, opts);
+    out.alpha_sum = at::zeros({N}, opts);
+    out.theta_sum = at::zeros({N}, opts);
+    out.bias_sum = at::zeros({N}, opts);
   }
 
   // A fresh empty tensor per unneeded gradient: outputs must not alias each other.
   auto none = [&] { return at::empty({0}, x.options()); };
-  const at::Tensor grad_u_2d = out.grad_u.view({d.T * d.B, d.N});
+  const at::Tensor grad_u_2d = out.grad_u.view({T * B, N});
   // gU[1], what reaches the initial state (zero when T = 0).
-  const at::Tensor grad_u_first = d.T > 0 ? out.grad_u[0] : at::zeros({d.B, d.N}, opts);
+  const at::Tensor grad_u_first = T > 0 ? out.grad_u[0] : at::zeros({B, N}, opts);
   auto per_neuron_grad = [&](bool needed, const at::Tensor& sum, const at::Tensor& param) {
     if (!needed) return none();
     return (param.dim() == 0 ? sum.sum() : sum).to(param.scalar_type());
@@ -298,22 +347,22 @@ BackwardResult recurrent_lif_backward(
 
   at::Tensor grad_x = none(), grad_w_in = none(), grad_w_rec = none(), grad_s0 = none();
   if (need_x) {
-    grad_x =
-        (w_in.has_value() ? deterministic_mm(grad_u_2d, w_in->to(d.compute)).view({d.T, d.B, d.F})
-                          : out.grad_u)
-            .to(x.scalar_type());
+    grad_x = (w_in.has_value()
+                  ? deterministic_mm(grad_u_2d, compute_contiguous(*w_in, compute)).view({T, B, F})
+                               : out.grad_u)
+                 .to(x.scalar_type());
   }
   if (need_w_in && w_in.has_value()) {
-    grad_w_in = deterministic_mm(grad_u_2d.t(), x.to(d.compute).reshape({d.T * d.B, d.F}))
+    grad_w_in = deterministic_mm(grad_u_2d.t(), x.to(compute).reshape({T * B, F}))
                     .to(w_in->scalar_type());
   }
   if (need_w_rec && w_rec.has_value()) {
     // sum_t gU[t].T @ S[t-1], with S[0] = s0: two GEMMs instead of a copy of S.
-    const at::Tensor& s_first = in.state.s0;
-    grad_w_rec = deterministic_mm(grad_u_first.t(), s_first);
-    if (d.T > 1) {
-      deterministic_mm_out(grad_w_rec, out.grad_u.narrow(0, 1, d.T - 1).reshape({-1, d.N}).t(),
-                           in.spikes.narrow(0, 0, d.T - 1).reshape({-1, d.N}), /*accumulate=*/true);
+    grad_w_rec = deterministic_mm(grad_u_first.t(), in.state.s0);
+    if (T > 1) {
+      const int64_t rows = (T - 1) * B;
+      deterministic_mm_out(grad_w_rec, out.grad_u.narrow(0, 1, T - 1).reshape({rows, N}).t(),
+                           in.spikes.narrow(0, 0, T - 1).reshape({rows, N}), /*accumulate=*/true);
     }
     grad_w_rec = grad_w_rec.to(w_rec->scalar_type());
   }
@@ -332,18 +381,73 @@ BackwardResult recurrent_lif_backward(
           grad_s0};
 }
 
+namespace {
+
+// Meta kernels: the same checks as the real kernels, then outputs of the right
+// shapes and dtypes and nothing computed. torch.compile, torch.export and
+// opcheck run them on fake tensors (with symbolic shapes), and they are what a
+// call with meta tensors reaches, so a meta tensor among real ones gets the
+// same "all tensors must be on one device" error as any other mix.
+ForwardResult forward_meta(const at::Tensor& x, const OptionalTensor& w_in,
+                           const OptionalTensor& w_rec, const OptionalTensor& bias,
+                           const at::Tensor& alpha, const at::Tensor& theta,
+                           const OptionalTensor& u0, const OptionalTensor& s0,
+                           c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+                           std::optional<double> slope) {
+  const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  check_options(reset, detach_reset, surrogate, slope, d.compute);
+  const std::vector<c10::SymInt> shape{d.T, d.B, d.N};
+  return {at::empty_symint(shape, x.options()),
+          at::empty_symint(shape, x.options().dtype(d.compute))};
+}
+
+BackwardResult backward_meta(const OptionalTensor& grad_spikes,
+                             const OptionalTensor& grad_membrane, const at::Tensor& x,
+                             const OptionalTensor& w_in, const OptionalTensor& w_rec,
+                             const at::Tensor& alpha, const at::Tensor& theta,
+                             const OptionalTensor& u0, const OptionalTensor& s0,
+                             const at::Tensor& spikes, const at::Tensor& membrane,
+                             c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+                             std::optional<double> slope, std::array<bool, 8> needs_grad) {
+  const Dims d = check_inputs(x, w_in, w_rec, std::nullopt, alpha, theta, u0, s0);
+  check_backward_inputs(d, x, spikes, membrane, grad_spikes, grad_membrane);
+  check_options(reset, detach_reset, surrogate, slope, d.compute);
+  // Gradient i is shaped like input i (bias: [N] in x's dtype); one not needed
+  // is empty, as in the real kernels.
+  auto like = [&](int i, const OptionalTensor& t) {
+    return needs_grad[i] && t.has_value() ? at::empty_symint(t->sym_sizes(), t->options())
+                                          : at::empty({0}, x.options());
+  };
+  return {like(0, x),
+          like(1, w_in),
+          like(2, w_rec),
+          needs_grad[3] ? at::empty_symint({d.N}, x.options()) : at::empty({0}, x.options()),
+          like(4, alpha),
+          like(5, theta),
+          like(6, u0),
+          like(7, s0)};
+}
+
+}  // namespace
+
 TORCH_LIBRARY(torch_ext, m) {
   m.def(
-      "recurrent_lif_forward(Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, "
-      "Tensor alpha, Tensor theta, Tensor? u0, Tensor? s0, str reset, bool detach_reset, "
-      "str surrogate, float slope) -> (Tensor spikes, Tensor membrane)");
+      "recurrent_lif(Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, Tensor alpha, "
+      "Tensor theta, Tensor? u0=None, Tensor? s0=None, str reset=\"subtract\", "
+      "bool detach_reset=False, str surrogate=\"sigmoid\", float? slope=None) "
+      "-> (Tensor spikes, Tensor membrane)");
   m.def(
-      "recurrent_lif_backward(Tensor? grad_spikes, Tensor? grad_membrane, Tensor x, "
+      "_recurrent_lif_backward(Tensor? grad_spikes, Tensor? grad_membrane, Tensor x, "
       "Tensor? w_in, Tensor? w_rec, Tensor alpha, Tensor theta, Tensor? u0, Tensor? s0, "
       "Tensor spikes, Tensor membrane, str reset, bool detach_reset, str surrogate, "
-      "float slope, bool[8] needs_grad) -> (Tensor grad_x, Tensor grad_w_in, "
+      "float? slope, bool[8] needs_grad) -> (Tensor grad_x, Tensor grad_w_in, "
       "Tensor grad_w_rec, Tensor grad_bias, Tensor grad_alpha, Tensor grad_theta, "
       "Tensor grad_u0, Tensor grad_s0)");
+}
+
+TORCH_LIBRARY_IMPL(torch_ext, Meta, m) {
+  m.impl("recurrent_lif", &forward_meta);
+  m.impl("_recurrent_lif_backward", &backward_meta);
 }
 
 }  // namespace torch_ext

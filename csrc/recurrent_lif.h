@@ -1,13 +1,25 @@
-// The recurrent LIF op: argument checks and the device-independent parts of the
-// forward and backward passes (input projection, weight gradients), shared by
-// the CPU and CUDA registrations, which supply only their time loops.
+// The recurrent LIF op inside the library: argument checks and the
+// device-independent parts of the forward and backward passes (input
+// projection, weight gradients), shared by the CPU and CUDA registrations,
+// which supply only their time loops. The public C++ API is
+// include/torch_ext/torch_ext.h.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <optional>
+#include <string>
 #include <tuple>
 
 #include "lif_math.h"
+
+// The CPU forward's hot loop is compiled for these x86 targets (GCC
+// target_clones; the build itself targets baseline x86-64); the loader picks
+// the best one the CPU has.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TORCH_EXT_CPU_CLONE_TARGETS "avx512f", "avx2", "default"
+#endif
 
 namespace torch_ext {
 
@@ -20,11 +32,21 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
                           bool accumulate = false);
 at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
 
-Reset parse_reset(c10::string_view name);
-Surrogate parse_surrogate(c10::string_view name);
+// The options of a call, checked. Every check raises an error naming the
+// argument (ValueError/TypeError in Python), the same for every caller.
+struct Options {
+  Reset reset;
+  bool detach_reset;
+  Surrogate surrogate;
+  double slope;  // the surrogate's default when none was given
+};
+Options check_options(c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+                      std::optional<double> slope, at::ScalarType compute_dtype);
 
-// Everything a time loop reads, contiguous and in the compute dtype
-// (float32 for float16/bfloat16 inputs).
+// float64 for float64 inputs; float16/bfloat16/float32 compute in float32.
+at::ScalarType compute_dtype(at::ScalarType input_dtype);
+
+// Everything a time loop reads, contiguous and in the compute dtype.
 struct LoopInputs {
   at::Tensor w_rec;         // [N, N], or undefined: no recurrence
   at::Tensor alpha, theta;  // 0-dim or [N]
@@ -54,54 +76,68 @@ struct BackwardLoopOutputs {
   at::Tensor alpha_sum, theta_sum, bias_sum;
 };
 
-// Runs the reverse recurrence t = T..1 (README "The gradients").
+// Runs the reverse recurrence t = T..1 (README "The gradients"); called only
+// when T, B and N are all > 0.
 using BackwardLoop = BackwardLoopOutputs (*)(const BackwardLoopInputs& in);
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor>;
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                   at::Tensor, at::Tensor, at::Tensor>;
+using OptionalTensor = std::optional<at::Tensor>;
 
-// The forward op takes the backward's options too (detach_reset, surrogate,
-// slope), so that autograd can be registered on the op itself; it checks them.
-ForwardResult recurrent_lif_forward(const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-                                    const c10::optional<at::Tensor>& w_rec,
-                                    const c10::optional<at::Tensor>& bias, const at::Tensor& alpha,
-                                    const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
-                                    const c10::optional<at::Tensor>& s0, c10::string_view reset,
-                                    bool detach_reset, c10::string_view surrogate, double slope,
+// The kernels' drivers. The public op `torch_ext::recurrent_lif` takes the
+// backward's options too (detach_reset, surrogate, slope) because its autograd
+// kernel needs them; the forward checks them before any work.
+ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w_in,
+                                    const OptionalTensor& w_rec, const OptionalTensor& bias,
+                                    const at::Tensor& alpha, const at::Tensor& theta,
+                                    const OptionalTensor& u0, const OptionalTensor& s0,
+                                    c10::string_view reset, bool detach_reset,
+                                    c10::string_view surrogate, std::optional<double> slope,
                                     ForwardLoop loop);
 
 // needs_grad: x, w_in, w_rec, bias, alpha, theta, u0, s0. Gradients not needed
 // come back as empty tensors (numel 0) and are never computed.
-BackwardResult recurrent_lif_backward(
-    const c10::optional<at::Tensor>& grad_spikes, const c10::optional<at::Tensor>& grad_membrane,
-    const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-    const c10::optional<at::Tensor>& w_rec, const at::Tensor& alpha, const at::Tensor& theta,
-    const c10::optional<at::Tensor>& u0, const c10::optional<at::Tensor>& s0,
-    const at::Tensor& spikes, const at::Tensor& membrane, c10::string_view reset, bool detach_reset,
-    c10::string_view surrogate, double slope, std::array<bool, 8> needs_grad, BackwardLoop loop);
+BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
+                                      const OptionalTensor& grad_membrane, const at::Tensor& x,
+                                      const OptionalTensor& w_in, const OptionalTensor& w_rec,
+                                      const at::Tensor& alpha, const at::Tensor& theta,
+                                      const OptionalTensor& u0, const OptionalTensor& s0,
+                                      const at::Tensor& spikes, const at::Tensor& membrane,
+                                      c10::string_view reset, bool detach_reset,
+                                      c10::string_view surrogate, std::optional<double> slope,
+                                      std::array<bool, 8> needs_grad, BackwardLoop loop);
+
+// The ops, called through the dispatcher (so autocast, autograd and the
+// device's kernel all apply): what the C++ API and the autograd kernels call.
+ForwardResult call_recurrent_lif(const at::Tensor& x, const OptionalTensor& w_in,
+                                 const OptionalTensor& w_rec, const OptionalTensor& bias,
+                                 const at::Tensor& alpha, const at::Tensor& theta,
+                                 const OptionalTensor& u0, const OptionalTensor& s0,
+                                 c10::string_view reset, bool detach_reset,
+                                 c10::string_view surrogate, std::optional<double> slope);
 
 // The kernels each backend registers: the shared driver with that backend's loops.
 template <ForwardLoop Loop>
-ForwardResult forward_kernel(const at::Tensor& x, const c10::optional<at::Tensor>& w_in,
-                             const c10::optional<at::Tensor>& w_rec,
-                             const c10::optional<at::Tensor>& bias, const at::Tensor& alpha,
-                             const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
-                             const c10::optional<at::Tensor>& s0, c10::string_view reset,
-                             bool detach_reset, c10::string_view surrogate, double slope) {
+ForwardResult forward_kernel(const at::Tensor& x, const OptionalTensor& w_in,
+                             const OptionalTensor& w_rec, const OptionalTensor& bias,
+                             const at::Tensor& alpha, const at::Tensor& theta,
+                             const OptionalTensor& u0, const OptionalTensor& s0,
+                             c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+                             std::optional<double> slope) {
   return recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset,
                                surrogate, slope, Loop);
 }
 
 template <BackwardLoop Loop>
-BackwardResult backward_kernel(const c10::optional<at::Tensor>& grad_spikes,
-                               const c10::optional<at::Tensor>& grad_membrane, const at::Tensor& x,
-                               const c10::optional<at::Tensor>& w_in,
-                               const c10::optional<at::Tensor>& w_rec, const at::Tensor& alpha,
-                               const at::Tensor& theta, const c10::optional<at::Tensor>& u0,
-                               const c10::optional<at::Tensor>& s0, const at::Tensor& spikes,
-                               const at::Tensor& membrane, c10::string_view reset,
-                               bool detach_reset, c10::string_view surrogate, double slope,
+BackwardResult backward_kernel(const OptionalTensor& grad_spikes,
+                               const OptionalTensor& grad_membrane, const at::Tensor& x,
+                               const OptionalTensor& w_in, const OptionalTensor& w_rec,
+                               const at::Tensor& alpha, const at::Tensor& theta,
+                               const OptionalTensor& u0, const OptionalTensor& s0,
+                               const at::Tensor& spikes, const at::Tensor& membrane,
+                               c10::string_view reset, bool detach_reset,
+                               c10::string_view surrogate, std::optional<double> slope,
                                std::array<bool, 8> needs_grad) {
   return recurrent_lif_backward(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0,
                                 spikes, membrane, reset, detach_reset, surrogate, slope, needs_grad,

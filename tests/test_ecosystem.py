@@ -27,7 +27,7 @@ def forward_args(requires_grad, contiguous, dtype=torch.float64):
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_opcheck_forward(requires_grad, contiguous):
-    torch.library.opcheck(torch.ops.torch_ext.recurrent_lif_forward.default,
+    torch.library.opcheck(torch.ops.torch_ext.recurrent_lif.default,
                           forward_args(requires_grad, contiguous))
 
 
@@ -35,9 +35,9 @@ def test_opcheck_forward(requires_grad, contiguous):
 @pytest.mark.parametrize("needs", [[True] * 8, [False, True, False, False, True, False, False, True]])
 def test_opcheck_backward(needs):
     args = forward_args(False, True)
-    spikes, membrane = torch.ops.torch_ext.recurrent_lif_forward(*args)
+    spikes, membrane = torch.ops.torch_ext.recurrent_lif(*args)
     x, w_in, w_rec, _, alpha, theta, u0, s0 = args[:8]
-    torch.library.opcheck(torch.ops.torch_ext.recurrent_lif_backward.default,
+    torch.library.opcheck(torch.ops.torch_ext._recurrent_lif_backward.default,
                           (torch.randn_like(spikes), None, x, w_in, w_rec, alpha, theta, u0, s0,
                            spikes, membrane, "subtract", False, "sigmoid", 25.0, needs))
 

@@ -79,7 +79,7 @@ def test_reference_checks_the_same_options(replace, options, exc, name):
 def test_errors_from_cpp_reach_python_for_direct_op_calls():
     a = args()
     alpha, theta = torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
-    forward = torch.ops.torch_ext.recurrent_lif_forward
+    forward = torch.ops.torch_ext.recurrent_lif
     for options, name in [(("hard", False, "atan", 1.0), "reset"),
                           (("zero", False, "nope", 1.0), "surrogate"),
                           (("zero", False, "atan", -1.0), "slope")]:
@@ -87,7 +87,7 @@ def test_errors_from_cpp_reach_python_for_direct_op_calls():
             forward(*a[:4], alpha, theta, *a[6:], *options)
     spikes, membrane = forward(*a[:4], alpha, theta, *a[6:], "zero", False, "atan", 1.0)
     common = (a[0], a[1], a[2], alpha, theta, a[6], a[7], spikes, membrane, "zero", False)
-    backward = torch.ops.torch_ext.recurrent_lif_backward
+    backward = torch.ops.torch_ext._recurrent_lif_backward
     with pytest.raises(ValueError, match="'surrogate'"):
         backward(None, None, *common, "nope", 1.0, [True] * 8)
     with pytest.raises(ValueError, match="'slope'"):

@@ -1,82 +1,96 @@
-"""Validation of the Python-level options shared by the fused op, the reference
-and the module, so each misuse is reported once, the same way, before any work."""
+"""Python-side checks of the arguments the op's schema cannot check itself
+(Python types, Python numbers for alpha and theta). The option names, default
+slopes and every value check live once, in C++ (csrc/lif_math.h and
+csrc/recurrent_lif.cpp); torch_ext._C exposes them, so the functional, the
+module, the reference, the C++ op and its Meta kernel raise the same errors."""
 import math
 import numbers
 
 import torch
 
-RESETS = ("subtract", "zero", "none")
-# Surrogate name -> default slope k (README, "Surrogate gradients").
-SURROGATE_SLOPES = {"sigmoid": 25.0, "fast_sigmoid": 25.0, "atan": 2.0, "triangle": 1.0}
+from . import _C
+
+RESETS = _C.RESETS  # ("subtract", "zero", "none")
+SURROGATE_SLOPES = _C.SURROGATE_SLOPES  # surrogate name -> default slope k
 
 
-def check_reset(reset):
-    if not isinstance(reset, str) or reset not in RESETS:
-        raise ValueError(f"recurrent_lif: argument 'reset' must be one of {RESETS}, got {reset!r}")
-    return reset
+def _fail(exc, name, what, value):
+    raise exc(f"recurrent_lif: argument '{name}' {what}, got {value!r}")
 
 
-def resolve_surrogate(surrogate, slope):
-    """Checks the surrogate name and slope; returns the slope to use as a float."""
-    if not isinstance(surrogate, str) or surrogate not in SURROGATE_SLOPES:
-        raise ValueError(
-            "recurrent_lif: argument 'surrogate' must be one of "
-            f"{tuple(SURROGATE_SLOPES)} (callables are not supported), got {surrogate!r}")
-    if slope is None:
-        return SURROGATE_SLOPES[surrogate]
-    if isinstance(slope, bool) or not isinstance(slope, numbers.Real):
-        raise TypeError(f"recurrent_lif: argument 'slope' must be a float or None, got {type(slope).__name__}")
-    if not math.isfinite(slope) or slope <= 0:
-        raise ValueError(f"recurrent_lif: argument 'slope' must be finite and > 0, got {slope}")
-    return float(slope)
+def check_type(value, name, kind, what):
+    """`value` must be an instance of `kind` (bool is never taken for a number)."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        _fail(TypeError, name, f"must be {what}", type(value).__name__)
 
 
-def check_float_alpha(alpha):
-    if not 0.0 <= alpha <= 1.0:  # also False for NaN
-        raise ValueError(f"recurrent_lif: argument 'alpha' must lie in [0, 1], got {alpha}")
+def number(value, name):
+    """A Python number (not bool) as a float, with errors naming the argument."""
+    check_type(value, name, numbers.Real, "a float or a tensor")
+    try:
+        return float(value)
+    except OverflowError:
+        _fail(ValueError, name, "is too large for a float", value)
 
 
-def check_float_theta(theta):
-    if not math.isfinite(theta):
-        raise ValueError(f"recurrent_lif: argument 'theta' must be finite, got {theta}")
+def check_alpha(value):
+    value = number(value, "alpha")
+    if not 0.0 <= value <= 1.0:  # also False for NaN
+        _fail(ValueError, "alpha", "must lie in [0, 1]", value)
+    return value
 
 
-def check_neuron_number(value, name, check):
-    """alpha or theta given as a Python number: type and value checks."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"recurrent_lif: argument '{name}' must be a float or a tensor, got {type(value).__name__}")
-    check(float(value))
+def check_theta(value):
+    value = number(value, "theta")
+    if not math.isfinite(value):
+        _fail(ValueError, "theta", "must be finite", value)
+    return value
+
+
+def check_option_types(reset, detach_reset, surrogate, slope):
+    check_type(reset, "reset", str, "a str")
+    check_type(detach_reset, "detach_reset", bool, "a bool")
+    if not isinstance(surrogate, str):  # e.g. a callable: list the names
+        _fail(ValueError, "surrogate",
+              f"must be one of {', '.join(map(repr, SURROGATE_SLOPES))} (callables are not "
+              "supported)", surrogate)
+    if slope is not None:
+        check_type(slope, "slope", numbers.Real, "a float or None")
+        return number(slope, "slope")
+    return None
+
+
+def resolve_slope(reset, detach_reset, surrogate, slope, dtype):
+    """The C++ check of the options' values; returns the slope to use."""
+    return _C.resolve_slope(reset, detach_reset, surrogate, slope, dtype == torch.float64)
+
+
+def check_x(x):
+    check_type(x, "x", torch.Tensor, "a tensor")
+
+
+def check_call(x, alpha, theta, reset, detach_reset, surrogate, slope):
+    """Type checks of recurrent_lif and recurrent_lif_ref, before any work;
+    returns (alpha, theta, slope) with Python numbers as floats."""
+    check_x(x)
+    slope = check_option_types(reset, detach_reset, surrogate, slope)
+    if not isinstance(alpha, torch.Tensor):
+        alpha = check_alpha(alpha)
+    if not isinstance(theta, torch.Tensor):
+        theta = check_theta(theta)
+    return alpha, theta, slope
 
 
 def as_tensor_param(value, x):
-    """alpha or theta (already checked) as a tensor: a Python number becomes a
-    0-dim tensor in the compute dtype on x's device; tensors pass as they are
-    (the op checks their shape, dtype, device and, for alpha on CPU, values)."""
+    """alpha or theta (already checked): a Python number becomes a 0-dim tensor
+    in the compute dtype on x's device, filled there (no host-to-device copy,
+    so no synchronisation and nothing illegal in CUDA-graph capture); tensors
+    pass as they are (the op checks their shape, dtype, device and values)."""
     if isinstance(value, torch.Tensor):
         return value
-    return torch.tensor(float(value), dtype=compute_dtype(x.dtype), device=x.device)
+    return torch.full((), value, dtype=compute_dtype(x.dtype), device=x.device)
 
 
 def compute_dtype(dtype):
     """float64 stays float64; everything else computes in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def check_call(x, alpha, theta, reset, detach_reset, surrogate, slope):
-    """The checks shared by recurrent_lif and recurrent_lif_ref, made before
-    any work; returns the slope to use."""
-    check_x(x)
-    check_reset(reset)
-    if not isinstance(detach_reset, bool):
-        raise TypeError(
-            f"recurrent_lif: argument 'detach_reset' must be a bool, got {type(detach_reset).__name__}")
-    for value, name, check in ((alpha, "alpha", check_float_alpha), (theta, "theta", check_float_theta)):
-        if not isinstance(value, torch.Tensor):
-            check_neuron_number(value, name, check)
-    return resolve_surrogate(surrogate, slope)
-
-
-def check_x(x):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"recurrent_lif: argument 'x' must be a tensor, got {type(x).__name__}")

@@ -35,16 +35,21 @@ class RecurrentLIF(nn.Module):
         for name, value in (("in_features", in_features), ("hidden_size", hidden_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"RecurrentLIF: argument '{name}' must be a positive int, got {value!r}")
-        _options.check_float_alpha(alpha)
-        _options.check_float_theta(theta)
+        # The same checks, and so the same errors, as the functional's.
+        alpha, theta = _options.check_alpha(alpha), _options.check_theta(theta)
+        slope = _options.check_option_types(reset, detach_reset, surrogate, slope)
+        self.slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, dtype)
+        for name, value in (("learn_alpha", learn_alpha), ("learn_theta", learn_theta),
+                            ("per_neuron", per_neuron), ("batch_first", batch_first),
+                            ("return_membrane", return_membrane)):
+            if not isinstance(value, bool):
+                raise TypeError(f"RecurrentLIF: argument '{name}' must be a bool, got "
+                                f"{type(value).__name__}")
         self.in_features, self.hidden_size = in_features, hidden_size
-        self.reset = _options.check_reset(reset)
-        self.detach_reset = bool(detach_reset)
-        self.surrogate = surrogate
-        self.slope = _options.resolve_surrogate(surrogate, slope)
+        self.reset, self.detach_reset, self.surrogate = reset, detach_reset, surrogate
         self.batch_first, self.return_membrane, self.backend = batch_first, return_membrane, backend
         self.per_neuron = per_neuron
-        self._alpha_init, self._theta_init = float(alpha), float(theta)
+        self._alpha_init, self._theta_init = alpha, theta
 
         factory = {"device": device, "dtype": dtype}
         self.w_in = nn.Parameter(torch.empty(hidden_size, in_features, **factory))

@@ -44,7 +44,9 @@ class _Heaviside(torch.autograd.Function):
 def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=None, *,
                       reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None):
     """Same signature and results as :func:`torch_ext.recurrent_lif`."""
-    slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate, slope)
+    alpha, theta, slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate,
+                                              slope)
+    slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, x.dtype)
     compute = _options.compute_dtype(x.dtype)
 
     def c(t):

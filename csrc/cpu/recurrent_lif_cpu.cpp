@@ -10,7 +10,8 @@
 // spike rates of 10-24 %, T=300 B=32 N=128 and T=200 B=32 N=512: within the
 // run-to-run noise of each other (7-10 ms and 31-43 ms for both). The gather
 // stays: it needs no synchronisation per step and gets cheaper as spikes get
-// sparser.
+// sparser. A source neuron whose weights are not all finite is always added,
+// spike or not, so that inf/NaN spread as in the dense product (0 * inf = NaN).
 //
 // Backward: gU[t+1] is dense, so the recurrent term gU[t+1] @ w_rec is one BLAS
 // product per step over the whole batch, followed by one fused element-wise
@@ -21,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "../recurrent_lif.h"
@@ -42,8 +44,8 @@ struct NeuronParams {
 
 // The extension is compiled for baseline x86-64 (SSE2); the forward's hot loop
 // is cloned for AVX-512 and AVX2, and the loader picks the best the CPU has.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define TORCH_EXT_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#ifdef TORCH_EXT_CPU_CLONE_TARGETS
+#define TORCH_EXT_CPU_CLONES __attribute__((target_clones(TORCH_EXT_CPU_CLONE_TARGETS)))
 #else
 #define TORCH_EXT_CPU_CLONES
 #endif
@@ -76,6 +78,11 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
   // Row j of w_rec.T holds the weights out of neuron j: what its spike adds.
   const at::Tensor w_out = in.w_rec.defined() ? in.w_rec.t().contiguous() : at::Tensor();
   const scalar_t* W = w_out.defined() ? w_out.data_ptr<scalar_t>() : nullptr;
+  // Source neurons with a non-finite outgoing weight (one pass over w_rec).
+  std::vector<char> always_add(W != nullptr ? N : 0, 0);
+  for (int64_t j = 0; j < static_cast<int64_t>(always_add.size()); ++j) {
+    for (int64_t i = 0; i < N && !always_add[j]; ++i) always_add[j] = !std::isfinite(W[j * N + i]);
+  }
 
   at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
     std::vector<scalar_t> rec_buffer(N);
@@ -87,7 +94,9 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
         std::fill(rec, rec + N, scalar_t(0));
         if (W != nullptr) {
           for (int64_t j = 0; j < N; ++j) {
-            if (r_prev[j] != scalar_t(0)) add_scaled_row(rec, W + j * N, r_prev[j], N);
+            if (r_prev[j] != scalar_t(0) || always_add[j]) {
+              add_scaled_row(rec, W + j * N, r_prev[j], N);
+            }
           }
         }
         scalar_t* __restrict__ u = U + (t * B + b) * N;  // holds I[t] on entry
@@ -193,7 +202,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           const auto terms =
               backward_step(R, in.detach_reset, SG, slope, alpha[n], theta[n], u[n], s[n],
                             gs_out ? gs_out[n] : scalar_t(0), gu_out ? gu_out[n] : scalar_t(0),
-                            gu_next ? gu_next[n] : scalar_t(0), g_rec ? g_rec[n] : scalar_t(0));
+                            has_next, gu_next ? gu_next[n] : scalar_t(0),
+                            g_rec ? g_rec[n] : scalar_t(0));
           gu[n] = terms.grad_u;
           if (a_alpha) a_alpha[n] += alpha_grad_term(R, terms.grad_u, u_prev[n], r_prev[n]);
           if (a_theta) a_theta[n] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev[n]);
@@ -225,8 +235,8 @@ BackwardLoopOutputs backward_loop_cpu(const BackwardLoopInputs& in) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ext, CPU, m) {
-  m.impl("recurrent_lif_forward", &forward_kernel<forward_loop_cpu>);
-  m.impl("recurrent_lif_backward", &backward_kernel<backward_loop_cpu>);
+  m.impl("recurrent_lif", &forward_kernel<forward_loop_cpu>);
+  m.impl("_recurrent_lif_backward", &backward_kernel<backward_loop_cpu>);
 }
 
 }  // namespace torch_ext

@@ -47,6 +47,7 @@ unsigned int blocks_for(int64_t elements) {
 // w_out = w_rec.T (row j: what a spike of neuron j adds), or null.
 template <typename scalar_t, Reset R>
 __global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __restrict__ w_out,
+                                    const bool* __restrict__ nonfinite_source,
                                     DeviceParams<scalar_t> p, const scalar_t* __restrict__ u_prev,
                                     const scalar_t* __restrict__ r_prev, scalar_t* __restrict__ u,
                                     scalar_t* __restrict__ s) {
@@ -58,7 +59,9 @@ __global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __rest
     const scalar_t* r_row = r_prev + b * N;
     for (int64_t j = 0; j < N; ++j) {
       const scalar_t v = r_row[j];
-      if (v != scalar_t(0)) rec += v * w_out[j * N + n];
+      // A zero spike is skipped unless a weight of its source is not finite:
+      // inf/NaN spread as in the dense product (0 * inf = NaN).
+      if (v != scalar_t(0) || nonfinite_source[j]) rec += v * w_out[j * N + n];
     }
   }
   const scalar_t theta = p.th(n);
@@ -73,6 +76,9 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
   const int64_t BN = B * N;
   const at::Tensor w_out = in.w_rec.defined() ? in.w_rec.t().contiguous() : at::Tensor();
   const scalar_t* W = w_out.defined() ? w_out.data_ptr<scalar_t>() : nullptr;
+  const at::Tensor nonfinite =
+      w_out.defined() ? at::isfinite(w_out).logical_not().any(1) : at::Tensor();
+  const bool* nonfinite_source = nonfinite.defined() ? nonfinite.data_ptr<bool>() : nullptr;
   const auto p = device_params<scalar_t>(in);
   scalar_t* U = membrane.data_ptr<scalar_t>();
   scalar_t* S = spikes.data_ptr<scalar_t>();
@@ -81,7 +87,7 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
     const scalar_t* u_prev = t > 0 ? U + (t - 1) * BN : in.u0.data_ptr<scalar_t>();
     const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
     forward_step_kernel<scalar_t, R><<<blocks_for(BN), kThreads, 0, stream>>>(
-        B, N, W, p, u_prev, r_prev, U + t * BN, S + t * BN);
+        B, N, W, nonfinite_source, p, u_prev, r_prev, U + t * BN, S + t * BN);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -123,7 +129,7 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
   const auto terms =
       backward_step(R, detach_reset, SG, slope, alpha, theta, q.U[k], q.S[k],
                     q.gS_out ? q.gS_out[k] : scalar_t(0), q.gU_out ? q.gU_out[k] : scalar_t(0),
-                    has_next ? q.gU[k + BN] : scalar_t(0), rec_grad);
+                    has_next, has_next ? q.gU[k + BN] : scalar_t(0), rec_grad);
   q.gU[k] = terms.grad_u;
   if (q.acc_alpha) q.acc_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
   if (q.acc_theta) q.acc_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
@@ -179,8 +185,8 @@ BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& in) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ext, CUDA, m) {
-  m.impl("recurrent_lif_forward", &forward_kernel<forward_loop_cuda>);
-  m.impl("recurrent_lif_backward", &backward_kernel<backward_loop_cuda>);
+  m.impl("recurrent_lif", &forward_kernel<forward_loop_cuda>);
+  m.impl("_recurrent_lif_backward", &backward_kernel<backward_loop_cuda>);
 }
 
 }  // namespace torch_ext

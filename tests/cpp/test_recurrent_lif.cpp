@@ -1,70 +1,22 @@
-// GoogleTest checks of the C++ ops, called through the dispatcher (as Python and
-// any C++ user would), against a reference written with LibTorch's autograd.
+// GoogleTest checks through the public C++ API (torch_ext/torch_ext.h), the
+// way a LibTorch user calls it: forward and torch::autograd::grad of every
+// input against a reference written with LibTorch's own autograd, the
+// per-element math of the kernels, the module, a short training run, errors.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <torch_ext/torch_ext.h>
 
 #include <array>
 #include <cmath>
 #include <string>
 #include <tuple>
 
+#include "lif_math.h"
+#include "lif_reference.h"
+
 namespace {
 
 using torch::Tensor;
-using OptTensor = c10::optional<Tensor>;
-using ForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
-                                             const OptTensor&, const Tensor&, const Tensor&,
-                                             const OptTensor&, const OptTensor&, c10::string_view,
-                                             bool, c10::string_view, double);
-using BackwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, const OptTensor&,
-    const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
-    c10::string_view, bool, c10::string_view, double, std::array<bool, 8>);
-
-c10::TypedOperatorHandle<ForwardFn> forward_op() {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow("torch_ext::recurrent_lif_forward", "")
-      .typed<ForwardFn>();
-}
-c10::TypedOperatorHandle<BackwardFn> backward_op() {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow("torch_ext::recurrent_lif_backward", "")
-      .typed<BackwardFn>();
-}
-
-Tensor surrogate_grad(const Tensor& v, const std::string& kind, double k) {
-  if (kind == "sigmoid") {
-    const Tensor e = torch::exp(-k * v.abs());
-    return k * e / ((1 + e) * (1 + e));
-  }
-  if (kind == "fast_sigmoid") {
-    const Tensor d = 1 + k * v.abs();
-    return 1 / (d * d);
-  }
-  if (kind == "atan") {
-    const Tensor z = (M_PI / 2) * k * v;
-    return (k / 2) / (1 + z * z);
-  }
-  return k * torch::clamp(1 - k * v.abs(), 0);
-}
-
-// H(v) forward, sg(v) backward.
-struct Heaviside : torch::autograd::Function<Heaviside> {
-  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& v,
-                        const std::string& kind, double k) {
-    ctx->save_for_backward({v});
-    ctx->saved_data["kind"] = kind;
-    ctx->saved_data["k"] = k;
-    return (v > 0).to(v.dtype());
-  }
-  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
-                                               torch::autograd::tensor_list grads) {
-    const Tensor v = ctx->get_saved_variables()[0];
-    const auto kind = ctx->saved_data["kind"].toStringRef();
-    const double k = ctx->saved_data["k"].toDouble();
-    return {grads[0] * surrogate_grad(v, kind, k), Tensor(), Tensor()};
-  }
-};
 
 struct Inputs {
   Tensor x, w_in, w_rec, bias, alpha, theta, u0, s0;
@@ -73,34 +25,28 @@ struct Inputs {
 
 Inputs random_inputs(int64_t T, int64_t B, int64_t F, int64_t N) {
   torch::manual_seed(0);
-  const auto opts = torch::dtype(torch::kFloat64).requires_grad(true);
+  const auto f64 = torch::kFloat64;
   Inputs in;
-  in.x = torch::randn({T, B, F}, opts);
-  in.w_in = (torch::randn({N, F}, torch::kFloat64) * (1.2 / std::sqrt(F))).requires_grad_();
-  in.w_rec = (torch::randn({N, N}, torch::kFloat64) * (0.6 / std::sqrt(N))).requires_grad_();
-  in.bias = (torch::randn({N}, torch::kFloat64) * 0.4).requires_grad_();
-  in.alpha = (torch::rand({N}, torch::kFloat64) * 0.35 + 0.6).requires_grad_();
-  in.theta = (torch::rand({}, torch::kFloat64) * 0.4 + 0.8).requires_grad_();
-  in.u0 = (torch::randn({B, N}, torch::kFloat64) * 0.8).requires_grad_();
-  in.s0 = (torch::rand({B, N}, torch::kFloat64) > 0.5).to(torch::kFloat64).requires_grad_();
+  in.x = torch::randn({T, B, F}, f64).requires_grad_();
+  in.w_in = (torch::randn({N, F}, f64) * (1.2 / std::sqrt(F))).requires_grad_();
+  in.w_rec = (torch::randn({N, N}, f64) * (0.6 / std::sqrt(N))).requires_grad_();
+  in.bias = (torch::randn({N}, f64) * 0.4).requires_grad_();
+  in.alpha = (torch::rand({N}, f64) * 0.35 + 0.6).requires_grad_();
+  in.theta = (torch::rand({}, f64) * 0.4 + 0.8).requires_grad_();
+  in.u0 = (torch::randn({B, N}, f64) * 0.8).requires_grad_();
+  in.s0 = (torch::rand({B, N}, f64) > 0.5).to(f64).requires_grad_();
   return in;
 }
 
-std::tuple<Tensor, Tensor> reference(const Inputs& in, const std::string& reset, bool detach_reset,
-                                     const std::string& surrogate, double slope) {
-  const Tensor current = torch::matmul(in.x, in.w_in.t()) + in.bias;
-  Tensor u = in.u0, s = in.s0;
-  std::vector<Tensor> spikes, membrane;
-  for (int64_t t = 0; t < in.x.size(0); ++t) {
-    const Tensor r = detach_reset ? s.detach() : s;
-    u = reset == "zero" ? in.alpha * u * (1 - r) : in.alpha * u;
-    u = u + current[t] + torch::matmul(s, in.w_rec.t());
-    if (reset == "subtract") u = u - in.theta * r;
-    s = Heaviside::apply(u - in.theta, surrogate, slope);
-    spikes.push_back(s);
-    membrane.push_back(u);
-  }
-  return {torch::stack(spikes), torch::stack(membrane)};
+std::tuple<Tensor, Tensor> fused(const Inputs& in, const torch_ext::RecurrentLIFFuncOptions& o) {
+  return torch_ext::recurrent_lif(in.x, in.w_in, in.w_rec, in.bias, in.alpha, in.theta,
+                                  torch_ext::RecurrentLIFFuncOptions(o).u0(in.u0).s0(in.s0));
+}
+
+std::tuple<Tensor, Tensor> reference(const Inputs& in, const torch_ext::RecurrentLIFFuncOptions& o,
+                                     double slope) {
+  return lif_reference::recurrent_lif(in.x, in.w_in, in.w_rec, in.bias, in.alpha, in.theta, in.u0,
+                                      in.s0, o.reset(), o.detach_reset(), o.surrogate(), slope);
 }
 
 using Options = std::tuple<std::string, bool, std::string>;  // reset, detach, surrogate
@@ -110,12 +56,12 @@ class MatchesAutograd : public ::testing::TestWithParam<Options> {};
 TEST_P(MatchesAutograd, ForwardAndAllGradients) {
   const auto& [reset, detach, surrogate] = GetParam();
   const double slope = surrogate == "atan" ? 2.0 : (surrogate == "triangle" ? 1.0 : 25.0);
+  const auto options =
+      torch_ext::RecurrentLIFFuncOptions().reset(reset).detach_reset(detach).surrogate(surrogate);
   const Inputs in = random_inputs(15, 3, 5, 6);
 
-  const auto [spikes, membrane] =
-      forward_op().call(in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(),
-                        in.u0, in.s0, reset, detach, surrogate, slope);
-  const auto [spikes_ref, membrane_ref] = reference(in, reset, detach, surrogate, slope);
+  const auto [spikes, membrane] = fused(in, options);  // default slope of the surrogate
+  const auto [spikes_ref, membrane_ref] = reference(in, options, slope);
   ASSERT_TRUE(torch::equal(spikes, spikes_ref));
   ASSERT_TRUE(torch::allclose(membrane, membrane_ref, 1e-10, 1e-10));
   const double rate = spikes.mean().item<double>();
@@ -124,15 +70,11 @@ TEST_P(MatchesAutograd, ForwardAndAllGradients) {
 
   const Tensor grad_spikes = torch::randn_like(spikes);
   const Tensor grad_membrane = torch::randn_like(membrane);
-  const auto grads =
-      backward_op().call(grad_spikes, grad_membrane, in.x, in.w_in, in.w_rec, in.alpha.detach(),
-                         in.theta.detach(), in.u0, in.s0, spikes, membrane, reset, detach,
-                         surrogate, slope, {true, true, true, true, true, true, true, true});
-  const std::vector<Tensor> got = {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads),
-                                   std::get<3>(grads), std::get<4>(grads), std::get<5>(grads),
-                                   std::get<6>(grads), std::get<7>(grads)};
-  const auto want = torch::autograd::grad(
-      {(spikes_ref * grad_spikes).sum() + (membrane_ref * grad_membrane).sum()}, in.all());
+  auto loss = [&](const Tensor& s, const Tensor& u) {
+    return (s * grad_spikes).sum() + (u * grad_membrane).sum();
+  };
+  const auto got = torch::autograd::grad({loss(spikes, membrane)}, in.all());
+  const auto want = torch::autograd::grad({loss(spikes_ref, membrane_ref)}, in.all());
   const char* names[] = {"x", "w_in", "w_rec", "bias", "alpha", "theta", "u0", "s0"};
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_TRUE(torch::allclose(got[i], want[i], 1e-9, 1e-9))
@@ -145,27 +87,61 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values("subtract", "zero", "none"), ::testing::Bool(),
                        ::testing::Values("sigmoid", "fast_sigmoid", "atan", "triangle")));
 
-TEST(RecurrentLIF, UnneededGradientsAreEmpty) {
-  const Inputs in = random_inputs(6, 2, 3, 4);
-  const auto [spikes, membrane] =
-      forward_op().call(in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(),
-                        in.u0, in.s0, "subtract", false, "sigmoid", 25.0);
-  const auto grads = backward_op().call(torch::ones_like(spikes), c10::nullopt, in.x, in.w_in,
-                                        in.w_rec, in.alpha.detach(), in.theta.detach(), in.u0,
-                                        in.s0, spikes, membrane, "subtract", false, "sigmoid", 25.0,
-                                        {false, true, false, false, false, false, false, false});
-  EXPECT_EQ(std::get<0>(grads).numel(), 0);
-  EXPECT_EQ(std::get<1>(grads).sizes(), in.w_in.sizes());
-  EXPECT_EQ(std::get<2>(grads).numel(), 0);
+// The kernels' per-element math (lif_math.h) against the formulas.
+TEST(PerElementMath, SurrogatesMatchTheirFormulasAndStayFinite) {
+  using torch_ext::Surrogate;
+  const std::pair<Surrogate, std::string> kinds[] = {{Surrogate::Sigmoid, "sigmoid"},
+                                                     {Surrogate::FastSigmoid, "fast_sigmoid"},
+                                                     {Surrogate::Atan, "atan"},
+                                                     {Surrogate::Triangle, "triangle"}};
+  for (const auto& [kind, name] : kinds) {
+    for (double k : {0.5, 2.0, 25.0}) {
+      for (double v : {-1e30, -3.0, -0.4, -1e-3, 0.0, 1e-3, 0.2, 1.0, 7.0, 1e30}) {
+        const double got = torch_ext::surrogate_grad(kind, v, k);
+        const double want =
+            lif_reference::surrogate_grad(torch::tensor(v, torch::kFloat64), name, k).item<double>();
+        EXPECT_TRUE(std::isfinite(got)) << name << " k=" << k << " v=" << v;
+        EXPECT_NEAR(got, want, 1e-12 * std::max(1.0, std::abs(want))) << name << " v=" << v;
+      }
+    }
+  }
 }
 
-// Runs the forward op with one argument replaced and expects an error naming it.
+TEST(PerElementMath, MembraneStepAndStrictThreshold) {
+  using torch_ext::Reset;
+  // alpha, theta, u_prev, r_prev, input, rec
+  EXPECT_DOUBLE_EQ(torch_ext::membrane_step(Reset::Subtract, 0.5, 1.0, 2.0, 1.0, 0.25, 0.5),
+                   0.5 * 2.0 + 0.25 + 0.5 - 1.0);
+  EXPECT_DOUBLE_EQ(torch_ext::membrane_step(Reset::Zero, 0.5, 1.0, 2.0, 1.0, 0.25, 0.5), 0.75);
+  EXPECT_DOUBLE_EQ(torch_ext::membrane_step(Reset::None, 0.5, 1.0, 2.0, 1.0, 0.25, 0.5), 1.75);
+  EXPECT_EQ(torch_ext::spike(1.0, 1.0), 0.0);  // U == theta does not fire
+  EXPECT_EQ(torch_ext::spike(std::nextafter(1.0, 2.0), 1.0), 1.0);
+}
+
+TEST(RecurrentLIF, SecondDerivativeRaises) {
+  const Inputs in = random_inputs(5, 2, 3, 4);
+  const auto [spikes, membrane] = fused(in, {});
+  const auto grads = torch::autograd::grad({spikes.sum()}, {in.w_in}, {}, true, true);
+  EXPECT_THROW(grads[0].sum().backward(), c10::Error);
+}
+
+TEST(RecurrentLIF, FloatParametersAndNoRecurrence) {
+  const Inputs in = random_inputs(6, 2, 3, 4);
+  const auto [spikes, membrane] = torch_ext::recurrent_lif(in.x, in.w_in, std::nullopt, in.bias);
+  const auto [s_ref, u_ref] = lif_reference::recurrent_lif(
+      in.x, in.w_in, torch::zeros({4, 4}, torch::kFloat64), in.bias,
+      torch::tensor(0.9, torch::kFloat64), torch::tensor(1.0, torch::kFloat64), {}, {}, "subtract",
+      false, "sigmoid", 25.0);
+  EXPECT_TRUE(torch::equal(spikes, s_ref));
+  EXPECT_TRUE(torch::allclose(membrane, u_ref, 1e-12, 1e-12));
+}
+
+// Runs the op with one argument replaced and expects an error naming it.
 template <typename Error>
-void expect_error(const char* argument, Inputs in, const std::string& reset = "subtract",
-                  const std::string& surrogate = "sigmoid", double slope = 25.0) {
+void expect_error(const char* argument, const Inputs& in,
+                  const torch_ext::RecurrentLIFFuncOptions& options = {}) {
   try {
-    forward_op().call(in.x, in.w_in, in.w_rec, in.bias, in.alpha.detach(), in.theta.detach(), in.u0,
-                      in.s0, reset, false, surrogate, slope);
+    fused(in, options);
     ADD_FAILURE() << "no error for a bad '" << argument << "'";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(std::string("'") + argument + "'"), std::string::npos)
@@ -180,6 +156,7 @@ TEST(RecurrentLIF, BadInputsNameTheArgument) {
     change(in);
     return in;
   };
+  using Opts = torch_ext::RecurrentLIFFuncOptions;
   expect_error<c10::ValueError>("x", with([](Inputs& in) { in.x = in.x[0]; }));
   expect_error<c10::TypeError>("x", with([](Inputs& in) { in.x = in.x.to(torch::kInt32); }));
   expect_error<c10::ValueError>("w_in", with([](Inputs& in) { in.w_in = in.w_in.t(); }));
@@ -189,16 +166,77 @@ TEST(RecurrentLIF, BadInputsNameTheArgument) {
   expect_error<c10::ValueError>("bias",
                                 with([](Inputs& in) { in.bias = in.bias.narrow(0, 0, 2); }));
   expect_error<c10::ValueError>("alpha", with([](Inputs& in) { in.alpha = in.alpha * 3; }));
-  expect_error<c10::ValueError>("alpha", with([](Inputs& in) {
-                                  in.alpha = in.alpha.view({1, -1});
-                                }));
+  expect_error<c10::ValueError>("alpha",
+                                with([](Inputs& in) { in.alpha = in.alpha.view({1, -1}); }));
   expect_error<c10::ValueError>(
       "theta", with([](Inputs& in) { in.theta = torch::ones({2}, torch::kFloat64); }));
   expect_error<c10::ValueError>("u0", with([](Inputs& in) { in.u0 = in.u0.t(); }));
   expect_error<c10::ValueError>("s0", with([](Inputs& in) { in.s0 = in.s0[0]; }));
-  expect_error<c10::ValueError>("reset", good, "hard");
-  expect_error<c10::ValueError>("surrogate", good, "subtract", "relu");
-  expect_error<c10::ValueError>("slope", good, "subtract", "sigmoid", 0.0);
+  expect_error<c10::ValueError>(
+      "w_in", with([](Inputs& in) { in.w_in = torch::zeros({5, 3}, torch::kFloat64).to("meta"); }));
+  expect_error<c10::ValueError>("reset", good, Opts().reset("hard"));
+  expect_error<c10::ValueError>("surrogate", good, Opts().surrogate("relu"));
+  expect_error<c10::ValueError>("slope", good, Opts().slope(0.0));
+  EXPECT_THROW(torch_ext::recurrent_lif(good.x, good.w_in, good.w_rec, good.bias, 1.5),
+               c10::ValueError);
+  EXPECT_THROW(torch_ext::RecurrentLIF(torch_ext::RecurrentLIFOptions(3, 4).surrogate("relu")),
+               c10::ValueError);
+}
+
+TEST(RecurrentLIFModule, ParametersStateAndBatchFirst) {
+  torch_ext::RecurrentLIF layer(
+      torch_ext::RecurrentLIFOptions(5, 7).learn_alpha(true).per_neuron(true));
+  std::vector<std::string> names;
+  for (const auto& p : layer->named_parameters()) names.push_back(p.key());
+  EXPECT_EQ(names, (std::vector<std::string>{"w_in", "w_rec", "bias", "alpha"}));
+  EXPECT_EQ(layer->named_buffers().size(), 1u);  // theta
+  EXPECT_EQ(layer->alpha.sizes(), (std::vector<int64_t>{7}));
+  EXPECT_LE(layer->w_in.abs().max().item<double>(), 1 / std::sqrt(5.0));
+
+  const Tensor x = torch::randn({9, 3, 5}) * 2;
+  const auto [spikes, state] = layer(x);
+  EXPECT_EQ(spikes.sizes(), (std::vector<int64_t>{9, 3, 7}));
+  // Two halves with the state carried over equal one call.
+  const auto [first, mid] = layer(x.narrow(0, 0, 4));
+  const auto [second, last] = layer->forward(x.narrow(0, 4, 5), mid);
+  EXPECT_TRUE(torch::equal(torch::cat({first, second}), spikes));
+  EXPECT_TRUE(torch::allclose(std::get<0>(last), std::get<0>(state)));
+
+  torch_ext::RecurrentLIF batch_first(
+      torch_ext::RecurrentLIFOptions(5, 7).learn_alpha(true).per_neuron(true).batch_first(true));
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : layer->named_parameters()) batch_first->named_parameters()[p.key()].copy_(p.value());
+  }
+  const auto [spikes_bf, state_bf] = batch_first(x.transpose(0, 1));
+  EXPECT_TRUE(torch::equal(spikes_bf.transpose(0, 1), spikes));
+}
+
+// A short training run: spike counts of the layer, read out linearly, learn
+// which of two input channels carries more current.
+TEST(RecurrentLIFModule, TrainingLowersTheLoss) {
+  torch::manual_seed(0);
+  torch_ext::RecurrentLIF layer(torch_ext::RecurrentLIFOptions(2, 16).learn_alpha(true));
+  torch::nn::Linear readout(16, 2);
+  std::vector<Tensor> params = layer->parameters();
+  for (const auto& p : readout->parameters()) params.push_back(p);
+  torch::optim::Adam optimizer(params, torch::optim::AdamOptions(0.02));
+  const Tensor labels = torch::randint(0, 2, {64});
+  const Tensor rates = torch::stack({labels.to(torch::kFloat), 1 - labels.to(torch::kFloat)}, 1);
+  const Tensor x = torch::rand({25, 64, 2}) * (0.5 + rates);  // [T, B, F]
+  auto loss_now = [&] {
+    const auto [spikes, state] = layer(x);
+    return torch::nn::functional::cross_entropy(readout(spikes.mean(0)), labels);
+  };
+  const double first = loss_now().item<double>();
+  for (int step = 0; step < 60; ++step) {
+    optimizer.zero_grad();
+    const Tensor loss = loss_now();
+    loss.backward();
+    optimizer.step();
+  }
+  const double last = loss_now().item<double>();
+  EXPECT_LT(last, 0.6 * first) << "loss " << first << " -> " << last;
 }
 
 }  // namespace

@@ -1,0 +1,73 @@
+// The recurrent LIF layer written with LibTorch's own autograd, step by step:
+// the oracle of the C++ tests and of the downstream example. Same math as the
+// fused op (README "The model"), one product for all input currents.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace lif_reference {
+
+inline torch::Tensor surrogate_grad(const torch::Tensor& v, const std::string& kind, double k) {
+  if (kind == "sigmoid") {
+    const torch::Tensor e = torch::exp(-k * v.abs());
+    return k * e / ((1 + e) * (1 + e));
+  }
+  if (kind == "fast_sigmoid") {
+    const torch::Tensor d = 1 + k * v.abs();
+    return 1 / (d * d);
+  }
+  if (kind == "atan") {
+    const torch::Tensor z = (M_PI / 2) * k * v;
+    return (k / 2) / (1 + z * z);
+  }
+  return k * torch::clamp(1 - k * v.abs(), 0);  // triangle
+}
+
+// H(v) forward, sg(v) backward.
+struct Heaviside : torch::autograd::Function<Heaviside> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& v,
+                               const std::string& kind, double k) {
+    ctx->save_for_backward({v});
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["k"] = k;
+    return (v > 0).to(v.dtype());
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const torch::Tensor v = ctx->get_saved_variables()[0];
+    const auto kind = ctx->saved_data["kind"].toStringRef();
+    const double k = ctx->saved_data["k"].toDouble();
+    return {grads[0] * surrogate_grad(v, kind, k), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// (spikes, membrane), each [T, B, N]; u0/s0 undefined = zeros.
+inline std::tuple<torch::Tensor, torch::Tensor> recurrent_lif(
+    const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& w_rec,
+    const torch::Tensor& bias, const torch::Tensor& alpha, const torch::Tensor& theta,
+    torch::Tensor u, torch::Tensor s, const std::string& reset, bool detach_reset,
+    const std::string& surrogate, double slope) {
+  const int64_t B = x.size(1), N = w_in.size(0);
+  if (!u.defined()) u = torch::zeros({B, N}, x.options().requires_grad(false));
+  if (!s.defined()) s = torch::zeros({B, N}, x.options().requires_grad(false));
+  const torch::Tensor current = torch::matmul(x, w_in.t()) + bias;
+  std::vector<torch::Tensor> spikes, membrane;
+  for (const torch::Tensor& input : current.unbind(0)) {
+    const torch::Tensor r = detach_reset ? s.detach() : s;
+    // Summed in the order the equations are written, like the fused op.
+    u = reset == "zero" ? alpha * u * (1 - r) : alpha * u;
+    u = u + input + torch::matmul(s, w_rec.t());
+    if (reset == "subtract") u = u - theta * r;
+    s = Heaviside::apply(u - theta, surrogate, slope);
+    spikes.push_back(s);
+    membrane.push_back(u);
+  }
+  return {torch::stack(spikes), torch::stack(membrane)};
+}
+
+}  // namespace lif_reference
