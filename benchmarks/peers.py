@@ -51,8 +51,8 @@ def snntorch_rleaky(params):
         current = x @ params["w_in"].T if params["w_in"] is not None else x
         spk, mem = lif.init_rleaky()
         spikes, membrane = [], []
-        for t in range(x.shape[0]):
-            spk, mem = lif(current[t], spk, mem)
+        for current_t in current.unbind(0):  # not current[t]: see torch_ext/reference.py
+            spk, mem = lif(current_t, spk, mem)
             spikes.append(spk)
             membrane.append(mem)
         return torch.stack(spikes), torch.stack(membrane)
