@@ -5,6 +5,7 @@ done once for all T steps. Each returns a function (x [T, B, F]) -> (spikes, mem
 import torch
 
 import torch_ext
+from benchmarks.python_function import RecurrentLIFFunction
 
 OPTIONS = dict(reset="subtract", detach_reset=True, surrogate="sigmoid", slope=25.0)
 
@@ -27,6 +28,12 @@ def reference(params, compile=False):
     fn = torch.compile(torch_ext.recurrent_lif_ref) if compile else torch_ext.recurrent_lif_ref
     return lambda x: fn(x, params["w_in"], params["w_rec"], params["bias"],
                         params["alpha"], params["theta"], **OPTIONS)
+
+
+def python_function(params):
+    """The hand-written autograd.Function (python_function.py)."""
+    return lambda x: RecurrentLIFFunction.apply(x, params["w_in"], params["w_rec"], params["bias"],
+                                                params["alpha"], params["theta"], OPTIONS["slope"])
 
 
 def snntorch_rleaky(params):
