@@ -1,8 +1,8 @@
-"""The benchmark's peers compute what the fused op computes."""
+"""The benchmark's peers compute what the fused op computes, and its smoke mode runs."""
 import pytest
 import torch
 
-from benchmarks import peers
+from benchmarks import bench, peers
 
 
 def outputs_and_grads(run, x, params, seed=3):
@@ -40,3 +40,18 @@ def test_python_function_without_input_gradient():
     grads = torch.autograd.grad(spikes.sum(), [params["w_rec"]])
     assert grads[0].shape == (4, 4)
 
+
+def test_floor_runs():
+    params = peers.make_params(6, 5, "cpu")
+    peers.floor(params)(torch.randn(7, 3, 6), backward=True)
+
+
+def test_smoke_mode(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rows = bench.main(["--smoke", "--out", str(tmp_path)])
+    impls = {r["impl"] for r in rows}
+    assert {"fused", "autograd", "python_fn", "floor"} <= impls
+    assert all(r["saved_bytes"] > 0 for r in rows if r["impl"] != "floor")
+    printed = capsys.readouterr().out
+    assert "fused / floor" in printed
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".csv", ".json", ".png"]
