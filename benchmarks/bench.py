@@ -1,22 +1,27 @@
-"""Fused recurrent LIF op vs the plain-autograd reference, the reference under
-torch.compile, and snnTorch's RLeaky, all computing the same math (see
-peers.py): time and activation memory, measured side by side in one run.
+"""Fused recurrent LIF op vs the ways it is written without it, all computing
+the same math (see peers.py), and vs the floor of the matrix products that no
+exact implementation avoids: time and activation memory, measured side by side
+in one run.
 
     python -m benchmarks.bench                   # CPU: targets + sweeps over T, B, N
-    python -m benchmarks.bench --quick           # fewer points
+    python -m benchmarks.bench --quick           # fewer sweep points
+    python -m benchmarks.bench --smoke           # tiny sizes, seconds: checks that it runs
     python -m benchmarks.bench --device cuda     # on a GPU (both TF32 settings)
 
 Per configuration, after warm-up, the implementations run interleaved (one
 repetition of each in turn), so that drifts of the machine hit all alike;
 medians and quartiles are reported and ratios are taken against the fused op
-of the same run. Memory: bytes kept alive for backward (saved_tensors_hooks,
-each storage once, leaving out inputs, parameters and the returned spikes and
-membrane) and, on CUDA, the peak allocated during forward + backward beyond
-what was allocated before. (The fused op's backward reads the returned
-membrane, so that output stays alive with the graph even if the caller drops it.)
+of the same run. Every implementation computes the gradients of x and of the
+weights, as a layer inside a network does. Memory: bytes kept alive for
+backward (saved_tensors_hooks, each storage once, leaving out the inputs and
+parameters; outputs that a backward reads count, such as the fused op's
+returned spikes and membrane, which stay alive with the graph even if the
+caller drops them) and, on CUDA, the peak allocated during forward + backward
+beyond what was allocated before.
 Writes a CSV and a JSON file and PNG plots under benchmarks/results/.
 """
 import argparse
+import csv
 import datetime
 import json
 import platform
@@ -26,10 +31,21 @@ from pathlib import Path
 
 import torch
 
-import torch_ext
 from benchmarks import peers
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# What each row of the table is, in the order printed and plotted.
+BASELINES = {
+    "fused": "torch_ext.recurrent_lif, the fused op",
+    "autograd": "torch_ext.recurrent_lif_ref: the expert autograd loop (one input product, "
+                "unbind over time, stack), differentiated by autograd",
+    "python_fn": "hand-written torch.autograd.Function, Python loops forward and backward, "
+                 "weight gradients as single products (benchmarks/python_function.py)",
+    "compiled": "the expert autograd loop under torch.compile",
+    "snntorch": "snnTorch's RLeaky, stepped in a Python loop",
+    "floor": "the unavoidable matrix products alone (peers.floor): a lower bound for all",
+}
 
 
 def sync(device):
@@ -37,11 +53,13 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def saved_bytes(run, keep):
+def saved_bytes(run, keep, count_outputs=False):
     """(bytes, outputs): the bytes autograd keeps alive for backward while
     `run()` builds its graph, each storage counted once, leaving out the
-    storages of the tensors in `keep` (inputs, parameters) and of the returned
-    outputs; and those outputs."""
+    storages of the tensors in `keep` (inputs, parameters) and, unless
+    `count_outputs`, of the returned outputs; and those outputs. The
+    benchmark counts outputs: a backward that reads them keeps them alive even
+    if the caller drops them."""
     storages = {}
 
     def pack(t):
@@ -50,35 +68,44 @@ def saved_bytes(run, keep):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         outputs = run()
-    own = {t.untyped_storage().data_ptr() for t in (*keep, *outputs) if isinstance(t, torch.Tensor)}
+    left_out = keep if count_outputs else [*keep, *outputs]
+    own = {t.untyped_storage().data_ptr() for t in left_out if isinstance(t, torch.Tensor)}
     return sum(n for ptr, n in storages.items() if ptr not in own), outputs
 
 
-def timed(fn, x, params, backward, device):
-    grads = [p for p in params.values() if isinstance(p, torch.Tensor)]
+def with_backward(fn, inputs):
+    """run(x, backward) for fn(x) -> (spikes, membrane): the forward, then
+    optionally the gradients of spikes.sum() for `inputs`."""
+    def run(x, backward):
+        spikes, _ = fn(x)
+        if backward:
+            torch.autograd.grad(spikes.sum(), inputs)
+    return run
+
+
+def timed(run, x, backward, device):
     sync(device)
     start = time.perf_counter()
-    spikes, _ = fn(x)
-    if backward:
-        torch.autograd.grad(spikes.sum(), grads)
+    run(x, backward)
     sync(device)
     return time.perf_counter() - start
 
 
-def peak_bytes(fn, x, params, device):
+def peak_bytes(run, x, device):
     if device.type != "cuda":
         return None
-    grads = [p for p in params.values() if isinstance(p, torch.Tensor)]
     sync(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    torch.autograd.grad(fn(x)[0].sum(), grads)
+    run(x, True)
     sync(device)
     return torch.cuda.max_memory_allocated(device) - before
 
 
 def implementations(params, T, args):
-    impls = {"fused": peers.fused(params), "autograd": peers.reference(params)}
+    """name -> fn(x) -> (spikes, membrane), and notes on what was left out."""
+    impls = {"fused": peers.fused(params), "autograd": peers.reference(params),
+             "python_fn": peers.python_function(params)}
     notes = []
     if args.compile:
         if T <= args.compile_max_t:
@@ -96,92 +123,167 @@ def implementations(params, T, args):
 
 def measure(T, B, N, args, device):
     params = peers.make_params(N, N, device)
-    x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)).to(device)
+    x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_()
+    inputs = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
     impls, notes = implementations(params, T, args)
-    times = {name: {"fwd": [], "fwd_bwd": []} for name in impls}
-    for name, fn in impls.items():  # warm-up (and compilation)
+    runs = {name: with_backward(fn, inputs) for name, fn in impls.items()}
+    runs["floor"] = peers.floor(params)
+    times = {name: {"fwd": [], "fwd_bwd": []} for name in runs}
+    for run in runs.values():  # warm-up (and compilation)
         for _ in range(args.warmup):
-            timed(fn, x, params, True, device)
+            run(x, True)
     for _ in range(args.reps):
-        for name, fn in impls.items():
-            times[name]["fwd"].append(timed(fn, x, params, False, device))
-            times[name]["fwd_bwd"].append(timed(fn, x, params, True, device))
+        for name, run in runs.items():
+            times[name]["fwd"].append(timed(run, x, False, device))
+            times[name]["fwd_bwd"].append(timed(run, x, True, device))
     rows = []
-    fused_fb = statistics.median(times["fused"]["fwd_bwd"])
     fused_f = statistics.median(times["fused"]["fwd"])
-    for name, fn in impls.items():
-        q = {k: statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3 for k, v in times[name].items()}
+    fused_fb = statistics.median(times["fused"]["fwd_bwd"])
+    for name, run in runs.items():
+        fwd, fwd_bwd = times[name]["fwd"], times[name]["fwd_bwd"]
+        q = statistics.quantiles(fwd_bwd, n=4) if len(fwd_bwd) > 1 else [fwd_bwd[0]] * 3
+        is_peer = name in impls  # the floor builds no graph and returns nothing
         rows.append({
             "impl": name, "T": T, "B": B, "N": N, "device": device.type,
             "tf32": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
-            "fwd_ms": 1e3 * statistics.median(times[name]["fwd"]),
-            "fwd_bwd_ms": 1e3 * statistics.median(times[name]["fwd_bwd"]),
-            "fwd_bwd_q1_ms": 1e3 * q["fwd_bwd"][0], "fwd_bwd_q3_ms": 1e3 * q["fwd_bwd"][2],
-            "fwd_ratio": statistics.median(times[name]["fwd"]) / fused_f,
-            "fwd_bwd_ratio": statistics.median(times[name]["fwd_bwd"]) / fused_fb,
-            "saved_bytes": saved_bytes(lambda: fn(x), [x, *params.values()])[0],
-            "peak_bytes": peak_bytes(fn, x, params, device),
-            "spike_rate": peers.fused(params)(x)[0].mean().item() if name == "fused" else None,
+            "fwd_ms": 1e3 * statistics.median(fwd),
+            "fwd_bwd_ms": 1e3 * statistics.median(fwd_bwd),
+            "fwd_bwd_q1_ms": 1e3 * q[0], "fwd_bwd_q3_ms": 1e3 * q[2],
+            "fwd_ratio": statistics.median(fwd) / fused_f,
+            "fwd_bwd_ratio": statistics.median(fwd_bwd) / fused_fb,
+            "saved_bytes": saved_bytes(lambda: impls[name](x), inputs, count_outputs=True)[0]
+            if is_peer else None,
+            "peak_bytes": peak_bytes(run, x, device) if is_peer else None,
+            "spike_rate": impls["fused"](x)[0].mean().item() if name == "fused" else None,
         })
     return rows, notes
 
 
 def configurations(args, device):
-    if device.type == "cuda":
+    """[(sweeps, (T, B, N))]: each size once, with the sweeps it belongs to
+    ("target", "T", "B", "N")."""
+    if args.smoke:
+        base, targets = (20, 4, 16), [(20, 4, 16)]
+        sweep_T, sweep_B, sweep_N = [10, 20], [2, 4], [8, 16]
+    elif device.type == "cuda":
         base, targets = (1000, 64, 1024), [(1000, 64, 1024), (1000, 16, 256), (1000, 64, 4096)]
         sweep_T, sweep_B, sweep_N = [100, 300, 1000, 3000], [8, 16, 64, 256], [256, 1024, 2048, 4096]
     else:
-        base, targets = (300, 32, 128), [(300, 32, 128), (200, 32, 512)]
+        base = (300, 32, 128)
+        targets = [(300, 32, 128), (200, 32, 512), (1000, 32, 128), (100, 128, 256)]
         sweep_T, sweep_B, sweep_N = [50, 100, 300, 1000], [8, 16, 32, 64], [64, 128, 256, 512]
     if args.quick:
         sweep_T, sweep_B, sweep_N = sweep_T[:3], sweep_B[:2], sweep_N[:3]
-    configs = [("target", t) for t in targets]
-    configs += [("T", (T, base[1], base[2])) for T in sweep_T]
-    configs += [("B", (base[0], B, base[2])) for B in sweep_B]
-    configs += [("N", (base[0], base[1], N)) for N in sweep_N]
-    return configs
+    sweeps = {}
+    for size in targets:
+        sweeps.setdefault(size, []).append("target")
+    if not args.targets_only:
+        for T in sweep_T:
+            sweeps.setdefault((T, base[1], base[2]), []).append("T")
+        for B in sweep_B:
+            sweeps.setdefault((base[0], B, base[2]), []).append("B")
+        for N in sweep_N:
+            sweeps.setdefault((base[0], base[1], N), []).append("N")
+    return [("+".join(names), size) for size, names in sweeps.items()]
+
+
+def in_sweep(row, sweep):
+    return sweep in row["sweep"].split("+")
+
+
+def mib(n):
+    return "-" if n is None else f"{n / 2**20:.2f}"
 
 
 def print_table(rows):
-    header = f"{'sweep':>6} {'T':>5} {'B':>4} {'N':>5} {'impl':>9} {'tf32':>5} {'fwd ms':>9} " \
-             f"{'fwd+bwd ms':>11} {'x fused':>8} {'saved MiB':>10} {'peak MiB':>9}"
+    header = f"{'sweep':>12} {'T':>5} {'B':>4} {'N':>5} {'impl':>9} {'tf32':>4} {'fwd ms':>9} " \
+             f"{'fwd+bwd ms':>11} {'x fused':>7} {'saved MiB':>9} {'peak MiB':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
         tf32 = "-" if r["tf32"] is None else ("on" if r["tf32"] else "off")
-        print(f"{r['sweep']:>6} {r['T']:>5} {r['B']:>4} {r['N']:>5} {r['impl']:>9} {tf32:>5} "
-              f"{r['fwd_ms']:>9.2f} {r['fwd_bwd_ms']:>11.2f} {r['fwd_bwd_ratio']:>8.2f} "
-              f"{r['saved_bytes'] / 2**20:>10.2f} {peak:>9}")
+        print(f"{r['sweep']:>12} {r['T']:>5} {r['B']:>4} {r['N']:>5} {r['impl']:>9} {tf32:>4} "
+              f"{r['fwd_ms']:>9.2f} {r['fwd_bwd_ms']:>11.2f} {r['fwd_bwd_ratio']:>7.2f} "
+              f"{mib(r['saved_bytes']):>9} {mib(r['peak_bytes']):>8}")
+    print("\nimpl:")
+    for name in sorted({r["impl"] for r in rows}, key=list(BASELINES).index):
+        print(f"  {name:>9}: {BASELINES[name]}")
+    print("x fused: forward + backward time over the fused op's in the same run (floor < 1).\n"
+          "saved MiB: kept alive for backward, inputs and parameters left out; the fused op's\n"
+          "  count includes its returned spikes and membrane, which its backward reads.")
+
+
+def print_ratios(rows):
+    """At the target sizes: how far the fused op is from the floor, and how
+    much slower the expert loop and the hand-written Function are."""
+    print("\nforward + backward time ratios at the target sizes (measured in the same run):")
+    header = f"{'T':>5} {'B':>4} {'N':>5} {'tf32':>4} {'fused / floor':>14} " \
+             f"{'autograd / fused':>17} {'python_fn / fused':>18}"
+    print(header)
+    print("-" * len(header))
+    by_size = {}
+    for r in rows:
+        if in_sweep(r, "target"):
+            by_size.setdefault((r["T"], r["B"], r["N"], r["tf32"]), {})[r["impl"]] = r["fwd_bwd_ms"]
+    for (T, B, N, tf32), ms in by_size.items():
+        tf32 = "-" if tf32 is None else ("on" if tf32 else "off")
+        print(f"{T:>5} {B:>4} {N:>5} {tf32:>4} {ms['fused'] / ms['floor']:>14.2f} "
+              f"{ms['autograd'] / ms['fused']:>17.2f} {ms['python_fn'] / ms['fused']:>18.2f}")
 
 
 def plot(rows, stem):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    rows = [r for r in rows if not r["tf32"]]  # on CUDA: the TF32-off rows
 
     def series(sweep, key, impl):
         pts = sorted((r[sweep], r[key]) for r in rows
-                     if r["sweep"] == sweep and r["impl"] == impl and not r.get("tf32"))
+                     if in_sweep(r, sweep) and r["impl"] == impl and r[key] is not None)
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    impls = sorted({r["impl"] for r in rows}, key=["fused", "autograd", "compiled", "snntorch"].index)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for color, impl in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], impls):
-        style = dict(marker="o", color=color)
-        axes[0].plot(*series("T", "fwd_bwd_ms", impl), label=impl, **style)
-        if impl != "fused" and series("N", "fwd_bwd_ratio", impl)[0]:
-            axes[1].plot(*series("N", "fwd_bwd_ratio", impl), label=f"{impl} / fused", **style)
-        axes[2].plot(*series("T", "saved_bytes", impl), label=impl, **style)
-    axes[0].set(xlabel="T", ylabel="forward + backward [ms]", title="time vs T", xscale="log", yscale="log")
-    axes[1].set(xlabel="N", ylabel="time ratio (higher: fused faster)", title="speed-up vs N", xscale="log")
-    axes[1].axhline(1, color="gray", lw=0.5)
-    axes[2].set(xlabel="T", ylabel="bytes saved for backward", title="activation memory vs T",
-                xscale="log")
-    axes[2].set_yscale("symlog", linthresh=1.0)  # the fused op saves 0 bytes
-    axes[2].set_ylim(bottom=0)
-    for ax in axes:
+    def fixed(sweep):
+        """The sizes held fixed in a sweep, e.g. "B=32, F=N=128"."""
+        r = next(r for r in rows if in_sweep(r, sweep))
+        sizes = {"T": f"T={r['T']}", "B": f"B={r['B']}", "N": f"F=N={r['N']}"}
+        return ", ".join(text for name, text in sizes.items() if name != sweep)
+
+    impls = sorted({r["impl"] for r in rows}, key=list(BASELINES).index)
+    colors = dict(zip(impls, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colors["floor"] = "black"
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    panels = [(axes[0, 0], "T", "fwd_bwd_ms"), (axes[0, 1], "B", "fwd_bwd_ms"),
+              (axes[1, 0], "N", "fwd_bwd_ms"), (axes[1, 1], "T", "saved_bytes")]
+    for ax, sweep, key in panels:
+        for impl in impls:
+            xs, ys = series(sweep, key, impl)
+            if not xs:
+                continue
+            if key == "saved_bytes":
+                ys = [y / 2**20 for y in ys]
+            label = impl
+            if key == "saved_bytes" and impl == "fused":
+                label = "fused (counts its returned spikes and membrane: its backward reads them)"
+            ax.plot(xs, ys, marker="o", color=colors[impl], label=label,
+                    linestyle="--" if impl == "floor" else "-")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sorted({r[sweep] for r in rows if in_sweep(r, sweep)}))
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # plain numbers, thinned
+        ax.set_xlabel("F = N" if sweep == "N" else sweep)
         ax.legend(fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+        if key == "saved_bytes":
+            ax.set(ylabel="MiB kept alive for backward",
+                   title=f"activation memory vs T ({fixed(sweep)})")
+        else:
+            ax.set(ylabel="forward + backward [ms]", title=f"time vs {sweep} ({fixed(sweep)})")
     fig.tight_layout()
     fig.savefig(f"{stem}.png", dpi=110)
     plt.close(fig)
@@ -193,6 +295,9 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions per implementation")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, 2 repetitions: checks that everything runs (results "
+                             "named *-smoke.*, meaningless as timings)")
     parser.add_argument("--targets-only", action="store_true", help="only the target sizes, no sweeps")
     parser.add_argument("--compile", action="store_true", help="include the reference under torch.compile")
     parser.add_argument("--compile-max-t", type=int, default=100,
@@ -200,6 +305,8 @@ def main(argv=None):
     parser.add_argument("--no-snntorch", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
     try:
         from tqdm import tqdm
     except ImportError:  # e.g. a bare GPU machine: no progress bar
@@ -208,8 +315,6 @@ def main(argv=None):
 
     device = torch.device(args.device)
     configs = configurations(args, device)
-    if args.targets_only:
-        configs = [c for c in configs if c[0] == "target"]
     tf32_settings = [False, True] if device.type == "cuda" else [None]
     rows, notes = [], set()
     for sweep, (T, B, N) in tqdm(configs, desc="benchmark", unit="config"):
@@ -230,18 +335,20 @@ def main(argv=None):
         "reps": args.reps, "dtype": "float32",
     }
     print_table(rows)
+    print_ratios(rows)
     for note in sorted(notes):
         print("note:", note)
     print("machine:", ", ".join(f"{k}={v}" for k, v in machine.items()))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench-{machine['device'].replace(' ', '_')}-{machine['date'][:10]}"
-    import csv
+    if args.smoke:
+        stem = stem.with_name(stem.name + "-smoke")
     with open(f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    Path(f"{stem}.json").write_text(json.dumps({"machine": machine, "notes": sorted(notes),
-                                                "rows": rows}, indent=1))
+    Path(f"{stem}.json").write_text(json.dumps({"machine": machine, "baselines": BASELINES,
+                                                "notes": sorted(notes), "rows": rows}, indent=1))
     if not args.targets_only:
         plot(rows, stem)
     print(f"wrote {stem}.csv, .json" + ("" if args.targets_only else ", .png"))

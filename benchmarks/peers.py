@@ -1,10 +1,14 @@
 """The implementations the benchmark compares, all computing the same math:
 reset by subtraction of the previous step's spike, reset detached, sigmoid
 surrogate with slope 25, recurrent weights with a bias, and an input projection
-done once for all T steps. Each returns a function (x [T, B, F]) -> (spikes, membrane), both [T, B, N]."""
+done once for all T steps. Each returns a function (x [T, B, F]) -> (spikes, membrane), both [T, B, N].
+
+Besides them, `floor` times the matrix products alone that any exact
+implementation has to compute: the bound no implementation can beat."""
 import torch
 
 import torch_ext
+from benchmarks.python_function import RecurrentLIFFunction
 
 OPTIONS = dict(reset="subtract", detach_reset=True, surrogate="sigmoid", slope=25.0)
 
@@ -29,6 +33,12 @@ def reference(params, compile=False):
                         params["alpha"], params["theta"], **OPTIONS)
 
 
+def python_function(params):
+    """The hand-written autograd.Function (python_function.py)."""
+    return lambda x: RecurrentLIFFunction.apply(x, params["w_in"], params["w_rec"], params["bias"],
+                                                params["alpha"], params["theta"], OPTIONS["slope"])
+
+
 def snntorch_rleaky(params):
     """snnTorch's RLeaky with the same math. Returns None when snnTorch is not
     installed."""
@@ -51,10 +61,45 @@ def snntorch_rleaky(params):
         current = x @ params["w_in"].T if params["w_in"] is not None else x
         spk, mem = lif.init_rleaky()
         spikes, membrane = [], []
-        for t in range(x.shape[0]):
-            spk, mem = lif(current[t], spk, mem)
+        for current_t in current.unbind(0):  # not current[t]: see torch_ext/reference.py
+            spk, mem = lif(current_t, spk, mem)
             spikes.append(spk)
             membrane.append(mem)
         return torch.stack(spikes), torch.stack(membrane)
 
+    return run
+
+
+def floor(params):
+    """run(x, backward): only the matrix products that no exact implementation
+    can avoid, in the dtype of the others, on operands of the right shapes
+    (their values do not change the time of a product):
+
+    - forward: the input projection x @ w_in.T over all T*B rows, and one
+      [B, N] x [N, N] recurrent product per step after the first (the
+      recurrence is sequential; the initial spikes are zero);
+    - backward: one [B, N] x [N, N] product per step before the last for the
+      reverse recurrence, then grad_x = gU @ w_in, grad_w_in = gU.T @ x and
+      grad_w_rec = gU.T @ S, each over all T*B rows.
+
+    Element-wise work (decay, threshold, surrogate) is left out, so the floor
+    is a lower bound for every implementation, the fused op included."""
+    w_in, w_rec = params["w_in"].detach(), params["w_rec"].detach()
+
+    @torch.no_grad()
+    def run(x, backward):
+        T, B, F = x.shape
+        N = w_in.shape[0]
+        rows = x.detach().reshape(T * B, F)
+        current = rows @ w_in.T  # also stands in for gU and S below: same shape
+        per_step = current.view(T, B, N)
+        out = current.new_empty(B, N)  # no allocation inside the timed loops
+        for t in range(1, T):
+            torch.mm(per_step[t - 1], w_rec.T, out=out)
+        if backward:
+            for t in range(T - 1, 0, -1):
+                torch.mm(per_step[t], w_rec, out=out)
+            current @ w_in  # grad_x
+            current.T @ rows  # grad_w_in
+            current.T @ current  # grad_w_rec
     return run

@@ -1,7 +1,9 @@
 """Plain-PyTorch reference of the recurrent LIF layer: the same math as the
 fused op, differentiated by autograd step by step. It is the oracle of the tests
-and the baseline of the benchmarks; it keeps several tensors per step alive for
-backward, which is what the fused op avoids."""
+and the baseline of the benchmarks, so it is written the way a competent user
+writes the loop: one matrix product for the input currents of all steps,
+unbind over time, one stack at the end; its cost is linear in T. It keeps
+several tensors per step alive for backward, which is what the fused op avoids."""
 import math
 
 import torch
@@ -62,11 +64,13 @@ def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, 
     u = u0 if u0 is not None else x.new_zeros(B, N)
     s = s0 if s0 is not None else x.new_zeros(B, N)
     spikes, membrane = [], []
-    for t in range(T):
+    # unbind, not current[t]: the backward of each current[t] would build a
+    # zero-filled [T, B, N] tensor, which makes the backward quadratic in T.
+    for current_t in current.unbind(0):
         r = s.detach() if detach_reset else s
         # Summed in the order the equations are written, like the fused op.
         u = alpha * u * (1 - r) if reset == "zero" else alpha * u
-        u = u + current[t]
+        u = u + current_t
         if w_rec is not None:
             u = u + s @ w_rec.T
         if reset == "subtract":
