@@ -75,9 +75,10 @@ def floor(params):
     can avoid, in the dtype of the others, on operands of the right shapes
     (their values do not change the time of a product):
 
-    - forward: the input projection x @ w_in.T over all T*B rows, and one
-      [B, N] x [N, N] recurrent product per step after the first (the
-      recurrence is sequential; the initial spikes are zero);
+    - forward: the input projection x @ w_in.T over all T*B rows (the
+      forward recurrence is not a dense product: spikes are binary and
+      sparse, so an implementation may add only the weight columns of the
+      neurons that fired);
     - backward: one [B, N] x [N, N] product per step before the last for the
       reverse recurrence, then grad_x = gU @ w_in, grad_w_in = gU.T @ x and
       grad_w_rec = gU.T @ S, each over all T*B rows.
@@ -93,9 +94,7 @@ def floor(params):
         rows = x.detach().reshape(T * B, F)
         current = rows @ w_in.T  # also stands in for gU and S below: same shape
         per_step = current.view(T, B, N)
-        out = current.new_empty(B, N)  # no allocation inside the timed loops
-        for t in range(1, T):
-            torch.mm(per_step[t - 1], w_rec.T, out=out)
+        out = current.new_empty(B, N)  # no allocation inside the timed loop
         if backward:
             for t in range(T - 1, 0, -1):
                 torch.mm(per_step[t], w_rec, out=out)
