@@ -1,14 +1,30 @@
+from typing import NamedTuple, Optional, Union
+
 import pytest
 import torch
 
 import torch_ext  # noqa: F401
 
 
+class LIFArgs(NamedTuple):
+    """The positional tensor arguments of recurrent_lif, in order (None where
+    absent; alpha and theta may be Python floats). Iterable, so fn(*args) works;
+    args._replace(s0=...) gives a copy with one argument changed."""
+    x: torch.Tensor
+    w_in: Optional[torch.Tensor]
+    w_rec: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+    alpha: Union[torch.Tensor, float]
+    theta: Union[torch.Tensor, float]
+    u0: Optional[torch.Tensor]
+    s0: Optional[torch.Tensor]
+
+
 def make_inputs(T=12, B=3, F=5, N=4, *, dtype=torch.float64, device="cpu", w_in=True,
                 w_rec=True, bias=True, alpha_shape=(), theta_shape=(), state=False,
                 requires_grad=True, seed=0):
     """Random inputs scaled so that roughly a third of the neuron-steps spike.
-    Returns the positional arguments of recurrent_lif as a list (None where absent)."""
+    Returns the positional arguments of recurrent_lif as an LIFArgs."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=1.0, low=None, high=None):
@@ -19,20 +35,18 @@ def make_inputs(T=12, B=3, F=5, N=4, *, dtype=torch.float64, device="cpu", w_in=
         return t.to(dtype=dtype, device=device).requires_grad_(requires_grad)
 
     F = F if w_in else N
-    args = [
-        rand(T, B, F, scale=1.0),
-        rand(N, F, scale=1.2 / F ** 0.5) if w_in else None,
-        rand(N, N, scale=0.6 / N ** 0.5) if w_rec else None,
-        rand(N, scale=0.4) if bias else None,
-        rand(*alpha_shape, low=0.6, high=0.95) if alpha_shape is not None else 0.85,
-        rand(*theta_shape, low=0.8, high=1.2) if theta_shape is not None else 1.0,
-        rand(B, N, scale=0.8) if state else None,
-        None,
-    ]
+    x = rand(T, B, F, scale=1.0)
+    w_in = rand(N, F, scale=1.2 / max(F, 1) ** 0.5) if w_in else None
+    w_rec = rand(N, N, scale=0.6 / max(N, 1) ** 0.5) if w_rec else None
+    bias = rand(N, scale=0.4) if bias else None
+    alpha = rand(*alpha_shape, low=0.6, high=0.95) if alpha_shape is not None else 0.85
+    theta = rand(*theta_shape, low=0.8, high=1.2) if theta_shape is not None else 1.0
+    u0 = rand(B, N, scale=0.8) if state else None
+    s0 = None
     if state:  # binary previous spikes, as a continued sequence would pass them
         s0 = (torch.rand(B, N, generator=g) > 0.5).to(dtype=dtype, device=device)
-        args[7] = s0.requires_grad_(requires_grad)
-    return args
+        s0 = s0.requires_grad_(requires_grad)
+    return LIFArgs(x, w_in, w_rec, bias, alpha, theta, u0, s0)
 
 
 def grad_inputs(args):

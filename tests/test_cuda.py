@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import torch_ext
-from conftest import cuda_only, make_inputs, run_with_grads
+from conftest import LIFArgs, cuda_only, make_inputs, run_with_grads
 from test_gradients import OPTION_GRID
 
 OPS = ("recurrent_lif", "_recurrent_lif_backward")
@@ -35,8 +35,8 @@ def test_every_op_has_a_cuda_kernel_when_cuda_was_built():
 
 
 def on(device, args):
-    return [a.detach().to(device).requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
-            for a in args]
+    return LIFArgs(*[a.detach().to(device).requires_grad_(a.requires_grad)
+                     if isinstance(a, torch.Tensor) else a for a in args])
 
 
 def assert_same(a, b, rtol, atol):
@@ -61,7 +61,8 @@ def test_cuda_matches_cpu_and_reference(reset, detach, surrogate, alpha_shape, t
                        state=state)
     opts = dict(reset=reset, detach_reset=detach, surrogate=surrogate)
     cpu = run_with_grads(torch_ext.recurrent_lif, args, **opts)
-    if dtype == torch.float32 and (cpu[1] - args[5]).abs().min() < 1e-4:
+    cpu_membrane = cpu[1]
+    if dtype == torch.float32 and (cpu_membrane - args.theta).abs().min() < 1e-4:
         pytest.skip("a membrane within rounding distance of the threshold")
     gpu = run_with_grads(torch_ext.recurrent_lif, on("cuda", args), **opts)
     ref = run_with_grads(torch_ext.recurrent_lif_ref, on("cuda", args), **opts)
@@ -119,12 +120,12 @@ def test_cuda_long_and_large_and_empty(T, B, N):
 def test_cuda_non_contiguous_inputs_and_side_stream():
     args = on("cuda", make_inputs(state=True, requires_grad=False))
     want = torch_ext.recurrent_lif(*args, reset="zero")
-    x = args[0].transpose(0, 1).contiguous().transpose(0, 1)
-    w_in = args[1].t().contiguous().t()
+    x = args.x.transpose(0, 1).contiguous().transpose(0, 1)
+    w_in = args.w_in.t().contiguous().t()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        got = torch_ext.recurrent_lif(x, w_in, *args[2:], reset="zero")
+        got = torch_ext.recurrent_lif(*args._replace(x=x, w_in=w_in), reset="zero")
     torch.cuda.current_stream().wait_stream(stream)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -134,9 +135,9 @@ def test_cuda_non_contiguous_inputs_and_side_stream():
 def test_cuda_mixed_devices_name_the_argument():
     args = make_inputs(requires_grad=False)
     with pytest.raises(ValueError, match="'w_in'"):
-        torch_ext.recurrent_lif(args[0].cuda(), *args[1:])
+        torch_ext.recurrent_lif(*args._replace(x=args.x.cuda()))
     with pytest.raises(ValueError, match="'w_rec'"):
-        torch_ext.recurrent_lif(args[0].cuda(), args[1].cuda(), *args[2:])
+        torch_ext.recurrent_lif(*args._replace(x=args.x.cuda(), w_in=args.w_in.cuda()))
 
 
 @cuda_only

@@ -14,13 +14,23 @@ needs_opcheck = pytest.mark.skipif(not hasattr(torch.library, "opcheck"),
                                    reason="torch.library.opcheck needs torch >= 2.4")
 
 
-def forward_args(requires_grad, contiguous, dtype=torch.float64):
-    x, w_in, w_rec, bias, alpha, theta, u0, s0 = make_inputs(
-        T=6, B=3, F=5, N=4, dtype=dtype, alpha_shape=(4,), state=True, requires_grad=requires_grad)
+OPTIONS = ("subtract", False, "sigmoid", 25.0)  # reset, detach_reset, surrogate, slope
+
+
+def op_inputs(requires_grad, contiguous, dtype=torch.float64):
+    """The op's tensor arguments (an LIFArgs), optionally with strided x and w_in."""
+    args = make_inputs(T=6, B=3, F=5, N=4, dtype=dtype, alpha_shape=(4,), state=True,
+                       requires_grad=requires_grad)
     if not contiguous:
-        x = x.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(requires_grad)
-        w_in = w_in.detach().t().contiguous().t().requires_grad_(requires_grad)
-    return (x, w_in, w_rec, bias, alpha, theta, u0, s0, "subtract", False, "sigmoid", 25.0)
+        x = args.x.detach().transpose(0, 1).contiguous().transpose(0, 1)
+        w_in = args.w_in.detach().t().contiguous().t()
+        args = args._replace(x=x.requires_grad_(requires_grad),
+                             w_in=w_in.requires_grad_(requires_grad))
+    return args
+
+
+def forward_args(requires_grad, contiguous, dtype=torch.float64):
+    return (*op_inputs(requires_grad, contiguous, dtype), *OPTIONS)
 
 
 @needs_opcheck
@@ -34,12 +44,11 @@ def test_opcheck_forward(requires_grad, contiguous):
 @needs_opcheck
 @pytest.mark.parametrize("needs", [[True] * 8, [False, True, False, False, True, False, False, True]])
 def test_opcheck_backward(needs):
-    args = forward_args(False, True)
-    spikes, membrane = torch.ops.torch_ext.recurrent_lif(*args)
-    x, w_in, w_rec, _, alpha, theta, u0, s0 = args[:8]
+    a = op_inputs(False, True)
+    spikes, membrane = torch.ops.torch_ext.recurrent_lif(*a, *OPTIONS)
     torch.library.opcheck(torch.ops.torch_ext._recurrent_lif_backward.default,
-                          (torch.randn_like(spikes), None, x, w_in, w_rec, alpha, theta, u0, s0,
-                           spikes, membrane, "subtract", False, "sigmoid", 25.0, needs))
+                          (torch.randn_like(spikes), None, a.x, a.w_in, a.w_rec, a.alpha, a.theta,
+                           a.u0, a.s0, spikes, membrane, *OPTIONS, needs))
 
 
 class Net(torch.nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import torch_ext
-from conftest import make_inputs, run_with_grads
+from conftest import LIFArgs, make_inputs, run_with_grads
 
 OPTION_GRID = list(itertools.product(
     ["subtract", "zero", "none"],            # reset
@@ -46,7 +46,7 @@ def test_optional_weights(w_in, w_rec):
 
 def test_python_float_alpha_theta_get_no_gradient():
     args = make_inputs(alpha_shape=None, theta_shape=None)
-    assert isinstance(args[4], float) and isinstance(args[5], float)
+    assert isinstance(args.alpha, float) and isinstance(args.theta, float)
     assert_matches_reference(args, slope=5.0)
 
 
@@ -59,10 +59,10 @@ def test_all_eight_gradients_present():
 
 def test_only_requested_gradients_are_computed():
     args = make_inputs(state=True)
-    args[0].requires_grad_(False)
+    args.x.requires_grad_(False)
     spikes, _ = torch_ext.recurrent_lif(*args)
-    (gw,) = torch.autograd.grad(spikes.sum(), [args[1]])
-    (gw_ref,) = torch.autograd.grad(torch_ext.recurrent_lif_ref(*args)[0].sum(), [args[1]])
+    (gw,) = torch.autograd.grad(spikes.sum(), [args.w_in])
+    (gw_ref,) = torch.autograd.grad(torch_ext.recurrent_lif_ref(*args)[0].sum(), [args.w_in])
     torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-10)
 
 
@@ -102,8 +102,9 @@ def test_chained_calls_equal_one_call(reset):
     s_all, u_all, g_all = run_with_grads(torch_ext.recurrent_lif, args, reset=reset)
 
     def chained(*a, **kw):
-        s1, u1 = torch_ext.recurrent_lif(a[0][:7], *a[1:], **kw)
-        s2, u2 = torch_ext.recurrent_lif(a[0][7:], *a[1:6], u1[-1], s1[-1], **kw)
+        a = LIFArgs(*a)
+        s1, u1 = torch_ext.recurrent_lif(*a._replace(x=a.x[:7]), **kw)
+        s2, u2 = torch_ext.recurrent_lif(*a._replace(x=a.x[7:], u0=u1[-1], s0=s1[-1]), **kw)
         return torch.cat([s1, s2]), torch.cat([u1, u2])
 
     s_ch, u_ch, g_ch = run_with_grads(chained, args, reset=reset)
@@ -117,23 +118,23 @@ def test_non_contiguous_and_expanded_inputs():
     T, B, F, N = 10, 3, 5, 4
     args = make_inputs(T, B, F, N, alpha_shape=(N,), theta_shape=(), state=True)
     x, w_in, w_rec, bias, alpha, theta, u0, s0 = [a.detach() for a in args]
-    strided = [
-        x.transpose(0, 1).contiguous().transpose(0, 1),      # strided x
-        w_in.t().contiguous().t(),                            # transposed weights
-        w_rec.t().contiguous().t(),
-        torch.stack([bias, bias], 1)[:, 0],                   # every other element
-        alpha.t().contiguous().t(),
-        theta.expand(N),                                      # [N] with stride 0
-        u0[:1].expand(B, N),                                  # [B, N] with stride 0
-        s0.t().contiguous().t(),
-    ]
-    dense = [strided[0].contiguous(), w_in, w_rec, bias, alpha, theta.expand(N).contiguous(),
-             u0[:1].expand(B, N).contiguous(), s0]
-    assert not strided[0].is_contiguous() and not strided[1].is_contiguous()
-    assert strided[5].stride() == (0,) and strided[6].stride() == (0, 1)
+    strided = LIFArgs(
+        x=x.transpose(0, 1).contiguous().transpose(0, 1),    # strided x
+        w_in=w_in.t().contiguous().t(),                       # transposed weights
+        w_rec=w_rec.t().contiguous().t(),
+        bias=torch.stack([bias, bias], 1)[:, 0],              # every other element
+        alpha=alpha.t().contiguous().t(),
+        theta=theta.expand(N),                                # [N] with stride 0
+        u0=u0[:1].expand(B, N),                               # [B, N] with stride 0
+        s0=s0.t().contiguous().t(),
+    )
+    dense = LIFArgs(strided.x.contiguous(), w_in, w_rec, bias, alpha,
+                    theta.expand(N).contiguous(), u0[:1].expand(B, N).contiguous(), s0)
+    assert not strided.x.is_contiguous() and not strided.w_in.is_contiguous()
+    assert strided.theta.stride() == (0,) and strided.u0.stride() == (0, 1)
     results = []
     for inputs in (strided, dense):
-        inputs = [t.detach().requires_grad_() for t in inputs]  # leaves, strides kept
+        inputs = LIFArgs(*[t.detach().requires_grad_() for t in inputs])  # leaves, strides kept
         results.append(run_with_grads(torch_ext.recurrent_lif, inputs, reset="zero"))
     (s1, u1, g1), (s2, u2, g2) = results
     assert torch.equal(s1, s2) and torch.equal(u1, u2)
@@ -145,9 +146,9 @@ def test_grad_of_expanded_incoming_gradient():
     # loss.sum() hands backward an expanded (stride-0) gradient.
     args = make_inputs()
     s, u = torch_ext.recurrent_lif(*args)
-    g1 = torch.autograd.grad(u.sum() + s.sum(), args[:2])
+    g1 = torch.autograd.grad(u.sum() + s.sum(), [args.x, args.w_in])
     s, u = torch_ext.recurrent_lif_ref(*args)
-    g2 = torch.autograd.grad(u.sum() + s.sum(), args[:2])
+    g2 = torch.autograd.grad(u.sum() + s.sum(), [args.x, args.w_in])
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
@@ -157,8 +158,9 @@ def test_empty_time_or_batch(T, B):
     args = make_inputs(T=T, B=B, state=True)
     spikes, membrane = torch_ext.recurrent_lif(*args)
     assert spikes.shape == membrane.shape == (T, B, 4)
-    grads = torch.autograd.grad(spikes.sum() + membrane.sum(), args[:4], allow_unused=True)
-    for g, a in zip(grads, args[:4]):
+    tensors = [args.x, args.w_in, args.w_rec, args.bias]
+    grads = torch.autograd.grad(spikes.sum() + membrane.sum(), tensors, allow_unused=True)
+    for g, a in zip(grads, tensors):
         assert g.shape == a.shape and not g.abs().sum()
 
 
@@ -197,7 +199,7 @@ def test_half_inputs_compute_in_float32(dtype):
 def test_half_state_from_a_previous_call_is_accepted():
     args = make_inputs(dtype=torch.bfloat16, requires_grad=False)
     s, u = torch_ext.recurrent_lif(*args)
-    s2, u2 = torch_ext.recurrent_lif(*args[:6], u[-1], s[-1])  # float32 u0, bfloat16 s0
+    s2, u2 = torch_ext.recurrent_lif(*args._replace(u0=u[-1], s0=s[-1]))  # float32 u0, bfloat16 s0
     assert s2.dtype == torch.bfloat16
 
 
@@ -206,18 +208,24 @@ def test_second_derivative_raises():
     spikes, _ = torch_ext.recurrent_lif(*args)
     # The first derivative may be taken with create_graph=True (it is then
     # part of a graph); differentiating it raises.
-    (grad_w_in,) = torch.autograd.grad(spikes.sum(), [args[1]], create_graph=True)
+    (grad_w_in,) = torch.autograd.grad(spikes.sum(), [args.w_in], create_graph=True)
     assert grad_w_in.requires_grad
     with pytest.raises(RuntimeError, match="once-differentiable"):
         grad_w_in.sum().backward()
 
 
 def test_backward_is_the_fused_op():
-    args = make_inputs()
+    args = make_inputs(state=True)  # all eight inputs are tensors that require grad
     spikes, membrane = torch_ext.recurrent_lif(*args)
-    assert spikes.grad_fn is membrane.grad_fn  # one node for the whole sequence
-    assert "RecurrentLIFFunction" in spikes.grad_fn.name()
-    assert not spikes.grad_fn.next_functions[0][0].name().startswith("Generated")
+    node = spikes.grad_fn
+    assert node is membrane.grad_fn  # one node for the whole sequence
+    assert "RecurrentLIFFunction" in node.name()
+    # Its backward is that one node, connected straight to the eight leaves:
+    # no autograd-generated nodes (casts, copies, per-step ops) in between.
+    edges = [fn for fn, _ in node.next_functions]
+    assert len(edges) == 8
+    assert all(type(fn).__name__ == "AccumulateGrad" for fn in edges), [fn.name() for fn in edges]
+    assert all(fn.variable is a for fn, a in zip(edges, args))
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
@@ -227,5 +235,6 @@ def test_real_valued_initial_spikes(reset, detach):
     # step is then a weighted, not a plain, sum of w_rec columns.
     args = make_inputs(state=True)
     g = torch.Generator().manual_seed(7)
-    args[7] = (torch.randn(args[7].shape, generator=g, dtype=torch.float64) * 1.5).requires_grad_()
+    s0 = torch.randn(args.s0.shape, generator=g, dtype=torch.float64) * 1.5
+    args = args._replace(s0=s0.requires_grad_())
     assert_matches_reference(args, reset=reset, detach_reset=detach)

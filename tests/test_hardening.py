@@ -30,7 +30,8 @@ def test_property_fused_matches_reference(T, B, F, N, reset, detach, surrogate, 
     if dtype == torch.float32:
         # float32: a membrane within rounding distance of theta may fire in one
         # implementation and not the other; such examples say nothing.
-        assume(ref[1].numel() == 0 or (ref[1] - args[5]).abs().min() > 1e-4)
+        ref_membrane = ref[1]
+        assume(ref_membrane.numel() == 0 or (ref_membrane - args.theta).abs().min() > 1e-4)
     got = run_with_grads(torch_ext.recurrent_lif, args, **options)
     tol = 1e-10 if dtype == torch.float64 else 2e-4
     assert torch.equal(got[0], ref[0])
@@ -62,14 +63,14 @@ def test_surrogate_gradients_finite_for_extreme_membranes(surrogate, slope):
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_input_propagates(bad):
     args = make_inputs(T=8, B=2, state=True)
-    x = args[0].detach().clone()
+    x = args.x.detach().clone()
     x[3, 1, 0] = bad
-    args[0] = x.requires_grad_()
+    args = args._replace(x=x.requires_grad_())
     spikes, membrane = torch_ext.recurrent_lif(*args, reset="zero")
     assert not torch.isfinite(membrane[3:, 1]).all()   # reaches the later steps of row 1
     assert torch.isfinite(membrane[:3]).all() and torch.isfinite(membrane[:, 0]).all()
-    grads = torch.autograd.grad(membrane.sum() + spikes.sum(), [args[0], args[1]])
-    assert all(g.shape == a.shape for g, a in zip(grads, args[:2]))
+    grads = torch.autograd.grad(membrane.sum() + spikes.sum(), [args.x, args.w_in])
+    assert all(g.shape == a.shape for g, a in zip(grads, [args.x, args.w_in]))
 
 
 def test_long_sequence_keeps_nothing_per_step():
@@ -77,7 +78,7 @@ def test_long_sequence_keeps_nothing_per_step():
     args = make_inputs(T=T, B=B, F=N, N=N, dtype=torch.float32, state=True)
     kept, (spikes, membrane) = saved_bytes(lambda: torch_ext.recurrent_lif(*args), args)
     assert kept <= T * B * N / 8
-    grads = torch.autograd.grad(spikes.sum() + membrane.sum(), [args[0], args[2]])
+    grads = torch.autograd.grad(spikes.sum() + membrane.sum(), [args.x, args.w_rec])
     assert all(torch.isfinite(g).all() for g in grads)
     assert 0 < spikes.mean() < 1
 

@@ -18,10 +18,19 @@ def _fail(exc, name, what, value):
     raise exc(f"recurrent_lif: argument '{name}' {what}, got {value!r}")
 
 
+def type_name(value):
+    """The name of value's type, with its module unless built in, so that
+    numpy.bool is not reported as 'bool' (nor torch.Tensor as 'Tensor')."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__name__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def check_type(value, name, kind, what):
     """`value` must be an instance of `kind` (bool is never taken for a number)."""
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        _fail(TypeError, name, f"must be {what}", type(value).__name__)
+        _fail(TypeError, name, f"must be {what}", type_name(value))
 
 
 def number(value, name):
@@ -67,6 +76,14 @@ def resolve_slope(reset, detach_reset, surrogate, slope, dtype):
 
 def check_x(x):
     check_type(x, "x", torch.Tensor, "a tensor")
+
+
+def check_optional_tensors(**named):
+    """Each of w_in, w_rec, bias, u0, s0 is a tensor or None (the op's schema
+    would reject anything else with a RuntimeError)."""
+    for name, value in named.items():
+        if value is not None:
+            check_type(value, name, torch.Tensor, "a tensor or None")
 
 
 def check_call(x, alpha, theta, reset, detach_reset, surrogate, slope):

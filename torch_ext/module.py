@@ -30,21 +30,28 @@ class RecurrentLIF(nn.Module):
                  detach_reset=False, surrogate="sigmoid", slope=None, batch_first=False,
                  return_membrane=False, backend="fused", device=None, dtype=None):
         super().__init__()
-        if backend not in BACKENDS:
+        if not isinstance(backend, str) or backend not in BACKENDS:
             raise ValueError(f"RecurrentLIF: argument 'backend' must be one of {tuple(BACKENDS)}, got {backend!r}")
         for name, value in (("in_features", in_features), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            # Below 2**63: a size torch can hold (larger ints fail inside torch.empty).
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
                 raise ValueError(f"RecurrentLIF: argument '{name}' must be a positive int, got {value!r}")
+        for name, value in (("alpha", alpha), ("theta", theta)):
+            # (The functional's message would say that tensors are fine.)
+            if isinstance(value, torch.Tensor):
+                raise TypeError(f"RecurrentLIF: argument '{name}' must be a float (the initial "
+                                f"value; set the layer's {name} after construction for other "
+                                "values), got 'torch.Tensor'")
         # The same checks, and so the same errors, as the functional's.
         alpha, theta = _options.check_alpha(alpha), _options.check_theta(theta)
         slope = _options.check_option_types(reset, detach_reset, surrogate, slope)
         self.slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, dtype)
-        for name, value in (("learn_alpha", learn_alpha), ("learn_theta", learn_theta),
-                            ("per_neuron", per_neuron), ("batch_first", batch_first),
-                            ("return_membrane", return_membrane)):
+        for name, value in (("bias", bias), ("learn_alpha", learn_alpha),
+                            ("learn_theta", learn_theta), ("per_neuron", per_neuron),
+                            ("batch_first", batch_first), ("return_membrane", return_membrane)):
             if not isinstance(value, bool):
                 raise TypeError(f"RecurrentLIF: argument '{name}' must be a bool, got "
-                                f"{type(value).__name__}")
+                                f"{_options.type_name(value)}")
         self.in_features, self.hidden_size = in_features, hidden_size
         self.reset, self.detach_reset, self.surrogate = reset, detach_reset, surrogate
         self.batch_first, self.return_membrane, self.backend = batch_first, return_membrane, backend
@@ -85,7 +92,13 @@ class RecurrentLIF(nn.Module):
             raise ValueError(f"RecurrentLIF: argument 'x' must have shape {layout}, got {list(x.shape)}")
         if self.batch_first:
             x = x.transpose(0, 1)
-        u0, s0 = (None, None) if state is None else state
+        if state is None:
+            u0 = s0 = None
+        elif isinstance(state, (tuple, list)) and len(state) == 2:
+            u0, s0 = state
+        else:
+            raise TypeError("RecurrentLIF: argument 'state' must be None or a pair (u, s) of "
+                            f"[B, N] tensors, got {_options.type_name(state)}")
         spikes, membrane = BACKENDS[self.backend](
             x, self.w_in, self.w_rec, self.bias, self.alpha.clamp(0, 1), self.theta, u0, s0,
             reset=self.reset, detach_reset=self.detach_reset, surrogate=self.surrogate,

@@ -48,6 +48,7 @@ def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, 
     """Same signature and results as :func:`torch_ext.recurrent_lif`."""
     alpha, theta, slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate,
                                               slope)
+    _options.check_optional_tensors(w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0)
     slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, x.dtype)
     compute = _options.compute_dtype(x.dtype)
 
