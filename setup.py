@@ -62,11 +62,13 @@ if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
 # -ffp-contract=off / --fmad=false: the membrane update is computed as written
-# (no fused multiply-add), like the plain-PyTorch reference. -fopenmp: without
+# (no fused multiply-add), like the plain-PyTorch reference.
+# -fno-math-errno -fno-trapping-math: loops with exp and selects may then be
+# vectorised; neither changes a value (errno is never read, no FP trap is on). -fopenmp: without
 # it at::parallel_for compiles to a serial loop (torch's wheels use OpenMP).
 # The C++ standard is the one torch's cpp_extension asks for.
 # torch_ext.build_info() reports the version and the CUDA architectures.
-cxx_flags = ["-O3", "-ffp-contract=off", "-fopenmp"]
+cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 link_flags = ["-fopenmp"]
 macros = [("TORCH_EXT_VERSION", f'"{VERSION}"')]
 include_dirs = [str(ROOT / "csrc" / "include")]

@@ -6,6 +6,7 @@
 #include <c10/macros/Macros.h>
 
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 namespace torch_ext {
@@ -40,6 +41,22 @@ C10_HOST_DEVICE constexpr T exp_cutoff() {
   return sizeof(T) == sizeof(float) ? T(87) : T(708);
 }
 
+// min(a, cutoff) for a >= 0 (a NaN a gives cutoff), so that exp never
+// underflows: vector exp (glibc's libmvec, which CPU loops use) sends such
+// lanes to a slow scalar path. On the CPU it is taken on the bit patterns
+// (non-negative floats order like their bits) because the compiler rewrites a
+// floating-point select inside exp into exp of the unclamped value.
+template <typename T>
+C10_HOST_DEVICE inline T clamp_exponent(T a, T cutoff) {
+#ifdef __CUDA_ARCH__
+  return a > cutoff ? cutoff : a;
+#else
+  using Bits = std::conditional_t<sizeof(T) == sizeof(int32_t), int32_t, int64_t>;
+  const Bits a_bits = __builtin_bit_cast(Bits, a), cutoff_bits = __builtin_bit_cast(Bits, cutoff);
+  return __builtin_bit_cast(T, a_bits < cutoff_bits ? a_bits : cutoff_bits);
+#endif
+}
+
 // sg(v) = d spike / d v used by the backward pass. Every branch stays finite for
 // finite v: terms that overflow land in a denominator (-> 0) or in exp(-inf).
 template <typename T>
@@ -47,13 +64,16 @@ C10_HOST_DEVICE inline T surrogate_grad(Surrogate kind, T v, T k) {
   switch (kind) {
     case Surrogate::Sigmoid: {
       // k * s * (1 - s) with s = sigmoid(k v), written with e = exp(-k|v|) <= 1.
-      // Past the cutoff e is subnormal, where the arithmetic runs ~10x slower
-      // on x86, and the result (< 1e-37 for float) is returned as 0.
+      // Past the cutoff e would be subnormal, where the arithmetic runs ~10x
+      // slower on x86, and the result (< 1e-37 for float) is returned as 0.
+      // Written so that CPU loops vectorise it (see clamp_exponent). A NaN v
+      // stays NaN.
+      const T cutoff = exp_cutoff<T>();
       const T a = k * std::abs(v);
-      if (a > exp_cutoff<T>()) return T(0);
-      const T e = std::exp(-a);
+      const T e = std::exp(-clamp_exponent(a, cutoff));
       const T d = T(1) + e;
-      return k * e / (d * d);
+      const T value = a > cutoff ? T(0) : k * e / (d * d);
+      return a != a ? a : value;
     }
     case Surrogate::FastSigmoid: {
       const T d = T(1) + k * std::abs(v);
@@ -120,16 +140,17 @@ struct BackwardTerms {
 // gU[t] = gU_out[t] + gS[t] * sg[t] + gU[t+1] * dU[t+1]/dU[t]
 // At t = T there is no step t+1: its terms are left out rather than added as
 // zeros, because 0 * dU[t+1]/dR[t] is NaN for an infinite U[t] (reset "zero").
+// The options are selected, not branched on, so that CPU loops vectorise.
 template <typename T>
 C10_HOST_DEVICE inline BackwardTerms<T> backward_step(Reset reset, bool detach_reset,
                                                       Surrogate kind, T slope, T alpha, T theta,
                                                       T u, T s, T grad_s_out, T grad_u_out,
                                                       bool has_next, T grad_u_next, T rec_grad) {
-  T grad_s = grad_s_out;
-  if (has_next) grad_s += rec_grad + reset_grad(reset, detach_reset, alpha, theta, u, grad_u_next);
+  const T reset_term = reset_grad(reset, detach_reset, alpha, theta, u, grad_u_next);
+  const T grad_s = has_next ? grad_s_out + rec_grad + reset_term : grad_s_out;
   const T grad_s_sg = grad_s * surrogate_grad(kind, u - theta, slope);
-  T grad_u = grad_u_out + grad_s_sg;
-  if (has_next) grad_u += grad_u_next * dnext_du(reset, alpha, s);
+  const T grad_u_now = grad_u_out + grad_s_sg;
+  const T grad_u = has_next ? grad_u_now + grad_u_next * dnext_du(reset, alpha, s) : grad_u_now;
   return {grad_u, grad_s_sg};
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace torch_ext {
@@ -15,26 +16,57 @@ namespace torch_ext {
 // Every check names the argument, so `TORCH_CHECK_*(cond, ARG(name), ...)`.
 #define ARG(name) "recurrent_lif: argument '", name, "' "
 
-// MKL's C entry point (mkl_service.h maps mkl_set_num_threads_local to it), when
-// torch links MKL (x86-64 wheels); weak, so builds on other BLAS libraries load
-// without it.
+// MKL's C entry point (mkl_service.h maps mkl_set_num_threads_local to it) and
+// the Fortran BLAS products, which torch's x86-64 wheels export from their
+// statically linked MKL; weak, so builds on other BLAS libraries load without
+// them (and use ATen's product instead).
 extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+extern "C" void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+                       const float*, const int*, const float*, const int*, const float*, float*,
+                       const int*) __attribute__((weak));
+extern "C" void dgemm_(const char*, const char*, const int*, const int*, const int*,
+                       const double*, const double*, const int*, const double*, const int*,
+                       const double*, double*, const int*) __attribute__((weak));
 
-namespace {
-// Makes BLAS calls on this thread single-threaded while alive. MKL picks how to
-// split a product from the thread count it may use, even inside a parallel
-// region, so a fixed count of one is what makes its results reproducible.
-class SingleThreadedBlas {
- public:
-  SingleThreadedBlas() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
-  ~SingleThreadedBlas() {
-    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+SingleThreadedBlas::SingleThreadedBlas()
+    : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+SingleThreadedBlas::~SingleThreadedBlas() {
+  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+}
+
+template <typename T>
+void gemm_on_this_thread(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                         int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  constexpr bool is_float = std::is_same_v<T, float>;
+  const bool have_blas = is_float ? sgemm_ != nullptr : dgemm_ != nullptr;
+  const int64_t largest = std::max({m, n, k, lda, ldb, ldc});
+  if (have_blas && largest <= std::numeric_limits<int>::max()) {
+    // Row-major c = a @ b is column-major c.T = b.T @ a.T: swap the operands.
+    const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+    const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
+    const T one = 1;
+    if constexpr (is_float) {
+      sgemm_("N", "N", &M, &N, &K, &one, b, &LDA, a, &LDB, &beta, c, &LDC);
+    } else {
+      dgemm_("N", "N", &M, &N, &K, &one, b, &LDA, a, &LDB, &beta, c, &LDC);
+    }
+    return;
   }
-
- private:
-  int previous_;
-};
-}  // namespace
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor a_t = at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts);
+  const at::Tensor b_t = at::from_blob(const_cast<T*>(b), {k, n}, {ldb, 1}, opts);
+  at::Tensor c_t = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    at::mm_out(c_t, a_t, b_t);
+  } else {
+    c_t.mul_(beta).addmm_(a_t, b_t);
+  }
+}
+template void gemm_on_this_thread<float>(int64_t, int64_t, int64_t, const float*, int64_t,
+                                         const float*, int64_t, float, float*, int64_t);
+template void gemm_on_this_thread<double>(int64_t, int64_t, int64_t, const double*, int64_t,
+                                          const double*, int64_t, double, double*, int64_t);
 
 void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
                           bool accumulate) {
@@ -47,11 +79,41 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
     return;
   }
   TORCH_INTERNAL_ASSERT(out.is_contiguous());
-  const int64_t rows = out.size(0);
-  const int64_t block = std::max<int64_t>(16, (rows + 63) / 64);
+  const int64_t rows = out.size(0), cols = out.size(1), inner = a.size(1);
+  // Every split below is fixed by the shape alone, and every piece is one
+  // single-threaded BLAS call, so the result does not depend on the thread
+  // count. Pieces are few and large: each call packs its operands anew.
+  const int64_t out_bytes = rows * cols * static_cast<int64_t>(out.element_size());
+  const int64_t inner_chunks = std::min<int64_t>(
+      {8, inner / 512, std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(out_bytes, 1))});
+  if (inner >= 4 * rows && inner_chunks >= 2) {
+    // A long reduction into a small output (the weight gradients): split the
+    // inner dimension into chunks, one partial product each, summed in order.
+    const int64_t chunk = (inner + inner_chunks - 1) / inner_chunks;
+    const int64_t chunks = (inner + chunk - 1) / chunk;
+    at::Tensor partial = at::empty({chunks, rows, cols}, out.options());
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      // Worker threads do not inherit the caller's dispatch state: stay below autograd.
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      const SingleThreadedBlas single_threaded;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t first = i * chunk, count = std::min(chunk, inner - first);
+        at::Tensor partial_i = partial[i];
+        at::mm_out(partial_i, a.narrow(1, first, count), b.narrow(0, first, count));
+      }
+    });
+    for (int64_t i = 0; i < chunks; ++i) {
+      if (i == 0 && !accumulate) {
+        out.copy_(partial[0]);
+      } else {
+        out.add_(partial[i]);
+      }
+    }
+    return;
+  }
+  const int64_t block = std::max<int64_t>(64, (rows + 7) / 8);
   const int64_t blocks = (rows + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    // Worker threads do not inherit the caller's dispatch state: stay below autograd.
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const SingleThreadedBlas single_threaded;
     for (int64_t i = begin; i < end; ++i) {

@@ -32,6 +32,28 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
                           bool accumulate = false);
 at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
 
+// Makes BLAS calls on this thread single-threaded while alive. MKL picks how to
+// split a product from the thread count it may use, even inside a parallel
+// region, so a fixed count of one is what makes its results reproducible.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas();
+  ~SingleThreadedBlas();
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int previous_;
+};
+
+// c[m, n] = a[m, k] @ b[k, n] + beta * c, row-major with leading dimensions,
+// computed by BLAS on the calling thread without going through the dispatcher
+// (for the CPU time loops: one small product per step). Call it under a
+// SingleThreadedBlas guard.
+template <typename T>
+void gemm_on_this_thread(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                         int64_t ldb, T beta, T* c, int64_t ldc);
+
 // The options of a call, checked. Every check raises an error naming the
 // argument (ValueError/TypeError in Python), the same for every caller.
 struct Options {

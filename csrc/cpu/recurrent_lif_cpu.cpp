@@ -13,10 +13,17 @@
 // sparser. A source neuron whose weights are not all finite is always added,
 // spike or not, so that inf/NaN spread as in the dense product (0 * inf = NaN).
 //
-// Backward: gU[t+1] is dense, so the recurrent term gU[t+1] @ w_rec is one BLAS
-// product per step over the whole batch, followed by one fused element-wise
-// pass. The per-neuron sums for alpha, theta and bias accumulate in a fixed
-// order (t, then b), so results do not depend on the number of threads.
+// Backward: gU[t+1] is dense, so the recurrent term gU[t+1] @ w_rec is a BLAS
+// product; each block of batch rows runs the whole reverse loop on one thread
+// (its rows' product, then one fused element-wise pass per step). The
+// per-neuron sums for alpha, theta and bias accumulate in a fixed order (t,
+// then b), so results do not depend on the number of threads.
+//
+// The sigmoid surrogate's exp vectorises through glibc's vector math library
+// (libmvec): the declarations below tell GCC that exp/expf have SIMD variants
+// (glibc's headers say so only under -ffast-math, which this file must not use).
+extern "C" float expf(float) noexcept __attribute__((simd("notinbranch")));
+extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -30,8 +37,8 @@
 namespace torch_ext {
 namespace {
 
-// Elements per task of the per-step element-wise pass in backward: below this
-// a parallel region costs more than it saves.
+// Elements per task of the per-neuron sums: below this a parallel region costs
+// more than it saves.
 constexpr int64_t kElementwiseGrain = 2048;
 
 // alpha and theta as [N] arrays (a scalar broadcast), so the per-neuron loops
@@ -56,7 +63,7 @@ template <typename T>
 inline void add_scaled_row_impl(T* __restrict__ acc, const T* __restrict__ w, T v, int64_t n) {
   if (v == T(1)) {
     for (int64_t i = 0; i < n; ++i) acc[i] += w[i];
-  } else {  // s0 may hold any real value
+  } else {  // s0 may hold any real value, and a non-finite row is added for v = 0 too
     for (int64_t i = 0; i < n; ++i) acc[i] += v * w[i];
   }
 }
@@ -140,6 +147,44 @@ at::Tensor sum_over_batch(const at::Tensor& acc) {
   return out;
 }
 
+// One reverse step for one batch row (all row pointers at (t, b, 0)): gU[t]
+// and the per-neuron sums. Cloned per SIMD target: this is the loop that
+// carries the surrogate's exp. The pointers are __restrict__ parameters (GCC
+// trusts restrict on parameters, not on copies), so the loops vectorise
+// without a run-time overlap check; they are two loops because GCC
+// vectorises each but not the two fused; detach_reset is a template argument
+// because GCC does not vectorise a select on a run-time bool.
+template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset>
+TORCH_EXT_CPU_CLONES void backward_row(
+    const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ theta, scalar_t slope,
+    bool has_next, int64_t N, const scalar_t* __restrict__ u,
+    const scalar_t* __restrict__ s, const scalar_t* __restrict__ u_prev,
+    const scalar_t* __restrict__ r_prev, const scalar_t* __restrict__ gs_out,
+    const scalar_t* __restrict__ gu_out, const scalar_t* __restrict__ gu_next,
+    const scalar_t* __restrict__ g_rec, scalar_t* __restrict__ gu,
+    scalar_t* __restrict__ grad_s_sg, scalar_t* __restrict__ acc_alpha,
+    scalar_t* __restrict__ acc_theta, scalar_t* __restrict__ acc_bias) {
+  for (int64_t n = 0; n < N; ++n) {
+    const auto terms = backward_step(R, DetachReset, SG, slope, alpha[n], theta[n], u[n], s[n],
+                                     gs_out[n], gu_out[n], has_next, gu_next[n], g_rec[n]);
+    gu[n] = terms.grad_u;
+    grad_s_sg[n] = terms.grad_s_sg;
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    acc_alpha[n] += alpha_grad_term(R, gu[n], u_prev[n], r_prev[n]);
+    acc_theta[n] += theta_grad_term(R, grad_s_sg[n], gu[n], r_prev[n]);
+    acc_bias[n] += gu[n];
+  }
+}
+
+// Batch rows per block of the backward: fixed by the shape alone (never by
+// the thread count), so every block's products and sums, and the results, are
+// the same however many threads share the blocks. At least 16 rows, so that
+// the per-step product is not dominated by the BLAS call's own overhead; at
+// most 64, and about B/8 in between, so that large batches give every core
+// several blocks.
+int64_t backward_rows_per_block(int64_t B) { return std::clamp<int64_t>((B + 7) / 8, 16, 64); }
+
 template <typename scalar_t, Reset R, Surrogate SG>
 BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const at::Tensor& membrane = in.membrane;
@@ -147,77 +192,84 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const int64_t BN = B * N;
   const auto opts = membrane.options();
   const LoopInputs& st = in.state;
-  const bool has_rec = st.w_rec.defined();
 
   BackwardLoopOutputs out;
   out.grad_u = at::empty({T, B, N}, opts);
   out.grad_u0 = at::empty({B, N}, opts);
   out.grad_s0_reset = at::empty({B, N}, opts);
-  at::Tensor acc_alpha = in.need_alpha ? at::zeros({B, N}, opts) : at::Tensor();
-  at::Tensor acc_theta = in.need_theta ? at::zeros({B, N}, opts) : at::Tensor();
-  at::Tensor acc_bias = in.need_bias ? at::zeros({B, N}, opts) : at::Tensor();
-  at::Tensor rec_grad = has_rec ? at::empty({B, N}, opts) : at::Tensor();
+  // Per-(b, n) sums over t, always kept: unconditional adds vectorise, and
+  // each costs less than a branch would.
+  const at::Tensor acc_alpha = at::zeros({B, N}, opts);
+  const at::Tensor acc_theta = at::zeros({B, N}, opts);
+  const at::Tensor acc_bias = at::zeros({B, N}, opts);
+  // Stands in for an absent incoming gradient, so the inner loop has no branch.
+  const at::Tensor zeros = at::zeros({N}, opts);
 
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
   const NeuronParams params(st, N);
-  const scalar_t* alpha = ptr(params.alpha);
-  const scalar_t* theta = ptr(params.theta);
+  const scalar_t* __restrict__ alpha = ptr(params.alpha);
+  const scalar_t* __restrict__ theta = ptr(params.theta);
   const scalar_t slope = static_cast<scalar_t>(in.slope);
-  // A task is a set of batch rows of at least kElementwiseGrain elements.
-  const int64_t rows_per_task = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(N, 1));
-  // Base pointers, looked up once (null for what is absent or not needed).
+  const bool detach_reset = in.detach_reset;
   const scalar_t* U = ptr(membrane);
   const scalar_t* S = ptr(in.spikes);
   const scalar_t* u0 = ptr(st.u0);
   const scalar_t* s0 = ptr(st.s0);
+  const scalar_t* W = ptr(st.w_rec);  // [N, N]: gU[t+1] @ w_rec is the recurrent term
   const scalar_t* gS_out = ptr(in.grad_spikes);
   const scalar_t* gU_out = ptr(in.grad_membrane);
-  const scalar_t* G = ptr(rec_grad);
+  const scalar_t* zero_row = ptr(zeros);
   scalar_t* gU = ptr(out.grad_u);
-  scalar_t* g_u0 = ptr(out.grad_u0);
-  scalar_t* g_s0 = ptr(out.grad_s0_reset);
   scalar_t* acc_a = ptr(acc_alpha);
   scalar_t* acc_th = ptr(acc_theta);
   scalar_t* acc_b = ptr(acc_bias);
+  scalar_t* g_u0_all = ptr(out.grad_u0);
+  scalar_t* g_s0_all = ptr(out.grad_s0_reset);
 
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const bool has_next = t < T - 1;
-    if (has_rec && has_next) deterministic_mm_out(rec_grad, out.grad_u[t + 1], st.w_rec);
-    at::parallel_for(0, B, rows_per_task, [&](int64_t b_begin, int64_t b_end) {
-      for (int64_t b = b_begin; b < b_end; ++b) {
-        const int64_t row = t * BN + b * N;  // offset of (t, b, 0)
-        const scalar_t* __restrict__ u = U + row;
-        const scalar_t* __restrict__ s = S + row;
-        const scalar_t* __restrict__ u_prev = t > 0 ? u - BN : u0 + b * N;
-        const scalar_t* __restrict__ r_prev = t > 0 ? s - BN : s0 + b * N;
-        const scalar_t* __restrict__ gs_out = gS_out ? gS_out + row : nullptr;
-        const scalar_t* __restrict__ gu_out = gU_out ? gU_out + row : nullptr;
-        scalar_t* __restrict__ gu = gU + row;
-        const scalar_t* __restrict__ gu_next = has_next ? gu + BN : nullptr;
-        const scalar_t* __restrict__ g_rec = has_rec && has_next ? G + b * N : nullptr;
-        scalar_t* __restrict__ a_alpha = acc_a ? acc_a + b * N : nullptr;
-        scalar_t* __restrict__ a_theta = acc_th ? acc_th + b * N : nullptr;
-        scalar_t* __restrict__ a_bias = acc_b ? acc_b + b * N : nullptr;
-        for (int64_t n = 0; n < N; ++n) {
-          const auto terms =
-              backward_step(R, in.detach_reset, SG, slope, alpha[n], theta[n], u[n], s[n],
-                            gs_out ? gs_out[n] : scalar_t(0), gu_out ? gu_out[n] : scalar_t(0),
-                            has_next, gu_next ? gu_next[n] : scalar_t(0),
-                            g_rec ? g_rec[n] : scalar_t(0));
-          gu[n] = terms.grad_u;
-          if (a_alpha) a_alpha[n] += alpha_grad_term(R, terms.grad_u, u_prev[n], r_prev[n]);
-          if (a_theta) a_theta[n] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev[n]);
-          if (a_bias) a_bias[n] += terms.grad_u;
+  // Batch rows never interact: each block of rows runs the whole reverse time
+  // loop on one thread, with its rows' recurrent product by single-threaded
+  // BLAS, then the element-wise pass while the rows are in cache. No barrier
+  // and no dispatcher call per step.
+  const int64_t block_rows = backward_rows_per_block(B);
+  const int64_t blocks = (B + block_rows - 1) / block_rows;
+  at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+    const SingleThreadedBlas single_threaded;
+    std::vector<scalar_t> rec_buffer(W != nullptr ? block_rows * N : 0);
+    std::vector<scalar_t> scratch(N);
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      const int64_t b0 = block * block_rows;
+      const int64_t rows = std::min(block_rows, B - b0);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const bool has_next = t < T - 1;
+        const bool has_rec_grad = W != nullptr && has_next;
+        if (has_rec_grad) {  // rec[b] = gU[t+1][b] @ w_rec for the block's rows
+          gemm_on_this_thread<scalar_t>(rows, N, N, gU + (t + 1) * BN + b0 * N, N, W, N,
+                                        scalar_t(0), rec_buffer.data(), N);
         }
-        if (t == 0) {
-          for (int64_t n = 0; n < N; ++n) {
-            g_u0[b * N + n] = gu[n] * dnext_du(R, alpha[n], r_prev[n]);
-            g_s0[b * N + n] = reset_grad(R, in.detach_reset, alpha[n], theta[n], u_prev[n], gu[n]);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t b = b0 + r;
+          const int64_t row = t * BN + b * N;  // offset of (t, b, 0)
+          const scalar_t* s = S + row;
+          const scalar_t* u_prev = t > 0 ? U + row - BN : u0 + b * N;
+          const scalar_t* r_prev = t > 0 ? s - BN : s0 + b * N;
+          scalar_t* gu = gU + row;
+          (detach_reset ? backward_row<scalar_t, R, SG, true> : backward_row<scalar_t, R, SG, false>)(
+              alpha, theta, slope, has_next, N, U + row, s, u_prev, r_prev,
+              gS_out ? gS_out + row : zero_row, gU_out ? gU_out + row : zero_row,
+              has_next ? gu + BN : zero_row, has_rec_grad ? rec_buffer.data() + r * N : zero_row,
+              gu, scratch.data(), acc_a + b * N, acc_th + b * N, acc_b + b * N);
+          if (t == 0) {
+            scalar_t* g_u0 = g_u0_all + b * N;
+            scalar_t* g_s0 = g_s0_all + b * N;
+            for (int64_t n = 0; n < N; ++n) {
+              g_u0[n] = gu[n] * dnext_du(R, alpha[n], r_prev[n]);
+              g_s0[n] = reset_grad(R, detach_reset, alpha[n], theta[n], u_prev[n], gu[n]);
+            }
           }
         }
       }
-    });
-  }
+    }
+  });
   if (in.need_alpha) out.alpha_sum = sum_over_batch<scalar_t>(acc_alpha);
   if (in.need_theta) out.theta_sum = sum_over_batch<scalar_t>(acc_theta);
   if (in.need_bias) out.bias_sum = sum_over_batch<scalar_t>(acc_bias);
