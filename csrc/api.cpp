@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
                                                  const RecurrentLIFFuncOptions& options) {
   return call_recurrent_lif(x, w_in, w_rec, bias, alpha, theta, options.u0(), options.s0(),
                             options.reset(), options.detach_reset(), options.surrogate(),
-                            options.slope());
+                            options.slope(), options.save_membrane());
 }
 
 std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
@@ -101,7 +101,8 @@ std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
                           .reset(options.reset())
                           .detach_reset(options.detach_reset())
                           .surrogate(options.surrogate())
-                          .slope(options.slope());
+                          .slope(options.slope())
+                          .save_membrane(options.save_membrane());
   if (state) call_options.u0(std::get<0>(*state)).s0(std::get<1>(*state));
   auto [spikes, membrane] = recurrent_lif(x, w_in, w_rec, bias.defined() ? bias : OptionalTensor(),
                                           alpha.clamp(0, 1), theta, call_options);

@@ -24,14 +24,15 @@ BackwardResult call_backward(const OptionalTensor& grad_spikes,
                              const OptionalTensor& w_in, const OptionalTensor& w_rec,
                              const at::Tensor& alpha, const at::Tensor& theta,
                              const OptionalTensor& u0, const OptionalTensor& s0,
-                             const at::Tensor& spikes, const at::Tensor& membrane,
+                             const at::Tensor& spikes, const OptionalTensor& membrane,
                              c10::string_view reset, bool detach_reset, c10::string_view surrogate,
-                             std::optional<double> slope, std::array<bool, 8> needs_grad) {
+                             std::optional<double> slope, std::array<bool, 8> needs_grad,
+                             const OptionalTensor& bias) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("torch_ext::_recurrent_lif_backward", "")
-                             .typed<decltype(backward_kernel<nullptr>)>();
+                             .typed<decltype(backward_kernel<nullptr, nullptr>)>();
   return op.call(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane,
-                 reset, detach_reset, surrogate, slope, needs_grad);
+                 reset, detach_reset, surrogate, slope, needs_grad, bias);
 }
 
 // Forward-mode AD has no rule here; without this check the tangent would be
@@ -57,14 +58,19 @@ class RecurrentLIFFunction : public torch::autograd::Function<RecurrentLIFFuncti
                                const OptionalTensor& bias, const at::Tensor& alpha,
                                const at::Tensor& theta, const OptionalTensor& u0,
                                const OptionalTensor& s0, c10::string_view reset, bool detach_reset,
-                               c10::string_view surrogate, std::optional<double> slope) {
+                               c10::string_view surrogate, std::optional<double> slope,
+                               bool save_membrane) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [spikes, membrane] = call_recurrent_lif(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset,
-                                                 detach_reset, surrogate, slope);
-    // Saved: the inputs and the two outputs, nothing per step besides.
+                                                 detach_reset, surrogate, slope, save_membrane);
+    // Saved: the inputs and the outputs, nothing per step besides; in the
+    // low-memory mode not the membrane (the backward recomputes it, and needs
+    // the bias for that).
     const at::Tensor none;
     ctx->save_for_backward({x, w_in.value_or(none), w_rec.value_or(none), alpha, theta,
-                            u0.value_or(none), s0.value_or(none), spikes, membrane});
+                            u0.value_or(none), s0.value_or(none), spikes,
+                            save_membrane ? membrane : none,
+                            save_membrane ? none : bias.value_or(none)});
     ctx->saved_data["has_bias"] = bias.has_value();
     ctx->saved_data["reset"] = std::string(reset);
     ctx->saved_data["detach_reset"] = detach_reset;
@@ -95,14 +101,15 @@ class RecurrentLIFFunction : public torch::autograd::Function<RecurrentLIFFuncti
     const auto grads = call_backward(
         optional(grad_outputs[0]), optional(grad_outputs[1]), saved[0], optional(saved[1]),
         optional(saved[2]), saved[3], saved[4], optional(saved[5]), optional(saved[6]), saved[7],
-        saved[8], ctx->saved_data["reset"].toStringRef(), ctx->saved_data["detach_reset"].toBool(),
-        ctx->saved_data["surrogate"].toStringRef(), slope, needs);
+        optional(saved[8]), ctx->saved_data["reset"].toStringRef(),
+        ctx->saved_data["detach_reset"].toBool(), ctx->saved_data["surrogate"].toStringRef(), slope,
+        needs, optional(saved[9]));
     const auto [g_x, g_w_in, g_w_rec, g_bias, g_alpha, g_theta, g_u0, g_s0] = grads;
     variable_list out{g_x, g_w_in, g_w_rec, g_bias, g_alpha, g_theta, g_u0, g_s0};
     for (size_t i = 0; i < needs.size(); ++i) {
       if (!needs[i]) out[i] = at::Tensor();
     }
-    out.resize(12);  // reset, detach_reset, surrogate, slope: no gradient
+    out.resize(13);  // reset, detach_reset, surrogate, slope, save_membrane: no gradient
     return out;
   }
 };
@@ -116,14 +123,14 @@ class RecurrentLIFBackwardFunction
                                const OptionalTensor& w_in, const OptionalTensor& w_rec,
                                const at::Tensor& alpha, const at::Tensor& theta,
                                const OptionalTensor& u0, const OptionalTensor& s0,
-                               const at::Tensor& spikes, const at::Tensor& membrane,
+                               const at::Tensor& spikes, const OptionalTensor& membrane,
                                c10::string_view reset, bool detach_reset,
                                c10::string_view surrogate, std::optional<double> slope,
-                               std::array<bool, 8> needs_grad) {
+                               std::array<bool, 8> needs_grad, const OptionalTensor& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const auto [a, b, c, d, e, f, g, h] =
         call_backward(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0, spikes,
-                      membrane, reset, detach_reset, surrogate, slope, needs_grad);
+                      membrane, reset, detach_reset, surrogate, slope, needs_grad, bias);
     return {a, b, c, d, e, f, g, h};
   }
 
@@ -141,10 +148,11 @@ ForwardResult recurrent_lif_autograd(const at::Tensor& x, const OptionalTensor& 
                                      const at::Tensor& alpha, const at::Tensor& theta,
                                      const OptionalTensor& u0, const OptionalTensor& s0,
                                      c10::string_view reset, bool detach_reset,
-                                     c10::string_view surrogate, std::optional<double> slope) {
+                                     c10::string_view surrogate, std::optional<double> slope,
+                                     bool save_membrane) {
   reject_forward_ad(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   const auto out = RecurrentLIFFunction::apply(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset,
-                                               detach_reset, surrogate, slope);
+                                               detach_reset, surrogate, slope, save_membrane);
   return {out[0], out[1]};
 }
 
@@ -153,14 +161,14 @@ BackwardResult backward_autograd(const OptionalTensor& grad_spikes,
                                  const OptionalTensor& w_in, const OptionalTensor& w_rec,
                                  const at::Tensor& alpha, const at::Tensor& theta,
                                  const OptionalTensor& u0, const OptionalTensor& s0,
-                                 const at::Tensor& spikes, const at::Tensor& membrane,
+                                 const at::Tensor& spikes, const OptionalTensor& membrane,
                                  c10::string_view reset, bool detach_reset,
                                  c10::string_view surrogate, std::optional<double> slope,
-                                 std::array<bool, 8> needs_grad) {
+                                 std::array<bool, 8> needs_grad, const OptionalTensor& bias) {
   const auto out = RecurrentLIFBackwardFunction::apply(grad_spikes, grad_membrane, x, w_in, w_rec,
                                                        alpha, theta, u0, s0, spikes, membrane,
                                                        reset, detach_reset, surrogate, slope,
-                                                       needs_grad);
+                                                       needs_grad, bias);
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]};
 }
 
@@ -173,12 +181,13 @@ ForwardResult recurrent_lif_autocast(const at::Tensor& x, const OptionalTensor& 
                                      const at::Tensor& alpha, const at::Tensor& theta,
                                      const OptionalTensor& u0, const OptionalTensor& s0,
                                      c10::string_view reset, bool detach_reset,
-                                     c10::string_view surrogate, std::optional<double> slope) {
+                                     c10::string_view surrogate, std::optional<double> slope,
+                                     bool save_membrane) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::ScalarType dtype = at::autocast::get_autocast_dtype(device);
   auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, device); };
   return call_recurrent_lif(cast(x), cast(w_in), cast(w_rec), cast(bias), alpha, theta, u0, s0,
-                            reset, detach_reset, surrogate, slope);
+                            reset, detach_reset, surrogate, slope, save_membrane);
 }
 
 }  // namespace
@@ -188,11 +197,13 @@ ForwardResult call_recurrent_lif(const at::Tensor& x, const OptionalTensor& w_in
                                  const at::Tensor& alpha, const at::Tensor& theta,
                                  const OptionalTensor& u0, const OptionalTensor& s0,
                                  c10::string_view reset, bool detach_reset,
-                                 c10::string_view surrogate, std::optional<double> slope) {
+                                 c10::string_view surrogate, std::optional<double> slope,
+                                 bool save_membrane) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("torch_ext::recurrent_lif", "")
                              .typed<decltype(forward_kernel<nullptr>)>();
-  return op.call(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset, surrogate, slope);
+  return op.call(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset, surrogate, slope,
+                 save_membrane);
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, Autograd, m) {

@@ -267,15 +267,13 @@ Dims check_inputs(const at::Tensor& x, const OptionalTensor& w_in, const Optiona
 
 // The backward's own arguments: the forward's outputs and the incoming gradients.
 void check_backward_inputs(const Dims& d, const at::Tensor& x, const at::Tensor& spikes,
-                           const at::Tensor& membrane, const OptionalTensor& grad_spikes,
+                           const OptionalTensor& membrane, const OptionalTensor& grad_spikes,
                            const OptionalTensor& grad_membrane) {
   const std::vector<c10::SymInt> out_shape{d.T, d.B, d.N};
-  for (const auto& [t, name] :
-       {std::make_pair(&spikes, "spikes"), std::make_pair(&membrane, "membrane")}) {
-    check_like_x(*t, name, x, d.compute, true);
-    check_shape(*t, name, out_shape, "[T, B, N]");
-  }
-  for (const auto& [g, name] : {std::make_pair(&grad_spikes, "grad_spikes"),
+  check_like_x(spikes, "spikes", x, d.compute, true);
+  check_shape(spikes, "spikes", out_shape, "[T, B, N]");
+  for (const auto& [g, name] : {std::make_pair(&membrane, "membrane"),
+                                std::make_pair(&grad_spikes, "grad_spikes"),
                                 std::make_pair(&grad_membrane, "grad_membrane")}) {
     if (g->has_value()) {
       check_like_x(**g, name, x, d.compute, true);
@@ -306,12 +304,41 @@ LoopInputs loop_inputs(int64_t B, int64_t N, at::ScalarType compute, const at::T
 
 }  // namespace
 
+namespace {
+
+// I[t] = x[t] @ w_in.T + bias for all T steps at once, as a [T, B, N] buffer in
+// the compute dtype that the time loop then turns into the membrane in place.
+// The forward and the low-memory backward's recomputation both call this, so
+// both get the same bits.
+at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
+                         const OptionalTensor& bias, int64_t N, at::ScalarType compute) {
+  const int64_t T = x.size(0), B = x.size(1), F = x.size(2);
+  at::Tensor current = at::empty({T, B, N}, x.options().dtype(compute));
+  at::Tensor current_2d = current.view({T * B, N});
+  const at::Tensor x_c = x.to(compute);
+  if (w_in.has_value()) {
+    const at::Tensor x_2d = x_c.reshape({T * B, F});
+    // Contiguous whatever the caller's strides: BLAS picks its kernel by
+    // layout, and a different kernel may round differently.
+    const at::Tensor w_in_t = compute_contiguous(*w_in, compute).t();
+    if (bias.has_value()) current_2d.copy_(bias->to(compute).expand_as(current_2d));
+    deterministic_mm_out(current_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
+  } else {
+    current.copy_(x_c);
+    if (bias.has_value()) current.add_(bias->to(compute));
+  }
+  return current;
+}
+
+}  // namespace
+
 ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w_in,
                                     const OptionalTensor& w_rec, const OptionalTensor& bias,
                                     const at::Tensor& alpha, const at::Tensor& theta,
                                     const OptionalTensor& u0, const OptionalTensor& s0,
                                     c10::string_view reset_name, bool detach_reset,
                                     c10::string_view surrogate_name, std::optional<double> slope,
+                                    bool /*save_membrane: for the autograd kernel*/,
                                     ForwardLoop loop) {
   // The matrix products below stay in the compute dtype even under autocast
   // (whose kernel for this op already cast the inputs it casts).
@@ -319,31 +346,14 @@ ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w
   const Dims sym = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   const Options options =
       check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute);
-  const int64_t T = x.size(0), B = x.size(1), F = x.size(2), N = sym.N.expect_int();
+  const int64_t T = x.size(0), B = x.size(1), N = sym.N.expect_int();
   const at::ScalarType compute = sym.compute;
-  const auto opts = x.options().dtype(compute);
 
-  // I[t] = x[t] @ w_in.T + bias for all T steps at once, written straight into
-  // the membrane buffer that the time loop then updates in place.
-  at::Tensor membrane = at::empty({T, B, N}, opts);
-  at::Tensor membrane_2d = membrane.view({T * B, N});
-  const at::Tensor x_c = x.to(compute);
-  if (w_in.has_value()) {
-    const at::Tensor x_2d = x_c.reshape({T * B, F});
-    // Contiguous whatever the caller's strides: BLAS picks its kernel by
-    // layout, and a different kernel may round differently.
-    const at::Tensor w_in_t = compute_contiguous(*w_in, compute).t();
-    if (bias.has_value()) membrane_2d.copy_(bias->to(compute).expand_as(membrane_2d));
-    deterministic_mm_out(membrane_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
-  } else {
-    membrane.copy_(x_c);
-    if (bias.has_value()) membrane.add_(bias->to(compute));
-  }
-
-  at::Tensor spikes = at::empty({T, B, N}, opts);
+  at::Tensor membrane = input_current(x, w_in, bias, N, compute);
+  at::Tensor spikes = at::empty({T, B, N}, x.options().dtype(compute));
   if (membrane.numel() > 0) {
     loop(loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset), membrane,
-         spikes);
+         spikes, /*replay=*/false);
   }
   return {spikes.to(x.scalar_type()), membrane};
 }
@@ -353,15 +363,16 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                                       const OptionalTensor& w_in, const OptionalTensor& w_rec,
                                       const at::Tensor& alpha, const at::Tensor& theta,
                                       const OptionalTensor& u0, const OptionalTensor& s0,
-                                      const at::Tensor& spikes, const at::Tensor& membrane,
+                                      const at::Tensor& spikes, const OptionalTensor& membrane,
                                       c10::string_view reset_name, bool detach_reset,
                                       c10::string_view surrogate_name,
                                       std::optional<double> slope,
-                                      std::array<bool, 8> needs_grad, BackwardLoop loop) {
+                                      std::array<bool, 8> needs_grad, const OptionalTensor& bias,
+                                      ForwardLoop forward_loop, BackwardLoop loop) {
   // The matrix products below stay in the compute dtype even under autocast
   // (whose kernel for this op already cast the inputs it casts).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const Dims sym = check_inputs(x, w_in, w_rec, std::nullopt, alpha, theta, u0, s0);
+  const Dims sym = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   check_backward_inputs(sym, x, spikes, membrane, grad_spikes, grad_membrane);
   const Options options =
       check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute);
@@ -374,9 +385,18 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
   const auto [need_x, need_w_in, need_w_rec, need_bias, need_alpha, need_theta, need_u0, need_s0] =
       needs_grad;
 
-  BackwardLoopInputs in{loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset),
-                        compute_contiguous(spikes, compute),
-                        compute_contiguous(membrane, compute),
+  LoopInputs state = loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset);
+  at::Tensor spikes_c = compute_contiguous(spikes, compute);
+  at::Tensor membrane_c;
+  if (membrane.has_value()) {
+    membrane_c = compute_contiguous(*membrane, compute);
+  } else {  // low-memory mode: recompute it, exactly as the forward did
+    membrane_c = input_current(x, w_in, bias, N, compute);
+    if (membrane_c.numel() > 0) forward_loop(state, membrane_c, spikes_c, /*replay=*/true);
+  }
+  BackwardLoopInputs in{std::move(state),
+                        spikes_c,
+                        membrane_c,
                         incoming(grad_spikes),
                         incoming(grad_membrane),
                         options.detach_reset,
@@ -386,7 +406,7 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                         need_theta,
                         need_bias};
   BackwardLoopOutputs out;
-  if (membrane.numel() > 0) {
+  if (membrane_c.numel() > 0) {
     out = loop(in);
   } else {  // nothing flows back: zeros, each its own tensor (outputs never alias)
     out.grad_u = at::zeros({T, B, N}, opts);
@@ -455,7 +475,7 @@ ForwardResult forward_meta(const at::Tensor& x, const OptionalTensor& w_in,
                            const at::Tensor& alpha, const at::Tensor& theta,
                            const OptionalTensor& u0, const OptionalTensor& s0,
                            c10::string_view reset, bool detach_reset, c10::string_view surrogate,
-                           std::optional<double> slope) {
+                           std::optional<double> slope, bool /*save_membrane*/) {
   const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   check_options(reset, detach_reset, surrogate, slope, d.compute);
   const std::vector<c10::SymInt> shape{d.T, d.B, d.N};
@@ -468,10 +488,11 @@ BackwardResult backward_meta(const OptionalTensor& grad_spikes,
                              const OptionalTensor& w_in, const OptionalTensor& w_rec,
                              const at::Tensor& alpha, const at::Tensor& theta,
                              const OptionalTensor& u0, const OptionalTensor& s0,
-                             const at::Tensor& spikes, const at::Tensor& membrane,
+                             const at::Tensor& spikes, const OptionalTensor& membrane,
                              c10::string_view reset, bool detach_reset, c10::string_view surrogate,
-                             std::optional<double> slope, std::array<bool, 8> needs_grad) {
-  const Dims d = check_inputs(x, w_in, w_rec, std::nullopt, alpha, theta, u0, s0);
+                             std::optional<double> slope, std::array<bool, 8> needs_grad,
+                             const OptionalTensor& bias) {
+  const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   check_backward_inputs(d, x, spikes, membrane, grad_spikes, grad_membrane);
   check_options(reset, detach_reset, surrogate, slope, d.compute);
   // Gradient i is shaped like input i (bias: [N] in x's dtype); one not needed
@@ -496,13 +517,13 @@ TORCH_LIBRARY(torch_ext, m) {
   m.def(
       "recurrent_lif(Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, Tensor alpha, "
       "Tensor theta, Tensor? u0=None, Tensor? s0=None, str reset=\"subtract\", "
-      "bool detach_reset=False, str surrogate=\"sigmoid\", float? slope=None) "
-      "-> (Tensor spikes, Tensor membrane)");
+      "bool detach_reset=False, str surrogate=\"sigmoid\", float? slope=None, "
+      "bool save_membrane=True) -> (Tensor spikes, Tensor membrane)");
   m.def(
       "_recurrent_lif_backward(Tensor? grad_spikes, Tensor? grad_membrane, Tensor x, "
       "Tensor? w_in, Tensor? w_rec, Tensor alpha, Tensor theta, Tensor? u0, Tensor? s0, "
-      "Tensor spikes, Tensor membrane, str reset, bool detach_reset, str surrogate, "
-      "float? slope, bool[8] needs_grad) -> (Tensor grad_x, Tensor grad_w_in, "
+      "Tensor spikes, Tensor? membrane, str reset, bool detach_reset, str surrogate, "
+      "float? slope, bool[8] needs_grad, Tensor? bias=None) -> (Tensor grad_x, Tensor grad_w_in, "
       "Tensor grad_w_rec, Tensor grad_bias, Tensor grad_alpha, Tensor grad_theta, "
       "Tensor grad_u0, Tensor grad_s0)");
 }

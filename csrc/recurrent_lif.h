@@ -77,8 +77,11 @@ struct LoopInputs {
 };
 
 // Runs t = 1..T. On entry `membrane` [T, B, N] holds the input current I[t]; on
-// exit U[t]. `spikes` [T, B, N] receives S[t].
-using ForwardLoop = void (*)(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes);
+// exit U[t]. `spikes` [T, B, N] receives S[t]; with `replay` it holds them
+// already (a forward's output) and is only read: the membrane is recomputed
+// with the same arithmetic as that forward, bitwise, and no threshold decided.
+using ForwardLoop = void (*)(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes,
+                             bool replay);
 
 struct BackwardLoopInputs {
   LoopInputs state;
@@ -116,19 +119,22 @@ ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w
                                     const OptionalTensor& u0, const OptionalTensor& s0,
                                     c10::string_view reset, bool detach_reset,
                                     c10::string_view surrogate, std::optional<double> slope,
-                                    ForwardLoop loop);
+                                    bool save_membrane, ForwardLoop loop);
 
 // needs_grad: x, w_in, w_rec, bias, alpha, theta, u0, s0. Gradients not needed
-// come back as empty tensors (numel 0) and are never computed.
+// come back as empty tensors (numel 0) and are never computed. Without the
+// membrane (the low-memory mode) it is recomputed from the inputs, bias
+// included, and the spikes: one product and a replay of the forward loop.
 BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                                       const OptionalTensor& grad_membrane, const at::Tensor& x,
                                       const OptionalTensor& w_in, const OptionalTensor& w_rec,
                                       const at::Tensor& alpha, const at::Tensor& theta,
                                       const OptionalTensor& u0, const OptionalTensor& s0,
-                                      const at::Tensor& spikes, const at::Tensor& membrane,
+                                      const at::Tensor& spikes, const OptionalTensor& membrane,
                                       c10::string_view reset, bool detach_reset,
                                       c10::string_view surrogate, std::optional<double> slope,
-                                      std::array<bool, 8> needs_grad, BackwardLoop loop);
+                                      std::array<bool, 8> needs_grad, const OptionalTensor& bias,
+                                      ForwardLoop forward_loop, BackwardLoop loop);
 
 // The ops, called through the dispatcher (so autocast, autograd and the
 // device's kernel all apply): what the C++ API and the autograd kernels call.
@@ -137,7 +143,8 @@ ForwardResult call_recurrent_lif(const at::Tensor& x, const OptionalTensor& w_in
                                  const at::Tensor& alpha, const at::Tensor& theta,
                                  const OptionalTensor& u0, const OptionalTensor& s0,
                                  c10::string_view reset, bool detach_reset,
-                                 c10::string_view surrogate, std::optional<double> slope);
+                                 c10::string_view surrogate, std::optional<double> slope,
+                                 bool save_membrane);
 
 // The kernels each backend registers: the shared driver with that backend's loops.
 template <ForwardLoop Loop>
@@ -146,24 +153,24 @@ ForwardResult forward_kernel(const at::Tensor& x, const OptionalTensor& w_in,
                              const at::Tensor& alpha, const at::Tensor& theta,
                              const OptionalTensor& u0, const OptionalTensor& s0,
                              c10::string_view reset, bool detach_reset, c10::string_view surrogate,
-                             std::optional<double> slope) {
+                             std::optional<double> slope, bool save_membrane) {
   return recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset,
-                               surrogate, slope, Loop);
+                               surrogate, slope, save_membrane, Loop);
 }
 
-template <BackwardLoop Loop>
+template <ForwardLoop Forward, BackwardLoop Loop>
 BackwardResult backward_kernel(const OptionalTensor& grad_spikes,
                                const OptionalTensor& grad_membrane, const at::Tensor& x,
                                const OptionalTensor& w_in, const OptionalTensor& w_rec,
                                const at::Tensor& alpha, const at::Tensor& theta,
                                const OptionalTensor& u0, const OptionalTensor& s0,
-                               const at::Tensor& spikes, const at::Tensor& membrane,
+                               const at::Tensor& spikes, const OptionalTensor& membrane,
                                c10::string_view reset, bool detach_reset,
                                c10::string_view surrogate, std::optional<double> slope,
-                               std::array<bool, 8> needs_grad) {
+                               std::array<bool, 8> needs_grad, const OptionalTensor& bias) {
   return recurrent_lif_backward(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0,
                                 spikes, membrane, reset, detach_reset, surrogate, slope, needs_grad,
-                                Loop);
+                                bias, Forward, Loop);
 }
 
 }  // namespace torch_ext

@@ -131,6 +131,9 @@ def _ddp_worker(rank, world_size, port, x, y, state, out_path):
         ((spikes.mean(0) - y[shard]) ** 2).mean().backward()
         if rank == 0:
             torch.save({n: p.grad for n, p in layer.named_parameters()}, out_path)
+        # Leave together: a rank that tears gloo down while the other is still
+        # working can abort it ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -12,7 +12,8 @@ from . import _options
 
 
 def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=None, *,
-                  reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None):
+                  reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None,
+                  save_membrane=True):
     """Runs a recurrent LIF layer over a whole sequence.
 
     Args:
@@ -27,6 +28,10 @@ def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=N
         detach_reset: if True, no gradient flows through the reset.
         surrogate: "sigmoid" (default), "fast_sigmoid", "atan" or "triangle".
         slope: surrogate slope k > 0; None picks the surrogate's default.
+        save_membrane: False is the low-memory mode: autograd keeps nothing of
+            size T*B*N beyond the returned spikes, and the backward recomputes
+            the membrane (one product and a replay of the time loop with the
+            known spikes, so the gradients are bitwise the same).
 
     Returns:
         ``(spikes, membrane)``, each ``[T, B, N]``. ``(membrane[-1], spikes[-1])``
@@ -40,6 +45,7 @@ def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=N
     alpha, theta, slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate,
                                               slope)
     _options.check_optional_tensors(w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0)
+    _options.check_type(save_membrane, "save_membrane", bool, "a bool")
     alpha, theta = _options.as_tensor_param(alpha, x), _options.as_tensor_param(theta, x)
     return torch.ops.torch_ext.recurrent_lif(x, w_in, w_rec, bias, alpha, theta, u0, s0,
-                                             reset, detach_reset, surrogate, slope)
+                                             reset, detach_reset, surrogate, slope, save_membrane)

@@ -74,7 +74,7 @@ TORCH_EXT_CPU_CLONES void add_scaled_row(double* acc, const double* w, double v,
   add_scaled_row_impl(acc, w, v, n);
 }
 
-template <typename scalar_t, Reset R>
+template <typename scalar_t, Reset R, bool Replay>
 void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
   const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
   scalar_t* U = membrane.data_ptr<scalar_t>();
@@ -113,7 +113,7 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
         for (int64_t n = 0; n < N; ++n) {
           const scalar_t value = membrane_step(R, alpha[n], theta[n], up[n], rp[n], u[n], rec[n]);
           u[n] = value;
-          s[n] = spike(value, theta[n]);
+          if constexpr (!Replay) s[n] = spike(value, theta[n]);
         }
         u_prev = u;
         r_prev = s;
@@ -122,10 +122,13 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
   });
 }
 
-void forward_loop_cpu(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
+void forward_loop_cpu(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes,
+                      bool replay) {
   AT_DISPATCH_FLOATING_TYPES(membrane.scalar_type(), "recurrent_lif_forward_cpu", [&] {
     dispatch_reset(in.reset, [&](auto reset) {
-      forward_rows<scalar_t, decltype(reset)::value>(in, membrane, spikes);
+      constexpr Reset R = decltype(reset)::value;
+      (replay ? forward_rows<scalar_t, R, true> : forward_rows<scalar_t, R, false>)(in, membrane,
+                                                                                   spikes);
     });
   });
 }
@@ -288,7 +291,7 @@ BackwardLoopOutputs backward_loop_cpu(const BackwardLoopInputs& in) {
 
 TORCH_LIBRARY_IMPL(torch_ext, CPU, m) {
   m.impl("recurrent_lif", &forward_kernel<forward_loop_cpu>);
-  m.impl("_recurrent_lif_backward", &backward_kernel<backward_loop_cpu>);
+  m.impl("_recurrent_lif_backward", &backward_kernel<forward_loop_cpu, backward_loop_cpu>);
 }
 
 }  // namespace torch_ext

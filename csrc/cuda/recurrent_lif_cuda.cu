@@ -50,7 +50,7 @@ __global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __rest
                                     const bool* __restrict__ nonfinite_source,
                                     DeviceParams<scalar_t> p, const scalar_t* __restrict__ u_prev,
                                     const scalar_t* __restrict__ r_prev, scalar_t* __restrict__ u,
-                                    scalar_t* __restrict__ s) {
+                                    scalar_t* __restrict__ s, bool replay) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= B * N) return;
   const int64_t b = i / N, n = i % N;
@@ -67,11 +67,11 @@ __global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __rest
   const scalar_t theta = p.th(n);
   const scalar_t value = membrane_step(R, p.a(n), theta, u_prev[i], r_prev[i], u[i], rec);
   u[i] = value;
-  s[i] = spike(value, theta);
+  if (!replay) s[i] = spike(value, theta);  // with replay, s holds S[t] already
 }
 
 template <typename scalar_t, Reset R>
-void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
+void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes, bool replay) {
   const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
   const int64_t BN = B * N;
   const at::Tensor w_out = in.w_rec.defined() ? in.w_rec.t().contiguous() : at::Tensor();
@@ -87,16 +87,17 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
     const scalar_t* u_prev = t > 0 ? U + (t - 1) * BN : in.u0.data_ptr<scalar_t>();
     const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
     forward_step_kernel<scalar_t, R><<<blocks_for(BN), kThreads, 0, stream>>>(
-        B, N, W, nonfinite_source, p, u_prev, r_prev, U + t * BN, S + t * BN);
+        B, N, W, nonfinite_source, p, u_prev, r_prev, U + t * BN, S + t * BN, replay);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
-void forward_loop_cuda(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
+void forward_loop_cuda(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes,
+                       bool replay) {
   const c10::cuda::CUDAGuard device_guard(membrane.device());
   AT_DISPATCH_FLOATING_TYPES(membrane.scalar_type(), "recurrent_lif_forward_cuda", [&] {
     dispatch_reset(in.reset, [&](auto reset) {
-      forward_steps<scalar_t, decltype(reset)::value>(in, membrane, spikes);
+      forward_steps<scalar_t, decltype(reset)::value>(in, membrane, spikes, replay);
     });
   });
 }
@@ -186,7 +187,7 @@ BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& in) {
 
 TORCH_LIBRARY_IMPL(torch_ext, CUDA, m) {
   m.impl("recurrent_lif", &forward_kernel<forward_loop_cuda>);
-  m.impl("_recurrent_lif_backward", &backward_kernel<backward_loop_cuda>);
+  m.impl("_recurrent_lif_backward", &backward_kernel<forward_loop_cuda, backward_loop_cuda>);
 }
 
 }  // namespace torch_ext

@@ -37,6 +37,9 @@ struct RecurrentLIFFuncOptions {
   TORCH_ARG(std::string, surrogate) = "sigmoid";
   // Surrogate slope k > 0; none: the surrogate's default.
   TORCH_ARG(std::optional<double>, slope) = std::nullopt;
+  // false: the low-memory mode. Autograd keeps nothing of size T*B*N beyond
+  // the returned spikes; the backward recomputes the membrane (exactly).
+  TORCH_ARG(bool, save_membrane) = true;
 };
 
 // Runs a recurrent LIF layer over a whole sequence.
@@ -81,6 +84,8 @@ struct RecurrentLIFOptions {
   TORCH_ARG(std::optional<double>, slope) = std::nullopt;
   // x as [B, T, F] (spikes [B, T, N]) instead of [T, B, F].
   TORCH_ARG(bool, batch_first) = false;
+  // false: the low-memory mode (see RecurrentLIFFuncOptions).
+  TORCH_ARG(bool, save_membrane) = true;
 };
 
 // A recurrent layer of LIF neurons, like torch::nn::RNN: it keeps no state
