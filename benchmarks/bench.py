@@ -38,6 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # What each row of the table is, in the order printed and plotted.
 BASELINES = {
     "fused": "torch_ext.recurrent_lif, the fused op",
+    "fused_lm": "the fused op in its low-memory mode (save_membrane=False: the backward "
+                "recomputes the membrane)",
     "autograd": "torch_ext.recurrent_lif_ref: the expert autograd loop (one input product, "
                 "unbind over time, stack), differentiated by autograd",
     "python_fn": "hand-written torch.autograd.Function, Python loops forward and backward, "
@@ -102,9 +104,21 @@ def peak_bytes(run, x, device):
     return torch.cuda.max_memory_allocated(device) - before
 
 
+def model_bytes(fn, x, params, device):
+    """What a 2-layer model (the layer, then a Linear readout of every step's
+    spikes, loss = mean) keeps alive from its forward to its backward: saved
+    tensors and the outputs a backward reads, each storage once, leaving out
+    the input and the parameters (the activation memory of training)."""
+    N = params["w_in"].shape[0]
+    readout = torch.nn.Linear(N, 10).to(device)
+    keep = [x, *(p for p in params.values() if isinstance(p, torch.Tensor)), *readout.parameters()]
+    return saved_bytes(lambda: (readout(fn(x)[0]).mean(),), keep, count_outputs=True)[0]
+
+
 def implementations(params, T, args):
     """name -> fn(x) -> (spikes, membrane), and notes on what was left out."""
-    impls = {"fused": peers.fused(params), "autograd": peers.reference(params),
+    impls = {"fused": peers.fused(params), "fused_lm": peers.fused(params, save_membrane=False),
+             "autograd": peers.reference(params),
              "python_fn": peers.python_function(params)}
     notes = []
     if args.compile:
@@ -154,6 +168,8 @@ def measure(T, B, N, args, device):
             "saved_bytes": saved_bytes(lambda: impls[name](x), inputs, count_outputs=True)[0]
             if is_peer else None,
             "peak_bytes": peak_bytes(run, x, device) if is_peer else None,
+            "model_bytes": model_bytes(impls[name], x, params, device)
+            if name in ("fused", "fused_lm", "autograd") else None,
             "spike_rate": impls["fused"](x)[0].mean().item() if name == "fused" else None,
         })
     return rows, notes
@@ -218,17 +234,25 @@ def print_ratios(rows):
     much slower the expert loop and the hand-written Function are."""
     print("\nforward + backward time ratios at the target sizes (measured in the same run):")
     header = f"{'T':>5} {'B':>4} {'N':>5} {'tf32':>4} {'fused / floor':>14} " \
-             f"{'autograd / fused':>17} {'python_fn / fused':>18}"
+             f"{'autograd / fused':>17} {'python_fn / fused':>18} {'fused_lm / fused':>17} " \
+             f"{'2-layer memory autograd / fused_lm':>35}"
     print(header)
     print("-" * len(header))
-    by_size = {}
+    by_size, memory = {}, {}
     for r in rows:
         if in_sweep(r, "target"):
-            by_size.setdefault((r["T"], r["B"], r["N"], r["tf32"]), {})[r["impl"]] = r["fwd_bwd_ms"]
-    for (T, B, N, tf32), ms in by_size.items():
+            size = (r["T"], r["B"], r["N"], r["tf32"])
+            by_size.setdefault(size, {})[r["impl"]] = r["fwd_bwd_ms"]
+            memory.setdefault(size, {})[r["impl"]] = r.get("model_bytes")
+    for size, ms in by_size.items():
+        T, B, N, tf32 = size
         tf32 = "-" if tf32 is None else ("on" if tf32 else "off")
+        mem = memory[size]
         print(f"{T:>5} {B:>4} {N:>5} {tf32:>4} {ms['fused'] / ms['floor']:>14.2f} "
-              f"{ms['autograd'] / ms['fused']:>17.2f} {ms['python_fn'] / ms['fused']:>18.2f}")
+              f"{ms['autograd'] / ms['fused']:>17.2f} {ms['python_fn'] / ms['fused']:>18.2f} "
+              f"{ms['fused_lm'] / ms['fused']:>17.2f} {mem['autograd'] / mem['fused_lm']:>35.2f}")
+    print("2-layer memory: what RecurrentLIF -> Linear keeps alive from forward to backward "
+          "(bench.model_bytes).")
 
 
 def plot(rows, stem):

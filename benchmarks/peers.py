@@ -22,9 +22,11 @@ def make_params(F, N, device, dtype=torch.float32, seed=0):
             "bias": p(N, scale=0.1), "alpha": 0.9, "theta": 1.0}
 
 
-def fused(params):
+def fused(params, save_membrane=True):
+    """save_membrane=False: the op's low-memory mode (the backward recomputes the membrane)."""
     return lambda x: torch_ext.recurrent_lif(x, params["w_in"], params["w_rec"], params["bias"],
-                                             params["alpha"], params["theta"], **OPTIONS)
+                                             params["alpha"], params["theta"],
+                                             save_membrane=save_membrane, **OPTIONS)
 
 
 def reference(params, compile=False):
