@@ -241,9 +241,12 @@ Dims check_inputs(const at::Tensor& x, const OptionalTensor& w_in, const Optiona
   }
   if (w_rec.has_value()) {
     check_like_x(*w_rec, "w_rec", x, d.compute, false);
-    check_shape(*w_rec, "w_rec", {d.N, d.N},
-                w_in.has_value() ? "[N, N] (N = w_in.shape[0])"
-                                 : "[N, N] (w_in is None, so N = x.shape[2])");
+    const bool square = w_rec->dim() == 2 && w_rec->sym_size(0) == d.N && w_rec->sym_size(1) == d.N;
+    const bool vector = w_rec->dim() == 1 && w_rec->sym_size(0) == d.N;
+    TORCH_CHECK_VALUE(square || vector, ARG("w_rec"), "must have shape [N, N] = [", d.N, ", ", d.N,
+                      "] (all-to-all) or [N] = [", d.N, "] (one-to-one) with ",
+                      w_in.has_value() ? "N = w_in.shape[0]" : "N = x.shape[2] (w_in is None)",
+                      ", got ", w_rec->sym_sizes());
   }
   if (bias.has_value()) {
     check_like_x(*bias, "bias", x, d.compute, false);
@@ -404,7 +407,8 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                         options.slope,
                         need_alpha,
                         need_theta,
-                        need_bias};
+                        need_bias,
+                        need_w_rec && w_rec.has_value() && w_rec->dim() == 1};
   BackwardLoopOutputs out;
   if (membrane_c.numel() > 0) {
     out = loop(in);
@@ -415,6 +419,7 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
     out.alpha_sum = at::zeros({N}, opts);
     out.theta_sum = at::zeros({N}, opts);
     out.bias_sum = at::zeros({N}, opts);
+    out.w_rec_sum = at::zeros({N}, opts);
   }
 
   // A fresh empty tensor per unneeded gradient: outputs must not alias each other.
@@ -438,7 +443,10 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
     grad_w_in = deterministic_mm(grad_u_2d.t(), x.to(compute).reshape({T * B, F}))
                     .to(w_in->scalar_type());
   }
-  if (need_w_rec && w_rec.has_value()) {
+  const bool one_to_one = w_rec.has_value() && w_rec->dim() == 1;
+  if (need_w_rec && one_to_one) {
+    grad_w_rec = out.w_rec_sum.to(w_rec->scalar_type());  // sum over t, b of gU[t] * S[t-1]
+  } else if (need_w_rec && w_rec.has_value()) {
     // sum_t gU[t].T @ S[t-1], with S[0] = s0: two GEMMs instead of a copy of S.
     grad_w_rec = deterministic_mm(grad_u_first.t(), in.state.s0);
     if (T > 1) {
@@ -450,7 +458,11 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
   }
   if (need_s0 && s0.has_value()) {
     grad_s0 = out.grad_s0_reset;
-    if (w_rec.has_value()) grad_s0 = grad_s0 + deterministic_mm(grad_u_first, in.state.w_rec);
+    if (one_to_one) {
+      grad_s0 = grad_s0 + grad_u_first * in.state.w_rec;
+    } else if (w_rec.has_value()) {
+      grad_s0 = grad_s0 + deterministic_mm(grad_u_first, in.state.w_rec);
+    }
     grad_s0 = grad_s0.to(s0->scalar_type());
   }
   return {grad_x,

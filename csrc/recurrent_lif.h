@@ -70,7 +70,7 @@ at::ScalarType compute_dtype(at::ScalarType input_dtype);
 
 // Everything a time loop reads, contiguous and in the compute dtype.
 struct LoopInputs {
-  at::Tensor w_rec;         // [N, N], or undefined: no recurrence
+  at::Tensor w_rec;         // [N, N] (all-to-all), [N] (one-to-one), or undefined: none
   at::Tensor alpha, theta;  // 0-dim or [N]
   at::Tensor u0, s0;        // [B, N]
   Reset reset;
@@ -91,14 +91,16 @@ struct BackwardLoopInputs {
   Surrogate surrogate;
   double slope;
   bool need_alpha, need_theta, need_bias;  // which per-neuron sums to produce
+  bool need_w_rec_sum;                     // one-to-one w_rec: its gradient, a per-neuron sum
 };
 
 struct BackwardLoopOutputs {
   at::Tensor grad_u;         // [T, B, N]: gU[t] = dL/dI[t]
   at::Tensor grad_u0;        // [B, N]: gU[1] * dU[1]/dU[0]
   at::Tensor grad_s0_reset;  // [B, N]: c_R * gU[1] * dU[1]/dR[0] (the w_rec part is added later)
-  // [N] sums over t and b of the grad_alpha, grad_theta and gU terms; undefined if not asked for.
-  at::Tensor alpha_sum, theta_sum, bias_sum;
+  // [N] sums over t and b of the grad_alpha, grad_theta and gU terms, and of
+  // gU[t] * S[t-1] (a one-to-one w_rec's gradient); undefined if not asked for.
+  at::Tensor alpha_sum, theta_sum, bias_sum, w_rec_sum;
 };
 
 // Runs the reverse recurrence t = T..1 (README "The gradients"); called only

@@ -19,7 +19,9 @@ def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=N
     Args:
         x: input ``[T, B, F]`` (time-major).
         w_in: input weights ``[N, F]``, or None (then ``F == N`` and I[t] = x[t] + bias).
-        w_rec: recurrent weights ``[N, N]`` (row i = weights into neuron i), or None.
+        w_rec: recurrent weights ``[N, N]`` (row i = weights into neuron i), or
+            ``[N]`` for one-to-one recurrence (neuron i feeds back
+            ``w_rec[i] * S_i[t-1]`` to itself only), or None.
         bias: ``[N]`` or None.
         alpha: membrane decay in [0, 1]: a float, a 0-dim tensor or an ``[N]`` tensor.
         theta: threshold: a float, a 0-dim tensor or an ``[N]`` tensor.

@@ -72,8 +72,8 @@ def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, 
         # Summed in the order the equations are written, like the fused op.
         u = alpha * u * (1 - r) if reset == "zero" else alpha * u
         u = u + current_t
-        if w_rec is not None:
-            u = u + s @ w_rec.T
+        if w_rec is not None:  # all-to-all [N, N], or one-to-one [N]
+            u = u + (s * w_rec if w_rec.dim() == 1 else s @ w_rec.T)
         if reset == "subtract":
             u = u - theta * r
         s = _Heaviside.apply(u - theta, surrogate, slope)

@@ -82,9 +82,13 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
   const NeuronParams params(in, N);
   const scalar_t* __restrict__ alpha = params.alpha.data_ptr<scalar_t>();
   const scalar_t* __restrict__ theta = params.theta.data_ptr<scalar_t>();
-  // Row j of w_rec.T holds the weights out of neuron j: what its spike adds.
-  const at::Tensor w_out = in.w_rec.defined() ? in.w_rec.t().contiguous() : at::Tensor();
+  // All-to-all: row j of w_rec.T holds the weights out of neuron j, what its
+  // spike adds. One-to-one: neuron n feeds back w_rec[n] * S_n[t-1] to itself.
+  const bool one_to_one = in.w_rec.defined() && in.w_rec.dim() == 1;
+  const at::Tensor w_out =
+      in.w_rec.defined() && !one_to_one ? in.w_rec.t().contiguous() : at::Tensor();
   const scalar_t* W = w_out.defined() ? w_out.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* W1 = one_to_one ? in.w_rec.data_ptr<scalar_t>() : nullptr;
   // Source neurons with a non-finite outgoing weight (one pass over w_rec).
   std::vector<char> always_add(W != nullptr ? N : 0, 0);
   for (int64_t j = 0; j < static_cast<int64_t>(always_add.size()); ++j) {
@@ -98,7 +102,11 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
       const scalar_t* u_prev = in.u0.data_ptr<scalar_t>() + b * N;
       const scalar_t* r_prev = in.s0.data_ptr<scalar_t>() + b * N;
       for (int64_t t = 0; t < T; ++t) {
-        std::fill(rec, rec + N, scalar_t(0));
+        if (W1 != nullptr) {
+          for (int64_t n = 0; n < N; ++n) rec[n] = W1[n] * r_prev[n];
+        } else {
+          std::fill(rec, rec + N, scalar_t(0));
+        }
         if (W != nullptr) {
           for (int64_t j = 0; j < N; ++j) {
             if (r_prev[j] != scalar_t(0) || always_add[j]) {
@@ -218,7 +226,13 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const scalar_t* S = ptr(in.spikes);
   const scalar_t* u0 = ptr(st.u0);
   const scalar_t* s0 = ptr(st.s0);
-  const scalar_t* W = ptr(st.w_rec);  // [N, N]: gU[t+1] @ w_rec is the recurrent term
+  // The recurrent term of gS[t]: gU[t+1] @ w_rec (all-to-all, [N, N]) or
+  // gU[t+1] * w_rec (one-to-one, [N]).
+  const bool one_to_one = st.w_rec.defined() && st.w_rec.dim() == 1;
+  const scalar_t* W = one_to_one ? nullptr : ptr(st.w_rec);
+  const scalar_t* W1 = one_to_one ? ptr(st.w_rec) : nullptr;
+  const at::Tensor acc_w_rec = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
+  scalar_t* acc_w = ptr(acc_w_rec);
   const scalar_t* gS_out = ptr(in.grad_spikes);
   const scalar_t* gU_out = ptr(in.grad_membrane);
   const scalar_t* zero_row = ptr(zeros);
@@ -237,17 +251,22 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const int64_t blocks = (B + block_rows - 1) / block_rows;
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     const SingleThreadedBlas single_threaded;
-    std::vector<scalar_t> rec_buffer(W != nullptr ? block_rows * N : 0);
+    std::vector<scalar_t> rec_buffer(W != nullptr || W1 != nullptr ? block_rows * N : 0);
     std::vector<scalar_t> scratch(N);
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t b0 = block * block_rows;
       const int64_t rows = std::min(block_rows, B - b0);
       for (int64_t t = T - 1; t >= 0; --t) {
         const bool has_next = t < T - 1;
-        const bool has_rec_grad = W != nullptr && has_next;
-        if (has_rec_grad) {  // rec[b] = gU[t+1][b] @ w_rec for the block's rows
+        const bool has_rec_grad = (W != nullptr || W1 != nullptr) && has_next;
+        if (has_rec_grad && W != nullptr) {  // rec[b] = gU[t+1][b] @ w_rec for the block's rows
           gemm_on_this_thread<scalar_t>(rows, N, N, gU + (t + 1) * BN + b0 * N, N, W, N,
                                         scalar_t(0), rec_buffer.data(), N);
+        } else if (has_rec_grad) {  // rec[b] = gU[t+1][b] * w_rec
+          const scalar_t* g_next = gU + (t + 1) * BN + b0 * N;
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t n = 0; n < N; ++n) rec_buffer[r * N + n] = g_next[r * N + n] * W1[n];
+          }
         }
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t b = b0 + r;
@@ -261,6 +280,9 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
               gS_out ? gS_out + row : zero_row, gU_out ? gU_out + row : zero_row,
               has_next ? gu + BN : zero_row, has_rec_grad ? rec_buffer.data() + r * N : zero_row,
               gu, scratch.data(), acc_a + b * N, acc_th + b * N, acc_b + b * N);
+          if (acc_w != nullptr) {  // one-to-one w_rec: gU[t] * S[t-1]
+            for (int64_t n = 0; n < N; ++n) acc_w[b * N + n] += gu[n] * r_prev[n];
+          }
           if (t == 0) {
             scalar_t* g_u0 = g_u0_all + b * N;
             scalar_t* g_s0 = g_s0_all + b * N;
@@ -276,6 +298,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   if (in.need_alpha) out.alpha_sum = sum_over_batch<scalar_t>(acc_alpha);
   if (in.need_theta) out.theta_sum = sum_over_batch<scalar_t>(acc_theta);
   if (in.need_bias) out.bias_sum = sum_over_batch<scalar_t>(acc_bias);
+  if (in.need_w_rec_sum) out.w_rec_sum = sum_over_batch<scalar_t>(acc_w_rec);
   return out;
 }
 

@@ -48,13 +48,14 @@ unsigned int blocks_for(int64_t elements) {
 template <typename scalar_t, Reset R>
 __global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __restrict__ w_out,
                                     const bool* __restrict__ nonfinite_source,
+                                    const scalar_t* __restrict__ w_self,
                                     DeviceParams<scalar_t> p, const scalar_t* __restrict__ u_prev,
                                     const scalar_t* __restrict__ r_prev, scalar_t* __restrict__ u,
                                     scalar_t* __restrict__ s, bool replay) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= B * N) return;
   const int64_t b = i / N, n = i % N;
-  scalar_t rec = 0;
+  scalar_t rec = w_self != nullptr ? w_self[n] * r_prev[i] : scalar_t(0);  // one-to-one
   if (w_out != nullptr) {
     const scalar_t* r_row = r_prev + b * N;
     for (int64_t j = 0; j < N; ++j) {
@@ -74,8 +75,13 @@ template <typename scalar_t, Reset R>
 void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes, bool replay) {
   const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
   const int64_t BN = B * N;
-  const at::Tensor w_out = in.w_rec.defined() ? in.w_rec.t().contiguous() : at::Tensor();
+  // All-to-all: w_out = w_rec.T (row j: what a spike of neuron j adds).
+  // One-to-one: w_self = w_rec, neuron n's weight onto itself.
+  const bool one_to_one = in.w_rec.defined() && in.w_rec.dim() == 1;
+  const at::Tensor w_out =
+      in.w_rec.defined() && !one_to_one ? in.w_rec.t().contiguous() : at::Tensor();
   const scalar_t* W = w_out.defined() ? w_out.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* W_self = one_to_one ? in.w_rec.data_ptr<scalar_t>() : nullptr;
   const at::Tensor nonfinite =
       w_out.defined() ? at::isfinite(w_out).logical_not().any(1) : at::Tensor();
   const bool* nonfinite_source = nonfinite.defined() ? nonfinite.data_ptr<bool>() : nullptr;
@@ -87,7 +93,7 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
     const scalar_t* u_prev = t > 0 ? U + (t - 1) * BN : in.u0.data_ptr<scalar_t>();
     const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
     forward_step_kernel<scalar_t, R><<<blocks_for(BN), kThreads, 0, stream>>>(
-        B, N, W, nonfinite_source, p, u_prev, r_prev, U + t * BN, S + t * BN, replay);
+        B, N, W, nonfinite_source, W_self, p, u_prev, r_prev, U + t * BN, S + t * BN, replay);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -104,8 +110,10 @@ void forward_loop_cuda(const LoopInputs& in, at::Tensor& membrane, at::Tensor& s
 
 template <typename scalar_t>
 struct BackwardPointers {
-  const scalar_t *U, *S, *gS_out, *gU_out, *u0, *s0, *w_rec;
-  scalar_t *gU, *g_u0, *g_s0, *acc_alpha, *acc_theta, *acc_bias;
+  const scalar_t *U, *S, *gS_out, *gU_out, *u0, *s0;
+  const scalar_t* w_rec;   // all-to-all [N, N], or null
+  const scalar_t* w_self;  // one-to-one [N], or null
+  scalar_t *gU, *g_u0, *g_s0, *acc_alpha, *acc_theta, *acc_bias, *acc_w_self;
 };
 
 // One reverse step at time t for element i = (b, n); see lif_math.h.
@@ -118,8 +126,9 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
   if (i >= BN) return;
   const int64_t b = i / N, n = i % N, k = t * BN + i;
   const bool has_next = t < T - 1;
-  // gU[t+1] @ w_rec, column n: sum_m gU[t+1][b][m] * w_rec[m][n].
-  scalar_t rec_grad = 0;
+  // gU[t+1] @ w_rec, column n: sum_m gU[t+1][b][m] * w_rec[m][n]; one-to-one:
+  // gU[t+1][b][n] * w_rec[n].
+  scalar_t rec_grad = has_next && q.w_self != nullptr ? q.gU[k + BN] * q.w_self[n] : scalar_t(0);
   if (has_next && q.w_rec != nullptr) {
     const scalar_t* g_row = q.gU + (t + 1) * BN + b * N;
     for (int64_t m = 0; m < N; ++m) rec_grad += g_row[m] * q.w_rec[m * N + n];
@@ -135,6 +144,7 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
   if (q.acc_alpha) q.acc_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
   if (q.acc_theta) q.acc_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
   if (q.acc_bias) q.acc_bias[i] += terms.grad_u;
+  if (q.acc_w_self) q.acc_w_self[i] += terms.grad_u * r_prev;
   if (t == 0) {
     q.g_u0[i] = terms.grad_u * dnext_du(R, alpha, r_prev);
     q.g_s0[i] = reset_grad(R, detach_reset, alpha, theta, u_prev, terms.grad_u);
@@ -155,11 +165,23 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const at::Tensor acc_alpha = in.need_alpha ? at::zeros({B, N}, opts) : at::Tensor();
   const at::Tensor acc_theta = in.need_theta ? at::zeros({B, N}, opts) : at::Tensor();
   const at::Tensor acc_bias = in.need_bias ? at::zeros({B, N}, opts) : at::Tensor();
-  const BackwardPointers<scalar_t> q{ptr(in.membrane),       ptr(in.spikes),  ptr(in.grad_spikes),
-                                     ptr(in.grad_membrane),  ptr(st.u0),      ptr(st.s0),
-                                     ptr(st.w_rec),          ptr(out.grad_u), ptr(out.grad_u0),
-                                     ptr(out.grad_s0_reset), ptr(acc_alpha),  ptr(acc_theta),
-                                     ptr(acc_bias)};
+  const at::Tensor acc_w_self = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
+  const bool one_to_one = st.w_rec.defined() && st.w_rec.dim() == 1;
+  const BackwardPointers<scalar_t> q{ptr(in.membrane),
+                                     ptr(in.spikes),
+                                     ptr(in.grad_spikes),
+                                     ptr(in.grad_membrane),
+                                     ptr(st.u0),
+                                     ptr(st.s0),
+                                     one_to_one ? nullptr : ptr(st.w_rec),
+                                     one_to_one ? ptr(st.w_rec) : nullptr,
+                                     ptr(out.grad_u),
+                                     ptr(out.grad_u0),
+                                     ptr(out.grad_s0_reset),
+                                     ptr(acc_alpha),
+                                     ptr(acc_theta),
+                                     ptr(acc_bias),
+                                     ptr(acc_w_self)};
   const auto p = device_params<scalar_t>(st);
   const auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -171,6 +193,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   if (in.need_alpha) out.alpha_sum = acc_alpha.sum(0);
   if (in.need_theta) out.theta_sum = acc_theta.sum(0);
   if (in.need_bias) out.bias_sum = acc_bias.sum(0);
+  if (in.need_w_rec_sum) out.w_rec_sum = acc_w_self.sum(0);
   return out;
 }
 
