@@ -23,7 +23,7 @@ CASES = [
     (dict(w_in=torch.zeros(N, F + 1, dtype=torch.float64)), {}, ValueError, "w_in"),
     (dict(w_in=torch.zeros(N, F)), {}, TypeError, "w_in"),                  # float32 vs float64
     (dict(w_rec=torch.zeros(N, N + 1, dtype=torch.float64)), {}, ValueError, "w_rec"),
-    (dict(w_rec=torch.zeros(N, dtype=torch.float64)), {}, ValueError, "w_rec"),
+    (dict(w_rec=torch.zeros(N + 1, dtype=torch.float64)), {}, ValueError, "w_rec"),  # one-to-one, wrong N
     (dict(w_in=None, w_rec=torch.zeros(N, N, dtype=torch.float64)), {}, ValueError, "w_rec"),
     (dict(bias=torch.zeros(N + 1, dtype=torch.float64)), {}, ValueError, "bias"),
     (dict(bias=torch.zeros(N, dtype=torch.float32)), {}, TypeError, "bias"),

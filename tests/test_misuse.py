@@ -281,7 +281,7 @@ KERNEL_CASES = [
     (dict(w_in=torch.zeros(N, F, dtype=torch.float32)), {}, TypeError, "w_in"),
     (dict(w_rec=torch.zeros(N, N + 1, dtype=torch.float64)), {}, ValueError, "w_rec"),
     (dict(w_rec=torch.zeros(N + 1, N + 1, dtype=torch.float64)), {}, ValueError, "w_rec"),
-    (dict(w_rec=torch.zeros(N, dtype=torch.float64)), {}, ValueError, "w_rec"),
+    (dict(w_rec=torch.zeros(N + 1, dtype=torch.float64)), {}, ValueError, "w_rec"),  # one-to-one, wrong N
     (dict(w_rec=torch.zeros(N, N, dtype=torch.float16)), {}, TypeError, "w_rec"),
     (dict(w_in=None), {}, ValueError, "w_rec"),   # then N = F = 5, but w_rec is [4, 4]
     (dict(bias=torch.zeros(N + 1, dtype=torch.float64)), {}, ValueError, "bias"),
