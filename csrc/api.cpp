@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
                                                  const RecurrentLIFFuncOptions& options) {
   return call_recurrent_lif(x, w_in, w_rec, bias, alpha, theta, options.u0(), options.s0(),
                             options.reset(), options.detach_reset(), options.surrogate(),
-                            options.slope(), options.save_membrane());
+                            options.slope(), options.save_membrane(), options.lengths());
 }
 
 std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,

@@ -27,12 +27,12 @@ BackwardResult call_backward(const OptionalTensor& grad_spikes,
                              const at::Tensor& spikes, const OptionalTensor& membrane,
                              c10::string_view reset, bool detach_reset, c10::string_view surrogate,
                              std::optional<double> slope, std::array<bool, 8> needs_grad,
-                             const OptionalTensor& bias) {
+                             const OptionalTensor& bias, const OptionalTensor& lengths) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("torch_ext::_recurrent_lif_backward", "")
                              .typed<decltype(backward_kernel<nullptr, nullptr>)>();
   return op.call(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0, spikes, membrane,
-                 reset, detach_reset, surrogate, slope, needs_grad, bias);
+                 reset, detach_reset, surrogate, slope, needs_grad, bias, lengths);
 }
 
 // Forward-mode AD has no rule here; without this check the tangent would be
@@ -59,10 +59,11 @@ class RecurrentLIFFunction : public torch::autograd::Function<RecurrentLIFFuncti
                                const at::Tensor& theta, const OptionalTensor& u0,
                                const OptionalTensor& s0, c10::string_view reset, bool detach_reset,
                                c10::string_view surrogate, std::optional<double> slope,
-                               bool save_membrane) {
+                               bool save_membrane, const OptionalTensor& lengths) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [spikes, membrane] = call_recurrent_lif(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset,
-                                                 detach_reset, surrogate, slope, save_membrane);
+                                                 detach_reset, surrogate, slope, save_membrane,
+                                                 lengths);
     // Saved: the inputs and the outputs, nothing per step besides; in the
     // low-memory mode not the membrane (the backward recomputes it, and needs
     // the bias for that).
@@ -70,7 +71,7 @@ class RecurrentLIFFunction : public torch::autograd::Function<RecurrentLIFFuncti
     ctx->save_for_backward({x, w_in.value_or(none), w_rec.value_or(none), alpha, theta,
                             u0.value_or(none), s0.value_or(none), spikes,
                             save_membrane ? membrane : none,
-                            save_membrane ? none : bias.value_or(none)});
+                            save_membrane ? none : bias.value_or(none), lengths.value_or(none)});
     ctx->saved_data["has_bias"] = bias.has_value();
     ctx->saved_data["reset"] = std::string(reset);
     ctx->saved_data["detach_reset"] = detach_reset;
@@ -103,13 +104,13 @@ class RecurrentLIFFunction : public torch::autograd::Function<RecurrentLIFFuncti
         optional(saved[2]), saved[3], saved[4], optional(saved[5]), optional(saved[6]), saved[7],
         optional(saved[8]), ctx->saved_data["reset"].toStringRef(),
         ctx->saved_data["detach_reset"].toBool(), ctx->saved_data["surrogate"].toStringRef(), slope,
-        needs, optional(saved[9]));
+        needs, optional(saved[9]), optional(saved[10]));
     const auto [g_x, g_w_in, g_w_rec, g_bias, g_alpha, g_theta, g_u0, g_s0] = grads;
     variable_list out{g_x, g_w_in, g_w_rec, g_bias, g_alpha, g_theta, g_u0, g_s0};
     for (size_t i = 0; i < needs.size(); ++i) {
       if (!needs[i]) out[i] = at::Tensor();
     }
-    out.resize(13);  // reset, detach_reset, surrogate, slope, save_membrane: no gradient
+    out.resize(14);  // reset, detach_reset, surrogate, slope, save_membrane, lengths: none
     return out;
   }
 };
@@ -126,11 +127,12 @@ class RecurrentLIFBackwardFunction
                                const at::Tensor& spikes, const OptionalTensor& membrane,
                                c10::string_view reset, bool detach_reset,
                                c10::string_view surrogate, std::optional<double> slope,
-                               std::array<bool, 8> needs_grad, const OptionalTensor& bias) {
+                               std::array<bool, 8> needs_grad, const OptionalTensor& bias,
+                               const OptionalTensor& lengths) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const auto [a, b, c, d, e, f, g, h] =
         call_backward(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0, spikes,
-                      membrane, reset, detach_reset, surrogate, slope, needs_grad, bias);
+                      membrane, reset, detach_reset, surrogate, slope, needs_grad, bias, lengths);
     return {a, b, c, d, e, f, g, h};
   }
 
@@ -149,10 +151,11 @@ ForwardResult recurrent_lif_autograd(const at::Tensor& x, const OptionalTensor& 
                                      const OptionalTensor& u0, const OptionalTensor& s0,
                                      c10::string_view reset, bool detach_reset,
                                      c10::string_view surrogate, std::optional<double> slope,
-                                     bool save_membrane) {
+                                     bool save_membrane, const OptionalTensor& lengths) {
   reject_forward_ad(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   const auto out = RecurrentLIFFunction::apply(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset,
-                                               detach_reset, surrogate, slope, save_membrane);
+                                               detach_reset, surrogate, slope, save_membrane,
+                                               lengths);
   return {out[0], out[1]};
 }
 
@@ -164,11 +167,12 @@ BackwardResult backward_autograd(const OptionalTensor& grad_spikes,
                                  const at::Tensor& spikes, const OptionalTensor& membrane,
                                  c10::string_view reset, bool detach_reset,
                                  c10::string_view surrogate, std::optional<double> slope,
-                                 std::array<bool, 8> needs_grad, const OptionalTensor& bias) {
+                                 std::array<bool, 8> needs_grad, const OptionalTensor& bias,
+                                 const OptionalTensor& lengths) {
   const auto out = RecurrentLIFBackwardFunction::apply(grad_spikes, grad_membrane, x, w_in, w_rec,
                                                        alpha, theta, u0, s0, spikes, membrane,
                                                        reset, detach_reset, surrogate, slope,
-                                                       needs_grad, bias);
+                                                       needs_grad, bias, lengths);
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]};
 }
 
@@ -182,12 +186,12 @@ ForwardResult recurrent_lif_autocast(const at::Tensor& x, const OptionalTensor& 
                                      const OptionalTensor& u0, const OptionalTensor& s0,
                                      c10::string_view reset, bool detach_reset,
                                      c10::string_view surrogate, std::optional<double> slope,
-                                     bool save_membrane) {
+                                     bool save_membrane, const OptionalTensor& lengths) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::ScalarType dtype = at::autocast::get_autocast_dtype(device);
   auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, device); };
   return call_recurrent_lif(cast(x), cast(w_in), cast(w_rec), cast(bias), alpha, theta, u0, s0,
-                            reset, detach_reset, surrogate, slope, save_membrane);
+                            reset, detach_reset, surrogate, slope, save_membrane, lengths);
 }
 
 }  // namespace
@@ -198,12 +202,12 @@ ForwardResult call_recurrent_lif(const at::Tensor& x, const OptionalTensor& w_in
                                  const OptionalTensor& u0, const OptionalTensor& s0,
                                  c10::string_view reset, bool detach_reset,
                                  c10::string_view surrogate, std::optional<double> slope,
-                                 bool save_membrane) {
+                                 bool save_membrane, const OptionalTensor& lengths) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("torch_ext::recurrent_lif", "")
                              .typed<decltype(forward_kernel<nullptr>)>();
   return op.call(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset, surrogate, slope,
-                 save_membrane);
+                 save_membrane, lengths);
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, Autograd, m) {

@@ -268,6 +268,23 @@ Dims check_inputs(const at::Tensor& x, const OptionalTensor& w_in, const Optiona
   return d;
 }
 
+// lengths: [B] integers on x's device; on CPU also their values (on CUDA that
+// would cost a device sync: there a length past T acts as T, below 0 as 0).
+void check_lengths(const OptionalTensor& lengths, const at::Tensor& x, const Dims& d) {
+  if (!lengths.has_value()) return;
+  TORCH_CHECK_VALUE(lengths->device() == x.device(), ARG("lengths"), "is on ", lengths->device(),
+                    " but x is on ", x.device(), "; all tensors must be on one device");
+  TORCH_CHECK_TYPE(at::isIntegralType(lengths->scalar_type(), /*includeBool=*/false),
+                   ARG("lengths"), "must hold integers, got dtype ", lengths->scalar_type());
+  check_shape(*lengths, "lengths", {d.B}, "[B]");
+  if (lengths->device().is_cpu() && lengths->numel() > 0) {
+    const int64_t T = x.size(0);
+    TORCH_CHECK_VALUE(at::logical_and(*lengths >= 0, *lengths <= T).all().item<bool>(),
+                      ARG("lengths"), "must lie in [0, T] = [0, ", T, "], got min ",
+                      lengths->min().item<int64_t>(), " and max ", lengths->max().item<int64_t>());
+  }
+}
+
 // The backward's own arguments: the forward's outputs and the incoming gradients.
 void check_backward_inputs(const Dims& d, const at::Tensor& x, const at::Tensor& spikes,
                            const OptionalTensor& membrane, const OptionalTensor& grad_spikes,
@@ -292,7 +309,7 @@ at::Tensor compute_contiguous(const at::Tensor& t, at::ScalarType compute) {
 LoopInputs loop_inputs(int64_t B, int64_t N, at::ScalarType compute, const at::Tensor& x,
                        const OptionalTensor& w_rec, const at::Tensor& alpha,
                        const at::Tensor& theta, const OptionalTensor& u0, const OptionalTensor& s0,
-                       Reset reset) {
+                       Reset reset, const OptionalTensor& lengths) {
   const auto opts = x.options().dtype(compute);
   auto state = [&](const OptionalTensor& t) {
     return t.has_value() ? compute_contiguous(*t, compute) : at::zeros({B, N}, opts);
@@ -302,7 +319,8 @@ LoopInputs loop_inputs(int64_t B, int64_t N, at::ScalarType compute, const at::T
                     compute_contiguous(theta, compute),
                     state(u0),
                     state(s0),
-                    reset};
+                    reset,
+                    lengths.has_value() ? lengths->to(at::kLong).contiguous() : at::Tensor()};
 }
 
 }  // namespace
@@ -342,11 +360,12 @@ ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w
                                     c10::string_view reset_name, bool detach_reset,
                                     c10::string_view surrogate_name, std::optional<double> slope,
                                     bool /*save_membrane: for the autograd kernel*/,
-                                    ForwardLoop loop) {
+                                    const OptionalTensor& lengths, ForwardLoop loop) {
   // The matrix products below stay in the compute dtype even under autocast
   // (whose kernel for this op already cast the inputs it casts).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const Dims sym = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  check_lengths(lengths, x, sym);
   const Options options =
       check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute);
   const int64_t T = x.size(0), B = x.size(1), N = sym.N.expect_int();
@@ -355,8 +374,8 @@ ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w
   at::Tensor membrane = input_current(x, w_in, bias, N, compute);
   at::Tensor spikes = at::empty({T, B, N}, x.options().dtype(compute));
   if (membrane.numel() > 0) {
-    loop(loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset), membrane,
-         spikes, /*replay=*/false);
+    loop(loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset, lengths),
+         membrane, spikes, /*replay=*/false);
   }
   return {spikes.to(x.scalar_type()), membrane};
 }
@@ -371,11 +390,13 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                                       c10::string_view surrogate_name,
                                       std::optional<double> slope,
                                       std::array<bool, 8> needs_grad, const OptionalTensor& bias,
-                                      ForwardLoop forward_loop, BackwardLoop loop) {
+                                      const OptionalTensor& lengths, ForwardLoop forward_loop,
+                                      BackwardLoop loop) {
   // The matrix products below stay in the compute dtype even under autocast
   // (whose kernel for this op already cast the inputs it casts).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const Dims sym = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  check_lengths(lengths, x, sym);
   check_backward_inputs(sym, x, spikes, membrane, grad_spikes, grad_membrane);
   const Options options =
       check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute);
@@ -388,7 +409,8 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
   const auto [need_x, need_w_in, need_w_rec, need_bias, need_alpha, need_theta, need_u0, need_s0] =
       needs_grad;
 
-  LoopInputs state = loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset);
+  LoopInputs state =
+      loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset, lengths);
   at::Tensor spikes_c = compute_contiguous(spikes, compute);
   at::Tensor membrane_c;
   if (membrane.has_value()) {
@@ -487,8 +509,10 @@ ForwardResult forward_meta(const at::Tensor& x, const OptionalTensor& w_in,
                            const at::Tensor& alpha, const at::Tensor& theta,
                            const OptionalTensor& u0, const OptionalTensor& s0,
                            c10::string_view reset, bool detach_reset, c10::string_view surrogate,
-                           std::optional<double> slope, bool /*save_membrane*/) {
+                           std::optional<double> slope, bool /*save_membrane*/,
+                           const OptionalTensor& lengths) {
   const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  check_lengths(lengths, x, d);
   check_options(reset, detach_reset, surrogate, slope, d.compute);
   const std::vector<c10::SymInt> shape{d.T, d.B, d.N};
   return {at::empty_symint(shape, x.options()),
@@ -503,8 +527,9 @@ BackwardResult backward_meta(const OptionalTensor& grad_spikes,
                              const at::Tensor& spikes, const OptionalTensor& membrane,
                              c10::string_view reset, bool detach_reset, c10::string_view surrogate,
                              std::optional<double> slope, std::array<bool, 8> needs_grad,
-                             const OptionalTensor& bias) {
+                             const OptionalTensor& bias, const OptionalTensor& lengths) {
   const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  check_lengths(lengths, x, d);
   check_backward_inputs(d, x, spikes, membrane, grad_spikes, grad_membrane);
   check_options(reset, detach_reset, surrogate, slope, d.compute);
   // Gradient i is shaped like input i (bias: [N] in x's dtype); one not needed
@@ -530,12 +555,13 @@ TORCH_LIBRARY(torch_ext, m) {
       "recurrent_lif(Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, Tensor alpha, "
       "Tensor theta, Tensor? u0=None, Tensor? s0=None, str reset=\"subtract\", "
       "bool detach_reset=False, str surrogate=\"sigmoid\", float? slope=None, "
-      "bool save_membrane=True) -> (Tensor spikes, Tensor membrane)");
+      "bool save_membrane=True, Tensor? lengths=None) -> (Tensor spikes, Tensor membrane)");
   m.def(
       "_recurrent_lif_backward(Tensor? grad_spikes, Tensor? grad_membrane, Tensor x, "
       "Tensor? w_in, Tensor? w_rec, Tensor alpha, Tensor theta, Tensor? u0, Tensor? s0, "
       "Tensor spikes, Tensor? membrane, str reset, bool detach_reset, str surrogate, "
-      "float? slope, bool[8] needs_grad, Tensor? bias=None) -> (Tensor grad_x, Tensor grad_w_in, "
+      "float? slope, bool[8] needs_grad, Tensor? bias=None, Tensor? lengths=None) "
+      "-> (Tensor grad_x, Tensor grad_w_in, "
       "Tensor grad_w_rec, Tensor grad_bias, Tensor grad_alpha, Tensor grad_theta, "
       "Tensor grad_u0, Tensor grad_s0)");
 }

@@ -74,6 +74,9 @@ struct LoopInputs {
   at::Tensor alpha, theta;  // 0-dim or [N]
   at::Tensor u0, s0;        // [B, N]
   Reset reset;
+  // [B] int64, or undefined: row b takes steps t < lengths[b] only; later steps
+  // output 0 and take no part in the backward.
+  at::Tensor lengths;
 };
 
 // Runs t = 1..T. On entry `membrane` [T, B, N] holds the input current I[t]; on
@@ -121,7 +124,8 @@ ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w
                                     const OptionalTensor& u0, const OptionalTensor& s0,
                                     c10::string_view reset, bool detach_reset,
                                     c10::string_view surrogate, std::optional<double> slope,
-                                    bool save_membrane, ForwardLoop loop);
+                                    bool save_membrane, const OptionalTensor& lengths,
+                                    ForwardLoop loop);
 
 // needs_grad: x, w_in, w_rec, bias, alpha, theta, u0, s0. Gradients not needed
 // come back as empty tensors (numel 0) and are never computed. Without the
@@ -136,7 +140,8 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                                       c10::string_view reset, bool detach_reset,
                                       c10::string_view surrogate, std::optional<double> slope,
                                       std::array<bool, 8> needs_grad, const OptionalTensor& bias,
-                                      ForwardLoop forward_loop, BackwardLoop loop);
+                                      const OptionalTensor& lengths, ForwardLoop forward_loop,
+                                      BackwardLoop loop);
 
 // The ops, called through the dispatcher (so autocast, autograd and the
 // device's kernel all apply): what the C++ API and the autograd kernels call.
@@ -146,7 +151,7 @@ ForwardResult call_recurrent_lif(const at::Tensor& x, const OptionalTensor& w_in
                                  const OptionalTensor& u0, const OptionalTensor& s0,
                                  c10::string_view reset, bool detach_reset,
                                  c10::string_view surrogate, std::optional<double> slope,
-                                 bool save_membrane);
+                                 bool save_membrane, const OptionalTensor& lengths);
 
 // The kernels each backend registers: the shared driver with that backend's loops.
 template <ForwardLoop Loop>
@@ -155,9 +160,10 @@ ForwardResult forward_kernel(const at::Tensor& x, const OptionalTensor& w_in,
                              const at::Tensor& alpha, const at::Tensor& theta,
                              const OptionalTensor& u0, const OptionalTensor& s0,
                              c10::string_view reset, bool detach_reset, c10::string_view surrogate,
-                             std::optional<double> slope, bool save_membrane) {
+                             std::optional<double> slope, bool save_membrane,
+                             const OptionalTensor& lengths) {
   return recurrent_lif_forward(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset,
-                               surrogate, slope, save_membrane, Loop);
+                               surrogate, slope, save_membrane, lengths, Loop);
 }
 
 template <ForwardLoop Forward, BackwardLoop Loop>
@@ -169,10 +175,11 @@ BackwardResult backward_kernel(const OptionalTensor& grad_spikes,
                                const at::Tensor& spikes, const OptionalTensor& membrane,
                                c10::string_view reset, bool detach_reset,
                                c10::string_view surrogate, std::optional<double> slope,
-                               std::array<bool, 8> needs_grad, const OptionalTensor& bias) {
+                               std::array<bool, 8> needs_grad, const OptionalTensor& bias,
+                               const OptionalTensor& lengths) {
   return recurrent_lif_backward(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0,
                                 spikes, membrane, reset, detach_reset, surrogate, slope, needs_grad,
-                                bias, Forward, Loop);
+                                bias, lengths, Forward, Loop);
 }
 
 }  // namespace torch_ext

@@ -13,7 +13,7 @@ from . import _options
 
 def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=None, *,
                   reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None,
-                  save_membrane=True):
+                  save_membrane=True, lengths=None):
     """Runs a recurrent LIF layer over a whole sequence.
 
     Args:
@@ -34,6 +34,10 @@ def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=N
             size T*B*N beyond the returned spikes, and the backward recomputes
             the membrane (one product and a replay of the time loop with the
             known spikes, so the gradients are bitwise the same).
+        lengths: ``[B]`` integers, or None: a variable-length batch. Row b
+            takes steps ``t < lengths[b]`` only; its later steps output spikes
+            and membrane 0 and pass no gradient, so every row's gradients are
+            those of running it alone on its own length.
 
     Returns:
         ``(spikes, membrane)``, each ``[T, B, N]``. ``(membrane[-1], spikes[-1])``
@@ -46,8 +50,10 @@ def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=N
     """
     alpha, theta, slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate,
                                               slope)
-    _options.check_optional_tensors(w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0)
+    _options.check_optional_tensors(w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0,
+                                    lengths=lengths)
     _options.check_type(save_membrane, "save_membrane", bool, "a bool")
     alpha, theta = _options.as_tensor_param(alpha, x), _options.as_tensor_param(theta, x)
     return torch.ops.torch_ext.recurrent_lif(x, w_in, w_rec, bias, alpha, theta, u0, s0,
-                                             reset, detach_reset, surrogate, slope, save_membrane)
+                                             reset, detach_reset, surrogate, slope, save_membrane,
+                                             lengths)

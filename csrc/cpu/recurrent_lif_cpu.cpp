@@ -74,6 +74,11 @@ TORCH_EXT_CPU_CLONES void add_scaled_row(double* acc, const double* w, double v,
   add_scaled_row_impl(acc, w, v, n);
 }
 
+// The steps row b takes: all T, or its length (clamped to [0, T]).
+inline int64_t row_steps(const int64_t* lengths, int64_t b, int64_t T) {
+  return lengths == nullptr ? T : std::clamp<int64_t>(lengths[b], 0, T);
+}
+
 template <typename scalar_t, Reset R, bool Replay>
 void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
   const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
@@ -95,13 +100,20 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
     for (int64_t i = 0; i < N && !always_add[j]; ++i) always_add[j] = !std::isfinite(W[j * N + i]);
   }
 
+  const int64_t* lengths = in.lengths.defined() ? in.lengths.data_ptr<int64_t>() : nullptr;
+
   at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
     std::vector<scalar_t> rec_buffer(N);
     scalar_t* __restrict__ rec = rec_buffer.data();
     for (int64_t b = b_begin; b < b_end; ++b) {
       const scalar_t* u_prev = in.u0.data_ptr<scalar_t>() + b * N;
       const scalar_t* r_prev = in.s0.data_ptr<scalar_t>() + b * N;
-      for (int64_t t = 0; t < T; ++t) {
+      const int64_t steps = row_steps(lengths, b, T);
+      for (int64_t t = steps; t < T; ++t) {  // past the row's length: spikes and membrane 0
+        std::fill_n(U + (t * B + b) * N, N, scalar_t(0));
+        if constexpr (!Replay) std::fill_n(S + (t * B + b) * N, N, scalar_t(0));
+      }
+      for (int64_t t = 0; t < steps; ++t) {
         if (W1 != nullptr) {
           for (int64_t n = 0; n < N; ++n) rec[n] = W1[n] * r_prev[n];
         } else {
@@ -242,6 +254,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   scalar_t* acc_b = ptr(acc_bias);
   scalar_t* g_u0_all = ptr(out.grad_u0);
   scalar_t* g_s0_all = ptr(out.grad_s0_reset);
+  const int64_t* lengths = st.lengths.defined() ? st.lengths.data_ptr<int64_t>() : nullptr;
 
   // Batch rows never interact: each block of rows runs the whole reverse time
   // loop on one thread, with its rows' recurrent product by single-threaded
@@ -271,14 +284,25 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t b = b0 + r;
           const int64_t row = t * BN + b * N;  // offset of (t, b, 0)
+          const int64_t steps = row_steps(lengths, b, T);
+          scalar_t* gu = gU + row;
+          if (t >= steps) {  // a step the row does not take: nothing flows through it
+            std::fill_n(gu, N, scalar_t(0));
+            if (t == 0) {
+              std::fill_n(g_u0_all + b * N, N, scalar_t(0));
+              std::fill_n(g_s0_all + b * N, N, scalar_t(0));
+            }
+            continue;
+          }
+          const bool row_has_next = t < steps - 1;
           const scalar_t* s = S + row;
           const scalar_t* u_prev = t > 0 ? U + row - BN : u0 + b * N;
           const scalar_t* r_prev = t > 0 ? s - BN : s0 + b * N;
-          scalar_t* gu = gU + row;
           (detach_reset ? backward_row<scalar_t, R, SG, true> : backward_row<scalar_t, R, SG, false>)(
-              alpha, theta, slope, has_next, N, U + row, s, u_prev, r_prev,
+              alpha, theta, slope, row_has_next, N, U + row, s, u_prev, r_prev,
               gS_out ? gS_out + row : zero_row, gU_out ? gU_out + row : zero_row,
-              has_next ? gu + BN : zero_row, has_rec_grad ? rec_buffer.data() + r * N : zero_row,
+              row_has_next ? gu + BN : zero_row,
+              has_rec_grad && row_has_next ? rec_buffer.data() + r * N : zero_row,
               gu, scratch.data(), acc_a + b * N, acc_th + b * N, acc_b + b * N);
           if (acc_w != nullptr) {  // one-to-one w_rec: gU[t] * S[t-1]
             for (int64_t n = 0; n < N; ++n) acc_w[b * N + n] += gu[n] * r_prev[n];

@@ -51,10 +51,16 @@ __global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __rest
                                     const scalar_t* __restrict__ w_self,
                                     DeviceParams<scalar_t> p, const scalar_t* __restrict__ u_prev,
                                     const scalar_t* __restrict__ r_prev, scalar_t* __restrict__ u,
-                                    scalar_t* __restrict__ s, bool replay) {
+                                    scalar_t* __restrict__ s, bool replay, int64_t t,
+                                    const int64_t* __restrict__ lengths) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= B * N) return;
   const int64_t b = i / N, n = i % N;
+  if (lengths != nullptr && t >= lengths[b]) {  // past the row's length: spikes and membrane 0
+    u[i] = scalar_t(0);
+    if (!replay) s[i] = scalar_t(0);
+    return;
+  }
   scalar_t rec = w_self != nullptr ? w_self[n] * r_prev[i] : scalar_t(0);  // one-to-one
   if (w_out != nullptr) {
     const scalar_t* r_row = r_prev + b * N;
@@ -86,6 +92,7 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
       w_out.defined() ? at::isfinite(w_out).logical_not().any(1) : at::Tensor();
   const bool* nonfinite_source = nonfinite.defined() ? nonfinite.data_ptr<bool>() : nullptr;
   const auto p = device_params<scalar_t>(in);
+  const int64_t* lengths = in.lengths.defined() ? in.lengths.data_ptr<int64_t>() : nullptr;
   scalar_t* U = membrane.data_ptr<scalar_t>();
   scalar_t* S = spikes.data_ptr<scalar_t>();
   const auto stream = at::cuda::getCurrentCUDAStream();
@@ -93,7 +100,8 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
     const scalar_t* u_prev = t > 0 ? U + (t - 1) * BN : in.u0.data_ptr<scalar_t>();
     const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
     forward_step_kernel<scalar_t, R><<<blocks_for(BN), kThreads, 0, stream>>>(
-        B, N, W, nonfinite_source, W_self, p, u_prev, r_prev, U + t * BN, S + t * BN, replay);
+        B, N, W, nonfinite_source, W_self, p, u_prev, r_prev, U + t * BN, S + t * BN, replay, t,
+        lengths);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -114,6 +122,7 @@ struct BackwardPointers {
   const scalar_t* w_rec;   // all-to-all [N, N], or null
   const scalar_t* w_self;  // one-to-one [N], or null
   scalar_t *gU, *g_u0, *g_s0, *acc_alpha, *acc_theta, *acc_bias, *acc_w_self;
+  const int64_t* lengths;  // [B], or null: every row takes all T steps
 };
 
 // One reverse step at time t for element i = (b, n); see lif_math.h.
@@ -125,7 +134,13 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= BN) return;
   const int64_t b = i / N, n = i % N, k = t * BN + i;
-  const bool has_next = t < T - 1;
+  const int64_t steps = q.lengths == nullptr ? T : min(max(q.lengths[b], int64_t(0)), T);
+  if (t >= steps) {  // a step the row does not take: nothing flows through it
+    q.gU[k] = scalar_t(0);
+    if (t == 0) q.g_u0[i] = q.g_s0[i] = scalar_t(0);
+    return;
+  }
+  const bool has_next = t < steps - 1;
   // gU[t+1] @ w_rec, column n: sum_m gU[t+1][b][m] * w_rec[m][n]; one-to-one:
   // gU[t+1][b][n] * w_rec[n].
   scalar_t rec_grad = has_next && q.w_self != nullptr ? q.gU[k + BN] * q.w_self[n] : scalar_t(0);
@@ -181,7 +196,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
                                      ptr(acc_alpha),
                                      ptr(acc_theta),
                                      ptr(acc_bias),
-                                     ptr(acc_w_self)};
+                                     ptr(acc_w_self),
+                                     st.lengths.defined() ? st.lengths.data_ptr<int64_t>() : nullptr};
   const auto p = device_params<scalar_t>(st);
   const auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t t = T - 1; t >= 0; --t) {

@@ -40,6 +40,9 @@ struct RecurrentLIFFuncOptions {
   // false: the low-memory mode. Autograd keeps nothing of size T*B*N beyond
   // the returned spikes; the backward recomputes the membrane (exactly).
   TORCH_ARG(bool, save_membrane) = true;
+  // [B] integers: row b takes steps t < lengths[b] only (a variable-length
+  // batch); its later steps output spikes and membrane 0.
+  TORCH_ARG(std::optional<at::Tensor>, lengths) = std::nullopt;
 };
 
 // Runs a recurrent LIF layer over a whole sequence.
