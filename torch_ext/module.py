@@ -80,7 +80,7 @@ class RecurrentLIF(nn.Module):
 
     - ``w_in`` ``[N, F]`` (``[N, N]`` for layers above the first),
       ``w_rec`` ``[N, N]`` (``[N]`` with ``one_to_one``; 0-dim for a single
-      shared weight), ``bias`` ``[N]``:
+      shared weight, as :meth:`from_snntorch` makes it), ``bias`` ``[N]``:
       ``nn.Linear``-style uniform initialisation, bound 1/sqrt(fan-in);
     - ``alpha``, ``theta``: shape ``[]`` or ``[N]``; Parameters when learnable,
       buffers otherwise.
@@ -356,6 +356,88 @@ class RecurrentLIF(nn.Module):
         if T == 0 and state is not None:
             u, s = (given if given is not None else made for given, made in zip(state, (u, s)))
         return u, s
+
+    @classmethod
+    def from_snntorch(cls, linear, rleaky, *, batch_first=False, return_membrane=False,
+                      backend="fused"):
+        """A layer that computes what an ``nn.Linear`` followed by an
+        ``snntorch.RLeaky`` compute, the way snnTorch's tutorials loop them::
+
+            spk, mem = rleaky.init_rleaky()
+            for t in range(T):
+                spk, mem = rleaky(linear(x[t]), spk, mem)
+
+        ``layer(x)`` over the whole ``[T, B, F]`` sequence returns the same
+        spikes (and, with ``return_membrane``, the same membranes) as that
+        loop, and the same gradients: those of the layer's ``w_in``, ``bias``,
+        ``w_rec``, ``alpha`` and ``theta`` equal those of ``linear.weight``,
+        ``linear.bias`` (= those of ``rleaky.recurrent.bias``), the recurrent
+        weight (``rleaky.recurrent.weight``, or ``V``), ``rleaky.beta`` and
+        ``rleaky.threshold``, and the input's gradient is the same. The values
+        are copied (the layer and the snnTorch modules do not share storage);
+        a frozen snnTorch tensor (a buffer, or ``requires_grad=False`` as
+        ``learn_recurrent=False`` makes it) gives a buffer or a frozen
+        parameter.
+
+        The mapping (README, "Porting from snnTorch"): ``beta`` -> ``alpha``
+        (0-dim, or ``[N]`` per neuron; ``learn_beta`` -> ``learn_alpha``),
+        ``threshold`` -> ``theta`` (``learn_threshold`` -> ``learn_theta``),
+        ``linear.weight`` -> ``w_in``, ``linear.bias + recurrent.bias`` ->
+        ``bias``, ``all_to_all=True``: ``recurrent.weight`` -> ``w_rec``
+        ``[N, N]``; ``all_to_all=False``: ``V`` -> ``w_rec`` with
+        ``one_to_one=True`` (``[N]``, or 0-dim for a shared V);
+        ``reset_mechanism`` ``"subtract"``/``"none"`` -> ``reset``, with
+        ``detach_reset=True`` (snnTorch computes its reset from a detached
+        spike); ``spike_grad`` ``None``/``surrogate.atan(alpha=k)`` ->
+        ``surrogate="atan", slope=k``, ``surrogate.fast_sigmoid(slope=k)`` ->
+        ``"fast_sigmoid"``, ``surrogate.sigmoid(slope=k)`` -> ``"sigmoid"``
+        (the same formulas; snnTorch's sigmoid form gives NaN where
+        exp(-k v) overflows, this layer the true value, ~0).
+        ``init_hidden`` and ``output`` change only how snnTorch carries its
+        state between calls: the layer keeps none, pass the state yourself.
+
+        Note: a layer built with this layer's own defaults (``surrogate=
+        "sigmoid"``, slope 25, ``detach_reset=False``) and the same weights
+        spikes exactly like RLeaky but its gradients differ from RLeaky's,
+        by orders of magnitude for some entries.
+
+        Args:
+            linear (nn.Linear): the input projection, ``[N, F]`` weight.
+            rleaky (snntorch.RLeaky): the recurrent LIF neurons, N of them.
+            batch_first (bool): as the constructor's. Default: ``False``.
+            return_membrane (bool): as the constructor's. Default: ``False``.
+            backend (str): as the constructor's. Default: ``"fused"``.
+
+        Returns:
+            A one-layer ``RecurrentLIF`` on linear's device, in its dtype.
+
+        Raises:
+            ImportError: snnTorch is not installed.
+            TypeError: ``linear`` is not an ``nn.Linear`` or ``rleaky`` not an
+                ``snntorch.RLeaky`` (an ``RLeaky`` subclass overriding its
+                forward included).
+            ValueError: naming what cannot be reproduced exactly:
+                ``reset_mechanism="zero"`` (snnTorch zeroes the whole new
+                membrane, U[t+1] = (1 - R)(beta U[t] + I + V(S)); this layer's
+                "zero" only drops alpha U[t]), ``reset_delay=False``, graded
+                spikes (``graded_spikes_factor`` != 1 or learnable),
+                ``inhibition``, ``state_quant``, ``surrogate_disable``, any
+                other surrogate (snnTorch's ``triangular`` is not this layer's
+                ``triangle``), a convolutional recurrence, a negative threshold
+                with ``"subtract"`` (snnTorch's first reset is H(0 - threshold)),
+                mismatched sizes, beta/threshold/V of a shape other than
+                ``[]``, ``[1]`` or ``[N]``, non-finite values.
+
+        Example::
+
+            >>> fc = nn.Linear(10, 32)
+            >>> lif = snntorch.RLeaky(beta=0.9, linear_features=32)
+            >>> layer = torch_ext.RecurrentLIF.from_snntorch(fc, lif)
+            >>> spikes, (u, s) = layer(torch.randn(25, 8, 10))   # the loop's spikes
+        """
+        from ._snntorch import from_snntorch
+        return from_snntorch(cls, linear, rleaky, batch_first=batch_first,
+                             return_membrane=return_membrane, backend=backend)
 
     def extra_repr(self):
         def shown(init):
