@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from . import _options
+from . import _docs, _options
 
 
 def surrogate_grad_ref(v, surrogate, slope):
@@ -45,7 +45,11 @@ class _Heaviside(torch.autograd.Function):
 
 def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=None, *,
                       reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None):
-    """Same signature and results as :func:`torch_ext.recurrent_lif`."""
+    """The plain-PyTorch reference of :func:`torch_ext.recurrent_lif`: the
+    same arguments, checks and results, computed by a Python loop over time
+    that autograd differentiates step by step (the tests' oracle; it keeps
+    several tensors per step for backward, which the fused op does not).
+    """
     alpha, theta, slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate,
                                               slope)
     _options.check_optional_tensors(w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0)
@@ -83,3 +87,7 @@ def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, 
         empty = x.new_empty(0, B, N)
         return empty.to(out_dtype), empty
     return torch.stack(spikes).to(out_dtype), torch.stack(membrane)
+
+
+if recurrent_lif_ref.__doc__ is not None:  # None under python -OO
+    recurrent_lif_ref.__doc__ += _docs.FUNCTIONAL.format(name="torch_ext.recurrent_lif_ref")
