@@ -17,9 +17,10 @@ from snntorch import surrogate  # noqa: E402
 T, B, F, N = 25, 4, 5, 6
 
 
-def make(dtype=torch.float64, seed=0, **kwargs):
-    """nn.Linear(F, N) and RLeaky(**kwargs), default initialisations from a seed."""
-    torch.manual_seed(seed)
+def make(dtype=torch.float64, stream=0, **kwargs):
+    """nn.Linear(F, N) and RLeaky(**kwargs), default initialisations drawn
+    from random stream number `stream`."""
+    torch.manual_seed(stream)
     kwargs.setdefault("beta", 0.85)
     if kwargs.get("all_to_all", True):
         kwargs.setdefault("linear_features", N)

@@ -13,8 +13,8 @@ T, B, FEAT, N = 9, 3, 5, 6
 F64 = dict(dtype=torch.float64)
 
 
-def randn(*shape, scale=1.0, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), **F64) * scale
+def randn(*shape, scale=1.0, stream=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(stream), **F64) * scale
 
 
 def single_layers(stack):
@@ -57,7 +57,7 @@ def test_stack_equals_chained_single_layers_in_eval_mode(num_layers):
                 p.mul_(5)  # enough input for every layer to spike
     singles = single_layers(stack)
     x = randn(T, B, FEAT, scale=1.5)
-    u0, s0 = randn(num_layers, B, N, seed=1), (randn(num_layers, B, N, seed=2) > 0).double()
+    u0, s0 = randn(num_layers, B, N, stream=1), (randn(num_layers, B, N, stream=2) > 0).double()
     spikes, membrane, (u, s) = stack(x, (u0, s0))
 
     layer_input, finals = x, []
@@ -73,7 +73,7 @@ def test_stack_equals_chained_single_layers_in_eval_mode(num_layers):
     assert torch.equal(s, torch.stack([f[1] for f in finals]))
 
     # The gradients flow through the stack as through the chain.
-    weights = randn(T, B, N, seed=3)
+    weights = randn(T, B, N, stream=3)
     got = torch.autograd.grad((spikes * weights).sum() + membrane.sum(),
                               [p for _, p in stack.named_parameters()])
     want = torch.autograd.grad((want_spikes * weights).sum() + want_membrane.sum(),
@@ -134,7 +134,7 @@ def test_unbatched_input_equals_a_batch_of_one(num_layers, batch_first):
                          return_membrane=True, **F64)
     x = randn(T, FEAT, scale=3)
     lead = (num_layers,) if num_layers > 1 else ()
-    u0, s0 = randn(*lead, N, seed=1), (randn(*lead, N, seed=2) > 0).double()
+    u0, s0 = randn(*lead, N, stream=1), (randn(*lead, N, stream=2) > 0).double()
     spikes, membrane, (u, s) = layer(x, (u0, s0))
     assert spikes.shape == membrane.shape == (T, N) and u.shape == s.shape == lead + (N,)
 

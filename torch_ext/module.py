@@ -81,7 +81,8 @@ class RecurrentLIF(nn.Module):
     - ``w_in`` ``[N, F]`` (``[N, N]`` for layers above the first),
       ``w_rec`` ``[N, N]`` (``[N]`` with ``one_to_one``; 0-dim for a single
       shared weight, as :meth:`from_snntorch` makes it), ``bias`` ``[N]``:
-      ``nn.Linear``-style uniform initialisation, bound 1/sqrt(fan-in);
+      ``nn.Linear``-style uniform initialisation, bound 1/sqrt(fan-in) for
+      ``w_in`` and ``bias``, 1/sqrt(N) for ``w_rec`` (either form);
     - ``alpha``, ``theta``: shape ``[]`` or ``[N]``; Parameters when learnable,
       buffers otherwise.
 
