@@ -84,18 +84,18 @@ else:
                              include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
                              extra_link_args=link_flags)
 
+# The static metadata (name, description, readme, Python versions,
+# classifiers, extras) is in pyproject.toml; the version, the dependencies and
+# the licence (see pyproject.toml for why) are given here. The extension links against this torch's libraries and
+# uses its C++ ABI, so the package requires this very torch version (the local
+# label, such as +cu130, dropped: pip matches 2.14.1+cu130 to ==2.14.1).
+TORCH_VERSION = torch.__version__.split("+")[0]
+
 setup(
-    name="torch_ext",
     version=VERSION,
-    description="Fused recurrent leaky integrate-and-fire layer for PyTorch (CPU and CUDA)",
     packages=find_packages(include=["torch_ext", "torch_ext.*"]),
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4"],
-    extras_require={
-        "test": ["pytest", "hypothesis"],
-        "demo": ["scikit-learn", "tqdm", "matplotlib"],
-        "bench": ["tqdm", "matplotlib", "snntorch"],
-    },
+    install_requires=[f"torch=={TORCH_VERSION}"],
+    license="BSD-3-Clause",
 )

@@ -110,5 +110,7 @@ def test_module_bad_arguments():
         torch_ext.RecurrentLIF(3, 4, surrogate="relu")
     with pytest.raises(ValueError, match="'hidden_size'"):
         torch_ext.RecurrentLIF(3, 0)
+    with pytest.raises(ValueError, match="'x'"):  # [T, F] is unbatched input, [T] is nothing
+        torch_ext.RecurrentLIF(3, 4)(torch.zeros(5))
     with pytest.raises(ValueError, match="'x'"):
-        torch_ext.RecurrentLIF(3, 4)(torch.zeros(5, 3))
+        torch_ext.RecurrentLIF(3, 4)(torch.zeros(5, 2, 1, 3))

@@ -421,10 +421,13 @@ def test_module_raises_the_functionals_errors():
     x = torch.randn(T, B, F, dtype=torch.float64)
     params = (layer.w_in, layer.w_rec, layer.bias, layer.alpha.clamp(0, 1), layer.theta)
     zeros = torch.zeros(B, N, dtype=torch.float64)
-    for state in [(torch.zeros(B + 1, N, dtype=torch.float64), zeros),     # u0's shape
-                  (zeros, torch.zeros(B, N, dtype=torch.int64))]:          # s0's dtype
-        want = error_of(torch_ext.recurrent_lif, x, *params, *state)
-        assert_same_error(error_of(layer, x, state), want)
+    state = (zeros, torch.zeros(B, N, dtype=torch.int64))                  # s0's dtype
+    want = error_of(torch_ext.recurrent_lif, x, *params, *state)
+    assert_same_error(error_of(layer, x, state), want)
+    # A state of the wrong shape is the module's own error, which gives the
+    # expected shape in the module's terms (it also covers stacked layers).
+    with pytest.raises(ValueError, match=r"'state': u must have shape \[B, N\] = \[2, 4\]"):
+        layer(x, (torch.zeros(B + 1, N, dtype=torch.float64), zeros))
     want = error_of(torch_ext.recurrent_lif, x.long(), *params)
     assert_same_error(error_of(layer, x.long()), want)
 
@@ -905,8 +908,23 @@ BAD_MODULE_ARGS = [
     (dict(backend=None), ValueError, "backend"),
     (dict(backend="Fused"), ValueError, "backend"),
     (dict(backend=["fused"]), ValueError, "backend"),
-    (dict(alpha=torch.tensor(0.5)), TypeError, "alpha"),
-    (dict(theta=torch.ones(N)), TypeError, "theta"),
+    # Tensors are initial values: 0-dim or [N], real, in range.
+    (dict(alpha=torch.full((N + 1,), 0.5)), ValueError, "alpha"),
+    (dict(alpha=torch.full((1, N), 0.5)), ValueError, "alpha"),
+    (dict(alpha=torch.tensor([0.5, 1.5, 0.5, 0.5])), ValueError, "alpha"),
+    (dict(alpha=torch.tensor(float("nan"))), ValueError, "alpha"),
+    (dict(alpha=torch.ones(N, dtype=torch.bool)), TypeError, "alpha"),
+    (dict(theta=torch.ones(N + 1)), ValueError, "theta"),
+    (dict(theta=torch.tensor([1.0, float("inf"), 1.0, 1.0])), ValueError, "theta"),
+    (dict(theta=torch.ones(N, dtype=torch.complex64)), TypeError, "theta"),
+    (dict(num_layers=0), ValueError, "num_layers"),
+    (dict(num_layers=2.0), ValueError, "num_layers"),
+    (dict(num_layers=True), ValueError, "num_layers"),
+    (dict(dropout=1.5), ValueError, "dropout"),
+    (dict(dropout=-0.1), ValueError, "dropout"),
+    (dict(dropout=True), ValueError, "dropout"),
+    (dict(dropout="0.1"), ValueError, "dropout"),
+    (dict(one_to_one=1), TypeError, "one_to_one"),
 ]
 
 

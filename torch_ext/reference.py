@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from . import _options
+from . import _docs, _options
 
 
 def surrogate_grad_ref(v, surrogate, slope):
@@ -44,11 +44,18 @@ class _Heaviside(torch.autograd.Function):
 
 
 def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=None, *,
-                      reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None):
-    """Same signature and results as :func:`torch_ext.recurrent_lif`."""
+                      reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None,
+                      save_membrane=True, lengths=None):
+    """The plain-PyTorch reference of :func:`torch_ext.recurrent_lif`: the
+    same arguments, checks and results, computed by a Python loop over time
+    that autograd differentiates step by step (the tests' oracle; it keeps
+    several tensors per step for backward, which the fused op does not).
+    """
     alpha, theta, slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate,
                                               slope)
-    _options.check_optional_tensors(w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0)
+    _options.check_optional_tensors(w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0,
+                                    lengths=lengths)
+    _options.check_type(save_membrane, "save_membrane", bool, "a bool")  # same math either way
     slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, x.dtype)
     compute = _options.compute_dtype(x.dtype)
 
@@ -67,7 +74,7 @@ def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, 
     spikes, membrane = [], []
     # unbind, not current[t]: the backward of each current[t] would build a
     # zero-filled [T, B, N] tensor, which makes the backward quadratic in T.
-    for current_t in current.unbind(0):
+    for t, current_t in enumerate(current.unbind(0)):
         r = s.detach() if detach_reset else s
         # Summed in the order the equations are written, like the fused op.
         u = alpha * u * (1 - r) if reset == "zero" else alpha * u
@@ -77,9 +84,16 @@ def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, 
         if reset == "subtract":
             u = u - theta * r
         s = _Heaviside.apply(u - theta, surrogate, slope)
+        if lengths is not None:  # rows past their length: 0, and no gradient through them
+            taken = (t < lengths).unsqueeze(1)
+            u, s = torch.where(taken, u, 0.0), torch.where(taken, s, 0.0)
         spikes.append(s)
         membrane.append(u)
     if T == 0:
         empty = x.new_empty(0, B, N)
         return empty.to(out_dtype), empty
     return torch.stack(spikes).to(out_dtype), torch.stack(membrane)
+
+
+if recurrent_lif_ref.__doc__ is not None:  # None under python -OO
+    recurrent_lif_ref.__doc__ += _docs.FUNCTIONAL.format(name="torch_ext.recurrent_lif_ref")

@@ -1,0 +1,43 @@
+"""help() documents every argument, the return value, the errors and an
+example, for the module, its forward, from_snntorch, the op and its reference."""
+import inspect
+import pydoc
+import re
+
+import pytest
+
+import torch_ext
+from torch_ext import RecurrentLIF
+
+DOCUMENTED = {
+    "RecurrentLIF": (RecurrentLIF, RecurrentLIF.__init__),
+    "RecurrentLIF.forward": (RecurrentLIF.forward, RecurrentLIF.forward),
+    "RecurrentLIF.from_snntorch": (RecurrentLIF.from_snntorch, RecurrentLIF.from_snntorch),
+    "recurrent_lif": (torch_ext.recurrent_lif, torch_ext.recurrent_lif),
+    "recurrent_lif_ref": (torch_ext.recurrent_lif_ref, torch_ext.recurrent_lif_ref),
+}
+
+
+@pytest.mark.parametrize("name", DOCUMENTED)
+def test_docstring_names_every_argument_with_returns_raises_and_example(name):
+    documented, signature_of = DOCUMENTED[name]
+    doc = inspect.getdoc(documented)
+    assert doc, f"{name} has no docstring"
+    parameters = [p for p in inspect.signature(signature_of).parameters if p not in ("self", "cls")]
+    for parameter in parameters:
+        # Each argument has its own entry, "name (type): ...", in the Args
+        # section; an argument with a default says it.
+        match = re.search(rf"\n    {parameter} \((.*?)(?=\n    \S|\n\n|$)", doc, re.S)
+        assert match, f"{name}: argument {parameter!r} is not documented"
+        if inspect.signature(signature_of).parameters[parameter].default is not inspect._empty:
+            assert "default" in match.group(1).lower(), f"{name}: {parameter!r} has no default"
+    for section in ("Args:", "Raises:", "Example::"):
+        assert section in doc, f"{name}: no {section!r} section"
+    assert "Returns:" in doc or name == "RecurrentLIF"  # a class returns itself
+
+
+def test_help_of_the_module_shows_the_constructor_and_forward():
+    text = pydoc.render_doc(RecurrentLIF, renderer=pydoc.plaintext)
+    for part in ("num_layers (int)", "one_to_one (bool)", "state (tuple or None)",
+                 "from_snntorch(linear, rleaky", "Default: ``0.9``"):
+        assert part in text

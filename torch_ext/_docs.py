@@ -1,0 +1,82 @@
+"""The docstring text shared by torch_ext.recurrent_lif and its plain-PyTorch
+reference, which take the same arguments and return the same results."""
+
+FUNCTIONAL = """
+    Time-major, t = 1..T, with R[t-1] = S[t-1] (R[0] = s0)::
+
+        I[t] = x[t] @ w_in.T + bias
+        U[t] = alpha * U[t-1] + I[t] + S[t-1] @ w_rec.T - theta * R[t-1]   reset="subtract"
+        U[t] = alpha * U[t-1] * (1 - R[t-1]) + I[t] + S[t-1] @ w_rec.T      reset="zero"
+        U[t] = alpha * U[t-1] + I[t] + S[t-1] @ w_rec.T                     reset="none"
+        S[t] = H(U[t] - theta),   H(v) = 1 if v > 0 else 0
+
+    and the backward pass replaces dS/dU by the surrogate sg(U - theta).
+
+    Args:
+        x (Tensor): the input ``[T, B, F]`` (time-major), float16, bfloat16,
+            float32 or float64 (the half types compute in float32).
+        w_in (Tensor or None): input weights ``[N, F]``; None: no projection,
+            ``F == N`` and I[t] = x[t] + bias.
+        w_rec (Tensor or None): recurrent weights ``[N, N]``, row i = the
+            weights into neuron i; or ``[N]``, one-to-one recurrence (neuron
+            i feeds back ``w_rec[i] * S_i[t-1]`` to itself only, O(N) per
+            step); None: no recurrence (a feed-forward LIF).
+        bias (Tensor or None): ``[N]``. Default: ``None``.
+        alpha (float or Tensor): membrane decay, in [0, 1]: a float (no
+            gradient), a 0-dim tensor (one value, its gradient the full sum)
+            or an ``[N]`` tensor (one per neuron). Default: ``0.9``.
+        theta (float or Tensor): threshold, finite; a float, a 0-dim or an
+            ``[N]`` tensor, as alpha. Default: ``1.0``.
+        u0 (Tensor or None): initial membrane ``[B, N]``. Default: ``None`` (zeros).
+        s0 (Tensor or None): initial spikes ``[B, N]`` (any real values; they
+            feed the recurrence and the first reset). Default: ``None`` (zeros).
+        reset (str): ``"subtract"``, ``"zero"`` or ``"none"`` (keyword only).
+            Default: ``"subtract"``.
+        detach_reset (bool): no gradient through the reset term (keyword
+            only). Default: ``False``.
+        surrogate (str): ``"sigmoid"``, ``"fast_sigmoid"``, ``"atan"`` or
+            ``"triangle"`` (keyword only; formulas in the README).
+            Default: ``"sigmoid"``.
+        slope (float or None): the surrogate's slope k > 0 (keyword only);
+            None takes the surrogate's default: 25, 25, 2, 1 in the order
+            above. Default: ``None``.
+        save_membrane (bool): False is the low-memory mode (keyword only):
+            autograd keeps nothing of size T*B*N beyond the returned spikes,
+            and the backward recomputes the membrane (one product and a
+            replay of the time loop with the known spikes, so the gradients
+            are bitwise the same). The reference computes the same with
+            either value. Default: ``True``.
+        lengths (Tensor or None): ``[B]`` integers in [0, T], a
+            variable-length batch (keyword only): row b takes steps
+            ``t < lengths[b]`` only; its later steps output spikes and
+            membrane 0 and pass no gradient, so each row's gradients are
+            those of running it alone on its own length. Default: ``None``.
+
+    Returns:
+        ``(spikes, membrane)``, each ``[T, B, N]``: S in x's dtype and U (the
+        membrane before the reset its own spike causes) in the compute dtype
+        (float32, or float64 for float64 input). ``(membrane[-1], spikes[-1])``
+        passed as ``(u0, s0)`` continues the sequence. Every tensor argument
+        is differentiable.
+
+    Raises:
+        TypeError: an argument of the wrong type (a non-tensor where a tensor
+            is needed, a non-bool detach_reset, a tensor of the wrong dtype),
+            naming the argument, before any work.
+        ValueError: a wrong shape, device, option name or value (alpha
+            outside [0, 1], a non-finite theta, a slope out of range), naming
+            the argument, before any work.
+        RuntimeError: a second derivative (the op is once-differentiable).
+        NotImplementedError: forward-mode AD.
+
+    Example::
+
+        >>> x = torch.randn(100, 16, 40)                    # [T, B, F]
+        >>> w_in = (0.2 * torch.randn(128, 40)).requires_grad_()
+        >>> w_rec = (0.05 * torch.randn(128, 128)).requires_grad_()
+        >>> spikes, membrane = {name}(x, w_in, w_rec, alpha=0.9, theta=1.0,
+        ...                                 detach_reset=True, surrogate="atan")
+        >>> spikes.shape
+        torch.Size([100, 16, 128])
+        >>> more, _ = {name}(x, w_in, w_rec, u0=membrane[-1], s0=spikes[-1])
+"""
