@@ -38,6 +38,6 @@ def test_docstring_names_every_argument_with_returns_raises_and_example(name):
 
 def test_help_of_the_module_shows_the_constructor_and_forward():
     text = pydoc.render_doc(RecurrentLIF, renderer=pydoc.plaintext)
-    for part in ("num_layers (int)", "one_to_one (bool)", "state (tuple or None)",
+    for part in ("num_layers (int)", "recurrent (str)", "save_membrane (bool)", "state (tuple or None)",
                  "from_snntorch(linear, rleaky", "Default: ``0.9``"):
         assert part in text

@@ -924,7 +924,7 @@ BAD_MODULE_ARGS = [
     (dict(dropout=-0.1), ValueError, "dropout"),
     (dict(dropout=True), ValueError, "dropout"),
     (dict(dropout="0.1"), ValueError, "dropout"),
-    (dict(one_to_one=1), TypeError, "one_to_one"),
+    (dict(recurrent="dense"), ValueError, "recurrent"),
 ]
 
 

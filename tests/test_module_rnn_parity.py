@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import torch_ext
 from torch_ext import RecurrentLIF
 
 T, B, FEAT, N = 9, 3, 5, 6
@@ -227,7 +228,7 @@ def test_tensor_alpha_and_theta_are_initial_values():
 
 def test_one_to_one_recurrence_equals_a_diagonal_dense_one():
     torch.manual_seed(0)
-    diag = RecurrentLIF(FEAT, N, one_to_one=True, return_membrane=True, **F64)
+    diag = RecurrentLIF(FEAT, N, recurrent="one_to_one", return_membrane=True, **F64)
     assert diag.w_rec.shape == (N,)
     dense = RecurrentLIF(FEAT, N, return_membrane=True, **F64)
     with torch.no_grad():
@@ -249,3 +250,24 @@ def test_one_to_one_recurrence_equals_a_diagonal_dense_one():
         diag.w_rec = torch.nn.Parameter(torch.tensor(0.4, **F64))
         dense.w_rec.copy_(0.4 * torch.eye(N))
     assert torch.equal(diag(x)[0], dense(x)[0])
+
+
+def test_recurrent_none_has_no_w_rec_and_equals_w_rec_none():
+    torch.manual_seed(0)
+    layer = RecurrentLIF(FEAT, N, recurrent="none", return_membrane=True, **F64)
+    assert layer.w_rec is None and "w_rec" not in dict(layer.named_parameters())
+    x = randn(T, B, FEAT)
+    spikes, membrane, _ = layer(x)
+    want = torch_ext.recurrent_lif(x, layer.w_in, None, layer.bias, layer.alpha, layer.theta)
+    assert torch.equal(spikes, want[0]) and torch.equal(membrane, want[1])
+
+
+def test_low_memory_module_gives_the_same_gradients():
+    torch.manual_seed(0)
+    layer = RecurrentLIF(FEAT, N, learn_alpha=True, **F64)
+    low = RecurrentLIF(FEAT, N, learn_alpha=True, save_membrane=False, **F64)
+    low.load_state_dict(layer.state_dict())
+    x = randn(T, B, FEAT)
+    grads = [torch.autograd.grad(m(x)[0].sum(), list(m.parameters())) for m in (layer, low)]
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)

@@ -184,7 +184,7 @@ def from_snntorch(cls, linear, rleaky, *, batch_first, return_membrane, backend)
                 learn_alpha=isinstance(rleaky.beta, nn.Parameter),
                 learn_theta=isinstance(rleaky.threshold, nn.Parameter), reset=reset,
                 detach_reset=True, surrogate=name, slope=slope, batch_first=batch_first,
-                return_membrane=return_membrane, backend=backend, one_to_one=not rleaky.all_to_all,
+                return_membrane=return_membrane, backend=backend, recurrent="all_to_all" if rleaky.all_to_all else "one_to_one",
                 device=device, dtype=dtype)
     with torch.no_grad():
         layer.w_in.copy_(linear.weight)

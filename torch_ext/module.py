@@ -11,6 +11,7 @@ from . import _options
 from .functional import recurrent_lif
 from .reference import recurrent_lif_ref
 
+RECURRENT = ("all_to_all", "one_to_one", "none")
 BACKENDS = {"fused": recurrent_lif, "autograd": recurrent_lif_ref}
 
 
@@ -67,10 +68,15 @@ class RecurrentLIF(nn.Module):
             between two layers (``F.dropout``: kept spikes are scaled by
             1 / (1 - dropout)), in training mode only, as ``nn.RNN``.
             Default: ``0.0``.
-        one_to_one (bool): each neuron feeds back only its own spike:
+        recurrent (str): ``"all_to_all"``: a dense ``[N, N]`` ``w_rec``;
+            ``"one_to_one"``: each neuron feeds back only its own spike,
             ``w_rec`` has shape ``[N]`` and the recurrent term is
-            ``w_rec * S[t-1]`` (snnTorch's ``RLeaky(all_to_all=False)``).
-            Default: ``False`` (a dense ``[N, N]`` ``w_rec``).
+            ``w_rec * S[t-1]``, O(N) per step (snnTorch's
+            ``RLeaky(all_to_all=False)``); ``"none"``: no recurrence, no
+            ``w_rec`` (a feed-forward LIF layer). Default: ``"all_to_all"``.
+        save_membrane (bool): False is the low-memory mode: autograd keeps
+            nothing of size T*B*N beyond the returned spikes and the backward
+            recomputes the membrane (same gradients, bitwise). Default: ``True``.
         device (torch.device or None): where the parameters live. Default: ``None``.
         dtype (torch.dtype or None): dtype of the parameters. Default: ``None``.
 
@@ -79,7 +85,7 @@ class RecurrentLIF(nn.Module):
     ``_l0`` ... ``_l{L-1}``, like ``nn.RNN``'s ``weight_ih_l0``):
 
     - ``w_in`` ``[N, F]`` (``[N, N]`` for layers above the first),
-      ``w_rec`` ``[N, N]`` (``[N]`` with ``one_to_one``; 0-dim for a single
+      ``w_rec`` ``[N, N]`` (``[N]`` with ``"one_to_one"``; 0-dim for a single
       shared weight, as :meth:`from_snntorch` makes it), ``bias`` ``[N]``:
       ``nn.Linear``-style uniform initialisation, bound 1/sqrt(fan-in) for
       ``w_in`` and ``bias``, 1/sqrt(N) for ``w_rec`` (either form);
@@ -112,7 +118,7 @@ class RecurrentLIF(nn.Module):
                  learn_alpha=False, learn_theta=False, per_neuron=False, reset="subtract",
                  detach_reset=False, surrogate="sigmoid", slope=None, batch_first=False,
                  return_membrane=False, backend="fused", num_layers=1, dropout=0.0,
-                 one_to_one=False, device=None, dtype=None):
+                 recurrent="all_to_all", save_membrane=True, device=None, dtype=None):
         super().__init__()
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise ValueError(f"RecurrentLIF: argument 'backend' must be one of {tuple(BACKENDS)}, got {backend!r}")
@@ -133,10 +139,13 @@ class RecurrentLIF(nn.Module):
         for name, value in (("bias", bias), ("learn_alpha", learn_alpha),
                             ("learn_theta", learn_theta), ("per_neuron", per_neuron),
                             ("batch_first", batch_first), ("return_membrane", return_membrane),
-                            ("one_to_one", one_to_one)):
+                            ("save_membrane", save_membrane)):
             if not isinstance(value, bool):
                 raise TypeError(f"RecurrentLIF: argument '{name}' must be a bool, got "
                                 f"{_options.type_name(value)}")
+        if not isinstance(recurrent, str) or recurrent not in RECURRENT:
+            raise ValueError(f"RecurrentLIF: argument 'recurrent' must be one of {RECURRENT}, got "
+                             f"{recurrent!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("RecurrentLIF: dropout applies between stacked layers, so a non-zero "
                           f"dropout expects num_layers > 1, got dropout={dropout} and "
@@ -145,7 +154,7 @@ class RecurrentLIF(nn.Module):
         self.num_layers, self.dropout = num_layers, float(dropout)
         self.reset, self.detach_reset, self.surrogate = reset, detach_reset, surrogate
         self.batch_first, self.return_membrane, self.backend = batch_first, return_membrane, backend
-        self.per_neuron, self.one_to_one = per_neuron, one_to_one
+        self.per_neuron, self.recurrent, self.save_membrane = per_neuron, recurrent, save_membrane
         self._alpha_init, self._theta_init = alpha, theta
 
         factory = {"device": device, "dtype": dtype}
@@ -153,9 +162,10 @@ class RecurrentLIF(nn.Module):
             fan_in = in_features if layer == 0 else hidden_size
             self.register_parameter(self._name("w_in", layer),
                                     nn.Parameter(torch.empty(hidden_size, fan_in, **factory)))
-            rec_shape = (hidden_size,) if one_to_one else (hidden_size, hidden_size)
+            rec_shape = (hidden_size,) if recurrent == "one_to_one" else (hidden_size, hidden_size)
             self.register_parameter(self._name("w_rec", layer),
-                                    nn.Parameter(torch.empty(rec_shape, **factory)))
+                                    nn.Parameter(torch.empty(rec_shape, **factory))
+                                    if recurrent != "none" else None)
             self.register_parameter(self._name("bias", layer),
                                     nn.Parameter(torch.empty(hidden_size, **factory)) if bias
                                     else None)
@@ -190,29 +200,23 @@ class RecurrentLIF(nn.Module):
                 nn.init.uniform_(w_in, -bound_in, bound_in)
                 if bias is not None:
                     nn.init.uniform_(bias, -bound_in, bound_in)
-                bound_rec = 1 / math.sqrt(self.hidden_size)
-                nn.init.uniform_(w_rec, -bound_rec, bound_rec)
+                if w_rec is not None:
+                    bound_rec = 1 / math.sqrt(self.hidden_size)
+                    nn.init.uniform_(w_rec, -bound_rec, bound_rec)
                 for param, init in ((alpha, self._alpha_init), (theta, self._theta_init)):
                     if isinstance(init, torch.Tensor):
                         param.copy_(init)
                     else:
                         param.fill_(init)
 
-    def _dense_w_rec(self, w_rec):
-        """The w_rec the op is given.
-
-        ONE-TO-ONE STAND-IN (the only place it lives): the op takes a dense
-        [N, N] w_rec, so a one-to-one w_rec ([N], or 0-dim for one shared
-        weight) is passed as the diagonal matrix diag(w_rec). That is exact
-        (each recurrent input is w_rec[i] * S[i] plus exact zeros, and the
-        gradient of w_rec is the diagonal of the dense gradient), only O(N^2)
-        instead of O(N) per step. Once the op accepts an [N] w_rec, return
-        ``w_rec.expand(self.hidden_size)`` here instead."""
-        if not self.one_to_one:
+    def _w_rec_for_op(self, w_rec):
+        """The w_rec the op is given: a 0-dim one-to-one weight (one shared
+        value, as from_snntorch makes it) is broadcast to [N]."""
+        if self.recurrent != "one_to_one":
             return w_rec
-        return torch.diag(w_rec.expand(self.hidden_size))
+        return w_rec.expand(self.hidden_size)
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, lengths=None):
         """Runs the layer(s) over a whole sequence.
 
         Args:
@@ -227,6 +231,11 @@ class RecurrentLIF(nn.Module):
                 means zeros. Unlike ``nn.RNN``'s single ``h0``, the state of a
                 LIF layer is two tensors, and a one-layer state has no layer
                 dimension.
+            lengths (Tensor or None): ``[B]`` integers in [0, T], a
+                variable-length batch: row b takes steps ``t < lengths[b]``
+                only, its later steps output spikes (and membrane) 0, and its
+                final state is the one after its last valid step (the given
+                state where its length is 0). Default: ``None`` (all T steps).
 
         Returns:
             ``(spikes, (u_last, s_last))``, or ``(spikes, membrane, (u_last,
@@ -273,14 +282,18 @@ class RecurrentLIF(nn.Module):
             if layer > 0 and self.dropout > 0 and self.training:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
             spikes, membrane = fn(
-                layer_input, w_in, self._dense_w_rec(w_rec), bias, alpha.clamp(0, 1), theta,
+                layer_input, w_in, self._w_rec_for_op(w_rec), bias, alpha.clamp(0, 1), theta,
                 u0, s0, reset=self.reset, detach_reset=self.detach_reset,
-                surrogate=self.surrogate, slope=self.slope)
+                surrogate=self.surrogate, slope=self.slope, save_membrane=self.save_membrane,
+                lengths=lengths)
+            u_first = u0 if u0 is not None else membrane.new_zeros(B, self.hidden_size)
+            s_first = s0 if s0 is not None else spikes.new_zeros(B, self.hidden_size)
             if T == 0:  # no step taken: the state is what was given, or zeros
-                finals.append((u0 if u0 is not None else membrane.new_zeros(B, self.hidden_size),
-                               s0 if s0 is not None else spikes.new_zeros(B, self.hidden_size)))
-            else:
+                finals.append((u_first, s_first))
+            elif lengths is None:
                 finals.append((membrane[-1], spikes[-1]))
+            else:  # each row's state after its own last step (the given one if it took none)
+                finals.append(_state_at(lengths, membrane, spikes, u_first, s_first))
             layer_input = spikes
         final = self._final_state(finals, state, batched, T)
         if not batched:
@@ -386,7 +399,7 @@ class RecurrentLIF(nn.Module):
         ``linear.weight`` -> ``w_in``, ``linear.bias + recurrent.bias`` ->
         ``bias``, ``all_to_all=True``: ``recurrent.weight`` -> ``w_rec``
         ``[N, N]``; ``all_to_all=False``: ``V`` -> ``w_rec`` with
-        ``one_to_one=True`` (``[N]``, or 0-dim for a shared V);
+        ``recurrent="one_to_one"`` (``[N]``, or 0-dim for a shared V);
         ``reset_mechanism`` ``"subtract"``/``"none"`` -> ``reset``, with
         ``detach_reset=True`` (snnTorch computes its reset from a detached
         spike); ``spike_grad`` ``None``/``surrogate.atan(alpha=k)`` ->
@@ -452,8 +465,10 @@ class RecurrentLIF(nn.Module):
                 f"slope={self.slope}, batch_first={self.batch_first}, backend={self.backend!r}")
         if self.num_layers > 1 or self.dropout:
             text += f", num_layers={self.num_layers}, dropout={self.dropout}"
-        if self.one_to_one:
-            text += ", one_to_one=True"
+        if self.recurrent != "all_to_all":
+            text += f", recurrent={self.recurrent!r}"
+        if not self.save_membrane:
+            text += ", save_membrane=False"
         return text
 
 
@@ -480,3 +495,13 @@ def _initial_value(value, name, hidden_size):
             raise ValueError("RecurrentLIF: argument 'theta' must be finite, got a tensor with "
                              "non-finite values")
     return value
+
+
+def _state_at(lengths, membrane, spikes, u_first, s_first):
+    """(u, s) of each batch row after its own last step: membrane and spikes
+    [T, B, N] at t = lengths[b] - 1, or the initial state where lengths[b] = 0."""
+    lengths = lengths.to(device=membrane.device, dtype=torch.long)
+    last = (lengths - 1).clamp(min=0).view(1, -1, 1).expand(1, *membrane.shape[1:])
+    took_steps = (lengths > 0).unsqueeze(1)
+    return (torch.where(took_steps, membrane.gather(0, last)[0], u_first.to(membrane.dtype)),
+            torch.where(took_steps, spikes.gather(0, last)[0], s_first.to(spikes.dtype)))
