@@ -1,0 +1,72 @@
+"""The GPU check's correctness script (benchmarks/gpu_correctness.py) keeps
+working on a machine without a GPU: on the CPU at tiny sizes, and its
+comparison. Seconds."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks import gpu_correctness
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_module(module, *args, env=None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_correctness_script_passes_on_cpu(tmp_path):
+    out = run_module("benchmarks.gpu_correctness", "--device", "cpu", "--small", "6,2,3,4",
+                     "--target", "30,2,8,8", "--json", str(tmp_path / "r.json"),
+                     env={"TORCH_EXT_CUDA_PERSISTENT": ""})
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    n_small = len(gpu_correctness.RESETS) * len(gpu_correctness.SURROGATES) * 2 * 2
+    assert result["design"] == "default"
+    assert result["passed"] == n_small + len(gpu_correctness.TARGET_OPTIONS)
+    assert result["failed"] == 0
+    lines = out.stdout.splitlines()
+    assert sum(line.startswith("PASS ") for line in lines) == result["passed"]
+    assert any(line.startswith("SUMMARY design=default device=cpu") for line in lines)
+
+
+def test_persistent_design_is_named_and_reported_as_the_same_kernels():
+    out = run_module("benchmarks.gpu_correctness", "--device", "cpu", "--small", "4,2,3,4",
+                     "--no-target", env={"TORCH_EXT_CUDA_PERSISTENT": "1"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUMMARY design=persistent" in out.stdout
+    assert "same CUDA kernels as the default run" in out.stdout
+
+
+def result(spikes, membrane, grads):
+    return spikes, membrane, grads
+
+
+def test_compare_fails_on_a_flipped_spike_a_gradient_error_or_nan():
+    s = torch.tensor([0.0, 1.0, 0.0])
+    u = torch.tensor([0.5, 1.5, 0.2])
+    g = [torch.tensor([1.0, 2.0]), torch.tensor([3.0])]
+    assert gpu_correctness.compare(result(s, u, g), result(s, u, g), 1e-4)[0]
+    flipped = torch.tensor([1.0, 1.0, 0.0])
+    assert not gpu_correctness.compare(result(flipped, u, g), result(s, u, g), 1e-4)[0]
+    off = [g[0] * (1 + 1e-3), g[1]]
+    ok, text = gpu_correctness.compare(result(s, u, off), result(s, u, g), 1e-4)
+    assert not ok and "(x)" in text
+    nan = [g[0], torch.tensor([float("nan")])]
+    assert not gpu_correctness.compare(result(s, u, nan), result(s, u, g), 1e-4)[0]
+    assert not gpu_correctness.compare(result(s, u + 1e-6, g), result(s, u, g), 1e-4,
+                                       membrane_tol=0.0)[0]
+
+
+def test_grid_inputs_make_the_products_exact_in_float32():
+    x, w_in, w_rec, bias, *_ = gpu_correctness.grid_inputs(5, 3, 64, 32, seed=0, device="cpu")
+    exact = x.double() @ w_in.double().T + bias.double()
+    assert torch.equal((x @ w_in.T + bias).double(), exact)
+    spikes = (torch.rand(3, 32, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    assert torch.equal((spikes @ w_rec.T).double(), spikes.double() @ w_rec.double().T)
