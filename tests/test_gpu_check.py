@@ -1,16 +1,17 @@
-"""The GPU check's correctness script (benchmarks/gpu_correctness.py) keeps
-working on a machine without a GPU: on the CPU at tiny sizes, and its
-comparison. Seconds."""
+"""The GPU check's Python parts (benchmarks/gpu_*.py) keep working on a machine
+without a GPU: the correctness script on the CPU at tiny sizes, its comparison,
+the preflight, the summary table from partial results, and the shell script's
+syntax. Seconds."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from benchmarks import gpu_correctness
-
+from benchmarks import gpu_correctness, gpu_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,3 +71,41 @@ def test_grid_inputs_make_the_products_exact_in_float32():
     assert torch.equal((x @ w_in.T + bias).double(), exact)
     spikes = (torch.rand(3, 32, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     assert torch.equal((spikes @ w_rec.T).double(), spikes.double() @ w_rec.double().T)
+
+
+def test_preflight_runs_and_reports_every_check(tmp_path):
+    out = run_module("benchmarks.gpu_preflight", "--json", str(tmp_path / "p.json"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ("Python headers", "torch", "pybind11 headers", "ninja", "GPU (nvidia-smi)",
+                 "free disk"):
+        assert any(line[8:].startswith(name) for line in out.stdout.splitlines()), name
+    facts = json.loads((tmp_path / "p.json").read_text())
+    assert facts["OK"] + facts["MISSING"] + facts["WARN"] > 10
+
+
+def test_summary_table_from_partial_results(tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    steps = [("preflight", "ok", "0", "3", "60", ""),
+             ("build", "failed", "1", "40", "300", ""),
+             ("import torch_ext", "not built", "-", "-", "-", "see build.log"),
+             ("correctness (default)", "not built", "-", "-", "-", "no extension to check"),
+             ("correctness (persistent)", "not built", "-", "-", "-", "no extension to check"),
+             ("pytest", "timed out", "124", "150", "150", "")]
+    (work / "steps.tsv").write_text("".join("\t".join(s) + "\n" for s in steps))
+    (out / "pytest.log").write_text("..F\nFAILED tests/test_cuda.py::test_x - boom\n")
+    assert gpu_summary.main(["--work", str(work), "--out", str(out), "--mode", "full"]) == 0
+    table = (out / "summary.txt").read_text()
+    assert "build:        failed (rc 1, 40 s)" in table
+    assert "default:    not built" in table
+    assert "FAILED tests/test_cuda.py::test_x" in table
+    assert "benchmark:    no result" in table
+    assert table.strip() in capsys.readouterr().out
+    assert json.loads((out / "bench.json").read_text()) == {"main": None, "compile_probe": None}
+
+
+@pytest.mark.skipif(not any((Path(p) / "bash").exists() for p in os.get_exec_path()),
+                    reason="no bash")
+def test_gpu_check_script_parses():
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
