@@ -27,6 +27,12 @@ Cases:
   neuron-steps), and the gradients, which do round differently, are compared
   with TARGET_TOL.
 
+Where the build under test has them (detected, see features()), the same
+comparisons also cover the low-memory mode (save_membrane=False, its backward
+recomputes the membrane) and a one-to-one w_rec of shape [N], at the small
+size (every reset, detach_reset False and True, float64 and float32) and at
+the target size.
+
 Errors are max|got - want| / max(1, max|want|) per tensor (relative to the
 tensor's scale, absolute below 1); spikes must be equal.
 
@@ -71,9 +77,25 @@ def design():
 
 # ---------------------------------------------------------------- inputs
 
-def small_inputs(T, B, F, N, seed, alpha_per_neuron):
+def features():
+    """The optional features of the build under test: "low_memory" (the
+    save_membrane argument) and "one_to_one" (w_rec of shape [N])."""
+    import inspect
+
+    import torch_ext
+    found = {"low_memory": "save_membrane" in inspect.signature(torch_ext.recurrent_lif).parameters}
+    try:
+        torch_ext.recurrent_lif(torch.zeros(2, 1, 3), torch.zeros(2, 3), torch.zeros(2))
+        found["one_to_one"] = True
+    except Exception:  # noqa: BLE001 - any refusal means: not supported
+        found["one_to_one"] = False
+    return found
+
+
+def small_inputs(T, B, F, N, seed, alpha_per_neuron, one_to_one=False):
     """float64 CPU inputs, scaled so that about a third of the neuron-steps
-    spike: [x, w_in, w_rec, bias, alpha, theta, u0, s0]."""
+    spike: [x, w_in, w_rec, bias, alpha, theta, u0, s0]; w_rec is [N] if
+    one_to_one."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale):
@@ -84,18 +106,19 @@ def small_inputs(T, B, F, N, seed, alpha_per_neuron):
 
     alpha = uniform(N, low=0.6, high=0.95) if alpha_per_neuron else uniform(low=0.6, high=0.95)
     theta = uniform(low=0.8, high=1.2) if alpha_per_neuron else uniform(N, low=0.8, high=1.2)
-    return [randn(T, B, F, scale=1.0), randn(N, F, scale=1.2 / F ** 0.5),
-            randn(N, N, scale=0.6 / N ** 0.5), randn(N, scale=0.4), alpha, theta,
+    x, w_in = randn(T, B, F, scale=1.0), randn(N, F, scale=1.2 / F ** 0.5)
+    w_rec = randn(N, scale=0.8) if one_to_one else randn(N, N, scale=0.6 / N ** 0.5)
+    return [x, w_in, w_rec, randn(N, scale=0.4), alpha, theta,
             randn(B, N, scale=0.8), (torch.rand(B, N, generator=g) > 0.5).double()]
 
 
-def margin_inputs(size, reset, alpha_per_neuron, first_seed=0, tries=200):
+def margin_inputs(size, reset, alpha_per_neuron, one_to_one=False, first_seed=0, tries=200):
     """small_inputs of the first seed whose float64 membranes (reference, CPU)
     all keep MARGIN from the threshold and whose spike rate is not trivial.
     Returns (inputs, seed, smallest distance, spike rate)."""
     import torch_ext
     for seed in range(first_seed, first_seed + tries):
-        args = small_inputs(*size, seed, alpha_per_neuron)
+        args = small_inputs(*size, seed, alpha_per_neuron, one_to_one)
         with torch.no_grad():
             spikes, membrane = torch_ext.recurrent_lif_ref(*args, reset=reset)
         distance = (membrane - args[5]).abs().min().item()
@@ -105,12 +128,13 @@ def margin_inputs(size, reset, alpha_per_neuron, first_seed=0, tries=200):
     raise RuntimeError(f"no seed in {tries} keeps a margin of {MARGIN} from the threshold")
 
 
-def grid_inputs(T, B, F, N, seed, device):
+def grid_inputs(T, B, F, N, seed, device, one_to_one=False):
     """float32 inputs on binary grids (x: 1/4, weights, bias, u0: 2^-10,
     theta 1.0), each with few significant bits, so that x @ w_in.T + bias and
     S @ w_rec.T are exact in float32 (and TF32) in any summation order.
     alpha (per neuron) is any float32: alpha * u is one rounding, the same in
-    every implementation. Spike rate about that of the benchmark."""
+    every implementation. Spike rate about that of the benchmark. w_rec is
+    [N] if one_to_one."""
     g = torch.Generator().manual_seed(seed)
 
     def on_grid(t, step, limit):
@@ -120,6 +144,8 @@ def grid_inputs(T, B, F, N, seed, device):
     x = on_grid(torch.randn(T, B, F, generator=g), 0.25, 16)  # |x| <= 4
     w_in = on_grid(torch.randn(N, F, generator=g) * 1.5 / F ** 0.5, step, 1023)
     w_rec = on_grid(torch.randn(N, N, generator=g) * 0.5 / N ** 0.5, step, 1023)
+    if one_to_one:
+        w_rec = on_grid(torch.randn(N, generator=g) * 0.5, step, 1023)
     bias = on_grid(torch.randn(N, generator=g) * 0.1, step, 1023)
     u0 = on_grid(torch.randn(B, N, generator=g) * 0.5, step, 1023)
     s0 = (torch.rand(B, N, generator=g) > 0.8).float()
@@ -145,10 +171,11 @@ def loss_weights(shape, device, dtype, seed=1):
             torch.randn(shape, generator=g, device=device, dtype=dtype))
 
 
-def run(fn, args, weights, options):
+def run(fn, args, weights, options, extra=None):
     """(spikes, membrane, grads): the outputs and the gradients of all eight
-    inputs for a random linear function of both outputs."""
-    spikes, membrane = fn(*args, **options)
+    inputs for a random linear function of both outputs. `extra`: options
+    passed to fn besides `options` (the fused op's save_membrane)."""
+    spikes, membrane = fn(*args, **options, **(extra or {}))
     w_s, w_u = weights
     loss = (spikes.to(membrane.dtype) * w_s).sum() + (membrane * w_u).sum()
     grads = torch.autograd.grad(loss, args, allow_unused=True)
@@ -194,59 +221,91 @@ def options_text(options):
     return " ".join(f"{k}={v}" for k, v in options.items() if v is not None)
 
 
-def small_cases(device, size):
-    """Yields (name, check) for every reset x surrogate x detach_reset option
-    in float64 and float32; check() -> (ok, text)."""
-    import torch_ext
-    cpu = torch.device("cpu")
-    chosen = {}  # (reset, alpha_per_neuron) -> inputs with a margin
-    index = 0
+VARIANTS = {  # name -> (fused op's extra options, one-to-one w_rec)
+    "dense": ({}, False),
+    "low_memory": ({"save_membrane": False}, False),
+    "one_to_one": ({}, True),
+}
+
+
+def small_specs(found):
+    """[(dtype, options, alpha_per_neuron, variant)]: every reset x surrogate x
+    detach_reset option in float64 and float32 with the dense w_rec; then, for
+    each optional feature found, every reset x detach_reset option (sigmoid)."""
+    specs = []
     for dtype in (torch.float64, torch.float32):
         for reset in RESETS:
             for surrogate in SURROGATES:
                 for detach in (False, True):
-                    per_neuron = index % 2 == 0
-                    index += 1
-                    options = dict(reset=reset, detach_reset=detach, surrogate=surrogate)
-                    name = (f"small {'x'.join(map(str, size))} {str(dtype)[6:]:<7} "
-                            f"{options_text(options)} alpha={'[N]' if per_neuron else '0-dim'}")
-
-                    def check(dtype=dtype, options=options, key=(reset, per_neuron)):
-                        if key not in chosen:
-                            chosen[key] = margin_inputs(size, key[0], key[1])
-                        args, seed, distance, rate = chosen[key]
-                        tol = TOL[dtype]
-                        on_dev = leaf(args, device, dtype)
-                        weights = loss_weights(args[0].shape[:2] + (size[3],), cpu, torch.float64)
-                        dev_weights = [w.to(device, dtype) for w in weights]
-                        fused = run(torch_ext.recurrent_lif, on_dev, dev_weights, options)
-                        ref = run(torch_ext.recurrent_lif_ref, leaf(args, device, dtype),
-                                  dev_weights, options)
-                        ok, text = compare(fused, ref, tol)
-                        text = f"vs reference on {device.type}: {text}"
-                        if device.type != "cpu":
-                            cpu_w = [w.to(cpu, dtype) for w in weights]
-                            cpu_out = run(torch_ext.recurrent_lif, leaf(args, cpu, dtype), cpu_w,
-                                          options)
-                            ok_cpu, text_cpu = compare(fused, cpu_out, tol)
-                            ok = ok and ok_cpu
-                            text += f"; vs fused op on cpu: {text_cpu}"
-                        return ok, (f"{text}; tol {tol:.0e}, seed {seed}, margin {distance:.1e}, "
-                                    f"spike rate {rate:.2f}")
-
-                    yield name, check
+                    specs.append((dtype, dict(reset=reset, detach_reset=detach,
+                                              surrogate=surrogate), "dense"))
+    for variant in ("low_memory", "one_to_one"):
+        if found.get(variant):
+            specs += [(dtype, dict(reset=reset, detach_reset=detach, surrogate="sigmoid"), variant)
+                      for dtype in (torch.float64, torch.float32) for reset in RESETS
+                      for detach in (False, True)]
+    return [(dtype, options, index % 2 == 0, variant)
+            for index, (dtype, options, variant) in enumerate(specs)]
 
 
-def target_cases(device, size):
+def small_cases(device, size, found):
+    """Yields (name, check) for each of small_specs(found); check() -> (ok, text)."""
+    import torch_ext
+    cpu = torch.device("cpu")
+    chosen = {}  # (reset, alpha_per_neuron, one_to_one) -> inputs with a margin
+    for dtype, options, per_neuron, variant in small_specs(found):
+        extra, one_to_one = VARIANTS[variant]
+        name = (f"small {'x'.join(map(str, size))} {str(dtype)[6:]:<7} {options_text(options)} "
+                f"alpha={'[N]' if per_neuron else '0-dim'}"
+                + ("" if variant == "dense" else f" {variant.replace('_', '-')}"))
+
+        def check(dtype=dtype, options=options, extra=extra,
+                  key=(options["reset"], per_neuron, one_to_one)):
+            if key not in chosen:
+                chosen[key] = margin_inputs(size, *key)
+            args, seed, distance, rate = chosen[key]
+            tol = TOL[dtype]
+            weights = loss_weights(args[0].shape[:2] + (size[3],), cpu, torch.float64)
+            dev_weights = [w.to(device, dtype) for w in weights]
+            fused = run(torch_ext.recurrent_lif, leaf(args, device, dtype), dev_weights, options,
+                        extra)
+            ref = run(torch_ext.recurrent_lif_ref, leaf(args, device, dtype), dev_weights, options)
+            ok, text = compare(fused, ref, tol)
+            text = f"vs reference on {device.type}: {text}"
+            if device.type != "cpu":
+                cpu_w = [w.to(cpu, dtype) for w in weights]
+                cpu_out = run(torch_ext.recurrent_lif, leaf(args, cpu, dtype), cpu_w, options,
+                              extra)
+                ok_cpu, text_cpu = compare(fused, cpu_out, tol)
+                ok = ok and ok_cpu
+                text += f"; vs fused op on cpu: {text_cpu}"
+            return ok, (f"{text}; tol {tol:.0e}, seed {seed}, margin {distance:.1e}, "
+                        f"spike rate {rate:.2f}")
+
+        yield name, check
+
+
+def target_specs(found):
+    """[(options, variant)]: TARGET_OPTIONS with the dense w_rec, then the
+    benchmark's options for each optional feature found."""
+    return [(options, "dense") for options in TARGET_OPTIONS] + [
+        (TARGET_OPTIONS[0], variant) for variant in ("low_memory", "one_to_one")
+        if found.get(variant)]
+
+
+def target_cases(device, size, found):
     import torch_ext
     T, B, F, N = size
-    for number, options in enumerate(TARGET_OPTIONS):
-        name = f"target {T}x{B}x{F}x{N} float32 {options_text(options)}"
+    for number, (options, variant) in enumerate(target_specs(found)):
+        extra, one_to_one = VARIANTS[variant]
+        name = (f"target {T}x{B}x{F}x{N} float32 {options_text(options)}"
+                + ("" if variant == "dense" else f" {variant.replace('_', '-')}"))
 
-        def check(options=options, seed=number):
-            args = grid_inputs(T, B, F, N, seed, device)
+        def check(options=options, seed=number, extra=extra, one_to_one=one_to_one):
+            args = grid_inputs(T, B, F, N, seed, device, one_to_one)
             weights = loss_weights((T, B, N), device, torch.float32, seed=seed + 1)
-            fused = run(torch_ext.recurrent_lif, leaf(args, device, torch.float32), weights, options)
+            fused = run(torch_ext.recurrent_lif, leaf(args, device, torch.float32), weights, options,
+                        extra)
             rate = fused[0].mean().item()
             ref = run(torch_ext.recurrent_lif_ref, leaf(args, device, torch.float32), weights,
                       options)
@@ -322,9 +381,18 @@ def main(argv=None):
             note("TORCH_EXT_CUDA_PERSISTENT=1, but build_info() names no persistent design: "
                  "this run exercises the same CUDA kernels as the default run")
 
-    cases = list(small_cases(device, args.small))
+    try:
+        found = features()
+    except Exception as e:  # noqa: BLE001 - check the rest all the same
+        note(f"feature detection failed ({type(e).__name__}: {e}): optional features not checked")
+        found = {}
+    result["features"] = found
+    note("optional features of this build: " + ", ".join(
+        f"{name} {'checked' if present else 'absent, not checked'}"
+        for name, present in found.items()))
+    cases = list(small_cases(device, args.small, found))
     if not args.no_target:
-        cases += list(target_cases(device, args.target))
+        cases += list(target_cases(device, args.target, found))
     for name, check in cases:
         case_start = time.perf_counter()
         try:

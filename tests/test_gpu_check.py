@@ -30,7 +30,7 @@ def test_correctness_script_passes_on_cpu(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     n_small = len(gpu_correctness.RESETS) * len(gpu_correctness.SURROGATES) * 2 * 2
     assert result["design"] == "default"
-    assert result["passed"] == n_small + len(gpu_correctness.TARGET_OPTIONS)
+    assert result["passed"] >= n_small + len(gpu_correctness.TARGET_OPTIONS)  # + features found
     assert result["failed"] == 0
     lines = out.stdout.splitlines()
     assert sum(line.startswith("PASS ") for line in lines) == result["passed"]
@@ -43,6 +43,35 @@ def test_persistent_design_is_named_and_reported_as_the_same_kernels():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUMMARY design=persistent" in out.stdout
     assert "same CUDA kernels as the default run" in out.stdout
+
+
+def test_optional_features_are_checked_where_the_build_has_them(monkeypatch, tmp_path):
+    """Stand-ins with the low-memory argument and a one-to-one w_rec (as
+    diag(w_rec)) make the script add those cases; it then checks them."""
+    import torch_ext
+    real, real_ref = torch_ext.recurrent_lif, torch_ext.recurrent_lif_ref
+
+    def dense(w_rec):
+        return torch.diag(w_rec) if w_rec is not None and w_rec.dim() == 1 else w_rec
+
+    def fused(x, w_in, w_rec, *rest, save_membrane=True, **options):
+        return real(x, w_in, dense(w_rec), *rest, **options)
+
+    def reference(x, w_in, w_rec, *rest, **options):
+        return real_ref(x, w_in, dense(w_rec), *rest, **options)
+
+    monkeypatch.setattr(torch_ext, "recurrent_lif", fused)
+    monkeypatch.setattr(torch_ext, "recurrent_lif_ref", reference)
+    monkeypatch.delenv("TORCH_EXT_CUDA_PERSISTENT", raising=False)
+    assert gpu_correctness.main(["--device", "cpu", "--small", "6,2,3,4", "--target", "30,2,8,8",
+                                 "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["features"] == {"low_memory": True, "one_to_one": True}
+    names = [case["name"] for case in result["cases"]]
+    for variant in ("low-memory", "one-to-one"):
+        assert sum(variant in n and n.startswith("small") for n in names) == 12, variant
+        assert sum(variant in n and n.startswith("target") for n in names) == 1, variant
+    assert result["failed"] == 0
 
 
 def result(spikes, membrane, grads):
