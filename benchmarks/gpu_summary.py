@@ -143,17 +143,21 @@ def bench_lines(main, probe, steps):
                  f"{main['machine']['device']}, float32, forward + backward, median of "
                  f"{main['machine']['reps']}:")
     header = (f"  {'tf32':<5}{'fused ms':>10}{'loop ms':>10}{'compiled ms':>13}{'floor ms':>10}"
-              f"{'fused/floor':>13}{'loop/fused':>12}")
+              f"{'fused/floor':>13}{'loop/fused':>12}   other ms")
     lines.append(header)
     by_tf32 = {}
     for r in rows:
         by_tf32.setdefault(r["tf32"], {})[r["impl"]] = r["fwd_bwd_ms"]
+    main_columns = ("fused", "autograd", "compiled", "floor")
     for tf32, ms in by_tf32.items():
         label = "-" if tf32 is None else ("on" if tf32 else "off")
         fused, loop, floor = ms.get("fused"), ms.get("autograd"), ms.get("floor")
         ratio = (lambda a, b: None if a is None or not b else a / b)
+        others = ", ".join(f"{name} {fmt(value)}" for name, value in ms.items()
+                           if name not in main_columns)
         lines.append(f"  {label:<5}{fmt(fused):>10}{fmt(loop):>10}{fmt(ms.get('compiled')):>13}"
-                     f"{fmt(floor):>10}{fmt(ratio(fused, floor)):>13}{fmt(ratio(loop, fused)):>12}")
+                     f"{fmt(floor):>10}{fmt(ratio(fused, floor)):>13}{fmt(ratio(loop, fused)):>12}"
+                     f"   {others}")
     if not any("compiled" in ms for ms in by_tf32.values()):
         note = next((n for n in main.get("notes", []) if "compile" in n), None)
         lines.append("  compiled at this size: not run" + (f" ({note})" if note else
