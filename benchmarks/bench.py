@@ -177,7 +177,9 @@ def measure(T, B, N, args, device):
 
 def configurations(args, device):
     """[(sweeps, (T, B, N))]: each size once, with the sweeps it belongs to
-    ("target", "T", "B", "N")."""
+    ("target", "T", "B", "N"). Sizes given with --size replace all others."""
+    if args.size:
+        return [("target", size) for size in dict.fromkeys(args.size)]
     if args.smoke:
         base, targets = (20, 4, 16), [(20, 4, 16)]
         sweep_T, sweep_B, sweep_N = [10, 20], [2, 4], [8, 16]
@@ -201,6 +203,15 @@ def configurations(args, device):
         for N in sweep_N:
             sweeps.setdefault((base[0], base[1], N), []).append("N")
     return [("+".join(names), size) for size, names in sweeps.items()]
+
+
+def size_arg(text):
+    """"T,B,N" -> (T, B, N)."""
+    try:
+        T, B, N = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T,B,N, got {text!r}") from None
+    return T, B, N
 
 
 def in_sweep(row, sweep):
@@ -323,6 +334,9 @@ def main(argv=None):
                         help="tiny sizes, 2 repetitions: checks that everything runs (results "
                              "named *-smoke.*, meaningless as timings)")
     parser.add_argument("--targets-only", action="store_true", help="only the target sizes, no sweeps")
+    parser.add_argument("--size", type=size_arg, action="append", metavar="T,B,N",
+                        help="measure this size (F = N) instead of the targets and sweeps; "
+                             "repeatable (gpu_check.sh: the main target alone)")
     parser.add_argument("--compile", action="store_true", help="include the reference under torch.compile")
     parser.add_argument("--compile-max-t", type=int, default=100,
                         help="skip torch.compile above this T (compile time grows with T)")
@@ -331,6 +345,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.smoke:
         args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
+    if args.size:
+        args.targets_only = True  # no sweeps, hence no plot
     try:
         from tqdm import tqdm
     except ImportError:  # e.g. a bare GPU machine: no progress bar
