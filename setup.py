@@ -61,15 +61,24 @@ if problem and problem != "TORCH_EXT_NO_CUDA=1":
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-# -ffp-contract=off / --fmad=false: the membrane update is computed as written
-# (no fused multiply-add), like the plain-PyTorch reference.
-# -fno-math-errno -fno-trapping-math: loops with exp and selects may then be
-# vectorised; neither changes a value (errno is never read, no FP trap is on). -fopenmp: without
-# it at::parallel_for compiles to a serial loop (torch's wheels use OpenMP).
-# The C++ standard is the one torch's cpp_extension asks for.
-# torch_ext.build_info() reports the version and the CUDA architectures.
-cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+
+def compile_flags():
+    """{"cxx": [...], "nvcc": [...]} from csrc/compile_flags.txt, which the
+    CMake build reads too."""
+    flags = {}
+    for line in (ROOT / "csrc" / "compile_flags.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            language, *values = line.split()
+            flags[language] = values
+    return flags
+
+
+# -fopenmp: without it at::parallel_for compiles to a serial loop (torch's
+# wheels use OpenMP).
+flags = compile_flags()
+cxx_flags = flags["cxx"] + ["-fopenmp"]
 link_flags = ["-fopenmp"]
+# torch_ext.build_info() reports the version and the CUDA architectures.
 macros = [("TORCH_EXT_VERSION", f'"{VERSION}"')]
 include_dirs = [str(ROOT / "csrc" / "include")]
 if with_cuda:
@@ -77,7 +86,7 @@ if with_cuda:
                ("TORCH_EXT_CUDA_ARCHS", f'"{os.environ["TORCH_CUDA_ARCH_LIST"]}"')]
     extension = CUDAExtension(
         "torch_ext._C", CPU_SOURCES + CUDA_SOURCES, define_macros=macros, include_dirs=include_dirs,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--fmad=false"]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": flags["nvcc"]},
         extra_link_args=link_flags)
 else:
     extension = CppExtension("torch_ext._C", CPU_SOURCES, define_macros=macros,
@@ -86,8 +95,8 @@ else:
 
 # The static metadata (name, description, readme, Python versions,
 # classifiers, extras) is in pyproject.toml; the version, the dependencies and
-# the licence (see pyproject.toml for why) are given here. The extension links against this torch's libraries and
-# uses its C++ ABI, so the package requires this very torch version (the local
+# the licence (see pyproject.toml for why) are given here. The extension links
+# against this torch's libraries and uses its C++ ABI, so the package requires this very torch version (the local
 # label, such as +cu130, dropped: pip matches 2.14.1+cu130 to ==2.14.1).
 TORCH_VERSION = torch.__version__.split("+")[0]
 

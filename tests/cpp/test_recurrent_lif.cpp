@@ -171,7 +171,7 @@ TEST(RecurrentLIF, BadInputsNameTheArgument) {
   expect_error<c10::ValueError>("w_in", with([](Inputs& in) { in.w_in = in.w_in.t(); }));
   expect_error<c10::TypeError>("w_in",
                                with([](Inputs& in) { in.w_in = in.w_in.to(torch::kFloat32); }));
-  expect_error<c10::ValueError>("w_rec", with([](Inputs& in) { in.w_rec = in.w_rec[0]; }));
+  expect_error<c10::ValueError>("w_rec", with([](Inputs& in) { in.w_rec = in.w_rec[0].narrow(0, 0, 2); }));
   expect_error<c10::ValueError>("bias",
                                 with([](Inputs& in) { in.bias = in.bias.narrow(0, 0, 2); }));
   expect_error<c10::ValueError>("alpha", with([](Inputs& in) { in.alpha = in.alpha * 3; }));
