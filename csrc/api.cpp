@@ -25,6 +25,12 @@ at::Tensor number_param(double value, const char* name, const at::Tensor& x) {
   return at::full({}, value, x.options().dtype(compute_dtype(x.scalar_type())));
 }
 
+// An optional holding an undefined tensor (torch::Tensor()) means "absent",
+// as it does for LibTorch's own functions.
+OptionalTensor given(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t : std::nullopt;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
@@ -33,9 +39,10 @@ std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& bias,
                                                  const at::Tensor& alpha, const at::Tensor& theta,
                                                  const RecurrentLIFFuncOptions& options) {
-  return call_recurrent_lif(x, w_in, w_rec, bias, alpha, theta, options.u0(), options.s0(),
-                            options.reset(), options.detach_reset(), options.surrogate(),
-                            options.slope(), options.save_membrane(), options.lengths());
+  return call_recurrent_lif(x, given(w_in), given(w_rec), given(bias), alpha, theta,
+                            given(options.u0()), given(options.s0()), options.reset(),
+                            options.detach_reset(), options.surrogate(), options.slope(),
+                            options.save_membrane(), given(options.lengths()));
 }
 
 std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,

@@ -72,7 +72,8 @@ class RecurrentLIFFunction : public torch::autograd::Function<RecurrentLIFFuncti
                             u0.value_or(none), s0.value_or(none), spikes,
                             save_membrane ? membrane : none,
                             save_membrane ? none : bias.value_or(none), lengths.value_or(none)});
-    ctx->saved_data["has_bias"] = bias.has_value();
+    // Autograd counts an optional as an input when it holds a defined tensor.
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     ctx->saved_data["reset"] = std::string(reset);
     ctx->saved_data["detach_reset"] = detach_reset;
     ctx->saved_data["surrogate"] = std::string(surrogate);

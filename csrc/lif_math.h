@@ -41,7 +41,7 @@ C10_HOST_DEVICE constexpr T exp_cutoff() {
   return sizeof(T) == sizeof(float) ? T(87) : T(708);
 }
 
-// min(a, cutoff) for a >= 0 (a NaN a gives cutoff), so that exp never
+// min(a, cutoff) for a >= 0 (a NaN a with its sign bit clear gives cutoff), so that exp never
 // underflows: vector exp (glibc's libmvec, which CPU loops use) sends such
 // lanes to a slow scalar path. On the CPU it is taken on the bit patterns
 // (non-negative floats order like their bits) because the compiler rewrites a
@@ -65,7 +65,8 @@ C10_HOST_DEVICE inline T surrogate_grad(Surrogate kind, T v, T k) {
     case Surrogate::Sigmoid: {
       // k * s * (1 - s) with s = sigmoid(k v), written with e = exp(-k|v|) <= 1.
       // Past the cutoff e would be subnormal, where the arithmetic runs ~10x
-      // slower on x86, and the result (< 1e-37 for float) is returned as 0.
+      // slower on x86, and the result (below k * 1.6e-38 for float) is
+      // returned as 0.
       // Written so that CPU loops vectorise it (see clamp_exponent). A NaN v
       // stays NaN.
       const T cutoff = exp_cutoff<T>();

@@ -338,9 +338,9 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
   at::Tensor current_2d = current.view({T * B, N});
   const at::Tensor x_c = x.to(compute);
   if (w_in.has_value()) {
-    const at::Tensor x_2d = x_c.reshape({T * B, F});
     // Contiguous whatever the caller's strides: BLAS picks its kernel by
     // layout, and a different kernel may round differently.
+    const at::Tensor x_2d = x_c.reshape({T * B, F}).contiguous();
     const at::Tensor w_in_t = compute_contiguous(*w_in, compute).t();
     if (bias.has_value()) current_2d.copy_(bias->to(compute).expand_as(current_2d));
     deterministic_mm_out(current_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
@@ -462,7 +462,7 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                  .to(x.scalar_type());
   }
   if (need_w_in && w_in.has_value()) {
-    grad_w_in = deterministic_mm(grad_u_2d.t(), x.to(compute).reshape({T * B, F}))
+    grad_w_in = deterministic_mm(grad_u_2d.t(), x.to(compute).reshape({T * B, F}).contiguous())
                     .to(w_in->scalar_type());
   }
   const bool one_to_one = w_rec.has_value() && w_rec->dim() == 1;

@@ -238,3 +238,17 @@ def test_real_valued_initial_spikes(reset, detach):
     s0 = torch.randn(args.s0.shape, generator=g, dtype=torch.float64) * 1.5
     args = args._replace(s0=s0.requires_grad_())
     assert_matches_reference(args, reset=reset, detach_reset=detach)
+
+
+def test_row_padded_input_gives_the_bits_of_a_contiguous_one():
+    # x viewed out of a wider buffer: its rows are strided, so the products
+    # must not see the caller's layout (BLAS kernels differ by layout).
+    args = make_inputs(T=10, B=3, F=5, N=4, requires_grad=False)
+    wide = torch.randn(10, 3, 7, dtype=torch.float64)
+    wide[..., :5] = args.x
+    padded = args._replace(x=wide[..., :5].requires_grad_())
+    dense = args._replace(x=args.x.clone().requires_grad_())
+    (s1, u1, g1), (s2, u2, g2) = (run_with_grads(torch_ext.recurrent_lif, a) for a in (padded, dense))
+    assert torch.equal(s1, s2) and torch.equal(u1, u2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)

@@ -500,7 +500,8 @@ def _initial_value(value, name, hidden_size):
 def _state_at(lengths, membrane, spikes, u_first, s_first):
     """(u, s) of each batch row after its own last step: membrane and spikes
     [T, B, N] at t = lengths[b] - 1, or the initial state where lengths[b] = 0."""
-    lengths = lengths.to(device=membrane.device, dtype=torch.long)
+    # Clamped as the kernels do (on CUDA the op does not check the values).
+    lengths = lengths.to(device=membrane.device, dtype=torch.long).clamp(0, membrane.shape[0])
     last = (lengths - 1).clamp(min=0).view(1, -1, 1).expand(1, *membrane.shape[1:])
     took_steps = (lengths > 0).unsqueeze(1)
     return (torch.where(took_steps, membrane.gather(0, last)[0], u_first.to(membrane.dtype)),

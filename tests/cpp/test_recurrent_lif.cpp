@@ -145,6 +145,18 @@ TEST(RecurrentLIF, FloatParametersAndNoRecurrence) {
   EXPECT_TRUE(torch::allclose(membrane, u_ref, 1e-12, 1e-12));
 }
 
+TEST(RecurrentLIF, UndefinedTensorsMeanAbsent) {
+  const Inputs in = random_inputs(6, 2, 3, 4);
+  const auto [s1, u1] = torch_ext::recurrent_lif(in.x, in.w_in, in.w_rec, std::nullopt);
+  const auto [s2, u2] = torch_ext::recurrent_lif(
+      in.x, in.w_in, in.w_rec, torch::Tensor(), 0.9, 1.0,
+      torch_ext::RecurrentLIFFuncOptions().u0(torch::Tensor()).lengths(torch::Tensor()));
+  EXPECT_TRUE(torch::equal(s1, s2));
+  EXPECT_TRUE(torch::equal(u1, u2));
+  const auto grads = torch::autograd::grad({u2.sum()}, {in.x, in.w_in, in.w_rec});
+  EXPECT_EQ(grads[1].sizes(), in.w_in.sizes());
+}
+
 // Runs the op with one argument replaced and expects an error naming it.
 template <typename Error>
 void expect_error(const char* argument, const Inputs& in,
