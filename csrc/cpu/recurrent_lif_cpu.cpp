@@ -57,21 +57,44 @@ struct NeuronParams {
 #define TORCH_EXT_CPU_CLONES
 #endif
 
-// acc += v * w over n elements: the recurrent input of one presynaptic neuron.
-// For a spike (v = 1) a plain add, exact like the sum it stands for.
-template <typename T>
-inline void add_scaled_row_impl(T* __restrict__ acc, const T* __restrict__ w, T v, int64_t n) {
-  if (v == T(1)) {
-    for (int64_t i = 0; i < n; ++i) acc[i] += w[i];
-  } else {  // s0 may hold any real value, and a non-finite row is added for v = 0 too
-    for (int64_t i = 0; i < n; ++i) acc[i] += v * w[i];
+// rec = the recurrent input of one batch row: the sum, over the neurons j
+// that fired (or whose weights are not all finite), of r[j] * row j of
+// w_out = w_rec.T, in order of j. For a spike (r = 1) a plain add, exact like
+// the sum it stands for; s0 may hold any real value. One cloned function for
+// the whole row, so the adds vectorise without a call per spike.
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES void recurrent_input(scalar_t* __restrict__ rec,
+                                          const scalar_t* __restrict__ w_out,
+                                          const scalar_t* __restrict__ r,
+                                          const char* __restrict__ always_add, int64_t N) {
+  for (int64_t n = 0; n < N; ++n) rec[n] = scalar_t(0);
+  for (int64_t j = 0; j < N; ++j) {
+    const scalar_t v = r[j];
+    if (v == scalar_t(0) && !always_add[j]) continue;
+    const scalar_t* __restrict__ w = w_out + j * N;
+    if (v == scalar_t(1)) {
+      for (int64_t n = 0; n < N; ++n) rec[n] += w[n];
+    } else {
+      for (int64_t n = 0; n < N; ++n) rec[n] += v * w[n];
+    }
   }
 }
-TORCH_EXT_CPU_CLONES void add_scaled_row(float* acc, const float* w, float v, int64_t n) {
-  add_scaled_row_impl(acc, w, v, n);
-}
-TORCH_EXT_CPU_CLONES void add_scaled_row(double* acc, const double* w, double v, int64_t n) {
-  add_scaled_row_impl(acc, w, v, n);
+
+// One forward step of one batch row: U[t] from the previous state, the input
+// current (in u on entry) and the recurrent input; S[t] unless replaying.
+// Cloned per SIMD target; restrict parameters, so it vectorises.
+template <typename scalar_t, Reset R, bool Replay>
+TORCH_EXT_CPU_CLONES void forward_row(const scalar_t* __restrict__ alpha,
+                                      const scalar_t* __restrict__ theta,
+                                      const scalar_t* __restrict__ u_prev,
+                                      const scalar_t* __restrict__ r_prev,
+                                      const scalar_t* __restrict__ rec, scalar_t* __restrict__ u,
+                                      scalar_t* __restrict__ s, int64_t N) {
+  for (int64_t n = 0; n < N; ++n) {
+    const scalar_t value = membrane_step(R, alpha[n], theta[n], u_prev[n], r_prev[n], u[n], rec[n]);
+    u[n] = value;
+    if constexpr (!Replay) s[n] = spike(value, theta[n]);
+  }
 }
 
 // The steps row b takes: all T, or its length (clamped to [0, T]).
@@ -103,7 +126,7 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
   const int64_t* lengths = in.lengths.defined() ? in.lengths.data_ptr<int64_t>() : nullptr;
 
   at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
-    std::vector<scalar_t> rec_buffer(N);
+    std::vector<scalar_t> rec_buffer(N, scalar_t(0));  // stays 0 without recurrence
     scalar_t* __restrict__ rec = rec_buffer.data();
     for (int64_t b = b_begin; b < b_end; ++b) {
       const scalar_t* u_prev = in.u0.data_ptr<scalar_t>() + b * N;
@@ -116,25 +139,12 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
       for (int64_t t = 0; t < steps; ++t) {
         if (W1 != nullptr) {
           for (int64_t n = 0; n < N; ++n) rec[n] = W1[n] * r_prev[n];
-        } else {
-          std::fill(rec, rec + N, scalar_t(0));
+        } else if (W != nullptr) {
+          recurrent_input<scalar_t>(rec, W, r_prev, always_add.data(), N);
         }
-        if (W != nullptr) {
-          for (int64_t j = 0; j < N; ++j) {
-            if (r_prev[j] != scalar_t(0) || always_add[j]) {
-              add_scaled_row(rec, W + j * N, r_prev[j], N);
-            }
-          }
-        }
-        scalar_t* __restrict__ u = U + (t * B + b) * N;  // holds I[t] on entry
-        scalar_t* __restrict__ s = S + (t * B + b) * N;
-        const scalar_t* __restrict__ up = u_prev;
-        const scalar_t* __restrict__ rp = r_prev;
-        for (int64_t n = 0; n < N; ++n) {
-          const scalar_t value = membrane_step(R, alpha[n], theta[n], up[n], rp[n], u[n], rec[n]);
-          u[n] = value;
-          if constexpr (!Replay) s[n] = spike(value, theta[n]);
-        }
+        scalar_t* u = U + (t * B + b) * N;  // holds I[t] on entry
+        scalar_t* s = S + (t * B + b) * N;
+        forward_row<scalar_t, R, Replay>(alpha, theta, u_prev, r_prev, rec, u, s, N);
         u_prev = u;
         r_prev = s;
       }
