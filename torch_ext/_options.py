@@ -69,6 +69,7 @@ def check_option_types(reset, detach_reset, surrogate, slope):
     return None
 
 
+@torch.compiler.disable  # a call into C++ that torch.compile need not trace
 def resolve_slope(reset, detach_reset, surrogate, slope, dtype):
     """The C++ check of the options' values; returns the slope to use."""
     return _C.resolve_slope(reset, detach_reset, surrogate, slope, dtype == torch.float64)
