@@ -1,13 +1,18 @@
-// CUDA time loops of the recurrent LIF op: the simple design, one fused kernel
-// launch per time step in each direction.
+// CUDA time loops of the recurrent LIF op: one fused kernel launch per time
+// step in each direction (the backward's recurrent term is one cuBLAS product
+// per step before it).
 //
-// Each thread owns one (batch row b, neuron n) and computes its recurrent term
-// itself, summing over the source neurons in a fixed order. That keeps the
-// recurrence exact float32 whatever the TF32 setting (binary spikes make the
-// forward term a plain sum of weights), deterministic, and free of a separate
-// GEMM launch per step. Threads of a warp share b, so the spike/gradient row is
-// a broadcast read and the `spike == 0` skip does not diverge; the weights are
-// read along n, coalesced.
+// Forward: each thread owns one (batch row b, neuron n) and computes its
+// recurrent term itself, summing over the source neurons that fired in a fixed
+// order. That keeps the recurrence exact float32 whatever the TF32 setting
+// (binary spikes make it a plain sum of weights) and deterministic. Threads of
+// a warp share b, so the spike row is a broadcast read and the `spike == 0`
+// skip does not diverge; the weights are read along n, coalesced.
+//
+// Backward: gU[t+1] is dense, so its recurrent term gU[t+1] @ w_rec is one
+// cuBLAS product per step for the whole batch (each weight read once per step,
+// not once per row), following the TF32 setting like the other products; the
+// element-wise launch then reads it.
 //
 // The input projection and the weight gradients are single cuBLAS products over
 // all T*B rows, done by the shared driver (recurrent_lif.cpp).
@@ -119,7 +124,7 @@ void forward_loop_cuda(const LoopInputs& in, at::Tensor& membrane, at::Tensor& s
 template <typename scalar_t>
 struct BackwardPointers {
   const scalar_t *U, *S, *gS_out, *gU_out, *u0, *s0;
-  const scalar_t* w_rec;   // all-to-all [N, N], or null
+  const scalar_t* rec;     // all-to-all: gU[t+1] @ w_rec [B, N] of this step (cuBLAS), or null
   const scalar_t* w_self;  // one-to-one [N], or null
   scalar_t *gU, *g_u0, *g_s0, *acc_alpha, *acc_theta, *acc_bias, *acc_w_self;
   const int64_t* lengths;  // [B], or null: every row takes all T steps
@@ -141,13 +146,11 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
     return;
   }
   const bool has_next = t < steps - 1;
-  // gU[t+1] @ w_rec, column n: sum_m gU[t+1][b][m] * w_rec[m][n]; one-to-one:
-  // gU[t+1][b][n] * w_rec[n].
-  scalar_t rec_grad = has_next && q.w_self != nullptr ? q.gU[k + BN] * q.w_self[n] : scalar_t(0);
-  if (has_next && q.w_rec != nullptr) {
-    const scalar_t* g_row = q.gU + (t + 1) * BN + b * N;
-    for (int64_t m = 0; m < N; ++m) rec_grad += g_row[m] * q.w_rec[m * N + n];
-  }
+  // The recurrent term: gU[t+1] @ w_rec, one product for all rows computed
+  // before this launch; one-to-one: gU[t+1][b][n] * w_rec[n].
+  scalar_t rec_grad = scalar_t(0);
+  if (has_next && q.w_self != nullptr) rec_grad = q.gU[k + BN] * q.w_self[n];
+  if (has_next && q.rec != nullptr) rec_grad = q.rec[i];
   const scalar_t alpha = p.a(n), theta = p.th(n);
   const scalar_t u_prev = t > 0 ? q.U[k - BN] : q.u0[i];
   const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
@@ -182,13 +185,17 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const at::Tensor acc_bias = in.need_bias ? at::zeros({B, N}, opts) : at::Tensor();
   const at::Tensor acc_w_self = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
   const bool one_to_one = st.w_rec.defined() && st.w_rec.dim() == 1;
+  const bool all_to_all = st.w_rec.defined() && !one_to_one;
+  // gU[t+1] @ w_rec for all rows: one cuBLAS product per step (each W tile
+  // read once for the whole batch), then the element-wise launch reads it.
+  at::Tensor rec_grad = all_to_all ? at::empty({B, N}, opts) : at::Tensor();
   const BackwardPointers<scalar_t> q{ptr(in.membrane),
                                      ptr(in.spikes),
                                      ptr(in.grad_spikes),
                                      ptr(in.grad_membrane),
                                      ptr(st.u0),
                                      ptr(st.s0),
-                                     one_to_one ? nullptr : ptr(st.w_rec),
+                                     ptr(rec_grad),
                                      one_to_one ? ptr(st.w_rec) : nullptr,
                                      ptr(out.grad_u),
                                      ptr(out.grad_u0),
@@ -201,6 +208,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const auto p = device_params<scalar_t>(st);
   const auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t t = T - 1; t >= 0; --t) {
+    if (all_to_all && t < T - 1) at::mm_out(rec_grad, out.grad_u[t + 1], st.w_rec);
     backward_step_kernel<scalar_t, R, SG><<<blocks_for(B * N), kThreads, 0, stream>>>(
         t, T, B, N, in.detach_reset, static_cast<scalar_t>(in.slope), p, q);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
