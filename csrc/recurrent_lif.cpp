@@ -419,6 +419,7 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
     membrane_c = input_current(x, w_in, bias, N, compute);
     if (membrane_c.numel() > 0) forward_loop(state, membrane_c, spikes_c, /*replay=*/true);
   }
+  const bool one_to_one = state.one_to_one();
   BackwardLoopInputs in{std::move(state),
                         spikes_c,
                         membrane_c,
@@ -430,7 +431,7 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                         need_alpha,
                         need_theta,
                         need_bias,
-                        need_w_rec && w_rec.has_value() && w_rec->dim() == 1};
+                        need_w_rec && one_to_one};
   BackwardLoopOutputs out;
   if (membrane_c.numel() > 0) {
     out = loop(in);
@@ -465,7 +466,6 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
     grad_w_in = deterministic_mm(grad_u_2d.t(), x.to(compute).reshape({T * B, F}).contiguous())
                     .to(w_in->scalar_type());
   }
-  const bool one_to_one = w_rec.has_value() && w_rec->dim() == 1;
   if (need_w_rec && one_to_one) {
     grad_w_rec = out.w_rec_sum.to(w_rec->scalar_type());  // sum over t, b of gU[t] * S[t-1]
   } else if (need_w_rec && w_rec.has_value()) {

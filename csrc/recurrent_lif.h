@@ -77,6 +77,8 @@ struct LoopInputs {
   // [B] int64, or undefined: row b takes steps t < lengths[b] only; later steps
   // output 0 and take no part in the backward.
   at::Tensor lengths;
+
+  bool one_to_one() const { return w_rec.defined() && w_rec.dim() == 1; }
 };
 
 // Runs t = 1..T. On entry `membrane` [T, B, N] holds the input current I[t]; on

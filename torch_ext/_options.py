@@ -87,15 +87,19 @@ def check_optional_tensors(**named):
             check_type(value, name, torch.Tensor, "a tensor or None")
 
 
-def check_call(x, alpha, theta, reset, detach_reset, surrogate, slope):
+def check_call(x, alpha, theta, reset, detach_reset, surrogate, slope, save_membrane,
+               **optional_tensors):
     """Type checks of recurrent_lif and recurrent_lif_ref, before any work;
-    returns (alpha, theta, slope) with Python numbers as floats."""
+    returns (alpha, theta, slope) with Python numbers as floats.
+    optional_tensors: w_in, w_rec, bias, u0, s0, lengths by name."""
     check_x(x)
     slope = check_option_types(reset, detach_reset, surrogate, slope)
     if not isinstance(alpha, torch.Tensor):
         alpha = check_alpha(alpha)
     if not isinstance(theta, torch.Tensor):
         theta = check_theta(theta)
+    check_optional_tensors(**optional_tensors)
+    check_type(save_membrane, "save_membrane", bool, "a bool")
     return alpha, theta, slope
 
 

@@ -19,11 +19,9 @@ def recurrent_lif(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, s0=N
     README, "The gradients"). The same arguments and results as
     :func:`torch_ext.recurrent_lif_ref`.
     """
-    alpha, theta, slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate,
-                                              slope)
-    _options.check_optional_tensors(w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0,
-                                    lengths=lengths)
-    _options.check_type(save_membrane, "save_membrane", bool, "a bool")
+    alpha, theta, slope = _options.check_call(
+        x, alpha, theta, reset, detach_reset, surrogate, slope, save_membrane,
+        w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0, lengths=lengths)
     alpha, theta = _options.as_tensor_param(alpha, x), _options.as_tensor_param(theta, x)
     return torch.ops.torch_ext.recurrent_lif(x, w_in, w_rec, bias, alpha, theta, u0, s0,
                                              reset, detach_reset, surrogate, slope, save_membrane,

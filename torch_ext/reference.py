@@ -51,11 +51,10 @@ def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, 
     that autograd differentiates step by step (the tests' oracle; it keeps
     several tensors per step for backward, which the fused op does not).
     """
-    alpha, theta, slope = _options.check_call(x, alpha, theta, reset, detach_reset, surrogate,
-                                              slope)
-    _options.check_optional_tensors(w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0,
-                                    lengths=lengths)
-    _options.check_type(save_membrane, "save_membrane", bool, "a bool")  # same math either way
+    # save_membrane is checked but changes nothing here: the same math either way.
+    alpha, theta, slope = _options.check_call(
+        x, alpha, theta, reset, detach_reset, surrogate, slope, save_membrane,
+        w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0, lengths=lengths)
     slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, x.dtype)
     compute = _options.compute_dtype(x.dtype)
 

@@ -112,7 +112,7 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
   const scalar_t* __restrict__ theta = params.theta.data_ptr<scalar_t>();
   // All-to-all: row j of w_rec.T holds the weights out of neuron j, what its
   // spike adds. One-to-one: neuron n feeds back w_rec[n] * S_n[t-1] to itself.
-  const bool one_to_one = in.w_rec.defined() && in.w_rec.dim() == 1;
+  const bool one_to_one = in.one_to_one();
   const at::Tensor w_out =
       in.w_rec.defined() && !one_to_one ? in.w_rec.t().contiguous() : at::Tensor();
   const scalar_t* W = w_out.defined() ? w_out.data_ptr<scalar_t>() : nullptr;
@@ -250,7 +250,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const scalar_t* s0 = ptr(st.s0);
   // The recurrent term of gS[t]: gU[t+1] @ w_rec (all-to-all, [N, N]) or
   // gU[t+1] * w_rec (one-to-one, [N]).
-  const bool one_to_one = st.w_rec.defined() && st.w_rec.dim() == 1;
+  const bool one_to_one = st.one_to_one();
   const scalar_t* W = one_to_one ? nullptr : ptr(st.w_rec);
   const scalar_t* W1 = one_to_one ? ptr(st.w_rec) : nullptr;
   const at::Tensor acc_w_rec = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();

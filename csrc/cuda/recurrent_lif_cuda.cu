@@ -88,7 +88,7 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
   const int64_t BN = B * N;
   // All-to-all: w_out = w_rec.T (row j: what a spike of neuron j adds).
   // One-to-one: w_self = w_rec, neuron n's weight onto itself.
-  const bool one_to_one = in.w_rec.defined() && in.w_rec.dim() == 1;
+  const bool one_to_one = in.one_to_one();
   const at::Tensor w_out =
       in.w_rec.defined() && !one_to_one ? in.w_rec.t().contiguous() : at::Tensor();
   const scalar_t* W = w_out.defined() ? w_out.data_ptr<scalar_t>() : nullptr;
@@ -184,7 +184,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const at::Tensor acc_theta = in.need_theta ? at::zeros({B, N}, opts) : at::Tensor();
   const at::Tensor acc_bias = in.need_bias ? at::zeros({B, N}, opts) : at::Tensor();
   const at::Tensor acc_w_self = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
-  const bool one_to_one = st.w_rec.defined() && st.w_rec.dim() == 1;
+  const bool one_to_one = st.one_to_one();
   const bool all_to_all = st.w_rec.defined() && !one_to_one;
   // gU[t+1] @ w_rec for all rows: one cuBLAS product per step (each W tile
   // read once for the whole batch), then the element-wise launch reads it.
