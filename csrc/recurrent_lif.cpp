@@ -431,7 +431,8 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                         need_alpha,
                         need_theta,
                         need_bias,
-                        need_w_rec && one_to_one};
+                        need_w_rec && one_to_one,
+                        need_w_rec && w_rec.has_value() && !one_to_one};
   BackwardLoopOutputs out;
   if (membrane_c.numel() > 0) {
     out = loop(in);
@@ -468,6 +469,8 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
   }
   if (need_w_rec && one_to_one) {
     grad_w_rec = out.w_rec_sum.to(w_rec->scalar_type());  // sum over t, b of gU[t] * S[t-1]
+  } else if (need_w_rec && out.w_rec_grad.defined()) {
+    grad_w_rec = out.w_rec_grad.to(w_rec->scalar_type());
   } else if (need_w_rec && w_rec.has_value()) {
     // sum_t gU[t].T @ S[t-1], with S[0] = s0: two GEMMs instead of a copy of S.
     grad_w_rec = deterministic_mm(grad_u_first.t(), in.state.s0);

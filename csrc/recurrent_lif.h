@@ -97,6 +97,9 @@ struct BackwardLoopInputs {
   double slope;
   bool need_alpha, need_theta, need_bias;  // which per-neuron sums to produce
   bool need_w_rec_sum;                     // one-to-one w_rec: its gradient, a per-neuron sum
+  // All-to-all w_rec: a loop may return its gradient (w_rec_grad); where it
+  // does not, the driver computes it with matrix products.
+  bool need_w_rec_grad;
 };
 
 struct BackwardLoopOutputs {
@@ -106,6 +109,9 @@ struct BackwardLoopOutputs {
   // [N] sums over t and b of the grad_alpha, grad_theta and gU terms, and of
   // gU[t] * S[t-1] (a one-to-one w_rec's gradient); undefined if not asked for.
   at::Tensor alpha_sum, theta_sum, bias_sum, w_rec_sum;
+  // [N, N]: sum over t of gU[t].T @ S[t-1] (S[0] = s0), an all-to-all w_rec's
+  // gradient, if the loop computed it; otherwise undefined.
+  at::Tensor w_rec_grad;
 };
 
 // Runs the reverse recurrence t = T..1 (README "The gradients"); called only

@@ -252,3 +252,37 @@ def test_row_padded_input_gives_the_bits_of_a_contiguous_one():
     assert torch.equal(s1, s2) and torch.equal(u1, u2)
     for a, b in zip(g1, g2):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("N", [63, 64, 130])
+def test_w_rec_gradient_over_fired_sources_only(N):
+    """The CPU op sums the w_rec gradient over the sources that fired only (a
+    bit mask per row, 64 sources a word): N across word boundaries, an initial
+    state s0 with real values and zeros, and rows shorter than T (whose later
+    steps have no spikes and no gradient) must give the reference's gradient."""
+    args = make_inputs(T=9, B=4, F=7, N=N, state=True, seed=3)
+    s0 = args.s0.detach() * torch.randn(4, N, dtype=torch.float64)  # zeros and real values
+    args = args._replace(s0=s0.requires_grad_())
+    lengths = torch.tensor([9, 3, 0, 7])
+    for options in [{}, dict(lengths=lengths)]:
+        s_f, _, g_f = run_with_grads(torch_ext.recurrent_lif, args, **options)
+        s_r, _, g_r = run_with_grads(torch_ext.recurrent_lif_ref, args, **options)
+        assert torch.equal(s_f, s_r) and 0.05 < s_f.mean().item() < 0.95
+        for got, want in zip(g_f, g_r):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_incoming_gradient_reaches_w_rec_as_in_the_reference(bad):
+    """Skipping zero spikes would drop the NaN of 0 * inf: with a non-finite
+    gradient flowing back, the w_rec gradient is the dense product's, NaN
+    wherever the reference has NaN."""
+    args = make_inputs(T=6, B=3, F=5, N=8, state=True, seed=4)
+    results = []
+    for fn in (torch_ext.recurrent_lif, torch_ext.recurrent_lif_ref):
+        spikes, membrane = fn(*args)
+        grad_membrane = torch.zeros_like(membrane)
+        grad_membrane[3, 1, 2] = bad
+        results.append(torch.autograd.grad(membrane, args.w_rec, grad_membrane)[0])
+    assert not results[1].isfinite().all()
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-10, equal_nan=True)

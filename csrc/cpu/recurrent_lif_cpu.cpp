@@ -30,6 +30,7 @@ extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../recurrent_lif.h"
@@ -210,6 +211,67 @@ TORCH_EXT_CPU_CLONES void backward_row(
   }
 }
 
+// The gradient of an all-to-all w_rec, sum over t of gU[t].T @ S[t-1] (S[-1]
+// = s0), without the products of zero spikes: spikes are binary and sparse
+// (10-20 % in typical training), so this costs rate * T*B*N^2 instead of the
+// dense product's T*B*N^2. Built transposed: for each row (t, b) and each
+// source j that fired, out[j] += S[j] * gU row, a contiguous axpy of length N.
+// Measured on the 2-core CI machine at a 13 % rate, per core: 11 ms against
+// 31 ms for the dense product at T*B=6400, N=512; 0.9 against 3.3 ms at
+// T*B=9600, N=128. (Column tiles of out kept in L1 were slower: the cost is
+// per update, and long rows amortise it.) Each thread owns a range of sources
+// j and sums their rows over (t, b) in order, so the result does not depend on
+// the thread count. Only for a finite gU: zero spikes are skipped, which
+// would drop the NaN of 0 * inf.
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES void nonzero_bits(const scalar_t* __restrict__ src, int64_t N,
+                                       uint64_t* __restrict__ bits) {
+  for (int64_t w = 0; w * 64 < N; ++w) {
+    const int64_t count = std::min<int64_t>(64, N - w * 64);
+    uint64_t word = 0;
+    for (int64_t k = 0; k < count; ++k) word |= uint64_t(src[w * 64 + k] != scalar_t(0)) << k;
+    bits[w] = word;
+  }
+}
+
+// out[j] += src[j] * g for the sources j set in words [w_begin, w_end) of bits.
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES void add_row_to_sources(scalar_t* __restrict__ out,
+                                             const scalar_t* __restrict__ g,
+                                             const scalar_t* __restrict__ src,
+                                             const uint64_t* __restrict__ bits, int64_t w_begin,
+                                             int64_t w_end, int64_t N) {
+  for (int64_t w = w_begin; w < w_end; ++w) {
+    for (uint64_t m = bits[w]; m != 0; m &= m - 1) {
+      const int64_t j = w * 64 + __builtin_ctzll(m);
+      const scalar_t v = src[j];
+      scalar_t* __restrict__ o = out + j * N;
+      for (int64_t i = 0; i < N; ++i) o[i] += v * g[i];
+    }
+  }
+}
+
+template <typename scalar_t>
+at::Tensor w_rec_gradient_from_spikes(const scalar_t* gU, const scalar_t* s0, const scalar_t* S,
+                                      int64_t T, int64_t B, int64_t N,
+                                      const at::TensorOptions& opts) {
+  const int64_t rows = T * B, words = (N + 63) / 64;
+  auto source_row = [&](int64_t r) { return r < B ? s0 + r * N : S + (r - B) * N; };
+  std::vector<uint64_t> bits(rows * words);  // bit j of row r: S[r][j] != 0
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) nonzero_bits(source_row(r), N, bits.data() + r * words);
+  });
+  at::Tensor transposed = at::zeros({N, N}, opts);  // [j][i]
+  scalar_t* out = transposed.data_ptr<scalar_t>();
+  at::parallel_for(0, words, 1, [&](int64_t w_begin, int64_t w_end) {
+    for (int64_t r = 0; r < rows; ++r) {
+      add_row_to_sources(out, gU + r * N, source_row(r), bits.data() + r * words, w_begin, w_end,
+                         N);
+    }
+  });
+  return transposed.t().contiguous();
+}
+
 // Batch rows per block of the backward: fixed by the shape alone (never by
 // the thread count), so every block's products and sums, and the results, are
 // the same however many threads share the blocks. At least 16 rows, so that
@@ -333,6 +395,10 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   if (in.need_theta) out.theta_sum = sum_over_batch<scalar_t>(acc_theta);
   if (in.need_bias) out.bias_sum = sum_over_batch<scalar_t>(acc_bias);
   if (in.need_w_rec_sum) out.w_rec_sum = sum_over_batch<scalar_t>(acc_w_rec);
+  // acc_bias sums gU over t: all finite only if every gU entry is.
+  if (in.need_w_rec_grad && at::isfinite(acc_bias).all().item<bool>()) {
+    out.w_rec_grad = w_rec_gradient_from_spikes(gU, s0, S, T, B, N, opts);
+  }
   return out;
 }
 
