@@ -1,18 +1,22 @@
-// CUDA time loops of the recurrent LIF op: one fused kernel launch per time
-// step in each direction (the backward's recurrent term is one cuBLAS product
-// per step before it).
+// CUDA time loops of the recurrent LIF op: one launch per time step in each
+// direction (the backward's recurrent term is one cuBLAS product per step
+// before it).
 //
-// Forward: each thread owns one (batch row b, neuron n) and computes its
-// recurrent term itself, summing over the source neurons that fired in a fixed
-// order. That keeps the recurrence exact float32 whatever the TF32 setting
-// (binary spikes make it a plain sum of weights) and deterministic. Threads of
-// a warp share b, so the spike row is a broadcast read and the `spike == 0`
-// skip does not diverge; the weights are read along n, coalesced.
-//
-// Backward: gU[t+1] is dense, so its recurrent term gU[t+1] @ w_rec is one
-// cuBLAS product per step for the whole batch (each weight read once per step,
-// not once per row), following the TF32 setting like the other products; the
-// element-wise launch then reads it.
+// - Forward: a block owns a tile of kThreads neurons of one batch row b. It
+//   compacts the indices of row b's sources that fired at t-1 into shared
+//   memory, ascending (a block-wide exclusive scan of their flags, in chunks of
+//   kListCapacity sources, so any N works), then each thread adds w_out[j][n]
+//   over that list. Why: spikes are sparse, and with the list each thread
+//   reads only the weights it adds (along n: coalesced), the N spike flags are
+//   read once per block instead of once per thread, and no warp walks the
+//   zeros. A source whose w_rec column holds inf/NaN is always listed, so they
+//   spread as in the dense product (0 * inf = NaN). The summation order
+//   (ascending j, plain float sums of weights) is the CPU op's, so the
+//   recurrence is exact float32 whatever the TF32 setting, and deterministic.
+// - Backward: gU[t+1] is dense, so its recurrent term gU[t+1] @ w_rec is one
+//   cuBLAS product per step for the whole batch (each weight read once per
+//   step, not once per row), following the TF32 setting like the other
+//   products; the element-wise launch then reads it.
 //
 // The input projection and the weight gradients are single cuBLAS products over
 // all T*B rows, done by the shared driver (recurrent_lif.cpp).
@@ -22,12 +26,17 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cub/block/block_scan.cuh>
+
 #include "../recurrent_lif.h"
 
 namespace torch_ext {
 namespace {
 
 constexpr int kThreads = 256;
+// Per-step forward: each thread flags this many consecutive sources per chunk.
+constexpr int kSourcesPerThread = 4;
+constexpr int kListCapacity = kThreads * kSourcesPerThread;
 
 template <typename scalar_t>
 struct DeviceParams {
@@ -48,34 +57,67 @@ unsigned int blocks_for(int64_t elements) {
   return static_cast<unsigned int>((elements + kThreads - 1) / kThreads);
 }
 
-// One forward step: U[t] = f(U[t-1], R[t-1], I[t] + sum_j S[t-1][j] * w_out[j][n]).
+__host__ __device__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// One forward step for a tile of kThreads neurons of batch row b = blockIdx.x:
+// U[t] = f(U[t-1], R[t-1], I[t] + sum_j R[t-1][j] * w_out[j][n]).
 // w_out = w_rec.T (row j: what a spike of neuron j adds), or null.
 template <typename scalar_t, Reset R>
-__global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __restrict__ w_out,
-                                    const bool* __restrict__ nonfinite_source,
-                                    const scalar_t* __restrict__ w_self,
-                                    DeviceParams<scalar_t> p, const scalar_t* __restrict__ u_prev,
-                                    const scalar_t* __restrict__ r_prev, scalar_t* __restrict__ u,
-                                    scalar_t* __restrict__ s, bool replay, int64_t t,
-                                    const int64_t* __restrict__ lengths) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= B * N) return;
-  const int64_t b = i / N, n = i % N;
+__global__ void __launch_bounds__(kThreads)
+    forward_step_kernel(int64_t N, const scalar_t* __restrict__ w_out,
+                        const bool* __restrict__ nonfinite_source,
+                        const scalar_t* __restrict__ w_self, DeviceParams<scalar_t> p,
+                        const scalar_t* __restrict__ u_prev, const scalar_t* __restrict__ r_prev,
+                        scalar_t* __restrict__ u, scalar_t* __restrict__ s, bool replay, int64_t t,
+                        const int64_t* __restrict__ lengths) {
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int listed[kListCapacity];         // the chunk's sources that take part, ascending
+  __shared__ scalar_t listed_r[kListCapacity];  // and their R[t-1]
+  const int64_t b = blockIdx.x;
+  const int64_t n = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
+  const bool owner = n < N;  // the last tile may stick out
+  const int64_t i = b * N + n;
   if (lengths != nullptr && t >= lengths[b]) {  // past the row's length: spikes and membrane 0
-    u[i] = scalar_t(0);
-    if (!replay) s[i] = scalar_t(0);
-    return;
+    if (owner) {
+      u[i] = scalar_t(0);
+      if (!replay) s[i] = scalar_t(0);
+    }
+    return;  // the whole block: b is the block's
   }
-  scalar_t rec = w_self != nullptr ? w_self[n] * r_prev[i] : scalar_t(0);  // one-to-one
+  scalar_t rec = owner && w_self != nullptr ? w_self[n] * r_prev[i] : scalar_t(0);  // one-to-one
   if (w_out != nullptr) {
     const scalar_t* r_row = r_prev + b * N;
-    for (int64_t j = 0; j < N; ++j) {
-      const scalar_t v = r_row[j];
-      // A zero spike is skipped unless a weight of its source is not finite:
-      // inf/NaN spread as in the dense product (0 * inf = NaN).
-      if (v != scalar_t(0) || nonfinite_source[j]) rec += v * w_out[j * N + n];
+    for (int64_t first = 0; first < N; first += kListCapacity) {
+      // Thread k flags sources first + k * kSourcesPerThread + q (a blocked
+      // arrangement, so the exclusive scan lists them in ascending order): a
+      // zero spike is skipped unless a weight of its source is not finite.
+      const int offset = threadIdx.x * kSourcesPerThread;
+      int flags[kSourcesPerThread], slots[kSourcesPerThread];
+      scalar_t values[kSourcesPerThread];
+#pragma unroll
+      for (int q = 0; q < kSourcesPerThread; ++q) {
+        const int64_t j = first + offset + q;
+        values[q] = j < N ? r_row[j] : scalar_t(0);
+        flags[q] = j < N && (values[q] != scalar_t(0) || nonfinite_source[j]);
+      }
+      int count;
+      Scan(scan_storage).ExclusiveSum(flags, slots, count);
+#pragma unroll
+      for (int q = 0; q < kSourcesPerThread; ++q) {
+        if (flags[q]) {
+          listed[slots[q]] = offset + q;
+          listed_r[slots[q]] = values[q];
+        }
+      }
+      __syncthreads();
+      if (owner) {
+        for (int k = 0; k < count; ++k) rec += listed_r[k] * w_out[(first + listed[k]) * N + n];
+      }
+      __syncthreads();  // the next chunk rewrites the list and the scan's storage
     }
   }
+  if (!owner) return;
   const scalar_t theta = p.th(n);
   const scalar_t value = membrane_step(R, p.a(n), theta, u_prev[i], r_prev[i], u[i], rec);
   u[i] = value;
@@ -101,12 +143,13 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
   scalar_t* U = membrane.data_ptr<scalar_t>();
   scalar_t* S = spikes.data_ptr<scalar_t>();
   const auto stream = at::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned int>(B), static_cast<unsigned int>(ceil_div(N, kThreads)));
   for (int64_t t = 0; t < T; ++t) {
     const scalar_t* u_prev = t > 0 ? U + (t - 1) * BN : in.u0.data_ptr<scalar_t>();
     const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
-    forward_step_kernel<scalar_t, R><<<blocks_for(BN), kThreads, 0, stream>>>(
-        B, N, W, nonfinite_source, W_self, p, u_prev, r_prev, U + t * BN, S + t * BN, replay, t,
-        lengths);
+    forward_step_kernel<scalar_t, R>
+        <<<grid, kThreads, 0, stream>>>(N, W, nonfinite_source, W_self, p, u_prev, r_prev,
+                                        U + t * BN, S + t * BN, replay, t, lengths);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
