@@ -36,10 +36,14 @@ the target size.
 Errors are max|got - want| / max(1, max|want|) per tensor (relative to the
 tensor's scale, absolute below 1); spikes must be equal.
 
-The environment variable TORCH_EXT_CUDA_PERSISTENT=1 names the CUDA design
-under test ("persistent" instead of "default"); the check reports whether the
-build knows such a design (build_info()), and if not, that this run exercised
-the same kernels as the default one.
+The environment variable TORCH_EXT_CUDA_PERSISTENT=1 selects the CUDA design
+under test ("persistent" instead of "default"; the op reads it at every call);
+the check reports whether the build knows such a design (build_info()), and if
+not, that this run exercised the same kernels as the default one. On CUDA it
+also notes which design the small and the target size take now
+(torch_ext._C.cuda_design_for): sizes whose slice of W_rec does not fit in a
+block's shared memory, and options the persistent design does not cover
+(one-to-one w_rec, the low-memory backward's replay), run the per-step design.
 """
 import argparse
 import json
@@ -380,6 +384,12 @@ def main(argv=None):
         else:
             note("TORCH_EXT_CUDA_PERSISTENT=1, but build_info() names no persistent design: "
                  "this run exercises the same CUDA kernels as the default run")
+        design_for = getattr(torch_ext._C, "cuda_design_for", None)
+        if device.type == "cuda" and design_for is not None:
+            sized = [("small", args.small)] + ([] if args.no_target else [("target", args.target)])
+            for label, (T, B, _, N) in sized:
+                name, why = design_for(T, B, N, False)
+                note(f"design at the {label} size, float32 (all-to-all w_rec): {name} ({why})")
 
     try:
         found = features()

@@ -84,7 +84,7 @@ def correctness_text(work, design, steps):
         if failed:
             text += f" (first: {failed[0]})"
         notes = [n for n in result.get("notes", []) if "not built" in n or "same CUDA kernels" in n
-                 or "sees no" in n]
+                 or "sees no" in n or n.startswith("design at the target size")]
         for note in notes:
             if "same CUDA kernels" in note:
                 text += "; same kernels as default (build has no persistent design)"

@@ -8,6 +8,7 @@
 #include <torch/version.h>
 
 #include <string>
+#include <vector>
 
 #include "recurrent_lif.h"
 
@@ -24,9 +25,17 @@ py::dict build_info() {
 #ifdef WITH_CUDA
   info["cuda"] = true;
   info["cuda_archs"] = std::string(TORCH_EXT_CUDA_ARCHS);
+  info["cuda_designs"] =
+      std::vector<std::string>(torch_ext::kCudaDesigns.begin(), torch_ext::kCudaDesigns.end());
+  // Read now, as every call does: the design asked for (sizes that do not fit,
+  // and options it does not cover, still take the per-step design).
+  info["cuda_design_requested"] =
+      torch_ext::cuda_persistent_requested() ? "persistent" : "per_step";
 #else
   info["cuda"] = false;
   info["cuda_archs"] = py::none();
+  info["cuda_designs"] = std::vector<std::string>{};
+  info["cuda_design_requested"] = py::none();
 #endif
 #ifdef _OPENMP
   info["openmp"] = _OPENMP;  // the OpenMP version, as yyyymm
@@ -67,6 +76,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("resolve_slope", &resolve_slope, py::arg("reset"), py::arg("detach_reset"),
         py::arg("surrogate"), py::arg("slope"), py::arg("float64"),
         "Checks the options as the op does; returns the slope to use.");
+#ifdef WITH_CUDA
+  m.def(
+      "cuda_design_for",
+      [](int64_t T, int64_t B, int64_t N, bool float64) {
+        return torch_ext::cuda_design_for(T, B, N, float64 ? at::kDouble : at::kFloat);
+      },
+      py::arg("T"), py::arg("B"), py::arg("N"), py::arg("float64"),
+      "(design, reason): the CUDA design a forward call with an all-to-all w_rec of these sizes "
+      "would use on the current device now.");
+#endif
   py::list resets;
 #define TORCH_EXT_RESET(enumerator, name) resets.append(name);
   TORCH_EXT_FOR_EACH_RESET(TORCH_EXT_RESET)

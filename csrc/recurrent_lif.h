@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "lif_math.h"
 
@@ -150,6 +151,18 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                                       std::array<bool, 8> needs_grad, const OptionalTensor& bias,
                                       const OptionalTensor& lengths, ForwardLoop forward_loop,
                                       BackwardLoop loop);
+
+#ifdef WITH_CUDA
+// The CUDA designs compiled in, and which one a forward call with an
+// all-to-all w_rec of this size and compute dtype (float32 or float64) would
+// use on the current device now, with the reason: {"per_step" or
+// "persistent", why}. The persistent design is used only when the
+// environment variable TORCH_EXT_CUDA_PERSISTENT is "1" at the call.
+inline constexpr std::array<const char*, 2> kCudaDesigns{"per_step", "persistent"};
+bool cuda_persistent_requested();  // TORCH_EXT_CUDA_PERSISTENT is "1" now
+std::pair<std::string, std::string> cuda_design_for(int64_t T, int64_t B, int64_t N,
+                                                    at::ScalarType compute_dtype);
+#endif
 
 // The ops, called through the dispatcher (so autocast, autograd and the
 // device's kernel all apply): what the C++ API and the autograd kernels call.

@@ -1,5 +1,8 @@
 """CUDA kernels: registered in every CUDA build; checked against the CPU op and
-the reference wherever a GPU is present (skipped with a reason otherwise)."""
+the reference wherever a GPU is present (skipped with a reason otherwise), in
+both CUDA designs: the per-step one (default) and the persistent one
+(TORCH_EXT_CUDA_PERSISTENT=1, read at every call), which must give the same
+forward bitwise and the same gradients to rounding."""
 import os
 import shutil
 import subprocess
@@ -10,8 +13,25 @@ import torch
 import torch_ext
 from conftest import LIFArgs, cuda_only, make_inputs, run_with_grads
 from test_gradients import OPTION_GRID
+from torch_ext import _C
 
 OPS = ("recurrent_lif", "_recurrent_lif_backward")
+DESIGNS = ("default", "persistent")
+
+
+def use_design(monkeypatch, design):
+    if design == "persistent":
+        monkeypatch.setenv("TORCH_EXT_CUDA_PERSISTENT", "1")
+    else:
+        monkeypatch.delenv("TORCH_EXT_CUDA_PERSISTENT", raising=False)
+
+
+@pytest.fixture(params=DESIGNS)
+def design(request, monkeypatch):
+    """The test runs once per CUDA design (sizes or options the persistent
+    design does not cover fall back to the per-step one)."""
+    use_design(monkeypatch, request.param)
+    return request.param
 
 
 def cuda_buildable_here():
@@ -52,7 +72,7 @@ def assert_same(a, b, rtol, atol):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("reset,detach,surrogate,alpha_shape,theta_shape,bias,state", OPTION_GRID)
 def test_cuda_matches_cpu_and_reference(reset, detach, surrogate, alpha_shape, theta_shape, bias,
-                                        state, dtype):
+                                        state, dtype, design):
     """The same option grid as the CPU tests. float32: the recurrence is exact
     float32 on both devices, but the input projection's GEMM may round
     differently, so examples with a membrane within 1e-4 of theta are skipped
@@ -73,7 +93,7 @@ def test_cuda_matches_cpu_and_reference(reset, detach, surrogate, alpha_shape, t
 
 @cuda_only
 @pytest.mark.parametrize("tf32", [False, True])
-def test_cuda_float32_matches_cpu_float64_away_from_threshold(tf32):
+def test_cuda_float32_matches_cpu_float64_away_from_threshold(tf32, design):
     args64 = make_inputs(T=30, B=4, F=6, N=8, seed=11)
     s64, u64, g64 = run_with_grads(torch_ext.recurrent_lif, args64)
     assert (u64 - 1.0).abs().min() > 1e-3
@@ -95,7 +115,7 @@ def test_cuda_float32_matches_cpu_float64_away_from_threshold(tf32):
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_half_inputs_compute_in_float32(dtype):
+def test_cuda_half_inputs_compute_in_float32(dtype, design):
     args = on("cuda", make_inputs(dtype=dtype, state=True))
     as_float = [a.detach().float().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
     s_h, u_h, g_h = run_with_grads(torch_ext.recurrent_lif, args)
@@ -109,7 +129,7 @@ def test_cuda_half_inputs_compute_in_float32(dtype):
 
 @cuda_only
 @pytest.mark.parametrize("T,B,N", [(3000, 2, 8), (20, 3, 1500), (0, 3, 4), (5, 0, 4)])
-def test_cuda_long_and_large_and_empty(T, B, N):
+def test_cuda_long_and_large_and_empty(T, B, N, design):
     args = make_inputs(T=T, B=B, F=N, N=N, state=True)
     cpu = run_with_grads(torch_ext.recurrent_lif, args)
     gpu = run_with_grads(torch_ext.recurrent_lif, on("cuda", args))
@@ -117,7 +137,7 @@ def test_cuda_long_and_large_and_empty(T, B, N):
 
 
 @cuda_only
-def test_cuda_non_contiguous_inputs_and_side_stream():
+def test_cuda_non_contiguous_inputs_and_side_stream(design):
     args = on("cuda", make_inputs(state=True, requires_grad=False))
     want = torch_ext.recurrent_lif(*args, reset="zero")
     x = args.x.transpose(0, 1).contiguous().transpose(0, 1)
@@ -141,7 +161,7 @@ def test_cuda_mixed_devices_name_the_argument():
 
 
 @cuda_only
-def test_cuda_deterministic():
+def test_cuda_deterministic(design):
     args = on("cuda", make_inputs(T=50, B=16, F=32, N=64, dtype=torch.float32, state=True))
     first = run_with_grads(torch_ext.recurrent_lif, args)
     second = run_with_grads(torch_ext.recurrent_lif, args)
@@ -172,3 +192,115 @@ def test_module_moves_between_devices():
     got = layer.cuda()(x.cuda())[0]
     assert layer.alpha.device.type == "cuda"
     assert torch.equal(got.cpu(), want)
+
+
+def test_build_info_names_the_cuda_designs(monkeypatch):
+    info = torch_ext.build_info()
+    if not info["cuda"]:
+        assert info["cuda_designs"] == [] and info["cuda_design_requested"] is None
+        assert not hasattr(_C, "cuda_design_for")
+        pytest.skip("CPU-only build")
+    assert info["cuda_designs"] == ["per_step", "persistent"]
+    use_design(monkeypatch, "persistent")
+    assert torch_ext.build_info()["cuda_design_requested"] == "persistent"
+    use_design(monkeypatch, "default")
+    assert torch_ext.build_info()["cuda_design_requested"] == "per_step"
+    # Without the switch the answer needs no device.
+    design, why = _C.cuda_design_for(100, 8, 64, False)
+    assert design == "per_step" and "TORCH_EXT_CUDA_PERSISTENT" in why
+
+
+# (T, B, N, dtype, the design TORCH_EXT_CUDA_PERSISTENT=1 takes on a GPU with
+# at least 160 KiB of shared memory per block: A100, H100, H200). The slice of
+# W_rec a block keeps is N * 32 scalars, so these cover both sides of the
+# boundary; the fallback must give the same results all the same.
+CROSS_DESIGN_SIZES = [
+    (50, 5, 37, torch.float64, "persistent"),  # a partial last tile, 5 rows
+    (40, 64, 1024, torch.float32, "persistent"),  # the target N: a 128 KiB slice
+    (20, 4, 1024, torch.float64, "per_step"),  # the same in float64: 256 KiB, falls back
+    (20, 3, 2048, torch.float32, "per_step"),  # 256 KiB: falls back
+]
+CROSS_DESIGN_VARIANTS = {  # name -> (recurrent_lif options, one-to-one w_rec, w_rec at all)
+    "dense": (dict(), False, True),
+    "reset_zero_triangle": (dict(reset="zero", detach_reset=True, surrogate="triangle"), False,
+                            True),
+    "lengths": (dict(), False, True),
+    "low_memory": (dict(save_membrane=False), False, True),
+    "one_to_one": (dict(), True, True),
+    "no_recurrence": (dict(), False, False),
+}
+
+
+def assert_close_to_scale(got, want, tol):
+    """max|got - want| <= tol * max(1, max|want|)."""
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    torch.testing.assert_close(got, want, rtol=0, atol=tol * scale)
+
+
+@cuda_only
+def test_cuda_design_for_reports_fit_and_fallback(monkeypatch):
+    use_design(monkeypatch, "persistent")
+    for T, B, N, dtype, expected in CROSS_DESIGN_SIZES:
+        design, why = _C.cuda_design_for(T, B, N, dtype == torch.float64)
+        assert design == expected, (T, B, N, dtype, why)
+    design, why = _C.cuda_design_for(1, 4, 64, False)
+    assert design == "per_step" and "T < 2" in why
+    design, why = _C.cuda_design_for(10, 4, 8192, False)
+    assert design == "per_step" and "shared memory" in why
+
+
+@cuda_only
+@pytest.mark.parametrize("variant", CROSS_DESIGN_VARIANTS)
+@pytest.mark.parametrize("T,B,N,dtype,expected", CROSS_DESIGN_SIZES)
+def test_cuda_designs_agree(T, B, N, dtype, expected, variant, monkeypatch):
+    """The forward is bitwise the same in both designs (the same sums of
+    weights in the same order), so spikes and membranes must be equal. The
+    backward's recurrent term gU[t+1] @ w_rec is a cuBLAS product in the
+    per-step design and a sum over ascending n in the persistent one: the same
+    terms rounded in another order, differences carried back through T steps.
+    Hence the file's tolerances relative to each gradient's scale (1e-10 in
+    float64, 1e-4 in float32), with TF32 off (TF32 rounds the cuBLAS product to
+    about 1e-3)."""
+    options, one_to_one, has_w_rec = CROSS_DESIGN_VARIANTS[variant]
+    args = make_inputs(T=T, B=B, F=min(N, 64), N=N, dtype=dtype, device="cuda", state=True,
+                       alpha_shape=(N,), w_rec=has_w_rec, seed=3)
+    if one_to_one:
+        args = args._replace(w_rec=(torch.rand(N, dtype=dtype, device="cuda") * 0.8)
+                             .requires_grad_())
+    if variant == "lengths":  # 0, T and steps between
+        options = dict(lengths=torch.linspace(0, T, B, device="cuda").long())
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        results = {}
+        for design in DESIGNS:
+            use_design(monkeypatch, design)
+            results[design] = run_with_grads(torch_ext.recurrent_lif, args, **options)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    (s1, u1, g1), (s2, u2, g2) = results["default"], results["persistent"]
+    assert 0.02 < s1.float().mean().item() < 0.98, "inputs must give a non-trivial spike rate"
+    assert torch.equal(s1, s2) and torch.equal(u1, u2)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for got, want in zip(g2, g1):
+        assert_close_to_scale(got, want, tol)
+    if has_w_rec and not one_to_one:  # the persistent design ran where it was meant to
+        use_design(monkeypatch, "persistent")
+        assert _C.cuda_design_for(T, B, N, dtype == torch.float64)[0] == expected
+
+
+@cuda_only
+def test_cuda_designs_spread_a_non_finite_weight_alike(monkeypatch):
+    """A source with an inf weight takes part in every step, fired or not
+    (0 * inf = NaN, as in the dense product), in both designs."""
+    args = make_inputs(T=20, B=3, F=8, N=40, dtype=torch.float32, device="cuda",
+                       requires_grad=False)
+    w_rec = args.w_rec.clone()
+    w_rec[5, 7] = float("inf")
+    outputs = []
+    for design in DESIGNS:
+        use_design(monkeypatch, design)
+        outputs.append(torch_ext.recurrent_lif(*args._replace(w_rec=w_rec)))
+    assert outputs[0][1].isnan().any()
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)

@@ -37,12 +37,15 @@ def test_correctness_script_passes_on_cpu(tmp_path):
     assert any(line.startswith("SUMMARY design=default device=cpu") for line in lines)
 
 
-def test_persistent_design_is_named_and_reported_as_the_same_kernels():
+def test_persistent_design_is_named_and_reported_as_the_build_has_it():
+    import torch_ext
     out = run_module("benchmarks.gpu_correctness", "--device", "cpu", "--small", "4,2,3,4",
                      "--no-target", env={"TORCH_EXT_CUDA_PERSISTENT": "1"})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUMMARY design=persistent" in out.stdout
-    assert "same CUDA kernels as the default run" in out.stdout
+    built = "persistent" in torch_ext.build_info().get("cuda_designs", [])
+    assert ("build_info() names a persistent design" in out.stdout) == built
+    assert ("same CUDA kernels as the default run" in out.stdout) == (not built)
 
 
 def test_optional_features_are_checked_where_the_build_has_them(monkeypatch, tmp_path):

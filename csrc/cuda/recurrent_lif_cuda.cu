@@ -1,18 +1,72 @@
-// CUDA time loops of the recurrent LIF op: one fused kernel launch per time
-// step in each direction (the backward's recurrent term is one cuBLAS product
-// per step before it).
+// CUDA time loops of the recurrent LIF op, in two designs. Both give the same
+// forward bitwise (the recurrent input of binary spikes is a plain sum of
+// weights, added in ascending source order, as on the CPU), so the recurrence
+// is exact float32 whatever the TF32 setting, and deterministic.
 //
-// Forward: each thread owns one (batch row b, neuron n) and computes its
-// recurrent term itself, summing over the source neurons that fired in a fixed
-// order. That keeps the recurrence exact float32 whatever the TF32 setting
-// (binary spikes make it a plain sum of weights) and deterministic. Threads of
-// a warp share b, so the spike row is a broadcast read and the `spike == 0`
-// skip does not diverge; the weights are read along n, coalesced.
+// Per-step design (the default, and the fallback of the other for every size
+// and option): one launch per time step in each direction.
 //
-// Backward: gU[t+1] is dense, so its recurrent term gU[t+1] @ w_rec is one
-// cuBLAS product per step for the whole batch (each weight read once per step,
-// not once per row), following the TF32 setting like the other products; the
-// element-wise launch then reads it.
+// - Forward: a block owns a tile of kThreads neurons of one batch row b. It
+//   compacts the indices of row b's sources that fired at t-1 into shared
+//   memory, ascending (a block-wide exclusive scan of their flags, in chunks of
+//   kListCapacity sources, so any N works), then each thread adds w_out[j][n]
+//   over that list. Why: spikes are sparse, and with the list each thread
+//   reads only the weights it adds (along n: coalesced), the N spike flags are
+//   read once per block instead of once per thread, and no warp walks the
+//   zeros. A source whose w_rec column holds inf/NaN is always listed, so they
+//   spread as in the dense product (0 * inf = NaN).
+// - Backward: gU[t+1] is dense, so its recurrent term gU[t+1] @ w_rec is one
+//   cuBLAS product per step for the whole batch (each weight read once per
+//   step, not once per row), following the TF32 setting like the other
+//   products; the element-wise launch then reads it.
+//
+// Persistent design (TORCH_EXT_CUDA_PERSISTENT=1, read at every call; off by
+// default because it has never run on a GPU): one cooperative launch per
+// direction runs every step, with one grid barrier (cooperative_groups
+// grid.sync(), no -rdc needed since CUDA 11) between steps. A block owns a
+// tile of kWarp neurons (one per lane) and a group of batch rows, one row per
+// warp at a time; its slice of W_rec (every source x its kWarp neurons) is
+// loaded into shared memory once and read from there at every step.
+//
+// - Forward: the spikes of each step are exchanged as bitmasks in global
+//   memory, [2][B][N/32] words, double buffered: step t reads buffer (t-1)&1
+//   and writes buffer t&1. Step t+1 overwrites (t-1)&1 only after the barrier
+//   that ends step t, when every read of it is done. Each word is one warp's
+//   ballot, so it needs no atomics and no clearing. A warp walks the set bits
+//   in ascending order, adding the same terms in the same order as the
+//   per-step design: the same sums, bitwise. Step 0 (which reads s0, of any
+//   values) runs as a per-step launch first, so the persistent kernel sees
+//   only the binary spikes it computes.
+// - Backward: each warp sums gU[t+1][b][n] * w_rec[n][j] over ascending n for
+//   its kWarp sources j, gU[t+1] read back from the grad_u output that every
+//   block wrote in the step before. Its summation order differs from
+//   cuBLAS's: the gradients agree with the per-step design's to rounding.
+// - Per-neuron state (U[t-1], S[t-1], the gradient accumulators) stays in the
+//   outputs that the same thread wrote a step before, read back from global
+//   memory: a few loads per neuron-step against rate*N (forward) or N
+//   (backward) shared-memory loads for the sum, not worth shared memory that
+//   W's slice needs.
+// - Routed to the per-step design, always: a one-to-one w_rec or none (no
+//   weights to keep on chip: each row is independent), the forward's replay
+//   (its spikes are given, not necessarily binary), T = 1. And whenever it
+//   does not fit: W's slice (N * 32 * sizeof(scalar) bytes + N/8) beyond the
+//   shared memory a block may opt in to (float32 up to N of about 1800 on
+//   H100/H200, float64 about 900), more blocks than the device co-schedules
+//   (cudaOccupancyMaxActiveBlocksPerMultiprocessor x SMs), no cooperative
+//   launch on the device, or a launch refused as too large. Half inputs
+//   compute in float32 and are covered.
+//
+// What a GPU session must verify first (none of it has run):
+//   1. both designs' forward bitwise equal (spikes and membrane), and their
+//      gradients within tests/test_cuda.py's tolerances, incl. lengths and a
+//      size with a partial last tile (N % 32 != 0) and B not a multiple of the
+//      batch groups;
+//   2. cuda_design_for() answers "persistent" where expected (float32 N=1024
+//      on H200) and the launch is not refused (compute-sanitizer --tool
+//      racecheck and synccheck on a small case);
+//   3. no stale reads across the barrier: the masks and gU[t+1] are read with
+//      __ldcg (L2, not the SM's L1, which is not coherent across SMs);
+//   4. a side stream, and the time per step against the per-step design.
 //
 // The input projection and the weight gradients are single cuBLAS products over
 // all T*B rows, done by the shared driver (recurrent_lif.cpp).
@@ -20,7 +74,15 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cooperative_groups.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cub/block/block_scan.cuh>
+#include <string>
+#include <utility>
 
 #include "../recurrent_lif.h"
 
@@ -28,6 +90,14 @@ namespace torch_ext {
 namespace {
 
 constexpr int kThreads = 256;
+// Per-step forward: each thread flags this many consecutive sources per chunk.
+constexpr int kSourcesPerThread = 4;
+constexpr int kListCapacity = kThreads * kSourcesPerThread;
+
+constexpr int kWarp = 32;
+constexpr unsigned kAllLanes = 0xffffffffu;
+constexpr int kPersistentWarps = 16;
+constexpr int kPersistentThreads = kWarp * kPersistentWarps;
 
 template <typename scalar_t>
 struct DeviceParams {
@@ -48,39 +118,383 @@ unsigned int blocks_for(int64_t elements) {
   return static_cast<unsigned int>((elements + kThreads - 1) / kThreads);
 }
 
-// One forward step: U[t] = f(U[t-1], R[t-1], I[t] + sum_j S[t-1][j] * w_out[j][n]).
+__host__ __device__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---------------------------------------------------------------- per-step design
+
+// One forward step for a tile of kThreads neurons of batch row b = blockIdx.x:
+// U[t] = f(U[t-1], R[t-1], I[t] + sum_j R[t-1][j] * w_out[j][n]).
 // w_out = w_rec.T (row j: what a spike of neuron j adds), or null.
 template <typename scalar_t, Reset R>
-__global__ void forward_step_kernel(int64_t B, int64_t N, const scalar_t* __restrict__ w_out,
-                                    const bool* __restrict__ nonfinite_source,
-                                    const scalar_t* __restrict__ w_self,
-                                    DeviceParams<scalar_t> p, const scalar_t* __restrict__ u_prev,
-                                    const scalar_t* __restrict__ r_prev, scalar_t* __restrict__ u,
-                                    scalar_t* __restrict__ s, bool replay, int64_t t,
-                                    const int64_t* __restrict__ lengths) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= B * N) return;
-  const int64_t b = i / N, n = i % N;
+__global__ void __launch_bounds__(kThreads)
+    forward_step_kernel(int64_t N, const scalar_t* __restrict__ w_out,
+                        const bool* __restrict__ nonfinite_source,
+                        const scalar_t* __restrict__ w_self, DeviceParams<scalar_t> p,
+                        const scalar_t* __restrict__ u_prev, const scalar_t* __restrict__ r_prev,
+                        scalar_t* __restrict__ u, scalar_t* __restrict__ s, bool replay, int64_t t,
+                        const int64_t* __restrict__ lengths) {
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int listed[kListCapacity];         // the chunk's sources that take part, ascending
+  __shared__ scalar_t listed_r[kListCapacity];  // and their R[t-1]
+  const int64_t b = blockIdx.x;
+  const int64_t n = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
+  const bool owner = n < N;  // the last tile may stick out
+  const int64_t i = b * N + n;
   if (lengths != nullptr && t >= lengths[b]) {  // past the row's length: spikes and membrane 0
-    u[i] = scalar_t(0);
-    if (!replay) s[i] = scalar_t(0);
-    return;
+    if (owner) {
+      u[i] = scalar_t(0);
+      if (!replay) s[i] = scalar_t(0);
+    }
+    return;  // the whole block: b is the block's
   }
-  scalar_t rec = w_self != nullptr ? w_self[n] * r_prev[i] : scalar_t(0);  // one-to-one
+  scalar_t rec = owner && w_self != nullptr ? w_self[n] * r_prev[i] : scalar_t(0);  // one-to-one
   if (w_out != nullptr) {
     const scalar_t* r_row = r_prev + b * N;
-    for (int64_t j = 0; j < N; ++j) {
-      const scalar_t v = r_row[j];
-      // A zero spike is skipped unless a weight of its source is not finite:
-      // inf/NaN spread as in the dense product (0 * inf = NaN).
-      if (v != scalar_t(0) || nonfinite_source[j]) rec += v * w_out[j * N + n];
+    for (int64_t first = 0; first < N; first += kListCapacity) {
+      // Thread k flags sources first + k * kSourcesPerThread + q (a blocked
+      // arrangement, so the exclusive scan lists them in ascending order): a
+      // zero spike is skipped unless a weight of its source is not finite.
+      const int offset = threadIdx.x * kSourcesPerThread;
+      int flags[kSourcesPerThread], slots[kSourcesPerThread];
+      scalar_t values[kSourcesPerThread];
+#pragma unroll
+      for (int q = 0; q < kSourcesPerThread; ++q) {
+        const int64_t j = first + offset + q;
+        values[q] = j < N ? r_row[j] : scalar_t(0);
+        flags[q] = j < N && (values[q] != scalar_t(0) || nonfinite_source[j]);
+      }
+      int count;
+      Scan(scan_storage).ExclusiveSum(flags, slots, count);
+#pragma unroll
+      for (int q = 0; q < kSourcesPerThread; ++q) {
+        if (flags[q]) {
+          listed[slots[q]] = offset + q;
+          listed_r[slots[q]] = values[q];
+        }
+      }
+      __syncthreads();
+      if (owner) {
+        for (int k = 0; k < count; ++k) rec += listed_r[k] * w_out[(first + listed[k]) * N + n];
+      }
+      __syncthreads();  // the next chunk rewrites the list and the scan's storage
     }
   }
+  if (!owner) return;
   const scalar_t theta = p.th(n);
   const scalar_t value = membrane_step(R, p.a(n), theta, u_prev[i], r_prev[i], u[i], rec);
   u[i] = value;
   if (!replay) s[i] = spike(value, theta);  // with replay, s holds S[t] already
 }
+
+template <typename scalar_t>
+struct BackwardPointers {
+  const scalar_t *U, *S, *gS_out, *gU_out, *u0, *s0;
+  const scalar_t* rec;     // per-step, all-to-all: gU[t+1] @ w_rec [B, N] of this step (cuBLAS)
+  const scalar_t* w_self;  // one-to-one [N], or null
+  scalar_t *gU, *g_u0, *g_s0, *acc_alpha, *acc_theta, *acc_bias, *acc_w_self;
+  const int64_t* lengths;  // [B], or null: every row takes all T steps
+};
+
+// Row b takes the steps t < steps_taken(lengths, b, T).
+__device__ int64_t steps_taken(const int64_t* lengths, int64_t b, int64_t T) {
+  return lengths == nullptr ? T : min(max(lengths[b], int64_t(0)), T);
+}
+
+// One reverse step at time t for neuron (b, n) of a row that takes `steps`
+// steps (see lif_math.h); the element-wise work both designs share.
+// all_to_all_grad: (gU[t+1] @ w_rec)[b][n] for an all-to-all w_rec when t is
+// not the row's last step, else 0.
+template <typename scalar_t, Reset R, Surrogate SG>
+__device__ void backward_neuron(int64_t t, int64_t steps, int64_t B, int64_t N, int64_t b,
+                                int64_t n, bool detach_reset, scalar_t slope,
+                                const DeviceParams<scalar_t>& p,
+                                const BackwardPointers<scalar_t>& q, scalar_t all_to_all_grad) {
+  const int64_t BN = B * N, i = b * N + n, k = t * BN + i;
+  if (t >= steps) {  // a step the row does not take: nothing flows through it
+    q.gU[k] = scalar_t(0);
+    if (t == 0) q.g_u0[i] = q.g_s0[i] = scalar_t(0);
+    return;
+  }
+  const bool has_next = t < steps - 1;
+  // The recurrent term: all_to_all_grad, or one-to-one gU[t+1][b][n] * w_rec[n].
+  const scalar_t rec_grad =
+      has_next && q.w_self != nullptr ? q.gU[k + BN] * q.w_self[n] : all_to_all_grad;
+  const scalar_t alpha = p.a(n), theta = p.th(n);
+  const scalar_t u_prev = t > 0 ? q.U[k - BN] : q.u0[i];
+  const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
+  const auto terms =
+      backward_step(R, detach_reset, SG, slope, alpha, theta, q.U[k], q.S[k],
+                    q.gS_out ? q.gS_out[k] : scalar_t(0), q.gU_out ? q.gU_out[k] : scalar_t(0),
+                    has_next, has_next ? q.gU[k + BN] : scalar_t(0), rec_grad);
+  q.gU[k] = terms.grad_u;
+  if (q.acc_alpha) q.acc_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
+  if (q.acc_theta) q.acc_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
+  if (q.acc_bias) q.acc_bias[i] += terms.grad_u;
+  if (q.acc_w_self) q.acc_w_self[i] += terms.grad_u * r_prev;
+  if (t == 0) {
+    q.g_u0[i] = terms.grad_u * dnext_du(R, alpha, r_prev);
+    q.g_s0[i] = reset_grad(R, detach_reset, alpha, theta, u_prev, terms.grad_u);
+  }
+}
+
+// One reverse step at time t for element i = (b, n).
+template <typename scalar_t, Reset R, Surrogate SG>
+__global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N, bool detach_reset,
+                                     scalar_t slope, DeviceParams<scalar_t> p,
+                                     BackwardPointers<scalar_t> q) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= B * N) return;
+  const int64_t b = i / N, n = i % N;
+  const int64_t steps = steps_taken(q.lengths, b, T);
+  const scalar_t all_to_all_grad = q.rec != nullptr && t < steps - 1 ? q.rec[i] : scalar_t(0);
+  backward_neuron<scalar_t, R, SG>(t, steps, B, N, b, n, detach_reset, slope, p, q,
+                                   all_to_all_grad);
+}
+
+// ---------------------------------------------------------------- persistent design
+
+// What a block of a persistent kernel owns: neurons tile * kWarp + lane (the
+// tile's last may stick out past N) of the batch rows [row_begin, row_end),
+// row b handled by warp (b - row_begin) % kPersistentWarps at every step.
+struct BlockShare {
+  int64_t tile, row_begin, row_end;
+  int lane, warp;
+};
+
+__device__ BlockShare block_share(int64_t B, int64_t tiles, int64_t rows_per_group) {
+  const int64_t tile = blockIdx.x % tiles, row_begin = blockIdx.x / tiles * rows_per_group;
+  return {tile, row_begin, min(B, row_begin + rows_per_group),
+          static_cast<int>(threadIdx.x) % kWarp, static_cast<int>(threadIdx.x) / kWarp};
+}
+
+// Shared memory of a persistent kernel: its W slice, [sources][kWarp] scalars,
+// then (forward) the non-finite-source bits, one word per kWarp sources.
+template <typename scalar_t>
+size_t forward_shared_bytes(int64_t N) {
+  return static_cast<size_t>(N) * kWarp * sizeof(scalar_t) +
+         static_cast<size_t>(ceil_div(N, kWarp)) * sizeof(uint32_t);
+}
+template <typename scalar_t>
+size_t backward_shared_bytes(int64_t N) {
+  return static_cast<size_t>(N) * kWarp * sizeof(scalar_t);
+}
+
+// sum over the sources j that fired at t-1 (bits of `fired_words`, row b's
+// words of the mask) or have a non-finite weight, in ascending j, of
+// R[t-1][j] * w_out[j][n] for this lane's neuron n: the per-step design's
+// terms in its order. The mask was written by other blocks during this launch:
+// read through L2 (__ldcg), never a stale L1 line.
+template <typename scalar_t>
+__device__ scalar_t recurrent_input(const uint32_t* fired_words, const uint32_t* nonfinite_words,
+                                    int words, const scalar_t* w_slice, int lane) {
+  scalar_t rec = scalar_t(0);
+  for (int first = 0; first < words; first += kWarp) {
+    // Lane k loads word first + k (coalesced), then the warp walks the words in order.
+    const bool has_word = first + lane < words;
+    const uint32_t fired_mine = has_word ? __ldcg(fired_words + first + lane) : 0u;
+    const uint32_t nonfinite_mine = has_word ? nonfinite_words[first + lane] : 0u;
+    const int count = min(kWarp, words - first);
+    for (int k = 0; k < count; ++k) {
+      const uint32_t fired = __shfl_sync(kAllLanes, fired_mine, k);
+      uint32_t taking_part = fired | __shfl_sync(kAllLanes, nonfinite_mine, k);
+      while (taking_part != 0u) {
+        const int bit = __ffs(static_cast<int>(taking_part)) - 1;
+        taking_part &= taking_part - 1u;
+        const scalar_t r = (fired >> bit) & 1u ? scalar_t(1) : scalar_t(0);
+        rec += r * w_slice[((first + k) * kWarp + bit) * kWarp + lane];
+      }
+    }
+  }
+  return rec;
+}
+
+// Steps 1..T-1 of the forward (step 0 done by a per-step launch before), for
+// an all-to-all w_out = w_rec.T, without replay. U [T, B, N] holds I[t] on
+// entry; masks: [2][B][words] spike bits, any content on entry.
+template <typename scalar_t, Reset R>
+__global__ void __launch_bounds__(kPersistentThreads)
+    forward_persistent_kernel(int64_t T, int64_t B, int64_t N, int64_t rows_per_group,
+                              const scalar_t* __restrict__ w_out,
+                              const bool* __restrict__ nonfinite_source, DeviceParams<scalar_t> p,
+                              scalar_t* U, scalar_t* S, uint32_t* masks,
+                              const int64_t* __restrict__ lengths) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  // N is small enough for its slice to fit in shared memory: int indexes.
+  const int words = static_cast<int>(ceil_div(N, kWarp));   // = tiles
+  scalar_t* w_slice = reinterpret_cast<scalar_t*>(shared);  // [N][kWarp]: w_out[j][tile's n]
+  uint32_t* nonfinite_words = reinterpret_cast<uint32_t*>(w_slice + N * kWarp);  // [words]
+  const BlockShare share = block_share(B, words, rows_per_group);
+  const int64_t n = share.tile * kWarp + share.lane, BN = B * N;
+  const bool owner = n < N;
+  const int64_t mask_size = B * words;
+
+  for (int64_t k = threadIdx.x; k < N * kWarp; k += kPersistentThreads) {
+    const int64_t m = share.tile * kWarp + k % kWarp;
+    w_slice[k] = m < N ? w_out[k / kWarp * N + m] : scalar_t(0);
+  }
+  for (int w = share.warp; w < words; w += kPersistentWarps) {
+    const int64_t j = static_cast<int64_t>(w) * kWarp + share.lane;
+    const uint32_t bits = __ballot_sync(kAllLanes, j < N && nonfinite_source[j]);
+    if (share.lane == 0) nonfinite_words[w] = bits;
+  }
+  // The bits of S[0] (binary: a forward step computed it), in buffer 0.
+  for (int64_t b = share.row_begin + share.warp; b < share.row_end; b += kPersistentWarps) {
+    const uint32_t bits = __ballot_sync(kAllLanes, owner && S[b * N + n] != scalar_t(0));
+    if (share.lane == 0) masks[b * words + share.tile] = bits;
+  }
+  const auto grid = cooperative_groups::this_grid();
+  grid.sync();  // S[0]'s bits everywhere; also a block barrier: the shared slice is complete
+
+  for (int64_t t = 1; t < T; ++t) {
+    const uint32_t* fired_before = masks + ((t - 1) & 1) * mask_size;  // S[t-1]
+    uint32_t* fired_now = masks + (t & 1) * mask_size;                 // S[t]
+    for (int64_t b = share.row_begin + share.warp; b < share.row_end; b += kPersistentWarps) {
+      const int64_t i = t * BN + b * N + n;
+      bool fired = false;
+      if (lengths != nullptr && t >= lengths[b]) {  // the warp's row: past its length, 0
+        if (owner) U[i] = S[i] = scalar_t(0);
+      } else {
+        const scalar_t rec =
+            recurrent_input(fired_before + b * words, nonfinite_words, words, w_slice, share.lane);
+        if (owner) {
+          const scalar_t theta = p.th(n);
+          const scalar_t value = membrane_step(R, p.a(n), theta, U[i - BN], S[i - BN], U[i], rec);
+          const scalar_t s = spike(value, theta);
+          U[i] = value;
+          S[i] = s;
+          fired = s != scalar_t(0);
+        }
+      }
+      const uint32_t bits = __ballot_sync(kAllLanes, fired);
+      if (share.lane == 0) fired_now[b * words + share.tile] = bits;
+    }
+    // S[t]'s bits everywhere before step t+1 reads them, and every read of
+    // buffer (t-1)&1 done before step t+1 overwrites it.
+    if (t + 1 < T) grid.sync();
+  }
+}
+
+// (gU[t+1] @ w_rec)[b][j] for this lane's source j: sum over ascending n of
+// gU[t+1][b][n] * w_rec[n][j]. grad_next: row b of gU[t+1], written by every
+// block during the step before: read through L2 (__ldcg).
+template <typename scalar_t>
+__device__ scalar_t gradient_through_w_rec(const scalar_t* grad_next, int N,
+                                           const scalar_t* w_slice, int lane) {
+  scalar_t sum = scalar_t(0);
+  for (int first = 0; first < N; first += kWarp) {
+    const scalar_t mine = first + lane < N ? __ldcg(grad_next + first + lane) : scalar_t(0);
+    const int count = min(kWarp, N - first);
+    for (int k = 0; k < count; ++k) {
+      sum += __shfl_sync(kAllLanes, mine, k) * w_slice[(first + k) * kWarp + lane];
+    }
+  }
+  return sum;
+}
+
+// The whole reverse recurrence t = T-1..0 for an all-to-all w_rec [N, N].
+template <typename scalar_t, Reset R, Surrogate SG>
+__global__ void __launch_bounds__(kPersistentThreads)
+    backward_persistent_kernel(int64_t T, int64_t B, int64_t N, int64_t rows_per_group,
+                               const scalar_t* __restrict__ w_rec, bool detach_reset,
+                               scalar_t slope, DeviceParams<scalar_t> p,
+                               BackwardPointers<scalar_t> q) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  scalar_t* w_slice = reinterpret_cast<scalar_t*>(shared);  // [N][kWarp]: w_rec[n][tile's j]
+  const BlockShare share = block_share(B, ceil_div(N, kWarp), rows_per_group);
+  const int64_t j = share.tile * kWarp + share.lane, BN = B * N;
+  for (int64_t k = threadIdx.x; k < N * kWarp; k += kPersistentThreads) {
+    const int64_t m = share.tile * kWarp + k % kWarp;
+    w_slice[k] = m < N ? w_rec[k / kWarp * N + m] : scalar_t(0);
+  }
+  __syncthreads();
+  const auto grid = cooperative_groups::this_grid();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    for (int64_t b = share.row_begin + share.warp; b < share.row_end; b += kPersistentWarps) {
+      const int64_t steps = steps_taken(q.lengths, b, T);
+      // The warp's row: the sum is taken or skipped by all its lanes together.
+      const scalar_t all_to_all_grad =
+          t < steps - 1 ? gradient_through_w_rec(q.gU + (t + 1) * BN + b * N, static_cast<int>(N),
+                                                 w_slice, share.lane)
+                        : scalar_t(0);
+      if (j < N) {
+        backward_neuron<scalar_t, R, SG>(t, steps, B, N, b, j, detach_reset, slope, p, q,
+                                         all_to_all_grad);
+      }
+    }
+    if (t > 0) grid.sync();  // gU[t] everywhere before step t-1 reads it
+  }
+}
+
+// How a persistent kernel is launched, or why it is not (blocks == 0).
+struct PersistentPlan {
+  unsigned int blocks = 0;  // tiles x batch groups, all co-resident
+  int64_t rows_per_group = 0;
+  size_t shared_bytes = 0;
+  std::string why_not;
+};
+
+template <typename Kernel>
+PersistentPlan persistent_plan(Kernel kernel, int64_t B, int64_t N, size_t shared_bytes) {
+  PersistentPlan plan;
+  plan.shared_bytes = shared_bytes;
+  const int device = c10::cuda::current_device();
+  int cooperative = 0, shared_optin = 0, sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (cooperative == 0) {
+    plan.why_not = "the device has no cooperative launch";
+    return plan;
+  }
+  if (shared_bytes > static_cast<size_t>(shared_optin)) {
+    plan.why_not = "W_rec's slice needs " + std::to_string(shared_bytes) +
+                   " bytes of shared memory per block; the device allows " +
+                   std::to_string(shared_optin);
+    return plan;
+  }
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(shared_bytes)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistentThreads,
+                                                               shared_bytes));
+  const int64_t tiles = ceil_div(N, kWarp), co_resident = static_cast<int64_t>(per_sm) * sms;
+  if (co_resident < tiles) {
+    plan.why_not = std::to_string(tiles) + " blocks needed; the device co-schedules " +
+                   std::to_string(co_resident);
+    return plan;
+  }
+  plan.rows_per_group = ceil_div(B, std::min(B, co_resident / tiles));
+  plan.blocks = static_cast<unsigned int>(tiles * ceil_div(B, plan.rows_per_group));
+  return plan;
+}
+
+// Launches a planned persistent kernel on the current stream; false if the
+// device refuses it as too large to co-schedule now (then nothing ran).
+template <typename... Params, typename... Args>
+bool launch_cooperative(void (*kernel)(Params...), const PersistentPlan& plan, Args&&... args) {
+  cudaLaunchAttribute cooperative{};
+  cooperative.id = cudaLaunchAttributeCooperative;
+  cooperative.val.cooperative = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(plan.blocks);
+  config.blockDim = dim3(kPersistentThreads);
+  config.dynamicSmemBytes = plan.shared_bytes;
+  config.stream = at::cuda::getCurrentCUDAStream();
+  config.attrs = &cooperative;
+  config.numAttrs = 1;
+  const cudaError_t error = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (error == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();  // clear it: the caller falls back to the per-step design
+    return false;
+  }
+  C10_CUDA_CHECK(error);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+// ---------------------------------------------------------------- time loops
 
 template <typename scalar_t, Reset R>
 void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes, bool replay) {
@@ -101,14 +515,32 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
   scalar_t* U = membrane.data_ptr<scalar_t>();
   scalar_t* S = spikes.data_ptr<scalar_t>();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t t = 0; t < T; ++t) {
-    const scalar_t* u_prev = t > 0 ? U + (t - 1) * BN : in.u0.data_ptr<scalar_t>();
-    const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
-    forward_step_kernel<scalar_t, R><<<blocks_for(BN), kThreads, 0, stream>>>(
-        B, N, W, nonfinite_source, W_self, p, u_prev, r_prev, U + t * BN, S + t * BN, replay, t,
-        lengths);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const dim3 grid(static_cast<unsigned int>(B), static_cast<unsigned int>(ceil_div(N, kThreads)));
+  auto per_step = [&](int64_t first, int64_t end) {
+    for (int64_t t = first; t < end; ++t) {
+      const scalar_t* u_prev = t > 0 ? U + (t - 1) * BN : in.u0.data_ptr<scalar_t>();
+      const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
+      forward_step_kernel<scalar_t, R>
+          <<<grid, kThreads, 0, stream>>>(N, W, nonfinite_source, W_self, p, u_prev, r_prev,
+                                          U + t * BN, S + t * BN, replay, t, lengths);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  };
+  if (T > 1 && W != nullptr && !replay && cuda_persistent_requested()) {
+    const auto kernel = forward_persistent_kernel<scalar_t, R>;
+    const PersistentPlan plan = persistent_plan(kernel, B, N, forward_shared_bytes<scalar_t>(N));
+    if (plan.blocks > 0) {
+      per_step(0, 1);  // reads s0, whose values may be anything
+      at::Tensor masks = at::empty({2, B, ceil_div(N, kWarp)}, membrane.options().dtype(at::kInt));
+      if (launch_cooperative(kernel, plan, T, B, N, plan.rows_per_group, W, nonfinite_source, p, U,
+                             S, reinterpret_cast<uint32_t*>(masks.data_ptr<int32_t>()), lengths)) {
+        return;
+      }
+      per_step(1, T);
+      return;
+    }
   }
+  per_step(0, T);
 }
 
 void forward_loop_cuda(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes,
@@ -119,54 +551,6 @@ void forward_loop_cuda(const LoopInputs& in, at::Tensor& membrane, at::Tensor& s
       forward_steps<scalar_t, decltype(reset)::value>(in, membrane, spikes, replay);
     });
   });
-}
-
-template <typename scalar_t>
-struct BackwardPointers {
-  const scalar_t *U, *S, *gS_out, *gU_out, *u0, *s0;
-  const scalar_t* rec;     // all-to-all: gU[t+1] @ w_rec [B, N] of this step (cuBLAS), or null
-  const scalar_t* w_self;  // one-to-one [N], or null
-  scalar_t *gU, *g_u0, *g_s0, *acc_alpha, *acc_theta, *acc_bias, *acc_w_self;
-  const int64_t* lengths;  // [B], or null: every row takes all T steps
-};
-
-// One reverse step at time t for element i = (b, n); see lif_math.h.
-template <typename scalar_t, Reset R, Surrogate SG>
-__global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N, bool detach_reset,
-                                     scalar_t slope, DeviceParams<scalar_t> p,
-                                     BackwardPointers<scalar_t> q) {
-  const int64_t BN = B * N;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= BN) return;
-  const int64_t b = i / N, n = i % N, k = t * BN + i;
-  const int64_t steps = q.lengths == nullptr ? T : min(max(q.lengths[b], int64_t(0)), T);
-  if (t >= steps) {  // a step the row does not take: nothing flows through it
-    q.gU[k] = scalar_t(0);
-    if (t == 0) q.g_u0[i] = q.g_s0[i] = scalar_t(0);
-    return;
-  }
-  const bool has_next = t < steps - 1;
-  // The recurrent term: gU[t+1] @ w_rec, one product for all rows computed
-  // before this launch; one-to-one: gU[t+1][b][n] * w_rec[n].
-  scalar_t rec_grad = scalar_t(0);
-  if (has_next && q.w_self != nullptr) rec_grad = q.gU[k + BN] * q.w_self[n];
-  if (has_next && q.rec != nullptr) rec_grad = q.rec[i];
-  const scalar_t alpha = p.a(n), theta = p.th(n);
-  const scalar_t u_prev = t > 0 ? q.U[k - BN] : q.u0[i];
-  const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
-  const auto terms =
-      backward_step(R, detach_reset, SG, slope, alpha, theta, q.U[k], q.S[k],
-                    q.gS_out ? q.gS_out[k] : scalar_t(0), q.gU_out ? q.gU_out[k] : scalar_t(0),
-                    has_next, has_next ? q.gU[k + BN] : scalar_t(0), rec_grad);
-  q.gU[k] = terms.grad_u;
-  if (q.acc_alpha) q.acc_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
-  if (q.acc_theta) q.acc_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
-  if (q.acc_bias) q.acc_bias[i] += terms.grad_u;
-  if (q.acc_w_self) q.acc_w_self[i] += terms.grad_u * r_prev;
-  if (t == 0) {
-    q.g_u0[i] = terms.grad_u * dnext_du(R, alpha, r_prev);
-    q.g_s0[i] = reset_grad(R, detach_reset, alpha, theta, u_prev, terms.grad_u);
-  }
 }
 
 template <typename scalar_t, Reset R, Surrogate SG>
@@ -186,8 +570,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const at::Tensor acc_w_self = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
   const bool one_to_one = st.one_to_one();
   const bool all_to_all = st.w_rec.defined() && !one_to_one;
-  // gU[t+1] @ w_rec for all rows: one cuBLAS product per step (each W tile
-  // read once for the whole batch), then the element-wise launch reads it.
+  // Per-step: gU[t+1] @ w_rec for all rows, one cuBLAS product per step (each
+  // W tile read once for the whole batch), then the element-wise launch reads it.
   at::Tensor rec_grad = all_to_all ? at::empty({B, N}, opts) : at::Tensor();
   const BackwardPointers<scalar_t> q{ptr(in.membrane),
                                      ptr(in.spikes),
@@ -206,11 +590,19 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
                                      ptr(acc_w_self),
                                      st.lengths.defined() ? st.lengths.data_ptr<int64_t>() : nullptr};
   const auto p = device_params<scalar_t>(st);
+  const auto slope = static_cast<scalar_t>(in.slope);
+  bool done = false;
+  if (T > 1 && all_to_all && cuda_persistent_requested()) {
+    const auto kernel = backward_persistent_kernel<scalar_t, R, SG>;
+    const PersistentPlan plan = persistent_plan(kernel, B, N, backward_shared_bytes<scalar_t>(N));
+    done = plan.blocks > 0 && launch_cooperative(kernel, plan, T, B, N, plan.rows_per_group,
+                                                 ptr(st.w_rec), in.detach_reset, slope, p, q);
+  }
   const auto stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t t = T - 1; t >= 0; --t) {
+  for (int64_t t = T - 1; t >= 0 && !done; --t) {
     if (all_to_all && t < T - 1) at::mm_out(rec_grad, out.grad_u[t + 1], st.w_rec);
     backward_step_kernel<scalar_t, R, SG><<<blocks_for(B * N), kThreads, 0, stream>>>(
-        t, T, B, N, in.detach_reset, static_cast<scalar_t>(in.slope), p, q);
+        t, T, B, N, in.detach_reset, slope, p, q);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // Reductions over the batch; ATen's CUDA sum uses no atomics (deterministic).
@@ -231,6 +623,28 @@ BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& in) {
 }
 
 }  // namespace
+
+bool cuda_persistent_requested() {
+  const char* value = std::getenv("TORCH_EXT_CUDA_PERSISTENT");
+  return value != nullptr && std::string(value) == "1";
+}
+
+std::pair<std::string, std::string> cuda_design_for(int64_t T, int64_t B, int64_t N,
+                                                    at::ScalarType compute_dtype) {
+  if (!cuda_persistent_requested()) return {"per_step", "TORCH_EXT_CUDA_PERSISTENT is not 1"};
+  if (T < 2 || B < 1 || N < 1)
+    return {"per_step", "T < 2 or no rows or neurons: no steps to keep on chip"};
+  PersistentPlan plan;
+  AT_DISPATCH_FLOATING_TYPES(compute_dtype, "cuda_design_for", [&] {
+    plan = persistent_plan(forward_persistent_kernel<scalar_t, Reset::Subtract>, B, N,
+                           forward_shared_bytes<scalar_t>(N));
+  });
+  if (plan.blocks == 0) return {"per_step", plan.why_not};
+  return {"persistent", std::to_string(plan.blocks) + " blocks of " +
+                            std::to_string(kPersistentThreads) + " threads, " +
+                            std::to_string(plan.rows_per_group) + " batch rows per block, " +
+                            std::to_string(plan.shared_bytes) + " bytes of shared memory each"};
+}
 
 TORCH_LIBRARY_IMPL(torch_ext, CUDA, m) {
   m.impl("recurrent_lif", &forward_kernel<forward_loop_cuda>);
