@@ -46,7 +46,7 @@ BASELINES = {
                  "weight gradients as single products (benchmarks/python_function.py)",
     "compiled": "the expert autograd loop under torch.compile",
     "snntorch": "snnTorch's RLeaky, stepped in a Python loop",
-    "floor": "the unavoidable matrix products alone (peers.floor): a lower bound for all",
+    "floor": "the dense matrix products alone (peers.floor): a lower bound for a dense implementation",
 }
 
 

@@ -73,8 +73,8 @@ def snntorch_rleaky(params):
 
 
 def floor(params):
-    """run(x, backward): only the matrix products that no exact implementation
-    can avoid, in the dtype of the others, on operands of the right shapes
+    """run(x, backward): only the matrix products that a dense implementation
+    cannot avoid, in the dtype of the others, on operands of the right shapes
     (their values do not change the time of a product):
 
     - forward: the input projection x @ w_in.T over all T*B rows (the
@@ -86,7 +86,9 @@ def floor(params):
       grad_w_rec = gU.T @ S, each over all T*B rows.
 
     Element-wise work (decay, threshold, surrogate) is left out, so the floor
-    is a lower bound for every implementation, the fused op included."""
+    is a lower bound for every implementation that computes these products
+    densely. The fused op does not quite: grad_w_rec = gU.T @ S has binary,
+    sparse S too, and it adds a row of gU per spike only."""
     w_in, w_rec = params["w_in"].detach(), params["w_rec"].detach()
 
     @torch.no_grad()

@@ -24,7 +24,8 @@ FUNCTIONAL = """
         bias (Tensor or None): ``[N]``. Default: ``None``.
         alpha (float or Tensor): membrane decay, in [0, 1]: a float (no
             gradient), a 0-dim tensor (one value, its gradient the full sum)
-            or an ``[N]`` tensor (one per neuron). Default: ``0.9``.
+            or an ``[N]`` tensor (one per neuron); a CUDA tensor's values are
+            not checked (that would cost a host synchronisation). Default: ``0.9``.
         theta (float or Tensor): threshold, finite; a float, a 0-dim or an
             ``[N]`` tensor, as alpha. Default: ``1.0``.
         u0 (Tensor or None): initial membrane ``[B, N]``. Default: ``None`` (zeros).
@@ -50,7 +51,8 @@ FUNCTIONAL = """
             variable-length batch (keyword only): row b takes steps
             ``t < lengths[b]`` only; its later steps output spikes and
             membrane 0 and pass no gradient, so each row's gradients are
-            those of running it alone on its own length. Default: ``None``.
+            those of running it alone on its own length; on CUDA its values
+            are not checked (past T acts as T, below 0 as 0). Default: ``None``.
 
     Returns:
         ``(spikes, membrane)``, each ``[T, B, N]``: S in x's dtype and U (the
