@@ -454,8 +454,10 @@ PersistentPlan persistent_plan(Kernel kernel, int64_t B, int64_t N, size_t share
                    std::to_string(shared_optin);
     return plan;
   }
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(shared_bytes)));
+  // The device's limit, not this call's size: a host thread planning another
+  // size cannot then lower it under a launch of this one.
+  C10_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_optin));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistentThreads,
                                                                shared_bytes));
