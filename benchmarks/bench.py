@@ -21,9 +21,11 @@ beyond what was allocated before.
 Writes a CSV and a JSON file and PNG plots under benchmarks/results/.
 """
 import argparse
+import contextlib
 import csv
 import datetime
 import json
+import os
 import platform
 import statistics
 import time
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+import torch_ext
 from benchmarks import peers
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,6 +47,9 @@ BASELINES = {
                 "unbind over time, stack), differentiated by autograd",
     "python_fn": "hand-written torch.autograd.Function, Python loops forward and backward, "
                  "weight gradients as single products (benchmarks/python_function.py)",
+    "fused_persistent": "the fused op with the persistent CUDA design asked for "
+                        "(TORCH_EXT_CUDA_PERSISTENT=1, forward and backward; sizes it does not "
+                        "fit take the per-step design: torch_ext._C.cuda_design_for says which)",
     "compiled": "the expert autograd loop under torch.compile",
     "snntorch": "snnTorch's RLeaky, stepped in a Python loop",
     "floor": "the dense matrix products alone (peers.floor): a lower bound for a dense implementation",
@@ -75,13 +81,34 @@ def saved_bytes(run, keep, count_outputs=False):
     return sum(n for ptr, n in storages.items() if ptr not in own), outputs
 
 
-def with_backward(fn, inputs):
+# Environment variables an implementation runs under (set for its forward and
+# backward only; the op reads them at every call).
+ENVIRONMENT = {"fused_persistent": {"TORCH_EXT_CUDA_PERSISTENT": "1"}}
+
+
+@contextlib.contextmanager
+def environment(variables):
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def with_backward(fn, inputs, variables=None):
     """run(x, backward) for fn(x) -> (spikes, membrane): the forward, then
-    optionally the gradients of spikes.sum() for `inputs`."""
+    optionally the gradients of spikes.sum() for `inputs`, under the
+    environment `variables`."""
     def run(x, backward):
-        spikes, _ = fn(x)
-        if backward:
-            torch.autograd.grad(spikes.sum(), inputs)
+        with environment(variables or {}):
+            spikes, _ = fn(x)
+            if backward:
+                torch.autograd.grad(spikes.sum(), inputs)
     return run
 
 
@@ -120,6 +147,9 @@ def implementations(params, T, args):
     impls = {"fused": peers.fused(params), "fused_lm": peers.fused(params, save_membrane=False),
              "autograd": peers.reference(params),
              "python_fn": peers.python_function(params)}
+    designs = torch_ext.build_info().get("cuda_designs", [])
+    if torch.device(args.device).type == "cuda" and "persistent" in designs:
+        impls["fused_persistent"] = peers.fused(params)
     notes = []
     if args.compile:
         if T <= args.compile_max_t:
@@ -140,7 +170,7 @@ def measure(T, B, N, args, device):
     x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_()
     inputs = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
     impls, notes = implementations(params, T, args)
-    runs = {name: with_backward(fn, inputs) for name, fn in impls.items()}
+    runs = {name: with_backward(fn, inputs, ENVIRONMENT.get(name)) for name, fn in impls.items()}
     runs["floor"] = peers.floor(params)
     times = {name: {"fwd": [], "fwd_bwd": []} for name in runs}
     for run in runs.values():  # warm-up (and compilation)

@@ -12,9 +12,10 @@
 #      float32, and at the target size; run once per CUDA design: default, then
 #      TORCH_EXT_CUDA_PERSISTENT=1;
 #   4. pytest tests/test_cuda.py tests/test_gradients.py, where pytest exists;
-#   5. benchmark at the target size T=1000, B=64, F=N=1024 (fused op, expert
-#      autograd loop, hand-written Function, floor; TF32 off and on), then a
-#      torch.compile probe at T=100 in the time left;
+#   5. benchmark at the target size T=1000, B=64, F=N=1024 (fused op in each
+#      design, expert autograd loop, hand-written Function, floor; TF32 off
+#      and on), then a torch.compile probe at T=100 and, in the time left,
+#      B=16 N=256 (latency-bound) and N=4096 (W_rec does not fit on chip);
 #   6. the summary table (benchmarks/gpu_summary.py), printed last.
 # The steps share a budget (GPU_CHECK_BUDGET_S, default 420 s) so that the whole
 # run stays under 8 minutes. Output: $OUT (default
@@ -198,9 +199,12 @@ fi
 if [ "$MODE" = full ]; then
   BENCH=("$PY" -m benchmarks.bench --device cuda --reps 5 --warmup 2 --no-snntorch)
   MAIN_SIZE=1000,64,1024 PROBE_SIZE=100,64,1024 COMPILE_MAX_T=100
+  # Latency-bound (small B and N), and W_rec too large to stay on chip.
+  OTHER_SIZES=(--size 1000,16,256 --size 1000,64,4096)
 else  # the same steps at smoke sizes: T above --compile-max-t, then the probe below it
   BENCH=("$PY" -m benchmarks.bench --device cpu --smoke --no-snntorch)
   MAIN_SIZE=20,4,16 PROBE_SIZE=10,4,16 COMPILE_MAX_T=10
+  OTHER_SIZES=(--size 20,2,8 --size 20,4,32)
 fi
 if [ "$BUILT" != 1 ]; then
   skip_step benchmark "not built" bench.txt "no extension to time"
@@ -215,6 +219,13 @@ else
       --size "$PROBE_SIZE" --compile --compile-max-t "$COMPILE_MAX_T" --out "$WORK/bench-compile"
   else
     skip_step "compile probe" skipped bench.txt "only $left s left of the budget (needs 60)"
+  fi
+  left=$((DEADLINE - $(date +%s) - 10))
+  if [ "$left" -ge 60 ]; then
+    run_step "other sizes" 120 10 bench.txt bench "${BENCH[@]}" --targets-only "${OTHER_SIZES[@]}" \
+      --reps 3 --out "$WORK/bench-sizes"
+  else
+    skip_step "other sizes" skipped bench.txt "only $left s left of the budget (needs 60)"
   fi
 fi
 

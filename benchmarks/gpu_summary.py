@@ -1,8 +1,9 @@
 """The short table that gpu_check.sh prints last: GPU, build, correctness,
-pytest, and the benchmark ratios at the target size. Reads what the steps left
-in the work folder (steps.tsv, preflight.json, correctness-*.json|txt,
-bench-main/ and bench-compile/) and in $OUT (pytest.log); writes
-$OUT/summary.txt and $OUT/bench.json (both benchmark runs' JSON in one file).
+pytest, the benchmark ratios at the target size and the times at the other
+sizes. Reads what the steps left in the work folder (steps.tsv,
+preflight.json, correctness-*.json|txt, bench-main/, bench-compile/ and
+bench-sizes/) and in $OUT (pytest.log); writes $OUT/summary.txt and
+$OUT/bench.json (the benchmark runs' JSON in one file).
 
     python3 -m benchmarks.gpu_summary --work DIR --out DIR --mode full|dry-run
 """
@@ -178,6 +179,25 @@ def bench_lines(main, probe, steps):
     return lines
 
 
+def other_size_lines(bench, steps):
+    """One line per further size and TF32 setting: each implementation's ms."""
+    if bench is None:
+        step = steps.get("other sizes")
+        return [] if step is None else [f"  other sizes: no result: {step_text(step)}"]
+    lines = []
+    sizes = {}
+    for r in bench["rows"]:
+        sizes.setdefault((r["T"], r["B"], r["N"], r["tf32"]), {})[r["impl"]] = r["fwd_bwd_ms"]
+    for (T, B, N, tf32), ms in sizes.items():
+        label = "" if tf32 is None else f", TF32 {'on' if tf32 else 'off'}"
+        loop_over_fused = None if not ms.get("fused") or "autograd" not in ms else \
+            ms["autograd"] / ms["fused"]
+        lines.append(f"  T={T}, B={B}, F=N={N}{label}: " + ", ".join(
+            f"{name} {fmt(value)} ms" for name, value in ms.items()) +
+            f"; loop/fused {fmt(loop_over_fused)}")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,8 +210,9 @@ def main(argv=None):
     steps = read_steps(args.work)
     preflight = read_json(args.work / "preflight.json")
     main_bench, probe = bench_rows(args.work, "bench-main"), bench_rows(args.work, "bench-compile")
-    (args.out / "bench.json").write_text(json.dumps({"main": main_bench, "compile_probe": probe},
-                                                    indent=1))
+    other_sizes = bench_rows(args.work, "bench-sizes")
+    (args.out / "bench.json").write_text(json.dumps({"main": main_bench, "compile_probe": probe,
+                                                     "other_sizes": other_sizes}, indent=1))
     pytest_summary, failed = pytest_text(args.out, steps)
     when = datetime.datetime.now().isoformat(sep=" ", timespec="minutes")
     took = f", {args.seconds} s" if args.seconds is not None else ""
@@ -210,6 +231,7 @@ def main(argv=None):
     if len(failed) > 5:
         table.append(f"              ... {len(failed) - 5} more in pytest.log")
     table += bench_lines(main_bench, probe, steps)
+    table += other_size_lines(other_sizes, steps)
     table.append("steps:        " + ", ".join(
         f"{name} {step['status']}" + (f" {step['seconds']} s" if step["seconds"] not in ("", "-")
                                       else "") for name, step in steps.items()))

@@ -3,8 +3,8 @@ reset by subtraction of the previous step's spike, reset detached, sigmoid
 surrogate with slope 25, recurrent weights with a bias, and an input projection
 done once for all T steps. Each returns a function (x [T, B, F]) -> (spikes, membrane), both [T, B, N].
 
-Besides them, `floor` times the matrix products alone that any exact
-implementation has to compute: the bound no implementation can beat."""
+Besides them, `floor` times the matrix products alone that a dense
+implementation has to compute."""
 import torch
 
 import torch_ext

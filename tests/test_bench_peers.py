@@ -55,3 +55,28 @@ def test_smoke_mode(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "fused / floor" in printed
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".csv", ".json", ".png"]
+
+
+def test_an_implementation_runs_forward_and_backward_under_its_environment(monkeypatch):
+    """fused_persistent's design switch is read by the op at every call, the
+    backward's included: it must be set for both and restored after."""
+    monkeypatch.delenv("TORCH_EXT_CUDA_PERSISTENT", raising=False)
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            seen.append(("forward", bench.os.environ.get("TORCH_EXT_CUDA_PERSISTENT")))
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(("backward", bench.os.environ.get("TORCH_EXT_CUDA_PERSISTENT")))
+            return grad
+
+    x = torch.randn(3, requires_grad=True)
+    run = bench.with_backward(lambda x: (Probe.apply(x), None), [x],
+                              bench.ENVIRONMENT["fused_persistent"])
+    run(x, True)
+    assert seen == [("forward", "1"), ("backward", "1")]
+    assert "TORCH_EXT_CUDA_PERSISTENT" not in bench.os.environ

@@ -134,7 +134,8 @@ def test_summary_table_from_partial_results(tmp_path, capsys):
     assert "FAILED tests/test_cuda.py::test_x" in table
     assert "benchmark:    no result" in table
     assert table.strip() in capsys.readouterr().out
-    assert json.loads((out / "bench.json").read_text()) == {"main": None, "compile_probe": None}
+    assert json.loads((out / "bench.json").read_text()) == {"main": None, "compile_probe": None,
+                                                            "other_sizes": None}
 
 
 @pytest.mark.skipif(not any((Path(p) / "bash").exists() for p in os.get_exec_path()),
