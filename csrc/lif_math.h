@@ -130,6 +130,14 @@ C10_HOST_DEVICE inline T reset_grad(Reset reset, bool detach_reset, T alpha, T t
   return (detach_reset || reset == Reset::None) ? T(0) : g * dnext_dr(reset, alpha, theta, u);
 }
 
+// Whether any gradient reaches the spikes S[t]: an incoming gradient of the
+// spike output, or a step t+1 that reads S[t] through w_rec or a reset that
+// is not detached.
+C10_HOST_DEVICE inline bool spike_gets_grad(bool grad_spikes_given, bool has_next,
+                                            bool recurrent, Reset reset, bool detach_reset) {
+  return grad_spikes_given || (has_next && (recurrent || (reset != Reset::None && !detach_reset)));
+}
+
 // Per-neuron terms of one reverse step at time t (README "The gradients").
 template <typename T>
 struct BackwardTerms {
@@ -141,15 +149,19 @@ struct BackwardTerms {
 // gU[t] = gU_out[t] + gS[t] * sg[t] + gU[t+1] * dU[t+1]/dU[t]
 // At t = T there is no step t+1: its terms are left out rather than added as
 // zeros, because 0 * dU[t+1]/dR[t] is NaN for an infinite U[t] (reset "zero").
+// Likewise without spike_has_grad (see spike_gets_grad) no gradient reaches
+// S[t] and the surrogate term is left out: autograd never evaluates it, and
+// 0 * sg[t] is NaN for a NaN membrane.
 // The options are selected, not branched on, so that CPU loops vectorise.
 template <typename T>
 C10_HOST_DEVICE inline BackwardTerms<T> backward_step(Reset reset, bool detach_reset,
                                                       Surrogate kind, T slope, T alpha, T theta,
                                                       T u, T s, T grad_s_out, T grad_u_out,
-                                                      bool has_next, T grad_u_next, T rec_grad) {
+                                                      bool has_next, T grad_u_next, T rec_grad,
+                                                      bool spike_has_grad) {
   const T reset_term = reset_grad(reset, detach_reset, alpha, theta, u, grad_u_next);
   const T grad_s = has_next ? grad_s_out + rec_grad + reset_term : grad_s_out;
-  const T grad_s_sg = grad_s * surrogate_grad(kind, u - theta, slope);
+  const T grad_s_sg = spike_has_grad ? grad_s * surrogate_grad(kind, u - theta, slope) : T(0);
   const T grad_u_now = grad_u_out + grad_s_sg;
   const T grad_u = has_next ? grad_u_now + grad_u_next * dnext_du(reset, alpha, s) : grad_u_now;
   return {grad_u, grad_s_sg};

@@ -488,6 +488,11 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
     } else if (w_rec.has_value()) {
       grad_s0 = grad_s0 + deterministic_mm(grad_u_first, in.state.w_rec);
     }
+    if (in.state.lengths.defined()) {
+      // A row that takes no step passes nothing back (its zero gU[1] times a
+      // non-finite w_rec would be NaN).
+      grad_s0 = grad_s0.masked_fill(in.state.lengths.le(0).unsqueeze(1), 0);
+    }
     grad_s0 = grad_s0.to(s0->scalar_type());
   }
   return {grad_x,

@@ -88,3 +88,18 @@ def test_bad_lengths_name_the_argument(bad, exc):
     args = make_inputs()
     with pytest.raises(exc, match="'lengths'"):
         torch_ext.recurrent_lif(*args, lengths=bad)
+
+
+@pytest.mark.parametrize("one_to_one", [False, True])
+def test_a_row_of_length_0_passes_nothing_back_through_a_non_finite_w_rec(one_to_one):
+    """Its zero gradient times an infinite recurrent weight must not reach s0
+    as NaN: the row alone takes no step and passes nothing back."""
+    args = make_inputs(state=True)
+    w_rec = args.w_rec.detach().clone()
+    if one_to_one:
+        w_rec = w_rec.diagonal().clone()
+    w_rec[..., 0] = float("inf")
+    args = args._replace(w_rec=w_rec.requires_grad_())
+    spikes, membrane = torch_ext.recurrent_lif(*args, lengths=torch.tensor(LENGTHS))
+    grad_u0, grad_s0 = torch.autograd.grad(membrane.sum(), [args.u0, args.s0])
+    assert not grad_s0[2].any() and not grad_u0[2].any()

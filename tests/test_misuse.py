@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import torch_ext
-from conftest import LIFArgs, make_inputs, run_with_grads
+from conftest import LIFArgs, grad_inputs, make_inputs, run_with_grads
 
 T, B, F, N = 6, 2, 5, 4
 OP = torch.ops.torch_ext.recurrent_lif
@@ -953,3 +953,24 @@ def test_module_numpy_int_sizes_work_or_name_the_argument():
         assert "'in_features'" in str(e)
     else:
         assert layer(torch.randn(T, B, F))[0].shape == (T, B, N)
+
+
+@pytest.mark.parametrize("w_rec", [False, True])
+@pytest.mark.parametrize("reset,detach", [("subtract", False), ("subtract", True), ("none", False)])
+def test_nan_membrane_gets_the_surrogate_only_where_a_spike_gradient_flows(w_rec, reset, detach):
+    """Autograd evaluates a spike's surrogate only if some gradient reaches that
+    spike (an incoming spike gradient, or a next step reading it through w_rec
+    or the reset). Where none does, a NaN membrane must not turn the zero
+    spike gradient into NaN (0 * sg(NaN)): with only the membrane in the loss,
+    the gradients are NaN exactly where the reference's are."""
+    args = inputs(w_rec=w_rec)
+    x = args.x.detach().clone()
+    x[-1, 0, 1] = math.nan  # NaN membrane from the last step on
+    x[2, 1, 0] = math.nan   # and from an earlier step
+    args = args._replace(x=x.requires_grad_())
+    got, want = [torch.autograd.grad(fn(*args, reset=reset, detach_reset=detach)[1].sum(),
+                                     grad_inputs(args), allow_unused=True)
+                 for fn in (torch_ext.recurrent_lif, torch_ext.recurrent_lif_ref)]
+    for a, b, arg in zip(got, want, grad_inputs(args)):
+        b = torch.zeros_like(arg) if b is None else b  # the reference never used that input
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, equal_nan=True)

@@ -17,7 +17,9 @@
 // product; each block of batch rows runs the whole reverse loop on one thread
 // (its rows' product, then one fused element-wise pass per step). The
 // per-neuron sums for alpha, theta and bias accumulate in a fixed order (t,
-// then b), so results do not depend on the number of threads.
+// then b), so results do not depend on the number of threads. The gradient of
+// an all-to-all w_rec, sum_t gU[t].T @ S[t-1], again uses that spikes are
+// binary and sparse: one add of a gU row per spike (w_rec_gradient_from_spikes).
 //
 // The sigmoid surrogate's exp vectorises through glibc's vector math library
 // (libmvec): the declarations below tell GCC that exp/expf have SIMD variants
@@ -30,7 +32,6 @@ extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "../recurrent_lif.h"
@@ -210,9 +211,10 @@ at::Tensor sum_over_batch(const at::Tensor& acc) {
 // carries the surrogate's exp. The pointers are __restrict__ parameters (GCC
 // trusts restrict on parameters, not on copies), so the loops vectorise
 // without a run-time overlap check; they are two loops because GCC
-// vectorises each but not the two fused; detach_reset is a template argument
-// because GCC does not vectorise a select on a run-time bool.
-template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset>
+// vectorises each but not the two fused; detach_reset and whether the spike
+// gets a gradient are template arguments because GCC does not vectorise a
+// select on a run-time bool.
+template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
 TORCH_EXT_CPU_CLONES void backward_row(
     const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ theta, scalar_t slope,
     bool has_next, int64_t N, const scalar_t* __restrict__ u,
@@ -224,7 +226,8 @@ TORCH_EXT_CPU_CLONES void backward_row(
     scalar_t* __restrict__ acc_theta, scalar_t* __restrict__ acc_bias) {
   for (int64_t n = 0; n < N; ++n) {
     const auto terms = backward_step(R, DetachReset, SG, slope, alpha[n], theta[n], u[n], s[n],
-                                     gs_out[n], gu_out[n], has_next, gu_next[n], g_rec[n]);
+                                     gs_out[n], gu_out[n], has_next, gu_next[n], g_rec[n],
+                                     SpikeHasGrad);
     gu[n] = terms.grad_u;
     grad_s_sg[n] = terms.grad_s_sg;
   }
@@ -233,6 +236,16 @@ TORCH_EXT_CPU_CLONES void backward_row(
     acc_theta[n] += theta_grad_term(R, grad_s_sg[n], gu[n], r_prev[n]);
     acc_bias[n] += gu[n];
   }
+}
+
+template <typename scalar_t, Reset R, Surrogate SG>
+auto backward_row_for(bool detach_reset, bool spike_has_grad) {
+  if (detach_reset) {
+    return spike_has_grad ? backward_row<scalar_t, R, SG, true, true>
+                          : backward_row<scalar_t, R, SG, true, false>;
+  }
+  return spike_has_grad ? backward_row<scalar_t, R, SG, false, true>
+                        : backward_row<scalar_t, R, SG, false, false>;
 }
 
 // The gradient of an all-to-all w_rec, sum over t of gU[t].T @ S[t-1] (S[-1]
@@ -380,10 +393,13 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
             continue;
           }
           const bool row_has_next = t < steps - 1;
+          const bool spike_has_grad = spike_gets_grad(gS_out != nullptr, row_has_next,
+                                                      W != nullptr || W1 != nullptr, R,
+                                                      detach_reset);
           const scalar_t* s = S + row;
           const scalar_t* u_prev = t > 0 ? U + row - BN : u0 + b * N;
           const scalar_t* r_prev = t > 0 ? s - BN : s0 + b * N;
-          (detach_reset ? backward_row<scalar_t, R, SG, true> : backward_row<scalar_t, R, SG, false>)(
+          backward_row_for<scalar_t, R, SG>(detach_reset, spike_has_grad)(
               alpha, theta, slope, row_has_next, N, U + row, s, u_prev, r_prev,
               gS_out ? gS_out + row : zero_row, gU_out ? gU_out + row : zero_row,
               row_has_next ? gu + BN : zero_row,

@@ -194,6 +194,7 @@ struct BackwardPointers {
   const scalar_t* w_self;  // one-to-one [N], or null
   scalar_t *gU, *g_u0, *g_s0, *acc_alpha, *acc_theta, *acc_bias, *acc_w_self;
   const int64_t* lengths;  // [B], or null: every row takes all T steps
+  bool all_to_all;         // w_rec is [N, N]
 };
 
 // Row b takes the steps t < steps_taken(lengths, b, T).
@@ -223,10 +224,12 @@ __device__ void backward_neuron(int64_t t, int64_t steps, int64_t B, int64_t N, 
   const scalar_t alpha = p.a(n), theta = p.th(n);
   const scalar_t u_prev = t > 0 ? q.U[k - BN] : q.u0[i];
   const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
+  const bool recurrent = q.w_self != nullptr || q.all_to_all;
   const auto terms =
       backward_step(R, detach_reset, SG, slope, alpha, theta, q.U[k], q.S[k],
                     q.gS_out ? q.gS_out[k] : scalar_t(0), q.gU_out ? q.gU_out[k] : scalar_t(0),
-                    has_next, has_next ? q.gU[k + BN] : scalar_t(0), rec_grad);
+                    has_next, has_next ? q.gU[k + BN] : scalar_t(0), rec_grad,
+                    spike_gets_grad(q.gS_out != nullptr, has_next, recurrent, R, detach_reset));
   q.gU[k] = terms.grad_u;
   if (q.acc_alpha) q.acc_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
   if (q.acc_theta) q.acc_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
@@ -590,7 +593,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
                                      ptr(acc_theta),
                                      ptr(acc_bias),
                                      ptr(acc_w_self),
-                                     st.lengths.defined() ? st.lengths.data_ptr<int64_t>() : nullptr};
+                                     st.lengths.defined() ? st.lengths.data_ptr<int64_t>() : nullptr,
+                                     all_to_all};
   const auto p = device_params<scalar_t>(st);
   const auto slope = static_cast<scalar_t>(in.slope);
   bool done = false;
