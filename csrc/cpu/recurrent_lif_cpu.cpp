@@ -238,6 +238,7 @@ TORCH_EXT_CPU_CLONES void backward_row(
   }
 }
 
+// The backward_row instance for a row-step's run-time flags.
 template <typename scalar_t, Reset R, Surrogate SG>
 auto backward_row_for(bool detach_reset, bool spike_has_grad) {
   if (detach_reset) {
