@@ -21,7 +21,6 @@ beyond what was allocated before.
 Writes a CSV and a JSON file and PNG plots under benchmarks/results/.
 """
 import argparse
-import contextlib
 import csv
 import datetime
 import json
@@ -30,6 +29,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -86,26 +86,12 @@ def saved_bytes(run, keep, count_outputs=False):
 ENVIRONMENT = {"fused_persistent": {"TORCH_EXT_CUDA_PERSISTENT": "1"}}
 
 
-@contextlib.contextmanager
-def environment(variables):
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def with_backward(fn, inputs, variables=None):
     """run(x, backward) for fn(x) -> (spikes, membrane): the forward, then
     optionally the gradients of spikes.sum() for `inputs`, under the
     environment `variables`."""
     def run(x, backward):
-        with environment(variables or {}):
+        with mock.patch.dict(os.environ, variables or {}):
             spikes, _ = fn(x)
             if backward:
                 torch.autograd.grad(spikes.sum(), inputs)
