@@ -153,6 +153,8 @@ ForwardResult recurrent_lif_autograd(const at::Tensor& x, const OptionalTensor& 
                                      c10::string_view reset, bool detach_reset,
                                      c10::string_view surrogate, std::optional<double> slope,
                                      bool save_membrane, const OptionalTensor& lengths) {
+  // Before autograd reads the inputs' devices ("tensor does not have a device").
+  check_required(x, alpha, theta);
   reject_forward_ad(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   const auto out = RecurrentLIFFunction::apply(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset,
                                                detach_reset, surrogate, slope, save_membrane,

@@ -221,10 +221,21 @@ void check_neuron_param(const at::Tensor& t, const char* name, const at::Tensor&
                     "], got shape ", t.sym_sizes());
 }
 
+}  // namespace
+
+void check_required(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& theta) {
+  for (const auto& [t, name] : {std::make_pair(&x, "x"), std::make_pair(&alpha, "alpha"),
+                                std::make_pair(&theta, "theta")}) {
+    TORCH_CHECK_VALUE(t->defined(), ARG(name), "is required, got an undefined tensor");
+  }
+}
+
+namespace {
+
 Dims check_inputs(const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
                   const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& theta,
                   const OptionalTensor& u0, const OptionalTensor& s0) {
-  TORCH_CHECK_VALUE(x.defined(), ARG("x"), "is required");
+  check_required(x, alpha, theta);
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), ARG("x"),
                    "must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
                    x.scalar_type());
@@ -283,6 +294,19 @@ void check_lengths(const OptionalTensor& lengths, const at::Tensor& x, const Dim
                       ARG("lengths"), "must lie in [0, T] = [0, ", T, "], got min ",
                       lengths->min().item<int64_t>(), " and max ", lengths->max().item<int64_t>());
   }
+}
+
+// Every check of a forward call: its tensors, lengths and options.
+std::pair<Dims, Options> check_call(const at::Tensor& x, const OptionalTensor& w_in,
+                                    const OptionalTensor& w_rec, const OptionalTensor& bias,
+                                    const at::Tensor& alpha, const at::Tensor& theta,
+                                    const OptionalTensor& u0, const OptionalTensor& s0,
+                                    c10::string_view reset, bool detach_reset,
+                                    c10::string_view surrogate, std::optional<double> slope,
+                                    const OptionalTensor& lengths) {
+  const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  check_lengths(lengths, x, d);
+  return {d, check_options(reset, detach_reset, surrogate, slope, d.compute)};
 }
 
 // The backward's own arguments: the forward's outputs and the incoming gradients.
@@ -364,10 +388,8 @@ ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w
   // The matrix products below stay in the compute dtype even under autocast
   // (whose kernel for this op already cast the inputs it casts).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const Dims sym = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
-  check_lengths(lengths, x, sym);
-  const Options options =
-      check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute);
+  const auto [sym, options] = check_call(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset_name,
+                                         detach_reset, surrogate_name, slope, lengths);
   const int64_t T = x.size(0), B = x.size(1), N = sym.N.expect_int();
   const at::ScalarType compute = sym.compute;
 
@@ -519,12 +541,24 @@ ForwardResult forward_meta(const at::Tensor& x, const OptionalTensor& w_in,
                            c10::string_view reset, bool detach_reset, c10::string_view surrogate,
                            std::optional<double> slope, bool /*save_membrane*/,
                            const OptionalTensor& lengths) {
-  const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
-  check_lengths(lengths, x, d);
-  check_options(reset, detach_reset, surrogate, slope, d.compute);
+  const Dims d = check_call(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset,
+                            surrogate, slope, lengths)
+                     .first;
   const std::vector<c10::SymInt> shape{d.T, d.B, d.N};
   return {at::empty_symint(shape, x.options()),
           at::empty_symint(shape, x.options().dtype(d.compute))};
+}
+
+// The checks alone, as the op `_recurrent_lif_check`: the plain-PyTorch
+// reference runs them, so it accepts and rejects exactly what the op does.
+void check_call_kernel(const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+                       const OptionalTensor& bias, const at::Tensor& alpha,
+                       const at::Tensor& theta, const OptionalTensor& u0,
+                       const OptionalTensor& s0, c10::string_view reset, bool detach_reset,
+                       c10::string_view surrogate, std::optional<double> slope,
+                       const OptionalTensor& lengths) {
+  check_call(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset, detach_reset, surrogate, slope,
+             lengths);
 }
 
 BackwardResult backward_meta(const OptionalTensor& grad_spikes,
@@ -572,6 +606,17 @@ TORCH_LIBRARY(torch_ext, m) {
       "-> (Tensor grad_x, Tensor grad_w_in, "
       "Tensor grad_w_rec, Tensor grad_bias, Tensor grad_alpha, Tensor grad_theta, "
       "Tensor grad_u0, Tensor grad_s0)");
+  // The forward's checks without the computation (for the reference).
+  m.def(
+      "_recurrent_lif_check(Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, Tensor alpha, "
+      "Tensor theta, Tensor? u0, Tensor? s0, str reset, bool detach_reset, str surrogate, "
+      "float? slope, Tensor? lengths) -> ()");
+}
+
+// One kernel for every device (Meta, and so fake tensors, included): it reads
+// values only where check_inputs/check_lengths do, on CPU.
+TORCH_LIBRARY_IMPL(torch_ext, CompositeExplicitAutograd, m) {
+  m.impl("_recurrent_lif_check", &check_call_kernel);
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, Meta, m) {

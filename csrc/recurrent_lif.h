@@ -66,6 +66,10 @@ struct Options {
 Options check_options(c10::string_view reset, bool detach_reset, c10::string_view surrogate,
                       std::optional<double> slope, at::ScalarType compute_dtype);
 
+// x, alpha and theta must be given (defined tensors): checked before anything
+// reads their devices (autograd does), so the error names the argument.
+void check_required(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& theta);
+
 // float64 for float64 inputs; float16/bfloat16/float32 compute in float32.
 at::ScalarType compute_dtype(at::ScalarType input_dtype);
 

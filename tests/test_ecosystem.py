@@ -151,3 +151,25 @@ def test_distributed_data_parallel_matches_single_process(tmp_path):
     ddp_grads = torch.load(out_path, weights_only=True)
     for name, p in layer.named_parameters():
         torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_compile_of_the_reference_runs_its_checks():
+    """The reference calls the op's check (torch.ops.torch_ext._recurrent_lif_check):
+    compiled as the benchmarks compile it (not fullgraph: its slope lookup is a
+    Python call), it computes what eager computes, and a bad shape is still
+    rejected, naming the argument."""
+    torch.manual_seed(0)
+    x = torch.randn(9, 3, 5, dtype=torch.float64) * 2
+    w_in = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    w_rec = torch.randn(4, 4, dtype=torch.float64) * 0.3
+    lengths = torch.tensor([9, 4, 0])
+    torch._dynamo.reset()
+    compiled = torch.compile(torch_ext.recurrent_lif_ref, backend="aot_eager")
+    results = []
+    for fn in (torch_ext.recurrent_lif_ref, compiled):
+        spikes, membrane = fn(x, w_in, w_rec, lengths=lengths)
+        results.append((spikes, membrane, torch.autograd.grad(membrane.sum(), w_in)[0]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(Exception, match="'lengths'"):
+        compiled(x, w_in, w_rec, lengths=torch.full((3, 1), 2))

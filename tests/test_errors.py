@@ -60,25 +60,54 @@ def test_bad_input_names_the_argument(replace, options, exc, name):
         torch_ext.recurrent_lif(*args(**replace), **options)
 
 
-def checked_by_the_reference(case):
-    """The reference is plain PyTorch: it runs the same Python-side checks as the
-    op (the options, and alpha, theta and x when they are not tensors), but not
-    the op's checks of tensor shapes, dtypes and values."""
-    replace, options, _, name = case
-    if name in ("reset", "detach_reset", "surrogate", "slope"):
-        return True
-    if name in ("x", "alpha", "theta"):
-        return not isinstance(replace[name], torch.Tensor)
-    return False
+# The issue's cases too: lengths out of [0, T], of a non-integer dtype or of
+# shape [B, 1] (the reference broadcast it into [T, B, B, N] spikes), and a [1]
+# w_rec (the reference broadcast it as one shared weight).
+LENGTHS_CASES = [
+    (dict(lengths=torch.tensor([T + 3, 1])), {}, ValueError, "lengths"),
+    (dict(lengths=torch.tensor([-2, 1])), {}, ValueError, "lengths"),
+    (dict(lengths=torch.tensor([2.7, 1.0])), {}, TypeError, "lengths"),
+    (dict(lengths=torch.tensor([True, False])), {}, TypeError, "lengths"),
+    (dict(lengths=torch.full((B, 1), 2)), {}, ValueError, "lengths"),
+    (dict(lengths=torch.tensor([2, 1, 3])), {}, ValueError, "lengths"),
+    (dict(w_rec=torch.ones(1, dtype=torch.float64)), {}, ValueError, "w_rec"),
+]
 
 
-OPTION_CASES = [c for c in CASES if checked_by_the_reference(c)]
+def with_lengths(replace):
+    replace = dict(replace)
+    lengths = replace.pop("lengths", None)
+    return args(**replace), ({} if lengths is None else dict(lengths=lengths))
 
 
-@pytest.mark.parametrize("replace,options,exc,name", OPTION_CASES)
-def test_reference_checks_the_same_options(replace, options, exc, name):
+@pytest.mark.parametrize("fn", [torch_ext.recurrent_lif, torch_ext.recurrent_lif_ref],
+                         ids=["op", "reference"])
+@pytest.mark.parametrize("replace,options,exc,name", LENGTHS_CASES)
+def test_lengths_and_w_rec_shapes_name_the_argument(fn, replace, options, exc, name):
+    call_args, extra = with_lengths(replace)
     with pytest.raises(exc, match=f"'{name}'"):
-        torch_ext.recurrent_lif_ref(*args(**replace), **options)
+        fn(*call_args, **options, **extra)
+
+
+# The reference runs the op's own checks (one implementation of them), so it
+# rejects every bad input the op rejects, with the same error.
+@pytest.mark.parametrize("replace,options,exc,name", CASES + LENGTHS_CASES)
+def test_reference_rejects_what_the_op_rejects(replace, options, exc, name):
+    call_args, extra = with_lengths(replace)
+    with pytest.raises(exc, match=f"'{name}'") as from_op:
+        torch_ext.recurrent_lif(*call_args, **options, **extra)
+    with pytest.raises(exc, match=f"'{name}'") as from_reference:
+        torch_ext.recurrent_lif_ref(*call_args, **options, **extra)
+    assert str(from_reference.value).split("\n")[0] == str(from_op.value).split("\n")[0]
+
+
+@pytest.mark.parametrize("lengths", [torch.tensor([2.7, 1.0, 9.0]), torch.tensor([9, -2, 1]),
+                                     torch.full((3, 1), 2)])
+@pytest.mark.parametrize("backend", ["fused", "autograd"])
+def test_module_rejects_bad_lengths_with_either_backend(lengths, backend):
+    layer = torch_ext.RecurrentLIF(5, 4, backend=backend)
+    with pytest.raises((ValueError, TypeError), match="'lengths'"):
+        layer(torch.randn(7, 3, 5), lengths=lengths)
 
 
 def test_errors_from_cpp_reach_python_for_direct_op_calls():

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from . import _C  # noqa: F401  (loading it registers torch.ops.torch_ext)
 from . import _docs, _options
 
 
@@ -55,6 +56,11 @@ def recurrent_lif_ref(x, w_in, w_rec, bias=None, alpha=0.9, theta=1.0, u0=None, 
     alpha, theta, slope = _options.check_call(
         x, alpha, theta, reset, detach_reset, surrogate, slope, save_membrane,
         w_in=w_in, w_rec=w_rec, bias=bias, u0=u0, s0=s0, lengths=lengths)
+    # The op's own checks (shapes, dtypes, devices, values of alpha and lengths),
+    # so the reference accepts and rejects exactly what the op does.
+    torch.ops.torch_ext._recurrent_lif_check(
+        x, w_in, w_rec, bias, _options.as_tensor_param(alpha, x),
+        _options.as_tensor_param(theta, x), u0, s0, reset, detach_reset, surrogate, slope, lengths)
     slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, x.dtype)
     compute = _options.compute_dtype(x.dtype)
 
