@@ -1,110 +1,103 @@
-"""Build of torch_ext: the recurrent LIF op as a PyTorch C++/CUDA extension.
+"""Build of torch_ext: setuptools drives the project's CMake build
+(CMakeLists.txt, the only build description), which compiles the op library
+libtorch_ext and the Python extension torch_ext._C linking it; both are then
+installed into the package directory.
 
-CUDA sources are compiled when nvcc and a CUDA-built torch of the same CUDA
-major version are found (never decided by torch.cuda.is_available(), which is
-False on a build machine without a GPU). Environment:
+The CMake build directory is build/cmake in this checkout (TORCH_EXT_BUILD_DIR
+overrides it), the same one the C++ tests use, so a source compiles once
+whichever of `pip install --no-build-isolation .`, `setup.py build_ext
+--inplace` and `cmake --build build/cmake` runs first. Environment:
   TORCH_EXT_NO_CUDA=1     build CPU-only even where CUDA could be built
   FORCE_CUDA=1            fail instead of falling back to a CPU-only build
   TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0")
-  MAX_JOBS                parallel compile jobs (ninja)
+  MAX_JOBS                parallel compile jobs (default: ninja's own choice)
+  CMAKE_ARGS              further arguments for the CMake configure step
+                          (e.g. -DBUILD_TESTING=ON, which the tests use)
+The CUDA decision (nvcc of torch's CUDA major version found, never
+torch.cuda.is_available(), False on a build machine without a GPU) and the
+torch >= 2.4 check are made by CMakeLists.txt.
 """
 import os
 import re
+import shlex
+import shutil
 import subprocess
-import warnings
+import sys
 from pathlib import Path
 
 import torch
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-VERSION = "0.2.0"
-LIBRARY_SOURCES = ["csrc/recurrent_lif.cpp", "csrc/autograd.cpp", "csrc/api.cpp",
-                   "csrc/cpu/recurrent_lif_cpu.cpp"]
-CPU_SOURCES = LIBRARY_SOURCES + ["csrc/python_module.cpp"]
-CUDA_SOURCES = ["csrc/cuda/recurrent_lif_cuda.cu"]
+# One version, CMakeLists.txt's project(... VERSION ...).
+VERSION = re.search(r"project\(torch_ext VERSION ([0-9.]+)",
+                    (ROOT / "CMakeLists.txt").read_text()).group(1)
 
 
-def nvcc_cuda_version():
-    if CUDA_HOME is None:
-        return None
+def tool(module, attribute, name):
+    """A build tool from its pip package if that is installed (its directory
+    need not be on PATH, e.g. in a venv that is not activated), else from PATH."""
     try:
-        out = subprocess.run([str(Path(CUDA_HOME) / "bin" / "nvcc"), "--version"],
-                             capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    match = re.search(r"release (\d+)\.(\d+)", out)
-    return match.group(1, 2) if match else None
+        directory = getattr(__import__(module), attribute)
+        if (Path(directory) / name).is_file():
+            return str(Path(directory) / name)
+    except ImportError:
+        pass
+    found = shutil.which(name)
+    if found is None:
+        sys.exit(f"torch_ext: building needs {name}; install it first: pip install {module}")
+    return found
 
 
-def cuda_build_problem():
-    """Why CUDA cannot be built here, or None if it can."""
-    if os.environ.get("TORCH_EXT_NO_CUDA", "0") == "1":
-        return "TORCH_EXT_NO_CUDA=1"
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is not built with CUDA"
-    nvcc = nvcc_cuda_version()
-    if nvcc is None:
-        return "nvcc was not found (set CUDA_HOME)"
-    if nvcc[0] != torch.version.cuda.split(".")[0]:
-        return f"nvcc is CUDA {'.'.join(nvcc)} but torch is built for CUDA {torch.version.cuda}"
-    return None
+class CMakeBuild(build_ext):
+    """Configures and builds the CMake project, then installs its `python`
+    component (_C and libtorch_ext) where setuptools expects the extension."""
+
+    def build_extension(self, ext):
+        cmake = tool("cmake", "CMAKE_BIN_DIR", "cmake")
+        ninja = tool("ninja", "BIN_DIR", "ninja")
+        build_dir = Path(os.environ.get("TORCH_EXT_BUILD_DIR", ROOT / "build" / "cmake"))
+        configure = [cmake, "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
+                     f"-DCMAKE_MAKE_PROGRAM={ninja}", "-DCMAKE_BUILD_TYPE=Release",
+                     f"-DPython3_EXECUTABLE={sys.executable}", "-DTORCH_EXT_PYTHON=ON",
+                     "-DBUILD_TESTING=OFF", *shlex.split(os.environ.get("CMAKE_ARGS", ""))]
+        build = [cmake, "--build", str(build_dir), "--target", "_C"]
+        if os.environ.get("MAX_JOBS"):
+            build += ["-j", os.environ["MAX_JOBS"]]
+        for command in (configure, build):
+            run(command)
+        self._install_python_component(
+            cmake, build_dir, Path(self.get_ext_fullpath(ext.name)).resolve().parent.parent)
+
+    def copy_extensions_to_source(self):
+        # --inplace: setuptools would copy _C alone; the library it links goes with it.
+        build_dir = Path(os.environ.get("TORCH_EXT_BUILD_DIR", ROOT / "build" / "cmake"))
+        self._install_python_component(tool("cmake", "CMAKE_BIN_DIR", "cmake"), build_dir, ROOT)
+
+    @staticmethod
+    def _install_python_component(cmake, build_dir, prefix):
+        run([cmake, "--install", str(build_dir), "--component", "python", "--prefix", str(prefix)])
 
 
-problem = cuda_build_problem()
-with_cuda = problem is None
-if problem and os.environ.get("FORCE_CUDA", "0") == "1":
-    raise RuntimeError(f"FORCE_CUDA=1 but CUDA cannot be built: {problem}")
-if problem and problem != "TORCH_EXT_NO_CUDA=1":
-    warnings.warn(f"torch_ext: building CPU-only, because {problem}")
-if with_cuda:
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+def run(command):
+    print("torch_ext:", shlex.join(command), flush=True)
+    subprocess.run(command, check=True)
 
-
-def compile_flags():
-    """{"cxx": [...], "nvcc": [...]} from csrc/compile_flags.txt, which the
-    CMake build reads too."""
-    flags = {}
-    for line in (ROOT / "csrc" / "compile_flags.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            language, *values = line.split()
-            flags[language] = values
-    return flags
-
-
-# -fopenmp: without it at::parallel_for compiles to a serial loop (torch's
-# wheels use OpenMP).
-flags = compile_flags()
-cxx_flags = flags["cxx"] + ["-fopenmp"]
-link_flags = ["-fopenmp"]
-# torch_ext.build_info() reports the version and the CUDA architectures.
-macros = [("TORCH_EXT_VERSION", f'"{VERSION}"')]
-include_dirs = [str(ROOT / "csrc" / "include")]
-if with_cuda:
-    macros += [("WITH_CUDA", None),
-               ("TORCH_EXT_CUDA_ARCHS", f'"{os.environ["TORCH_CUDA_ARCH_LIST"]}"')]
-    extension = CUDAExtension(
-        "torch_ext._C", CPU_SOURCES + CUDA_SOURCES, define_macros=macros, include_dirs=include_dirs,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": flags["nvcc"]},
-        extra_link_args=link_flags)
-else:
-    extension = CppExtension("torch_ext._C", CPU_SOURCES, define_macros=macros,
-                             include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
-                             extra_link_args=link_flags)
 
 # The static metadata (name, description, readme, Python versions,
 # classifiers, extras) is in pyproject.toml; the version, the dependencies and
 # the licence (see pyproject.toml for why) are given here. The extension links
-# against this torch's libraries and uses its C++ ABI, so the package requires this very torch version (the local
-# label, such as +cu130, dropped: pip matches 2.14.1+cu130 to ==2.14.1).
+# against this torch's libraries and uses its C++ ABI, so the package requires
+# this very torch version (the local label, such as +cu130, dropped: pip
+# matches 2.14.1+cu130 to ==2.14.1).
 TORCH_VERSION = torch.__version__.split("+")[0]
 
 setup(
     version=VERSION,
     packages=find_packages(include=["torch_ext", "torch_ext.*"]),
-    ext_modules=[extension],
-    cmdclass={"build_ext": BuildExtension},
+    ext_modules=[Extension("torch_ext._C", sources=[])],
+    cmdclass={"build_ext": CMakeBuild},
     install_requires=[f"torch=={TORCH_VERSION}"],
     license="BSD-3-Clause",
 )

@@ -3,10 +3,10 @@
 # torch, and no network. Each step has a time limit, is recorded (status,
 # exit code, seconds) and never stops the next one:
 #   1. preflight (benchmarks/gpu_preflight.py): nvcc's CUDA against torch's,
-#      CUDA headers, gcc/g++, ninja, Python.h, pybind11, the GPU as nvidia-smi
+#      CUDA headers, gcc/g++, cmake, ninja, Python.h, pybind11, the GPU as nvidia-smi
 #      and torch see it, free disk, pytest; OK/MISSING lines;
 #   2. build in place: FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=16
-#      (without ninja torch's BuildExtension falls back to setuptools by itself);
+#      (setup.py drives the CMake build, in build/cmake);
 #   3. correctness without pytest (benchmarks/gpu_correctness.py): fused op on
 #      CUDA vs the reference and the CPU op over every option, float64 and
 #      float32, and at the target size; run once per CUDA design: default, then

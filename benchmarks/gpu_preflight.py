@@ -6,8 +6,8 @@ line each, OK / MISSING / WARN / INFO, never stopping on a missing one.
 Checks the interpreter, torch and its CUDA version, nvcc (where torch's
 cpp_extension will look: CUDA_HOME) and its CUDA version against torch's (the
 major versions must match for setup.py to build CUDA), the CUDA headers that
-the kernels include, gcc/g++, ninja (without it torch's BuildExtension falls
-back to setuptools' compiler by itself: one file at a time, MAX_JOBS unused),
+the kernels include, gcc/g++, CMake >= 3.27 and ninja (the build is CMake's,
+driven by setup.py, which takes either from its pip package or from PATH),
 setuptools, Python.h, the pybind11 headers torch ships, the GPU as nvidia-smi
 and as torch see it (name, memory, compute capability against
 TORCH_CUDA_ARCH_LIST), free disk, and pytest.
@@ -119,13 +119,28 @@ def check_compilers():
         path = shutil.which(name)
         version = first_line(command(name, "--version")) if path else ""
         line("OK" if path else "MISSING", name, f"{path}: {version}" if path else "not found")
-    ninja = shutil.which("ninja")
-    if ninja:
-        line("OK", "ninja", f"{ninja} {command('ninja', '--version')} (parallel build, MAX_JOBS)")
-    else:
-        line("MISSING", "ninja", "not on PATH: torch's BuildExtension falls back to setuptools by "
-             "itself (one source file at a time, MAX_JOBS unused; slower, still builds)")
-    facts["ninja"] = bool(ninja)
+    # setup.py takes each from its pip package if installed, else from PATH.
+    for name, module, attribute in (("cmake", "cmake", "CMAKE_BIN_DIR"),
+                                    ("ninja", "ninja", "BIN_DIR")):
+        path = None
+        try:
+            candidate = os.path.join(getattr(__import__(module), attribute), name)
+            path = candidate if os.path.isfile(candidate) else None
+        except ImportError:
+            pass
+        path = path or shutil.which(name)
+        facts[name] = bool(path)
+        if not path:
+            line("MISSING", name, f"neither the Python package {module} nor {name} on PATH: "
+                 "the build (CMake, with the ninja generator) cannot run")
+            continue
+        version = first_line(command(path, "--version")) or ""
+        too_old = False
+        if name == "cmake":
+            found = re.search(r"(\d+)\.(\d+)", version)
+            too_old = found is not None and tuple(map(int, found.groups())) < (3, 27)
+        line("MISSING" if too_old else "OK", name,
+             f"{path}: {version}" + (" (the build needs CMake >= 3.27)" if too_old else ""))
 
 
 def check_gpu(torch):

@@ -36,7 +36,7 @@ def design(request, monkeypatch):
 
 def cuda_buildable_here():
     """nvcc of the same CUDA major version as torch, and CUDA not turned off:
-    then setup.py must build CUDA."""
+    then the build (CMakeLists.txt) must include CUDA."""
     if os.environ.get("TORCH_EXT_NO_CUDA") == "1":
         return False
     if torch.version.cuda is None or shutil.which("nvcc") is None:

@@ -108,7 +108,7 @@ def test_grid_inputs_make_the_products_exact_in_float32():
 def test_preflight_runs_and_reports_every_check(tmp_path):
     out = run_module("benchmarks.gpu_preflight", "--json", str(tmp_path / "p.json"))
     assert out.returncode == 0, out.stdout + out.stderr
-    for name in ("Python headers", "torch", "pybind11 headers", "ninja", "GPU (nvidia-smi)",
+    for name in ("Python headers", "torch", "pybind11 headers", "cmake", "ninja", "GPU (nvidia-smi)",
                  "free disk"):
         assert any(line[8:].startswith(name) for line in out.stdout.splitlines()), name
     facts = json.loads((tmp_path / "p.json").read_text())

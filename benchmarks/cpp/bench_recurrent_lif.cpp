@@ -3,7 +3,7 @@
 // time, stack), forward + backward, float32, side by side in one run; on CPU,
 // and on CUDA where a GPU is present.
 //
-//   build/cpp/bench_recurrent_lif [reps]
+//   build/cmake/bench_recurrent_lif [reps]
 #include <torch/torch.h>
 #include <torch_ext/torch_ext.h>
 

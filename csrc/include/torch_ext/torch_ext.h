@@ -5,6 +5,7 @@
 //   auto [spikes, membrane] = torch_ext::recurrent_lif(x, w_in, w_rec, bias);
 //   torch_ext::RecurrentLIF layer(torch_ext::RecurrentLIFOptions(64, 128).learn_alpha(true));
 //   auto [spikes, state] = layer(x);  // state = (u_last, s_last)
+//   torch_ext::load_state_dict(*layer, "layer.pt");  // torch.save(dict(python_layer.state_dict()), ...)
 //
 // Both are differentiable through the op's autograd (C++, the same one Python
 // uses) and run the fused CPU/CUDA kernels forward and backward. The model, its
@@ -12,6 +13,7 @@
 // CMake: find_package(torch_ext) and link torch_ext::torch_ext.
 #pragma once
 
+#include <ATen/core/Dict.h>
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
@@ -20,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace torch_ext {
 
@@ -89,33 +92,70 @@ struct RecurrentLIFOptions {
   TORCH_ARG(bool, batch_first) = false;
   // false: the low-memory mode (see RecurrentLIFFuncOptions).
   TORCH_ARG(bool, save_membrane) = true;
+  // L stacked layers: layer 0 maps in_features to hidden_size, the others
+  // hidden_size to hidden_size, each fed the spikes of the layer below.
+  TORCH_ARG(int64_t, num_layers) = 1;
+  // With L > 1, the probability of dropping each spike between two layers
+  // (kept spikes scaled by 1 / (1 - dropout)), in training mode only.
+  TORCH_ARG(double, dropout) = 0.0;
+  // "all_to_all" (w_rec [N, N]), "one_to_one" (w_rec [N]: each neuron feeds
+  // back only its own spike) or "none" (no w_rec).
+  TORCH_ARG(std::string, recurrent) = "all_to_all";
 };
 
-// A recurrent layer of LIF neurons, like torch::nn::RNN: it keeps no state
-// between calls. Parameters w_in [N, F], w_rec [N, N], bias [N] (and alpha,
-// theta when learnable), initialised like the Python module: uniform with
-// bound 1/sqrt(in_features) for w_in and bias, 1/sqrt(hidden_size) for w_rec.
+// A recurrent layer of LIF neurons, or a stack of L of them, like
+// torch::nn::RNN: it keeps no state between calls. Parameters per layer (the
+// names of the Python module, so a state_dict saved in Python loads by name:
+// w_in, w_rec, bias, alpha, theta for L = 1; w_in_l0, ..., theta_l{L-1} for
+// L > 1): w_in [N, F] ([N, N] above layer 0), w_rec [N, N] ([N] one-to-one,
+// absent with "none"), bias [N], alpha and theta [] or [N] (parameters when
+// learnable, else buffers). Initialised like the Python module: uniform with
+// bound 1/sqrt(fan-in) for w_in and bias, 1/sqrt(hidden_size) for w_rec.
 class RecurrentLIFImpl : public torch::nn::Cloneable<RecurrentLIFImpl> {
  public:
-  using State = std::tuple<at::Tensor, at::Tensor>;  // (u, s), each [B, N]
+  // (u, s): membrane and spikes, each [B, N] for one layer, [L, B, N] for
+  // L > 1 ([N] and [L, N] for unbatched input). An undefined tensor (or no
+  // state) means zeros.
+  using State = std::tuple<at::Tensor, at::Tensor>;
 
   RecurrentLIFImpl(int64_t in_features, int64_t hidden_size)
       : RecurrentLIFImpl(RecurrentLIFOptions(in_features, hidden_size)) {}
   explicit RecurrentLIFImpl(const RecurrentLIFOptions& options);
 
-  // (spikes, (u_last, s_last)); with no state the layer starts from zeros,
-  // with T = 0 the state returned is the one given.
+  // x: [T, B, F] ([B, T, F] with batch_first) or unbatched [T, F].
+  // lengths: [B] integers in [0, T]; row b takes steps t < lengths[b] only
+  // (its later spikes are 0) and its final state is the one after its own
+  // last step (the given one where its length is 0).
+  // Returns (spikes of the top layer, shaped like x with N features; the
+  // final state of every layer, shaped like `state`). With T = 0 the state
+  // returned is the one given (or zeros).
   std::tuple<at::Tensor, State> forward(const at::Tensor& x,
-                                        const std::optional<State>& state = std::nullopt);
+                                        const std::optional<State>& state = std::nullopt,
+                                        const std::optional<at::Tensor>& lengths = std::nullopt);
 
   void reset() override;             // (re)creates the parameters and buffers
   void reset_parameters();           // initial values, as the Python module
   void pretty_print(std::ostream& stream) const override;
 
+  struct Layer {
+    at::Tensor w_in, w_rec, bias, alpha, theta;  // w_rec, bias undefined when absent
+  };
+
   RecurrentLIFOptions options;
+  std::vector<Layer> layers;  // layers[l]: the tensors of layer l
+  // Layer 0's tensors (the whole layer for num_layers = 1).
   at::Tensor w_in, w_rec, bias, alpha, theta;
 };
 
 TORCH_MODULE(RecurrentLIF);
+
+// Copies a state_dict into a module's parameters and buffers by name (each
+// converted to the module tensor's dtype and device), strictly: a missing or
+// unexpected name, or a shape that differs, raises an error naming it. The
+// file form reads what Python writes with torch.save(dict(module.state_dict()),
+// path), so a RecurrentLIF trained in Python runs in C++ (dict(): LibTorch's
+// reader cannot read the OrderedDict that state_dict() returns itself).
+void load_state_dict(torch::nn::Module& module, const c10::Dict<std::string, at::Tensor>& state_dict);
+void load_state_dict(torch::nn::Module& module, const std::string& path);
 
 }  // namespace torch_ext

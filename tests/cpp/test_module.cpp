@@ -1,0 +1,422 @@
+// The C++ RecurrentLIF module against the Python one (files written by
+// tests/cpp/write_python_data.py: the Python module's options, state_dict,
+// inputs, outputs and gradients), torch_ext::load_state_dict, and the
+// module's options and misuse: every bad input an error naming the argument.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <torch_ext/torch_ext.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include "lif_reference.h"
+
+namespace {
+
+using torch::Tensor;
+namespace fs = std::filesystem;
+
+const fs::path kData = TORCH_EXT_TEST_DATA;
+
+c10::impl::GenericDict read_dict(const fs::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  EXPECT_TRUE(file) << "cannot open " << path << " (written by write_python_data.py)";
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(file)),
+                                std::istreambuf_iterator<char>());
+  return torch::pickle_load(bytes).toGenericDict();
+}
+
+std::optional<Tensor> optional_tensor(const c10::IValue& value) {
+  return value.isNone() ? std::nullopt : std::optional<Tensor>(value.toTensor());
+}
+
+// The C++ options from the Python constructor's keyword arguments; an option
+// the C++ module does not have fails the test.
+torch_ext::RecurrentLIFOptions options_from(const c10::impl::GenericDict& python) {
+  torch_ext::RecurrentLIFOptions o(python.at("in_features").toInt(),
+                                   python.at("hidden_size").toInt());
+  for (const auto& entry : python) {
+    const std::string key = entry.key().toStringRef();
+    const c10::IValue& v = entry.value();
+    if (key == "in_features" || key == "hidden_size") continue;
+    if (key == "num_layers") o.num_layers(v.toInt());
+    else if (key == "dropout") o.dropout(v.toDouble());
+    else if (key == "recurrent") o.recurrent(v.toStringRef());
+    else if (key == "bias") o.bias(v.toBool());
+    else if (key == "alpha") o.alpha(v.toDouble());
+    else if (key == "theta") o.theta(v.toDouble());
+    else if (key == "learn_alpha") o.learn_alpha(v.toBool());
+    else if (key == "learn_theta") o.learn_theta(v.toBool());
+    else if (key == "per_neuron") o.per_neuron(v.toBool());
+    else if (key == "reset") o.reset(v.toStringRef());
+    else if (key == "detach_reset") o.detach_reset(v.toBool());
+    else if (key == "surrogate") o.surrogate(v.toStringRef());
+    else if (key == "slope") o.slope(v.toDouble());
+    else if (key == "batch_first") o.batch_first(v.toBool());
+    else if (key == "save_membrane") o.save_membrane(v.toBool());
+    else ADD_FAILURE() << "the C++ module has no option '" << key << "'";
+  }
+  return o;
+}
+
+c10::Dict<std::string, Tensor> tensor_dict(const c10::IValue& value) {
+  c10::Dict<std::string, Tensor> result;
+  for (const auto& entry : value.toGenericDict()) {
+    result.insert(entry.key().toStringRef(), entry.value().toTensor());
+  }
+  return result;
+}
+
+class MatchesPython : public ::testing::TestWithParam<std::string> {};
+
+// Same options, same parameters (loaded by name), same inputs: the same
+// spikes, final state and gradients as the Python module. float64; the
+// tolerance covers summation order only (the same kernels run in both).
+TEST_P(MatchesPython, OutputsStateAndGradients) {
+  const auto data = read_dict(kData / ("module_" + GetParam() + ".pt"));
+  torch_ext::RecurrentLIF module(options_from(data.at("options").toGenericDict()));
+  module->to(torch::kFloat64);
+  module->eval();
+  torch_ext::load_state_dict(*module, tensor_dict(data.at("state_dict")));
+
+  const Tensor x = data.at("x").toTensor().clone().requires_grad_();
+  std::optional<torch_ext::RecurrentLIFImpl::State> state;
+  if (!data.at("u0").isNone()) state = {{data.at("u0").toTensor(), data.at("s0").toTensor()}};
+  const auto [spikes, final_state] = module(x, state, optional_tensor(data.at("lengths")));
+  const auto& [u, s] = final_state;
+  EXPECT_TRUE(torch::equal(spikes, data.at("spikes").toTensor()));
+  EXPECT_TRUE(torch::allclose(u, data.at("u").toTensor(), 1e-12, 1e-12));
+  EXPECT_TRUE(torch::equal(s, data.at("s").toTensor()));
+
+  const auto weights = data.at("loss_weights").toList();
+  const Tensor loss = (weights.get(0).toTensor() * spikes).sum() +
+                      (weights.get(1).toTensor() * u).sum() + (weights.get(2).toTensor() * s).sum();
+  std::vector<Tensor> inputs;
+  std::vector<std::string> names;
+  for (const auto& p : module->named_parameters()) names.push_back(p.key()), inputs.push_back(p.value());
+  inputs.push_back(x);
+  const auto grads = torch::autograd::grad({loss}, inputs);
+  const auto expected = tensor_dict(data.at("grads"));
+  ASSERT_EQ(expected.size(), names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    const Tensor want = expected.at(names[i]);
+    EXPECT_TRUE(torch::allclose(grads[i], want, 1e-10, 1e-12))
+        << names[i] << ": differs by " << (grads[i] - want).abs().max().item<double>();
+  }
+  EXPECT_TRUE(torch::allclose(grads.back(), data.at("grad_x").toTensor(), 1e-10, 1e-12));
+}
+
+INSTANTIATE_TEST_SUITE_P(PythonCases, MatchesPython,
+                         ::testing::Values("default", "stack_state_lengths",
+                                           "one_to_one_zero_reset", "feed_forward_batch_first",
+                                           "unbatched_stack", "stack_dropout_eval"));
+
+TEST(LoadStateDict, ReadsWhatPythonSaves) {
+  torch_ext::RecurrentLIF module(
+      torch_ext::RecurrentLIFOptions(3, 4).num_layers(2).learn_alpha(true));
+  torch_ext::load_state_dict(*module, (kData / "state_dict.pt").string());
+  std::vector<std::string> names;
+  for (const auto& p : module->named_parameters()) names.push_back(p.key());
+  EXPECT_EQ(names, (std::vector<std::string>{"w_in_l0", "w_rec_l0", "bias_l0", "alpha_l0",
+                                              "w_in_l1", "w_rec_l1", "bias_l1", "alpha_l1"}));
+  EXPECT_EQ(module->layers[1].w_in.sizes(), (std::vector<int64_t>{4, 4}));
+  EXPECT_TRUE(module->w_in.is_same(module->layers[0].w_in));  // the layer-0 aliases
+}
+
+template <typename Error>
+void expect_error_naming(const std::function<void()>& call, const std::string& name) {
+  try {
+    call();
+    ADD_FAILURE() << "no error; expected one naming '" << name << "'";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find(name), std::string::npos) << error.what();
+  }
+}
+
+TEST(LoadStateDict, StrictNamesAndShapes) {
+  torch_ext::RecurrentLIF module(torch_ext::RecurrentLIFOptions(3, 4));
+  auto dict_of = [&] {
+    c10::Dict<std::string, Tensor> d;
+    for (const auto& p : module->named_parameters()) d.insert(p.key(), p.value().detach().clone());
+    for (const auto& b : module->named_buffers()) d.insert(b.key(), b.value().detach().clone());
+    return d;
+  };
+  auto missing = dict_of();
+  missing.erase("w_rec");
+  expect_error_naming<c10::ValueError>([&] { torch_ext::load_state_dict(*module, missing); },
+                                       "'w_rec'");
+  auto extra = dict_of();
+  extra.insert("w_in_l1", torch::zeros({4, 4}));
+  expect_error_naming<c10::ValueError>([&] { torch_ext::load_state_dict(*module, extra); },
+                                       "'w_in_l1'");
+  auto wrong = dict_of();
+  wrong.insert_or_assign("bias", torch::zeros({5}));
+  expect_error_naming<c10::ValueError>([&] { torch_ext::load_state_dict(*module, wrong); },
+                                       "'bias' has shape [5]");
+  expect_error_naming<c10::ValueError>(
+      [&] { torch_ext::load_state_dict(*module, std::string("/nonexistent/file.pt")); },
+      "cannot open '/nonexistent/file.pt'");
+  // A file that is not a torch.save archive, and one that is cut short.
+  const fs::path junk = fs::temp_directory_path() / "torch_ext_not_a_state_dict.pt";
+  std::ofstream(junk) << "not a pickle";
+  expect_error_naming<c10::ValueError>([&] { torch_ext::load_state_dict(*module, junk.string()); },
+                                       "is not a file torch.save wrote");
+  {
+    std::ifstream good(kData / "state_dict.pt", std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(good)), std::istreambuf_iterator<char>());
+    std::ofstream(junk, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  expect_error_naming<c10::ValueError>([&] { torch_ext::load_state_dict(*module, junk.string()); },
+                                       "is not a file torch.save wrote");
+  // A file holding something other than a dict.
+  {
+    const auto bytes = torch::pickle_save(torch::zeros({2}));
+    std::ofstream(junk, std::ios::binary).write(bytes.data(), bytes.size());
+  }
+  expect_error_naming<c10::ValueError>([&] { torch_ext::load_state_dict(*module, junk.string()); },
+                                       "not a state_dict");
+  fs::remove(junk);
+  // module.state_dict() saved as it is (an OrderedDict): the error says what to save instead.
+  expect_error_naming<c10::ValueError>(
+      [&] { torch_ext::load_state_dict(*module, (kData / "ordered_state_dict.pt").string()); },
+      "torch.save(dict(module.state_dict()), path)");
+}
+
+using Opts = torch_ext::RecurrentLIFOptions;
+
+TEST(RecurrentLIFModuleOptions, ShapesAndNamesPerRecurrence) {
+  torch_ext::RecurrentLIF one_to_one(Opts(3, 5).recurrent("one_to_one"));
+  EXPECT_EQ(one_to_one->w_rec.sizes(), (std::vector<int64_t>{5}));
+  torch_ext::RecurrentLIF none(Opts(3, 5).recurrent("none").bias(false));
+  EXPECT_FALSE(none->w_rec.defined());
+  EXPECT_FALSE(none->bias.defined());
+  std::vector<std::string> names;
+  for (const auto& p : none->named_parameters()) names.push_back(p.key());
+  EXPECT_EQ(names, (std::vector<std::string>{"w_in"}));
+  const auto [spikes, state] = none(torch::randn({4, 2, 3}));
+  EXPECT_EQ(spikes.sizes(), (std::vector<int64_t>{4, 2, 5}));
+}
+
+// One-to-one: the recurrent term is w_rec * S[t-1], the all-to-all layer
+// with the diagonal matrix diag(w_rec).
+TEST(RecurrentLIFModuleOptions, OneToOneIsTheDiagonalRecurrence) {
+  torch::manual_seed(3);
+  torch_ext::RecurrentLIF diagonal(Opts(3, 5).recurrent("one_to_one"));
+  torch_ext::RecurrentLIF dense(Opts(3, 5));
+  {
+    torch::NoGradGuard no_grad;
+    diagonal->w_rec.uniform_(-1.0, 1.0);
+    dense->w_in.copy_(diagonal->w_in);
+    dense->bias.copy_(diagonal->bias);
+    dense->w_rec.copy_(torch::diag(diagonal->w_rec));
+  }
+  const Tensor x = torch::randn({12, 4, 3}) * 2;
+  EXPECT_TRUE(torch::equal(std::get<0>(diagonal(x)), std::get<0>(dense(x))));
+}
+
+// A stack equals its layers run one after the other, each fed the spikes
+// below; the state is [L, B, N] and continues the sequence.
+TEST(RecurrentLIFModuleOptions, StackIsItsLayersInTurnAndContinues) {
+  torch::manual_seed(4);
+  torch_ext::RecurrentLIF stack(Opts(3, 6).num_layers(2));
+  stack->to(torch::kFloat64);
+  const Tensor x = torch::randn({10, 2, 3}, torch::kFloat64) * 2;
+  const auto [spikes, state] = stack(x);
+  EXPECT_EQ(std::get<0>(state).sizes(), (std::vector<int64_t>{2, 2, 6}));
+  Tensor input = x;
+  for (const auto& layer : stack->layers) {
+    input = std::get<0>(torch_ext::recurrent_lif(input, layer.w_in, layer.w_rec, layer.bias,
+                                                 layer.alpha.clamp(0, 1), layer.theta));
+  }
+  EXPECT_TRUE(torch::equal(spikes, input));
+  const auto [first, mid] = stack(x.narrow(0, 0, 6));
+  const auto [second, last] = stack->forward(x.narrow(0, 6, 4), mid);
+  EXPECT_TRUE(torch::equal(torch::cat({first, second}), spikes));
+  EXPECT_TRUE(torch::allclose(std::get<0>(last), std::get<0>(state)));
+}
+
+TEST(RecurrentLIFModuleOptions, DropoutOnlyBetweenLayersAndOnlyInTraining) {
+  torch::manual_seed(5);
+  torch_ext::RecurrentLIF with(Opts(3, 6).num_layers(2).dropout(0.5));
+  torch_ext::RecurrentLIF without(Opts(3, 6).num_layers(2));
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : with->named_parameters()) without->named_parameters()[p.key()].copy_(p.value());
+  }
+  const Tensor x = torch::randn({10, 8, 3}) * 3;
+  with->eval();
+  EXPECT_TRUE(torch::equal(std::get<0>(with(x)), std::get<0>(without(x))));
+  with->train();
+  EXPECT_FALSE(torch::equal(std::get<0>(with(x)), std::get<0>(without(x))));
+  torch_ext::RecurrentLIF all_dropped(Opts(3, 6).num_layers(2).dropout(1.0));
+  // Layer 1 sees no spikes: what it does is its bias alone, whatever x is.
+  EXPECT_TRUE(torch::equal(std::get<0>(all_dropped(x)), std::get<0>(all_dropped(x * 0))));
+}
+
+TEST(RecurrentLIFModuleOptions, LengthsGiveEachRowItsOwnLastState) {
+  torch::manual_seed(6);
+  torch_ext::RecurrentLIF layer(Opts(3, 4).num_layers(2));
+  const Tensor x = torch::randn({7, 3, 3}) * 2;
+  const Tensor lengths = torch::tensor({7, 3, 0});
+  const auto [spikes, state] = layer(x, std::nullopt, lengths);
+  for (int64_t b = 0; b < 3; ++b) {
+    const int64_t n = lengths[b].item<int64_t>();
+    const auto [row, row_state] = layer(x.narrow(0, 0, n).narrow(1, b, 1));
+    EXPECT_TRUE(torch::equal(spikes.narrow(0, 0, n).narrow(1, b, 1), row)) << "row " << b;
+    EXPECT_TRUE(torch::equal(spikes.narrow(0, n, 7 - n).narrow(1, b, 1),
+                             torch::zeros({7 - n, 1, 4})));
+    EXPECT_TRUE(torch::allclose(std::get<0>(state).narrow(1, b, 1), std::get<0>(row_state)));
+  }
+  EXPECT_TRUE(torch::equal(std::get<0>(state).select(1, 2), torch::zeros({2, 4})));
+}
+
+TEST(RecurrentLIFModuleOptions, UnbatchedAndEmpty) {
+  torch_ext::RecurrentLIF layer(Opts(3, 4).num_layers(2));
+  const Tensor x = torch::randn({5, 3});
+  const auto [spikes, state] = layer(x);
+  EXPECT_EQ(spikes.sizes(), (std::vector<int64_t>{5, 4}));
+  EXPECT_EQ(std::get<0>(state).sizes(), (std::vector<int64_t>{2, 4}));
+  EXPECT_TRUE(torch::equal(spikes, std::get<0>(layer(x.unsqueeze(1))).squeeze(1)));
+  // T = 0: the given state comes back; B = 0: empty outputs.
+  const torch_ext::RecurrentLIFImpl::State given{torch::randn({2, 4}), torch::ones({2, 4})};
+  const auto [none, same] = layer(torch::zeros({0, 3}), given);
+  EXPECT_EQ(none.sizes(), (std::vector<int64_t>{0, 4}));
+  EXPECT_TRUE(std::get<0>(same).is_same(std::get<0>(given)));
+  const auto [empty, empty_state] = layer(torch::zeros({5, 0, 3}));
+  EXPECT_EQ(empty.sizes(), (std::vector<int64_t>{5, 0, 4}));
+  EXPECT_EQ(std::get<1>(empty_state).sizes(), (std::vector<int64_t>{2, 0, 4}));
+}
+
+// Meta tensors (shape inference, as torch.compile uses it) through the C++
+// API, with one-to-one recurrence and lengths. (LibTorch's Module::to cannot
+// move parameters to the meta device, so the module itself is not tried.)
+TEST(RecurrentLIFModuleOptions, MetaDeviceGivesShapes) {
+  const auto meta = torch::device(torch::kMeta);
+  const auto [spikes, membrane] = torch_ext::recurrent_lif(
+      torch::empty({6, 2, 3}, meta), torch::empty({4, 3}, meta), torch::empty({4}, meta),
+      torch::empty({4}, meta), torch::empty({}, meta), torch::empty({}, meta),
+      torch_ext::RecurrentLIFFuncOptions().lengths(torch::empty({2}, meta.dtype(torch::kLong))));
+  EXPECT_TRUE(spikes.is_meta());
+  EXPECT_EQ(spikes.sizes(), (std::vector<int64_t>{6, 2, 4}));
+  EXPECT_EQ(membrane.sizes(), (std::vector<int64_t>{6, 2, 4}));
+}
+
+TEST(RecurrentLIFModuleMisuse, BadOptionsNameTheArgument) {
+  expect_error_naming<c10::ValueError>([] { torch_ext::RecurrentLIF(Opts(3, 4).num_layers(0)); },
+                                       "'num_layers'");
+  expect_error_naming<c10::ValueError>([] { torch_ext::RecurrentLIF(Opts(3, 4).dropout(-0.1)); },
+                                       "'dropout'");
+  expect_error_naming<c10::ValueError>(
+      [] { torch_ext::RecurrentLIF(Opts(3, 4).num_layers(2).dropout(1.5)); }, "'dropout'");
+  expect_error_naming<c10::ValueError>(
+      [] { torch_ext::RecurrentLIF(Opts(3, 4).dropout(std::nan(""))); }, "'dropout'");
+  expect_error_naming<c10::ValueError>(
+      [] { torch_ext::RecurrentLIF(Opts(3, 4).recurrent("diagonal")); }, "'recurrent'");
+  expect_error_naming<c10::ValueError>([] { torch_ext::RecurrentLIF(Opts(0, 4)); },
+                                       "'in_features'");
+  expect_error_naming<c10::ValueError>([] { torch_ext::RecurrentLIF(Opts(3, -1)); },
+                                       "'hidden_size'");
+  expect_error_naming<c10::ValueError>([] { torch_ext::RecurrentLIF(Opts(3, 4).alpha(1.5)); },
+                                       "'alpha'");
+  expect_error_naming<c10::ValueError>(
+      [] { torch_ext::RecurrentLIF(Opts(3, 4).theta(INFINITY)); }, "'theta'");
+  expect_error_naming<c10::ValueError>([] { torch_ext::RecurrentLIF(Opts(3, 4).slope(0.0)); },
+                                       "slope");
+}
+
+TEST(RecurrentLIFModuleMisuse, BadStateAndLengthsNameTheArgument) {
+  torch_ext::RecurrentLIF stack(Opts(3, 4).num_layers(2));
+  const Tensor x = torch::randn({5, 2, 3});
+  using State = torch_ext::RecurrentLIFImpl::State;
+  // A one-layer-shaped state for a stack, and a state with the wrong batch size.
+  expect_error_naming<c10::ValueError>(
+      [&] { stack(x, State{torch::zeros({2, 4}), Tensor()}); },
+      "'state': u must have shape [2, 2, 4] (num_layers=2, batched input), got [2, 4]");
+  expect_error_naming<c10::ValueError>(
+      [&] { stack(x, State{Tensor(), torch::zeros({2, 3, 4})}); }, "'state': s must have shape");
+  expect_error_naming<c10::ValueError>([&] { stack(torch::randn({5, 2, 3, 1})); }, "'x'");
+  expect_error_naming<c10::ValueError>([&] { stack(Tensor()); }, "'x'");
+  expect_error_naming<c10::ValueError>([&] { stack(torch::randn({5, 2, 7})); },
+                                       "F = x.shape[2] = 7");
+  expect_error_naming<c10::ValueError>([&] { stack(x, std::nullopt, torch::tensor({6, 1})); },
+                                       "'lengths'");
+  expect_error_naming<c10::ValueError>([&] { stack(x, std::nullopt, torch::tensor({-1, 1})); },
+                                       "'lengths'");
+  expect_error_naming<c10::TypeError>([&] { stack(x, std::nullopt, torch::tensor({2.5, 1.0})); },
+                                       "'lengths'");
+  expect_error_naming<c10::ValueError>([&] { stack(x, std::nullopt, torch::tensor({5, 5, 5})); },
+                                       "'lengths'");
+  expect_error_naming<c10::ValueError>([&] { stack(x, std::nullopt, torch::full({2, 1}, 2)); },
+                                       "'lengths'");
+}
+
+// Non-finite values in the input, the state and the weights: no error (they
+// are values, not misuse), and what the LibTorch autograd loop of the same
+// math computes: a NaN membrane never spikes (NaN > theta is false), inf
+// spreads through the weights it meets.
+TEST(RecurrentLIFModuleMisuse, NonFiniteValuesComputeWhatAutogradComputes) {
+  for (const double bad : {NAN, INFINITY, -INFINITY}) {
+    torch::manual_seed(7);
+    torch_ext::RecurrentLIF layer(Opts(3, 4));
+    layer->to(torch::kFloat64);
+    Tensor x = torch::randn({6, 2, 3}, torch::kFloat64) * 2;
+    x[2][0][1] = bad;
+    Tensor u0 = torch::zeros({2, 4}, torch::kFloat64);
+    u0[1][3] = bad;
+    {
+      torch::NoGradGuard no_grad;
+      layer->w_rec[0][2] = bad;
+    }
+    const auto [spikes, state] = layer(x, torch_ext::RecurrentLIFImpl::State{u0, Tensor()});
+    const auto [spikes_ref, membrane_ref] = lif_reference::recurrent_lif(
+        x, layer->w_in, layer->w_rec, layer->bias, layer->alpha, layer->theta, u0, Tensor(),
+        "subtract", false, "sigmoid", 25.0);
+    EXPECT_TRUE(torch::equal(spikes, spikes_ref)) << bad;
+    EXPECT_TRUE(torch::allclose(std::get<0>(state), membrane_ref[-1], 1e-12, 1e-12,
+                                /*equal_nan=*/true))
+        << bad;
+  }
+}
+
+// An undefined x, alpha or theta in the tensor overload: an error naming it
+// (autograd reads the inputs' devices before the op's checks run).
+TEST(RecurrentLIFFunctionalMisuse, UndefinedRequiredTensorsNameTheArgument) {
+  const Tensor x = torch::randn({4, 2, 3}), w_in = torch::randn({5, 3});
+  const Tensor alpha = torch::full({}, 0.9), theta = torch::ones({});
+  expect_error_naming<c10::ValueError>(
+      [&] { torch_ext::recurrent_lif(x, w_in, std::nullopt, std::nullopt, Tensor(), theta); },
+      "argument 'alpha' is required");
+  expect_error_naming<c10::ValueError>(
+      [&] { torch_ext::recurrent_lif(x, w_in, std::nullopt, std::nullopt, alpha, Tensor()); },
+      "argument 'theta' is required");
+  expect_error_naming<c10::ValueError>(
+      [&] { torch_ext::recurrent_lif(Tensor(), w_in, std::nullopt, std::nullopt, alpha, theta); },
+      "argument 'x' is required");
+  // All of them undefined: no tensor to dispatch on, still the named error.
+  expect_error_naming<c10::ValueError>(
+      [&] { torch_ext::recurrent_lif(Tensor(), std::nullopt, std::nullopt, std::nullopt,
+                                     Tensor(), Tensor()); },
+      "argument 'x' is required");
+  // The same through the dispatcher directly (what other C++ code calling the op reaches).
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("torch_ext::recurrent_lif", "")
+                             .typed<std::tuple<Tensor, Tensor>(
+                                 const Tensor&, const std::optional<Tensor>&,
+                                 const std::optional<Tensor>&, const std::optional<Tensor>&,
+                                 const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                 const std::optional<Tensor>&, c10::string_view, bool,
+                                 c10::string_view, std::optional<double>, bool,
+                                 const std::optional<Tensor>&)>();
+  expect_error_naming<c10::ValueError>(
+      [&] {
+        op.call(x.requires_grad_(), w_in, std::nullopt, std::nullopt, Tensor(), theta,
+                std::nullopt, std::nullopt, "subtract", false, "sigmoid", std::nullopt, true,
+                std::nullopt);
+      },
+      "argument 'alpha' is required");
+}
+
+}  // namespace

@@ -1,0 +1,105 @@
+"""The Python step of the C++ tests (ctest runs it first, as a fixture).
+
+    python tests/cpp/write_python_data.py OUT_DIR
+
+Writes into OUT_DIR:
+- digits.pt: scikit-learn's handwritten digits as the Python demo feeds them
+  ([n, T=16, 8] row-by-row sequences in [0, 1], labels, the demo's
+  train/test split), for the C++ example csrc/examples/train_digits.cpp;
+- module_<case>.pt, one per case below: a torch_ext.RecurrentLIF built in
+  Python (its constructor options, its state_dict), an input, a state and
+  lengths, and what the Python module returns for them: spikes, the final
+  state and the gradient of a fixed loss with respect to every parameter and
+  the input. tests/cpp/test_module.cpp builds the C++ module from the same
+  options, loads the state_dict by name and must return the same.
+- state_dict.pt: one module's state_dict alone, as a user saves it for C++
+  (torch.save(dict(module.state_dict()), path)), for torch_ext::load_state_dict;
+  ordered_state_dict.pt: the same without dict(), which LibTorch cannot read
+  (the error must say what to do).
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+import torch_ext
+from torch_ext.demo import load_digits_sequences
+
+# name -> (constructor options, T, B, with state, with lengths, unbatched)
+# Every option the C++ module has, in float64 (the comparison is exact up to
+# summation order).
+CASES = {
+    "default": (dict(), 9, 3, False, False, False),
+    "stack_state_lengths": (dict(num_layers=3, learn_alpha=True, per_neuron=True), 8, 4,
+                            True, True, False),
+    "one_to_one_zero_reset": (dict(recurrent="one_to_one", reset="zero", detach_reset=True,
+                                   surrogate="atan", learn_theta=True), 10, 2, True, False, False),
+    "feed_forward_batch_first": (dict(recurrent="none", bias=False, batch_first=True,
+                                      surrogate="fast_sigmoid", slope=3.0, alpha=0.8,
+                                      theta=0.7), 7, 3, False, True, False),
+    "unbatched_stack": (dict(num_layers=2, reset="none", surrogate="triangle",
+                             save_membrane=False, learn_alpha=True, learn_theta=True), 6, 1,
+                        True, False, True),
+    # Dropout in eval mode is the identity (in training the masks are random).
+    "stack_dropout_eval": (dict(num_layers=2, dropout=0.5, recurrent="one_to_one"), 8, 3,
+                           False, True, False),
+}
+
+
+def module_case(options, T, B, with_state, with_lengths, unbatched, seed):
+    torch.manual_seed(seed)
+    F, N = 5, 6
+    module = torch_ext.RecurrentLIF(F, N, dtype=torch.float64, **options).eval()
+    with torch.no_grad():  # stronger drive than the default initialisation: more spikes
+        for name, p in module.named_parameters():
+            if name.startswith("w_in"):
+                p.mul_(2.5)
+            if name.startswith(("alpha", "theta")):
+                p.add_(torch.rand_like(p) * 0.1)
+    batch_first = options.get("batch_first", False)
+    L = options.get("num_layers", 1)
+    x_shape = [T, F] if unbatched else ([B, T, F] if batch_first else [T, B, F])
+    x = torch.randn(x_shape, dtype=torch.float64).requires_grad_()
+    state = None
+    if with_state:
+        shape = ([L] if L > 1 else []) + ([] if unbatched else [B]) + [N]
+        state = (torch.randn(shape, dtype=torch.float64) * 0.5,
+                 (torch.rand(shape) > 0.5).double())
+    lengths = torch.randint(0, T + 1, (B,)) if with_lengths else None
+    if lengths is not None:
+        lengths[0] = T  # one full row, and (for B > 2) likely a short one
+    spikes, (u, s) = module(x, state, lengths)
+    # A loss that reaches every output, the final state included.
+    g = torch.Generator().manual_seed(seed + 1)
+    weights = [torch.randn(t.shape, dtype=torch.float64, generator=g) for t in (spikes, u, s)]
+    loss = sum((w * t).sum() for w, t in zip(weights, (spikes, u, s)))
+    names = [name for name, _ in module.named_parameters()]
+    grads = torch.autograd.grad(loss, [p for _, p in module.named_parameters()] + [x])
+    return {
+        "options": dict(in_features=F, hidden_size=N, **options),
+        "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        "x": x.detach(),
+        "u0": state[0] if state else None, "s0": state[1] if state else None,
+        "lengths": lengths,
+        "loss_weights": weights,
+        "spikes": spikes.detach(), "u": u.detach(), "s": s.detach(),
+        "grads": dict(zip(names, grads[:-1])), "grad_x": grads[-1],
+    }
+
+
+def main(out):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = load_digits_sequences(seed=0)
+    torch.save({"x_train": train.tensors[0], "y_train": train.tensors[1],
+                "x_test": test.tensors[0], "y_test": test.tensors[1]}, out / "digits.pt")
+    for seed, (name, case) in enumerate(CASES.items()):
+        torch.save(module_case(*case, seed=seed), out / f"module_{name}.pt")
+    layer = torch_ext.RecurrentLIF(3, 4, num_layers=2, learn_alpha=True)
+    torch.save(dict(layer.state_dict()), out / "state_dict.pt")
+    torch.save(layer.state_dict(), out / "ordered_state_dict.pt")  # LibTorch cannot read this
+    print(f"wrote digits.pt, state_dict.pt and {len(CASES)} module cases to {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
