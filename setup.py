@@ -60,8 +60,12 @@ class CMakeBuild(build_ext):
         build_dir = Path(os.environ.get("TORCH_EXT_BUILD_DIR", ROOT / "build" / "cmake"))
         configure = [cmake, "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
                      f"-DCMAKE_MAKE_PROGRAM={ninja}", "-DCMAKE_BUILD_TYPE=Release",
-                     f"-DPython3_EXECUTABLE={sys.executable}", "-DTORCH_EXT_PYTHON=ON",
-                     "-DBUILD_TESTING=OFF", *shlex.split(os.environ.get("CMAKE_ARGS", ""))]
+                     f"-DPython3_EXECUTABLE={sys.executable}", "-DTORCH_EXT_PYTHON=ON"]
+        if not (build_dir / "CMakeCache.txt").is_file():
+            # A first configure: the library alone. An existing build keeps its
+            # choice (the C++ tests' build turns them on).
+            configure.append("-DBUILD_TESTING=OFF")
+        configure += shlex.split(os.environ.get("CMAKE_ARGS", ""))
         build = [cmake, "--build", str(build_dir), "--target", "_C"]
         if os.environ.get("MAX_JOBS"):
             build += ["-j", os.environ["MAX_JOBS"]]
