@@ -50,38 +50,42 @@ def tool(module, attribute, name):
     return found
 
 
+def build_dir():
+    return Path(os.environ.get("TORCH_EXT_BUILD_DIR", ROOT / "build" / "cmake"))
+
+
+def cmake():
+    return tool("cmake", "CMAKE_BIN_DIR", "cmake")
+
+
 class CMakeBuild(build_ext):
     """Configures and builds the CMake project, then installs its `python`
     component (_C and libtorch_ext) where setuptools expects the extension."""
 
     def build_extension(self, ext):
-        cmake = tool("cmake", "CMAKE_BIN_DIR", "cmake")
-        ninja = tool("ninja", "BIN_DIR", "ninja")
-        build_dir = Path(os.environ.get("TORCH_EXT_BUILD_DIR", ROOT / "build" / "cmake"))
-        configure = [cmake, "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
-                     f"-DCMAKE_MAKE_PROGRAM={ninja}", "-DCMAKE_BUILD_TYPE=Release",
-                     f"-DPython3_EXECUTABLE={sys.executable}", "-DTORCH_EXT_PYTHON=ON"]
-        if not (build_dir / "CMakeCache.txt").is_file():
+        configure = [cmake(), "-S", str(ROOT), "-B", str(build_dir()), "-G", "Ninja",
+                     f"-DCMAKE_MAKE_PROGRAM={tool('ninja', 'BIN_DIR', 'ninja')}",
+                     "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}",
+                     "-DTORCH_EXT_PYTHON=ON"]
+        if not (build_dir() / "CMakeCache.txt").is_file():
             # A first configure: the library alone. An existing build keeps its
             # choice (the C++ tests' build turns them on).
             configure.append("-DBUILD_TESTING=OFF")
         configure += shlex.split(os.environ.get("CMAKE_ARGS", ""))
-        build = [cmake, "--build", str(build_dir), "--target", "_C"]
+        build = [cmake(), "--build", str(build_dir()), "--target", "_C"]
         if os.environ.get("MAX_JOBS"):
             build += ["-j", os.environ["MAX_JOBS"]]
         for command in (configure, build):
             run(command)
-        self._install_python_component(
-            cmake, build_dir, Path(self.get_ext_fullpath(ext.name)).resolve().parent.parent)
+        install_python_component(Path(self.get_ext_fullpath(ext.name)).resolve().parent.parent)
 
     def copy_extensions_to_source(self):
         # --inplace: setuptools would copy _C alone; the library it links goes with it.
-        build_dir = Path(os.environ.get("TORCH_EXT_BUILD_DIR", ROOT / "build" / "cmake"))
-        self._install_python_component(tool("cmake", "CMAKE_BIN_DIR", "cmake"), build_dir, ROOT)
+        install_python_component(ROOT)
 
-    @staticmethod
-    def _install_python_component(cmake, build_dir, prefix):
-        run([cmake, "--install", str(build_dir), "--component", "python", "--prefix", str(prefix)])
+
+def install_python_component(prefix):
+    run([cmake(), "--install", str(build_dir()), "--component", "python", "--prefix", str(prefix)])
 
 
 def run(command):

@@ -69,9 +69,6 @@ namespace {
 
 constexpr std::array<const char*, 3> kRecurrent{"all_to_all", "one_to_one", "none"};
 
-// The state of one layer: (u0, s0), each [B, N] or absent.
-using LayerState = std::pair<OptionalTensor, OptionalTensor>;
-
 // (u, s) of each batch row after its own last step: membrane and spikes
 // [T, B, N] at t = lengths[b] - 1, or the initial state where lengths[b] = 0.
 std::pair<at::Tensor, at::Tensor> state_at(const at::Tensor& lengths, const at::Tensor& membrane,
@@ -179,24 +176,22 @@ std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
   if (L > 1) shape.push_back(L);
   if (batched) shape.push_back(B);
   shape.push_back(N);
-  std::vector<LayerState> states(L);
-  if (state) {
-    const std::array<std::pair<const at::Tensor*, const char*>, 2> parts{
-        {{&std::get<0>(*state), "u"}, {&std::get<1>(*state), "s"}}};
-    for (int index = 0; index < 2; ++index) {
-      const auto& [value, part] = parts[index];
-      if (!value->defined()) continue;
-      TORCH_CHECK_VALUE(value->sizes() == at::IntArrayRef(shape), "RecurrentLIF: argument "
-                        "'state': ", part, " must have shape ", at::IntArrayRef(shape), " (",
-                        L == 1 ? std::string("one layer") : c10::str("num_layers=", L), ", ",
-                        batched ? "batched" : "unbatched", " input), got ", value->sizes());
-      for (int64_t l = 0; l < L; ++l) {
-        at::Tensor per_layer = L > 1 ? value->select(0, l) : *value;
-        if (!batched) per_layer = per_layer.unsqueeze(0);
-        (index == 0 ? states[l].first : states[l].second) = per_layer;
-      }
+  // One [B, N] tensor per layer (absent where `value` is undefined).
+  auto per_layer = [&](const at::Tensor& value, const char* part) {
+    std::vector<OptionalTensor> split(L);
+    if (!value.defined()) return split;
+    TORCH_CHECK_VALUE(value.sizes() == at::IntArrayRef(shape), "RecurrentLIF: argument "
+                      "'state': ", part, " must have shape ", at::IntArrayRef(shape), " (",
+                      L == 1 ? std::string("one layer") : c10::str("num_layers=", L), ", ",
+                      batched ? "batched" : "unbatched", " input), got ", value.sizes());
+    for (int64_t l = 0; l < L; ++l) {
+      const at::Tensor layer = L > 1 ? value.select(0, l) : value;
+      split[l] = batched ? layer : layer.unsqueeze(0);
     }
-  }
+    return split;
+  };
+  const std::vector<OptionalTensor> u0 = per_layer(state ? std::get<0>(*state) : at::Tensor(), "u");
+  const std::vector<OptionalTensor> s0 = per_layer(state ? std::get<1>(*state) : at::Tensor(), "s");
   const OptionalTensor given_lengths = given(lengths);
 
   at::Tensor layer_input = x, spikes;
@@ -212,8 +207,8 @@ std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
                             .surrogate(options.surrogate())
                             .slope(options.slope())
                             .save_membrane(options.save_membrane())
-                            .u0(states[l].first)
-                            .s0(states[l].second)
+                            .u0(u0[l])
+                            .s0(s0[l])
                             .lengths(given_lengths);
     // A 0-dim one-to-one weight (one shared value, as Python's from_snntorch
     // makes it) is one weight for every neuron.
@@ -225,8 +220,8 @@ std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
     std::tie(spikes, membrane) =
         recurrent_lif(layer_input, layer.w_in, w_rec_for_op, given(layer.bias),
                       layer.alpha.clamp(0, 1), layer.theta, call_options);
-    const at::Tensor u_first = states[l].first ? *states[l].first : membrane.new_zeros({B, N});
-    const at::Tensor s_first = states[l].second ? *states[l].second : spikes.new_zeros({B, N});
+    const at::Tensor u_first = u0[l] ? *u0[l] : membrane.new_zeros({B, N});
+    const at::Tensor s_first = s0[l] ? *s0[l] : spikes.new_zeros({B, N});
     if (T == 0) {  // no step taken: the state is what was given, or zeros
       us.push_back(u_first), ss.push_back(s_first);
     } else if (!given_lengths) {
@@ -288,9 +283,9 @@ void load_state_dict(torch::nn::Module& module, const c10::Dict<std::string, at:
   }
 }
 
-void load_state_dict(torch::nn::Module& module, const std::string& path) {
+c10::Dict<std::string, at::Tensor> load_tensors(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
-  TORCH_CHECK_VALUE(file, "load_state_dict: cannot open '", path, "'");
+  TORCH_CHECK_VALUE(file, "load_tensors: cannot open '", path, "'");
   const std::vector<char> bytes((std::istreambuf_iterator<char>(file)),
                                 std::istreambuf_iterator<char>());
   c10::IValue loaded;
@@ -299,21 +294,25 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
   } catch (const c10::Error& error) {
     // LibTorch's reader cannot rebuild the OrderedDict that module.state_dict()
     // is; a plain dict of it reads.
-    TORCH_CHECK_VALUE(false, "load_state_dict: '", path, "' is not a file torch.save wrote, "
+    TORCH_CHECK_VALUE(false, "load_tensors: '", path, "' is not a file torch.save wrote, "
                       "or not one LibTorch can read (save a state_dict as a plain dict: "
                       "torch.save(dict(module.state_dict()), path)): ",
                       error.what_without_backtrace());
   }
-  TORCH_CHECK_VALUE(loaded.isGenericDict(), "load_state_dict: '", path, "' holds a ",
+  TORCH_CHECK_VALUE(loaded.isGenericDict(), "load_tensors: '", path, "' holds a ",
                     loaded.tagKind(), ", not a state_dict (a dict of names to tensors)");
-  c10::Dict<std::string, at::Tensor> state_dict;
+  c10::Dict<std::string, at::Tensor> tensors;
   for (const auto& entry : loaded.toGenericDict()) {
-    TORCH_CHECK_VALUE(entry.key().isString() && entry.value().isTensor(), "load_state_dict: '",
+    TORCH_CHECK_VALUE(entry.key().isString() && entry.value().isTensor(), "load_tensors: '",
                       path, "' is not a state_dict: it maps a ", entry.key().tagKind(), " to a ",
                       entry.value().tagKind(), ", not names to tensors");
-    state_dict.insert(entry.key().toStringRef(), entry.value().toTensor());
+    tensors.insert(entry.key().toStringRef(), entry.value().toTensor());
   }
-  load_state_dict(module, state_dict);
+  return tensors;
+}
+
+void load_state_dict(torch::nn::Module& module, const std::string& path) {
+  load_state_dict(module, load_tensors(path));
 }
 
 }  // namespace torch_ext

@@ -80,15 +80,6 @@ def with_lengths(replace):
     return args(**replace), ({} if lengths is None else dict(lengths=lengths))
 
 
-@pytest.mark.parametrize("fn", [torch_ext.recurrent_lif, torch_ext.recurrent_lif_ref],
-                         ids=["op", "reference"])
-@pytest.mark.parametrize("replace,options,exc,name", LENGTHS_CASES)
-def test_lengths_and_w_rec_shapes_name_the_argument(fn, replace, options, exc, name):
-    call_args, extra = with_lengths(replace)
-    with pytest.raises(exc, match=f"'{name}'"):
-        fn(*call_args, **options, **extra)
-
-
 # The reference runs the op's own checks (one implementation of them), so it
 # rejects every bad input the op rejects, with the same error.
 @pytest.mark.parametrize("replace,options,exc,name", CASES + LENGTHS_CASES)

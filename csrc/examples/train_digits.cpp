@@ -19,25 +19,10 @@
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <string>
 
 namespace {
-
-// A dict of tensors written by Python's torch.save.
-c10::Dict<std::string, torch::Tensor> load_tensors(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::runtime_error("cannot open " + path);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(file)),
-                                std::istreambuf_iterator<char>());
-  c10::Dict<std::string, torch::Tensor> tensors;
-  for (const auto& entry : torch::pickle_load(bytes).toGenericDict()) {
-    tensors.insert(entry.key().toStringRef(), entry.value().toTensor());
-  }
-  return tensors;
-}
 
 struct DigitNet : torch::nn::Module {
   explicit DigitNet(int64_t hidden)
@@ -77,7 +62,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const int epochs = argc == 3 ? std::stoi(argv[2]) : 40;
-  const auto data = load_tensors(argv[1]);
+  const auto data = torch_ext::load_tensors(argv[1]);  // what Python's torch.save wrote
   const torch::Tensor x_train = data.at("x_train"), y_train = data.at("y_train");
   const torch::Tensor x_test = data.at("x_test"), y_test = data.at("y_test");
 

@@ -158,4 +158,9 @@ TORCH_MODULE(RecurrentLIF);
 void load_state_dict(torch::nn::Module& module, const c10::Dict<std::string, at::Tensor>& state_dict);
 void load_state_dict(torch::nn::Module& module, const std::string& path);
 
+// A dict of names to tensors that Python wrote with torch.save (a plain
+// dict: see load_state_dict), e.g. a data set. A file that is not one raises
+// an error saying what it holds.
+c10::Dict<std::string, at::Tensor> load_tensors(const std::string& path);
+
 }  // namespace torch_ext
