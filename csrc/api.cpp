@@ -5,6 +5,7 @@
 #include <torch/utils.h>
 
 #include <algorithm>
+#include <functional>
 #include <array>
 #include <cmath>
 #include <fstream>
@@ -69,41 +70,135 @@ namespace {
 
 constexpr std::array<const char*, 3> kRecurrent{"all_to_all", "one_to_one", "none"};
 
-// (u, s) of each batch row after its own last step: membrane and spikes
-// [T, B, N] at t = lengths[b] - 1, or the initial state where lengths[b] = 0.
-std::pair<at::Tensor, at::Tensor> state_at(const at::Tensor& lengths, const at::Tensor& membrane,
-                                           const at::Tensor& spikes, const at::Tensor& u_first,
-                                           const at::Tensor& s_first) {
+// The value of a [T, B, N] sequence after each batch row's own last step:
+// at t = lengths[b] - 1, or `first` (the initial value) where lengths[b] = 0.
+at::Tensor value_after_last_step(const at::Tensor& lengths, const at::Tensor& sequence,
+                                 const at::Tensor& first) {
   // Clamped as the kernels do (on CUDA the op does not check the values).
-  const at::Tensor steps =
-      lengths.to(membrane.device(), at::kLong).clamp(0, membrane.size(0));
+  const at::Tensor steps = lengths.to(sequence.device(), at::kLong).clamp(0, sequence.size(0));
   const at::Tensor last = (steps - 1).clamp_min(0).view({1, -1, 1}).expand(
-      {1, membrane.size(1), membrane.size(2)});
+      {1, sequence.size(1), sequence.size(2)});
   const at::Tensor took_steps = (steps > 0).unsqueeze(1);
-  return {at::where(took_steps, membrane.gather(0, last)[0], u_first.to(membrane.scalar_type())),
-          at::where(took_steps, spikes.gather(0, last)[0], s_first.to(spikes.scalar_type()))};
+  return at::where(took_steps, sequence.gather(0, last)[0], first.to(sequence.scalar_type()));
+}
+
+// One layer's run: its spikes and the sequences of its state's parts, in the
+// state's order (spikes last), each [T, B, N].
+using LayerRun = std::function<std::vector<at::Tensor>(
+    int64_t layer, const at::Tensor& input, const std::vector<OptionalTensor>& initial)>;
+
+// The layer stack of both modules, with the Python modules' conventions:
+// batch_first and unbatched input, a state of `parts` (named for the
+// messages; the spikes last), each [L, B, N] for L > 1, split per layer;
+// dropout between layers in training; each part's final value after each
+// row's own last step. Returns the top layer's spikes, shaped like the input,
+// and the final state.
+std::pair<at::Tensor, std::vector<at::Tensor>> run_stack(
+    const char* module, const at::Tensor& input, const std::vector<at::Tensor>& state,
+    const std::vector<const char*>& parts, int64_t L, int64_t N, bool batch_first, double dropout,
+    bool training, const OptionalTensor& lengths, const LayerRun& run_layer) {
+  TORCH_CHECK_VALUE(input.defined() && (input.dim() == 2 || input.dim() == 3), module,
+                    ": argument 'x' must have shape ", batch_first ? "[B, T, F]" : "[T, B, F]",
+                    " (batched) or [T, F] (unbatched), got ",
+                    input.defined() ? c10::str(input.sizes()) : std::string("an undefined tensor"));
+  const bool batched = input.dim() == 3;
+  const at::Tensor x =
+      !batched ? input.unsqueeze(1) : (batch_first ? input.transpose(0, 1) : input);
+  const int64_t T = x.size(0), B = x.size(1);
+  const size_t P = parts.size();
+
+  // The state's expected shape, as the Python module checks it.
+  std::vector<int64_t> shape;
+  if (L > 1) shape.push_back(L);
+  if (batched) shape.push_back(B);
+  shape.push_back(N);
+  // initial[l][p]: part p of layer l, [B, N] (absent where not given).
+  std::vector<std::vector<OptionalTensor>> initial(L, std::vector<OptionalTensor>(P));
+  for (size_t p = 0; p < P && p < state.size(); ++p) {
+    const at::Tensor& value = state[p];
+    if (!value.defined()) continue;
+    TORCH_CHECK_VALUE(value.sizes() == at::IntArrayRef(shape), module, ": argument 'state': ",
+                      parts[p], " must have shape ", at::IntArrayRef(shape), " (",
+                      L == 1 ? std::string("one layer") : c10::str("num_layers=", L), ", ",
+                      batched ? "batched" : "unbatched", " input), got ", value.sizes());
+    for (int64_t l = 0; l < L; ++l) {
+      const at::Tensor layer = L > 1 ? value.select(0, l) : value;
+      initial[l][p] = batched ? layer : layer.unsqueeze(0);
+    }
+  }
+
+  at::Tensor layer_input = x, spikes;
+  std::vector<std::vector<at::Tensor>> finals(P);  // finals[p][l]
+  for (int64_t l = 0; l < L; ++l) {
+    if (l > 0 && dropout > 0 && training) {
+      layer_input = at::dropout(layer_input, dropout, /*train=*/true);
+    }
+    const std::vector<at::Tensor> sequences = run_layer(l, layer_input, initial[l]);
+    for (size_t p = 0; p < P; ++p) {
+      const at::Tensor first =
+          initial[l][p] ? *initial[l][p] : sequences[p].new_zeros({B, N});
+      if (T == 0) {  // no step taken: the state is what was given, or zeros
+        finals[p].push_back(first);
+      } else if (!lengths) {
+        finals[p].push_back(sequences[p][-1]);
+      } else {  // each row's state after its own last step
+        finals[p].push_back(value_after_last_step(*lengths, sequences[p], first));
+      }
+    }
+    spikes = sequences[P - 1];
+    layer_input = spikes;
+  }
+
+  std::vector<at::Tensor> last;
+  const bool all_given = state.size() == P && std::all_of(state.begin(), state.end(),
+                                                           [](const at::Tensor& t) { return t.defined(); });
+  if (T == 0 && all_given) {
+    last = state;  // given tensors come back as they are
+  } else {
+    for (size_t p = 0; p < P; ++p) {
+      at::Tensor value = L > 1 ? at::stack(finals[p]) : finals[p][0];
+      last.push_back(batched ? value : value.squeeze(L > 1 ? 1 : 0));
+    }
+  }
+  if (!batched) {
+    spikes = spikes.squeeze(1);
+  } else if (batch_first) {
+    spikes = spikes.transpose(0, 1);
+  }
+  return {spikes, last};
+}
+
+// The module options both modules share, checked with the same messages.
+void check_stack_options(const char* module, int64_t in_features, int64_t hidden_size,
+                         int64_t num_layers, double dropout, const std::string& recurrent) {
+  for (const auto& [value, name] : {std::make_pair(in_features, "in_features"),
+                                    std::make_pair(hidden_size, "hidden_size"),
+                                    std::make_pair(num_layers, "num_layers")}) {
+    TORCH_CHECK_VALUE(value > 0, module, ": argument '", name, "' must be a positive int, got ",
+                      value);
+  }
+  TORCH_CHECK_VALUE(dropout >= 0.0 && dropout <= 1.0, module,
+                    ": argument 'dropout' must be a number in [0, 1] (the probability "
+                    "of dropping a spike between layers), got ", dropout);
+  TORCH_CHECK_VALUE(std::find(kRecurrent.begin(), kRecurrent.end(), recurrent) != kRecurrent.end(),
+                    module, ": argument 'recurrent' must be one of \"all_to_all\", "
+                    "\"one_to_one\", \"none\", got \"", recurrent, "\"");
+  if (dropout > 0 && num_layers == 1) {
+    TORCH_WARN(module, ": dropout applies between stacked layers, so a non-zero dropout "
+               "expects num_layers > 1, got dropout=", dropout, " and num_layers=1");
+  }
+}
+
+// A parameter's name in the Python modules: base for one layer, base_l{l} in a stack.
+std::string layer_name(const char* base, int64_t layer, int64_t num_layers) {
+  return num_layers == 1 ? std::string(base) : c10::str(base, "_l", layer);
 }
 
 }  // namespace
 
 RecurrentLIFImpl::RecurrentLIFImpl(const RecurrentLIFOptions& options_) : options(options_) {
-  for (const auto& [value, name] : {std::make_pair(options.in_features(), "in_features"),
-                                    std::make_pair(options.hidden_size(), "hidden_size"),
-                                    std::make_pair(options.num_layers(), "num_layers")}) {
-    TORCH_CHECK_VALUE(value > 0, "RecurrentLIF: argument '", name, "' must be a positive int, got ",
-                      value);
-  }
-  TORCH_CHECK_VALUE(options.dropout() >= 0.0 && options.dropout() <= 1.0,
-                    "RecurrentLIF: argument 'dropout' must be a number in [0, 1] (the probability "
-                    "of dropping a spike between layers), got ", options.dropout());
-  TORCH_CHECK_VALUE(std::find(kRecurrent.begin(), kRecurrent.end(), options.recurrent()) !=
-                        kRecurrent.end(),
-                    "RecurrentLIF: argument 'recurrent' must be one of \"all_to_all\", "
-                    "\"one_to_one\", \"none\", got \"", options.recurrent(), "\"");
-  if (options.dropout() > 0 && options.num_layers() == 1) {
-    TORCH_WARN("RecurrentLIF: dropout applies between stacked layers, so a non-zero dropout "
-               "expects num_layers > 1, got dropout=", options.dropout(), " and num_layers=1");
-  }
+  check_stack_options("RecurrentLIF", options.in_features(), options.hidden_size(),
+                      options.num_layers(), options.dropout(), options.recurrent());
   TORCH_CHECK_VALUE(options.alpha() >= 0.0 && options.alpha() <= 1.0,
                     "recurrent_lif: argument 'alpha' must lie in [0, 1], got ", options.alpha());
   TORCH_CHECK_VALUE(std::isfinite(options.theta()),
@@ -121,9 +216,7 @@ void RecurrentLIFImpl::reset() {
                                              ? std::vector<int64_t>{N}
                                              : std::vector<int64_t>{N, N};
   // Registered in the Python module's order, under its names.
-  auto name = [L](const char* base, int64_t layer) {
-    return L == 1 ? std::string(base) : c10::str(base, "_l", layer);
-  };
+  auto name = [L](const char* base, int64_t layer) { return layer_name(base, layer, L); };
   layers.assign(L, Layer{});
   for (int64_t l = 0; l < L; ++l) {
     Layer& layer = layers[l];
@@ -160,55 +253,20 @@ void RecurrentLIFImpl::reset_parameters() {
 std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
     const at::Tensor& input, const std::optional<State>& state,
     const std::optional<at::Tensor>& lengths) {
-  const int64_t L = options.num_layers(), N = options.hidden_size();
-  TORCH_CHECK_VALUE(input.defined() && (input.dim() == 2 || input.dim() == 3),
-                    "RecurrentLIF: argument 'x' must have shape ",
-                    options.batch_first() ? "[B, T, F]" : "[T, B, F]",
-                    " (batched) or [T, F] (unbatched), got ",
-                    input.defined() ? c10::str(input.sizes()) : std::string("an undefined tensor"));
-  const bool batched = input.dim() == 3;
-  const at::Tensor x =
-      !batched ? input.unsqueeze(1) : (options.batch_first() ? input.transpose(0, 1) : input);
-  const int64_t T = x.size(0), B = x.size(1);
-
-  // The state's expected shape, as the Python module checks it.
-  std::vector<int64_t> shape;
-  if (L > 1) shape.push_back(L);
-  if (batched) shape.push_back(B);
-  shape.push_back(N);
-  // One [B, N] tensor per layer (absent where `value` is undefined).
-  auto per_layer = [&](const at::Tensor& value, const char* part) {
-    std::vector<OptionalTensor> split(L);
-    if (!value.defined()) return split;
-    TORCH_CHECK_VALUE(value.sizes() == at::IntArrayRef(shape), "RecurrentLIF: argument "
-                      "'state': ", part, " must have shape ", at::IntArrayRef(shape), " (",
-                      L == 1 ? std::string("one layer") : c10::str("num_layers=", L), ", ",
-                      batched ? "batched" : "unbatched", " input), got ", value.sizes());
-    for (int64_t l = 0; l < L; ++l) {
-      const at::Tensor layer = L > 1 ? value.select(0, l) : value;
-      split[l] = batched ? layer : layer.unsqueeze(0);
-    }
-    return split;
-  };
-  const std::vector<OptionalTensor> u0 = per_layer(state ? std::get<0>(*state) : at::Tensor(), "u");
-  const std::vector<OptionalTensor> s0 = per_layer(state ? std::get<1>(*state) : at::Tensor(), "s");
+  const int64_t N = options.hidden_size();
   const OptionalTensor given_lengths = given(lengths);
-
-  at::Tensor layer_input = x, spikes;
-  std::vector<at::Tensor> us, ss;
-  for (int64_t l = 0; l < L; ++l) {
+  std::vector<at::Tensor> parts;
+  if (state) parts = {std::get<0>(*state), std::get<1>(*state)};
+  auto run_layer = [&](int64_t l, const at::Tensor& x, const std::vector<OptionalTensor>& initial) {
     const Layer& layer = layers[l];
-    if (l > 0 && options.dropout() > 0 && is_training()) {
-      layer_input = at::dropout(layer_input, options.dropout(), /*train=*/true);
-    }
     auto call_options = RecurrentLIFFuncOptions()
                             .reset(options.reset())
                             .detach_reset(options.detach_reset())
                             .surrogate(options.surrogate())
                             .slope(options.slope())
                             .save_membrane(options.save_membrane())
-                            .u0(u0[l])
-                            .s0(s0[l])
+                            .u0(initial[0])
+                            .s0(initial[1])
                             .lengths(given_lengths);
     // A 0-dim one-to-one weight (one shared value, as Python's from_snntorch
     // makes it) is one weight for every neuron.
@@ -216,37 +274,14 @@ std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
         !layer.w_rec.defined()
             ? OptionalTensor()
             : (options.recurrent() == "one_to_one" ? layer.w_rec.expand({N}) : layer.w_rec);
-    at::Tensor membrane;
-    std::tie(spikes, membrane) =
-        recurrent_lif(layer_input, layer.w_in, w_rec_for_op, given(layer.bias),
-                      layer.alpha.clamp(0, 1), layer.theta, call_options);
-    const at::Tensor u_first = u0[l] ? *u0[l] : membrane.new_zeros({B, N});
-    const at::Tensor s_first = s0[l] ? *s0[l] : spikes.new_zeros({B, N});
-    if (T == 0) {  // no step taken: the state is what was given, or zeros
-      us.push_back(u_first), ss.push_back(s_first);
-    } else if (!given_lengths) {
-      us.push_back(membrane[-1]), ss.push_back(spikes[-1]);
-    } else {  // each row's state after its own last step
-      auto [u, s] = state_at(*given_lengths, membrane, spikes, u_first, s_first);
-      us.push_back(u), ss.push_back(s);
-    }
-    layer_input = spikes;
-  }
-
-  State last;
-  if (T == 0 && state && std::get<0>(*state).defined() && std::get<1>(*state).defined()) {
-    last = *state;  // given tensors come back as they are
-  } else {
-    at::Tensor u = L > 1 ? at::stack(us) : us[0], s = L > 1 ? at::stack(ss) : ss[0];
-    if (!batched) u = u.squeeze(L > 1 ? 1 : 0), s = s.squeeze(L > 1 ? 1 : 0);
-    last = {u, s};
-  }
-  if (!batched) {
-    spikes = spikes.squeeze(1);
-  } else if (options.batch_first()) {
-    spikes = spikes.transpose(0, 1);
-  }
-  return {spikes, last};
+    auto [spikes, membrane] = recurrent_lif(x, layer.w_in, w_rec_for_op, given(layer.bias),
+                                            layer.alpha.clamp(0, 1), layer.theta, call_options);
+    return std::vector<at::Tensor>{membrane, spikes};
+  };
+  auto [spikes, last] =
+      run_stack("RecurrentLIF", input, parts, {"u", "s"}, options.num_layers(), N,
+                options.batch_first(), options.dropout(), is_training(), given_lengths, run_layer);
+  return {spikes, State{last[0], last[1]}};
 }
 
 void RecurrentLIFImpl::pretty_print(std::ostream& stream) const {
@@ -254,6 +289,170 @@ void RecurrentLIFImpl::pretty_print(std::ostream& stream) const {
          << ", bias=" << options.bias() << ", alpha=" << options.alpha()
          << ", theta=" << options.theta() << ", reset=" << options.reset()
          << ", surrogate=" << options.surrogate();
+  if (options.num_layers() > 1 || options.dropout() > 0) {
+    stream << ", num_layers=" << options.num_layers() << ", dropout=" << options.dropout();
+  }
+  if (options.recurrent() != "all_to_all") stream << ", recurrent=" << options.recurrent();
+  stream << ")";
+}
+
+// ---------------------------------------------------------------- the adaptive layer
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias,
+    const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b,
+    const at::Tensor& theta, const RecurrentAdLIFFuncOptions& options) {
+  // Before the dispatcher, which needs one defined tensor to pick a kernel.
+  check_required("recurrent_adlif", x,
+                 {{&alpha, "alpha"}, {&beta, "beta"}, {&a, "a"}, {&b, "b"}, {&theta, "theta"}});
+  return call_recurrent_adlif(x, given(w_in), given(w_rec), given(bias), alpha, beta, a, b, theta,
+                              given(options.v0()), given(options.a0()), given(options.s0()),
+                              options.reset(), options.detach_reset(), options.surrogate(),
+                              options.slope(), options.save_state(), given(options.lengths()));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias, double alpha,
+    double beta, double a, double b, double theta, const RecurrentAdLIFFuncOptions& options) {
+  TORCH_CHECK_VALUE(x.defined(), "recurrent_adlif: argument 'x' is required");
+  auto number = [&](double value, const char* name, bool decay) {
+    TORCH_CHECK_VALUE(decay ? value >= 0.0 && value <= 1.0 : std::isfinite(value),
+                      "recurrent_adlif: argument '", name, "' must ",
+                      decay ? "lie in [0, 1]" : "be finite", ", got ", value);
+    return at::full({}, value, x.options().dtype(compute_dtype(x.scalar_type())));
+  };
+  return recurrent_adlif(x, w_in, w_rec, bias, number(alpha, "alpha", true),
+                         number(beta, "beta", true), number(a, "a", false), number(b, "b", false),
+                         number(theta, "theta", false), options);
+}
+
+RecurrentAdLIFOptions::RecurrentAdLIFOptions(int64_t in_features, int64_t hidden_size)
+    : in_features_(in_features), hidden_size_(hidden_size) {}
+
+RecurrentAdLIFImpl::RecurrentAdLIFImpl(const RecurrentAdLIFOptions& options_)
+    : options(options_) {
+  const char* module = "RecurrentAdLIF";
+  check_stack_options(module, options.in_features(), options.hidden_size(), options.num_layers(),
+                      options.dropout(), options.recurrent());
+  for (const auto& [range, name, positive] :
+       {std::make_tuple(&options.tau_u_range(), "tau_u_range", true),
+        std::make_tuple(&options.tau_w_range(), "tau_w_range", true),
+        std::make_tuple(&options.a_range(), "a_range", false),
+        std::make_tuple(&options.b_range(), "b_range", false)}) {
+    const bool ok = range->size() == 2 && std::isfinite((*range)[0]) &&
+                    std::isfinite((*range)[1]) && (*range)[0] <= (*range)[1] &&
+                    (!positive || (*range)[0] > 0);
+    TORCH_CHECK_VALUE(ok, module, ": argument '", name, "' must be two finite numbers (low, high) "
+                      "with low <= high", positive ? " and low > 0" : "", ", got ",
+                      c10::ArrayRef<double>(*range));
+  }
+  for (const auto& [value, name] : {std::make_pair(options.q(), "q"),
+                                    std::make_pair(options.theta(), "theta"),
+                                    std::make_pair(options.dt(), "dt")}) {
+    TORCH_CHECK_VALUE(std::isfinite(value), module, ": argument '", name,
+                      "' must be finite, got ", value);
+  }
+  TORCH_CHECK_VALUE(options.dt() > 0, module, ": argument 'dt' must be > 0, got ", options.dt());
+  check_options(options.reset(), options.detach_reset(), options.surrogate(), options.slope(),
+                at::kFloat, "recurrent_adlif");
+  reset();
+}
+
+void RecurrentAdLIFImpl::reset() {
+  const int64_t F = options.in_features(), N = options.hidden_size(), L = options.num_layers();
+  auto name = [L](const char* base, int64_t layer) { return layer_name(base, layer, L); };
+  layers.assign(L, Layer{});
+  for (int64_t l = 0; l < L; ++l) {
+    Layer& layer = layers[l];
+    layer.w_in = register_parameter(name("w_in", l), torch::empty({N, l == 0 ? F : N}));
+    if (options.recurrent() != "none") {
+      layer.w_rec = register_parameter(
+          name("w_rec", l), torch::empty(options.recurrent() == "one_to_one"
+                                             ? std::vector<int64_t>{N}
+                                             : std::vector<int64_t>{N, N}));
+    }
+    if (options.bias()) layer.bias = register_parameter(name("bias", l), torch::empty({N}));
+    layer.tau_u = register_parameter(name("tau_u", l), torch::empty({N}));
+    layer.tau_w = register_parameter(name("tau_w", l), torch::empty({N}));
+    layer.a = register_parameter(name("a", l), torch::empty({N}));
+    layer.b = register_parameter(name("b", l), torch::empty({N}));
+  }
+  reset_parameters();
+}
+
+void RecurrentAdLIFImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  for (Layer& layer : layers) {
+    const double bound = std::sqrt(1.0 / static_cast<double>(layer.w_in.size(1)));
+    torch::nn::init::uniform_(layer.w_in, -bound, bound);
+    if (layer.bias.defined()) layer.bias.zero_();
+    if (layer.w_rec.defined()) {
+      if (layer.w_rec.dim() == 2) {
+        torch::nn::init::orthogonal_(layer.w_rec, 1.0);
+      } else {  // one-to-one: one weight per neuron, uniform in [-1, 1]
+        torch::nn::init::uniform_(layer.w_rec, -1.0, 1.0);
+      }
+    }
+    torch::nn::init::uniform_(layer.tau_u, 0.0, 1.0);
+    torch::nn::init::uniform_(layer.tau_w, 0.0, 1.0);
+    torch::nn::init::uniform_(layer.a, options.a_range()[0], options.a_range()[1]);
+    torch::nn::init::uniform_(layer.b, options.b_range()[0], options.b_range()[1]);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> RecurrentAdLIFImpl::neuron_params(
+    int64_t l) const {
+  const Layer& layer = layers.at(l);
+  // tau = w tau_max + (1 - w) tau_min with w kept in [0, 1]; decay = exp(-dt / tau).
+  auto decay = [&](const at::Tensor& w, const std::vector<double>& range) {
+    const at::Tensor weight = w.clamp(0, 1);
+    const at::Tensor tau = weight * range[1] + (1 - weight) * range[0];
+    return at::exp(-options.dt() / tau);
+  };
+  return {decay(layer.tau_u, options.tau_u_range()), decay(layer.tau_w, options.tau_w_range()),
+          options.q() * layer.a.clamp(options.a_range()[0], options.a_range()[1]),
+          options.q() * layer.b.clamp(options.b_range()[0], options.b_range()[1])};
+}
+
+std::tuple<at::Tensor, RecurrentAdLIFImpl::State> RecurrentAdLIFImpl::forward(
+    const at::Tensor& input, const std::optional<State>& state,
+    const std::optional<at::Tensor>& lengths) {
+  const OptionalTensor given_lengths = given(lengths);
+  std::vector<at::Tensor> parts;
+  if (state) parts = {std::get<0>(*state), std::get<1>(*state), std::get<2>(*state)};
+  auto run_layer = [&](int64_t l, const at::Tensor& x, const std::vector<OptionalTensor>& initial) {
+    const Layer& layer = layers[l];
+    const auto [alpha, beta, a, b] = neuron_params(l);
+    auto call_options = RecurrentAdLIFFuncOptions()
+                            .reset(options.reset())
+                            .detach_reset(options.detach_reset())
+                            .surrogate(options.surrogate())
+                            .slope(options.slope())
+                            .save_state(options.save_state())
+                            .v0(initial[0])
+                            .a0(initial[1])
+                            .s0(initial[2])
+                            .lengths(given_lengths);
+    const at::Tensor theta =
+        at::full({}, options.theta(), alpha.options().dtype(compute_dtype(x.scalar_type())));
+    auto [spikes, membrane, adaptation] =
+        recurrent_adlif(x, layer.w_in, given(layer.w_rec), given(layer.bias), alpha, beta, a, b,
+                        theta, call_options);
+    return std::vector<at::Tensor>{membrane, adaptation, spikes};
+  };
+  auto [spikes, last] = run_stack("RecurrentAdLIF", input, parts, {"v", "a", "s"},
+                                  options.num_layers(), options.hidden_size(),
+                                  options.batch_first(), options.dropout(), is_training(),
+                                  given_lengths, run_layer);
+  return {spikes, State{last[0], last[1], last[2]}};
+}
+
+void RecurrentAdLIFImpl::pretty_print(std::ostream& stream) const {
+  stream << "torch_ext::RecurrentAdLIF(" << options.in_features() << ", " << options.hidden_size()
+         << ", bias=" << options.bias() << ", theta=" << options.theta()
+         << ", reset=" << options.reset() << ", surrogate=" << options.surrogate();
   if (options.num_layers() > 1 || options.dropout() > 0) {
     stream << ", num_layers=" << options.num_layers() << ", dropout=" << options.dropout();
   }

@@ -213,17 +213,199 @@ ForwardResult call_recurrent_lif(const at::Tensor& x, const OptionalTensor& w_in
                  save_membrane, lengths);
 }
 
+// ---------------------------------------------------------------- the adaptive op
+
+namespace {
+
+std::vector<at::Tensor> call_adaptive_backward(
+    const OptionalTensor& grad_spikes, const OptionalTensor& grad_membrane,
+    const OptionalTensor& grad_adaptation, const at::Tensor& x, const OptionalTensor& w_in,
+    const OptionalTensor& w_rec, const OptionalTensor& bias, const at::Tensor& alpha,
+    const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta,
+    const OptionalTensor& v0, const OptionalTensor& a0, const OptionalTensor& s0,
+    const at::Tensor& spikes, const OptionalTensor& membrane, const OptionalTensor& adaptation,
+    c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+    std::optional<double> slope, std::array<bool, kAdaptiveInputs> needs_grad,
+    const OptionalTensor& lengths) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("torch_ext::_recurrent_adlif_backward", "")
+                             .typed<decltype(adaptive_backward_kernel<nullptr, nullptr>)>();
+  return op.call(grad_spikes, grad_membrane, grad_adaptation, x, w_in, w_rec, bias, alpha, beta,
+                 a, b, theta, v0, a0, s0, spikes, membrane, adaptation, reset, detach_reset,
+                 surrogate, slope, needs_grad, lengths);
+}
+
+}  // namespace
+
+class RecurrentAdLIFFunction : public torch::autograd::Function<RecurrentAdLIFFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const OptionalTensor& w_in, const OptionalTensor& w_rec,
+                               const OptionalTensor& bias, const at::Tensor& alpha,
+                               const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b,
+                               const at::Tensor& theta, const OptionalTensor& v0,
+                               const OptionalTensor& a0, const OptionalTensor& s0,
+                               c10::string_view reset, bool detach_reset,
+                               c10::string_view surrogate, std::optional<double> slope,
+                               bool save_state, const OptionalTensor& lengths) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [spikes, membrane, adaptation] =
+        call_recurrent_adlif(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0, reset,
+                             detach_reset, surrogate, slope, save_state, lengths);
+    // As for the LIF op: the inputs and the outputs, nothing per step besides;
+    // without save_state not the states (the backward recomputes them). The
+    // bias always: alpha's gradient reads it.
+    const at::Tensor none;
+    ctx->save_for_backward({x, w_in.value_or(none), w_rec.value_or(none), bias.value_or(none),
+                            alpha, beta, a, b, theta,
+                            v0.value_or(none), a0.value_or(none), s0.value_or(none), spikes,
+                            save_state ? membrane : none, save_state ? adaptation : none,
+                            lengths.value_or(none)});
+    ctx->saved_data["reset"] = std::string(reset);
+    ctx->saved_data["detach_reset"] = detach_reset;
+    ctx->saved_data["surrogate"] = std::string(surrogate);
+    ctx->saved_data["slope"] = slope;
+    ctx->set_materialize_grads(false);
+    return {spikes, membrane, adaptation};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    // Inputs 0..11 are saved at 0..11 (absent optionals undefined).
+    std::array<bool, kAdaptiveInputs> given{};
+    for (int i = 0; i < kAdaptiveInputs; ++i) given[i] = saved[i].defined();
+    std::array<bool, kAdaptiveInputs> needs{};
+    for (size_t i = 0, edge = 0; i < needs.size(); ++i) {
+      if (given[i]) needs[i] = ctx->needs_input_grad(edge++);
+    }
+    const std::vector<at::Tensor> grads = call_adaptive_backward(
+        optional(grad_outputs[0]), optional(grad_outputs[1]), optional(grad_outputs[2]), saved[0],
+        optional(saved[1]), optional(saved[2]), optional(saved[3]), saved[4], saved[5], saved[6],
+        saved[7], saved[8], optional(saved[9]), optional(saved[10]), optional(saved[11]),
+        saved[12], optional(saved[13]), optional(saved[14]),
+        ctx->saved_data["reset"].toStringRef(), ctx->saved_data["detach_reset"].toBool(),
+        ctx->saved_data["surrogate"].toStringRef(),
+        ctx->saved_data["slope"].toOptional<double>(), needs, optional(saved[15]));
+    variable_list out(grads.begin(), grads.end());
+    for (size_t i = 0; i < needs.size(); ++i) {
+      if (!needs[i]) out[i] = at::Tensor();
+    }
+    out.resize(18);  // reset, detach_reset, surrogate, slope, save_state, lengths: none
+    return out;
+  }
+};
+
+class RecurrentAdLIFBackwardFunction
+    : public torch::autograd::Function<RecurrentAdLIFBackwardFunction> {
+ public:
+  static variable_list forward(
+      AutogradContext*, const OptionalTensor& grad_spikes, const OptionalTensor& grad_membrane,
+      const OptionalTensor& grad_adaptation, const at::Tensor& x, const OptionalTensor& w_in,
+      const OptionalTensor& w_rec, const OptionalTensor& bias, const at::Tensor& alpha,
+      const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta,
+      const OptionalTensor& v0, const OptionalTensor& a0, const OptionalTensor& s0,
+      const at::Tensor& spikes, const OptionalTensor& membrane, const OptionalTensor& adaptation,
+      c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+      std::optional<double> slope, std::array<bool, kAdaptiveInputs> needs_grad,
+      const OptionalTensor& lengths) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_adaptive_backward(grad_spikes, grad_membrane, grad_adaptation, x, w_in, w_rec,
+                                  bias, alpha, beta, a, b, theta, v0, a0, s0, spikes, membrane,
+                                  adaptation, reset, detach_reset, surrogate, slope, needs_grad,
+                                  lengths);
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "recurrent_adlif: the backward pass is once-differentiable; second derivatives "
+                "(differentiating a gradient of this op) are not supported");
+  }
+};
+
+namespace {
+
+AdaptiveForwardResult adaptive_autograd(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& beta,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+    const OptionalTensor& a0, const OptionalTensor& s0, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, std::optional<double> slope, bool save_state,
+    const OptionalTensor& lengths) {
+  check_required("recurrent_adlif", x,
+                 {{&alpha, "alpha"}, {&beta, "beta"}, {&a, "a"}, {&b, "b"}, {&theta, "theta"}});
+  reject_forward_ad(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0);
+  const auto out = RecurrentAdLIFFunction::apply(x, w_in, w_rec, bias, alpha, beta, a, b, theta,
+                                                 v0, a0, s0, reset, detach_reset, surrogate,
+                                                 slope, save_state, lengths);
+  return {out[0], out[1], out[2]};
+}
+
+std::vector<at::Tensor> adaptive_backward_autograd(
+    const OptionalTensor& grad_spikes, const OptionalTensor& grad_membrane,
+    const OptionalTensor& grad_adaptation, const at::Tensor& x, const OptionalTensor& w_in,
+    const OptionalTensor& w_rec, const OptionalTensor& bias, const at::Tensor& alpha,
+    const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta,
+    const OptionalTensor& v0, const OptionalTensor& a0, const OptionalTensor& s0,
+    const at::Tensor& spikes, const OptionalTensor& membrane, const OptionalTensor& adaptation,
+    c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+    std::optional<double> slope, std::array<bool, kAdaptiveInputs> needs_grad,
+    const OptionalTensor& lengths) {
+  return RecurrentAdLIFBackwardFunction::apply(grad_spikes, grad_membrane, grad_adaptation, x,
+                                               w_in, w_rec, bias, alpha, beta, a, b, theta, v0,
+                                               a0, s0, spikes, membrane, adaptation, reset,
+                                               detach_reset, surrogate, slope, needs_grad,
+                                               lengths);
+}
+
+// Autocast as for the LIF op: the matrix-product operands take the autocast
+// dtype; the neuron parameters and the state stay as given.
+template <c10::DeviceType device>
+AdaptiveForwardResult adaptive_autocast(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& beta,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+    const OptionalTensor& a0, const OptionalTensor& s0, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, std::optional<double> slope, bool save_state,
+    const OptionalTensor& lengths) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device);
+  auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, device); };
+  return call_recurrent_adlif(cast(x), cast(w_in), cast(w_rec), cast(bias), alpha, beta, a, b,
+                              theta, v0, a0, s0, reset, detach_reset, surrogate, slope,
+                              save_state, lengths);
+}
+
+}  // namespace
+
+AdaptiveForwardResult call_recurrent_adlif(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& beta,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+    const OptionalTensor& a0, const OptionalTensor& s0, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, std::optional<double> slope, bool save_state,
+    const OptionalTensor& lengths) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("torch_ext::recurrent_adlif", "")
+                             .typed<decltype(adaptive_forward_kernel<nullptr>)>();
+  return op.call(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0, reset, detach_reset,
+                 surrogate, slope, save_state, lengths);
+}
+
 TORCH_LIBRARY_IMPL(torch_ext, Autograd, m) {
   m.impl("recurrent_lif", &recurrent_lif_autograd);
   m.impl("_recurrent_lif_backward", &backward_autograd);
+  m.impl("recurrent_adlif", &adaptive_autograd);
+  m.impl("_recurrent_adlif_backward", &adaptive_backward_autograd);
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, AutocastCPU, m) {
   m.impl("recurrent_lif", &recurrent_lif_autocast<c10::DeviceType::CPU>);
+  m.impl("recurrent_adlif", &adaptive_autocast<c10::DeviceType::CPU>);
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, AutocastCUDA, m) {
   m.impl("recurrent_lif", &recurrent_lif_autocast<c10::DeviceType::CUDA>);
+  m.impl("recurrent_adlif", &adaptive_autocast<c10::DeviceType::CUDA>);
 }
 
 }  // namespace torch_ext

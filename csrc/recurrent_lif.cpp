@@ -13,8 +13,9 @@
 
 namespace torch_ext {
 
-// Every check names the argument, so `TORCH_CHECK_*(cond, ARG(name), ...)`.
-#define ARG(name) "recurrent_lif: argument '", name, "' "
+// Every check names the op (`op`, in scope) and the argument, so
+// `TORCH_CHECK_*(cond, ARG(name), ...)`.
+#define ARG(name) op, ": argument '", name, "' "
 
 // MKL's C entry point (mkl_service.h maps mkl_set_num_threads_local to it) and
 // the Fortran BLAS products, which torch's x86-64 wheels export from their
@@ -151,7 +152,7 @@ std::string one_of(const char* names) {
   return "must be one of " + list.substr(0, list.size() - 2);
 }
 
-Reset parse_reset(c10::string_view name) {
+Reset parse_reset(c10::string_view name, const char* op) {
 #define TORCH_EXT_MATCH(enumerator, text) \
   if (name == text) return Reset::enumerator;
   TORCH_EXT_FOR_EACH_RESET(TORCH_EXT_MATCH)
@@ -160,7 +161,7 @@ Reset parse_reset(c10::string_view name) {
 }
 
 // The surrogate and its default slope.
-std::pair<Surrogate, double> parse_surrogate(c10::string_view name) {
+std::pair<Surrogate, double> parse_surrogate(c10::string_view name, const char* op) {
 #define TORCH_EXT_MATCH(enumerator, text, slope) \
   if (name == text) return {Surrogate::enumerator, slope};
   TORCH_EXT_FOR_EACH_SURROGATE(TORCH_EXT_MATCH)
@@ -172,8 +173,8 @@ std::pair<Surrogate, double> parse_surrogate(c10::string_view name) {
 }  // namespace
 
 Options check_options(c10::string_view reset, bool detach_reset, c10::string_view surrogate,
-                      std::optional<double> slope, at::ScalarType compute) {
-  const auto [kind, default_slope] = parse_surrogate(surrogate);
+                      std::optional<double> slope, at::ScalarType compute, const char* op) {
+  const auto [kind, default_slope] = parse_surrogate(surrogate, op);
   const double k = slope.value_or(default_slope);
   // A slope the compute dtype cannot hold would become inf and the gradients NaN.
   const double largest = compute == at::kDouble ? std::numeric_limits<double>::max()
@@ -181,7 +182,7 @@ Options check_options(c10::string_view reset, bool detach_reset, c10::string_vie
   TORCH_CHECK_VALUE(std::isfinite(k) && k > 0 && k <= largest, ARG("slope"),
                     "must be finite, > 0 and at most ", largest, " (the largest ", compute,
                     "), got ", k);
-  return Options{parse_reset(reset), detach_reset, kind, k};
+  return Options{parse_reset(reset, op), detach_reset, kind, k};
 }
 
 namespace {
@@ -191,11 +192,12 @@ namespace {
 struct Dims {
   c10::SymInt T, B, F, N;
   at::ScalarType compute;
+  const char* op;  // for the messages
 };
 
 // Same device as x, and either x's dtype or the compute dtype (the latter lets
 // float16 runs pass float32 state and parameters).
-void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x,
+void check_like_x(const char* op, const at::Tensor& t, const char* name, const at::Tensor& x,
                   at::ScalarType compute, bool allow_compute_dtype) {
   TORCH_CHECK_VALUE(t.device() == x.device(), ARG(name), "is on ", t.device(), " but x is on ",
                     x.device(), "; all tensors must be on one device");
@@ -208,14 +210,15 @@ void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x,
                        : std::string());
 }
 
-void check_shape(const at::Tensor& t, const char* name, c10::SymIntArrayRef expected,
-                 const char* meaning) {
+void check_shape(const char* op, const at::Tensor& t, const char* name,
+                 c10::SymIntArrayRef expected, const char* meaning) {
   TORCH_CHECK_VALUE(t.sym_sizes() == expected, ARG(name), "must have shape ", expected, " ",
                     meaning, ", got ", t.sym_sizes());
 }
 
 void check_neuron_param(const at::Tensor& t, const char* name, const at::Tensor& x, const Dims& d) {
-  check_like_x(t, name, x, d.compute, /*allow_compute_dtype=*/true);
+  const char* op = d.op;
+  check_like_x(op, t, name, x, d.compute, /*allow_compute_dtype=*/true);
   TORCH_CHECK_VALUE(t.dim() == 0 || (t.dim() == 1 && t.sym_size(0) == d.N), ARG(name),
                     "must be a float, a 0-dim tensor or a tensor of shape [N] = [", d.N,
                     "], got shape ", t.sym_sizes());
@@ -223,35 +226,54 @@ void check_neuron_param(const at::Tensor& t, const char* name, const at::Tensor&
 
 }  // namespace
 
-void check_required(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& theta) {
-  for (const auto& [t, name] : {std::make_pair(&x, "x"), std::make_pair(&alpha, "alpha"),
-                                std::make_pair(&theta, "theta")}) {
+void check_required(const char* op, const at::Tensor& x,
+                    std::initializer_list<std::pair<const at::Tensor*, const char*>> params) {
+  TORCH_CHECK_VALUE(x.defined(), ARG("x"), "is required, got an undefined tensor");
+  for (const auto& [t, name] : params) {
     TORCH_CHECK_VALUE(t->defined(), ARG(name), "is required, got an undefined tensor");
   }
 }
 
+void check_required(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& theta) {
+  check_required("recurrent_lif", x, {{&alpha, "alpha"}, {&theta, "theta"}});
+}
+
 namespace {
 
-Dims check_inputs(const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
-                  const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& theta,
-                  const OptionalTensor& u0, const OptionalTensor& s0) {
-  check_required(x, alpha, theta);
+// A per-neuron parameter and whether its values must lie in [0, 1] (a decay).
+struct NamedParam {
+  const at::Tensor* tensor;
+  const char* name;
+  bool decay;
+};
+using NamedState = std::pair<const OptionalTensor*, const char*>;
+
+// The checks of every op's tensors: x, the weights, the model's parameters
+// and its initial states (each [B, N]).
+Dims check_inputs(const char* op, const at::Tensor& x, const OptionalTensor& w_in,
+                  const OptionalTensor& w_rec, const OptionalTensor& bias,
+                  std::initializer_list<NamedParam> params,
+                  std::initializer_list<NamedState> states) {
+  TORCH_CHECK_VALUE(x.defined(), ARG("x"), "is required, got an undefined tensor");
+  for (const NamedParam& p : params) {
+    TORCH_CHECK_VALUE(p.tensor->defined(), ARG(p.name), "is required, got an undefined tensor");
+  }
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), ARG("x"),
                    "must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
                    x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() == 3, ARG("x"), "must have shape [T, B, F] (3 dims), got ",
                     x.sym_sizes());
   Dims d{x.sym_size(0), x.sym_size(1), x.sym_size(2), x.sym_size(2),
-         compute_dtype(x.scalar_type())};
+         compute_dtype(x.scalar_type()), op};
   if (w_in.has_value()) {
-    check_like_x(*w_in, "w_in", x, d.compute, false);
+    check_like_x(op, *w_in, "w_in", x, d.compute, false);
     TORCH_CHECK_VALUE(w_in->dim() == 2 && w_in->sym_size(1) == d.F, ARG("w_in"),
                       "must have shape [N, F] with F = x.shape[2] = ", d.F, ", got ",
                       w_in->sym_sizes());
     d.N = w_in->sym_size(0);
   }
   if (w_rec.has_value()) {
-    check_like_x(*w_rec, "w_rec", x, d.compute, false);
+    check_like_x(op, *w_rec, "w_rec", x, d.compute, false);
     const bool square = w_rec->dim() == 2 && w_rec->sym_size(0) == d.N && w_rec->sym_size(1) == d.N;
     const bool vector = w_rec->dim() == 1 && w_rec->sym_size(0) == d.N;
     TORCH_CHECK_VALUE(square || vector, ARG("w_rec"), "must have shape [N, N] = [", d.N, ", ", d.N,
@@ -260,34 +282,58 @@ Dims check_inputs(const at::Tensor& x, const OptionalTensor& w_in, const Optiona
                       ", got ", w_rec->sym_sizes());
   }
   if (bias.has_value()) {
-    check_like_x(*bias, "bias", x, d.compute, false);
-    check_shape(*bias, "bias", {d.N}, "[N]");
+    check_like_x(op, *bias, "bias", x, d.compute, false);
+    check_shape(op, *bias, "bias", {d.N}, "[N]");
   }
-  check_neuron_param(alpha, "alpha", x, d);
-  check_neuron_param(theta, "theta", x, d);
-  if (alpha.device().is_cpu()) {
-    // On CUDA this would cost a device sync; the module keeps alpha in range there.
-    TORCH_CHECK_VALUE(at::logical_and(alpha >= 0, alpha <= 1).all().item<bool>(), ARG("alpha"),
-                      "must lie in [0, 1] (and not be NaN)");
+  for (const NamedParam& p : params) check_neuron_param(*p.tensor, p.name, x, d);
+  for (const NamedParam& p : params) {
+    if (p.decay && p.tensor->device().is_cpu()) {
+      // On CUDA this would cost a device sync; the modules keep decays in range there.
+      TORCH_CHECK_VALUE(at::logical_and(*p.tensor >= 0, *p.tensor <= 1).all().item<bool>(),
+                        ARG(p.name), "must lie in [0, 1] (and not be NaN)");
+    }
   }
-  for (const auto& [state, name] : {std::make_pair(&u0, "u0"), std::make_pair(&s0, "s0")}) {
+  for (const auto& [state, name] : states) {
     if (state->has_value()) {
-      check_like_x(**state, name, x, d.compute, true);
-      check_shape(**state, name, {d.B, d.N}, "[B, N]");
+      check_like_x(op, **state, name, x, d.compute, true);
+      check_shape(op, **state, name, {d.B, d.N}, "[B, N]");
     }
   }
   return d;
+}
+
+Dims check_lif_inputs(const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+                      const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& theta,
+                      const OptionalTensor& u0, const OptionalTensor& s0) {
+  return check_inputs("recurrent_lif", x, w_in, w_rec, bias,
+                      {{&alpha, "alpha", true}, {&theta, "theta", false}},
+                      {{&u0, "u0"}, {&s0, "s0"}});
+}
+
+Dims check_adaptive_inputs(const at::Tensor& x, const OptionalTensor& w_in,
+                           const OptionalTensor& w_rec, const OptionalTensor& bias,
+                           const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& a,
+                           const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+                           const OptionalTensor& a0, const OptionalTensor& s0) {
+  return check_inputs("recurrent_adlif", x, w_in, w_rec, bias,
+                      {{&alpha, "alpha", true},
+                       {&beta, "beta", true},
+                       {&a, "a", false},
+                       {&b, "b", false},
+                       {&theta, "theta", false}},
+                      {{&v0, "v0"}, {&a0, "a0"}, {&s0, "s0"}});
 }
 
 // lengths: [B] integers on x's device; on CPU also their values (on CUDA that
 // would cost a device sync: there a length past T acts as T, below 0 as 0).
 void check_lengths(const OptionalTensor& lengths, const at::Tensor& x, const Dims& d) {
   if (!lengths.has_value()) return;
+  const char* op = d.op;
   TORCH_CHECK_VALUE(lengths->device() == x.device(), ARG("lengths"), "is on ", lengths->device(),
                     " but x is on ", x.device(), "; all tensors must be on one device");
   TORCH_CHECK_TYPE(at::isIntegralType(lengths->scalar_type(), /*includeBool=*/false),
                    ARG("lengths"), "must hold integers, got dtype ", lengths->scalar_type());
-  check_shape(*lengths, "lengths", {d.B}, "[B]");
+  check_shape(op, *lengths, "lengths", {d.B}, "[B]");
   if (lengths->device().is_cpu() && lengths->numel() > 0) {
     const int64_t T = x.size(0);
     TORCH_CHECK_VALUE(at::logical_and(*lengths >= 0, *lengths <= T).all().item<bool>(),
@@ -296,7 +342,7 @@ void check_lengths(const OptionalTensor& lengths, const at::Tensor& x, const Dim
   }
 }
 
-// Every check of a forward call: its tensors, lengths and options.
+// Every check of a LIF forward call: its tensors, lengths and options.
 std::pair<Dims, Options> check_call(const at::Tensor& x, const OptionalTensor& w_in,
                                     const OptionalTensor& w_rec, const OptionalTensor& bias,
                                     const at::Tensor& alpha, const at::Tensor& theta,
@@ -304,24 +350,36 @@ std::pair<Dims, Options> check_call(const at::Tensor& x, const OptionalTensor& w
                                     c10::string_view reset, bool detach_reset,
                                     c10::string_view surrogate, std::optional<double> slope,
                                     const OptionalTensor& lengths) {
-  const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  const Dims d = check_lif_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   check_lengths(lengths, x, d);
-  return {d, check_options(reset, detach_reset, surrogate, slope, d.compute)};
+  return {d, check_options(reset, detach_reset, surrogate, slope, d.compute, d.op)};
 }
 
-// The backward's own arguments: the forward's outputs and the incoming gradients.
+// The same for an adaptive call.
+std::pair<Dims, Options> check_adaptive_call(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& beta,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+    const OptionalTensor& a0, const OptionalTensor& s0, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, std::optional<double> slope,
+    const OptionalTensor& lengths) {
+  const Dims d = check_adaptive_inputs(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0);
+  check_lengths(lengths, x, d);
+  return {d, check_options(reset, detach_reset, surrogate, slope, d.compute, d.op)};
+}
+
+// The backward's own arguments: the forward's outputs and the incoming
+// gradients, each [T, B, N] where given.
 void check_backward_inputs(const Dims& d, const at::Tensor& x, const at::Tensor& spikes,
-                           const OptionalTensor& membrane, const OptionalTensor& grad_spikes,
-                           const OptionalTensor& grad_membrane) {
+                           std::initializer_list<NamedState> given) {
+  const char* op = d.op;
   const std::vector<c10::SymInt> out_shape{d.T, d.B, d.N};
-  check_like_x(spikes, "spikes", x, d.compute, true);
-  check_shape(spikes, "spikes", out_shape, "[T, B, N]");
-  for (const auto& [g, name] : {std::make_pair(&membrane, "membrane"),
-                                std::make_pair(&grad_spikes, "grad_spikes"),
-                                std::make_pair(&grad_membrane, "grad_membrane")}) {
+  check_like_x(op, spikes, "spikes", x, d.compute, true);
+  check_shape(op, spikes, "spikes", out_shape, "[T, B, N]");
+  for (const auto& [g, name] : given) {
     if (g->has_value()) {
-      check_like_x(**g, name, x, d.compute, true);
-      check_shape(**g, name, out_shape, "[T, B, N]");
+      check_like_x(op, **g, name, x, d.compute, true);
+      check_shape(op, **g, name, out_shape, "[T, B, N]");
     }
   }
 }
@@ -330,21 +388,21 @@ at::Tensor compute_contiguous(const at::Tensor& t, at::ScalarType compute) {
   return t.to(compute).contiguous();
 }
 
-LoopInputs loop_inputs(int64_t B, int64_t N, at::ScalarType compute, const at::Tensor& x,
-                       const OptionalTensor& w_rec, const at::Tensor& alpha,
-                       const at::Tensor& theta, const OptionalTensor& u0, const OptionalTensor& s0,
-                       Reset reset, const OptionalTensor& lengths) {
+LoopInputs loop_inputs(Model model, int64_t B, int64_t N, at::ScalarType compute,
+                       const at::Tensor& x, const OptionalTensor& w_rec,
+                       std::initializer_list<const at::Tensor*> params,
+                       std::initializer_list<const OptionalTensor*> initial,
+                       const OptionalTensor& s0, Reset reset, const OptionalTensor& lengths) {
   const auto opts = x.options().dtype(compute);
   auto state = [&](const OptionalTensor& t) {
     return t.has_value() ? compute_contiguous(*t, compute) : at::zeros({B, N}, opts);
   };
-  return LoopInputs{w_rec.has_value() ? compute_contiguous(*w_rec, compute) : at::Tensor(),
-                    compute_contiguous(alpha, compute),
-                    compute_contiguous(theta, compute),
-                    state(u0),
-                    state(s0),
-                    reset,
-                    lengths.has_value() ? lengths->to(at::kLong).contiguous() : at::Tensor()};
+  LoopInputs in{model, w_rec.has_value() ? compute_contiguous(*w_rec, compute) : at::Tensor(),
+                {}, {}, state(s0), reset,
+                lengths.has_value() ? lengths->to(at::kLong).contiguous() : at::Tensor()};
+  for (const at::Tensor* p : params) in.params.push_back(compute_contiguous(*p, compute));
+  for (const OptionalTensor* t : initial) in.initial.push_back(state(*t));
+  return in;
 }
 
 }  // namespace
@@ -377,6 +435,169 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
 
 }  // namespace
 
+namespace {
+
+// The forward of either model: the input current by one product, then the
+// model's time loop. Returns the spikes (compute dtype) and the states.
+std::pair<at::Tensor, std::vector<at::Tensor>> run_forward(const LoopInputs& in, const at::Tensor& x,
+                                                          const OptionalTensor& w_in,
+                                                          const OptionalTensor& bias, int64_t N,
+                                                          at::ScalarType compute,
+                                                          ForwardLoop loop) {
+  const int64_t T = x.size(0), B = x.size(1);
+  std::vector<at::Tensor> states{input_current(x, w_in, bias, N, compute)};
+  for (int k = 1; k < num_states(in.model); ++k) {
+    states.push_back(at::empty({T, B, N}, x.options().dtype(compute)));
+  }
+  at::Tensor spikes = at::empty({T, B, N}, x.options().dtype(compute));
+  if (spikes.numel() > 0) loop(in, states, spikes, /*replay=*/false);
+  return {spikes, states};
+}
+
+// The states for the backward: the saved ones, or (the low-memory mode)
+// recomputed exactly as the forward computed them, from the input current
+// and the known spikes.
+std::vector<at::Tensor> states_for_backward(const LoopInputs& in,
+                                            std::vector<OptionalTensor> saved,
+                                            at::Tensor& spikes, const at::Tensor& x,
+                                            const OptionalTensor& w_in, const OptionalTensor& bias,
+                                            int64_t N, at::ScalarType compute,
+                                            ForwardLoop forward_loop) {
+  std::vector<at::Tensor> states;
+  const bool all_saved =
+      std::all_of(saved.begin(), saved.end(), [](const OptionalTensor& t) { return t.has_value(); });
+  if (all_saved) {
+    for (const OptionalTensor& t : saved) states.push_back(compute_contiguous(*t, compute));
+    return states;
+  }
+  const int64_t T = x.size(0), B = x.size(1);
+  states.push_back(input_current(x, w_in, bias, N, compute));
+  for (size_t k = 1; k < saved.size(); ++k) {
+    states.push_back(at::empty({T, B, N}, x.options().dtype(compute)));
+  }
+  if (spikes.numel() > 0) forward_loop(in, states, spikes, /*replay=*/true);
+  return states;
+}
+
+// The loop's outputs when it does not run (T, B or N is 0): zeros, each its
+// own tensor (outputs never alias).
+BackwardLoopOutputs empty_backward(Model model, int64_t T, int64_t B, int64_t N,
+                                   const at::TensorOptions& opts) {
+  BackwardLoopOutputs out;
+  out.grad_u = at::zeros({T, B, N}, opts);
+  for (int k = 0; k < num_states(model); ++k) out.grad_initial.push_back(at::zeros({B, N}, opts));
+  out.grad_s0_reset = at::zeros({B, N}, opts);
+  for (int k = 0; k < num_params(model); ++k) out.param_sums.push_back(at::zeros({N}, opts));
+  out.bias_sum = at::zeros({N}, opts);
+  out.w_rec_sum = at::zeros({N}, opts);
+  return out;
+}
+
+// diag(gain) @ m for gain 0-dim or [N]; m itself where gain is undefined (= 1).
+at::Tensor scale_rows(const at::Tensor& gain, const at::Tensor& m) {
+  if (!gain.defined()) return m;
+  return gain.dim() == 0 ? m * gain : m * gain.unsqueeze(1);
+}
+
+// What flows back through the input current I[t] = x[t] @ w_in.T + bias and
+// the recurrent input S[t-1] @ w_rec.T, given the loop's gU and the gain with
+// which they enter gU's state (dL/dI[t] = gain * gU[t]; gain undefined: 1).
+struct InputGrads {
+  at::Tensor x, w_in, w_rec, bias, s0;
+  // [N]: sum over t and b of gU[t] * (I[t] + S[t-1] @ w_rec.T), if asked for
+  // (the adaptive model's alpha gradient needs it).
+  at::Tensor drive;
+};
+
+struct InputGradsNeeded {
+  bool x, w_in, w_rec, bias, s0, drive;
+};
+
+InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutputs& out,
+                           const at::Tensor& x, const OptionalTensor& w_in,
+                           const OptionalTensor& w_rec, const OptionalTensor& bias,
+                           const OptionalTensor& s0, const at::Tensor& gain,
+                           InputGradsNeeded need, at::ScalarType compute) {
+  const int64_t T = x.size(0), B = x.size(1), F = x.size(2), N = out.grad_u.size(2);
+  const auto opts = x.options().dtype(compute);
+  // A fresh empty tensor per unneeded gradient: outputs must not alias each other.
+  auto none = [&] { return at::empty({0}, x.options()); };
+  const at::Tensor grad_u_2d = out.grad_u.view({T * B, N});
+  // gU[1], what reaches the initial state (zero when T = 0).
+  const at::Tensor grad_u_first = T > 0 ? out.grad_u[0] : at::zeros({B, N}, opts);
+  const bool one_to_one = in.state.one_to_one();
+  InputGrads g{none(), none(), none(), none(), none(), at::Tensor()};
+  const at::Tensor w_in_c = w_in.has_value() ? compute_contiguous(*w_in, compute) : at::Tensor();
+  const at::Tensor x_c = x.to(compute);
+  if (need.x) {
+    g.x = (w_in.has_value()
+               ? deterministic_mm(grad_u_2d, scale_rows(gain, w_in_c).contiguous()).view({T, B, F})
+               : (gain.defined() ? out.grad_u * gain : out.grad_u))
+              .to(x.scalar_type());
+  }
+  at::Tensor drive;
+  if (w_in.has_value() && (need.w_in || need.drive)) {
+    // sum_t gU[t].T @ x[t]: one product over all T*B rows.
+    const at::Tensor m = deterministic_mm(grad_u_2d.t(), x_c.reshape({T * B, F}).contiguous());
+    if (need.w_in) g.w_in = scale_rows(gain, m).to(w_in->scalar_type());
+    if (need.drive) drive = (w_in_c * m).sum(1);
+  } else if (need.drive) {
+    drive = (out.grad_u * x_c).sum(0).sum(0);
+  }
+  if (need.drive && bias.has_value()) drive = drive + bias->to(compute) * out.bias_sum;
+  if (need.bias) {
+    const at::Tensor sum = gain.defined() ? out.bias_sum * gain : out.bias_sum;
+    g.bias = sum.to(x.scalar_type());
+  }
+  const bool want_w_rec = w_rec.has_value() && (need.w_rec || need.drive);
+  if (want_w_rec && one_to_one) {  // sum over t, b of gU[t] * S[t-1]
+    if (need.w_rec) {
+      const at::Tensor sum = gain.defined() ? out.w_rec_sum * gain : out.w_rec_sum;
+      g.w_rec = sum.to(w_rec->scalar_type());
+    }
+    if (need.drive) drive = drive + in.state.w_rec * out.w_rec_sum;
+  } else if (want_w_rec) {
+    at::Tensor m = out.w_rec_grad;
+    if (!m.defined()) {
+      // sum_t gU[t].T @ S[t-1], with S[0] = s0: two GEMMs instead of a copy of S.
+      m = deterministic_mm(grad_u_first.t(), in.state.s0);
+      if (T > 1) {
+        const int64_t rows = (T - 1) * B;
+        deterministic_mm_out(m, out.grad_u.narrow(0, 1, T - 1).reshape({rows, N}).t(),
+                             in.spikes.narrow(0, 0, T - 1).reshape({rows, N}),
+                             /*accumulate=*/true);
+      }
+    }
+    if (need.w_rec) g.w_rec = scale_rows(gain, m).to(w_rec->scalar_type());
+    if (need.drive) drive = drive + (in.state.w_rec * m).sum(1);
+  }
+  if (need.s0 && s0.has_value()) {
+    at::Tensor grad_s0 = out.grad_s0_reset;
+    if (one_to_one) {
+      grad_s0 = grad_s0 + grad_u_first * in.w_rec_adjoint;
+    } else if (w_rec.has_value()) {
+      grad_s0 = grad_s0 + deterministic_mm(grad_u_first, in.w_rec_adjoint);
+    }
+    if (in.state.lengths.defined()) {
+      // A row that takes no step passes nothing back (its zero gU[1] times a
+      // non-finite w_rec would be NaN).
+      grad_s0 = grad_s0.masked_fill(in.state.lengths.le(0).unsqueeze(1), 0);
+    }
+    g.s0 = grad_s0.to(s0->scalar_type());
+  }
+  g.drive = drive;
+  return g;
+}
+
+// A parameter's gradient from its [N] sum: summed once more for a 0-dim parameter.
+at::Tensor param_grad(bool needed, const at::Tensor& sum, const at::Tensor& param,
+                      const at::Tensor& x) {
+  if (!needed) return at::empty({0}, x.options());
+  return (param.dim() == 0 ? sum.sum() : sum).to(param.scalar_type());
+}
+
+}  // namespace
+
 ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w_in,
                                     const OptionalTensor& w_rec, const OptionalTensor& bias,
                                     const at::Tensor& alpha, const at::Tensor& theta,
@@ -390,16 +611,11 @@ ForwardResult recurrent_lif_forward(const at::Tensor& x, const OptionalTensor& w
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto [sym, options] = check_call(x, w_in, w_rec, bias, alpha, theta, u0, s0, reset_name,
                                          detach_reset, surrogate_name, slope, lengths);
-  const int64_t T = x.size(0), B = x.size(1), N = sym.N.expect_int();
-  const at::ScalarType compute = sym.compute;
-
-  at::Tensor membrane = input_current(x, w_in, bias, N, compute);
-  at::Tensor spikes = at::empty({T, B, N}, x.options().dtype(compute));
-  if (membrane.numel() > 0) {
-    loop(loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset, lengths),
-         membrane, spikes, /*replay=*/false);
-  }
-  return {spikes.to(x.scalar_type()), membrane};
+  const int64_t B = x.size(1), N = sym.N.expect_int();
+  const LoopInputs in = loop_inputs(Model::LIF, B, N, sym.compute, x, w_rec, {&alpha, &theta},
+                                    {&u0}, s0, options.reset, lengths);
+  auto [spikes, states] = run_forward(in, x, w_in, bias, N, sym.compute, loop);
+  return {spikes.to(x.scalar_type()), states[0]};
 }
 
 BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
@@ -417,114 +633,157 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
   // The matrix products below stay in the compute dtype even under autocast
   // (whose kernel for this op already cast the inputs it casts).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const Dims sym = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  const Dims sym = check_lif_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   check_lengths(lengths, x, sym);
-  check_backward_inputs(sym, x, spikes, membrane, grad_spikes, grad_membrane);
+  check_backward_inputs(sym, x, spikes,
+                        {{&membrane, "membrane"},
+                         {&grad_spikes, "grad_spikes"},
+                         {&grad_membrane, "grad_membrane"}});
   const Options options =
-      check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute);
-  const int64_t T = x.size(0), B = x.size(1), F = x.size(2), N = sym.N.expect_int();
+      check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute, sym.op);
+  const int64_t T = x.size(0), B = x.size(1), N = sym.N.expect_int();
   const at::ScalarType compute = sym.compute;
-  const auto opts = x.options().dtype(compute);
   auto incoming = [&](const OptionalTensor& g) {
     return g.has_value() ? compute_contiguous(*g, compute) : at::Tensor();
   };
   const auto [need_x, need_w_in, need_w_rec, need_bias, need_alpha, need_theta, need_u0, need_s0] =
       needs_grad;
 
-  LoopInputs state =
-      loop_inputs(B, N, compute, x, w_rec, alpha, theta, u0, s0, options.reset, lengths);
+  LoopInputs state = loop_inputs(Model::LIF, B, N, compute, x, w_rec, {&alpha, &theta}, {&u0}, s0,
+                                 options.reset, lengths);
   at::Tensor spikes_c = compute_contiguous(spikes, compute);
-  at::Tensor membrane_c;
-  if (membrane.has_value()) {
-    membrane_c = compute_contiguous(*membrane, compute);
-  } else {  // low-memory mode: recompute it, exactly as the forward did
-    membrane_c = input_current(x, w_in, bias, N, compute);
-    if (membrane_c.numel() > 0) forward_loop(state, membrane_c, spikes_c, /*replay=*/true);
-  }
+  std::vector<at::Tensor> states = states_for_backward(state, {membrane}, spikes_c, x, w_in, bias,
+                                                       N, compute, forward_loop);
   const bool one_to_one = state.one_to_one();
+  const at::Tensor w_rec_adjoint = state.w_rec;
   BackwardLoopInputs in{std::move(state),
                         spikes_c,
-                        membrane_c,
+                        std::move(states),
                         incoming(grad_spikes),
-                        incoming(grad_membrane),
+                        {incoming(grad_membrane)},
+                        w_rec_adjoint,
                         options.detach_reset,
                         options.surrogate,
                         options.slope,
-                        need_alpha,
-                        need_theta,
+                        {need_alpha, need_theta},
                         need_bias,
                         need_w_rec && one_to_one,
                         need_w_rec && w_rec.has_value() && !one_to_one};
-  BackwardLoopOutputs out;
-  if (membrane_c.numel() > 0) {
-    out = loop(in);
-  } else {  // nothing flows back: zeros, each its own tensor (outputs never alias)
-    out.grad_u = at::zeros({T, B, N}, opts);
-    out.grad_u0 = at::zeros({B, N}, opts);
-    out.grad_s0_reset = at::zeros({B, N}, opts);
-    out.alpha_sum = at::zeros({N}, opts);
-    out.theta_sum = at::zeros({N}, opts);
-    out.bias_sum = at::zeros({N}, opts);
-    out.w_rec_sum = at::zeros({N}, opts);
-  }
+  const BackwardLoopOutputs out = spikes_c.numel() > 0
+                                      ? loop(in)
+                                      : empty_backward(Model::LIF, T, B, N, x.options().dtype(compute));
+  const InputGrads g = input_gradients(in, out, x, w_in, w_rec, bias, s0, at::Tensor(),
+                                       {need_x, need_w_in, need_w_rec, need_bias, need_s0, false},
+                                       compute);
+  return {g.x,
+          g.w_in,
+          g.w_rec,
+          g.bias,
+          param_grad(need_alpha, out.param_sums[0], alpha, x),
+          param_grad(need_theta, out.param_sums[1], theta, x),
+          need_u0 && u0.has_value() ? out.grad_initial[0].to(u0->scalar_type())
+                                    : at::empty({0}, x.options()),
+          g.s0};
+}
 
-  // A fresh empty tensor per unneeded gradient: outputs must not alias each other.
-  auto none = [&] { return at::empty({0}, x.options()); };
-  const at::Tensor grad_u_2d = out.grad_u.view({T * B, N});
-  // gU[1], what reaches the initial state (zero when T = 0).
-  const at::Tensor grad_u_first = T > 0 ? out.grad_u[0] : at::zeros({B, N}, opts);
-  auto per_neuron_grad = [&](bool needed, const at::Tensor& sum, const at::Tensor& param) {
-    if (!needed) return none();
-    return (param.dim() == 0 ? sum.sum() : sum).to(param.scalar_type());
+AdaptiveForwardResult recurrent_adlif_forward(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& beta,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+    const OptionalTensor& a0, const OptionalTensor& s0, c10::string_view reset_name,
+    bool detach_reset, c10::string_view surrogate_name, std::optional<double> slope,
+    bool /*save_state: for the autograd kernel*/, const OptionalTensor& lengths,
+    ForwardLoop loop) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto [sym, options] =
+      check_adaptive_call(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0, reset_name,
+                          detach_reset, surrogate_name, slope, lengths);
+  const int64_t B = x.size(1), N = sym.N.expect_int();
+  const LoopInputs in =
+      loop_inputs(Model::Adaptive, B, N, sym.compute, x, w_rec, {&alpha, &beta, &a, &b, &theta},
+                  {&v0, &a0}, s0, options.reset, lengths);
+  auto [spikes, states] = run_forward(in, x, w_in, bias, N, sym.compute, loop);
+  return {spikes.to(x.scalar_type()), states[0], states[1]};
+}
+
+std::vector<at::Tensor> recurrent_adlif_backward(
+    const OptionalTensor& grad_spikes, const OptionalTensor& grad_membrane,
+    const OptionalTensor& grad_adaptation, const at::Tensor& x, const OptionalTensor& w_in,
+    const OptionalTensor& w_rec, const OptionalTensor& bias, const at::Tensor& alpha,
+    const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta,
+    const OptionalTensor& v0, const OptionalTensor& a0, const OptionalTensor& s0,
+    const at::Tensor& spikes, const OptionalTensor& membrane, const OptionalTensor& adaptation,
+    c10::string_view reset_name, bool detach_reset, c10::string_view surrogate_name,
+    std::optional<double> slope, std::array<bool, kAdaptiveInputs> needs_grad,
+    const OptionalTensor& lengths, ForwardLoop forward_loop, BackwardLoop loop) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const Dims sym = check_adaptive_inputs(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0);
+  check_lengths(lengths, x, sym);
+  check_backward_inputs(sym, x, spikes,
+                        {{&membrane, "membrane"},
+                         {&adaptation, "adaptation"},
+                         {&grad_spikes, "grad_spikes"},
+                         {&grad_membrane, "grad_membrane"},
+                         {&grad_adaptation, "grad_adaptation"}});
+  const Options options =
+      check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute, sym.op);
+  const int64_t T = x.size(0), B = x.size(1), N = sym.N.expect_int();
+  const at::ScalarType compute = sym.compute;
+  auto incoming = [&](const OptionalTensor& g) {
+    return g.has_value() ? compute_contiguous(*g, compute) : at::Tensor();
   };
+  const auto [need_x, need_w_in, need_w_rec, need_bias, need_alpha, need_beta, need_a, need_b,
+              need_theta, need_v0, need_a0, need_s0] = needs_grad;
 
-  at::Tensor grad_x = none(), grad_w_in = none(), grad_w_rec = none(), grad_s0 = none();
-  if (need_x) {
-    grad_x = (w_in.has_value()
-                  ? deterministic_mm(grad_u_2d, compute_contiguous(*w_in, compute)).view({T, B, F})
-                               : out.grad_u)
-                 .to(x.scalar_type());
-  }
-  if (need_w_in && w_in.has_value()) {
-    grad_w_in = deterministic_mm(grad_u_2d.t(), x.to(compute).reshape({T * B, F}).contiguous())
-                    .to(w_in->scalar_type());
-  }
-  if (need_w_rec && one_to_one) {
-    grad_w_rec = out.w_rec_sum.to(w_rec->scalar_type());  // sum over t, b of gU[t] * S[t-1]
-  } else if (need_w_rec && out.w_rec_grad.defined()) {
-    grad_w_rec = out.w_rec_grad.to(w_rec->scalar_type());
-  } else if (need_w_rec && w_rec.has_value()) {
-    // sum_t gU[t].T @ S[t-1], with S[0] = s0: two GEMMs instead of a copy of S.
-    grad_w_rec = deterministic_mm(grad_u_first.t(), in.state.s0);
-    if (T > 1) {
-      const int64_t rows = (T - 1) * B;
-      deterministic_mm_out(grad_w_rec, out.grad_u.narrow(0, 1, T - 1).reshape({rows, N}).t(),
-                           in.spikes.narrow(0, 0, T - 1).reshape({rows, N}), /*accumulate=*/true);
-    }
-    grad_w_rec = grad_w_rec.to(w_rec->scalar_type());
-  }
-  if (need_s0 && s0.has_value()) {
-    grad_s0 = out.grad_s0_reset;
-    if (one_to_one) {
-      grad_s0 = grad_s0 + grad_u_first * in.state.w_rec;
-    } else if (w_rec.has_value()) {
-      grad_s0 = grad_s0 + deterministic_mm(grad_u_first, in.state.w_rec);
-    }
-    if (in.state.lengths.defined()) {
-      // A row that takes no step passes nothing back (its zero gU[1] times a
-      // non-finite w_rec would be NaN).
-      grad_s0 = grad_s0.masked_fill(in.state.lengths.le(0).unsqueeze(1), 0);
-    }
-    grad_s0 = grad_s0.to(s0->scalar_type());
-  }
-  return {grad_x,
-          grad_w_in,
-          grad_w_rec,
-          need_bias ? out.bias_sum.to(x.scalar_type()) : none(),
-          per_neuron_grad(need_alpha, out.alpha_sum, alpha),
-          per_neuron_grad(need_theta, out.theta_sum, theta),
-          need_u0 && u0.has_value() ? out.grad_u0.to(u0->scalar_type()) : none(),
-          grad_s0};
+  LoopInputs state =
+      loop_inputs(Model::Adaptive, B, N, compute, x, w_rec, {&alpha, &beta, &a, &b, &theta},
+                  {&v0, &a0}, s0, options.reset, lengths);
+  at::Tensor spikes_c = compute_contiguous(spikes, compute);
+  std::vector<at::Tensor> states = states_for_backward(state, {membrane, adaptation}, spikes_c, x,
+                                                       w_in, bias, N, compute, forward_loop);
+  // The input current and the recurrent input enter V with the gain 1 - alpha.
+  const at::Tensor gain = 1 - state.params[0];
+  const bool one_to_one = state.one_to_one();
+  const at::Tensor w_rec_adjoint =
+      !state.w_rec.defined()
+          ? at::Tensor()
+          : (one_to_one ? state.w_rec * gain : scale_rows(gain, state.w_rec)).contiguous();
+  // alpha's gradient needs the sums of gV * (I + rec) (input_gradients' drive),
+  // so the sums behind the bias and w_rec gradients too.
+  BackwardLoopInputs in{std::move(state),
+                        spikes_c,
+                        std::move(states),
+                        incoming(grad_spikes),
+                        {incoming(grad_membrane), incoming(grad_adaptation)},
+                        w_rec_adjoint,
+                        options.detach_reset,
+                        options.surrogate,
+                        options.slope,
+                        {need_alpha, need_beta, need_a, need_b, need_theta},
+                        need_bias || (need_alpha && bias.has_value()),
+                        (need_w_rec || need_alpha) && one_to_one,
+                        (need_w_rec || need_alpha) && w_rec.has_value() && !one_to_one};
+  const BackwardLoopOutputs out =
+      spikes_c.numel() > 0 ? loop(in)
+                           : empty_backward(Model::Adaptive, T, B, N, x.options().dtype(compute));
+  const InputGrads g =
+      input_gradients(in, out, x, w_in, w_rec, bias, s0, gain,
+                      {need_x, need_w_in, need_w_rec, need_bias, need_s0, need_alpha}, compute);
+  auto state_grad = [&](bool needed, const OptionalTensor& given, const at::Tensor& grad) {
+    return needed && given.has_value() ? grad.to(given->scalar_type()) : at::empty({0}, x.options());
+  };
+  return {g.x,
+          g.w_in,
+          g.w_rec,
+          g.bias,
+          param_grad(need_alpha, need_alpha ? out.param_sums[0] - g.drive : at::Tensor(), alpha, x),
+          param_grad(need_beta, out.param_sums[1], beta, x),
+          param_grad(need_a, out.param_sums[2], a, x),
+          param_grad(need_b, out.param_sums[3], b, x),
+          param_grad(need_theta, out.param_sums[4], theta, x),
+          state_grad(need_v0, v0, out.grad_initial[0]),
+          state_grad(need_a0, a0, out.grad_initial[1]),
+          g.s0};
 }
 
 namespace {
@@ -570,10 +829,12 @@ BackwardResult backward_meta(const OptionalTensor& grad_spikes,
                              c10::string_view reset, bool detach_reset, c10::string_view surrogate,
                              std::optional<double> slope, std::array<bool, 8> needs_grad,
                              const OptionalTensor& bias, const OptionalTensor& lengths) {
-  const Dims d = check_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  const Dims d = check_lif_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
   check_lengths(lengths, x, d);
-  check_backward_inputs(d, x, spikes, membrane, grad_spikes, grad_membrane);
-  check_options(reset, detach_reset, surrogate, slope, d.compute);
+  check_backward_inputs(
+      d, x, spikes,
+      {{&membrane, "membrane"}, {&grad_spikes, "grad_spikes"}, {&grad_membrane, "grad_membrane"}});
+  check_options(reset, detach_reset, surrogate, slope, d.compute, d.op);
   // Gradient i is shaped like input i (bias: [N] in x's dtype); one not needed
   // is empty, as in the real kernels.
   auto like = [&](int i, const OptionalTensor& t) {
@@ -588,6 +849,68 @@ BackwardResult backward_meta(const OptionalTensor& grad_spikes,
           like(5, theta),
           like(6, u0),
           like(7, s0)};
+}
+
+AdaptiveForwardResult adaptive_forward_meta(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& beta,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+    const OptionalTensor& a0, const OptionalTensor& s0, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, std::optional<double> slope,
+    bool /*save_state*/, const OptionalTensor& lengths) {
+  const Dims d = check_adaptive_call(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0,
+                                     reset, detach_reset, surrogate, slope, lengths)
+                     .first;
+  const std::vector<c10::SymInt> shape{d.T, d.B, d.N};
+  return {at::empty_symint(shape, x.options()),
+          at::empty_symint(shape, x.options().dtype(d.compute)),
+          at::empty_symint(shape, x.options().dtype(d.compute))};
+}
+
+void adaptive_check_kernel(const at::Tensor& x, const OptionalTensor& w_in,
+                           const OptionalTensor& w_rec, const OptionalTensor& bias,
+                           const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& a,
+                           const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+                           const OptionalTensor& a0, const OptionalTensor& s0,
+                           c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+                           std::optional<double> slope, const OptionalTensor& lengths) {
+  check_adaptive_call(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0, reset,
+                      detach_reset, surrogate, slope, lengths);
+}
+
+std::vector<at::Tensor> adaptive_backward_meta(
+    const OptionalTensor& grad_spikes, const OptionalTensor& grad_membrane,
+    const OptionalTensor& grad_adaptation, const at::Tensor& x, const OptionalTensor& w_in,
+    const OptionalTensor& w_rec, const OptionalTensor& bias, const at::Tensor& alpha,
+    const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta,
+    const OptionalTensor& v0, const OptionalTensor& a0, const OptionalTensor& s0,
+    const at::Tensor& spikes, const OptionalTensor& membrane, const OptionalTensor& adaptation,
+    c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+    std::optional<double> slope, std::array<bool, kAdaptiveInputs> needs_grad,
+    const OptionalTensor& lengths) {
+  const Dims d = check_adaptive_inputs(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0);
+  check_lengths(lengths, x, d);
+  check_backward_inputs(d, x, spikes,
+                        {{&membrane, "membrane"},
+                         {&adaptation, "adaptation"},
+                         {&grad_spikes, "grad_spikes"},
+                         {&grad_membrane, "grad_membrane"},
+                         {&grad_adaptation, "grad_adaptation"}});
+  check_options(reset, detach_reset, surrogate, slope, d.compute, d.op);
+  const std::array<OptionalTensor, kAdaptiveInputs> inputs{x, w_in, w_rec, bias, alpha, beta,
+                                                           a, b, theta, v0, a0, s0};
+  std::vector<at::Tensor> grads;
+  for (int i = 0; i < kAdaptiveInputs; ++i) {
+    const OptionalTensor& t = inputs[i];
+    if (!needs_grad[i] || !t.has_value()) {
+      grads.push_back(at::empty({0}, x.options()));
+    } else if (i == 3) {  // bias: [N] in x's dtype
+      grads.push_back(at::empty_symint({d.N}, x.options()));
+    } else {
+      grads.push_back(at::empty_symint(t->sym_sizes(), t->options()));
+    }
+  }
+  return grads;
 }
 
 }  // namespace
@@ -611,17 +934,39 @@ TORCH_LIBRARY(torch_ext, m) {
       "_recurrent_lif_check(Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, Tensor alpha, "
       "Tensor theta, Tensor? u0, Tensor? s0, str reset, bool detach_reset, str surrogate, "
       "float? slope, Tensor? lengths) -> ()");
+  // The adaptive (SE-adLIF) layer: the same machinery with a second state.
+  m.def(
+      "recurrent_adlif(Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, Tensor alpha, "
+      "Tensor beta, Tensor a, Tensor b, Tensor theta, Tensor? v0=None, Tensor? a0=None, "
+      "Tensor? s0=None, str reset=\"zero\", bool detach_reset=True, str surrogate=\"sigmoid\", "
+      "float? slope=None, bool save_state=True, Tensor? lengths=None) "
+      "-> (Tensor spikes, Tensor membrane, Tensor adaptation)");
+  m.def(
+      "_recurrent_adlif_backward(Tensor? grad_spikes, Tensor? grad_membrane, "
+      "Tensor? grad_adaptation, Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, "
+      "Tensor alpha, Tensor beta, Tensor a, Tensor b, Tensor theta, Tensor? v0, Tensor? a0, "
+      "Tensor? s0, Tensor spikes, Tensor? membrane, Tensor? adaptation, str reset, "
+      "bool detach_reset, str surrogate, float? slope, bool[12] needs_grad, "
+      "Tensor? lengths=None) -> Tensor[]");
+  m.def(
+      "_recurrent_adlif_check(Tensor x, Tensor? w_in, Tensor? w_rec, Tensor? bias, "
+      "Tensor alpha, Tensor beta, Tensor a, Tensor b, Tensor theta, Tensor? v0, Tensor? a0, "
+      "Tensor? s0, str reset, bool detach_reset, str surrogate, float? slope, "
+      "Tensor? lengths) -> ()");
 }
 
 // One kernel for every device (Meta, and so fake tensors, included): it reads
 // values only where check_inputs/check_lengths do, on CPU.
 TORCH_LIBRARY_IMPL(torch_ext, CompositeExplicitAutograd, m) {
   m.impl("_recurrent_lif_check", &check_call_kernel);
+  m.impl("_recurrent_adlif_check", &adaptive_check_kernel);
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, Meta, m) {
   m.impl("recurrent_lif", &forward_meta);
   m.impl("_recurrent_lif_backward", &backward_meta);
+  m.impl("recurrent_adlif", &adaptive_forward_meta);
+  m.impl("_recurrent_adlif_backward", &adaptive_backward_meta);
 }
 
 }  // namespace torch_ext

@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <initializer_list>
+#include <vector>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -55,8 +57,8 @@ template <typename T>
 void gemm_on_this_thread(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                          int64_t ldb, T beta, T* c, int64_t ldc);
 
-// The options of a call, checked. Every check raises an error naming the
-// argument (ValueError/TypeError in Python), the same for every caller.
+// The options of a call, checked. Every check raises an error naming the op
+// and the argument (ValueError/TypeError in Python), the same for every caller.
 struct Options {
   Reset reset;
   bool detach_reset;
@@ -64,20 +66,38 @@ struct Options {
   double slope;  // the surrogate's default when none was given
 };
 Options check_options(c10::string_view reset, bool detach_reset, c10::string_view surrogate,
-                      std::optional<double> slope, at::ScalarType compute_dtype);
+                      std::optional<double> slope, at::ScalarType compute_dtype,
+                      const char* op = "recurrent_lif");
 
-// x, alpha and theta must be given (defined tensors): checked before anything
-// reads their devices (autograd does), so the error names the argument.
+// x and the neuron parameters must be given (defined tensors): checked
+// before anything reads their devices (autograd does), so the error names
+// the argument.
 void check_required(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& theta);
+void check_required(const char* op, const at::Tensor& x,
+                    std::initializer_list<std::pair<const at::Tensor*, const char*>> params);
 
 // float64 for float64 inputs; float16/bfloat16/float32 compute in float32.
 at::ScalarType compute_dtype(at::ScalarType input_dtype);
 
+// The neuron models the time loops run. Each has per-neuron parameters
+// (0-dim or [N]) and states ([B, N] per step) besides its spikes:
+//   LIF:      parameters alpha, theta;                states U (membrane)
+//   Adaptive: parameters alpha, beta, a, b, theta;    states V (membrane), A (adaptation)
+// The loops' skeleton (spike gather, lengths, replay, reverse loop, sparse
+// w_rec gradient) is written once; the per-step update and its adjoint come
+// from the model (lif_math.h, adlif_math.h).
+enum class Model { LIF, Adaptive };
+constexpr int num_params(Model m) { return m == Model::LIF ? 2 : 5; }
+constexpr int num_states(Model m) { return m == Model::LIF ? 1 : 2; }
+constexpr int kMaxParams = 5, kMaxStates = 2;
+
 // Everything a time loop reads, contiguous and in the compute dtype.
 struct LoopInputs {
-  at::Tensor w_rec;         // [N, N] (all-to-all), [N] (one-to-one), or undefined: none
-  at::Tensor alpha, theta;  // 0-dim or [N]
-  at::Tensor u0, s0;        // [B, N]
+  Model model;
+  at::Tensor w_rec;  // [N, N] (all-to-all), [N] (one-to-one), or undefined: none
+  std::vector<at::Tensor> params;   // num_params(model), each 0-dim or [N]
+  std::vector<at::Tensor> initial;  // num_states(model), each [B, N]: the state at t = 0
+  at::Tensor s0;                    // [B, N]
   Reset reset;
   // [B] int64, or undefined: row b takes steps t < lengths[b] only; later steps
   // output 0 and take no part in the backward.
@@ -86,36 +106,47 @@ struct LoopInputs {
   bool one_to_one() const { return w_rec.defined() && w_rec.dim() == 1; }
 };
 
-// Runs t = 1..T. On entry `membrane` [T, B, N] holds the input current I[t]; on
-// exit U[t]. `spikes` [T, B, N] receives S[t]; with `replay` it holds them
-// already (a forward's output) and is only read: the membrane is recomputed
-// with the same arithmetic as that forward, bitwise, and no threshold decided.
-using ForwardLoop = void (*)(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes,
-                             bool replay);
+// Runs t = 1..T. `states` are num_states [T, B, N] tensors; on entry states[0]
+// holds the input current I[t], on exit every state holds its values.
+// `spikes` [T, B, N] receives S[t]; with `replay` it holds them already (a
+// forward's output) and is only read: the states are recomputed with the same
+// arithmetic as that forward, bitwise, and no threshold decided.
+using ForwardLoop = void (*)(const LoopInputs& in, std::vector<at::Tensor>& states,
+                             at::Tensor& spikes, bool replay);
 
 struct BackwardLoopInputs {
   LoopInputs state;
-  at::Tensor spikes, membrane;            // [T, B, N], compute dtype
-  at::Tensor grad_spikes, grad_membrane;  // [T, B, N], or undefined (= zero)
+  at::Tensor spikes;                     // [T, B, N], compute dtype
+  std::vector<at::Tensor> states;        // num_states [T, B, N]
+  at::Tensor grad_spikes;                // [T, B, N], or undefined (= zero)
+  std::vector<at::Tensor> grad_states;   // num_states, each [T, B, N] or undefined (= zero)
+  // What the recurrent term of the reverse step multiplies: gU[t+1] @ w_rec_adjoint
+  // (or gU[t+1] * w_rec_adjoint one-to-one). LIF: w_rec; adaptive: the rows of
+  // w_rec scaled by the input gain 1 - alpha. Undefined without w_rec.
+  at::Tensor w_rec_adjoint;
   bool detach_reset;
   Surrogate surrogate;
   double slope;
-  bool need_alpha, need_theta, need_bias;  // which per-neuron sums to produce
-  bool need_w_rec_sum;                     // one-to-one w_rec: its gradient, a per-neuron sum
-  // All-to-all w_rec: a loop may return its gradient (w_rec_grad); where it
-  // does not, the driver computes it with matrix products.
+  std::vector<bool> need_params;  // which per-neuron parameter sums to produce
+  bool need_bias;                 // the sum of gU
+  bool need_w_rec_sum;            // one-to-one w_rec: sum of gU[t] * S[t-1] per neuron
+  // All-to-all w_rec: a loop may return sum_t gU[t].T @ S[t-1] (w_rec_grad);
+  // where it does not, the driver computes it with matrix products.
   bool need_w_rec_grad;
 };
 
 struct BackwardLoopOutputs {
-  at::Tensor grad_u;         // [T, B, N]: gU[t] = dL/dI[t]
-  at::Tensor grad_u0;        // [B, N]: gU[1] * dU[1]/dU[0]
-  at::Tensor grad_s0_reset;  // [B, N]: c_R * gU[1] * dU[1]/dR[0] (the w_rec part is added later)
-  // [N] sums over t and b of the grad_alpha, grad_theta and gU terms, and of
-  // gU[t] * S[t-1] (a one-to-one w_rec's gradient); undefined if not asked for.
-  at::Tensor alpha_sum, theta_sum, bias_sum, w_rec_sum;
-  // [N, N]: sum over t of gU[t].T @ S[t-1] (S[0] = s0), an all-to-all w_rec's
-  // gradient, if the loop computed it; otherwise undefined.
+  // [T, B, N]: gU[t], the gradient of the first state (LIF: U, = dL/dI[t];
+  // adaptive: V, and dL/dI[t] = (1 - alpha) gV[t]).
+  at::Tensor grad_u;
+  std::vector<at::Tensor> grad_initial;  // num_states [B, N]: what reaches the initial state
+  at::Tensor grad_s0_reset;  // [B, N]: through R[0] only (the w_rec part is added later)
+  // [N] sums over t and b of each parameter's terms, of gU, and of gU[t] *
+  // S[t-1] (a one-to-one w_rec); undefined if not asked for.
+  std::vector<at::Tensor> param_sums;
+  at::Tensor bias_sum, w_rec_sum;
+  // [N, N]: sum over t of gU[t].T @ S[t-1] (S[0] = s0) for an all-to-all
+  // w_rec, if the loop computed it; otherwise undefined.
   at::Tensor w_rec_grad;
 };
 
@@ -205,6 +236,70 @@ BackwardResult backward_kernel(const OptionalTensor& grad_spikes,
   return recurrent_lif_backward(grad_spikes, grad_membrane, x, w_in, w_rec, alpha, theta, u0, s0,
                                 spikes, membrane, reset, detach_reset, surrogate, slope, needs_grad,
                                 bias, lengths, Forward, Loop);
+}
+
+// The adaptive (SE-adLIF) op: the same skeleton with the adaptive neuron.
+// Outputs (spikes, membrane V, adaptation A); the backward returns the
+// gradients of x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0
+// (needs_grad in that order; one not needed is an empty tensor). Without the
+// saved states (save_state=False) the backward recomputes them.
+using AdaptiveForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+constexpr int kAdaptiveInputs = 12;
+
+AdaptiveForwardResult recurrent_adlif_forward(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& beta,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+    const OptionalTensor& a0, const OptionalTensor& s0, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, std::optional<double> slope, bool save_state,
+    const OptionalTensor& lengths, ForwardLoop loop);
+
+std::vector<at::Tensor> recurrent_adlif_backward(
+    const OptionalTensor& grad_spikes, const OptionalTensor& grad_membrane,
+    const OptionalTensor& grad_adaptation, const at::Tensor& x, const OptionalTensor& w_in,
+    const OptionalTensor& w_rec, const OptionalTensor& bias, const at::Tensor& alpha,
+    const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta,
+    const OptionalTensor& v0, const OptionalTensor& a0, const OptionalTensor& s0,
+    const at::Tensor& spikes, const OptionalTensor& membrane, const OptionalTensor& adaptation,
+    c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+    std::optional<double> slope, std::array<bool, kAdaptiveInputs> needs_grad,
+    const OptionalTensor& lengths, ForwardLoop forward_loop, BackwardLoop loop);
+
+AdaptiveForwardResult call_recurrent_adlif(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& beta,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+    const OptionalTensor& a0, const OptionalTensor& s0, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, std::optional<double> slope, bool save_state,
+    const OptionalTensor& lengths);
+
+template <ForwardLoop Loop>
+AdaptiveForwardResult adaptive_forward_kernel(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& beta,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta, const OptionalTensor& v0,
+    const OptionalTensor& a0, const OptionalTensor& s0, c10::string_view reset,
+    bool detach_reset, c10::string_view surrogate, std::optional<double> slope, bool save_state,
+    const OptionalTensor& lengths) {
+  return recurrent_adlif_forward(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0,
+                                 reset, detach_reset, surrogate, slope, save_state, lengths, Loop);
+}
+
+template <ForwardLoop Forward, BackwardLoop Loop>
+std::vector<at::Tensor> adaptive_backward_kernel(
+    const OptionalTensor& grad_spikes, const OptionalTensor& grad_membrane,
+    const OptionalTensor& grad_adaptation, const at::Tensor& x, const OptionalTensor& w_in,
+    const OptionalTensor& w_rec, const OptionalTensor& bias, const at::Tensor& alpha,
+    const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta,
+    const OptionalTensor& v0, const OptionalTensor& a0, const OptionalTensor& s0,
+    const at::Tensor& spikes, const OptionalTensor& membrane, const OptionalTensor& adaptation,
+    c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+    std::optional<double> slope, std::array<bool, kAdaptiveInputs> needs_grad,
+    const OptionalTensor& lengths) {
+  return recurrent_adlif_backward(grad_spikes, grad_membrane, grad_adaptation, x, w_in, w_rec,
+                                  bias, alpha, beta, a, b, theta, v0, a0, s0, spikes, membrane,
+                                  adaptation, reset, detach_reset, surrogate, slope, needs_grad,
+                                  lengths, Forward, Loop);
 }
 
 }  // namespace torch_ext

@@ -1,4 +1,7 @@
-// CPU time loops of the recurrent LIF op.
+// CPU time loops of the recurrent LIF and adaptive (SE-adLIF) ops: one
+// skeleton (spike gather, lengths, replay, blocked reverse loop, sparse w_rec
+// gradient) for both, with each neuron model's per-row update and adjoint
+// (LIFNeuron, AdaptiveNeuron below) plugged in at compile time.
 //
 // Forward: batch rows never interact, so each thread runs the whole time loop
 // for its own rows (no synchronisation per step, bitwise independent of the
@@ -34,6 +37,7 @@ extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
 #include <cmath>
 #include <vector>
 
+#include "../adlif_math.h"
 #include "../recurrent_lif.h"
 
 namespace torch_ext {
@@ -43,12 +47,18 @@ namespace {
 // more than it saves.
 constexpr int64_t kElementwiseGrain = 2048;
 
-// alpha and theta as [N] arrays (a scalar broadcast), so the per-neuron loops
-// below read them contiguously and vectorise.
+// The model's parameters as [N] arrays (a scalar broadcast), so the
+// per-neuron loops below read them contiguously and vectorise.
+template <typename scalar_t>
 struct NeuronParams {
-  at::Tensor alpha, theta;
-  NeuronParams(const LoopInputs& in, int64_t N)
-      : alpha(in.alpha.expand({N}).contiguous()), theta(in.theta.expand({N}).contiguous()) {}
+  std::vector<at::Tensor> arrays;
+  std::array<const scalar_t*, kMaxParams> ptr{};
+  NeuronParams(const LoopInputs& in, int64_t N) {
+    for (size_t k = 0; k < in.params.size(); ++k) {
+      arrays.push_back(in.params[k].expand({N}).contiguous());
+      ptr[k] = arrays.back().data_ptr<scalar_t>();
+    }
+  }
 };
 
 // The extension is compiled for baseline x86-64 (SSE2); the forward's hot loop
@@ -106,16 +116,36 @@ TORCH_EXT_CPU_CLONES void recurrent_input(scalar_t* __restrict__ rec,
 // current (in u on entry) and the recurrent input; S[t] unless replaying.
 // Cloned per SIMD target; restrict parameters, so it vectorises.
 template <typename scalar_t, Reset R, bool Replay>
-TORCH_EXT_CPU_CLONES void forward_row(const scalar_t* __restrict__ alpha,
-                                      const scalar_t* __restrict__ theta,
-                                      const scalar_t* __restrict__ u_prev,
-                                      const scalar_t* __restrict__ r_prev,
-                                      const scalar_t* __restrict__ rec, scalar_t* __restrict__ u,
-                                      scalar_t* __restrict__ s, int64_t N) {
+TORCH_EXT_CPU_CLONES void lif_forward_row(const scalar_t* __restrict__ alpha,
+                                          const scalar_t* __restrict__ theta,
+                                          const scalar_t* __restrict__ u_prev,
+                                          const scalar_t* __restrict__ r_prev,
+                                          const scalar_t* __restrict__ rec,
+                                          scalar_t* __restrict__ u, scalar_t* __restrict__ s,
+                                          int64_t N) {
   for (int64_t n = 0; n < N; ++n) {
     const scalar_t value = membrane_step(R, alpha[n], theta[n], u_prev[n], r_prev[n], u[n], rec[n]);
     u[n] = value;
     if constexpr (!Replay) s[n] = spike(value, theta[n]);
+  }
+}
+
+// The same for the adaptive neuron: V[t] (v holds I[t] on entry), S[t] unless
+// replaying, then A[t].
+template <typename scalar_t, Reset R, bool Replay>
+TORCH_EXT_CPU_CLONES void adaptive_forward_row(
+    const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ beta,
+    const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+    const scalar_t* __restrict__ theta, const scalar_t* __restrict__ v_prev,
+    const scalar_t* __restrict__ a_prev, const scalar_t* __restrict__ r_prev,
+    const scalar_t* __restrict__ rec, scalar_t* __restrict__ v, scalar_t* __restrict__ adapt,
+    scalar_t* __restrict__ s, int64_t N) {
+  for (int64_t n = 0; n < N; ++n) {
+    const AdaptiveParams<scalar_t> p{alpha[n], beta[n], a[n], b[n], theta[n]};
+    const scalar_t value = adaptive_membrane(R, p, v_prev[n], a_prev[n], r_prev[n], v[n], rec[n]);
+    v[n] = value;
+    if constexpr (!Replay) s[n] = spike(value, theta[n]);
+    adapt[n] = adaptation_step(R, p, a_prev[n], value, s[n]);
   }
 }
 
@@ -124,14 +154,110 @@ inline int64_t row_steps(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths == nullptr ? T : std::clamp<int64_t>(lengths[b], 0, T);
 }
 
-template <typename scalar_t, Reset R, bool Replay>
-void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes) {
-  const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
-  scalar_t* U = membrane.data_ptr<scalar_t>();
+// Row pointers (at (t, b, 0)) of one reverse step, what a model's backward_row reads and writes.
+template <typename scalar_t>
+struct BackwardRow {
+  const scalar_t* const* params;  // [N] each
+  const scalar_t* const* now;     // the states at t
+  const scalar_t* const* prev;    // the states at t-1 (the initial state at t = 0)
+  const scalar_t* s;              // S[t]
+  const scalar_t* r_prev;         // S[t-1] (s0 at t = 0)
+  const scalar_t* grad_s_out;     // zero rows where no gradient came in
+  const scalar_t* const* grad_state_out;
+  const scalar_t* grad_u_next;    // gU[t+1] (a zero row at the row's last step)
+  const scalar_t* rec_grad;       // gU[t+1] @ w_rec_adjoint (a zero row without one)
+  scalar_t* grad_u;               // out: gU[t]
+  // The gradients of the other states, in place: gX[t+1] on entry, gX[t] on exit.
+  scalar_t* const* grad_carried;
+  scalar_t* scratch;              // N scalars
+  scalar_t* const* acc;           // per parameter: the sums over t of its terms
+  scalar_t* acc_bias;             // the sum over t of gU
+  scalar_t slope;
+  bool has_next;
+  int64_t N;
+};
+
+// The models. Each gives its per-row forward step, its reverse step, what
+// reaches the initial state, and when the spikes get a gradient.
+struct LIFNeuron {
+  static constexpr Model kModel = Model::LIF;
+
+  template <typename scalar_t, Reset R, bool Replay>
+  static void forward_row(const scalar_t* const* p, const scalar_t* const* prev,
+                          const scalar_t* r_prev, const scalar_t* rec, scalar_t* const* now,
+                          scalar_t* s, int64_t N) {
+    lif_forward_row<scalar_t, R, Replay>(p[0], p[1], prev[0], r_prev, rec, now[0], s, N);
+  }
+
+  static bool spike_gets_grad(bool grad_spikes_given, bool /*grad_carried_given*/, bool has_next,
+                              bool recurrent, Reset reset, bool detach_reset) {
+    return torch_ext::spike_gets_grad(grad_spikes_given, has_next, recurrent, reset, detach_reset);
+  }
+
+  template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+  static void backward_row(const BackwardRow<scalar_t>& row);
+
+  // grad_initial[0] = gU[1] dU[1]/dU[0]; s0_reset = c_R gU[1] dU[1]/dR[0].
+  template <typename scalar_t, Reset R>
+  static void initial_grads(const BackwardRow<scalar_t>& row, bool detach_reset,
+                            scalar_t* const* grad_initial, scalar_t* s0_reset) {
+    const scalar_t *alpha = row.params[0], *theta = row.params[1];
+    for (int64_t n = 0; n < row.N; ++n) {
+      grad_initial[0][n] = row.grad_u[n] * dnext_du(R, alpha[n], row.r_prev[n]);
+      s0_reset[n] = reset_grad(R, detach_reset, alpha[n], theta[n], row.prev[0][n], row.grad_u[n]);
+    }
+  }
+};
+
+struct AdaptiveNeuron {
+  static constexpr Model kModel = Model::Adaptive;
+
+  template <typename scalar_t, Reset R, bool Replay>
+  static void forward_row(const scalar_t* const* p, const scalar_t* const* prev,
+                          const scalar_t* r_prev, const scalar_t* rec, scalar_t* const* now,
+                          scalar_t* s, int64_t N) {
+    adaptive_forward_row<scalar_t, R, Replay>(p[0], p[1], p[2], p[3], p[4], prev[0], prev[1],
+                                              r_prev, rec, now[0], now[1], s, N);
+  }
+
+  // S[t] reaches A[t] through b S[t], never detached: it gets a gradient
+  // wherever A[t] does.
+  static bool spike_gets_grad(bool grad_spikes_given, bool grad_adaptation_given, bool has_next,
+                              bool /*recurrent*/, Reset /*reset*/, bool /*detach_reset*/) {
+    return grad_spikes_given || grad_adaptation_given || has_next;
+  }
+
+  template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+  static void backward_row(const BackwardRow<scalar_t>& row);
+
+  template <typename scalar_t, Reset R>
+  static void initial_grads(const BackwardRow<scalar_t>& row, bool detach_reset,
+                            scalar_t* const* grad_initial, scalar_t* s0_reset) {
+    const scalar_t* const* p = row.params;
+    for (int64_t n = 0; n < row.N; ++n) {
+      const AdaptiveParams<scalar_t> q{p[0][n], p[1][n], p[2][n], p[3][n], p[4][n]};
+      const auto g = adaptive_initial_grads(R, detach_reset, q, row.prev[0][n], row.r_prev[n],
+                                            row.grad_u[n], row.grad_carried[0][n]);
+      grad_initial[0][n] = g.v0;
+      grad_initial[1][n] = g.a0;
+      s0_reset[n] = g.s0_reset;
+    }
+  }
+};
+
+// The forward time loop of either model.
+template <typename scalar_t, typename Neuron, Reset R, bool Replay>
+void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Tensor& spikes) {
+  constexpr int kStates = num_states(Neuron::kModel);
+  const int64_t T = spikes.size(0), B = spikes.size(1), N = spikes.size(2);
+  std::array<scalar_t*, kStates> X{};  // the state outputs, [T, B, N] each
+  std::array<const scalar_t*, kStates> X0{};  // the initial state, [B, N] each
+  for (int k = 0; k < kStates; ++k) {
+    X[k] = states[k].data_ptr<scalar_t>();
+    X0[k] = in.initial[k].data_ptr<scalar_t>();
+  }
   scalar_t* S = spikes.data_ptr<scalar_t>();
-  const NeuronParams params(in, N);
-  const scalar_t* __restrict__ alpha = params.alpha.data_ptr<scalar_t>();
-  const scalar_t* __restrict__ theta = params.theta.data_ptr<scalar_t>();
+  const NeuronParams<scalar_t> params(in, N);
   // All-to-all: row j of w_rec.T holds the weights out of neuron j, what its
   // spike adds. One-to-one: neuron n feeds back w_rec[n] * S_n[t-1] to itself.
   const bool one_to_one = in.one_to_one();
@@ -155,11 +281,13 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
     scalar_t* __restrict__ rec = rec_buffer.data();
     std::vector<uint64_t> sources(words);
     for (int64_t b = b_begin; b < b_end; ++b) {
-      const scalar_t* u_prev = in.u0.data_ptr<scalar_t>() + b * N;
+      std::array<const scalar_t*, kStates> prev{};
+      std::array<scalar_t*, kStates> now{};
+      for (int k = 0; k < kStates; ++k) prev[k] = X0[k] + b * N;
       const scalar_t* r_prev = in.s0.data_ptr<scalar_t>() + b * N;
       const int64_t steps = row_steps(lengths, b, T);
-      for (int64_t t = steps; t < T; ++t) {  // past the row's length: spikes and membrane 0
-        std::fill_n(U + (t * B + b) * N, N, scalar_t(0));
+      for (int64_t t = steps; t < T; ++t) {  // past the row's length: spikes and states 0
+        for (int k = 0; k < kStates; ++k) std::fill_n(X[k] + (t * B + b) * N, N, scalar_t(0));
         if constexpr (!Replay) std::fill_n(S + (t * B + b) * N, N, scalar_t(0));
       }
       for (int64_t t = 0; t < steps; ++t) {
@@ -168,23 +296,25 @@ void forward_rows(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes
         } else if (W != nullptr) {
           recurrent_input<scalar_t>(rec, W, r_prev, always_add.data(), sources.data(), N);
         }
-        scalar_t* u = U + (t * B + b) * N;  // holds I[t] on entry
+        for (int k = 0; k < kStates; ++k) now[k] = X[k] + (t * B + b) * N;  // [0] holds I[t]
         scalar_t* s = S + (t * B + b) * N;
-        forward_row<scalar_t, R, Replay>(alpha, theta, u_prev, r_prev, rec, u, s, N);
-        u_prev = u;
+        Neuron::template forward_row<scalar_t, R, Replay>(params.ptr.data(), prev.data(), r_prev,
+                                                          rec, now.data(), s, N);
+        for (int k = 0; k < kStates; ++k) prev[k] = now[k];
         r_prev = s;
       }
     }
   });
 }
 
-void forward_loop_cpu(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes,
+template <typename Neuron>
+void forward_loop_cpu(const LoopInputs& in, std::vector<at::Tensor>& states, at::Tensor& spikes,
                       bool replay) {
-  AT_DISPATCH_FLOATING_TYPES(membrane.scalar_type(), "recurrent_lif_forward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(spikes.scalar_type(), "recurrent_forward_cpu", [&] {
     dispatch_reset(in.reset, [&](auto reset) {
       constexpr Reset R = decltype(reset)::value;
-      (replay ? forward_rows<scalar_t, R, true> : forward_rows<scalar_t, R, false>)(in, membrane,
-                                                                                   spikes);
+      (replay ? forward_rows<scalar_t, Neuron, R, true>
+              : forward_rows<scalar_t, Neuron, R, false>)(in, states, spikes);
     });
   });
 }
@@ -215,7 +345,7 @@ at::Tensor sum_over_batch(const at::Tensor& acc) {
 // gets a gradient are template arguments because GCC does not vectorise a
 // select on a run-time bool.
 template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
-TORCH_EXT_CPU_CLONES void backward_row(
+TORCH_EXT_CPU_CLONES void lif_backward_row(
     const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ theta, scalar_t slope,
     bool has_next, int64_t N, const scalar_t* __restrict__ u,
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ u_prev,
@@ -238,15 +368,71 @@ TORCH_EXT_CPU_CLONES void backward_row(
   }
 }
 
-// The backward_row instance for a row-step's run-time flags.
-template <typename scalar_t, Reset R, Surrogate SG>
+template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+void LIFNeuron::backward_row(const BackwardRow<scalar_t>& row) {
+  lif_backward_row<scalar_t, R, SG, DetachReset, SpikeHasGrad>(
+      row.params[0], row.params[1], row.slope, row.has_next, row.N, row.now[0], row.s,
+      row.prev[0], row.r_prev, row.grad_s_out, row.grad_state_out[0], row.grad_u_next,
+      row.rec_grad, row.grad_u, row.scratch, row.acc[0], row.acc[1], row.acc_bias);
+}
+
+// The adaptive neuron's reverse step for one batch row (adlif_math.h), in two
+// loops like the LIF one. ga holds gA[t+1] on entry and gA[t] on exit.
+template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+TORCH_EXT_CPU_CLONES void adaptive_backward_row(
+    const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ beta,
+    const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+    const scalar_t* __restrict__ theta, scalar_t slope, bool has_next, int64_t N,
+    const scalar_t* __restrict__ v, const scalar_t* __restrict__ s,
+    const scalar_t* __restrict__ v_prev, const scalar_t* __restrict__ a_prev,
+    const scalar_t* __restrict__ r_prev, const scalar_t* __restrict__ gs_out,
+    const scalar_t* __restrict__ gv_out, const scalar_t* __restrict__ ga_out,
+    const scalar_t* __restrict__ gv_next, const scalar_t* __restrict__ g_rec,
+    scalar_t* __restrict__ gv, scalar_t* __restrict__ ga, scalar_t* __restrict__ grad_s_sg,
+    scalar_t* __restrict__ acc_alpha, scalar_t* __restrict__ acc_beta,
+    scalar_t* __restrict__ acc_a, scalar_t* __restrict__ acc_b,
+    scalar_t* __restrict__ acc_theta, scalar_t* __restrict__ acc_bias) {
+  for (int64_t n = 0; n < N; ++n) {
+    const AdaptiveParams<scalar_t> p{alpha[n], beta[n], a[n], b[n], theta[n]};
+    const auto g = adaptive_backward_step(R, DetachReset, SG, slope, p, v[n], s[n], gs_out[n],
+                                          gv_out[n], ga_out[n], has_next, gv_next[n], ga[n],
+                                          g_rec[n], SpikeHasGrad);
+    gv[n] = g.grad_v;
+    ga[n] = g.grad_a;
+    grad_s_sg[n] = g.grad_s_sg;
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    const AdaptiveParams<scalar_t> p{alpha[n], beta[n], a[n], b[n], theta[n]};
+    const auto sums = adaptive_sums(R, p, v[n], s[n], v_prev[n], a_prev[n], r_prev[n],
+                                    AdaptiveBackwardTerms<scalar_t>{gv[n], ga[n], grad_s_sg[n]});
+    acc_alpha[n] += sums.alpha;
+    acc_beta[n] += sums.beta;
+    acc_a[n] += sums.a;
+    acc_b[n] += sums.b;
+    acc_theta[n] += sums.theta;
+    acc_bias[n] += gv[n];
+  }
+}
+
+template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+void AdaptiveNeuron::backward_row(const BackwardRow<scalar_t>& row) {
+  const scalar_t* const* p = row.params;
+  adaptive_backward_row<scalar_t, R, SG, DetachReset, SpikeHasGrad>(
+      p[0], p[1], p[2], p[3], p[4], row.slope, row.has_next, row.N, row.now[0], row.s,
+      row.prev[0], row.prev[1], row.r_prev, row.grad_s_out, row.grad_state_out[0],
+      row.grad_state_out[1], row.grad_u_next, row.rec_grad, row.grad_u, row.grad_carried[0],
+      row.scratch, row.acc[0], row.acc[1], row.acc[2], row.acc[3], row.acc[4], row.acc_bias);
+}
+
+// The model's backward_row instance for a row-step's run-time flags.
+template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
 auto backward_row_for(bool detach_reset, bool spike_has_grad) {
   if (detach_reset) {
-    return spike_has_grad ? backward_row<scalar_t, R, SG, true, true>
-                          : backward_row<scalar_t, R, SG, true, false>;
+    return spike_has_grad ? Neuron::template backward_row<scalar_t, R, SG, true, true>
+                          : Neuron::template backward_row<scalar_t, R, SG, true, false>;
   }
-  return spike_has_grad ? backward_row<scalar_t, R, SG, false, true>
-                        : backward_row<scalar_t, R, SG, false, false>;
+  return spike_has_grad ? Neuron::template backward_row<scalar_t, R, SG, false, true>
+                        : Neuron::template backward_row<scalar_t, R, SG, false, false>;
 }
 
 // The gradient of an all-to-all w_rec, sum over t of gU[t].T @ S[t-1] (S[-1]
@@ -307,51 +493,57 @@ at::Tensor w_rec_gradient_from_spikes(const scalar_t* gU, const scalar_t* s0, co
 // several blocks.
 int64_t backward_rows_per_block(int64_t B) { return std::clamp<int64_t>((B + 7) / 8, 16, 64); }
 
-template <typename scalar_t, Reset R, Surrogate SG>
+template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
 BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
-  const at::Tensor& membrane = in.membrane;
-  const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
+  constexpr int kStates = num_states(Neuron::kModel), kParams = num_params(Neuron::kModel);
+  const int64_t T = in.spikes.size(0), B = in.spikes.size(1), N = in.spikes.size(2);
   const int64_t BN = B * N;
-  const auto opts = membrane.options();
+  const auto opts = in.spikes.options();
   const LoopInputs& st = in.state;
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
 
   BackwardLoopOutputs out;
   out.grad_u = at::empty({T, B, N}, opts);
-  out.grad_u0 = at::empty({B, N}, opts);
+  for (int k = 0; k < kStates; ++k) out.grad_initial.push_back(at::empty({B, N}, opts));
   out.grad_s0_reset = at::empty({B, N}, opts);
   // Per-(b, n) sums over t, always kept: unconditional adds vectorise, and
   // each costs less than a branch would.
-  const at::Tensor acc_alpha = at::zeros({B, N}, opts);
-  const at::Tensor acc_theta = at::zeros({B, N}, opts);
+  std::vector<at::Tensor> acc_params;
+  std::array<scalar_t*, kParams> acc{};
+  for (int k = 0; k < kParams; ++k) {
+    acc_params.push_back(at::zeros({B, N}, opts));
+    acc[k] = ptr(acc_params.back());
+  }
   const at::Tensor acc_bias = at::zeros({B, N}, opts);
   // Stands in for an absent incoming gradient, so the inner loop has no branch.
   const at::Tensor zeros = at::zeros({N}, opts);
+  const scalar_t* zero_row = ptr(zeros);
 
-  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-  const NeuronParams params(st, N);
-  const scalar_t* __restrict__ alpha = ptr(params.alpha);
-  const scalar_t* __restrict__ theta = ptr(params.theta);
+  const NeuronParams<scalar_t> params(st, N);
   const scalar_t slope = static_cast<scalar_t>(in.slope);
   const bool detach_reset = in.detach_reset;
-  const scalar_t* U = ptr(membrane);
+  std::array<const scalar_t*, kStates> X{}, X0{}, gX_out{};
+  bool grad_carried_given = false;  // an incoming gradient of a state other than the first
+  for (int k = 0; k < kStates; ++k) {
+    X[k] = ptr(in.states[k]);
+    X0[k] = ptr(st.initial[k]);
+    gX_out[k] = ptr(in.grad_states[k]);
+    grad_carried_given |= k > 0 && gX_out[k] != nullptr;
+  }
   const scalar_t* S = ptr(in.spikes);
-  const scalar_t* u0 = ptr(st.u0);
   const scalar_t* s0 = ptr(st.s0);
-  // The recurrent term of gS[t]: gU[t+1] @ w_rec (all-to-all, [N, N]) or
-  // gU[t+1] * w_rec (one-to-one, [N]).
+  // The recurrent term of the reverse step: gU[t+1] @ w_rec_adjoint
+  // (all-to-all, [N, N]) or gU[t+1] * w_rec_adjoint (one-to-one, [N]).
   const bool one_to_one = st.one_to_one();
-  const scalar_t* W = one_to_one ? nullptr : ptr(st.w_rec);
-  const scalar_t* W1 = one_to_one ? ptr(st.w_rec) : nullptr;
+  const scalar_t* W = one_to_one ? nullptr : ptr(in.w_rec_adjoint);
+  const scalar_t* W1 = one_to_one ? ptr(in.w_rec_adjoint) : nullptr;
   const at::Tensor acc_w_rec = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
   scalar_t* acc_w = ptr(acc_w_rec);
   const scalar_t* gS_out = ptr(in.grad_spikes);
-  const scalar_t* gU_out = ptr(in.grad_membrane);
-  const scalar_t* zero_row = ptr(zeros);
   scalar_t* gU = ptr(out.grad_u);
-  scalar_t* acc_a = ptr(acc_alpha);
-  scalar_t* acc_th = ptr(acc_theta);
   scalar_t* acc_b = ptr(acc_bias);
-  scalar_t* g_u0_all = ptr(out.grad_u0);
+  std::array<scalar_t*, kStates> g_initial_all{};
+  for (int k = 0; k < kStates; ++k) g_initial_all[k] = ptr(out.grad_initial[k]);
   scalar_t* g_s0_all = ptr(out.grad_s0_reset);
   const int64_t* lengths = st.lengths.defined() ? st.lengths.data_ptr<int64_t>() : nullptr;
 
@@ -365,9 +557,12 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
     const SingleThreadedBlas single_threaded;
     std::vector<scalar_t> rec_buffer(W != nullptr || W1 != nullptr ? block_rows * N : 0);
     std::vector<scalar_t> scratch(N);
+    // The gradients of the other states, carried from step t+1 to step t, per row of the block.
+    std::vector<scalar_t> carried((kStates - 1) * block_rows * N);
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t b0 = block * block_rows;
       const int64_t rows = std::min(block_rows, B - b0);
+      std::fill(carried.begin(), carried.end(), scalar_t(0));
       for (int64_t t = T - 1; t >= 0; --t) {
         const bool has_next = t < T - 1;
         const bool has_rec_grad = (W != nullptr || W1 != nullptr) && has_next;
@@ -384,45 +579,57 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           const int64_t b = b0 + r;
           const int64_t row = t * BN + b * N;  // offset of (t, b, 0)
           const int64_t steps = row_steps(lengths, b, T);
+          std::array<scalar_t*, kStates> g_carried{};
+          for (int k = 1; k < kStates; ++k) g_carried[k - 1] = carried.data() + ((k - 1) * rows + r) * N;
           scalar_t* gu = gU + row;
           if (t >= steps) {  // a step the row does not take: nothing flows through it
             std::fill_n(gu, N, scalar_t(0));
+            for (int k = 1; k < kStates; ++k) std::fill_n(g_carried[k - 1], N, scalar_t(0));
             if (t == 0) {
-              std::fill_n(g_u0_all + b * N, N, scalar_t(0));
+              for (int k = 0; k < kStates; ++k) std::fill_n(g_initial_all[k] + b * N, N, scalar_t(0));
               std::fill_n(g_s0_all + b * N, N, scalar_t(0));
             }
             continue;
           }
           const bool row_has_next = t < steps - 1;
-          const bool spike_has_grad = spike_gets_grad(gS_out != nullptr, row_has_next,
-                                                      W != nullptr || W1 != nullptr, R,
-                                                      detach_reset);
+          const bool spike_has_grad =
+              Neuron::spike_gets_grad(gS_out != nullptr, grad_carried_given, row_has_next,
+                                      W != nullptr || W1 != nullptr, R, detach_reset);
+          std::array<const scalar_t*, kStates> now{}, prev{}, g_out{};
+          for (int k = 0; k < kStates; ++k) {
+            now[k] = X[k] + row;
+            prev[k] = t > 0 ? X[k] + row - BN : X0[k] + b * N;
+            g_out[k] = gX_out[k] != nullptr ? gX_out[k] + row : zero_row;
+          }
+          std::array<scalar_t*, kParams> acc_row{};
+          for (int k = 0; k < kParams; ++k) acc_row[k] = acc[k] + b * N;
           const scalar_t* s = S + row;
-          const scalar_t* u_prev = t > 0 ? U + row - BN : u0 + b * N;
           const scalar_t* r_prev = t > 0 ? s - BN : s0 + b * N;
-          backward_row_for<scalar_t, R, SG>(detach_reset, spike_has_grad)(
-              alpha, theta, slope, row_has_next, N, U + row, s, u_prev, r_prev,
-              gS_out ? gS_out + row : zero_row, gU_out ? gU_out + row : zero_row,
+          const BackwardRow<scalar_t> view{
+              params.ptr.data(), now.data(), prev.data(), s, r_prev,
+              gS_out ? gS_out + row : zero_row, g_out.data(),
               row_has_next ? gu + BN : zero_row,
-              has_rec_grad && row_has_next ? rec_buffer.data() + r * N : zero_row,
-              gu, scratch.data(), acc_a + b * N, acc_th + b * N, acc_b + b * N);
+              has_rec_grad && row_has_next ? rec_buffer.data() + r * N : zero_row, gu,
+              g_carried.data(), scratch.data(), acc_row.data(), acc_b + b * N, slope,
+              row_has_next, N};
+          backward_row_for<scalar_t, Neuron, R, SG>(detach_reset, spike_has_grad)(view);
           if (acc_w != nullptr) {  // one-to-one w_rec: gU[t] * S[t-1]
             for (int64_t n = 0; n < N; ++n) acc_w[b * N + n] += gu[n] * r_prev[n];
           }
           if (t == 0) {
-            scalar_t* g_u0 = g_u0_all + b * N;
-            scalar_t* g_s0 = g_s0_all + b * N;
-            for (int64_t n = 0; n < N; ++n) {
-              g_u0[n] = gu[n] * dnext_du(R, alpha[n], r_prev[n]);
-              g_s0[n] = reset_grad(R, detach_reset, alpha[n], theta[n], u_prev[n], gu[n]);
-            }
+            std::array<scalar_t*, kStates> g_initial{};
+            for (int k = 0; k < kStates; ++k) g_initial[k] = g_initial_all[k] + b * N;
+            Neuron::template initial_grads<scalar_t, R>(view, detach_reset, g_initial.data(),
+                                                        g_s0_all + b * N);
           }
         }
       }
     }
   });
-  if (in.need_alpha) out.alpha_sum = sum_over_batch<scalar_t>(acc_alpha);
-  if (in.need_theta) out.theta_sum = sum_over_batch<scalar_t>(acc_theta);
+  out.param_sums.resize(kParams);
+  for (int k = 0; k < kParams; ++k) {
+    if (in.need_params[k]) out.param_sums[k] = sum_over_batch<scalar_t>(acc_params[k]);
+  }
   if (in.need_bias) out.bias_sum = sum_over_batch<scalar_t>(acc_bias);
   if (in.need_w_rec_sum) out.w_rec_sum = sum_over_batch<scalar_t>(acc_w_rec);
   // acc_bias sums gU over t: all finite only if every gU entry is.
@@ -432,10 +639,12 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   return out;
 }
 
+template <typename Neuron>
 BackwardLoopOutputs backward_loop_cpu(const BackwardLoopInputs& in) {
-  return AT_DISPATCH_FLOATING_TYPES(in.membrane.scalar_type(), "recurrent_lif_backward_cpu", [&] {
+  return AT_DISPATCH_FLOATING_TYPES(in.spikes.scalar_type(), "recurrent_backward_cpu", [&] {
     return dispatch_options(in.state.reset, in.surrogate, [&](auto reset, auto surrogate) {
-      return backward_steps<scalar_t, decltype(reset)::value, decltype(surrogate)::value>(in);
+      return backward_steps<scalar_t, Neuron, decltype(reset)::value, decltype(surrogate)::value>(
+          in);
     });
   });
 }
@@ -443,8 +652,13 @@ BackwardLoopOutputs backward_loop_cpu(const BackwardLoopInputs& in) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ext, CPU, m) {
-  m.impl("recurrent_lif", &forward_kernel<forward_loop_cpu>);
-  m.impl("_recurrent_lif_backward", &backward_kernel<forward_loop_cpu, backward_loop_cpu>);
+  m.impl("recurrent_lif", &forward_kernel<forward_loop_cpu<LIFNeuron>>);
+  m.impl("_recurrent_lif_backward",
+         &backward_kernel<forward_loop_cpu<LIFNeuron>, backward_loop_cpu<LIFNeuron>>);
+  m.impl("recurrent_adlif", &adaptive_forward_kernel<forward_loop_cpu<AdaptiveNeuron>>);
+  m.impl("_recurrent_adlif_backward",
+         &adaptive_backward_kernel<forward_loop_cpu<AdaptiveNeuron>,
+                                   backward_loop_cpu<AdaptiveNeuron>>);
 }
 
 }  // namespace torch_ext

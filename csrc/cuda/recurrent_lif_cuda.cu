@@ -1,4 +1,6 @@
-// CUDA time loops of the recurrent LIF op, in two designs. Both give the same
+// CUDA time loops of the recurrent LIF and adaptive (SE-adLIF) ops, in two
+// designs, each written once for both models: the model's per-neuron step and
+// its adjoint (LIFNeuron, AdaptiveNeuron below) are template arguments. Both give the same
 // forward bitwise (the recurrent input of binary spikes is a plain sum of
 // weights, added in ascending source order, as on the CPU), so the recurrence
 // is exact float32 whatever the TF32 setting, and deterministic.
@@ -84,6 +86,7 @@
 #include <string>
 #include <utility>
 
+#include "../adlif_math.h"
 #include "../recurrent_lif.h"
 
 namespace torch_ext {
@@ -99,20 +102,85 @@ constexpr unsigned kAllLanes = 0xffffffffu;
 constexpr int kPersistentWarps = 16;
 constexpr int kPersistentThreads = kWarp * kPersistentWarps;
 
+// The model's per-neuron parameters (LoopInputs::params), each 0-dim or [N].
 template <typename scalar_t>
 struct DeviceParams {
-  const scalar_t* alpha;
-  const scalar_t* theta;
-  int64_t alpha_stride, theta_stride;  // 0 for a shared scalar, 1 per neuron
-  __device__ scalar_t a(int64_t n) const { return alpha[n * alpha_stride]; }
-  __device__ scalar_t th(int64_t n) const { return theta[n * theta_stride]; }
+  const scalar_t* values[kMaxParams];
+  int64_t stride[kMaxParams];  // 0 for a shared scalar, 1 per neuron
+  __device__ scalar_t get(int k, int64_t n) const { return values[k][n * stride[k]]; }
 };
 
 template <typename scalar_t>
 DeviceParams<scalar_t> device_params(const LoopInputs& in) {
-  return {in.alpha.data_ptr<scalar_t>(), in.theta.data_ptr<scalar_t>(), in.alpha.dim() == 0 ? 0 : 1,
-          in.theta.dim() == 0 ? 0 : 1};
+  DeviceParams<scalar_t> p{};
+  for (size_t k = 0; k < in.params.size(); ++k) {
+    p.values[k] = in.params[k].data_ptr<scalar_t>();
+    p.stride[k] = in.params[k].dim() == 0 ? 0 : 1;
+  }
+  return p;
 }
+
+// The states of one forward step: `now` at t (now[0] holds I[t] on entry),
+// `prev` at t-1 (the initial state at t = 0), [B, N] each.
+template <typename scalar_t>
+struct StepStates {
+  scalar_t* now[kMaxStates];
+  const scalar_t* prev[kMaxStates];
+};
+
+template <typename scalar_t>
+struct BackwardPointers;
+
+// The models: one forward step and one reverse step of neuron (b, n) at
+// flat index i = b * N + n of a [B, N] step (k = t * B * N + i in [T, B, N]).
+struct LIFNeuron {
+  static constexpr Model kModel = Model::LIF;
+
+  template <typename scalar_t, Reset R>
+  __device__ static void forward(const DeviceParams<scalar_t>& p, int64_t n, int64_t i,
+                                 const StepStates<scalar_t>& x, const scalar_t* r_prev,
+                                 scalar_t rec, scalar_t* s, bool replay) {
+    const scalar_t theta = p.get(1, n);
+    const scalar_t value =
+        membrane_step(R, p.get(0, n), theta, x.prev[0][i], r_prev[i], x.now[0][i], rec);
+    x.now[0][i] = value;
+    if (!replay) s[i] = spike(value, theta);  // with replay, s holds S[t] already
+  }
+
+  template <typename scalar_t, Reset R, Surrogate SG>
+  __device__ static void backward(int64_t t, int64_t k, int64_t i, int64_t n, int64_t BN,
+                                  bool has_next, bool detach_reset, scalar_t slope,
+                                  const DeviceParams<scalar_t>& p,
+                                  const BackwardPointers<scalar_t>& q, scalar_t rec_grad);
+};
+
+struct AdaptiveNeuron {
+  static constexpr Model kModel = Model::Adaptive;
+
+  template <typename scalar_t>
+  __device__ static AdaptiveParams<scalar_t> params(const DeviceParams<scalar_t>& p, int64_t n) {
+    return {p.get(0, n), p.get(1, n), p.get(2, n), p.get(3, n), p.get(4, n)};
+  }
+
+  template <typename scalar_t, Reset R>
+  __device__ static void forward(const DeviceParams<scalar_t>& p, int64_t n, int64_t i,
+                                 const StepStates<scalar_t>& x, const scalar_t* r_prev,
+                                 scalar_t rec, scalar_t* s, bool replay) {
+    const AdaptiveParams<scalar_t> q = params(p, n);
+    const scalar_t a_prev = x.prev[1][i];
+    const scalar_t value =
+        adaptive_membrane(R, q, x.prev[0][i], a_prev, r_prev[i], x.now[0][i], rec);
+    x.now[0][i] = value;
+    if (!replay) s[i] = spike(value, q.theta);
+    x.now[1][i] = adaptation_step(R, q, a_prev, value, s[i]);
+  }
+
+  template <typename scalar_t, Reset R, Surrogate SG>
+  __device__ static void backward(int64_t t, int64_t k, int64_t i, int64_t n, int64_t BN,
+                                  bool has_next, bool detach_reset, scalar_t slope,
+                                  const DeviceParams<scalar_t>& p,
+                                  const BackwardPointers<scalar_t>& q, scalar_t rec_grad);
+};
 
 unsigned int blocks_for(int64_t elements) {
   return static_cast<unsigned int>((elements + kThreads - 1) / kThreads);
@@ -125,14 +193,15 @@ __host__ __device__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) 
 // One forward step for a tile of kThreads neurons of batch row b = blockIdx.x:
 // U[t] = f(U[t-1], R[t-1], I[t] + sum_j R[t-1][j] * w_out[j][n]).
 // w_out = w_rec.T (row j: what a spike of neuron j adds), or null.
-template <typename scalar_t, Reset R>
+template <typename scalar_t, typename Neuron, Reset R>
 __global__ void __launch_bounds__(kThreads)
     forward_step_kernel(int64_t N, const scalar_t* __restrict__ w_out,
                         const bool* __restrict__ nonfinite_source,
                         const scalar_t* __restrict__ w_self, DeviceParams<scalar_t> p,
-                        const scalar_t* __restrict__ u_prev, const scalar_t* __restrict__ r_prev,
-                        scalar_t* __restrict__ u, scalar_t* __restrict__ s, bool replay, int64_t t,
+                        StepStates<scalar_t> x, const scalar_t* __restrict__ r_prev,
+                        scalar_t* __restrict__ s, bool replay, int64_t t,
                         const int64_t* __restrict__ lengths) {
+  constexpr int kStates = num_states(Neuron::kModel);
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int listed[kListCapacity];         // the chunk's sources that take part, ascending
@@ -141,9 +210,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
   const bool owner = n < N;  // the last tile may stick out
   const int64_t i = b * N + n;
-  if (lengths != nullptr && t >= lengths[b]) {  // past the row's length: spikes and membrane 0
+  if (lengths != nullptr && t >= lengths[b]) {  // past the row's length: spikes and states 0
     if (owner) {
-      u[i] = scalar_t(0);
+      for (int k = 0; k < kStates; ++k) x.now[k][i] = scalar_t(0);
       if (!replay) s[i] = scalar_t(0);
     }
     return;  // the whole block: b is the block's
@@ -181,18 +250,25 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if (!owner) return;
-  const scalar_t theta = p.th(n);
-  const scalar_t value = membrane_step(R, p.a(n), theta, u_prev[i], r_prev[i], u[i], rec);
-  u[i] = value;
-  if (!replay) s[i] = spike(value, theta);  // with replay, s holds S[t] already
+  Neuron::template forward<scalar_t, R>(p, n, i, x, r_prev, rec, s, replay);
 }
 
 template <typename scalar_t>
 struct BackwardPointers {
-  const scalar_t *U, *S, *gS_out, *gU_out, *u0, *s0;
-  const scalar_t* rec;     // per-step, all-to-all: gU[t+1] @ w_rec [B, N] of this step (cuBLAS)
-  const scalar_t* w_self;  // one-to-one [N], or null
-  scalar_t *gU, *g_u0, *g_s0, *acc_alpha, *acc_theta, *acc_bias, *acc_w_self;
+  const scalar_t* X[kMaxStates];       // the states [T, B, N]
+  const scalar_t* X0[kMaxStates];      // the initial states [B, N]
+  const scalar_t* gX_out[kMaxStates];  // their incoming gradients [T, B, N], or null (= zero)
+  const scalar_t *S, *gS_out, *s0;
+  const scalar_t* rec;     // per-step, all-to-all: gU[t+1] @ w_rec_adjoint [B, N] of this step (cuBLAS)
+  const scalar_t* w_self;  // one-to-one w_rec_adjoint [N], or null
+  scalar_t* gU;            // [T, B, N]: the gradient of the first state
+  // [B, N]: the gradients of the other states, gX[t+1] on entry to step t and
+  // gX[t] on exit; each element is read and written by the thread owning it.
+  scalar_t* carried[kMaxStates - 1];
+  scalar_t* g_initial[kMaxStates];
+  scalar_t* g_s0;
+  scalar_t* acc[kMaxParams];  // [B, N] per parameter, or null where not needed
+  scalar_t *acc_bias, *acc_w_self;
   const int64_t* lengths;  // [B], or null: every row takes all T steps
   bool all_to_all;         // w_rec is [N, N]
 };
@@ -202,47 +278,94 @@ __device__ int64_t steps_taken(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths == nullptr ? T : min(max(lengths[b], int64_t(0)), T);
 }
 
-// One reverse step at time t for neuron (b, n) of a row that takes `steps`
-// steps (see lif_math.h); the element-wise work both designs share.
-// all_to_all_grad: (gU[t+1] @ w_rec)[b][n] for an all-to-all w_rec when t is
-// not the row's last step, else 0.
 template <typename scalar_t, Reset R, Surrogate SG>
-__device__ void backward_neuron(int64_t t, int64_t steps, int64_t B, int64_t N, int64_t b,
-                                int64_t n, bool detach_reset, scalar_t slope,
-                                const DeviceParams<scalar_t>& p,
-                                const BackwardPointers<scalar_t>& q, scalar_t all_to_all_grad) {
-  const int64_t BN = B * N, i = b * N + n, k = t * BN + i;
-  if (t >= steps) {  // a step the row does not take: nothing flows through it
-    q.gU[k] = scalar_t(0);
-    if (t == 0) q.g_u0[i] = q.g_s0[i] = scalar_t(0);
-    return;
-  }
-  const bool has_next = t < steps - 1;
-  // The recurrent term: all_to_all_grad, or one-to-one gU[t+1][b][n] * w_rec[n].
-  const scalar_t rec_grad =
-      has_next && q.w_self != nullptr ? q.gU[k + BN] * q.w_self[n] : all_to_all_grad;
-  const scalar_t alpha = p.a(n), theta = p.th(n);
-  const scalar_t u_prev = t > 0 ? q.U[k - BN] : q.u0[i];
+__device__ void LIFNeuron::backward(int64_t t, int64_t k, int64_t i, int64_t n, int64_t BN,
+                                    bool has_next, bool detach_reset, scalar_t slope,
+                                    const DeviceParams<scalar_t>& p,
+                                    const BackwardPointers<scalar_t>& q, scalar_t rec_grad) {
+  const scalar_t alpha = p.get(0, n), theta = p.get(1, n);
+  const scalar_t u_prev = t > 0 ? q.X[0][k - BN] : q.X0[0][i];
   const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
   const bool recurrent = q.w_self != nullptr || q.all_to_all;
-  const auto terms =
-      backward_step(R, detach_reset, SG, slope, alpha, theta, q.U[k], q.S[k],
-                    q.gS_out ? q.gS_out[k] : scalar_t(0), q.gU_out ? q.gU_out[k] : scalar_t(0),
-                    has_next, has_next ? q.gU[k + BN] : scalar_t(0), rec_grad,
-                    spike_gets_grad(q.gS_out != nullptr, has_next, recurrent, R, detach_reset));
+  const auto terms = backward_step(
+      R, detach_reset, SG, slope, alpha, theta, q.X[0][k], q.S[k],
+      q.gS_out ? q.gS_out[k] : scalar_t(0), q.gX_out[0] ? q.gX_out[0][k] : scalar_t(0), has_next,
+      has_next ? q.gU[k + BN] : scalar_t(0), rec_grad,
+      spike_gets_grad(q.gS_out != nullptr, has_next, recurrent, R, detach_reset));
   q.gU[k] = terms.grad_u;
-  if (q.acc_alpha) q.acc_alpha[i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
-  if (q.acc_theta) q.acc_theta[i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
+  if (q.acc[0]) q.acc[0][i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
+  if (q.acc[1]) q.acc[1][i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
   if (q.acc_bias) q.acc_bias[i] += terms.grad_u;
-  if (q.acc_w_self) q.acc_w_self[i] += terms.grad_u * r_prev;
   if (t == 0) {
-    q.g_u0[i] = terms.grad_u * dnext_du(R, alpha, r_prev);
+    q.g_initial[0][i] = terms.grad_u * dnext_du(R, alpha, r_prev);
     q.g_s0[i] = reset_grad(R, detach_reset, alpha, theta, u_prev, terms.grad_u);
   }
 }
 
-// One reverse step at time t for element i = (b, n).
 template <typename scalar_t, Reset R, Surrogate SG>
+__device__ void AdaptiveNeuron::backward(int64_t t, int64_t k, int64_t i, int64_t n, int64_t BN,
+                                         bool has_next, bool detach_reset, scalar_t slope,
+                                         const DeviceParams<scalar_t>& p,
+                                         const BackwardPointers<scalar_t>& q, scalar_t rec_grad) {
+  const AdaptiveParams<scalar_t> pn = params(p, n);
+  const scalar_t v = q.X[0][k], s = q.S[k];
+  const scalar_t v_prev = t > 0 ? q.X[0][k - BN] : q.X0[0][i];
+  const scalar_t a_prev = t > 0 ? q.X[1][k - BN] : q.X0[1][i];
+  const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
+  // S[t] reaches A[t] through b S[t], never detached.
+  const bool spike_has_grad = q.gS_out != nullptr || q.gX_out[1] != nullptr || has_next;
+  const auto g = adaptive_backward_step(
+      R, detach_reset, SG, slope, pn, v, s, q.gS_out ? q.gS_out[k] : scalar_t(0),
+      q.gX_out[0] ? q.gX_out[0][k] : scalar_t(0), q.gX_out[1] ? q.gX_out[1][k] : scalar_t(0),
+      has_next, has_next ? q.gU[k + BN] : scalar_t(0), q.carried[0][i], rec_grad, spike_has_grad);
+  q.gU[k] = g.grad_v;
+  q.carried[0][i] = g.grad_a;
+  const auto sums = adaptive_sums(R, pn, v, s, v_prev, a_prev, r_prev, g);
+  const scalar_t terms[kMaxParams] = {sums.alpha, sums.beta, sums.a, sums.b, sums.theta};
+#pragma unroll
+  for (int c = 0; c < kMaxParams; ++c) {
+    if (q.acc[c]) q.acc[c][i] += terms[c];
+  }
+  if (q.acc_bias) q.acc_bias[i] += g.grad_v;
+  if (t == 0) {
+    const auto init = adaptive_initial_grads(R, detach_reset, pn, v_prev, r_prev, g.grad_v, g.grad_a);
+    q.g_initial[0][i] = init.v0;
+    q.g_initial[1][i] = init.a0;
+    q.g_s0[i] = init.s0_reset;
+  }
+}
+
+// One reverse step at time t for neuron (b, n) of a row that takes `steps`
+// steps; the element-wise work both designs share. all_to_all_grad:
+// (gU[t+1] @ w_rec_adjoint)[b][n] for an all-to-all w_rec when t is not the
+// row's last step, else 0.
+template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
+__device__ void backward_neuron(int64_t t, int64_t steps, int64_t B, int64_t N, int64_t b,
+                                int64_t n, bool detach_reset, scalar_t slope,
+                                const DeviceParams<scalar_t>& p,
+                                const BackwardPointers<scalar_t>& q, scalar_t all_to_all_grad) {
+  constexpr int kStates = num_states(Neuron::kModel);
+  const int64_t BN = B * N, i = b * N + n, k = t * BN + i;
+  if (t >= steps) {  // a step the row does not take: nothing flows through it
+    q.gU[k] = scalar_t(0);
+    for (int c = 0; c + 1 < kStates; ++c) q.carried[c][i] = scalar_t(0);
+    if (t == 0) {
+      for (int c = 0; c < kStates; ++c) q.g_initial[c][i] = scalar_t(0);
+      q.g_s0[i] = scalar_t(0);
+    }
+    return;
+  }
+  const bool has_next = t < steps - 1;
+  // The recurrent term: all_to_all_grad, or one-to-one gU[t+1][b][n] * w_rec_adjoint[n].
+  const scalar_t rec_grad =
+      has_next && q.w_self != nullptr ? q.gU[k + BN] * q.w_self[n] : all_to_all_grad;
+  Neuron::template backward<scalar_t, R, SG>(t, k, i, n, BN, has_next, detach_reset, slope, p, q,
+                                             rec_grad);
+  if (q.acc_w_self) q.acc_w_self[i] += q.gU[k] * (t > 0 ? q.S[k - BN] : q.s0[i]);
+}
+
+// One reverse step at time t for element i = (b, n).
+template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
 __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N, bool detach_reset,
                                      scalar_t slope, DeviceParams<scalar_t> p,
                                      BackwardPointers<scalar_t> q) {
@@ -251,8 +374,8 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
   const int64_t b = i / N, n = i % N;
   const int64_t steps = steps_taken(q.lengths, b, T);
   const scalar_t all_to_all_grad = q.rec != nullptr && t < steps - 1 ? q.rec[i] : scalar_t(0);
-  backward_neuron<scalar_t, R, SG>(t, steps, B, N, b, n, detach_reset, slope, p, q,
-                                   all_to_all_grad);
+  backward_neuron<scalar_t, Neuron, R, SG>(t, steps, B, N, b, n, detach_reset, slope, p, q,
+                                           all_to_all_grad);
 }
 
 // ---------------------------------------------------------------- persistent design
@@ -313,15 +436,22 @@ __device__ scalar_t recurrent_input(const uint32_t* fired_words, const uint32_t*
 }
 
 // Steps 1..T-1 of the forward (step 0 done by a per-step launch before), for
-// an all-to-all w_out = w_rec.T, without replay. U [T, B, N] holds I[t] on
-// entry; masks: [2][B][words] spike bits, any content on entry.
-template <typename scalar_t, Reset R>
+// an all-to-all w_out = w_rec.T, without replay. X: the states [T, B, N]
+// (X[0] holds I[t] on entry); masks: [2][B][words] spike bits, any content on
+// entry.
+template <typename scalar_t>
+struct StateArrays {
+  scalar_t* x[kMaxStates];
+};
+
+template <typename scalar_t, typename Neuron, Reset R>
 __global__ void __launch_bounds__(kPersistentThreads)
     forward_persistent_kernel(int64_t T, int64_t B, int64_t N, int64_t rows_per_group,
                               const scalar_t* __restrict__ w_out,
                               const bool* __restrict__ nonfinite_source, DeviceParams<scalar_t> p,
-                              scalar_t* U, scalar_t* S, uint32_t* masks,
+                              StateArrays<scalar_t> X, scalar_t* S, uint32_t* masks,
                               const int64_t* __restrict__ lengths) {
+  constexpr int kStates = num_states(Neuron::kModel);
   extern __shared__ __align__(16) unsigned char shared[];
   // N is small enough for its slice to fit in shared memory: int indexes.
   const int words = static_cast<int>(ceil_div(N, kWarp));   // = tiles
@@ -353,20 +483,26 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const uint32_t* fired_before = masks + ((t - 1) & 1) * mask_size;  // S[t-1]
     uint32_t* fired_now = masks + (t & 1) * mask_size;                 // S[t]
     for (int64_t b = share.row_begin + share.warp; b < share.row_end; b += kPersistentWarps) {
-      const int64_t i = t * BN + b * N + n;
+      const int64_t i = b * N + n;  // in the [B, N] step
+      StepStates<scalar_t> step{};
+      for (int k = 0; k < kStates; ++k) {
+        step.now[k] = X.x[k] + t * BN;
+        step.prev[k] = X.x[k] + (t - 1) * BN;
+      }
+      scalar_t* s_now = S + t * BN;
       bool fired = false;
       if (lengths != nullptr && t >= lengths[b]) {  // the warp's row: past its length, 0
-        if (owner) U[i] = S[i] = scalar_t(0);
+        if (owner) {
+          for (int k = 0; k < kStates; ++k) step.now[k][i] = scalar_t(0);
+          s_now[i] = scalar_t(0);
+        }
       } else {
         const scalar_t rec =
             recurrent_input(fired_before + b * words, nonfinite_words, words, w_slice, share.lane);
         if (owner) {
-          const scalar_t theta = p.th(n);
-          const scalar_t value = membrane_step(R, p.a(n), theta, U[i - BN], S[i - BN], U[i], rec);
-          const scalar_t s = spike(value, theta);
-          U[i] = value;
-          S[i] = s;
-          fired = s != scalar_t(0);
+          Neuron::template forward<scalar_t, R>(p, n, i, step, S + (t - 1) * BN, rec, s_now,
+                                                /*replay=*/false);
+          fired = s_now[i] != scalar_t(0);
         }
       }
       const uint32_t bits = __ballot_sync(kAllLanes, fired);
@@ -396,7 +532,7 @@ __device__ scalar_t gradient_through_w_rec(const scalar_t* grad_next, int N,
 }
 
 // The whole reverse recurrence t = T-1..0 for an all-to-all w_rec [N, N].
-template <typename scalar_t, Reset R, Surrogate SG>
+template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
 __global__ void __launch_bounds__(kPersistentThreads)
     backward_persistent_kernel(int64_t T, int64_t B, int64_t N, int64_t rows_per_group,
                                const scalar_t* __restrict__ w_rec, bool detach_reset,
@@ -421,8 +557,8 @@ __global__ void __launch_bounds__(kPersistentThreads)
                                                  w_slice, share.lane)
                         : scalar_t(0);
       if (j < N) {
-        backward_neuron<scalar_t, R, SG>(t, steps, B, N, b, j, detach_reset, slope, p, q,
-                                         all_to_all_grad);
+        backward_neuron<scalar_t, Neuron, R, SG>(t, steps, B, N, b, j, detach_reset, slope, p,
+                                                 q, all_to_all_grad);
       }
     }
     if (t > 0) grid.sync();  // gU[t] everywhere before step t-1 reads it
@@ -501,9 +637,11 @@ bool launch_cooperative(void (*kernel)(Params...), const PersistentPlan& plan, A
 
 // ---------------------------------------------------------------- time loops
 
-template <typename scalar_t, Reset R>
-void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes, bool replay) {
-  const int64_t T = membrane.size(0), B = membrane.size(1), N = membrane.size(2);
+template <typename scalar_t, typename Neuron, Reset R>
+void forward_steps(const LoopInputs& in, std::vector<at::Tensor>& states, at::Tensor& spikes,
+                   bool replay) {
+  constexpr int kStates = num_states(Neuron::kModel);
+  const int64_t T = spikes.size(0), B = spikes.size(1), N = spikes.size(2);
   const int64_t BN = B * N;
   // All-to-all: w_out = w_rec.T (row j: what a spike of neuron j adds).
   // One-to-one: w_self = w_rec, neuron n's weight onto itself.
@@ -517,27 +655,31 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
   const bool* nonfinite_source = nonfinite.defined() ? nonfinite.data_ptr<bool>() : nullptr;
   const auto p = device_params<scalar_t>(in);
   const int64_t* lengths = in.lengths.defined() ? in.lengths.data_ptr<int64_t>() : nullptr;
-  scalar_t* U = membrane.data_ptr<scalar_t>();
+  StateArrays<scalar_t> X{};
+  for (int k = 0; k < kStates; ++k) X.x[k] = states[k].data_ptr<scalar_t>();
   scalar_t* S = spikes.data_ptr<scalar_t>();
   const auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned int>(B), static_cast<unsigned int>(ceil_div(N, kThreads)));
   auto per_step = [&](int64_t first, int64_t end) {
     for (int64_t t = first; t < end; ++t) {
-      const scalar_t* u_prev = t > 0 ? U + (t - 1) * BN : in.u0.data_ptr<scalar_t>();
+      StepStates<scalar_t> step{};
+      for (int k = 0; k < kStates; ++k) {
+        step.now[k] = X.x[k] + t * BN;
+        step.prev[k] = t > 0 ? X.x[k] + (t - 1) * BN : in.initial[k].data_ptr<scalar_t>();
+      }
       const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
-      forward_step_kernel<scalar_t, R>
-          <<<grid, kThreads, 0, stream>>>(N, W, nonfinite_source, W_self, p, u_prev, r_prev,
-                                          U + t * BN, S + t * BN, replay, t, lengths);
+      forward_step_kernel<scalar_t, Neuron, R><<<grid, kThreads, 0, stream>>>(
+          N, W, nonfinite_source, W_self, p, step, r_prev, S + t * BN, replay, t, lengths);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   };
   if (T > 1 && W != nullptr && !replay && cuda_persistent_requested()) {
-    const auto kernel = forward_persistent_kernel<scalar_t, R>;
+    const auto kernel = forward_persistent_kernel<scalar_t, Neuron, R>;
     const PersistentPlan plan = persistent_plan(kernel, B, N, forward_shared_bytes<scalar_t>(N));
     if (plan.blocks > 0) {
       per_step(0, 1);  // reads s0, whose values may be anything
-      at::Tensor masks = at::empty({2, B, ceil_div(N, kWarp)}, membrane.options().dtype(at::kInt));
-      if (launch_cooperative(kernel, plan, T, B, N, plan.rows_per_group, W, nonfinite_source, p, U,
+      at::Tensor masks = at::empty({2, B, ceil_div(N, kWarp)}, spikes.options().dtype(at::kInt));
+      if (launch_cooperative(kernel, plan, T, B, N, plan.rows_per_group, W, nonfinite_source, p, X,
                              S, reinterpret_cast<uint32_t*>(masks.data_ptr<int32_t>()), lengths)) {
         return;
       }
@@ -548,82 +690,97 @@ void forward_steps(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spike
   per_step(0, T);
 }
 
-void forward_loop_cuda(const LoopInputs& in, at::Tensor& membrane, at::Tensor& spikes,
+template <typename Neuron>
+void forward_loop_cuda(const LoopInputs& in, std::vector<at::Tensor>& states, at::Tensor& spikes,
                        bool replay) {
-  const c10::cuda::CUDAGuard device_guard(membrane.device());
-  AT_DISPATCH_FLOATING_TYPES(membrane.scalar_type(), "recurrent_lif_forward_cuda", [&] {
+  const c10::cuda::CUDAGuard device_guard(spikes.device());
+  AT_DISPATCH_FLOATING_TYPES(spikes.scalar_type(), "recurrent_forward_cuda", [&] {
     dispatch_reset(in.reset, [&](auto reset) {
-      forward_steps<scalar_t, decltype(reset)::value>(in, membrane, spikes, replay);
+      forward_steps<scalar_t, Neuron, decltype(reset)::value>(in, states, spikes, replay);
     });
   });
 }
 
-template <typename scalar_t, Reset R, Surrogate SG>
+template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
 BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
-  const int64_t T = in.membrane.size(0), B = in.membrane.size(1), N = in.membrane.size(2);
-  const auto opts = in.membrane.options();
+  constexpr int kStates = num_states(Neuron::kModel), kParams = num_params(Neuron::kModel);
+  const int64_t T = in.spikes.size(0), B = in.spikes.size(1), N = in.spikes.size(2);
+  const auto opts = in.spikes.options();
   const LoopInputs& st = in.state;
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
 
   BackwardLoopOutputs out;
   out.grad_u = at::empty({T, B, N}, opts);
-  out.grad_u0 = at::empty({B, N}, opts);
+  for (int k = 0; k < kStates; ++k) out.grad_initial.push_back(at::empty({B, N}, opts));
   out.grad_s0_reset = at::empty({B, N}, opts);
-  const at::Tensor acc_alpha = in.need_alpha ? at::zeros({B, N}, opts) : at::Tensor();
-  const at::Tensor acc_theta = in.need_theta ? at::zeros({B, N}, opts) : at::Tensor();
+  std::vector<at::Tensor> acc(kParams);
+  for (int k = 0; k < kParams; ++k) {
+    if (in.need_params[k]) acc[k] = at::zeros({B, N}, opts);
+  }
   const at::Tensor acc_bias = in.need_bias ? at::zeros({B, N}, opts) : at::Tensor();
   const at::Tensor acc_w_self = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
+  std::vector<at::Tensor> carried;
+  for (int k = 1; k < kStates; ++k) carried.push_back(at::zeros({B, N}, opts));
   const bool one_to_one = st.one_to_one();
   const bool all_to_all = st.w_rec.defined() && !one_to_one;
-  // Per-step: gU[t+1] @ w_rec for all rows, one cuBLAS product per step (each
-  // W tile read once for the whole batch), then the element-wise launch reads it.
+  // Per-step: gU[t+1] @ w_rec_adjoint for all rows, one cuBLAS product per
+  // step (each W tile read once for the whole batch), then the element-wise
+  // launch reads it.
   at::Tensor rec_grad = all_to_all ? at::empty({B, N}, opts) : at::Tensor();
-  const BackwardPointers<scalar_t> q{ptr(in.membrane),
-                                     ptr(in.spikes),
-                                     ptr(in.grad_spikes),
-                                     ptr(in.grad_membrane),
-                                     ptr(st.u0),
-                                     ptr(st.s0),
-                                     ptr(rec_grad),
-                                     one_to_one ? ptr(st.w_rec) : nullptr,
-                                     ptr(out.grad_u),
-                                     ptr(out.grad_u0),
-                                     ptr(out.grad_s0_reset),
-                                     ptr(acc_alpha),
-                                     ptr(acc_theta),
-                                     ptr(acc_bias),
-                                     ptr(acc_w_self),
-                                     st.lengths.defined() ? st.lengths.data_ptr<int64_t>() : nullptr,
-                                     all_to_all};
+  BackwardPointers<scalar_t> q{};
+  for (int k = 0; k < kStates; ++k) {
+    q.X[k] = ptr(in.states[k]);
+    q.X0[k] = ptr(st.initial[k]);
+    q.gX_out[k] = ptr(in.grad_states[k]);
+    q.g_initial[k] = ptr(out.grad_initial[k]);
+    if (k > 0) q.carried[k - 1] = ptr(carried[k - 1]);
+  }
+  q.S = ptr(in.spikes);
+  q.gS_out = ptr(in.grad_spikes);
+  q.s0 = ptr(st.s0);
+  q.rec = ptr(rec_grad);
+  q.w_self = one_to_one ? ptr(in.w_rec_adjoint) : nullptr;
+  q.gU = ptr(out.grad_u);
+  q.g_s0 = ptr(out.grad_s0_reset);
+  for (int k = 0; k < kParams; ++k) q.acc[k] = ptr(acc[k]);
+  q.acc_bias = ptr(acc_bias);
+  q.acc_w_self = ptr(acc_w_self);
+  q.lengths = st.lengths.defined() ? st.lengths.data_ptr<int64_t>() : nullptr;
+  q.all_to_all = all_to_all;
   const auto p = device_params<scalar_t>(st);
   const auto slope = static_cast<scalar_t>(in.slope);
   bool done = false;
   if (T > 1 && all_to_all && cuda_persistent_requested()) {
-    const auto kernel = backward_persistent_kernel<scalar_t, R, SG>;
+    const auto kernel = backward_persistent_kernel<scalar_t, Neuron, R, SG>;
     const PersistentPlan plan = persistent_plan(kernel, B, N, backward_shared_bytes<scalar_t>(N));
     done = plan.blocks > 0 && launch_cooperative(kernel, plan, T, B, N, plan.rows_per_group,
-                                                 ptr(st.w_rec), in.detach_reset, slope, p, q);
+                                                 ptr(in.w_rec_adjoint), in.detach_reset, slope, p,
+                                                 q);
   }
   const auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t t = T - 1; t >= 0 && !done; --t) {
-    if (all_to_all && t < T - 1) at::mm_out(rec_grad, out.grad_u[t + 1], st.w_rec);
-    backward_step_kernel<scalar_t, R, SG><<<blocks_for(B * N), kThreads, 0, stream>>>(
+    if (all_to_all && t < T - 1) at::mm_out(rec_grad, out.grad_u[t + 1], in.w_rec_adjoint);
+    backward_step_kernel<scalar_t, Neuron, R, SG><<<blocks_for(B * N), kThreads, 0, stream>>>(
         t, T, B, N, in.detach_reset, slope, p, q);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // Reductions over the batch; ATen's CUDA sum uses no atomics (deterministic).
-  if (in.need_alpha) out.alpha_sum = acc_alpha.sum(0);
-  if (in.need_theta) out.theta_sum = acc_theta.sum(0);
+  out.param_sums.resize(kParams);
+  for (int k = 0; k < kParams; ++k) {
+    if (in.need_params[k]) out.param_sums[k] = acc[k].sum(0);
+  }
   if (in.need_bias) out.bias_sum = acc_bias.sum(0);
   if (in.need_w_rec_sum) out.w_rec_sum = acc_w_self.sum(0);
   return out;
 }
 
+template <typename Neuron>
 BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& in) {
-  const c10::cuda::CUDAGuard device_guard(in.membrane.device());
-  return AT_DISPATCH_FLOATING_TYPES(in.membrane.scalar_type(), "recurrent_lif_backward_cuda", [&] {
+  const c10::cuda::CUDAGuard device_guard(in.spikes.device());
+  return AT_DISPATCH_FLOATING_TYPES(in.spikes.scalar_type(), "recurrent_backward_cuda", [&] {
     return dispatch_options(in.state.reset, in.surrogate, [&](auto reset, auto surrogate) {
-      return backward_steps<scalar_t, decltype(reset)::value, decltype(surrogate)::value>(in);
+      return backward_steps<scalar_t, Neuron, decltype(reset)::value, decltype(surrogate)::value>(
+          in);
     });
   });
 }
@@ -642,7 +799,7 @@ std::pair<std::string, std::string> cuda_design_for(int64_t T, int64_t B, int64_
     return {"per_step", "T < 2 or no rows or neurons: no steps to keep on chip"};
   PersistentPlan plan;
   AT_DISPATCH_FLOATING_TYPES(compute_dtype, "cuda_design_for", [&] {
-    plan = persistent_plan(forward_persistent_kernel<scalar_t, Reset::Subtract>, B, N,
+    plan = persistent_plan(forward_persistent_kernel<scalar_t, LIFNeuron, Reset::Subtract>, B, N,
                            forward_shared_bytes<scalar_t>(N));
   });
   if (plan.blocks == 0) return {"per_step", plan.why_not};
@@ -653,8 +810,13 @@ std::pair<std::string, std::string> cuda_design_for(int64_t T, int64_t B, int64_
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, CUDA, m) {
-  m.impl("recurrent_lif", &forward_kernel<forward_loop_cuda>);
-  m.impl("_recurrent_lif_backward", &backward_kernel<forward_loop_cuda, backward_loop_cuda>);
+  m.impl("recurrent_lif", &forward_kernel<forward_loop_cuda<LIFNeuron>>);
+  m.impl("_recurrent_lif_backward",
+         &backward_kernel<forward_loop_cuda<LIFNeuron>, backward_loop_cuda<LIFNeuron>>);
+  m.impl("recurrent_adlif", &adaptive_forward_kernel<forward_loop_cuda<AdaptiveNeuron>>);
+  m.impl("_recurrent_adlif_backward",
+         &adaptive_backward_kernel<forward_loop_cuda<AdaptiveNeuron>,
+                                   backward_loop_cuda<AdaptiveNeuron>>);
 }
 
 }  // namespace torch_ext

@@ -1,6 +1,7 @@
-// The recurrent LIF layer written with LibTorch's own autograd, step by step:
-// the oracle of the C++ tests and of the downstream example. Same math as the
-// fused op (README "The model"), one product for all input currents.
+// The recurrent LIF and adaptive (SE-adLIF) layers written with LibTorch's own
+// autograd, step by step: the oracles of the C++ tests and of the downstream
+// example. Same math as the fused ops (README "The model", "The adaptive
+// layer"), one product for all input currents.
 #pragma once
 
 #include <torch/torch.h>
@@ -68,6 +69,37 @@ inline std::tuple<torch::Tensor, torch::Tensor> recurrent_lif(
     membrane.push_back(u);
   }
   return {torch::stack(spikes), torch::stack(membrane)};
+}
+
+// (spikes, membrane V, adaptation A), each [T, B, N]; v/a/s undefined = zeros.
+inline std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> recurrent_adlif(
+    const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& w_rec,
+    const torch::Tensor& bias, const torch::Tensor& alpha, const torch::Tensor& beta,
+    const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& theta, torch::Tensor v,
+    torch::Tensor adapt, torch::Tensor s, const std::string& reset, bool detach_reset,
+    const std::string& surrogate, double slope) {
+  const int64_t B = x.size(1), N = w_in.size(0);
+  for (torch::Tensor* state : {&v, &adapt, &s}) {
+    if (!state->defined()) *state = torch::zeros({B, N}, x.options().requires_grad(false));
+  }
+  auto reset_of = [&](const torch::Tensor& value, const torch::Tensor& r) {
+    if (reset == "zero") return value * (1 - r);
+    if (reset == "subtract") return value - theta * r;
+    return value;
+  };
+  const torch::Tensor current = torch::matmul(x, w_in.t()) + bias;
+  std::vector<torch::Tensor> spikes, membrane, adaptation;
+  for (const torch::Tensor& input : current.unbind(0)) {
+    const torch::Tensor r = detach_reset ? s.detach() : s;
+    v = alpha * reset_of(v, r) + (1 - alpha) * ((input + torch::matmul(s, w_rec.t())) - adapt);
+    s = Heaviside::apply(v - theta, surrogate, slope);
+    const torch::Tensor r_now = detach_reset ? s.detach() : s;
+    adapt = beta * adapt + (1 - beta) * (a * reset_of(v, r_now) + b * s);
+    spikes.push_back(s);
+    membrane.push_back(v);
+    adaptation.push_back(adapt);
+  }
+  return {torch::stack(spikes), torch::stack(membrane), torch::stack(adaptation)};
 }
 
 }  // namespace lif_reference

@@ -1,10 +1,14 @@
-// torch_ext: a fused recurrent leaky integrate-and-fire (LIF) layer for LibTorch.
+// torch_ext: fused recurrent leaky integrate-and-fire (LIF) and adaptive
+// (SE-adLIF) layers for LibTorch.
 //
 //   #include <torch_ext/torch_ext.h>
 //
 //   auto [spikes, membrane] = torch_ext::recurrent_lif(x, w_in, w_rec, bias);
 //   torch_ext::RecurrentLIF layer(torch_ext::RecurrentLIFOptions(64, 128).learn_alpha(true));
 //   auto [spikes, state] = layer(x);  // state = (u_last, s_last)
+//   auto [s, v, a] = torch_ext::recurrent_adlif(x, w_in, w_rec, bias);
+//   torch_ext::RecurrentAdLIF adaptive(torch_ext::RecurrentAdLIFOptions(64, 128));
+//   auto [spikes, state] = adaptive(x);  // state = (v_last, a_last, s_last)
 //   torch_ext::load_state_dict(*layer, "layer.pt");  // torch.save(dict(python_layer.state_dict()), ...)
 //
 // Both are differentiable through the op's autograd (C++, the same one Python
@@ -148,6 +152,104 @@ class RecurrentLIFImpl : public torch::nn::Cloneable<RecurrentLIFImpl> {
 };
 
 TORCH_MODULE(RecurrentLIF);
+
+// Options of recurrent_adlif beyond its tensors (the adaptive neuron's
+// defaults: reset "zero", detach_reset true).
+struct RecurrentAdLIFFuncOptions {
+  // Initial membrane, adaptation and spikes, each [B, N] (default zeros).
+  TORCH_ARG(std::optional<at::Tensor>, v0) = std::nullopt;
+  TORCH_ARG(std::optional<at::Tensor>, a0) = std::nullopt;
+  TORCH_ARG(std::optional<at::Tensor>, s0) = std::nullopt;
+  TORCH_ARG(std::string, reset) = "zero";
+  TORCH_ARG(bool, detach_reset) = true;
+  TORCH_ARG(std::string, surrogate) = "sigmoid";
+  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
+  // false: autograd keeps only the spikes; the backward recomputes the states.
+  TORCH_ARG(bool, save_state) = true;
+  TORCH_ARG(std::optional<at::Tensor>, lengths) = std::nullopt;
+};
+
+// Runs a recurrent layer of adaptive (SE-adLIF) neurons over a sequence:
+//   V[t] = alpha reset(V[t-1]) + (1 - alpha) (I[t] + S[t-1] @ w_rec.T - A[t-1])
+//   S[t] = H(V[t] - theta)
+//   A[t] = beta A[t-1] + (1 - beta) (a reset(V[t]) + b S[t])
+// x, w_in, w_rec and bias as for recurrent_lif; alpha, beta (decays in
+// [0, 1]), a, b and theta each 0-dim or [N]. Returns (spikes, membrane V,
+// adaptation A), each [T, B, N]; (V[-1], A[-1], S[-1]) passed as (v0, a0, s0)
+// continues the sequence.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias,
+    const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b,
+    const at::Tensor& theta, const RecurrentAdLIFFuncOptions& options = {});
+
+// The same with the parameters as numbers.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias = std::nullopt,
+    double alpha = 0.95, double beta = 0.99, double a = 0.5, double b = 1.0, double theta = 1.0,
+    const RecurrentAdLIFFuncOptions& options = {});
+
+// Options of the RecurrentAdLIF module, named like the Python constructor's arguments.
+struct RecurrentAdLIFOptions {
+  RecurrentAdLIFOptions(int64_t in_features, int64_t hidden_size);
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, hidden_size);
+  TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(int64_t, num_layers) = 1;
+  TORCH_ARG(double, dropout) = 0.0;
+  TORCH_ARG(std::string, recurrent) = "all_to_all";
+  // The ranges the module keeps the time constants (in steps of dt), a and b in.
+  TORCH_ARG(std::vector<double>, tau_u_range) = std::vector<double>{5.0, 25.0};
+  TORCH_ARG(std::vector<double>, tau_w_range) = std::vector<double>{60.0, 300.0};
+  TORCH_ARG(std::vector<double>, a_range) = std::vector<double>{0.0, 1.0};
+  TORCH_ARG(std::vector<double>, b_range) = std::vector<double>{0.0, 2.0};
+  // a and b enter the op as q * a and q * b.
+  TORCH_ARG(double, q) = 120.0;
+  TORCH_ARG(double, theta) = 1.0;
+  TORCH_ARG(double, dt) = 1.0;
+  TORCH_ARG(std::string, reset) = "zero";
+  TORCH_ARG(bool, detach_reset) = true;
+  TORCH_ARG(std::string, surrogate) = "sigmoid";
+  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
+  TORCH_ARG(bool, batch_first) = false;
+  TORCH_ARG(bool, save_state) = true;
+};
+
+// A recurrent layer (or a stack of L) of SE-adLIF neurons, with the Python
+// module's parameterisation and names: per layer w_in, w_rec, bias and the
+// per-neuron tau_u, tau_w (interpolation weights in [0, 1] between the ends
+// of tau_u_range / tau_w_range), a and b (kept in a_range / b_range), names
+// suffixed _l{l} for L > 1. forward() follows RecurrentLIF's conventions;
+// the state is (v, a, s).
+class RecurrentAdLIFImpl : public torch::nn::Cloneable<RecurrentAdLIFImpl> {
+ public:
+  using State = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+  RecurrentAdLIFImpl(int64_t in_features, int64_t hidden_size)
+      : RecurrentAdLIFImpl(RecurrentAdLIFOptions(in_features, hidden_size)) {}
+  explicit RecurrentAdLIFImpl(const RecurrentAdLIFOptions& options);
+
+  std::tuple<at::Tensor, State> forward(const at::Tensor& x,
+                                        const std::optional<State>& state = std::nullopt,
+                                        const std::optional<at::Tensor>& lengths = std::nullopt);
+
+  void reset() override;
+  void reset_parameters();  // the paper's initialisation, as the Python module
+  void pretty_print(std::ostream& stream) const override;
+
+  struct Layer {
+    at::Tensor w_in, w_rec, bias, tau_u, tau_w, a, b;  // w_rec, bias undefined when absent
+  };
+  // The op's per-neuron alpha, beta, a and b of layer l, from its parameters
+  // kept in range (differentiable).
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_params(int64_t l) const;
+
+  RecurrentAdLIFOptions options;
+  std::vector<Layer> layers;
+};
+
+TORCH_MODULE(RecurrentAdLIF);
 
 // Copies a state_dict into a module's parameters and buffers by name (each
 // converted to the module tensor's dtype and device), strictly: a missing or

@@ -1,0 +1,161 @@
+// GoogleTest checks of the adaptive (SE-adLIF) op and module through the
+// public C++ API: forward and torch::autograd::grad of all twelve inputs
+// against the LibTorch autograd loop of lif_reference.h, the module's
+// parameterisation and state continuation, and argument errors.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <torch_ext/torch_ext.h>
+
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "lif_reference.h"
+
+namespace {
+
+using torch::Tensor;
+
+struct AdaptiveInputs {
+  Tensor x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0;
+  std::vector<Tensor> all() const { return {x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0}; }
+};
+
+AdaptiveInputs random_adaptive_inputs(int64_t T, int64_t B, int64_t F, int64_t N) {
+  torch::manual_seed(1);
+  const auto f64 = torch::kFloat64;
+  AdaptiveInputs in;
+  in.x = (torch::randn({T, B, F}, f64) * 2).requires_grad_();
+  in.w_in = (torch::randn({N, F}, f64) * (2.0 / std::sqrt(F))).requires_grad_();
+  in.w_rec = (torch::randn({N, N}, f64) * (1.0 / std::sqrt(N))).requires_grad_();
+  in.bias = (torch::randn({N}, f64) * 0.5 + 0.5).requires_grad_();
+  in.alpha = (torch::rand({N}, f64) * 0.3 + 0.6).requires_grad_();
+  in.beta = (torch::rand({}, f64) * 0.2 + 0.75).requires_grad_();
+  in.a = (torch::rand({N}, f64) * 0.5).requires_grad_();
+  in.b = (torch::rand({N}, f64) * 1.5).requires_grad_();
+  in.theta = (torch::rand({N}, f64) * 0.4 + 0.6).requires_grad_();
+  in.v0 = (torch::randn({B, N}, f64) * 0.5).requires_grad_();
+  in.a0 = (torch::randn({B, N}, f64) * 0.5).requires_grad_();
+  in.s0 = (torch::rand({B, N}, f64) > 0.5).to(f64).requires_grad_();
+  return in;
+}
+
+using Options = std::tuple<std::string, bool, std::string>;  // reset, detach, surrogate
+
+class AdaptiveMatchesAutograd : public ::testing::TestWithParam<Options> {};
+
+TEST_P(AdaptiveMatchesAutograd, ForwardAndAllGradients) {
+  const auto& [reset, detach, surrogate] = GetParam();
+  const double slope = surrogate == "atan" ? 2.0 : (surrogate == "triangle" ? 1.0 : 25.0);
+  const AdaptiveInputs in = random_adaptive_inputs(14, 3, 5, 6);
+  const auto options = torch_ext::RecurrentAdLIFFuncOptions()
+                           .reset(reset)
+                           .detach_reset(detach)
+                           .surrogate(surrogate)
+                           .v0(in.v0)
+                           .a0(in.a0)
+                           .s0(in.s0);
+  const auto [spikes, membrane, adaptation] = torch_ext::recurrent_adlif(
+      in.x, in.w_in, in.w_rec, in.bias, in.alpha, in.beta, in.a, in.b, in.theta, options);
+  const auto [spikes_ref, membrane_ref, adaptation_ref] = lif_reference::recurrent_adlif(
+      in.x, in.w_in, in.w_rec, in.bias, in.alpha, in.beta, in.a, in.b, in.theta, in.v0, in.a0,
+      in.s0, reset, detach, surrogate, slope);
+  ASSERT_TRUE(torch::equal(spikes, spikes_ref));
+  ASSERT_TRUE(torch::allclose(membrane, membrane_ref, 1e-10, 1e-10));
+  ASSERT_TRUE(torch::allclose(adaptation, adaptation_ref, 1e-10, 1e-10));
+  const double rate = spikes.mean().item<double>();
+  ASSERT_GT(rate, 0.05);
+  ASSERT_LT(rate, 0.95);
+
+  const Tensor g_s = torch::randn_like(spikes), g_v = torch::randn_like(membrane),
+               g_a = torch::randn_like(adaptation);
+  auto loss = [&](const Tensor& s, const Tensor& v, const Tensor& a) {
+    return (s * g_s).sum() + (v * g_v).sum() + (a * g_a).sum();
+  };
+  const auto got = torch::autograd::grad({loss(spikes, membrane, adaptation)}, in.all());
+  const auto want =
+      torch::autograd::grad({loss(spikes_ref, membrane_ref, adaptation_ref)}, in.all());
+  const char* names[] = {"x", "w_in", "w_rec", "bias", "alpha", "beta",
+                         "a", "b",    "theta", "v0",   "a0",    "s0"};
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(got[i], want[i], 1e-9, 1e-9))
+        << names[i] << ": max difference " << (got[i] - want[i]).abs().max().item<double>();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryOption, AdaptiveMatchesAutograd,
+                         ::testing::Combine(::testing::Values("zero", "subtract", "none"),
+                                            ::testing::Bool(),
+                                            ::testing::Values("sigmoid", "fast_sigmoid", "atan",
+                                                              "triangle")));
+
+TEST(AdaptiveOp, NumbersOverloadAndErrors) {
+  const Tensor x = torch::randn({4, 2, 3});
+  const Tensor w_in = torch::randn({5, 3});
+  const auto [s, v, a] = torch_ext::recurrent_adlif(x, w_in, std::nullopt);
+  EXPECT_EQ(s.sizes(), (std::vector<int64_t>{4, 2, 5}));
+  EXPECT_EQ(a.sizes(), (std::vector<int64_t>{4, 2, 5}));
+  auto message = [&](auto&& call) {
+    try {
+      call();
+    } catch (const c10::Error& e) {
+      return std::string(e.what_without_backtrace());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message([&] { torch_ext::recurrent_adlif(x, w_in, std::nullopt, std::nullopt, 0.9, 1.5); })
+                .find("argument 'beta' must lie in [0, 1]"),
+            std::string::npos);
+  const Tensor one = torch::ones({});
+  EXPECT_NE(message([&] {
+              torch_ext::recurrent_adlif(x, w_in, std::nullopt, std::nullopt, one * 0.9, one * 0.9,
+                                         torch::ones({4}), one, one);
+            }).find("recurrent_adlif: argument 'a' must be a float, a 0-dim tensor or a tensor of shape [N]"),
+            std::string::npos);
+  EXPECT_NE(message([&] {
+              torch_ext::recurrent_adlif(x, w_in, std::nullopt, std::nullopt, one, one, one, Tensor(), one);
+            }).find("argument 'b' is required"),
+            std::string::npos);
+}
+
+TEST(AdaptiveModule, ParametersStateAndContinuation) {
+  torch_ext::RecurrentAdLIF layer(torch_ext::RecurrentAdLIFOptions(3, 8).num_layers(2));
+  std::vector<std::string> names;
+  for (const auto& item : layer->named_parameters()) names.push_back(item.key());
+  const std::vector<std::string> expected{"w_in_l0", "w_rec_l0", "bias_l0", "tau_u_l0", "tau_w_l0",
+                                          "a_l0",    "b_l0",     "w_in_l1", "w_rec_l1", "bias_l1",
+                                          "tau_u_l1", "tau_w_l1", "a_l1",   "b_l1"};
+  EXPECT_EQ(names, expected);
+  layer->to(torch::kFloat64);
+  {
+    // Out-of-range values are kept in range in forward: alpha, beta in the
+    // ranges' decays, a and b within q * range.
+    torch::NoGradGuard no_grad;
+    layer->layers[0].tau_u.fill_(-3.0);
+    layer->layers[0].b.fill_(7.0);
+  }
+  const auto [alpha, beta, a, b] = layer->neuron_params(0);
+  EXPECT_TRUE(torch::allclose(alpha, torch::full_like(alpha, std::exp(-1.0 / 5.0))));
+  EXPECT_TRUE(torch::allclose(b, torch::full_like(b, 120.0 * 2.0)));
+  EXPECT_TRUE((beta >= std::exp(-1.0 / 60.0)).all().item<bool>());
+  EXPECT_TRUE((a >= 0).all().item<bool>() && (a <= 120.0).all().item<bool>());
+
+  torch::manual_seed(3);
+  const Tensor x = torch::randn({12, 2, 3}, torch::kFloat64) * 3;
+  const auto [spikes, state] = layer->forward(x);
+  EXPECT_EQ(std::get<1>(state).sizes(), (std::vector<int64_t>{2, 2, 8}));
+  // Two chunks with the state carried over give the same as one call.
+  const auto [first, state_mid] = layer->forward(x.narrow(0, 0, 5));
+  const auto [second, state_end] = layer->forward(x.narrow(0, 5, 7), state_mid);
+  EXPECT_TRUE(torch::equal(torch::cat({first, second}), spikes));
+  EXPECT_TRUE(torch::allclose(std::get<0>(state_end), std::get<0>(state), 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(std::get<1>(state_end), std::get<1>(state), 1e-12, 1e-12));
+  // Every parameter gets a gradient.
+  (spikes.sum() + std::get<0>(state).sum()).backward();
+  for (const auto& item : layer->named_parameters()) {
+    EXPECT_TRUE(item.value().grad().defined()) << item.key();
+  }
+}
+
+}  // namespace
