@@ -7,6 +7,7 @@ in one run.
     python -m benchmarks.bench --quick           # fewer sweep points
     python -m benchmarks.bench --smoke           # tiny sizes, seconds: checks that it runs
     python -m benchmarks.bench --device cuda     # on a GPU (both TF32 settings)
+    python -m benchmarks.bench --model adaptive  # the adaptive (SE-adLIF) layer instead
 
 Per configuration, after warm-up, the implementations run interleaved (one
 repetition of each in turn), so that drifts of the machine hit all alike;
@@ -54,6 +55,18 @@ BASELINES = {
     "snntorch": "snnTorch's RLeaky, stepped in a Python loop",
     "floor": "the dense matrix products alone (peers.floor): a lower bound for a dense implementation",
 }
+# With --model adaptive (no snnTorch row: snnTorch has no adaptive neuron).
+ADAPTIVE_BASELINES = {
+    **BASELINES,
+    "fused": "torch_ext.recurrent_adlif, the fused adaptive op",
+    "fused_lm": "the fused adaptive op with save_state=False (the backward recomputes the states)",
+    "autograd": "torch_ext.recurrent_adlif_ref: the expert autograd loop of the adaptive layer "
+                "(one input product, unbind over time, stack), differentiated by autograd",
+    "python_fn": "hand-written torch.autograd.Function of the adaptive layer, Python loops "
+                 "forward and backward, weight gradients as single products "
+                 "(benchmarks/python_function.py)",
+    "compiled": "the adaptive expert autograd loop under torch.compile",
+}
 
 
 def sync(device):
@@ -92,7 +105,7 @@ def with_backward(fn, inputs, variables=None):
     environment `variables`."""
     def run(x, backward):
         with mock.patch.dict(os.environ, variables or {}):
-            spikes, _ = fn(x)
+            spikes = fn(x)[0]
             if backward:
                 torch.autograd.grad(spikes.sum(), inputs)
     return run
@@ -129,7 +142,19 @@ def model_bytes(fn, x, params, device):
 
 
 def implementations(params, T, args):
-    """name -> fn(x) -> (spikes, membrane), and notes on what was left out."""
+    """name -> fn(x) -> (spikes, membrane[, adaptation]), and notes on what was left out."""
+    if args.model == "adaptive":
+        impls = {"fused": peers.fused_adaptive(params),
+                 "fused_lm": peers.fused_adaptive(params, save_state=False),
+                 "autograd": peers.reference_adaptive(params),
+                 "python_fn": peers.python_function_adaptive(params)}
+        notes = []
+        if args.compile:
+            if T <= args.compile_max_t:
+                impls["compiled"] = peers.reference_adaptive(params, compile=True)
+            else:
+                notes.append(f"torch.compile skipped at T={T} > --compile-max-t (it unrolls the loop)")
+        return impls, notes
     impls = {"fused": peers.fused(params), "fused_lm": peers.fused(params, save_membrane=False),
              "autograd": peers.reference(params),
              "python_fn": peers.python_function(params)}
@@ -152,7 +177,8 @@ def implementations(params, T, args):
 
 
 def measure(T, B, N, args, device):
-    params = peers.make_params(N, N, device)
+    params = (peers.make_adaptive_params if args.model == "adaptive" else peers.make_params)(
+        N, N, device)
     x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_()
     inputs = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
     impls, notes = implementations(params, T, args)
@@ -238,7 +264,7 @@ def mib(n):
     return "-" if n is None else f"{n / 2**20:.2f}"
 
 
-def print_table(rows):
+def print_table(rows, baselines=BASELINES):
     header = f"{'sweep':>12} {'T':>5} {'B':>4} {'N':>5} {'impl':>9} {'tf32':>4} {'fwd ms':>9} " \
              f"{'fwd+bwd ms':>11} {'x fused':>7} {'saved MiB':>9} {'peak MiB':>8}"
     print(header)
@@ -250,13 +276,13 @@ def print_table(rows):
               f"{mib(r['saved_bytes']):>9} {mib(r['peak_bytes']):>8}")
     print("\nimpl:")
     for name in sorted({r["impl"] for r in rows}, key=list(BASELINES).index):
-        print(f"  {name:>9}: {BASELINES[name]}")
+        print(f"  {name:>9}: {baselines[name]}")
     print("x fused: forward + backward time over the fused op's in the same run (floor < 1).\n"
           "saved MiB: kept alive for backward, inputs and parameters left out; the fused op's\n"
           "  count includes its returned spikes and membrane, which its backward reads.")
 
 
-def print_ratios(rows):
+def print_ratios(rows, layer="RecurrentLIF"):
     """At the target sizes: how far the fused op is from the floor, and how
     much slower the expert loop and the hand-written Function are."""
     print("\nforward + backward time ratios at the target sizes (measured in the same run):")
@@ -278,7 +304,7 @@ def print_ratios(rows):
         print(f"{T:>5} {B:>4} {N:>5} {tf32:>4} {ms['fused'] / ms['floor']:>14.2f} "
               f"{ms['autograd'] / ms['fused']:>17.2f} {ms['python_fn'] / ms['fused']:>18.2f} "
               f"{ms['fused_lm'] / ms['fused']:>17.2f} {mem['autograd'] / mem['fused_lm']:>35.2f}")
-    print("2-layer memory: what RecurrentLIF -> Linear keeps alive from forward to backward "
+    print(f"2-layer memory: what {layer} -> Linear keeps alive from forward to backward "
           "(bench.model_bytes).")
 
 
@@ -343,6 +369,8 @@ def plot(rows, stem):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", choices=["lif", "adaptive"], default="lif",
+                        help="the layer: recurrent LIF (default) or adaptive SE-adLIF")
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions per implementation")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
@@ -388,22 +416,25 @@ def main(argv=None):
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "reps": args.reps, "dtype": "float32",
+        "reps": args.reps, "dtype": "float32", "model": args.model,
     }
-    print_table(rows)
-    print_ratios(rows)
+    adaptive = args.model == "adaptive"
+    baselines = ADAPTIVE_BASELINES if adaptive else BASELINES
+    print_table(rows, baselines)
+    print_ratios(rows, "RecurrentAdLIF" if adaptive else "RecurrentLIF")
     for note in sorted(notes):
         print("note:", note)
     print("machine:", ", ".join(f"{k}={v}" for k, v in machine.items()))
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"bench-{machine['device'].replace(' ', '_')}-{machine['date'][:10]}"
+    stem = args.out / (f"bench-{'adaptive-' if adaptive else ''}"
+                       f"{machine['device'].replace(' ', '_')}-{machine['date'][:10]}")
     if args.smoke:
         stem = stem.with_name(stem.name + "-smoke")
     with open(f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    Path(f"{stem}.json").write_text(json.dumps({"machine": machine, "baselines": BASELINES,
+    Path(f"{stem}.json").write_text(json.dumps({"machine": machine, "baselines": baselines,
                                                 "notes": sorted(notes), "rows": rows}, indent=1))
     if not args.targets_only:
         plot(rows, stem)

@@ -2,13 +2,16 @@
 reset by subtraction of the previous step's spike, reset detached, sigmoid
 surrogate with slope 25, recurrent weights with a bias, and an input projection
 done once for all T steps. Each returns a function (x [T, B, F]) -> (spikes, membrane), both [T, B, N].
+The adaptive layer's peers (`*_adaptive`) compute its configuration
+(ADAPTIVE_OPTIONS, learnable per-neuron alpha, beta, a, b) and return
+(spikes, membrane, adaptation).
 
 Besides them, `floor` times the matrix products alone that a dense
 implementation has to compute."""
 import torch
 
 import torch_ext
-from benchmarks.python_function import RecurrentLIFFunction
+from benchmarks.python_function import RecurrentAdLIFFunction, RecurrentLIFFunction
 
 OPTIONS = dict(reset="subtract", detach_reset=True, surrogate="sigmoid", slope=25.0)
 
@@ -72,6 +75,51 @@ def snntorch_rleaky(params):
     return run
 
 
+ADAPTIVE_OPTIONS = dict(reset="zero", detach_reset=True, surrogate="sigmoid", slope=25.0)
+ADAPTIVE_NEURON = ("alpha", "beta", "a", "b", "theta")
+
+
+def make_adaptive_params(F, N, device, dtype=torch.float32, seed=0):
+    """The adaptive layer's weights and per-neuron parameters as RecurrentAdLIF
+    initialises them (tau_u in [5, 25], tau_w in [60, 300], a in [0, 1] and
+    b in [0, 2] times q = 120), learnable; w_in scaled for a spike rate of
+    roughly 10-20 % on randn inputs."""
+    g = torch.Generator().manual_seed(seed)
+
+    def p(values):
+        return values.to(device, dtype).requires_grad_()
+
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(N, generator=g)
+    return {"w_in": p(torch.randn(N, F, generator=g) * 12.0 / F ** 0.5),
+            "w_rec": p(torch.randn(N, N, generator=g) * 1.0 / N ** 0.5),
+            "bias": p(torch.randn(N, generator=g) * 0.1),
+            "alpha": p(torch.exp(-1 / uniform(5, 25))), "beta": p(torch.exp(-1 / uniform(60, 300))),
+            "a": p(120 * uniform(0, 1)), "b": p(120 * uniform(0, 2)), "theta": 1.0}
+
+
+def fused_adaptive(params, save_state=True):
+    """save_state=False: keep only the spikes (the backward recomputes the states)."""
+    neuron = [params[k] for k in ADAPTIVE_NEURON]
+    return lambda x: torch_ext.recurrent_adlif(x, params["w_in"], params["w_rec"], params["bias"],
+                                               *neuron, save_state=save_state, **ADAPTIVE_OPTIONS)
+
+
+def reference_adaptive(params, compile=False):
+    fn = torch.compile(torch_ext.recurrent_adlif_ref) if compile else torch_ext.recurrent_adlif_ref
+    neuron = [params[k] for k in ADAPTIVE_NEURON]
+    return lambda x: fn(x, params["w_in"], params["w_rec"], params["bias"], *neuron,
+                        **ADAPTIVE_OPTIONS)
+
+
+def python_function_adaptive(params):
+    """The hand-written autograd.Function of the adaptive layer (python_function.py)."""
+    neuron = [params[k] for k in ADAPTIVE_NEURON]
+    return lambda x: RecurrentAdLIFFunction.apply(x, params["w_in"], params["w_rec"],
+                                                  params["bias"], *neuron,
+                                                  ADAPTIVE_OPTIONS["slope"])
+
+
 def floor(params):
     """run(x, backward): only the matrix products that a dense implementation
     cannot avoid, in the dtype of the others, on operands of the right shapes
@@ -87,7 +135,8 @@ def floor(params):
 
     Element-wise work (decay, threshold, surrogate) is left out, so the floor
     is a lower bound for every implementation that computes these products
-    densely. The fused op does not quite: grad_w_rec = gU.T @ S has binary,
+    densely. The adaptive layer needs the same products (its per-neuron
+    parameter gradients are element-wise sums). The fused op does not quite: grad_w_rec = gU.T @ S has binary,
     sparse S too, and it adds a row of gU per spike only."""
     w_in, w_rec = params["w_in"].detach(), params["w_rec"].detach()
 

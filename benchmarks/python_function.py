@@ -1,5 +1,5 @@
-"""A hand-written torch.autograd.Function for the benchmark's recurrent LIF
-layer, in the style of lava-dl's CustomRecurrent: the forward is a per-step
+"""Hand-written torch.autograd.Functions for the benchmark's recurrent LIF
+layer (and, below, its adaptive layer), in the style of lava-dl's CustomRecurrent: the forward is a per-step
 Python loop without autograd, the backward a per-step Python loop for the
 reverse recurrence, after which the input and weight gradients are each one
 matrix product over all T*B rows.
@@ -66,3 +66,73 @@ class RecurrentLIFFunction(torch.autograd.Function):
             grad_w_rec = grad_u.T @ previous_spikes
         grad_bias = grad_u.sum(0) if needs[3] else None
         return grad_x, grad_w_in, grad_w_rec, grad_bias, None, None, None
+
+
+class RecurrentAdLIFFunction(torch.autograd.Function):
+    """The same style for the adaptive (SE-adLIF) layer in the benchmark's
+    adaptive configuration (peers.ADAPTIVE_OPTIONS): reset to zero, detached,
+    sigmoid surrogate, per-neuron alpha, beta, a and b (learnable), a scalar
+    theta, a bias, zero initial state. Saves Q[t] (the reset membrane) and
+    the drive I[t] + rec[t] - A[t-1] per step for alpha's gradient.
+
+        spikes, membrane, adaptation = RecurrentAdLIFFunction.apply(
+            x, w_in, w_rec, bias, alpha, beta, a, b, theta, slope)
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_in, w_rec, bias, alpha, beta, a, b, theta, slope):
+        T, B, _ = x.shape
+        N = w_in.shape[0]
+        current = x @ w_in.T + bias
+        spikes, membrane, adaptation = (x.new_empty(T, B, N) for _ in range(3))
+        reset_membrane, drive = x.new_empty(T, B, N), x.new_empty(T, B, N)
+        v, adapt, s = (x.new_zeros(B, N) for _ in range(3))
+        for t in range(T):
+            # The order of torch_ext.recurrent_adlif_ref, so the spikes match it.
+            q = v * (1 - s)
+            d = (current[t] + s @ w_rec.T) - adapt
+            v = alpha * q + (1 - alpha) * d
+            s = (v - theta > 0).to(v.dtype)
+            adapt = beta * adapt + (1 - beta) * (a * (v * (1 - s)) + b * s)
+            spikes[t], membrane[t], adaptation[t] = s, v, adapt
+            reset_membrane[t], drive[t] = q, d
+        ctx.save_for_backward(x, w_in, w_rec, alpha, beta, a, b, spikes, membrane, adaptation,
+                              reset_membrane, drive)
+        ctx.theta, ctx.slope = theta, slope
+        return spikes, membrane, adaptation
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_spikes, grad_membrane, grad_adaptation):
+        (x, w_in, w_rec, alpha, beta, a, b, spikes, membrane, adaptation, reset_membrane,
+         drive) = ctx.saved_tensors
+        T, B, N = membrane.shape
+        F = x.shape[2]
+        zeros = membrane.new_zeros(T, B, N)
+        grad_spikes = zeros if grad_spikes is None else grad_spikes
+        grad_membrane = zeros if grad_membrane is None else grad_membrane
+        grad_adaptation = zeros if grad_adaptation is None else grad_adaptation
+        surrogate = sigmoid_surrogate(membrane - ctx.theta, ctx.slope)
+        grad_v, grad_a = torch.empty_like(membrane), torch.empty_like(membrane)
+        gv_next, ga_next = membrane.new_zeros(B, N), membrane.new_zeros(B, N)
+        for t in reversed(range(T)):
+            ga = grad_adaptation[t] + beta * ga_next - (1 - alpha) * gv_next
+            gp = alpha * gv_next + (1 - beta) * a * ga  # the reset membrane V[t] (1 - S[t])
+            gs = grad_spikes[t] + ((1 - alpha) * gv_next) @ w_rec + (1 - beta) * b * ga
+            gv_next = grad_membrane[t] + gs * surrogate[t] + gp * (1 - spikes[t])
+            ga_next = ga
+            grad_v[t], grad_a[t] = gv_next, ga
+        grad_current = ((1 - alpha) * grad_v).reshape(T * B, N)
+        previous_spikes = torch.cat([spikes.new_zeros(1, B, N), spikes[:-1]]).reshape(T * B, N)
+        previous_adaptation = torch.cat([adaptation.new_zeros(1, B, N), adaptation[:-1]])
+        reset_now = membrane * (1 - spikes)
+        grad_x = (grad_current @ w_in).reshape(T, B, F)
+        grad_w_in = grad_current.T @ x.reshape(T * B, F)
+        grad_w_rec = grad_current.T @ previous_spikes
+        grad_bias = grad_current.sum(0)
+        grad_alpha = (grad_v * (reset_membrane - drive)).sum((0, 1))
+        grad_beta = (grad_a * (previous_adaptation - (a * reset_now + b * spikes))).sum((0, 1))
+        grad_a_param = ((1 - beta) * grad_a * reset_now).sum((0, 1))
+        grad_b_param = ((1 - beta) * grad_a * spikes).sum((0, 1))
+        return (grad_x, grad_w_in, grad_w_rec, grad_bias, grad_alpha, grad_beta, grad_a_param,
+                grad_b_param, None, None)

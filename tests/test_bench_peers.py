@@ -33,6 +33,39 @@ def test_peer_matches_fused_op_float64(peer):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("peer", [peers.python_function_adaptive, peers.reference_adaptive])
+def test_adaptive_peer_matches_fused_op_float64(peer):
+    T, B, F, N = 30, 4, 6, 5
+    params = peers.make_adaptive_params(F, N, "cpu", dtype=torch.float64, seed=2)
+    x = torch.randn(T, B, F, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x.requires_grad_()
+    tensors = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
+
+    def outputs_and_all_grads(run):
+        outputs = run(x)
+        g = torch.Generator().manual_seed(3)
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
+        return outputs, torch.autograd.grad(loss, tensors)
+
+    fused, g_fused = outputs_and_all_grads(peers.fused_adaptive(params))
+    assert 0.05 < fused[0].mean() < 0.95
+    assert (fused[1] - params["theta"]).abs().min() > 1e-9  # no float64 tie at threshold
+    outputs, grads = outputs_and_all_grads(peer(params))
+    assert torch.equal(outputs[0], fused[0])
+    for got, want in zip(outputs[1:], fused[1:]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, g_fused):  # x, w_in, w_rec, bias, alpha, beta, a, b
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_adaptive_smoke_mode(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rows = bench.main(["--smoke", "--model", "adaptive", "--out", str(tmp_path)])
+    assert {r["impl"] for r in rows} == {"fused", "fused_lm", "autograd", "python_fn", "floor"}
+    assert "recurrent_adlif" in capsys.readouterr().out
+    assert all(p.name.startswith("bench-adaptive-") for p in tmp_path.iterdir())
+
+
 def test_python_function_without_input_gradient():
     params = peers.make_params(3, 4, "cpu", dtype=torch.float64)
     x = torch.randn(5, 2, 3, dtype=torch.float64)  # grad_x is skipped, the rest computed

@@ -1,5 +1,6 @@
 """help() documents every argument, the return value, the errors and an
-example, for the module, its forward, from_snntorch, the op and its reference."""
+example, for the modules, their forwards, from_snntorch, the ops and their
+references."""
 import inspect
 import pydoc
 import re
@@ -15,6 +16,10 @@ DOCUMENTED = {
     "RecurrentLIF.from_snntorch": (RecurrentLIF.from_snntorch, RecurrentLIF.from_snntorch),
     "recurrent_lif": (torch_ext.recurrent_lif, torch_ext.recurrent_lif),
     "recurrent_lif_ref": (torch_ext.recurrent_lif_ref, torch_ext.recurrent_lif_ref),
+    "RecurrentAdLIF": (torch_ext.RecurrentAdLIF, torch_ext.RecurrentAdLIF.__init__),
+    "RecurrentAdLIF.forward": (torch_ext.RecurrentAdLIF.forward, torch_ext.RecurrentAdLIF.forward),
+    "recurrent_adlif": (torch_ext.recurrent_adlif, torch_ext.recurrent_adlif),
+    "recurrent_adlif_ref": (torch_ext.recurrent_adlif_ref, torch_ext.recurrent_adlif_ref),
 }
 
 
@@ -33,7 +38,7 @@ def test_docstring_names_every_argument_with_returns_raises_and_example(name):
             assert "default" in match.group(1).lower(), f"{name}: {parameter!r} has no default"
     for section in ("Args:", "Raises:", "Example::"):
         assert section in doc, f"{name}: no {section!r} section"
-    assert "Returns:" in doc or name == "RecurrentLIF"  # a class returns itself
+    assert "Returns:" in doc or name in ("RecurrentLIF", "RecurrentAdLIF")  # a class returns itself
 
 
 def test_help_of_the_module_shows_the_constructor_and_forward():

@@ -1,5 +1,6 @@
-"""The docstring text shared by torch_ext.recurrent_lif and its plain-PyTorch
-reference, which take the same arguments and return the same results."""
+"""The docstring texts shared by each functional op (torch_ext.recurrent_lif,
+torch_ext.recurrent_adlif) and its plain-PyTorch reference, which take the
+same arguments and return the same results."""
 
 FUNCTIONAL = """
     Time-major, t = 1..T, with R[t-1] = S[t-1] (R[0] = s0)::
@@ -81,4 +82,96 @@ FUNCTIONAL = """
         >>> spikes.shape
         torch.Size([100, 16, 128])
         >>> more, _ = {name}(x, w_in, w_rec, u0=membrane[-1], s0=spikes[-1])
+"""
+
+ADLIF_FUNCTIONAL = """
+    Time-major, t = 1..T, with R[t] = S[t] in value (R[0] = s0)::
+
+        I[t] = x[t] @ w_in.T + bias
+        Q[t] = reset(V[t-1], R[t-1])
+        V[t] = alpha * Q[t] + (1 - alpha) * (I[t] + S[t-1] @ w_rec.T - A[t-1])
+        S[t] = H(V[t] - theta),   H(v) = 1 if v > 0 else 0
+        A[t] = beta * A[t-1] + (1 - beta) * (a * reset(V[t], R[t]) + b * S[t])
+
+    where reset(V, R) is ``V * (1 - R)`` (reset="zero"), ``V - theta * R``
+    ("subtract") or ``V`` ("none"). The adaptation A, driven by the membrane
+    (a, sub-threshold) and by the spikes (b, spike-triggered), is subtracted
+    from the input current; with a = b = 0 this is the LIF layer of
+    :func:`torch_ext.recurrent_lif` with its input scaled by (1 - alpha).
+    The backward pass replaces dS/dV by the surrogate sg(V - theta).
+
+    Args:
+        x (Tensor): the input ``[T, B, F]`` (time-major), float16, bfloat16,
+            float32 or float64 (the half types compute in float32).
+        w_in (Tensor or None): input weights ``[N, F]``; None: no projection,
+            ``F == N`` and I[t] = x[t] + bias.
+        w_rec (Tensor or None): recurrent weights ``[N, N]``, row i = the
+            weights into neuron i; or ``[N]``, one-to-one recurrence (neuron
+            i feeds back ``w_rec[i] * S_i[t-1]`` to itself only); None: no
+            recurrence.
+        bias (Tensor or None): ``[N]``. Default: ``None``.
+        alpha (float or Tensor): membrane decay, in [0, 1]: a float (no
+            gradient), a 0-dim tensor (one value, its gradient the full sum)
+            or an ``[N]`` tensor (one per neuron); a CUDA tensor's values are
+            not checked. Default: ``0.95``.
+        beta (float or Tensor): adaptation decay, in [0, 1], as alpha.
+            Default: ``0.99``.
+        a (float or Tensor): the adaptation's coupling to the membrane,
+            finite; a float, a 0-dim or an ``[N]`` tensor, as alpha.
+            Default: ``0.5``.
+        b (float or Tensor): the adaptation's jump per spike, finite, as a.
+            Default: ``1.0``.
+        theta (float or Tensor): threshold, finite, as a. Default: ``1.0``.
+        v0 (Tensor or None): initial membrane ``[B, N]``. Default: ``None`` (zeros).
+        a0 (Tensor or None): initial adaptation ``[B, N]``. Default: ``None`` (zeros).
+        s0 (Tensor or None): initial spikes ``[B, N]`` (any real values; they
+            feed the recurrence and the first reset). Default: ``None`` (zeros).
+        reset (str): ``"zero"``, ``"subtract"`` or ``"none"`` (keyword only).
+            Default: ``"zero"``.
+        detach_reset (bool): no gradient through R, the spikes in the two
+            resets (keyword only); the spikes in ``b * S[t]`` and in the
+            recurrent input always pass their gradient. Default: ``True``.
+        surrogate (str): ``"sigmoid"``, ``"fast_sigmoid"``, ``"atan"`` or
+            ``"triangle"`` (keyword only; formulas in the README).
+            Default: ``"sigmoid"``.
+        slope (float or None): the surrogate's slope k > 0 (keyword only);
+            None takes the surrogate's default: 25, 25, 2, 1 in the order
+            above. Default: ``None``.
+        save_state (bool): False is the low-memory mode (keyword only):
+            autograd keeps nothing of size T*B*N beyond the returned spikes
+            and the backward recomputes the membrane and the adaptation
+            (bitwise the same gradients). The reference computes the same
+            with either value. Default: ``True``.
+        lengths (Tensor or None): ``[B]`` integers in [0, T], a
+            variable-length batch (keyword only): row b takes steps
+            ``t < lengths[b]`` only; its later steps output spikes, membrane
+            and adaptation 0 and pass no gradient; on CUDA its values are not
+            checked. Default: ``None``.
+
+    Returns:
+        ``(spikes, membrane, adaptation)``, each ``[T, B, N]``: S in x's
+        dtype, V (before the reset its own spike causes) and A in the
+        compute dtype (float32, or float64 for float64 input).
+        ``(membrane[-1], adaptation[-1], spikes[-1])`` passed as
+        ``(v0, a0, s0)`` continues the sequence. Every tensor argument is
+        differentiable.
+
+    Raises:
+        TypeError: an argument of the wrong type (a non-tensor where a tensor
+            is needed, a non-bool flag, a tensor of the wrong dtype), naming
+            the argument, before any work.
+        ValueError: a wrong shape, device, option name or value (alpha or
+            beta outside [0, 1], a non-finite a, b or theta, a slope out of
+            range), naming the argument, before any work.
+
+    Example::
+
+        >>> x = torch.randn(100, 16, 40)                    # [T, B, F]
+        >>> w_in = (0.2 * torch.randn(128, 40)).requires_grad_()
+        >>> w_rec = (0.05 * torch.randn(128, 128)).requires_grad_()
+        >>> spikes, v, adaptation = {name}(x, w_in, w_rec, alpha=0.9, beta=0.98,
+        ...                                     a=0.5, b=2.0)
+        >>> spikes.shape
+        torch.Size([100, 16, 128])
+        >>> more = {name}(x, w_in, w_rec, v0=v[-1], a0=adaptation[-1], s0=spikes[-1])
 """

@@ -1,5 +1,7 @@
-"""Python-side checks of the arguments the op's schema cannot check itself
-(Python types, Python numbers for alpha and theta). The option names, default
+"""Python-side checks of the arguments the ops' schemas cannot check
+themselves (Python types, Python numbers for the neuron parameters: alpha and
+theta of the LIF op; alpha, beta, a, b and theta of the adaptive one). The
+option names, default
 slopes and every value check live once, in C++ (csrc/lif_math.h and
 csrc/recurrent_lif.cpp); torch_ext._C exposes them, so the functional, the
 module, the reference, the C++ op and its Meta kernel raise the same errors."""
@@ -14,8 +16,14 @@ RESETS = _C.RESETS  # ("subtract", "zero", "none")
 SURROGATE_SLOPES = _C.SURROGATE_SLOPES  # surrogate name -> default slope k
 
 
-def _fail(exc, name, what, value):
-    raise exc(f"recurrent_lif: argument '{name}' {what}, got {value!r}")
+# The neuron parameters a Python number may give, and the values each takes
+# (the ops check tensors' values themselves): decays lie in [0, 1], the rest
+# are finite.
+UNIT_INTERVAL = ("alpha", "beta")
+
+
+def _fail(exc, name, what, value, op="recurrent_lif"):
+    raise exc(f"{op}: argument '{name}' {what}, got {value!r}")
 
 
 def type_name(value):
@@ -27,45 +35,43 @@ def type_name(value):
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def check_type(value, name, kind, what):
+def check_type(value, name, kind, what, op="recurrent_lif"):
     """`value` must be an instance of `kind` (bool is never taken for a number)."""
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        _fail(TypeError, name, f"must be {what}", type_name(value))
+        _fail(TypeError, name, f"must be {what}", type_name(value), op)
 
 
-def number(value, name):
+def number(value, name, op="recurrent_lif"):
     """A Python number (not bool) as a float, with errors naming the argument."""
-    check_type(value, name, numbers.Real, "a float or a tensor")
+    check_type(value, name, numbers.Real, "a float or a tensor", op)
     try:
         return float(value)
     except OverflowError:
-        _fail(ValueError, name, "is too large for a float", value)
+        _fail(ValueError, name, "is too large for a float", value, op)
 
 
-def check_alpha(value):
-    value = number(value, "alpha")
-    if not 0.0 <= value <= 1.0:  # also False for NaN
-        _fail(ValueError, "alpha", "must lie in [0, 1]", value)
+def check_param(value, name, op="recurrent_lif"):
+    """A neuron parameter given as a Python number, as a float: alpha and
+    beta must lie in [0, 1], the others (theta, a, b) be finite."""
+    value = number(value, name, op)
+    if name in UNIT_INTERVAL:
+        if not 0.0 <= value <= 1.0:  # also False for NaN
+            _fail(ValueError, name, "must lie in [0, 1]", value, op)
+    elif not math.isfinite(value):
+        _fail(ValueError, name, "must be finite", value, op)
     return value
 
 
-def check_theta(value):
-    value = number(value, "theta")
-    if not math.isfinite(value):
-        _fail(ValueError, "theta", "must be finite", value)
-    return value
-
-
-def check_option_types(reset, detach_reset, surrogate, slope):
-    check_type(reset, "reset", str, "a str")
-    check_type(detach_reset, "detach_reset", bool, "a bool")
+def check_option_types(reset, detach_reset, surrogate, slope, op="recurrent_lif"):
+    check_type(reset, "reset", str, "a str", op)
+    check_type(detach_reset, "detach_reset", bool, "a bool", op)
     if not isinstance(surrogate, str):  # e.g. a callable: list the names
         _fail(ValueError, "surrogate",
               f"must be one of {', '.join(map(repr, SURROGATE_SLOPES))} (callables are not "
-              "supported)", surrogate)
+              "supported)", surrogate, op)
     if slope is not None:
-        check_type(slope, "slope", numbers.Real, "a float or None")
-        return number(slope, "slope")
+        check_type(slope, "slope", numbers.Real, "a float or None", op)
+        return number(slope, "slope", op)
     return None
 
 
@@ -75,36 +81,49 @@ def resolve_slope(reset, detach_reset, surrogate, slope, dtype):
     return _C.resolve_slope(reset, detach_reset, surrogate, slope, dtype == torch.float64)
 
 
-def check_x(x):
-    check_type(x, "x", torch.Tensor, "a tensor")
+def check_x(x, op="recurrent_lif"):
+    check_type(x, "x", torch.Tensor, "a tensor", op)
 
 
-def check_optional_tensors(**named):
-    """Each of w_in, w_rec, bias, u0, s0 is a tensor or None (the op's schema
-    would reject anything else with a RuntimeError)."""
+def check_optional_tensors(op="recurrent_lif", **named):
+    """Each of w_in, w_rec, bias, the initial state and lengths is a tensor or
+    None (the op's schema would reject anything else with a RuntimeError)."""
     for name, value in named.items():
         if value is not None:
-            check_type(value, name, torch.Tensor, "a tensor or None")
+            check_type(value, name, torch.Tensor, "a tensor or None", op)
 
 
-def check_call(x, alpha, theta, reset, detach_reset, surrogate, slope, save_membrane,
-               **optional_tensors):
-    """Type checks of recurrent_lif and recurrent_lif_ref, before any work;
-    returns (alpha, theta, slope) with Python numbers as floats.
-    optional_tensors: w_in, w_rec, bias, u0, s0, lengths by name."""
-    check_x(x)
-    slope = check_option_types(reset, detach_reset, surrogate, slope)
-    if not isinstance(alpha, torch.Tensor):
-        alpha = check_alpha(alpha)
-    if not isinstance(theta, torch.Tensor):
-        theta = check_theta(theta)
-    check_optional_tensors(**optional_tensors)
-    check_type(save_membrane, "save_membrane", bool, "a bool")
-    return alpha, theta, slope
+def check_call(op, x, params, reset, detach_reset, surrogate, slope, flags, **optional_tensors):
+    """Type checks of a functional op (recurrent_lif, recurrent_adlif) and
+    its reference, before any work. params: the neuron parameters by name
+    (alpha, theta; alpha, beta, a, b, theta); flags: the bool options by name
+    (save_membrane; save_state); optional_tensors: w_in, w_rec, bias, the
+    initial state and lengths by name. Returns (the parameters' values in
+    params' order, Python numbers as floats, slope)."""
+    check_x(x, op)
+    slope = check_option_types(reset, detach_reset, surrogate, slope, op)
+    params = [value if isinstance(value, torch.Tensor) else check_param(value, name, op)
+              for name, value in params.items()]
+    check_optional_tensors(op, **optional_tensors)
+    for name, value in flags.items():
+        check_type(value, name, bool, "a bool", op)
+    return params, slope
+
+
+def checked_arguments(op, x, w_in, w_rec, bias, params, initial, reset, detach_reset, surrogate,
+                      slope, flags, lengths):
+    """check_call, then each Python-number parameter as a 0-dim tensor:
+    returns (tensors, slope), tensors the op's positional arguments before
+    its options, (x, w_in, w_rec, bias, *params, *initial). params and
+    initial (the initial state) are dicts by name in the op's order."""
+    values, slope = check_call(op, x, params, reset, detach_reset, surrogate, slope, flags,
+                               w_in=w_in, w_rec=w_rec, bias=bias, **initial, lengths=lengths)
+    values = [as_tensor_param(value, x) for value in values]
+    return (x, w_in, w_rec, bias, *values, *initial.values()), slope
 
 
 def as_tensor_param(value, x):
-    """alpha or theta (already checked): a Python number becomes a 0-dim tensor
+    """A neuron parameter (already checked): a Python number becomes a 0-dim tensor
     in the compute dtype on x's device, filled there (no host-to-device copy,
     so no synchronisation and nothing illegal in CUDA-graph capture); tensors
     pass as they are (the op checks their shape, dtype, device and values)."""

@@ -1,4 +1,5 @@
-"""torch_ext.RecurrentLIF: the fused layer as a drop-in nn.Module."""
+"""torch_ext.RecurrentLIF and torch_ext.RecurrentAdLIF: the fused layers as
+drop-in nn.Modules, sharing one stack/state/layout machinery."""
 import math
 import numbers
 import warnings
@@ -8,14 +9,218 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import _options
-from .functional import recurrent_lif
-from .reference import recurrent_lif_ref
+from .functional import recurrent_adlif, recurrent_lif
+from .reference import recurrent_adlif_ref, recurrent_lif_ref
 
 RECURRENT = ("all_to_all", "one_to_one", "none")
-BACKENDS = {"fused": recurrent_lif, "autograd": recurrent_lif_ref}
 
 
-class RecurrentLIF(nn.Module):
+class _RecurrentStack(nn.Module):
+    """What the recurrent spiking layers share: the checks of the common
+    constructor arguments, L stacked layers with dropout between them, each
+    layer's ``w_in``, ``w_rec`` and ``bias`` (named ``w_in`` for one layer,
+    ``w_in_l0`` ... for a stack), the input layouts (``batch_first``,
+    unbatched ``[T, F]``), the state (one tensor per state variable, ``[B, N]``
+    or ``[L, B, N]``), ``lengths`` and the final state.
+
+    A subclass sets ``_BACKENDS`` (backend name -> function), ``_PER_LAYER``
+    (the names of one layer's tensors, w_in, w_rec and bias first), ``_STATE``
+    (the names of the state variables, the spikes last) and ``_STATE_IS``
+    (what the state is, for error messages), and implements
+    ``_run_layer(layer, x, initial, lengths)``: one layer over time-major
+    ``x``, returning one ``[T, B, N]`` output per state variable, in
+    ``_STATE``'s order (the spikes last, which feed the layer above)."""
+
+    _BACKENDS = {}
+    _PER_LAYER = ("w_in", "w_rec", "bias")
+    _STATE = ()
+    _STATE_IS = ""
+
+    def __init__(self, in_features, hidden_size, *, bias, num_layers, dropout, recurrent, reset,
+                 detach_reset, surrogate, slope, batch_first, backend, flags, dtype):
+        """Checks the common arguments (flags: the subclass's own bool
+        arguments by name) and keeps them as attributes."""
+        super().__init__()
+        who = type(self).__name__
+        if not isinstance(backend, str) or backend not in self._BACKENDS:
+            raise ValueError(f"{who}: argument 'backend' must be one of {tuple(self._BACKENDS)}, "
+                             f"got {backend!r}")
+        for name, value in (("in_features", in_features), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            # Below 2**63: a size torch can hold (larger ints fail inside torch.empty).
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+                raise ValueError(f"{who}: argument '{name}' must be a positive int, got {value!r}")
+        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
+                or not 0 <= dropout <= 1):
+            raise ValueError(f"{who}: argument 'dropout' must be a number in [0, 1] (the "
+                             f"probability of dropping a spike between layers), got {dropout!r}")
+        # The same checks, and so the same errors, as the functional's.
+        slope = _options.check_option_types(reset, detach_reset, surrogate, slope,
+                                            self._BACKENDS["fused"].__name__)
+        self.slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, dtype)
+        for name, value in (("bias", bias), *flags.items(), ("batch_first", batch_first)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{who}: argument '{name}' must be a bool, got "
+                                f"{_options.type_name(value)}")
+        if not isinstance(recurrent, str) or recurrent not in RECURRENT:
+            raise ValueError(f"{who}: argument 'recurrent' must be one of {RECURRENT}, got "
+                             f"{recurrent!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"{who}: dropout applies between stacked layers, so a non-zero "
+                          f"dropout expects num_layers > 1, got dropout={dropout} and "
+                          "num_layers=1", stacklevel=3)
+        self.in_features, self.hidden_size = in_features, hidden_size
+        self.num_layers, self.dropout = num_layers, float(dropout)
+        self.reset, self.detach_reset, self.surrogate = reset, detach_reset, surrogate
+        self.batch_first, self.backend, self.recurrent = batch_first, backend, recurrent
+
+    def _register_layers(self, bias, neuron, device, dtype):
+        """Registers, layer by layer, ``w_in``, ``w_rec`` (``[N, N]``, ``[N]``
+        one-to-one, or None), ``bias`` (or None), then the neuron's tensors:
+        ``neuron(factory)`` returns (name, tensor, learnable) triples,
+        learnable ones become Parameters, the others buffers. Their values
+        are left to ``reset_parameters``."""
+        factory = {"device": device, "dtype": dtype}
+        N = self.hidden_size
+        for layer in range(self.num_layers):
+            fan_in = self.in_features if layer == 0 else N
+            self.register_parameter(self._name("w_in", layer),
+                                    nn.Parameter(torch.empty(N, fan_in, **factory)))
+            rec_shape = (N,) if self.recurrent == "one_to_one" else (N, N)
+            self.register_parameter(self._name("w_rec", layer),
+                                    nn.Parameter(torch.empty(rec_shape, **factory))
+                                    if self.recurrent != "none" else None)
+            self.register_parameter(self._name("bias", layer),
+                                    nn.Parameter(torch.empty(N, **factory)) if bias else None)
+            for name, value, learn in neuron(factory):
+                if learn:
+                    self.register_parameter(self._name(name, layer), nn.Parameter(value))
+                else:
+                    self.register_buffer(self._name(name, layer), value)
+
+    def _name(self, name, layer):
+        """The attribute name of one layer's tensor: ``w_in`` for a one-layer
+        module, ``w_in_l0``, ``w_in_l1``, ... for a stack."""
+        return name if self.num_layers == 1 else f"{name}_l{layer}"
+
+    def _layer(self, layer):
+        """One layer's tensors, in ``_PER_LAYER``'s order."""
+        return tuple(getattr(self, self._name(n, layer)) for n in self._PER_LAYER)
+
+    def _w_rec_for_op(self, w_rec):
+        """The w_rec the op is given: a 0-dim one-to-one weight (one shared
+        value, as from_snntorch makes it) is broadcast to [N]."""
+        if self.recurrent != "one_to_one":
+            return w_rec
+        return w_rec.expand(self.hidden_size)
+
+    def _run(self, x, state, lengths):
+        """The shared forward: checks x and the state, runs the layers, and
+        returns (the top layer's outputs in ``_STATE``'s order, in the
+        caller's layout; the final state, shaped like ``state``)."""
+        _options.check_x(x)
+        if x.dim() not in (2, 3):
+            layout = "[B, T, F]" if self.batch_first else "[T, B, F]"
+            raise ValueError(f"{type(self).__name__}: argument 'x' must have shape {layout} "
+                             f"(batched) or [T, F] (unbatched), got {list(x.shape)}")
+        batched = x.dim() == 3
+        if not batched:
+            x = x.unsqueeze(1)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        T, B = x.shape[0], x.shape[1]
+        states = self._layer_states(state, B, batched)
+
+        layer_input, finals = x, []
+        for layer, initial in enumerate(states):
+            if layer > 0 and self.dropout > 0 and self.training:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+            outputs = self._run_layer(layer, layer_input, initial, lengths)
+            firsts = [given if given is not None else out.new_zeros(B, self.hidden_size)
+                      for given, out in zip(initial, outputs)]
+            if T == 0:  # no step taken: the state is what was given, or zeros
+                finals.append(tuple(firsts))
+            elif lengths is None:
+                finals.append(tuple(out[-1] for out in outputs))
+            else:  # each row's state after its own last step (the given one if it took none)
+                finals.append(_state_at(lengths, outputs, firsts))
+            layer_input = outputs[-1]
+        final = self._final_state(finals, state, batched, T)
+        if not batched:
+            outputs = tuple(out.squeeze(1) for out in outputs)
+        elif self.batch_first:
+            outputs = tuple(out.transpose(0, 1) for out in outputs)
+        return outputs, final
+
+    def _state_layout(self, B, batched):
+        """The expected shape of each state tensor: (shape, description)."""
+        names = (["L"] if self.num_layers > 1 else []) + (["B"] if batched else []) + ["N"]
+        sizes = {"L": self.num_layers, "B": B, "N": self.hidden_size}
+        shape = [sizes[n] for n in names]
+        where = (f"{'one layer' if self.num_layers == 1 else f'num_layers={self.num_layers}'}, "
+                 f"{'batched' if batched else 'unbatched'} input")
+        return shape, f"[{', '.join(names)}] = {shape} ({where})"
+
+    def _layer_states(self, state, B, batched):
+        """Checks the state; returns per layer a tuple of [B, N] tensors or
+        Nones, one per state variable."""
+        shape, expected = self._state_layout(B, batched)
+        count = len(self._STATE)
+        if state is None:
+            return [(None,) * count] * self.num_layers
+        who = type(self).__name__
+        if not isinstance(state, (tuple, list)) or len(state) != count:
+            if isinstance(state, torch.Tensor):
+                got = (f"a single tensor of shape {list(state.shape)} (nn.RNN's h0 is one tensor; "
+                       f"{self._STATE_IS}, as the previous call returned them)")
+            elif isinstance(state, (tuple, list)):
+                got = f"a {_options.type_name(state)} of {len(state)}"
+            else:
+                got = _options.type_name(state)
+            kind = {2: "a pair", 3: "a triple"}.get(count, f"a tuple of {count}")
+            raise TypeError(f"{who}: argument 'state' must be None or {kind} "
+                            f"({', '.join(self._STATE)}) of tensors, each {expected}; got {got}")
+        for value, name in zip(state, self._STATE):
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{who}: argument 'state': {name} must be a tensor "
+                                f"{expected} or None, got {_options.type_name(value)}")
+            if list(value.shape) != shape:
+                hint = ""
+                if (self.num_layers == 1 and value.dim() == len(shape) + 1
+                        and value.shape[0] == 1 and list(value.shape[1:]) == shape):
+                    hint = (f"; a one-layer {who}'s state has no layer dimension, unlike "
+                            f"nn.RNN's h0: pass {name}[0]")
+                raise ValueError(f"{who}: argument 'state': {name} must have shape "
+                                 f"{expected}, got {list(value.shape)}{hint}")
+
+        def per_layer(value, layer):
+            if value is None:
+                return None
+            if self.num_layers > 1:
+                value = value[layer]
+            return value if batched else value.unsqueeze(0)
+
+        return [tuple(per_layer(value, layer) for value in state)
+                for layer in range(self.num_layers)]
+
+    def _final_state(self, finals, state, batched, T):
+        if T == 0 and state is not None and all(v is not None for v in state):
+            return state  # given tensors come back as they are
+        per_variable = list(zip(*finals))  # one tuple of layers per state variable
+        if self.num_layers > 1:
+            values, dim = [torch.stack(layers) for layers in per_variable], 1
+        else:
+            values, dim = [layers[0] for layers in per_variable], 0
+        if not batched:
+            values = [v.squeeze(dim) for v in values]
+        if T == 0 and state is not None:
+            values = [given if given is not None else made for given, made in zip(state, values)]
+        return tuple(values)
+
+
+class RecurrentLIF(_RecurrentStack):
     r"""A recurrent layer of leaky integrate-and-fire (LIF) neurons, or a stack
     of such layers, run over a whole sequence by one fused op per layer.
 
@@ -114,79 +319,37 @@ class RecurrentLIF(nn.Module):
         (torch.Size([100, 128]), torch.Size([2, 128]))
     """
 
+    _BACKENDS = {"fused": recurrent_lif, "autograd": recurrent_lif_ref}
+    _PER_LAYER = ("w_in", "w_rec", "bias", "alpha", "theta")
+    _STATE = ("u", "s")
+    _STATE_IS = "a LIF layer's state is two, its membrane and its spikes"
+
     def __init__(self, in_features, hidden_size, bias=True, alpha=0.9, theta=1.0,
                  learn_alpha=False, learn_theta=False, per_neuron=False, reset="subtract",
                  detach_reset=False, surrogate="sigmoid", slope=None, batch_first=False,
                  return_membrane=False, backend="fused", num_layers=1, dropout=0.0,
                  recurrent="all_to_all", save_membrane=True, device=None, dtype=None):
-        super().__init__()
-        if not isinstance(backend, str) or backend not in BACKENDS:
-            raise ValueError(f"RecurrentLIF: argument 'backend' must be one of {tuple(BACKENDS)}, got {backend!r}")
-        for name, value in (("in_features", in_features), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers)):
-            # Below 2**63: a size torch can hold (larger ints fail inside torch.empty).
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
-                raise ValueError(f"RecurrentLIF: argument '{name}' must be a positive int, got {value!r}")
-        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
-                or not 0 <= dropout <= 1):
-            raise ValueError("RecurrentLIF: argument 'dropout' must be a number in [0, 1] (the "
-                             f"probability of dropping a spike between layers), got {dropout!r}")
+        super().__init__(in_features, hidden_size, bias=bias, num_layers=num_layers,
+                         dropout=dropout, recurrent=recurrent, reset=reset,
+                         detach_reset=detach_reset, surrogate=surrogate, slope=slope,
+                         batch_first=batch_first, backend=backend,
+                         flags=dict(learn_alpha=learn_alpha, learn_theta=learn_theta,
+                                    per_neuron=per_neuron, return_membrane=return_membrane,
+                                    save_membrane=save_membrane), dtype=dtype)
         # The same checks, and so the same errors, as the functional's.
         alpha = _initial_value(alpha, "alpha", hidden_size)
         theta = _initial_value(theta, "theta", hidden_size)
-        slope = _options.check_option_types(reset, detach_reset, surrogate, slope)
-        self.slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, dtype)
-        for name, value in (("bias", bias), ("learn_alpha", learn_alpha),
-                            ("learn_theta", learn_theta), ("per_neuron", per_neuron),
-                            ("batch_first", batch_first), ("return_membrane", return_membrane),
-                            ("save_membrane", save_membrane)):
-            if not isinstance(value, bool):
-                raise TypeError(f"RecurrentLIF: argument '{name}' must be a bool, got "
-                                f"{_options.type_name(value)}")
-        if not isinstance(recurrent, str) or recurrent not in RECURRENT:
-            raise ValueError(f"RecurrentLIF: argument 'recurrent' must be one of {RECURRENT}, got "
-                             f"{recurrent!r}")
-        if dropout > 0 and num_layers == 1:
-            warnings.warn("RecurrentLIF: dropout applies between stacked layers, so a non-zero "
-                          f"dropout expects num_layers > 1, got dropout={dropout} and "
-                          "num_layers=1", stacklevel=2)
-        self.in_features, self.hidden_size = in_features, hidden_size
-        self.num_layers, self.dropout = num_layers, float(dropout)
-        self.reset, self.detach_reset, self.surrogate = reset, detach_reset, surrogate
-        self.batch_first, self.return_membrane, self.backend = batch_first, return_membrane, backend
-        self.per_neuron, self.recurrent, self.save_membrane = per_neuron, recurrent, save_membrane
+        self.return_membrane, self.per_neuron = return_membrane, per_neuron
+        self.save_membrane = save_membrane
         self._alpha_init, self._theta_init = alpha, theta
 
-        factory = {"device": device, "dtype": dtype}
-        for layer in range(num_layers):
-            fan_in = in_features if layer == 0 else hidden_size
-            self.register_parameter(self._name("w_in", layer),
-                                    nn.Parameter(torch.empty(hidden_size, fan_in, **factory)))
-            rec_shape = (hidden_size,) if recurrent == "one_to_one" else (hidden_size, hidden_size)
-            self.register_parameter(self._name("w_rec", layer),
-                                    nn.Parameter(torch.empty(rec_shape, **factory))
-                                    if recurrent != "none" else None)
-            self.register_parameter(self._name("bias", layer),
-                                    nn.Parameter(torch.empty(hidden_size, **factory)) if bias
-                                    else None)
+        def neuron(factory):
             for name, init, learn in (("alpha", alpha, learn_alpha), ("theta", theta, learn_theta)):
                 per = per_neuron or (isinstance(init, torch.Tensor) and init.dim() == 1)
-                value = torch.empty((hidden_size,) if per else (), **factory)
-                if learn:
-                    self.register_parameter(self._name(name, layer), nn.Parameter(value))
-                else:
-                    self.register_buffer(self._name(name, layer), value)
+                yield name, torch.empty((hidden_size,) if per else (), **factory), learn
+
+        self._register_layers(bias, neuron, device, dtype)
         self.reset_parameters()
-
-    def _name(self, name, layer):
-        """The attribute name of one layer's tensor: ``w_in`` for a one-layer
-        RecurrentLIF, ``w_in_l0``, ``w_in_l1``, ... for a stack."""
-        return name if self.num_layers == 1 else f"{name}_l{layer}"
-
-    def _layer(self, layer):
-        """(w_in, w_rec, bias, alpha, theta) of one layer."""
-        return tuple(getattr(self, self._name(n, layer))
-                     for n in ("w_in", "w_rec", "bias", "alpha", "theta"))
 
     def reset_parameters(self):
         """nn.Linear-style uniform initialisation: w_in and bias with bound
@@ -209,12 +372,13 @@ class RecurrentLIF(nn.Module):
                     else:
                         param.fill_(init)
 
-    def _w_rec_for_op(self, w_rec):
-        """The w_rec the op is given: a 0-dim one-to-one weight (one shared
-        value, as from_snntorch makes it) is broadcast to [N]."""
-        if self.recurrent != "one_to_one":
-            return w_rec
-        return w_rec.expand(self.hidden_size)
+    def _run_layer(self, layer, x, initial, lengths):
+        w_in, w_rec, bias, alpha, theta = self._layer(layer)
+        spikes, membrane = self._BACKENDS[self.backend](
+            x, w_in, self._w_rec_for_op(w_rec), bias, alpha.clamp(0, 1), theta, *initial,
+            reset=self.reset, detach_reset=self.detach_reset, surrogate=self.surrogate,
+            slope=self.slope, save_membrane=self.save_membrane, lengths=lengths)
+        return membrane, spikes
 
     def forward(self, x, state=None, lengths=None):
         """Runs the layer(s) over a whole sequence.
@@ -262,114 +426,8 @@ class RecurrentLIF(nn.Module):
             >>> spikes, state = layer(torch.randn(20, 4, 3))       # [T, B, F]
             >>> more, state = layer(torch.randn(5, 4, 3), state)  # 5 more steps
         """
-        _options.check_x(x)
-        if x.dim() not in (2, 3):
-            layout = "[B, T, F]" if self.batch_first else "[T, B, F]"
-            raise ValueError(f"RecurrentLIF: argument 'x' must have shape {layout} (batched) or "
-                             f"[T, F] (unbatched), got {list(x.shape)}")
-        batched = x.dim() == 3
-        if not batched:
-            x = x.unsqueeze(1)
-        elif self.batch_first:
-            x = x.transpose(0, 1)
-        T, B = x.shape[0], x.shape[1]
-        states = self._layer_states(state, B, batched)
-
-        fn = BACKENDS[self.backend]
-        layer_input, finals = x, []
-        for layer, (u0, s0) in enumerate(states):
-            w_in, w_rec, bias, alpha, theta = self._layer(layer)
-            if layer > 0 and self.dropout > 0 and self.training:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
-            spikes, membrane = fn(
-                layer_input, w_in, self._w_rec_for_op(w_rec), bias, alpha.clamp(0, 1), theta,
-                u0, s0, reset=self.reset, detach_reset=self.detach_reset,
-                surrogate=self.surrogate, slope=self.slope, save_membrane=self.save_membrane,
-                lengths=lengths)
-            u_first = u0 if u0 is not None else membrane.new_zeros(B, self.hidden_size)
-            s_first = s0 if s0 is not None else spikes.new_zeros(B, self.hidden_size)
-            if T == 0:  # no step taken: the state is what was given, or zeros
-                finals.append((u_first, s_first))
-            elif lengths is None:
-                finals.append((membrane[-1], spikes[-1]))
-            else:  # each row's state after its own last step (the given one if it took none)
-                finals.append(_state_at(lengths, membrane, spikes, u_first, s_first))
-            layer_input = spikes
-        final = self._final_state(finals, state, batched, T)
-        if not batched:
-            spikes, membrane = spikes.squeeze(1), membrane.squeeze(1)
-        elif self.batch_first:
-            spikes, membrane = spikes.transpose(0, 1), membrane.transpose(0, 1)
+        (membrane, spikes), final = self._run(x, state, lengths)
         return (spikes, membrane, final) if self.return_membrane else (spikes, final)
-
-    def _state_layout(self, B, batched):
-        """The expected shape of u and s: (names, sizes, description)."""
-        names = (["L"] if self.num_layers > 1 else []) + (["B"] if batched else []) + ["N"]
-        sizes = {"L": self.num_layers, "B": B, "N": self.hidden_size}
-        shape = [sizes[n] for n in names]
-        where = (f"{'one layer' if self.num_layers == 1 else f'num_layers={self.num_layers}'}, "
-                 f"{'batched' if batched else 'unbatched'} input")
-        return shape, f"[{', '.join(names)}] = {shape} ({where})"
-
-    def _layer_states(self, state, B, batched):
-        """Checks the state; returns one (u0, s0) pair of [B, N] tensors or
-        Nones per layer."""
-        shape, expected = self._state_layout(B, batched)
-        if state is None:
-            return [(None, None)] * self.num_layers
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            if isinstance(state, torch.Tensor):
-                got = (f"a single tensor of shape {list(state.shape)} (nn.RNN's h0 is one tensor; "
-                       "a LIF layer's state is two, its membrane and its spikes, as the previous "
-                       "call returned them)")
-            elif isinstance(state, (tuple, list)):
-                got = f"a {_options.type_name(state)} of {len(state)}"
-            else:
-                got = _options.type_name(state)
-            raise TypeError("RecurrentLIF: argument 'state' must be None or a pair (u, s) of "
-                            f"tensors, each {expected}; got {got}")
-        for value, name in zip(state, ("u", "s")):
-            if value is None:
-                continue
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"RecurrentLIF: argument 'state': {name} must be a tensor "
-                                f"{expected} or None, got {_options.type_name(value)}")
-            if list(value.shape) != shape:
-                hint = ""
-                if (self.num_layers == 1 and value.dim() == len(shape) + 1
-                        and value.shape[0] == 1 and list(value.shape[1:]) == shape):
-                    hint = (f"; a one-layer RecurrentLIF's state has no layer dimension, unlike "
-                            f"nn.RNN's h0: pass {name}[0]")
-                raise ValueError(f"RecurrentLIF: argument 'state': {name} must have shape "
-                                 f"{expected}, got {list(value.shape)}{hint}")
-        u, s = state
-
-        def per_layer(value, layer):
-            if value is None:
-                return None
-            if self.num_layers > 1:
-                value = value[layer]
-            return value if batched else value.unsqueeze(0)
-
-        return [(per_layer(u, layer), per_layer(s, layer)) for layer in range(self.num_layers)]
-
-    def _final_state(self, finals, state, batched, T):
-        if T == 0 and state is not None:  # given tensors come back as they are
-            u, s = state
-            if u is not None and s is not None:
-                return state
-        us, ss = zip(*finals)
-        if self.num_layers > 1:
-            u, s = torch.stack(us), torch.stack(ss)
-            dim = 1
-        else:
-            (u,), (s,) = us, ss
-            dim = 0
-        if not batched:
-            u, s = u.squeeze(dim), s.squeeze(dim)
-        if T == 0 and state is not None:
-            u, s = (given if given is not None else made for given, made in zip(state, (u, s)))
-        return u, s
 
     @classmethod
     def from_snntorch(cls, linear, rleaky, *, batch_first=False, return_membrane=False,
@@ -472,12 +530,265 @@ class RecurrentLIF(nn.Module):
         return text
 
 
+class RecurrentAdLIF(_RecurrentStack):
+    r"""A recurrent layer of adaptive leaky integrate-and-fire neurons
+    (SE-adLIF, Baronig et al. 2024), or a stack of such layers, run over a
+    whole sequence by one fused op per layer.
+
+    Each neuron has a membrane V and an adaptation current A. Per layer,
+    time-major, with R[t] = S[t] (README, "The adaptive layer")::
+
+        I[t] = x[t] @ w_in.T + bias
+        V[t] = alpha * reset(V[t-1], R[t-1]) + (1 - alpha) * (I[t] + S[t-1] @ w_rec.T - A[t-1])
+        S[t] = H(V[t] - theta)                        (H(0) = 0; V == theta does not fire)
+        A[t] = beta * A[t-1] + (1 - beta) * (a * reset(V[t], R[t]) + b * S[t])
+
+    with reset(V, R) = V * (1 - R) for ``reset="zero"``. The decays and
+    couplings are learnt per neuron in the parameterisation of the paper's
+    code: time constants interpolated in a range, tau_u = w_u * tau_u_max +
+    (1 - w_u) * tau_u_min with a learnt w_u in [0, 1], alpha = exp(-dt /
+    tau_u) (tau_w and beta alike), and a, b learnt in their ranges and
+    scaled by q: the op gets ``q * a`` and ``q * b``. The forward clamps the
+    interpolation weights into [0, 1] and a, b into their ranges (so an
+    optimiser step may push them out harmlessly; the clamp passes no gradient
+    to a value outside).
+
+    Like ``nn.RNN``, the layer keeps no state between calls: ``forward`` takes
+    the state (v, a, s) and returns the final one.
+
+    Args:
+        in_features (int): F, the size of each input vector.
+        hidden_size (int): N, the number of neurons per layer.
+        bias (bool): learn a bias ``[N]`` per layer (initialised to zeros).
+            Default: ``True``.
+        num_layers (int): L, the number of stacked layers; layer 0 maps
+            in_features to hidden_size, the others hidden_size to hidden_size,
+            each fed the spikes of the layer below. Default: ``1``.
+        dropout (float): with L > 1, the probability of dropping each spike
+            between two layers (``F.dropout``), in training mode only, as
+            ``nn.RNN``. Default: ``0.0``.
+        recurrent (str): ``"all_to_all"``: a dense ``[N, N]`` ``w_rec``;
+            ``"one_to_one"``: each neuron feeds back only its own spike,
+            ``w_rec`` of shape ``[N]``; ``"none"``: no recurrence, no
+            ``w_rec``. Default: ``"all_to_all"``.
+        tau_u_range (tuple): ``(tau_u_min, tau_u_max)``, the range of the
+            membrane time constants, in units of dt, 0 < min <= max.
+            Default: ``(5.0, 25.0)``.
+        tau_w_range (tuple): ``(tau_w_min, tau_w_max)``, the range of the
+            adaptation time constants, as tau_u_range. Default: ``(60.0, 300.0)``.
+        a_range (tuple): ``(a_min, a_max)``, the range of a before the
+            scaling by q, finite, min <= max. Default: ``(0.0, 1.0)``.
+        b_range (tuple): ``(b_min, b_max)``, the range of b before the
+            scaling by q, as a_range. Default: ``(0.0, 2.0)``.
+        q (float): the scale of a and b, finite. Default: ``120.0``.
+        theta (float): the threshold, finite (not learnt). Default: ``1.0``.
+        dt (float): the time step, in the time constants' units, > 0.
+            Default: ``1.0``.
+        reset (str): ``"zero"`` (V * (1 - R)), ``"subtract"`` (V - theta * R)
+            or ``"none"``. Default: ``"zero"``.
+        detach_reset (bool): no gradient through the resets' R (the spikes
+            in ``b * S`` and in the recurrence keep theirs). Default: ``True``.
+        surrogate (str): the stand-in for dS/dV in the backward pass:
+            ``"sigmoid"``, ``"fast_sigmoid"``, ``"atan"`` or ``"triangle"``.
+            Default: ``"sigmoid"``.
+        slope (float or None): the surrogate's slope k > 0; ``None`` takes the
+            surrogate's default (25, 25, 2, 1 in that order). Default: ``None``.
+        batch_first (bool): batched ``x`` and the output spikes are ``[B, T, *]``
+            instead of ``[T, B, *]``; the state is unaffected. Default: ``False``.
+        backend (str): ``"fused"`` (the C++/CUDA op) or ``"autograd"`` (the
+            plain-PyTorch reference of the same math). Default: ``"fused"``.
+        device (torch.device or None): where the parameters live. Default: ``None``.
+        dtype (torch.dtype or None): dtype of the parameters. Default: ``None``.
+
+    Parameters, all learnt (named as RecurrentLIF's: no suffix for L = 1,
+    ``_l0`` ... ``_l{L-1}`` for L > 1):
+
+    - ``w_in`` ``[N, F]`` (``[N, N]`` above the first layer), uniform in
+      +-1/sqrt(fan-in); ``w_rec`` ``[N, N]`` orthogonal (gain 1), or ``[N]``
+      uniform in [-1, 1] with ``"one_to_one"``; ``bias`` ``[N]`` zeros;
+    - ``tau_u``, ``tau_w`` ``[N]``: the time constants' interpolation
+      weights in [0, 1], uniform(0, 1);
+    - ``a``, ``b`` ``[N]``: uniform in a_range, b_range (before the scaling
+      by q).
+
+    :meth:`neuron_parameters` gives the alpha, beta, a and b the op gets.
+
+    Raises:
+        ValueError: a size that is not a positive int, an unknown ``backend``,
+            ``reset``, ``surrogate`` or ``recurrent``, a slope out of range, a
+            range that is not a pair of finite numbers min <= max (time
+            constants > 0), a non-finite q or theta, dt <= 0, a ``dropout``
+            outside [0, 1].
+        TypeError: a flag that is not a bool, a number that is not a real.
+
+    Example::
+
+        >>> layer = torch_ext.RecurrentAdLIF(40, 128, num_layers=2, batch_first=True)
+        >>> spikes, (v, a, s) = layer(torch.randn(16, 100, 40))   # [B, T, F]
+        >>> spikes.shape, v.shape                                 # v, a, s: [L, B, N]
+        (torch.Size([16, 100, 128]), torch.Size([2, 16, 128]))
+        >>> more, state = layer(torch.randn(16, 50, 40), (v, a, s))  # continue
+    """
+
+    _BACKENDS = {"fused": recurrent_adlif, "autograd": recurrent_adlif_ref}
+    _PER_LAYER = ("w_in", "w_rec", "bias", "tau_u", "tau_w", "a", "b")
+    _STATE = ("v", "a", "s")
+    _STATE_IS = ("an adaptive LIF layer's state is three, its membrane, its adaptation and its "
+                 "spikes")
+
+    def __init__(self, in_features, hidden_size, bias=True, num_layers=1, dropout=0.0,
+                 recurrent="all_to_all", tau_u_range=(5.0, 25.0), tau_w_range=(60.0, 300.0),
+                 a_range=(0.0, 1.0), b_range=(0.0, 2.0), q=120.0, theta=1.0, dt=1.0,
+                 reset="zero", detach_reset=True, surrogate="sigmoid", slope=None,
+                 batch_first=False, backend="fused", device=None, dtype=None):
+        super().__init__(in_features, hidden_size, bias=bias, num_layers=num_layers,
+                         dropout=dropout, recurrent=recurrent, reset=reset,
+                         detach_reset=detach_reset, surrogate=surrogate, slope=slope,
+                         batch_first=batch_first, backend=backend, flags={}, dtype=dtype)
+        self.tau_u_range = _range(tau_u_range, "tau_u_range", positive=True)
+        self.tau_w_range = _range(tau_w_range, "tau_w_range", positive=True)
+        self.a_range = _range(a_range, "a_range")
+        self.b_range = _range(b_range, "b_range")
+        for name, value in (("q", q), ("theta", theta), ("dt", dt)):
+            _options.check_type(value, name, numbers.Real, "a float", "RecurrentAdLIF")
+            setattr(self, name, _options.check_param(value, name, "RecurrentAdLIF"))
+        if not self.dt > 0:
+            raise ValueError(f"RecurrentAdLIF: argument 'dt' must be > 0, got {dt!r}")
+
+        def neuron(factory):
+            for name in ("tau_u", "tau_w", "a", "b"):
+                yield name, torch.empty(hidden_size, **factory), True
+
+        self._register_layers(bias, neuron, device, dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """The initialisation of the paper's code: w_in uniform in
+        +-1/sqrt(fan-in) (in_features for layer 0, hidden_size above), w_rec
+        orthogonal with gain 1 (``[N]`` one-to-one: uniform in [-1, 1]),
+        bias zeros, the interpolation weights tau_u and tau_w uniform in
+        [0, 1], a and b uniform in a_range and b_range."""
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                w_in, w_rec, bias, tau_u, tau_w, a, b = self._layer(layer)
+                bound_in = 1 / math.sqrt(w_in.shape[1])
+                nn.init.uniform_(w_in, -bound_in, bound_in)
+                if w_rec is not None and w_rec.dim() == 2:
+                    nn.init.orthogonal_(w_rec, gain=1.0)
+                elif w_rec is not None:  # one weight per neuron, the size of an orthogonal one's
+                    nn.init.uniform_(w_rec, -1.0, 1.0)
+                if bias is not None:
+                    nn.init.zeros_(bias)
+                nn.init.uniform_(tau_u, 0.0, 1.0)
+                nn.init.uniform_(tau_w, 0.0, 1.0)
+                nn.init.uniform_(a, *self.a_range)
+                nn.init.uniform_(b, *self.b_range)
+
+    def neuron_parameters(self, layer=0):
+        """The neuron parameters layer ``layer`` gives the op, ``(alpha,
+        beta, a, b)``, each ``[N]``, differentiable in the module's
+        parameters: alpha = exp(-dt / tau_u) with tau_u = w * tau_u_max +
+        (1 - w) * tau_u_min and w the parameter ``tau_u`` clamped into
+        [0, 1] (beta from ``tau_w`` alike), a and b the parameters clamped
+        into a_range and b_range, times q."""
+        _, _, _, tau_u, tau_w, a, b = self._layer(layer)
+
+        def decay(weight, bounds):
+            low, high = bounds
+            weight = weight.clamp(0, 1)
+            return torch.exp(-self.dt / (weight * high + (1 - weight) * low))
+
+        return (decay(tau_u, self.tau_u_range), decay(tau_w, self.tau_w_range),
+                self.q * a.clamp(*self.a_range), self.q * b.clamp(*self.b_range))
+
+    def _run_layer(self, layer, x, initial, lengths):
+        w_in, w_rec, bias = self._layer(layer)[:3]
+        alpha, beta, a, b = self.neuron_parameters(layer)
+        spikes, membrane, adaptation = self._BACKENDS[self.backend](
+            x, w_in, self._w_rec_for_op(w_rec), bias, alpha, beta, a, b, self.theta, *initial,
+            reset=self.reset, detach_reset=self.detach_reset, surrogate=self.surrogate,
+            slope=self.slope, lengths=lengths)
+        return membrane, adaptation, spikes
+
+    def forward(self, x, state=None, lengths=None):
+        """Runs the layer(s) over a whole sequence.
+
+        Args:
+            x (Tensor): the input sequence: ``[T, B, F]`` (``[B, T, F]`` with
+                ``batch_first``), or unbatched ``[T, F]`` (whatever
+                ``batch_first``, as ``nn.RNN``), on the parameters' device.
+            state (tuple or None): ``(v, a, s)``, the initial membrane
+                potentials, adaptation currents and spikes, as the previous
+                call returned them: each ``[B, N]`` for one layer,
+                ``[L, B, N]`` for L = num_layers > 1; unbatched, ``[N]`` and
+                ``[L, N]``. Any may be None (zeros); None (the default)
+                means all zeros.
+            lengths (Tensor or None): ``[B]`` integers in [0, T], a
+                variable-length batch: row b takes steps ``t < lengths[b]``
+                only, its later steps output spikes 0, and its final state is
+                the one after its last valid step (the given state where its
+                length is 0). Default: ``None`` (all T steps).
+
+        Returns:
+            ``(spikes, (v_last, a_last, s_last))``: the top layer's
+            ``spikes`` ``[T, B, N]`` (``[B, T, N]`` with ``batch_first``,
+            ``[T, N]`` unbatched) in x's dtype, and the membrane, adaptation
+            and spikes of every layer at the last step, shaped like
+            ``state``, which continue the sequence when passed back. With
+            T = 0 the given state (or zeros) is returned.
+
+        Raises:
+            TypeError: x is not a tensor; state is not None or a triple;
+                v, a or s is neither a tensor nor None.
+            ValueError: x is not 2- or 3-dimensional; v, a or s does not have
+                the shape above (the message gives the expected shape); the
+                op's own checks (feature size, dtypes, devices), naming the
+                argument.
+
+        Example::
+
+            >>> layer = torch_ext.RecurrentAdLIF(3, 8)
+            >>> spikes, state = layer(torch.randn(20, 4, 3))       # [T, B, F]
+            >>> more, state = layer(torch.randn(5, 4, 3), state)  # 5 more steps
+        """
+        (_, _, spikes), final = self._run(x, state, lengths)
+        return spikes, final
+
+    def extra_repr(self):
+        text = (f"{self.in_features}, {self.hidden_size}, bias={self._layer(0)[2] is not None}, "
+                f"tau_u_range={self.tau_u_range}, tau_w_range={self.tau_w_range}, "
+                f"a_range={self.a_range}, b_range={self.b_range}, q={self.q}, "
+                f"theta={self.theta}, dt={self.dt}, reset={self.reset!r}, "
+                f"detach_reset={self.detach_reset}, surrogate={self.surrogate!r}, "
+                f"slope={self.slope}, batch_first={self.batch_first}, backend={self.backend!r}")
+        if self.num_layers > 1 or self.dropout:
+            text += f", num_layers={self.num_layers}, dropout={self.dropout}"
+        if self.recurrent != "all_to_all":
+            text += f", recurrent={self.recurrent!r}"
+        return text
+
+
+def _range(value, name, positive=False):
+    """A (low, high) pair of finite numbers, low <= high (and low > 0 with
+    positive), as a tuple of floats."""
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+        raise TypeError(f"RecurrentAdLIF: argument '{name}' must be a pair (min, max) of numbers, "
+                        f"got {value!r}")
+    low, high = (float(v) for v in value)
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high) or (positive and low <= 0):
+        what = "0 < min <= max" if positive else "min <= max"
+        raise ValueError(f"RecurrentAdLIF: argument '{name}' must be a pair of finite numbers "
+                         f"with {what}, got {value!r}")
+    return low, high
+
+
 def _initial_value(value, name, hidden_size):
     """The constructor's alpha or theta: a float (checked as the functional
     checks it), or a detached copy of a 0-dim or [hidden_size] real tensor
     whose values pass the same checks."""
     if not isinstance(value, torch.Tensor):
-        return _options.check_alpha(value) if name == "alpha" else _options.check_theta(value)
+        return _options.check_param(value, name)
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"RecurrentLIF: argument '{name}' must be a float or a real tensor, got "
                         f"a tensor of dtype {value.dtype}")
@@ -497,12 +808,13 @@ def _initial_value(value, name, hidden_size):
     return value
 
 
-def _state_at(lengths, membrane, spikes, u_first, s_first):
-    """(u, s) of each batch row after its own last step: membrane and spikes
-    [T, B, N] at t = lengths[b] - 1, or the initial state where lengths[b] = 0."""
+def _state_at(lengths, outputs, firsts):
+    """Each batch row's state after its own last step: every output [T, B, N]
+    at t = lengths[b] - 1, or the initial state (firsts) where lengths[b] = 0."""
+    T, shape = outputs[0].shape[0], outputs[0].shape[1:]
     # Clamped as the kernels do (on CUDA the op does not check the values).
-    lengths = lengths.to(device=membrane.device, dtype=torch.long).clamp(0, membrane.shape[0])
-    last = (lengths - 1).clamp(min=0).view(1, -1, 1).expand(1, *membrane.shape[1:])
+    lengths = lengths.to(device=outputs[0].device, dtype=torch.long).clamp(0, T)
+    last = (lengths - 1).clamp(min=0).view(1, -1, 1).expand(1, *shape)
     took_steps = (lengths > 0).unsqueeze(1)
-    return (torch.where(took_steps, membrane.gather(0, last)[0], u_first.to(membrane.dtype)),
-            torch.where(took_steps, spikes.gather(0, last)[0], s_first.to(spikes.dtype)))
+    return tuple(torch.where(took_steps, out.gather(0, last)[0], first.to(out.dtype))
+                 for out, first in zip(outputs, firsts))
