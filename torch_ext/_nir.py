@@ -1,0 +1,725 @@
+"""NIR (the Neuromorphic Intermediate Representation) export and import:
+``torch_ext.to_nir`` and ``torch_ext.from_nir`` (README, "NIR").
+
+NIR describes neurons in continuous time; like snnTorch and SpikingJelly this
+module reads it with forward Euler and a time step dt::
+
+    v[t] = v[t-1] + dt / tau * (v_leak - v[t-1] + r * I[t])
+    spike where v > v_threshold, then v = v_reset
+
+(IF and I nodes: v[t] = v[t-1] + dt * r * I[t]; a cycle of edges is a
+one-step delay). A RecurrentLIF layer's membrane U is v / g with the gain
+g = r * dt / tau, so alpha = 1 - dt / tau, theta = v_threshold / g and
+v_leak / r joins the bias. The graph is built with the ``nir`` package
+directly: nirtorch's tracer (torch.fx) cannot produce the recurrent cycle
+that lives inside the fused op, and its generic importer runs the graph
+node by node and step by step, where this layer needs the whole cycle as
+one ``w_rec``.
+
+``nir`` is optional: it is imported inside the functions, so that
+``import torch_ext`` works without it.
+"""
+import math
+import numbers
+import os
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from .module import RecurrentLIF
+
+META = "torch_ext"  # this package's entry in a node's metadata: what NIR cannot hold
+
+# Node types NIR defines that from_nir cannot map, and why.
+_UNSUPPORTED = {
+    "Delay": "a delay line: the only delay of this layer is the one step of its recurrence",
+    "Conv1d": "a convolution: RecurrentLIF's weights are dense",
+    "Conv2d": "a convolution: RecurrentLIF's weights are dense",
+    "SumPool2d": "pooling is not supported",
+    "AvgPool2d": "pooling is not supported",
+    "Flatten": "a reshape: the layers read flat [N] vectors",
+    "Scale": "an element-wise scale between layers is not supported",
+    "CubaLI": "a current-based leaky integrator (a synaptic state) is not supported",
+    "Identity": "identity nodes are not supported",
+}
+
+
+def _import_nir(caller):
+    try:
+        import nir
+    except ImportError as error:
+        raise ImportError(f"torch_ext.{caller} needs the 'nir' package (the Neuromorphic "
+                          "Intermediate Representation): pip install nir (or the 'nir' extra: "
+                          "pip install 'torch_ext[nir]')") from error
+    return nir
+
+
+def _check_dt(dt, caller):
+    if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (
+            math.isfinite(dt) and dt > 0):
+        raise ValueError(f"torch_ext.{caller}: argument 'dt' must be a positive, finite number "
+                         f"(the time step NIR's continuous-time nodes are read with), got {dt!r}")
+    return float(dt)
+
+
+class LeakyIntegrator(nn.Module):
+    r"""A leaky integrator without spikes, NIR's ``LI`` (or ``I``) node, as
+    :func:`torch_ext.from_nir` imports it, typically as a readout::
+
+        v[t] = alpha * v[t-1] + gain * x[t] + leak,   v[0] = 0
+
+    with alpha = 1 - dt / tau, gain = r * dt / tau and leak = dt / tau * v_leak
+    (an ``I`` node: alpha = 1, gain = r * dt, leak = 0), each an ``[N]`` buffer.
+
+    Args:
+        alpha (Tensor): ``[N]`` decays, in [0, 1].
+        gain (Tensor): ``[N]`` input gains.
+        leak (Tensor): ``[N]`` constant drives.
+
+    ``forward(x)`` takes time-major ``x`` ``[T, ..., N]`` and returns ``v``,
+    the same shape (a plain autograd loop over time).
+    """
+
+    def __init__(self, alpha, gain, leak):
+        super().__init__()
+        self.register_buffer("alpha", torch.as_tensor(alpha).clone())
+        self.register_buffer("gain", torch.as_tensor(gain).clone())
+        self.register_buffer("leak", torch.as_tensor(leak).clone())
+
+    def forward(self, x):
+        drive = x * self.gain + self.leak
+        v, out = 0, []
+        for d in drive.unbind(0):
+            v = self.alpha * v + d
+            out.append(v)
+        return torch.stack(out) if out else drive
+
+    def extra_repr(self):
+        return f"{self.alpha.shape[-1]}"
+
+
+class SpikingSequential(nn.Sequential):
+    """The ``nn.Sequential`` :func:`torch_ext.from_nir` returns for a chain of
+    more than one module: each module reads the previous one's output, a
+    ``RecurrentLIF`` passing on its spikes (the first element of what it
+    returns). Time-major ``[T, B, F]`` (or ``[T, F]``) in, the last module's
+    output out."""
+
+    def forward(self, x):
+        for module in self:
+            x = module(x)
+            if isinstance(module, RecurrentLIF):
+                x = x[0]
+        return x
+
+
+# ---------------------------------------------------------------- export
+
+def _array(tensor):
+    """A copy (not a view: the graph must not change with the module) as a
+    numpy array of the tensor's dtype; float16/bfloat16 widen to float32."""
+    tensor = tensor.detach()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.float()
+    return tensor.cpu().numpy().copy()
+
+
+def _meta_value(tensor):
+    """A tensor for node metadata: nir.write cannot store 0-dim arrays (it
+    compresses every array), numpy scalars it can; both keep the dtype."""
+    value = _array(tensor)
+    return value[()] if value.ndim == 0 else value
+
+
+def _per_neuron(tensor, n):
+    """An [n] float64 array of a 0-dim or [n] tensor (NIR's parameters are per neuron)."""
+    return np.broadcast_to(tensor.detach().double().cpu().numpy(), (n,)).copy()
+
+
+def _export_layer(nir, add, link, module, layer, index, prefix, dt, where):
+    """Adds one layer of a RecurrentLIF; returns (its first node, its spiking node)."""
+    get = lambda name: getattr(module, module._name(name, layer))  # noqa: E731
+    w_in, w_rec, bias, alpha, theta = (get(n) for n in ("w_in", "w_rec", "bias", "alpha", "theta"))
+    n = module.hidden_size
+    a, th = _per_neuron(alpha.clamp(0, 1), n), _per_neuron(theta, n)
+    leak_free = a == 1
+    if leak_free.any() and not leak_free.all():
+        raise ValueError(f"torch_ext.to_nir: {where}: alpha is 1 for some neurons and below 1 for "
+                         "others; one layer is one NIR node, and NIR's LIF/LI nodes need "
+                         "alpha = 1 - dt/tau < 1 while IF/I nodes have no leak")
+    leak_free = bool(leak_free.all())
+    # What NIR does not hold, for an exact round trip: alpha and theta as
+    # stored (tau = dt / (1 - alpha) rounds), and the training-only options.
+    meta = {
+        "alpha": _meta_value(alpha), "theta": _meta_value(theta),
+        "learn_alpha": isinstance(alpha, nn.Parameter),
+        "learn_theta": isinstance(theta, nn.Parameter),
+        "per_neuron": module.per_neuron, "reset": module.reset, "recurrent": module.recurrent,
+        "detach_reset": module.detach_reset, "surrogate": module.surrogate,
+        "slope": float(module.slope), "module": index, "layer": layer,
+        "num_layers": module.num_layers, "dropout": module.dropout, "dt": dt,
+    }
+    if module.recurrent == "one_to_one":  # a diagonal matrix loses a shared 0-dim weight
+        meta["w_rec"] = _meta_value(w_rec)
+    elif module.recurrent == "all_to_all" and module.reset == "subtract":
+        meta["w_rec_diagonal"] = _array(torch.diagonal(w_rec))  # w_rec - diag(theta) rounds
+
+    proj = prefix + "w_in"
+    add(proj, nir.Affine(_array(w_in), _array(bias)) if bias is not None
+        else nir.Linear(_array(w_in)))
+    zeros, one_minus, metadata = np.zeros(n), 1 - a, {META: meta}
+    if module.reset == "zero":  # NIR's own reset: v = v_reset = 0 after a spike
+        cell = prefix + ("if" if leak_free else "lif")
+        if leak_free:
+            add(cell, nir.IF(r=np.full(n, 1 / dt), v_threshold=th, v_reset=zeros,
+                             metadata=metadata))
+        else:
+            add(cell, nir.LIF(tau=dt / one_minus, r=1 / one_minus, v_leak=zeros, v_threshold=th,
+                              v_reset=zeros, metadata=metadata))
+        spikes = cell
+    else:  # no reset in NIR: a leaky integrator, a threshold, the reset in the recurrence
+        cell, spikes = prefix + ("i" if leak_free else "li"), prefix + "threshold"
+        if leak_free:
+            add(cell, nir.I(r=np.full(n, 1 / dt), metadata=metadata))
+        else:
+            add(cell, nir.LI(tau=dt / one_minus, r=1 / one_minus, v_leak=zeros,
+                             metadata=metadata))
+        add(spikes, nir.Threshold(threshold=th))
+        link(cell, spikes)
+    link(proj, cell)
+
+    weight = None
+    if module.recurrent == "all_to_all":
+        weight = w_rec.detach()
+    elif module.recurrent == "one_to_one":
+        weight = torch.diag(w_rec.detach().expand(n))
+    if module.reset == "subtract":  # U -= theta * S[t-1]: a negative self-weight
+        minus = torch.diag(theta.detach().expand(n).to(w_in.dtype))
+        weight = -minus if weight is None else weight - minus
+    if weight is not None:
+        rec = prefix + "w_rec"
+        add(rec, nir.Linear(_array(weight)))
+        link(spikes, rec)
+        link(rec, cell)
+    return proj, spikes
+
+
+def _export_li(nir, add, module, name, dt, where):
+    a = module.alpha.detach().double().cpu().numpy()
+    gain = module.gain.detach().double().cpu().numpy()
+    leak = module.leak.detach().double().cpu().numpy()
+    meta = {META: {"alpha": _meta_value(module.alpha), "gain": _meta_value(module.gain),
+                   "leak": _meta_value(module.leak), "dt": dt}}
+    if (a == 1).all():
+        if (leak != 0).any():
+            raise ValueError(f"torch_ext.to_nir: {where}: alpha = 1 with a non-zero "
+                             "leak has no NIR node (an I node has no v_leak)")
+        add(name, nir.I(r=gain / dt, metadata=meta))
+    elif (a == 1).any():
+        raise ValueError(f"torch_ext.to_nir: {where}: alpha is 1 for some neurons "
+                         "and below 1 for others; LI needs alpha < 1, I has no leak")
+    else:
+        add(name, nir.LI(tau=dt / (1 - a), r=gain / (1 - a), v_leak=leak / (1 - a), metadata=meta))
+
+
+def to_nir(module, dt=1e-4):
+    """Exports a ``RecurrentLIF`` (any ``num_layers``), or an ``nn.Sequential``
+    of ``RecurrentLIF``, ``nn.Linear`` and the ``LeakyIntegrator`` readouts
+    :func:`from_nir` makes, as a NIR graph; each layer reads the spikes of
+    the module before it.
+
+    Per layer: the input projection is an ``Affine(w_in, bias)`` node
+    (``Linear(w_in)`` without a bias); ``reset="zero"`` is a ``LIF(tau =
+    dt / (1 - alpha), r = 1 / (1 - alpha), v_leak = 0, v_threshold = theta,
+    v_reset = 0)`` node (``IF(r = 1 / dt)`` for alpha = 1) with the
+    recurrence as a cycle ``LIF -> Linear(w_rec) -> LIF``; ``"subtract"`` and
+    ``"none"``, which NIR's resetting LIF cannot express, are ``LI -> Threshold``
+    (``I`` for alpha = 1) with the cycle ``Threshold -> Linear(w_rec -
+    diag(theta)) -> LI`` (``Linear(w_rec)`` for ``"none"``). A one-to-one
+    ``w_rec`` is a diagonal ``Linear``. Parameters are ``[N]`` arrays (a
+    scalar alpha or theta is broadcast); weights keep the module's dtype
+    (float16/bfloat16 become float32). Under forward Euler with ``dt`` the
+    graph spikes like the module.
+
+    alpha and theta as stored, and what NIR has no field for (``surrogate``,
+    ``slope``, ``detach_reset``, ``learn_alpha``/``learn_theta``,
+    ``per_neuron``, ``recurrent``, ``num_layers``, ``dropout``) go into the
+    neuron node's ``metadata["torch_ext"]``, from which :func:`from_nir`
+    rebuilds the module exactly. ``batch_first``, ``return_membrane``,
+    ``backend`` and ``save_membrane`` say how the module is called, not what it
+    computes, and are not written.
+
+    Args:
+        module (nn.Module): a ``RecurrentLIF``, or an ``nn.Sequential`` of
+            ``RecurrentLIF``, ``nn.Linear`` and ``LeakyIntegrator`` modules.
+        dt (float): the time step, in seconds, the graph is meant to be run
+            with. Default: ``1e-4`` (snnTorch's and SpikingJelly's).
+
+    Returns:
+        A ``nir.NIRGraph`` with one ``Input`` and one ``Output`` node.
+
+    Raises:
+        ImportError: the ``nir`` package is not installed.
+        TypeError: a module of another type (NIR has no adaptive LIF node).
+        ValueError: a ``dt`` that is not positive and finite, an empty
+            ``nn.Sequential``, sizes that do not chain, a layer whose alpha is
+            1 for some neurons only (NIR's LIF needs alpha < 1, its IF has no
+            leak).
+
+    Example::
+
+        >>> layer = torch_ext.RecurrentLIF(10, 32, reset="zero")
+        >>> graph = torch_ext.to_nir(layer)
+        >>> nir.write("layer.nir", graph)
+        >>> again = torch_ext.from_nir("layer.nir")   # the same spikes and gradients
+    """
+    nir = _import_nir("to_nir")
+    dt = _check_dt(dt, "to_nir")
+    if isinstance(module, nn.Sequential):
+        if len(module) == 0:
+            raise ValueError("torch_ext.to_nir: the nn.Sequential is empty")
+        items = [(f"{i}.", m) for i, m in enumerate(module)]
+    else:
+        items = [("", module)]
+
+    nodes, edges = {}, []
+
+    def add(name, node):
+        nodes[name] = node
+
+    def link(a, b):
+        edges.append((a, b))
+
+    first, last, size = None, None, None
+    for index, (prefix, m) in enumerate(items):
+        where = f"module {index} ({type(m).__name__})" if prefix else type(m).__name__
+        if isinstance(m, RecurrentLIF):
+            ins, outs = m.in_features, m.hidden_size
+        elif isinstance(m, nn.Linear):
+            ins, outs = m.in_features, m.out_features
+        elif isinstance(m, LeakyIntegrator):
+            ins = outs = m.alpha.shape[-1]
+        else:
+            raise TypeError(f"torch_ext.to_nir: {where} cannot be exported: expected a "
+                            "RecurrentLIF, an nn.Linear or a LeakyIntegrator")
+        if size is not None and ins != size:
+            raise ValueError(f"torch_ext.to_nir: {where} takes {ins} features but the module "
+                             f"before it gives {size}")
+        if isinstance(m, RecurrentLIF):
+            ends = []
+            for layer in range(m.num_layers):
+                sub = prefix + (f"l{layer}." if m.num_layers > 1 else "")
+                ends.append(_export_layer(nir, add, link, m, layer, index, sub, dt,
+                                          f"{where}, layer {layer}"))
+        else:
+            name = prefix + ("linear" if isinstance(m, nn.Linear) else "li")
+            if isinstance(m, nn.Linear):
+                add(name, nir.Affine(_array(m.weight), _array(m.bias)) if m.bias is not None
+                    else nir.Linear(_array(m.weight)))
+            else:
+                _export_li(nir, add, m, name, dt, where)
+            ends = [(name, name)]
+        for start, end in ends:  # each module (each layer of a stack) reads the one before
+            if last is None:
+                first, in_size = start, ins
+            else:
+                link(last, start)
+            last = end
+        size = outs
+    nodes = {"input": nir.Input(input_type=np.array([in_size])), **nodes,
+             "output": nir.Output(output_type=np.array([size]))}
+    edges = [("input", first)] + edges + [(last, "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"exporter": "torch_ext", "dt": dt})
+
+
+# ---------------------------------------------------------------- import
+
+def _flatten(nir, graph, prefix=""):
+    """(nodes, edges) with every nested NIRGraph replaced by its own nodes
+    (named "<subgraph>.<node>"): edges into a subgraph go to what its Input
+    feeds, edges out of it leave from what feeds its Output."""
+    nodes, edges, entries, exits = {}, [], {}, {}
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.NIRGraph):
+            inner, inner_edges = _flatten(nir, node, prefix + name + ".")
+            ins = [k for k, v in node.nodes.items() if isinstance(v, nir.Input)]
+            outs = [k for k, v in node.nodes.items() if isinstance(v, nir.Output)]
+            if len(ins) != 1 or len(outs) != 1:
+                raise ValueError(f"torch_ext.from_nir: subgraph '{prefix + name}' must have one "
+                                 f"Input and one Output node, has {len(ins)} and {len(outs)}")
+            entry, exit_ = prefix + name + "." + ins[0], prefix + name + "." + outs[0]
+            entries[name] = [b for a, b in inner_edges if a == entry]
+            exits[name] = [a for a, b in inner_edges if b == exit_]
+            nodes.update({k: v for k, v in inner.items() if k not in (entry, exit_)})
+            edges += [(a, b) for a, b in inner_edges if a != entry and b != exit_]
+        else:
+            nodes[prefix + name] = node
+    for a, b in graph.edges:
+        for source in exits.get(a, [prefix + a]):
+            for target in entries.get(b, [prefix + b]):
+                edges.append((source, target))
+    return nodes, edges
+
+
+class _Graph:
+    """The flattened graph with its neighbours, and the checks that name nodes."""
+
+    def __init__(self, nir, nodes, edges):
+        self.nir, self.nodes = nir, nodes
+        self.succ, self.pred = defaultdict(list), defaultdict(list)
+        for a, b in edges:
+            self.succ[a].append(b)
+            self.pred[b].append(a)
+
+    def kind(self, name):
+        return type(self.nodes[name]).__name__
+
+    def fail(self, name, why):
+        raise ValueError(f"torch_ext.from_nir: node '{name}' ({self.kind(name)}): {why}")
+
+    def only(self, names, name, what):
+        """The single element of names (the successors or predecessors of
+        name), or an error saying which nodes were found."""
+        if len(names) != 1:
+            self.fail(name, f"expected exactly one {what}, found {sorted(names) or 'none'}: "
+                            "from_nir reads a chain of layers")
+        return names[0]
+
+    def per_neuron(self, name, field, n):
+        value = np.asarray(getattr(self.nodes[name], field), dtype=np.float64)
+        try:
+            return np.broadcast_to(value, (n,)).copy()
+        except ValueError:
+            self.fail(name, f"{field} has shape {list(value.shape)}, expected [{n}] (its input "
+                            f"has {n} features)")
+
+
+def _weight(graph, name):
+    node = graph.nodes[name]
+    weight = np.asarray(node.weight)
+    if weight.ndim != 2:
+        graph.fail(name, f"the weight must be 2-dimensional, got shape {list(weight.shape)}")
+    bias = np.asarray(node.bias) if isinstance(node, graph.nir.Affine) else None
+    if bias is not None and bias.shape != (weight.shape[0],):
+        graph.fail(name, f"the bias has shape {list(bias.shape)}, expected [{weight.shape[0]}]")
+    return weight, bias
+
+
+def _membrane_units(graph, name, n, dt):
+    """(alpha, gain g = dv/dI per step, bias offset v_leak / r) of a neuron
+    node, [n] float64 each: U = v / g turns its Euler step into
+    U[t] = alpha U[t-1] + I[t] + offset."""
+    nir, node = graph.nir, graph.nodes[name]
+    if isinstance(node, (nir.IF, nir.I)):
+        alpha, gain, offset = np.ones(n), graph.per_neuron(name, "r", n) * dt, np.zeros(n)
+    else:
+        tau_field = "tau_mem" if isinstance(node, nir.CubaLIF) else "tau"
+        tau, r = graph.per_neuron(name, tau_field, n), graph.per_neuron(name, "r", n)
+        if not (np.isfinite(tau).all() and (tau > 0).all()):
+            graph.fail(name, f"{tau_field} must be positive and finite; a neuron without leak "
+                             "(alpha = 1) is an IF node (or I, without reset)")
+        if (tau < dt).any():
+            graph.fail(name, f"{tau_field} < dt = {dt}: forward Euler gives alpha = 1 - dt/tau < 0 "
+                             "(pass the dt the graph was made for)")
+        alpha, gain = 1 - dt / tau, r * dt / tau
+        if isinstance(node, nir.CubaLIF):
+            # An instantaneous synapse (tau_syn = dt, the synaptic current
+            # updated first, as in snnTorch's Synaptic) is a gain w_in.
+            tau_syn = graph.per_neuron(name, "tau_syn", n)
+            if not (dt / tau_syn == 1).all():
+                graph.fail(name, f"a real synapse (tau_syn = {tau_syn.tolist()} != dt = {dt}) is a "
+                                 "second state RecurrentLIF does not have")
+            gain = gain * graph.per_neuron(name, "w_in", n)
+        offset = graph.per_neuron(name, "v_leak", n) * dt / tau / gain
+    if not (np.isfinite(gain).all() and (gain > 0).all()):
+        graph.fail(name, "the input gain r * dt / tau (r * dt for IF and I) must be positive and "
+                         f"finite, got {gain.tolist()}")
+    return alpha, gain, offset
+
+
+def _read_layer(graph, proj, cell, dt):
+    """One RecurrentLIF layer: the projection proj, the neuron node cell
+    (LIF/IF/CubaLIF, or LI/I followed by a Threshold) and an optional cycle
+    back into cell. Returns (layer description, name of the node after it)."""
+    nir, nodes = graph.nir, graph.nodes
+    node = nodes[cell]
+    w_in, bias = _weight(graph, proj)
+    n = w_in.shape[0]
+    if isinstance(node, (nir.LI, nir.I)):
+        spikes = graph.only(graph.succ[cell], cell, "successor (its Threshold)")
+        graph.only(graph.pred[spikes], spikes, "predecessor (its LI or I node)")
+        threshold = graph.per_neuron(spikes, "threshold", n)
+    else:
+        spikes = cell
+        v_reset = graph.per_neuron(cell, "v_reset", n)
+        if (v_reset != 0).any():
+            graph.fail(cell, f"v_reset = {v_reset.tolist()}: RecurrentLIF resets to 0 (its "
+                             "reset='zero'); another reset value has no exact equivalent")
+        threshold = graph.per_neuron(cell, "v_threshold", n)
+    alpha, gain, offset = _membrane_units(graph, cell, n, dt)
+    theta = threshold / gain
+    if not np.isfinite(theta).all():
+        graph.fail(cell, f"the threshold in the membrane's units, v_threshold / (r * dt / tau), "
+                         f"must be finite, got {theta.tolist()}")
+
+    if cell in graph.succ[spikes]:
+        graph.fail(cell, "a recurrent edge without a weight node is not supported")
+    rec = [s for s in graph.succ[spikes] if graph.succ[s] == [cell]
+           and isinstance(nodes[s], (nir.Affine, nir.Linear))]
+    if len(rec) > 1:
+        graph.fail(cell, f"more than one recurrent weight node: {rec}")
+    rec = rec[0] if rec else None
+    if sorted(graph.pred[cell]) != sorted([proj] + ([rec] if rec else [])):
+        graph.fail(cell, f"its inputs are {graph.pred[cell]}: a layer reads one weight node "
+                         f"('{proj}') and at most one recurrent cycle from its own spikes")
+    w_rec = rec_bias = None
+    if rec is not None:
+        graph.only(graph.pred[rec], rec, "predecessor (the layer's spikes)")
+        w_rec, rec_bias = _weight(graph, rec)
+        if w_rec.shape != (n, n):
+            graph.fail(rec, f"a recurrent weight must be [{n}, {n}], got {list(w_rec.shape)}")
+    after = graph.only([s for s in graph.succ[spikes] if s != rec], spikes, "successor")
+
+    extra = [b for b in (rec_bias, None if (offset == 0).all() else offset) if b is not None]
+    if extra:  # a bias of the recurrent Affine and v_leak are constant drives
+        bias = (np.zeros(n) if bias is None else bias.astype(np.float64)) + sum(extra)
+    meta = getattr(node, "metadata", None) or {}
+    layer = {"w_in": w_in, "bias": bias, "n": n, "name": cell,
+             "options": {"reset": "zero" if spikes == cell else "none"}}
+    meta = meta.get(META)
+    if meta is None:
+        if w_rec is not None and np.array_equal(w_rec, np.diag(np.diag(w_rec))):
+            layer["options"]["recurrent"], w_rec = "one_to_one", np.diag(w_rec).copy()
+        else:
+            layer["options"]["recurrent"] = "all_to_all" if w_rec is not None else "none"
+        # One value for all neurons is a scalar, as the layer's default.
+        layer["alpha"] = alpha[:1].reshape(()) if (alpha == alpha[0]).all() else alpha
+        layer["theta"] = theta[:1].reshape(()) if (theta == theta[0]).all() else theta
+        layer["w_rec"] = w_rec
+        return layer, after
+    return _from_metadata(graph, layer, meta, alpha, theta, w_rec, dt), after
+
+
+def _from_metadata(graph, layer, meta, alpha, theta, w_rec, dt):
+    """The exact layer from to_nir's metadata, checked against the node's
+    own parameters (a graph edited after export, or read with another dt,
+    would otherwise import values that disagree with what it says)."""
+    name, n = layer["name"], layer["n"]
+    exact_alpha, exact_theta = np.asarray(meta["alpha"]), np.asarray(meta["theta"])
+    for what, exact, derived in (("alpha", np.clip(exact_alpha, 0, 1), alpha),
+                                 ("theta", exact_theta, theta)):
+        if not np.allclose(np.broadcast_to(exact.astype(np.float64), (n,)), derived,
+                           rtol=1e-5, atol=1e-7):
+            graph.fail(name, f"its metadata {META}.{what} disagrees with its parameters at dt = "
+                             f"{dt} (written with dt = {float(meta.get('dt', float('nan')))}, "
+                             "or edited after export)")
+    reset = str(meta["reset"])
+    if (reset == "zero") != (layer["options"]["reset"] == "zero"):
+        graph.fail(name, f"its metadata says reset='{reset}', which a "
+                         f"{graph.kind(name)} node does not encode")
+    recurrent = str(meta["recurrent"])
+    if w_rec is None and (recurrent != "none" or reset == "subtract"):
+        graph.fail(name, f"its metadata says recurrent='{recurrent}', reset='{reset}', but it has "
+                         "no recurrent cycle")
+    if recurrent == "none":
+        if w_rec is not None and reset != "subtract":
+            graph.fail(name, "its metadata says recurrent='none' but it has a recurrent cycle")
+        w_rec = None
+    elif recurrent == "one_to_one":
+        w_rec = np.asarray(meta["w_rec"])
+    elif reset == "subtract":
+        w_rec = w_rec.copy()  # diag(theta) was subtracted on export: the exact diagonal back
+        np.fill_diagonal(w_rec, np.asarray(meta["w_rec_diagonal"]))
+    layer.update(alpha=exact_alpha, theta=exact_theta, w_rec=w_rec,
+                 stack=(int(meta["module"]), int(meta["layer"]), int(meta["num_layers"])))
+    layer["options"] = {
+        "reset": reset, "recurrent": recurrent, "detach_reset": bool(meta["detach_reset"]),
+        "surrogate": str(meta["surrogate"]), "slope": float(meta["slope"]),
+        "learn_alpha": bool(meta["learn_alpha"]), "learn_theta": bool(meta["learn_theta"]),
+        "per_neuron": bool(meta["per_neuron"]), "dropout": float(meta["dropout"])}
+    return layer
+
+
+def _read_li(graph, name, n, dt, dtype):
+    node = graph.nodes[name]
+    meta = (getattr(node, "metadata", None) or {}).get(META)
+    if meta is not None:
+        values = [np.asarray(meta[k]) for k in ("alpha", "gain", "leak")]
+    else:
+        alpha, gain, offset = _membrane_units(graph, name, n, dt)
+        values = [alpha, gain, offset * gain]  # v itself is the output: v_leak * dt / tau
+    return LeakyIntegrator(*(torch.tensor(v, dtype=dtype) for v in values))
+
+
+def _linear(w, b, dtype):
+    module = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=dtype)
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(w))
+        if b is not None:
+            module.bias.copy_(torch.from_numpy(b))
+    return module
+
+
+def _build_layers(group, dtype):
+    """One RecurrentLIF from the descriptions of its consecutive layers."""
+    first = group[0]
+    options = dict(first["options"])
+    dropout = options.pop("dropout", 0.0)
+    as_tensor = lambda v: torch.tensor(np.asarray(v), dtype=dtype)  # noqa: E731
+    # The constructor checks alpha in [0, 1]; a trained alpha may lie outside
+    # (the forward clamps it): the exact values are copied in below.
+    module = RecurrentLIF(first["w_in"].shape[1], first["n"], bias=first["bias"] is not None,
+                          alpha=as_tensor(first["alpha"]).clamp(0, 1),
+                          theta=as_tensor(first["theta"]),
+                          num_layers=len(group), dropout=dropout if len(group) > 1 else 0.0,
+                          dtype=dtype, **options)
+    with torch.no_grad():
+        for layer, part in enumerate(group):
+            get = lambda key: getattr(module, module._name(key, layer))  # noqa: E731
+            get("w_in").copy_(torch.from_numpy(part["w_in"]))
+            if part["bias"] is not None:
+                get("bias").copy_(torch.from_numpy(np.asarray(part["bias"])))
+            if part["w_rec"] is not None:
+                w_rec = np.asarray(part["w_rec"])
+                if w_rec.ndim == 0:  # one shared one-to-one weight stays one
+                    setattr(module, module._name("w_rec", layer),
+                            nn.Parameter(torch.empty((), dtype=dtype)))
+                get("w_rec").copy_(torch.from_numpy(w_rec))
+            get("alpha").copy_(as_tensor(part["alpha"]))
+            get("theta").copy_(as_tensor(part["theta"]))
+    return module
+
+
+def _stacks(parts):
+    """Groups consecutive layer descriptions that to_nir wrote from one
+    RecurrentLIF with num_layers > 1; everything else stays alone."""
+    groups = []
+    for part in parts:
+        stack = part.get("stack") if isinstance(part, dict) else None
+        if (stack is not None and stack[1] > 0 and groups and isinstance(groups[-1], list)
+                and groups[-1][-1].get("stack") == (stack[0], stack[1] - 1, stack[2])
+                and groups[-1][-1]["options"] == part["options"]):
+            groups[-1].append(part)
+        else:
+            groups.append([part] if isinstance(part, dict) else part)
+    return groups
+
+
+def from_nir(graph_or_path, dt=1e-4):
+    """Imports a NIR graph (or a file ``nir.write`` wrote) as torch modules.
+
+    It reads a chain from the ``Input`` node to the ``Output`` node (nested
+    subgraphs, as some exporters write recurrent layers, are inlined):
+
+    - ``Affine``/``Linear`` -> ``LIF``, ``IF`` or ``CubaLIF`` (an
+      instantaneous synapse only, tau_syn = dt), or -> ``LI``/``I`` ->
+      ``Threshold``, with an optional cycle from the spikes through one
+      ``Linear``/``Affine`` back into the neuron node: a ``RecurrentLIF``
+      layer (``reset="zero"`` for LIF/IF, ``"none"`` for LI/I + Threshold;
+      a diagonal recurrent weight is ``recurrent="one_to_one"``);
+    - ``Affine``/``Linear`` followed by anything else: an ``nn.Linear``;
+    - ``LI``/``I`` without a Threshold: a ``LeakyIntegrator`` (readouts).
+
+    Under forward Euler with ``dt`` a neuron's membrane U = v / g with
+    g = r * dt / tau: alpha = 1 - dt / tau, theta = v_threshold / g, and
+    v_leak / r plus the bias of a recurrent ``Affine`` join the layer's bias;
+    the imported module spikes like the graph. A graph :func:`to_nir` wrote
+    carries alpha, theta and the training-only options in its metadata: the
+    module comes back exactly (bitwise the same spikes and gradients, stacks
+    as one ``num_layers`` module), after a check that the metadata still
+    agrees with the nodes at this ``dt``. Other graphs get the layer's
+    defaults for what NIR does not say (``surrogate="sigmoid"``,
+    ``detach_reset=False``, alpha and theta as buffers, 0-dim when all
+    neurons share the value). The dtype is float64 if a weight is float64,
+    else float32. Modules are time-major (``batch_first=False``).
+
+    Args:
+        graph_or_path (nir.NIRGraph or str or os.PathLike): the graph, or the
+            path of a NIR file.
+        dt (float): the time step, in seconds, to discretise with. Default:
+            ``1e-4`` (snnTorch's and SpikingJelly's).
+
+    Returns:
+        The module: a ``RecurrentLIF``, ``nn.Linear`` or ``LeakyIntegrator``
+        for a chain of one, else a ``SpikingSequential`` (an ``nn.Sequential``
+        whose layers pass their spikes on).
+
+    Raises:
+        ImportError: the ``nir`` package is not installed.
+        TypeError: ``graph_or_path`` is neither a ``nir.NIRGraph`` nor a path.
+        ValueError: naming the node: what has no exact equivalent (``v_reset``
+            != 0, a ``CubaLIF`` with a real synapse, ``Delay``, convolutions,
+            pooling, ``Flatten``, ``Scale``, a ``LIF`` with an infinite tau,
+            which is an ``IF``, tau < dt, a non-positive gain), a graph that
+            is not a chain (branches, several inputs), a neuron without a
+            weight node before it, metadata that disagrees with the nodes.
+
+    Example::
+
+        >>> graph = nir.read("network.nir")          # e.g. written by snnTorch
+        >>> net = torch_ext.from_nir(graph)
+        >>> out = net(torch.randn(100, 8, graph.nodes["input"].input_type["input"][0]))
+    """
+    nir = _import_nir("from_nir")
+    dt = _check_dt(dt, "from_nir")
+    if isinstance(graph_or_path, (str, os.PathLike)):
+        graph_or_path = nir.read(graph_or_path)
+    if not isinstance(graph_or_path, nir.NIRGraph):
+        raise TypeError("torch_ext.from_nir: argument 'graph_or_path' must be a nir.NIRGraph or "
+                        f"the path of a NIR file, got {type(graph_or_path).__name__}")
+    graph = _Graph(nir, *_flatten(nir, graph_or_path))
+    for name in graph.nodes:
+        if graph.kind(name) in _UNSUPPORTED:
+            graph.fail(name, _UNSUPPORTED[graph.kind(name)])
+    inputs = [k for k, v in graph.nodes.items() if isinstance(v, nir.Input)]
+    outputs = [k for k, v in graph.nodes.items() if isinstance(v, nir.Output)]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError("torch_ext.from_nir: the graph must have one Input and one Output node, "
+                         f"has {inputs or 'no Input'} and {outputs or 'no Output'}")
+    weights = [np.asarray(v.weight) for v in graph.nodes.values()
+               if isinstance(v, (nir.Affine, nir.Linear))]
+    dtype = torch.float64 if any(w.dtype == np.float64 for w in weights) else torch.float32
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+
+    # A walk along the chain; every node on it has one predecessor (a layer's
+    # neuron node also its recurrent one), so the walk cannot loop.
+    parts = []
+    size = int(np.asarray(graph.nodes[inputs[0]].input_type["input"]).prod())
+    current = graph.only(graph.succ[inputs[0]], inputs[0], "successor")
+    while current != outputs[0]:
+        node = graph.nodes[current]
+        graph.only(graph.pred[current], current, "predecessor")
+        if isinstance(node, (nir.Affine, nir.Linear)):
+            w, b = _weight(graph, current)
+            if w.shape[1] != size:
+                graph.fail(current, f"its weight takes {w.shape[1]} features, the node before "
+                                    f"it gives {size}")
+            after = graph.only(graph.succ[current], current, "successor")
+            spiking = isinstance(graph.nodes[after], (nir.LIF, nir.IF, nir.CubaLIF)) or (
+                isinstance(graph.nodes[after], (nir.LI, nir.I))
+                and any(isinstance(graph.nodes[s], nir.Threshold) for s in graph.succ[after]))
+            if spiking:
+                layer, current = _read_layer(graph, current, after, dt)
+                for key in ("w_in", "bias", "w_rec"):
+                    if layer[key] is not None:
+                        layer[key] = np.asarray(layer[key]).astype(np_dtype)
+                parts.append(layer)
+            else:
+                parts.append(_linear(w.astype(np_dtype), None if b is None else b.astype(np_dtype),
+                                     dtype))
+                current = after
+            size = w.shape[0]
+        elif isinstance(node, (nir.LI, nir.I)):
+            parts.append(_read_li(graph, current, size, dt, dtype))
+            current = graph.only(graph.succ[current], current, "successor")
+        elif isinstance(node, (nir.LIF, nir.IF, nir.CubaLIF)):
+            graph.fail(current, "a spiking layer starts with an Affine or Linear node (its w_in)")
+        else:
+            graph.fail(current, "not supported here: expected Affine, Linear, LIF, IF, CubaLIF, "
+                                "LI or I (+ Threshold)")
+    if not parts:
+        raise ValueError("torch_ext.from_nir: the graph has no node between Input and Output")
+    modules = [_build_layers(g, dtype) if isinstance(g, list) else g for g in _stacks(parts)]
+    return modules[0] if len(modules) == 1 else SpikingSequential(*modules)
