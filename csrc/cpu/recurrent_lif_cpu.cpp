@@ -194,7 +194,8 @@ struct LIFNeuron {
     return torch_ext::spike_gets_grad(grad_spikes_given, has_next, recurrent, reset, detach_reset);
   }
 
-  template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+  template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad,
+            bool HasNext>
   static void backward_row(const BackwardRow<scalar_t>& row);
 
   // grad_initial[0] = gU[1] dU[1]/dU[0]; s0_reset = c_R gU[1] dU[1]/dR[0].
@@ -227,7 +228,8 @@ struct AdaptiveNeuron {
     return grad_spikes_given || grad_adaptation_given || has_next;
   }
 
-  template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+  template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad,
+            bool HasNext>
   static void backward_row(const BackwardRow<scalar_t>& row);
 
   template <typename scalar_t, Reset R>
@@ -368,7 +370,9 @@ TORCH_EXT_CPU_CLONES void lif_backward_row(
   }
 }
 
-template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+// (has_next stays a run-time argument here: this loop vectorises with it.)
+template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad,
+          bool HasNext>
 void LIFNeuron::backward_row(const BackwardRow<scalar_t>& row) {
   lif_backward_row<scalar_t, R, SG, DetachReset, SpikeHasGrad>(
       row.params[0], row.params[1], row.slope, row.has_next, row.N, row.now[0], row.s,
@@ -378,11 +382,14 @@ void LIFNeuron::backward_row(const BackwardRow<scalar_t>& row) {
 
 // The adaptive neuron's reverse step for one batch row (adlif_math.h), in two
 // loops like the LIF one. ga holds gA[t+1] on entry and gA[t] on exit.
-template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+// has_next is a template argument too: with it a run-time bool, GCC 12 does
+// not vectorise the first loop (it calls scalar expf per element, 3x slower).
+template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad,
+          bool HasNext>
 TORCH_EXT_CPU_CLONES void adaptive_backward_row(
     const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ beta,
     const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
-    const scalar_t* __restrict__ theta, scalar_t slope, bool has_next, int64_t N,
+    const scalar_t* __restrict__ theta, scalar_t slope, int64_t N,
     const scalar_t* __restrict__ v, const scalar_t* __restrict__ s,
     const scalar_t* __restrict__ v_prev, const scalar_t* __restrict__ a_prev,
     const scalar_t* __restrict__ r_prev, const scalar_t* __restrict__ gs_out,
@@ -395,7 +402,7 @@ TORCH_EXT_CPU_CLONES void adaptive_backward_row(
   for (int64_t n = 0; n < N; ++n) {
     const AdaptiveParams<scalar_t> p{alpha[n], beta[n], a[n], b[n], theta[n]};
     const auto g = adaptive_backward_step(R, DetachReset, SG, slope, p, v[n], s[n], gs_out[n],
-                                          gv_out[n], ga_out[n], has_next, gv_next[n], ga[n],
+                                          gv_out[n], ga_out[n], HasNext, gv_next[n], ga[n],
                                           g_rec[n], SpikeHasGrad);
     gv[n] = g.grad_v;
     ga[n] = g.grad_a;
@@ -414,25 +421,32 @@ TORCH_EXT_CPU_CLONES void adaptive_backward_row(
   }
 }
 
-template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad>
+template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad,
+          bool HasNext>
 void AdaptiveNeuron::backward_row(const BackwardRow<scalar_t>& row) {
   const scalar_t* const* p = row.params;
-  adaptive_backward_row<scalar_t, R, SG, DetachReset, SpikeHasGrad>(
-      p[0], p[1], p[2], p[3], p[4], row.slope, row.has_next, row.N, row.now[0], row.s,
+  adaptive_backward_row<scalar_t, R, SG, DetachReset, SpikeHasGrad, HasNext>(
+      p[0], p[1], p[2], p[3], p[4], row.slope, row.N, row.now[0], row.s,
       row.prev[0], row.prev[1], row.r_prev, row.grad_s_out, row.grad_state_out[0],
       row.grad_state_out[1], row.grad_u_next, row.rec_grad, row.grad_u, row.grad_carried[0],
       row.scratch, row.acc[0], row.acc[1], row.acc[2], row.acc[3], row.acc[4], row.acc_bias);
 }
 
 // The model's backward_row instance for a row-step's run-time flags.
+template <typename scalar_t, typename Neuron, Reset R, Surrogate SG, bool DetachReset,
+          bool SpikeHasGrad>
+auto backward_row_with(bool has_next) {
+  return has_next ? Neuron::template backward_row<scalar_t, R, SG, DetachReset, SpikeHasGrad, true>
+                  : Neuron::template backward_row<scalar_t, R, SG, DetachReset, SpikeHasGrad, false>;
+}
 template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
-auto backward_row_for(bool detach_reset, bool spike_has_grad) {
+auto backward_row_for(bool detach_reset, bool spike_has_grad, bool has_next) {
   if (detach_reset) {
-    return spike_has_grad ? Neuron::template backward_row<scalar_t, R, SG, true, true>
-                          : Neuron::template backward_row<scalar_t, R, SG, true, false>;
+    return spike_has_grad ? backward_row_with<scalar_t, Neuron, R, SG, true, true>(has_next)
+                          : backward_row_with<scalar_t, Neuron, R, SG, true, false>(has_next);
   }
-  return spike_has_grad ? Neuron::template backward_row<scalar_t, R, SG, false, true>
-                        : Neuron::template backward_row<scalar_t, R, SG, false, false>;
+  return spike_has_grad ? backward_row_with<scalar_t, Neuron, R, SG, false, true>(has_next)
+                        : backward_row_with<scalar_t, Neuron, R, SG, false, false>(has_next);
 }
 
 // The gradient of an all-to-all w_rec, sum over t of gU[t].T @ S[t-1] (S[-1]
@@ -612,7 +626,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
               has_rec_grad && row_has_next ? rec_buffer.data() + r * N : zero_row, gu,
               g_carried.data(), scratch.data(), acc_row.data(), acc_b + b * N, slope,
               row_has_next, N};
-          backward_row_for<scalar_t, Neuron, R, SG>(detach_reset, spike_has_grad)(view);
+          backward_row_for<scalar_t, Neuron, R, SG>(detach_reset, spike_has_grad,
+                                                    row_has_next)(view);
           if (acc_w != nullptr) {  // one-to-one w_rec: gU[t] * S[t-1]
             for (int64_t n = 0; n < N; ++n) acc_w[b * N + n] += gu[n] * r_prev[n];
           }
