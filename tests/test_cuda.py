@@ -15,7 +15,9 @@ from conftest import LIFArgs, cuda_only, make_inputs, run_with_grads
 from test_gradients import OPTION_GRID
 from torch_ext import _C
 
-OPS = ("recurrent_lif", "_recurrent_lif_backward")
+import test_adlif
+
+OPS = ("recurrent_lif", "_recurrent_lif_backward", "recurrent_adlif", "_recurrent_adlif_backward")
 DESIGNS = ("default", "persistent")
 
 
@@ -304,3 +306,46 @@ def test_cuda_designs_spread_a_non_finite_weight_alike(monkeypatch):
     assert outputs[0][1].isnan().any()
     for a, b in zip(*outputs):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+# ---------------------------------------------------------------- the adaptive op
+
+
+# float64 over the whole option grid of the CPU tests; float32 (slower to
+# compare, the same kernels) with the sigmoid surrogate and an input projection.
+ADAPTIVE_CUDA_GRID = [(*options, torch.float64) for options in test_adlif.OPTION_GRID] + [
+    (*options, torch.float32) for options in test_adlif.OPTION_GRID
+    if options[2] == "sigmoid" and options[4]]
+
+
+@cuda_only
+@pytest.mark.parametrize("reset,detach,surrogate,recurrent,w_in,dtype", ADAPTIVE_CUDA_GRID)
+def test_adaptive_cuda_matches_cpu(reset, detach, surrogate, recurrent, w_in, dtype, design):
+    """The adaptive op on CUDA against the CPU op, with initial state and
+    lengths; float32 as for the LIF op (examples with a membrane within 1e-4
+    of theta skipped)."""
+    args = test_adlif.make_inputs(dtype=dtype, w_in=w_in, recurrent=recurrent, state=True)
+    options = dict(reset=reset, detach_reset=detach, surrogate=surrogate,
+                   lengths=torch.tensor([test_adlif.T, test_adlif.T - 3, 1, 0][:test_adlif.B]))
+    cpu = test_adlif.run_with_grads(torch_ext.recurrent_adlif, args, **options)
+    if dtype == torch.float32 and (cpu[0][1] - args.theta.detach()).abs().min() < 1e-4:
+        pytest.skip("a membrane within float32 rounding of the threshold")
+    cuda_args = type(args)(*[a.detach().cuda().requires_grad_(a.requires_grad)
+                             if isinstance(a, torch.Tensor) else a for a in args])
+    options["lengths"] = options["lengths"].cuda()
+    gpu = test_adlif.run_with_grads(torch_ext.recurrent_adlif, cuda_args, **options)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    assert torch.equal(cpu[0][0], gpu[0][0].cpu())
+    for got, want in zip([*gpu[0][1:], *gpu[1]], [*cpu[0][1:], *cpu[1]]):
+        torch.testing.assert_close(got.cpu(), want, **tol)
+
+
+@cuda_only
+def test_adaptive_cuda_low_memory_mode_bitwise_equal(design):
+    args = test_adlif.make_inputs(dtype=torch.float32, state=True)
+    cuda_args = type(args)(*[a.detach().cuda().requires_grad_(a.requires_grad)
+                             if isinstance(a, torch.Tensor) else a for a in args])
+    saved = test_adlif.run_with_grads(torch_ext.recurrent_adlif, cuda_args)
+    replayed = test_adlif.run_with_grads(torch_ext.recurrent_adlif, cuda_args, save_state=False)
+    for a, b in zip([*saved[0], *saved[1]], [*replayed[0], *replayed[1]]):
+        assert torch.equal(a, b)
