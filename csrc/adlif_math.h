@@ -12,7 +12,9 @@
 
 namespace torch_ext {
 
-// reset(v, r) and its partial derivatives in v and in r.
+// reset(v, r) and its partial derivatives in v and in r (the LIF step of
+// lif_math.h writes the same resets inline, with alpha folded in:
+// dnext_du = alpha * reset_dv, and dnext_dr = alpha * reset_dr for "zero").
 template <typename T>
 C10_HOST_DEVICE inline T reset_value(Reset reset, T theta, T v, T r) {
   return reset == Reset::Zero ? v * (T(1) - r) : (reset == Reset::Subtract ? v - theta * r : v);
@@ -24,6 +26,14 @@ C10_HOST_DEVICE inline T reset_dv(Reset reset, T r) {
 template <typename T>
 C10_HOST_DEVICE inline T reset_dr(Reset reset, T theta, T v) {
   return reset == Reset::Zero ? -v : (reset == Reset::Subtract ? -theta : T(0));
+}
+
+// Whether any gradient reaches S[t]: S[t] reaches A[t] through b S[t], never
+// detached, so wherever A[t] gets one (an incoming gradient of the adaptation,
+// or a step t+1), and through the incoming spike gradient.
+C10_HOST_DEVICE inline bool adaptive_spike_gets_grad(bool grad_spikes_given,
+                                                     bool grad_adaptation_given, bool has_next) {
+  return grad_spikes_given || grad_adaptation_given || has_next;
 }
 
 // The per-neuron parameters of one adaptive neuron.

@@ -17,17 +17,15 @@
 namespace torch_ext {
 namespace {
 
-// alpha or theta given as a number: checked as the Python API checks a float,
-// then a 0-dim tensor in the compute dtype on x's device.
-at::Tensor number_param(double value, const char* name, const at::Tensor& x) {
-  if (std::string(name) == "alpha") {
-    TORCH_CHECK_VALUE(value >= 0.0 && value <= 1.0, "recurrent_lif: argument 'alpha' must lie in "
-                      "[0, 1], got ", value);
-  } else {
-    TORCH_CHECK_VALUE(std::isfinite(value), "recurrent_lif: argument 'theta' must be finite, got ",
-                      value);
-  }
-  TORCH_CHECK_VALUE(x.defined(), "recurrent_lif: argument 'x' is required");
+// A neuron parameter given as a number: checked as the Python API checks a
+// float (a decay in [0, 1], anything else finite), then a 0-dim tensor in
+// the compute dtype on x's device.
+at::Tensor number_param(const char* op, double value, const char* name, bool decay,
+                        const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.defined(), op, ": argument 'x' is required, got an undefined tensor");
+  TORCH_CHECK_VALUE(decay ? value >= 0.0 && value <= 1.0 : std::isfinite(value), op,
+                    ": argument '", name, "' must ", decay ? "lie in [0, 1]" : "be finite",
+                    ", got ", value);
   return at::full({}, value, x.options().dtype(compute_dtype(x.scalar_type())));
 }
 
@@ -59,8 +57,8 @@ std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& bias,
                                                  double alpha, double theta,
                                                  const RecurrentLIFFuncOptions& options) {
-  return recurrent_lif(x, w_in, w_rec, bias, number_param(alpha, "alpha", x),
-                       number_param(theta, "theta", x), options);
+  return recurrent_lif(x, w_in, w_rec, bias, number_param("recurrent_lif", alpha, "alpha", true, x),
+                       number_param("recurrent_lif", theta, "theta", false, x), options);
 }
 
 RecurrentLIFOptions::RecurrentLIFOptions(int64_t in_features, int64_t hidden_size)
@@ -316,12 +314,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
     const at::Tensor& x, const std::optional<at::Tensor>& w_in,
     const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias, double alpha,
     double beta, double a, double b, double theta, const RecurrentAdLIFFuncOptions& options) {
-  TORCH_CHECK_VALUE(x.defined(), "recurrent_adlif: argument 'x' is required");
   auto number = [&](double value, const char* name, bool decay) {
-    TORCH_CHECK_VALUE(decay ? value >= 0.0 && value <= 1.0 : std::isfinite(value),
-                      "recurrent_adlif: argument '", name, "' must ",
-                      decay ? "lie in [0, 1]" : "be finite", ", got ", value);
-    return at::full({}, value, x.options().dtype(compute_dtype(x.scalar_type())));
+    return number_param("recurrent_adlif", value, name, decay, x);
   };
   return recurrent_adlif(x, w_in, w_rec, bias, number(alpha, "alpha", true),
                          number(beta, "beta", true), number(a, "a", false), number(b, "b", false),

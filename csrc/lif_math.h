@@ -167,6 +167,19 @@ C10_HOST_DEVICE inline BackwardTerms<T> backward_step(Reset reset, bool detach_r
   return {grad_u, grad_s_sg};
 }
 
+// What reaches the initial state from gU[1]: {gU[1] dU[1]/dU[0], c_R gU[1]
+// dU[1]/dR[0]} (the w_rec part of s0's gradient is added by the driver).
+template <typename T>
+struct InitialGrads {
+  T u0, s0_reset;
+};
+template <typename T>
+C10_HOST_DEVICE inline InitialGrads<T> lif_initial_grads(Reset reset, bool detach_reset, T alpha,
+                                                         T theta, T u0, T s0, T grad_u1) {
+  return {grad_u1 * dnext_du(reset, alpha, s0),
+          reset_grad(reset, detach_reset, alpha, theta, u0, grad_u1)};
+}
+
 // Contributions of gU[t] to grad_alpha and grad_theta, given U[t-1] and R[t-1].
 template <typename T>
 C10_HOST_DEVICE inline T alpha_grad_term(Reset reset, T grad_u, T u_prev, T r_prev) {

@@ -457,6 +457,7 @@ std::pair<at::Tensor, std::vector<at::Tensor>> run_forward(const LoopInputs& in,
 // The states for the backward: the saved ones, or (the low-memory mode)
 // recomputed exactly as the forward computed them, from the input current
 // and the known spikes.
+// (A partial save, some states given and some not, recomputes them all.)
 std::vector<at::Tensor> states_for_backward(const LoopInputs& in,
                                             std::vector<OptionalTensor> saved,
                                             at::Tensor& spikes, const at::Tensor& x,
@@ -527,8 +528,16 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   const at::Tensor grad_u_first = T > 0 ? out.grad_u[0] : at::zeros({B, N}, opts);
   const bool one_to_one = in.state.one_to_one();
   InputGrads g{none(), none(), none(), none(), none(), at::Tensor()};
-  const at::Tensor w_in_c = w_in.has_value() ? compute_contiguous(*w_in, compute) : at::Tensor();
-  const at::Tensor x_c = x.to(compute);
+  const at::Tensor w_in_c =
+      w_in.has_value() && (need.x || need.drive) ? compute_contiguous(*w_in, compute)
+                                                 : at::Tensor();
+  at::Tensor x_c = need.w_in || need.drive ? x.to(compute) : at::Tensor();
+  if (need.drive && in.state.lengths.defined()) {
+    // Steps past a row's length take no part: their x (padding, possibly
+    // NaN) must not reach the drive through gU = 0 times it.
+    const at::Tensor steps = at::arange(T, in.state.lengths.options()).view({T, 1, 1});
+    x_c = x_c.masked_fill(steps >= in.state.lengths.view({1, B, 1}), 0);
+  }
   if (need.x) {
     g.x = (w_in.has_value()
                ? deterministic_mm(grad_u_2d, scale_rows(gain, w_in_c).contiguous()).view({T, B, F})

@@ -1,7 +1,7 @@
-// The recurrent LIF op inside the library: argument checks and the
-// device-independent parts of the forward and backward passes (input
-// projection, weight gradients), shared by the CPU and CUDA registrations,
-// which supply only their time loops. The public C++ API is
+// The recurrent LIF and adaptive (SE-adLIF) ops inside the library: argument
+// checks and the device-independent parts of the forward and backward passes
+// (input projection, weight gradients), shared by both ops and by the CPU and
+// CUDA registrations, which supply only their time loops. The public C++ API is
 // include/torch_ext/torch_ext.h.
 #pragma once
 
@@ -150,8 +150,8 @@ struct BackwardLoopOutputs {
   at::Tensor w_rec_grad;
 };
 
-// Runs the reverse recurrence t = T..1 (README "The gradients"); called only
-// when T, B and N are all > 0.
+// Runs the reverse recurrence t = T..1 (README "The gradients", "The adaptive
+// layer"); called only when T, B and N are all > 0.
 using BackwardLoop = BackwardLoopOutputs (*)(const BackwardLoopInputs& in);
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor>;
@@ -188,9 +188,10 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
                                       BackwardLoop loop);
 
 #ifdef WITH_CUDA
-// The CUDA designs compiled in, and which one a forward call with an
+// The CUDA designs compiled in, and which one a LIF forward call with an
 // all-to-all w_rec of this size and compute dtype (float32 or float64) would
-// use on the current device now, with the reason: {"per_step" or
+// use on the current device now, with the reason (planned with the LIF
+// kernel; the adaptive kernels may fit fewer blocks per SM): {"per_step" or
 // "persistent", why}. The persistent design is used only when the
 // environment variable TORCH_EXT_CUDA_PERSISTENT is "1" at the call.
 inline constexpr std::array<const char*, 2> kCudaDesigns{"per_step", "persistent"};

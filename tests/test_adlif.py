@@ -733,3 +733,17 @@ def test_trains():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_padding_past_lengths_takes_no_part_in_the_gradients():
+    """NaN padding past a row's length (what a padded batch may hold) reaches
+    no gradient: alpha's term from the input current and the products over
+    x mask the steps a row does not take."""
+    args = make_inputs(recurrent="all_to_all", state=True)
+    x = args.x.detach().clone()
+    x[T - 3:, 1] = float("nan")
+    args = args._replace(x=x.requires_grad_())
+    _, grads = run_with_grads(torch_ext.recurrent_adlif, args,
+                              lengths=torch.tensor([T, T - 3, 2][:B]))
+    for name, grad in zip(grad_names(args), grads):
+        assert torch.isfinite(grad).all(), name

@@ -324,9 +324,25 @@ def test_adaptive_cuda_matches_cpu(reset, detach, surrogate, recurrent, w_in, dt
     """The adaptive op on CUDA against the CPU op, with initial state and
     lengths; float32 as for the LIF op (examples with a membrane within 1e-4
     of theta skipped)."""
-    args = test_adlif.make_inputs(dtype=dtype, w_in=w_in, recurrent=recurrent, state=True)
-    options = dict(reset=reset, detach_reset=detach, surrogate=surrogate,
-                   lengths=torch.tensor([test_adlif.T, test_adlif.T - 3, 1, 0][:test_adlif.B]))
+    check_adaptive_on_cuda(dict(dtype=dtype, w_in=w_in, recurrent=recurrent),
+                           dict(reset=reset, detach_reset=detach, surrogate=surrogate))
+
+
+@cuda_only
+@pytest.mark.parametrize("recurrent", ["all_to_all", "one_to_one"])
+def test_adaptive_cuda_several_tiles_groups_and_scalar_parameters(recurrent, design):
+    """N = 40 (two neuron tiles, a partial one), B = 20 (several batch
+    groups in the persistent design), 0-dim parameters (stride 0)."""
+    check_adaptive_on_cuda(dict(T=12, B=20, N=40, recurrent=recurrent, params="scalar"), {})
+
+
+def check_adaptive_on_cuda(input_options, options):
+    """The adaptive op on CUDA against the CPU op, float64 unless said, with
+    an initial state and lengths that include a row taking no step."""
+    dtype = input_options.get("dtype", torch.float64)
+    args = test_adlif.make_inputs(state=True, **{"B": 4, **input_options})
+    T, B = args.x.shape[:2]
+    options = dict(options, lengths=torch.tensor([T, T - 3, 1, 0] + [T - 1] * (B - 4)))
     cpu = test_adlif.run_with_grads(torch_ext.recurrent_adlif, args, **options)
     if dtype == torch.float32 and (cpu[0][1] - args.theta.detach()).abs().min() < 1e-4:
         pytest.skip("a membrane within float32 rounding of the threshold")

@@ -96,8 +96,10 @@ ADLIF_FUNCTIONAL = """
     where reset(V, R) is ``V * (1 - R)`` (reset="zero"), ``V - theta * R``
     ("subtract") or ``V`` ("none"). The adaptation A, driven by the membrane
     (a, sub-threshold) and by the spikes (b, spike-triggered), is subtracted
-    from the input current; with a = b = 0 this is the LIF layer of
-    :func:`torch_ext.recurrent_lif` with its input scaled by (1 - alpha).
+    from the input current; with a = b = 0 and reset "zero" or "none" this
+    is the LIF layer of :func:`torch_ext.recurrent_lif` with its input scaled
+    by (1 - alpha) (with "subtract" the adaptive neuron subtracts
+    alpha * theta * R).
     The backward pass replaces dS/dV by the surrogate sg(V - theta).
 
     Args:

@@ -16,11 +16,12 @@
 // sparser. A source neuron whose weights are not all finite is always added,
 // spike or not, so that inf/NaN spread as in the dense product (0 * inf = NaN).
 //
-// Backward: gU[t+1] is dense, so the recurrent term gU[t+1] @ w_rec is a BLAS
+// Backward: gU[t+1] is dense, so the recurrent term gU[t+1] @ w_rec_adjoint
+// (w_rec, or for the adaptive model its rows scaled by 1 - alpha) is a BLAS
 // product; each block of batch rows runs the whole reverse loop on one thread
 // (its rows' product, then one fused element-wise pass per step). The
-// per-neuron sums for alpha, theta and bias accumulate in a fixed order (t,
-// then b), so results do not depend on the number of threads. The gradient of
+// per-neuron sums of the parameter gradients and of gU accumulate in a fixed
+// order (t, then b), so results do not depend on the number of threads. The gradient of
 // an all-to-all w_rec, sum_t gU[t].T @ S[t-1], again uses that spikes are
 // binary and sparse: one add of a gU row per spike (w_rec_gradient_from_spikes).
 //
@@ -204,8 +205,10 @@ struct LIFNeuron {
                             scalar_t* const* grad_initial, scalar_t* s0_reset) {
     const scalar_t *alpha = row.params[0], *theta = row.params[1];
     for (int64_t n = 0; n < row.N; ++n) {
-      grad_initial[0][n] = row.grad_u[n] * dnext_du(R, alpha[n], row.r_prev[n]);
-      s0_reset[n] = reset_grad(R, detach_reset, alpha[n], theta[n], row.prev[0][n], row.grad_u[n]);
+      const auto g = lif_initial_grads(R, detach_reset, alpha[n], theta[n], row.prev[0][n],
+                                       row.r_prev[n], row.grad_u[n]);
+      grad_initial[0][n] = g.u0;
+      s0_reset[n] = g.s0_reset;
     }
   }
 };
@@ -221,11 +224,9 @@ struct AdaptiveNeuron {
                                               r_prev, rec, now[0], now[1], s, N);
   }
 
-  // S[t] reaches A[t] through b S[t], never detached: it gets a gradient
-  // wherever A[t] does.
   static bool spike_gets_grad(bool grad_spikes_given, bool grad_adaptation_given, bool has_next,
                               bool /*recurrent*/, Reset /*reset*/, bool /*detach_reset*/) {
-    return grad_spikes_given || grad_adaptation_given || has_next;
+    return adaptive_spike_gets_grad(grad_spikes_given, grad_adaptation_given, has_next);
   }
 
   template <typename scalar_t, Reset R, Surrogate SG, bool DetachReset, bool SpikeHasGrad,

@@ -17,7 +17,8 @@
 //   read once per block instead of once per thread, and no warp walks the
 //   zeros. A source whose w_rec column holds inf/NaN is always listed, so they
 //   spread as in the dense product (0 * inf = NaN).
-// - Backward: gU[t+1] is dense, so its recurrent term gU[t+1] @ w_rec is one
+// - Backward: gU[t+1] is dense, so its recurrent term gU[t+1] @ w_rec_adjoint
+//   (w_rec; for the adaptive model its rows scaled by 1 - alpha) is one
 //   cuBLAS product per step for the whole batch (each weight read once per
 //   step, not once per row), following the TF32 setting like the other
 //   products; the element-wise launch then reads it.
@@ -39,13 +40,14 @@
 //   per-step design: the same sums, bitwise. Step 0 (which reads s0, of any
 //   values) runs as a per-step launch first, so the persistent kernel sees
 //   only the binary spikes it computes.
-// - Backward: each warp sums gU[t+1][b][n] * w_rec[n][j] over ascending n for
+// - Backward: each warp sums gU[t+1][b][n] * w_rec_adjoint[n][j] over ascending n for
 //   its kWarp sources j, gU[t+1] read back from the grad_u output that every
 //   block wrote in the step before. Its summation order differs from
 //   cuBLAS's: the gradients agree with the per-step design's to rounding.
-// - Per-neuron state (U[t-1], S[t-1], the gradient accumulators) stays in the
-//   outputs that the same thread wrote a step before, read back from global
-//   memory: a few loads per neuron-step against rate*N (forward) or N
+// - Per-neuron state (the model's states at t-1, S[t-1], the gradient
+//   accumulators, the adaptive model's carried gA) stays in the outputs or
+//   [B, N] buffers that the same thread wrote a step before, read back from
+//   global memory: a few loads per neuron-step against rate*N (forward) or N
 //   (backward) shared-memory loads for the sum, not worth shared memory that
 //   W's slice needs.
 // - Routed to the per-step design, always: a one-to-one w_rec or none (no
@@ -68,7 +70,10 @@
 //      racecheck and synccheck on a small case);
 //   3. no stale reads across the barrier: the masks and gU[t+1] are read with
 //      __ldcg (L2, not the SM's L1, which is not coherent across SMs);
-//   4. a side stream, and the time per step against the per-step design.
+//   4. a side stream, and the time per step against the per-step design;
+//   5. the adaptive op (the same kernels with AdaptiveNeuron) against the CPU
+//      op in both designs (tests/test_cuda.py), including zero-length rows,
+//      several tiles and batch groups, and 0-dim parameters.
 //
 // The input projection and the weight gradients are single cuBLAS products over
 // all T*B rows, done by the shared driver (recurrent_lif.cpp).
@@ -191,7 +196,8 @@ __host__ __device__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) 
 // ---------------------------------------------------------------- per-step design
 
 // One forward step for a tile of kThreads neurons of batch row b = blockIdx.x:
-// U[t] = f(U[t-1], R[t-1], I[t] + sum_j R[t-1][j] * w_out[j][n]).
+// the model's states at t from those at t-1, R[t-1] and the input
+// I[t] + sum_j R[t-1][j] * w_out[j][n].
 // w_out = w_rec.T (row j: what a spike of neuron j adds), or null.
 template <typename scalar_t, typename Neuron, Reset R>
 __global__ void __launch_bounds__(kThreads)
@@ -297,8 +303,9 @@ __device__ void LIFNeuron::backward(int64_t t, int64_t k, int64_t i, int64_t n, 
   if (q.acc[1]) q.acc[1][i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
   if (q.acc_bias) q.acc_bias[i] += terms.grad_u;
   if (t == 0) {
-    q.g_initial[0][i] = terms.grad_u * dnext_du(R, alpha, r_prev);
-    q.g_s0[i] = reset_grad(R, detach_reset, alpha, theta, u_prev, terms.grad_u);
+    const auto init = lif_initial_grads(R, detach_reset, alpha, theta, u_prev, r_prev, terms.grad_u);
+    q.g_initial[0][i] = init.u0;
+    q.g_s0[i] = init.s0_reset;
   }
 }
 
@@ -312,8 +319,8 @@ __device__ void AdaptiveNeuron::backward(int64_t t, int64_t k, int64_t i, int64_
   const scalar_t v_prev = t > 0 ? q.X[0][k - BN] : q.X0[0][i];
   const scalar_t a_prev = t > 0 ? q.X[1][k - BN] : q.X0[1][i];
   const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
-  // S[t] reaches A[t] through b S[t], never detached.
-  const bool spike_has_grad = q.gS_out != nullptr || q.gX_out[1] != nullptr || has_next;
+  const bool spike_has_grad =
+      adaptive_spike_gets_grad(q.gS_out != nullptr, q.gX_out[1] != nullptr, has_next);
   const auto g = adaptive_backward_step(
       R, detach_reset, SG, slope, pn, v, s, q.gS_out ? q.gS_out[k] : scalar_t(0),
       q.gX_out[0] ? q.gX_out[0][k] : scalar_t(0), q.gX_out[1] ? q.gX_out[1][k] : scalar_t(0),
@@ -515,7 +522,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
 }
 
 // (gU[t+1] @ w_rec)[b][j] for this lane's source j: sum over ascending n of
-// gU[t+1][b][n] * w_rec[n][j]. grad_next: row b of gU[t+1], written by every
+// gU[t+1][b][n] * w_rec_adjoint[n][j]. grad_next: row b of gU[t+1], written by every
 // block during the step before: read through L2 (__ldcg).
 template <typename scalar_t>
 __device__ scalar_t gradient_through_w_rec(const scalar_t* grad_next, int N,
@@ -531,20 +538,21 @@ __device__ scalar_t gradient_through_w_rec(const scalar_t* grad_next, int N,
   return sum;
 }
 
-// The whole reverse recurrence t = T-1..0 for an all-to-all w_rec [N, N].
+// The whole reverse recurrence t = T-1..0 for an all-to-all w_rec [N, N];
+// w_rec_adjoint: what gU[t+1] multiplies (BackwardLoopInputs).
 template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
 __global__ void __launch_bounds__(kPersistentThreads)
     backward_persistent_kernel(int64_t T, int64_t B, int64_t N, int64_t rows_per_group,
-                               const scalar_t* __restrict__ w_rec, bool detach_reset,
+                               const scalar_t* __restrict__ w_rec_adjoint, bool detach_reset,
                                scalar_t slope, DeviceParams<scalar_t> p,
                                BackwardPointers<scalar_t> q) {
   extern __shared__ __align__(16) unsigned char shared[];
-  scalar_t* w_slice = reinterpret_cast<scalar_t*>(shared);  // [N][kWarp]: w_rec[n][tile's j]
+  scalar_t* w_slice = reinterpret_cast<scalar_t*>(shared);  // [N][kWarp]: w_rec_adjoint[n][tile's j]
   const BlockShare share = block_share(B, ceil_div(N, kWarp), rows_per_group);
   const int64_t j = share.tile * kWarp + share.lane, BN = B * N;
   for (int64_t k = threadIdx.x; k < N * kWarp; k += kPersistentThreads) {
     const int64_t m = share.tile * kWarp + k % kWarp;
-    w_slice[k] = m < N ? w_rec[k / kWarp * N + m] : scalar_t(0);
+    w_slice[k] = m < N ? w_rec_adjoint[k / kWarp * N + m] : scalar_t(0);
   }
   __syncthreads();
   const auto grid = cooperative_groups::this_grid();
