@@ -13,25 +13,16 @@
 #include <string>
 
 #include "lif_reference.h"
+#include "python_data.h"
 
 namespace {
 
 using torch::Tensor;
 namespace fs = std::filesystem;
-
-const fs::path kData = TORCH_EXT_TEST_DATA;
-
-c10::impl::GenericDict read_dict(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  EXPECT_TRUE(file) << "cannot open " << path << " (written by write_python_data.py)";
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(file)),
-                                std::istreambuf_iterator<char>());
-  return torch::pickle_load(bytes).toGenericDict();
-}
-
-std::optional<Tensor> optional_tensor(const c10::IValue& value) {
-  return value.isNone() ? std::nullopt : std::optional<Tensor>(value.toTensor());
-}
+using python_data::kData;
+using python_data::optional_tensor;
+using python_data::read_dict;
+using python_data::tensor_dict;
 
 // The C++ options from the Python constructor's keyword arguments; an option
 // the C++ module does not have fails the test.
@@ -60,14 +51,6 @@ torch_ext::RecurrentLIFOptions options_from(const c10::impl::GenericDict& python
     else ADD_FAILURE() << "the C++ module has no option '" << key << "'";
   }
   return o;
-}
-
-c10::Dict<std::string, Tensor> tensor_dict(const c10::IValue& value) {
-  c10::Dict<std::string, Tensor> result;
-  for (const auto& entry : value.toGenericDict()) {
-    result.insert(entry.key().toStringRef(), entry.value().toTensor());
-  }
-  return result;
 }
 
 class MatchesPython : public ::testing::TestWithParam<std::string> {};

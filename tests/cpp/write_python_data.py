@@ -12,6 +12,8 @@ Writes into OUT_DIR:
   state and the gradient of a fixed loss with respect to every parameter and
   the input. tests/cpp/test_module.cpp builds the C++ module from the same
   options, loads the state_dict by name and must return the same.
+- adaptive_<case>.pt, the same for torch_ext.RecurrentAdLIF (ADAPTIVE_CASES;
+  its state has three parts, v, a, s), for tests/cpp/test_adlif.cpp;
 - state_dict.pt: one module's state_dict alone, as a user saves it for C++
   (torch.save(dict(module.state_dict()), path)), for torch_ext::load_state_dict;
   ordered_state_dict.pt: the same without dict(), which LibTorch cannot read
@@ -46,45 +48,69 @@ CASES = {
 }
 
 
-def module_case(options, T, B, with_state, with_lengths, unbatched, seed):
+# The adaptive module's cases, in the same form.
+ADAPTIVE_CASES = {
+    "default": (dict(), 9, 3, False, False, False),
+    "stack_state_lengths": (dict(num_layers=2, tau_u_range=(3.0, 9.0), q=30.0), 8, 4,
+                            True, True, False),
+    "one_to_one_subtract": (dict(recurrent="one_to_one", reset="subtract", detach_reset=False,
+                                 surrogate="atan", theta=0.8, dt=0.5), 10, 2, True, False, False),
+    "feed_forward_batch_first": (dict(recurrent="none", bias=False, batch_first=True,
+                                      surrogate="fast_sigmoid", slope=3.0, a_range=(0.1, 0.4),
+                                      b_range=(0.5, 1.0), tau_w_range=(20.0, 40.0)), 7, 3,
+                                 False, True, False),
+    "unbatched_stack": (dict(num_layers=2, reset="none", surrogate="triangle"), 6, 1, True,
+                        False, True),
+}
+
+
+def module_case(options, T, B, with_state, with_lengths, unbatched, seed, adaptive=False):
     torch.manual_seed(seed)
     F, N = 5, 6
-    module = torch_ext.RecurrentLIF(F, N, dtype=torch.float64, **options).eval()
+    layer = torch_ext.RecurrentAdLIF if adaptive else torch_ext.RecurrentLIF
+    module = layer(F, N, dtype=torch.float64, **options).eval()
     with torch.no_grad():  # stronger drive than the default initialisation: more spikes
         for name, p in module.named_parameters():
             if name.startswith("w_in"):
-                p.mul_(2.5)
+                p.mul_(2.5 if not adaptive else 8.0)
             if name.startswith(("alpha", "theta")):
                 p.add_(torch.rand_like(p) * 0.1)
+            if adaptive and name.startswith("bias"):  # a drive the adaptation cannot silence
+                p.fill_(1.5)
     batch_first = options.get("batch_first", False)
     L = options.get("num_layers", 1)
     x_shape = [T, F] if unbatched else ([B, T, F] if batch_first else [T, B, F])
     x = torch.randn(x_shape, dtype=torch.float64).requires_grad_()
     state = None
-    if with_state:
+    if with_state:  # (u, s), or (v, a, s) for the adaptive module: real values, binary spikes
         shape = ([L] if L > 1 else []) + ([] if unbatched else [B]) + [N]
-        state = (torch.randn(shape, dtype=torch.float64) * 0.5,
-                 (torch.rand(shape) > 0.5).double())
+        real = [torch.randn(shape, dtype=torch.float64) * 0.5 for _ in range(2 if adaptive else 1)]
+        state = (*real, (torch.rand(shape) > 0.5).double())
     lengths = torch.randint(0, T + 1, (B,)) if with_lengths else None
     if lengths is not None:
         lengths[0] = T  # one full row, and (for B > 2) likely a short one
-    spikes, (u, s) = module(x, state, lengths)
+    spikes, final = module(x, state, lengths)
     # A loss that reaches every output, the final state included.
     g = torch.Generator().manual_seed(seed + 1)
-    weights = [torch.randn(t.shape, dtype=torch.float64, generator=g) for t in (spikes, u, s)]
-    loss = sum((w * t).sum() for w, t in zip(weights, (spikes, u, s)))
+    outputs = (spikes, *final)
+    weights = [torch.randn(t.shape, dtype=torch.float64, generator=g) for t in outputs]
+    loss = sum((w * t).sum() for w, t in zip(weights, outputs))
     names = [name for name, _ in module.named_parameters()]
     grads = torch.autograd.grad(loss, [p for _, p in module.named_parameters()] + [x])
-    return {
+    case = {
         "options": dict(in_features=F, hidden_size=N, **options),
         "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
         "x": x.detach(),
-        "u0": state[0] if state else None, "s0": state[1] if state else None,
+        "state": list(state) if state else None,
         "lengths": lengths,
         "loss_weights": weights,
-        "spikes": spikes.detach(), "u": u.detach(), "s": s.detach(),
+        "spikes": spikes.detach(), "final_state": [t.detach() for t in final],
         "grads": dict(zip(names, grads[:-1])), "grad_x": grads[-1],
     }
+    if not adaptive:  # the names tests/cpp/test_module.cpp reads
+        case.update(u0=state[0] if state else None, s0=state[1] if state else None,
+                    u=final[0].detach(), s=final[1].detach())
+    return case
 
 
 def main(out):
@@ -95,10 +121,17 @@ def main(out):
                 "x_test": test.tensors[0], "y_test": test.tensors[1]}, out / "digits.pt")
     for seed, (name, case) in enumerate(CASES.items()):
         torch.save(module_case(*case, seed=seed), out / f"module_{name}.pt")
+    for seed, (name, case) in enumerate(ADAPTIVE_CASES.items()):
+        case = module_case(*case, seed=seed, adaptive=True)
+        # Python tuples are pickled as tuples; the C++ options take lists.
+        case["options"] = {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in case["options"].items()}
+        torch.save(case, out / f"adaptive_{name}.pt")
     layer = torch_ext.RecurrentLIF(3, 4, num_layers=2, learn_alpha=True)
     torch.save(dict(layer.state_dict()), out / "state_dict.pt")
     torch.save(layer.state_dict(), out / "ordered_state_dict.pt")  # LibTorch cannot read this
-    print(f"wrote digits.pt, state_dict.pt and {len(CASES)} module cases to {out}")
+    print(f"wrote digits.pt, state_dict.pt, {len(CASES)} module and {len(ADAPTIVE_CASES)} "
+          f"adaptive module cases to {out}")
 
 
 if __name__ == "__main__":
