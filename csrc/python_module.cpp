@@ -48,6 +48,16 @@ py::dict build_info() {
   info["cpu_simd_clones"] = std::vector<std::string>{};
 #endif
   info["blas"] = at::globalContext().hasMKL() ? "MKL" : "torch's BLAS (not MKL)";
+  // The CPU dtypes whose dense products run in that dtype with float32
+  // accumulation (MKL's low-precision products); others compute in float32.
+  std::vector<std::string> low_precision;
+  for (const auto& [dtype, name] : {std::make_pair(at::kBFloat16, "bfloat16"),
+                                    std::make_pair(at::kHalf, "float16")}) {
+    if (torch_ext::low_precision_products(at::empty({0}, at::TensorOptions().dtype(dtype)))) {
+      low_precision.push_back(name);
+    }
+  }
+  info["cpu_low_precision_products"] = low_precision;
   info["compiler"] = __VERSION__;
   return info;
 }

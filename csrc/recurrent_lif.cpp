@@ -29,6 +29,67 @@ extern "C" void dgemm_(const char*, const char*, const int*, const int*, const i
                        const double*, const double*, const int*, const double*, const int*,
                        const double*, double*, const int*) __attribute__((weak));
 
+// MKL's products of bfloat16 / float16 operands into a float32 result with
+// float32 accumulation (cblas, row-major), exported by the same wheels; weak
+// like the above: without them low-precision inputs compute in float32.
+extern "C" void cblas_gemm_bf16bf16f32(int layout, int trans_a, int trans_b, int m, int n, int k,
+                                       float alpha, const uint16_t* a, int lda, const uint16_t* b,
+                                       int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
+extern "C" void cblas_gemm_f16f16f32(int layout, int trans_a, int trans_b, int m, int n, int k,
+                                     float alpha, const uint16_t* a, int lda, const uint16_t* b,
+                                     int ldb, float beta, float* c, int ldc) __attribute__((weak));
+
+bool low_precision_products(const at::Tensor& x) {
+  if (!x.device().is_cpu()) return false;  // CUDA: not yet (no GPU has checked it)
+  if (x.scalar_type() == at::kBFloat16) return cblas_gemm_bf16bf16f32 != nullptr;
+  if (x.scalar_type() == at::kHalf) return cblas_gemm_f16f16f32 != nullptr;
+  return false;
+}
+
+namespace {
+
+// out (float32, row-major) = a @ b (+ out with accumulate), a and b bfloat16
+// or float16 2-d views with one unit stride each, by one MKL call on this thread.
+void low_precision_mm_on_this_thread(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                                     bool accumulate) {
+  constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+  const int64_t m = out.size(0), n = out.size(1), k = a.size(1);
+  if (m == 0 || n == 0) return;
+  auto layout = [&](const at::Tensor& t) {  // (trans, leading dimension)
+    return t.stride(1) == 1 ? std::make_pair(kNoTrans, t.stride(0))
+                            : std::make_pair(kTrans, t.stride(1));
+  };
+  const at::Tensor a_c = a.stride(1) == 1 || a.stride(0) == 1 ? a : a.contiguous();
+  const at::Tensor b_c = b.stride(1) == 1 || b.stride(0) == 1 ? b : b.contiguous();
+  const auto [trans_a, lda] = layout(a_c);
+  const auto [trans_b, ldb] = layout(b_c);
+  const int64_t largest = std::max({m, n, k, lda, ldb, out.stride(0)});
+  TORCH_INTERNAL_ASSERT(out.stride(1) == 1 && largest <= std::numeric_limits<int>::max());
+  const auto gemm =
+      a.scalar_type() == at::kBFloat16 ? cblas_gemm_bf16bf16f32 : cblas_gemm_f16f16f32;
+  gemm(kRowMajor, trans_a, trans_b, static_cast<int>(m), static_cast<int>(n),
+       static_cast<int>(k), 1.0f, reinterpret_cast<const uint16_t*>(a_c.data_ptr()),
+       static_cast<int>(std::max<int64_t>(lda, 1)),
+       reinterpret_cast<const uint16_t*>(b_c.data_ptr()),
+       static_cast<int>(std::max<int64_t>(ldb, 1)), accumulate ? 1.0f : 0.0f,
+       out.data_ptr<float>(), static_cast<int>(out.stride(0)));
+}
+
+// One piece of deterministic_mm_out: ATen's product, or MKL's for
+// low-precision operands (then out is float32).
+void product_piece(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf) {
+    low_precision_mm_on_this_thread(out, a, b, accumulate);
+  } else if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
+
+}  // namespace
+
 SingleThreadedBlas::SingleThreadedBlas()
     : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
 SingleThreadedBlas::~SingleThreadedBlas() {
@@ -100,7 +161,7 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
       for (int64_t i = begin; i < end; ++i) {
         const int64_t first = i * chunk, count = std::min(chunk, inner - first);
         at::Tensor partial_i = partial[i];
-        at::mm_out(partial_i, a.narrow(1, first, count), b.narrow(0, first, count));
+        product_piece(partial_i, a.narrow(1, first, count), b.narrow(0, first, count), false);
       }
     });
     for (int64_t i = 0; i < chunks; ++i) {
@@ -120,17 +181,14 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
     for (int64_t i = begin; i < end; ++i) {
       const int64_t first = i * block, count = std::min(block, rows - first);
       at::Tensor out_rows = out.narrow(0, first, count);
-      if (accumulate) {
-        out_rows.addmm_(a.narrow(0, first, count), b);
-      } else {
-        at::mm_out(out_rows, a.narrow(0, first, count), b);
-      }
+      product_piece(out_rows, a.narrow(0, first, count), b, accumulate);
     }
   });
 }
 
 at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  const bool low = a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf;
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options().dtype(low ? at::kFloat : a.scalar_type()));
   deterministic_mm_out(out, a, b);
   return out;
 }
@@ -418,16 +476,17 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
   const int64_t T = x.size(0), B = x.size(1), F = x.size(2);
   at::Tensor current = at::empty({T, B, N}, x.options().dtype(compute));
   at::Tensor current_2d = current.view({T * B, N});
-  const at::Tensor x_c = x.to(compute);
   if (w_in.has_value()) {
     // Contiguous whatever the caller's strides: BLAS picks its kernel by
-    // layout, and a different kernel may round differently.
-    const at::Tensor x_2d = x_c.reshape({T * B, F}).contiguous();
-    const at::Tensor w_in_t = compute_contiguous(*w_in, compute).t();
+    // layout, and a different kernel may round differently. Low-precision
+    // inputs: the product of the rounded operands with float32 accumulation.
+    const at::ScalarType operands = low_precision_products(x) ? x.scalar_type() : compute;
+    const at::Tensor x_2d = x.to(operands).reshape({T * B, F}).contiguous();
+    const at::Tensor w_in_t = w_in->to(operands).contiguous().t();
     if (bias.has_value()) current_2d.copy_(bias->to(compute).expand_as(current_2d));
     deterministic_mm_out(current_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
   } else {
-    current.copy_(x_c);
+    current.copy_(x);
     if (bias.has_value()) current.add_(bias->to(compute));
   }
   return current;
@@ -531,27 +590,35 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   const at::Tensor w_in_c =
       w_in.has_value() && (need.x || need.drive) ? compute_contiguous(*w_in, compute)
                                                  : at::Tensor();
-  at::Tensor x_c = need.w_in || need.drive ? x.to(compute) : at::Tensor();
+  // The products' operands: low-precision inputs multiply in their own dtype
+  // (gU rounded to it) with float32 accumulation, as the forward's projection.
+  const at::ScalarType operands =
+      w_in.has_value() && low_precision_products(x) ? x.scalar_type() : compute;
+  const at::Tensor grad_u_ops =
+      w_in.has_value() && (need.x || need.w_in || need.drive) ? grad_u_2d.to(operands)
+                                                             : at::Tensor();
+  at::Tensor x_ops = need.w_in || need.drive ? x.to(operands) : at::Tensor();
   if (need.drive && in.state.lengths.defined()) {
     // Steps past a row's length take no part: their x (padding, possibly
     // NaN) must not reach the drive through gU = 0 times it.
     const at::Tensor steps = at::arange(T, in.state.lengths.options()).view({T, 1, 1});
-    x_c = x_c.masked_fill(steps >= in.state.lengths.view({1, B, 1}), 0);
+    x_ops = x_ops.masked_fill(steps >= in.state.lengths.view({1, B, 1}), 0);
   }
   if (need.x) {
     g.x = (w_in.has_value()
-               ? deterministic_mm(grad_u_2d, scale_rows(gain, w_in_c).contiguous()).view({T, B, F})
+               ? deterministic_mm(grad_u_ops, scale_rows(gain, w_in_c).to(operands).contiguous())
+                     .view({T, B, F})
                : (gain.defined() ? out.grad_u * gain : out.grad_u))
               .to(x.scalar_type());
   }
   at::Tensor drive;
   if (w_in.has_value() && (need.w_in || need.drive)) {
     // sum_t gU[t].T @ x[t]: one product over all T*B rows.
-    const at::Tensor m = deterministic_mm(grad_u_2d.t(), x_c.reshape({T * B, F}).contiguous());
+    const at::Tensor m = deterministic_mm(grad_u_ops.t(), x_ops.reshape({T * B, F}).contiguous());
     if (need.w_in) g.w_in = scale_rows(gain, m).to(w_in->scalar_type());
     if (need.drive) drive = (w_in_c * m).sum(1);
   } else if (need.drive) {
-    drive = (out.grad_u * x_c).sum(0).sum(0);
+    drive = (out.grad_u * x_ops).sum(0).sum(0);
   }
   if (need.drive && bias.has_value()) drive = drive + bias->to(compute) * out.bias_sum;
   if (need.bias) {

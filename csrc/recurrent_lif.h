@@ -33,7 +33,15 @@ namespace torch_ext {
 // to its thread count). On other devices: one plain ATen product.
 void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
                           bool accumulate = false);
+// a and b may also be bfloat16 or float16 (CPU, where low_precision_products
+// says so): then each piece is MKL's product with float32 accumulation and
+// `out` (deterministic_mm's result) is float32.
 at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
+
+// Whether the dense products of a call with this x (bfloat16 or float16 on
+// CPU, with MKL's low-precision products present) run in x's dtype with
+// float32 accumulation; otherwise they run in the compute dtype.
+bool low_precision_products(const at::Tensor& x);
 
 // Makes BLAS calls on this thread single-threaded while alive. MKL picks how to
 // split a product from the thread count it may use, even inside a parallel

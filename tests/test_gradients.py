@@ -181,7 +181,11 @@ def test_float32_matches_float64_away_from_threshold():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs_compute_in_float32(dtype):
+def test_half_inputs_compute_the_float32_op_of_their_values(dtype):
+    """The state and the time loop are float32; the dense products multiply
+    the half operands with float32 accumulation (MKL's products where the
+    build has them: then only their summation order differs from float32's,
+    README "Mixed precision"), so the membrane agrees to float32 rounding."""
     args = make_inputs(dtype=dtype, state=True)
     as_float = [a.detach().float().requires_grad_() if isinstance(a, torch.Tensor) else a
                 for a in args]
@@ -189,7 +193,9 @@ def test_half_inputs_compute_in_float32(dtype):
     s_f, u_f, g_f = run_with_grads(torch_ext.recurrent_lif, as_float)
     assert s_h.dtype == dtype and u_h.dtype == torch.float32
     assert set(s_h.unique().tolist()) <= {0.0, 1.0}
-    assert torch.equal(s_h.float(), s_f) and torch.equal(u_h, u_f)
+    assert (u_f - as_float[5]).abs().min() > 1e-4  # no float32 near-tie at theta
+    assert torch.equal(s_h.float(), s_f)
+    torch.testing.assert_close(u_h, u_f, rtol=1e-6, atol=1e-6)
     for got, want, inp in zip(g_h, g_f, [a for a in args if isinstance(a, torch.Tensor)]):
         assert got.dtype == inp.dtype
         # the loss weights were rounded to float16 for the half run; compare loosely

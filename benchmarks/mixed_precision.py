@@ -1,0 +1,104 @@
+"""Mixed precision, side by side in one run: the fused op in float32 and
+under torch.autocast (bfloat16 by default), the expert autograd loop under the
+same autocast, the floor in float32 and in the low-precision dtype (the
+matrix products alone, peers.floor, with torch's products), and the gradient
+error of each implementation under autocast against its own float32 run.
+
+    python -m benchmarks.mixed_precision                 # CPU, bfloat16, the target sizes
+    python -m benchmarks.mixed_precision --model adaptive
+    python -m benchmarks.mixed_precision --size 30,8,32  # other sizes (T,B,N)
+
+Forward + backward of spikes.sum() for x and every weight (as bench.py),
+median of --reps interleaved repetitions. The error is max over the
+gradients of |g_autocast - g_float32| / |g_float32| (2-norms)."""
+import argparse
+import statistics
+import time
+
+import torch
+
+import torch_ext
+from benchmarks import peers
+from benchmarks.bench import size_arg
+
+
+def timed(run, reps):
+    run()  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(T, B, N, args):
+    dtype = getattr(torch, args.dtype)
+    adaptive = args.model == "adaptive"
+    params = (peers.make_adaptive_params if adaptive else peers.make_params)(N, N, "cpu")
+    x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    inputs = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
+    fused = (peers.fused_adaptive if adaptive else peers.fused)(params)
+    expert = (peers.reference_adaptive if adaptive else peers.reference)(params)
+
+    def run(fn, amp):
+        def go():
+            with torch.autocast("cpu", dtype=dtype, enabled=amp):
+                spikes = fn(x)[0]
+            return torch.autograd.grad(spikes.float().sum(), inputs)
+        return go
+
+    def floor(low):
+        p = {k: (v.detach().to(dtype) if low and isinstance(v, torch.Tensor) else v)
+             for k, v in params.items()}
+        xs = x.detach().to(dtype) if low else x
+        return lambda: peers.floor(p)(xs, True)
+
+    runs = {"fused f32": run(fused, False), f"fused {args.dtype}": run(fused, True),
+            f"expert {args.dtype}": run(expert, True), "expert f32": run(expert, False),
+            "floor f32": floor(False), f"floor {args.dtype}": floor(True)}
+    times = {name: [] for name in runs}
+    for _ in range(args.reps):  # interleaved
+        for name, go in runs.items():
+            times[name] += timed(go, 1)
+    errors = {}
+    for name, fn in (("fused", fused), ("expert", expert)):
+        exact, low = run(fn, False)(), run(fn, True)()
+        errors[name] = max(((a.float() - b).norm() / b.norm()).item() for a, b in zip(low, exact))
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}, errors
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["lif", "adaptive"], default="lif")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
+    parser.add_argument("--size", type=size_arg, action="append", metavar="T,B,N")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args(argv)
+    sizes = args.size or [(200, 32, 512), (300, 32, 128)]
+    low = args.dtype
+    print(f"model {args.model}, autocast {low}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, low-precision products in this build: "
+          f"{torch_ext.build_info()['cpu_low_precision_products']}")
+    header = (f"{'T':>4} {'B':>3} {'N':>4} {'fused f32':>10} {'fused ' + low:>15} "
+              f"{'ratio':>6} {'expert ' + low:>15} {'expert/fused':>12} {'expert f32':>10} "
+              f"{'floor f32':>10} {'floor ' + low:>15} {'err fused':>10} {'err expert':>10}")
+    print(header)
+    rows = []
+    for T, B, N in sizes:
+        ms, err = measure(T, B, N, args)
+        rows.append({"T": T, "B": B, "N": N, "ms": ms, "errors": err})
+        print(f"{T:>4} {B:>3} {N:>4} {ms['fused f32']:>10.1f} {ms['fused ' + low]:>15.1f} "
+              f"{ms['fused ' + low] / ms['fused f32']:>6.2f} {ms['expert ' + low]:>15.1f} "
+              f"{ms['expert ' + low] / ms['fused ' + low]:>12.1f} {ms['expert f32']:>10.1f} "
+              f"{ms['floor f32']:>10.1f} {ms['floor ' + low]:>15.1f} {err['fused']:>10.3f} "
+              f"{err['expert']:>10.3f}")
+    print("ms: forward + backward, median; ratio: fused under autocast / fused float32; "
+          "err: max relative gradient error against the same implementation's float32 run")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

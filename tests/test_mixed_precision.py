@@ -1,0 +1,91 @@
+"""Mixed precision on CPU: under torch.autocast (or for bfloat16/float16
+inputs) the dense products run on the low-precision operands with float32
+accumulation into float32 results (MKL's products), while the state, the
+time loop, the surrogate and every sum stay float32. So the op computes the
+float32 op of the rounded operands, up to the summation order of the
+products, and its gradients are closer to its own float32 run than the
+expert autograd loop's under the same autocast (whose products round their
+results to bfloat16)."""
+import pytest
+import torch
+
+import torch_ext
+from benchmarks import peers
+
+LOW = torch_ext.build_info()["cpu_low_precision_products"]
+
+
+def test_build_info_names_the_low_precision_products():
+    assert set(LOW) <= {"bfloat16", "float16"}
+    if torch_ext.build_info()["blas"] == "MKL":  # torch's x86-64 wheels export them
+        assert LOW == ["bfloat16", "float16"]
+
+
+def rounded(t, dtype):
+    return t.detach().to(dtype).float().requires_grad_(t.requires_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_adlif"])
+def test_autocast_computes_the_float32_op_of_the_rounded_operands(dtype, op):
+    if str(dtype).split(".")[1] not in LOW:
+        pytest.skip(f"no low-precision products for {dtype} in this build")
+    torch.manual_seed(0)
+    T, B, F, N = 12, 4, 24, 16
+    x = torch.randn(T, B, F, requires_grad=True)
+    w_in = (torch.randn(N, F) * (3 / F ** 0.5)).requires_grad_()
+    w_rec = (torch.randn(N, N) * (0.5 / N ** 0.5)).requires_grad_()
+    bias = (torch.randn(N) * 0.1).requires_grad_()
+    fn = getattr(torch_ext, op)
+    with torch.autocast("cpu", dtype=dtype):
+        low = fn(x, w_in, w_rec, bias)
+    assert low[0].dtype == dtype and low[1].dtype == torch.float32
+    ref_inputs = [rounded(t, dtype) for t in (x, w_in, w_rec, bias)]
+    ref = fn(*ref_inputs)
+    # The same spikes where no membrane is within float32 rounding of theta.
+    margin = (ref[1].detach() - 1.0).abs().min()
+    assert margin > 1e-4, "pick inputs without near-ties"
+    assert torch.equal(low[0].float(), ref[0])
+    for a, b in zip(low[1:], ref[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    g = [torch.randn_like(o.float()) for o in ref]
+    grads = torch.autograd.grad([o.float() for o in low], [x, w_in, w_rec, bias], g)
+    want = torch.autograd.grad(ref, ref_inputs, g)
+    assert grads[0].dtype == torch.float32  # x was float32: autocast casts it, its grad is float32
+    # gU is rounded to the low-precision dtype for the input and weight
+    # products (as autocast's own products do), so these agree to its precision.
+    eps = torch.finfo(dtype).eps
+    for a, b in zip(grads, want):
+        assert (a - b).norm() <= 8 * eps * b.norm()
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("model", ["lif", "adaptive"])
+def test_gradients_under_autocast_closer_to_float32_than_the_expert_loop(model):
+    """Against each one's own float32 run, same inputs: the fused op's
+    gradient error under autocast bfloat16 is no worse than the expert
+    autograd loop's under the same autocast (fixed seed: CPU results are
+    deterministic)."""
+    if "bfloat16" not in LOW:
+        pytest.skip("no bfloat16 products in this build")
+    T, B, N = 30, 8, 32
+    make = peers.make_adaptive_params if model == "adaptive" else peers.make_params
+    params = make(N, N, "cpu", seed=3)
+    fused = (peers.fused_adaptive if model == "adaptive" else peers.fused)(params)
+    expert = (peers.reference_adaptive if model == "adaptive" else peers.reference)(params)
+    x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    inputs = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
+
+    def grads(fn, amp):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            spikes = fn(x)[0]
+        return torch.autograd.grad(spikes.float().sum(), inputs)
+
+    errors = {}
+    for name, fn in (("fused", fused), ("expert", expert)):
+        exact, low = grads(fn, False), grads(fn, True)
+        errors[name] = max(relative_error(a.float(), b) for a, b in zip(low, exact))
+    assert errors["fused"] <= errors["expert"], errors
