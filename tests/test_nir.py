@@ -17,7 +17,7 @@ from torch import nn
 
 import torch_ext
 from torch_ext import RecurrentLIF
-from torch_ext._nir import SpikingSequential
+from torch_ext._nir import LeakyIntegrator, SpikingSequential
 
 DT = 1e-4
 T, B, F, N = 30, 3, 4, 6
@@ -127,6 +127,14 @@ def _alpha_above_one(dtype):
     return layer
 
 
+def _stack_of_mixed_shapes(dtype):
+    layer = RecurrentLIF(F, N, num_layers=2, alpha=torch.linspace(0.6, 0.9, N), theta=0.5,
+                         dtype=dtype)
+    layer.alpha_l1 = torch.tensor(0.8, dtype=dtype)  # [N] in layer 0, 0-dim in layer 1
+    layer.theta_l1 = torch.linspace(0.4, 0.6, N, dtype=dtype)  # and theta the other way
+    return layer
+
+
 MODELS = {
     "zero": lambda d: RecurrentLIF(F, N, reset="zero", dtype=d),
     "zero_per_neuron_learnable_atan": lambda d: RecurrentLIF(
@@ -148,6 +156,7 @@ MODELS = {
     "alpha_above_1": _alpha_above_one,
     "stack": lambda d: RecurrentLIF(F, N, num_layers=3, dropout=0.2, learn_alpha=True,
                                     alpha=torch.linspace(0.6, 0.9, N), theta=0.4, dtype=d),
+    "stack_of_mixed_shapes": _stack_of_mixed_shapes,
     "sequential_with_readouts": lambda d: SpikingSequential(
         RecurrentLIF(F, N, reset="zero", dtype=d), nn.Linear(N, 5, dtype=d),
         RecurrentLIF(5, N, num_layers=2, recurrent="one_to_one", dtype=d),
@@ -377,6 +386,25 @@ def test_foreign_if_cubalif_li_threshold_and_readouts(nir):
     assert torch.equal(again(x), net(x))
 
 
+def test_tau_equal_to_dt_in_float32_imports(nir):
+    """snnTorch 1.0 writes Leaky(beta=0) as a LIF with tau = dt and its
+    Synaptic(alpha=0) as a CubaLIF with tau_syn = dt, both in float32, so a
+    little off dt: that is still tau = dt (alpha = 0, an instantaneous synapse)."""
+    f32 = lambda value: np.full(N, value, dtype=np.float32)  # noqa: E731
+    assert float(f32(DT)[0]) != DT
+    fc = nir.Affine(_weights(0, N, F), _weights(1, N, scale=0.2))
+    lif = nir.LIF(tau=f32(DT), r=f32(1.0), v_leak=f32(0), v_threshold=f32(1), v_reset=f32(0))
+    cuba = nir.CubaLIF(tau_syn=f32(DT), tau_mem=f32(5e-4), r=f32(5.0), v_leak=f32(0),
+                       v_threshold=f32(1), v_reset=f32(0), w_in=f32(1))
+    x = inputs(torch.float64)
+    for cell in (lif, cuba):
+        graph = _chain(nir, ("fc", fc), ("cell", cell))
+        layer = torch_ext.from_nir(graph)
+        if cell is lif:
+            assert layer.alpha.item() == 0
+        _assert_same_spikes(nir, graph, layer, x)
+
+
 def test_a_nested_subgraph_is_inlined(nir):
     """The layout some exporters write: the recurrent layer as a subgraph."""
     lif = nir.LIF(tau=np.full(N, 5e-4), r=np.full(N, 5.0), v_leak=np.zeros(N),
@@ -443,6 +471,10 @@ def _refused(nir):
                        v_leak=np.zeros(N), v_threshold=np.ones(N))
     branch = _chain(nir, ("fc", fc()), ("lif", _lif(nir)), more_edges=[("lif", "other")],
                     extra={"other": nir.Linear(np.eye(N))})
+    identity = nir.NIRGraph(nodes={"input": nir.Input(np.array([N])),
+                                   "output": nir.Output(np.array([N]))},
+                            edges=[("input", "output")], type_check=False)
+    nan = np.full(N, np.nan)
     return {
         "v_reset": (_chain(nir, ("fc", fc()), ("lif", _lif(nir, v_reset=np.full(N, 0.2)))),
                     "node 'lif' (LIF): v_reset = [0.2"),
@@ -468,11 +500,42 @@ def _refused(nir):
         "threshold_after_lif": (_chain(nir, ("fc", fc()), ("lif", _lif(nir)),
                                        ("t", nir.Threshold(np.ones(N)))),
                                 "node 't' (Threshold): not supported here"),
+        "more_inputs_to_output": (_chain(nir, ("fc", fc()), ("lif", _lif(nir)),
+                                         more_edges=[("z", "output")],
+                                         extra={"z": nir.Affine(np.eye(N), np.ones(N))}),
+                                  "node 'output' (Output): expected exactly one predecessor"),
+        "node_off_the_chain": (_chain(nir, ("fc", fc()), ("lif", _lif(nir)),
+                                      more_edges=[("a", "b"), ("b", "a")],
+                                      extra={"a": nir.Linear(np.eye(N)), "b": _lif(nir)}),
+                               "node 'a' (Linear): not on the chain from the Input"),
+        "edge_to_missing_node": (_chain(nir, ("fc", fc()), ("lif", _lif(nir)),
+                                        more_edges=[("lif", "ghost")]),
+                                 "the edge ('lif', 'ghost') names a node 'ghost' the graph does "
+                                 "not have"),
+        "identity_subgraph": (_chain(nir, ("fc", fc()), ("sub", identity), ("lif", _lif(nir))),
+                              "subgraph 'sub': its Input feeds its Output directly"),
+        "nan_weight": (_chain(nir, ("fc", nir.Linear(np.full((N, F), np.nan))), ("lif", _lif(nir))),
+                       "node 'fc' (Linear): its weight has non-finite values"),
+        "inf_bias": (_chain(nir, ("fc", nir.Affine(_weights(0, N, F), np.full(N, np.inf))),
+                            ("lif", _lif(nir))),
+                     "node 'fc' (Affine): its bias has non-finite values"),
+        "nan_recurrent_weight": (_chain(nir, ("fc", fc()), ("lif", _lif(nir)),
+                                        more_edges=[("lif", "rec"), ("rec", "lif")],
+                                        extra={"rec": nir.Linear(np.full((N, N), np.nan))}),
+                                 "node 'rec' (Linear): its weight has non-finite values"),
+        "nan_v_leak": (_chain(nir, ("fc", fc()), ("lif", _lif(nir, v_leak=nan))),
+                       "node 'lif' (LIF): v_leak must be finite"),
+        "nan_readout_v_leak": (_chain(nir, ("fc", fc()),
+                                      ("li", nir.LI(np.full(N, 5e-4), np.ones(N), nan))),
+                               "node 'li' (LI): v_leak must be finite"),
     }
 
 
 REFUSED = ["v_reset", "cubalif_synapse", "delay", "conv", "alpha_1_via_lif", "tau_below_dt",
-           "negative_gain", "no_weights", "branch", "threshold_after_lif"]
+           "negative_gain", "no_weights", "branch", "threshold_after_lif",
+           "more_inputs_to_output", "node_off_the_chain", "edge_to_missing_node",
+           "identity_subgraph", "nan_weight", "inf_bias", "nan_recurrent_weight", "nan_v_leak",
+           "nan_readout_v_leak"]
 
 
 @pytest.mark.parametrize("case", REFUSED)
@@ -492,6 +555,82 @@ def test_metadata_read_with_another_dt_is_refused(nir):
     graph.nodes["lif"].v_threshold = graph.nodes["lif"].v_threshold * 2  # edited after export
     with pytest.raises(ValueError, match="torch_ext.theta disagrees"):
         torch_ext.from_nir(graph)
+
+
+def test_incomplete_metadata_is_refused_naming_the_node(nir):
+    graph = torch_ext.to_nir(RecurrentLIF(F, N, recurrent="one_to_one", reset="zero"))
+    del graph.nodes["lif"].metadata["torch_ext"]["w_rec"]
+    with pytest.raises(ValueError, match=r"node 'lif' \(LIF\): its metadata torch_ext is "
+                                         r"incomplete: it has no 'w_rec'"):
+        torch_ext.from_nir(graph)
+
+
+@pytest.mark.parametrize("recurrent, reset, what", [
+    ("one_to_one", "zero", "w_rec"), ("all_to_all", "subtract", "w_rec_diagonal"),
+    ("none", "subtract", "theta")])
+def test_metadata_disagreeing_with_an_edited_recurrent_weight_is_refused(nir, recurrent, reset,
+                                                                        what):
+    """The exact w_rec (or its diagonal) comes from the metadata: the graph's
+    recurrent Linear must still say the same."""
+    graph = torch_ext.to_nir(RecurrentLIF(F, N, recurrent=recurrent, reset=reset))
+    torch_ext.from_nir(graph)  # as exported: accepted
+    cell = "lif" if reset == "zero" else "li"
+    message = (rf"node '{cell}' \({cell.upper()}\): its metadata torch_ext.{what} disagrees with "
+               r"the weight of its recurrent node 'w_rec' .*edited after export")
+    weight = graph.nodes["w_rec"].weight
+    edits = [weight * 3]
+    if recurrent == "one_to_one":  # off the diagonal, where the metadata has nothing
+        edits.append(weight + 0.5 * (1 - np.eye(N, dtype=weight.dtype)))
+    for edited in edits:
+        graph.nodes["w_rec"].weight = edited
+        with pytest.raises(ValueError, match=message):
+            torch_ext.from_nir(graph)
+
+
+def test_readout_metadata_is_checked_and_any_readout_gain_imports(nir):
+    """A LeakyIntegrator's metadata must agree with its LI node (edits, another
+    dt); an LI readout with tau < dt or r <= 0 is a LeakyIntegrator exactly
+    (only spiking layers need 0 <= alpha and a positive gain)."""
+    d = torch.float64
+    readout = LeakyIntegrator(torch.full((N,), 0.9, dtype=d), torch.full((N,), 2.0, dtype=d),
+                              torch.zeros(N, dtype=d))
+    graph = torch_ext.to_nir(SpikingSequential(nn.Linear(F, N, dtype=d), readout))
+    with pytest.raises(ValueError, match=r"node '1.li' \(LI\): its metadata torch_ext.alpha "
+                                         r"disagrees .* dt = 0.001 \(written with dt = 0.0001"):
+        torch_ext.from_nir(graph, dt=1e-3)
+    graph.nodes["1.li"].r = graph.nodes["1.li"].r * 3
+    with pytest.raises(ValueError, match="torch_ext.gain disagrees .* or edited after export"):
+        torch_ext.from_nir(graph)
+    x = inputs(d)
+    for tau, r in ((5e-5, 2.0), (5e-4, -2.0), (5e-4, 0.0)):
+        li = nir.LI(tau=np.full(N, tau), r=np.full(N, r), v_leak=np.linspace(-0.5, 0.5, N))
+        foreign = _chain(nir, ("fc", nir.Linear(_weights(0, N, F))), ("li", li))
+        net = torch_ext.from_nir(foreign)
+        torch.testing.assert_close(net(x), run_nir(nir, foreign, x)[0], rtol=1e-9, atol=1e-9)
+        assert torch.equal(torch_ext.from_nir(torch_ext.to_nir(net))(x), net(x))
+
+
+def test_a_readout_with_0_dim_values_takes_the_size_before_it(nir):
+    d = torch.float64
+    readout = LeakyIntegrator(torch.tensor(0.9, dtype=d), torch.tensor(2.0, dtype=d),
+                              torch.tensor(0.1, dtype=d))
+    assert repr(readout) == "LeakyIntegrator()"
+    net = SpikingSequential(nn.Linear(F, N, dtype=d), readout)
+    graph = torch_ext.to_nir(net)
+    assert graph.nodes["1.li"].tau.shape == (N,)
+    again = torch_ext.from_nir(graph)
+    assert again[1].alpha.shape == () and torch.equal(again(inputs(d)), net(inputs(d)))
+    with pytest.raises(ValueError, match="LeakyIntegrator: its alpha, gain and leak are 0-dim"):
+        torch_ext.to_nir(readout)
+
+
+def test_a_stack_layer_whose_bias_was_removed_imports_on_its_own(nir):
+    stack = RecurrentLIF(F, N, num_layers=2, reset="zero", theta=0.4, dtype=torch.float64)
+    graph = torch_ext.to_nir(stack)
+    graph.nodes["l1.w_in"] = nir.Linear(graph.nodes["l1.w_in"].weight)  # bias dropped
+    net = torch_ext.from_nir(graph)
+    assert [m.num_layers for m in net] == [1, 1] and net[1].bias is None
+    _assert_same_spikes(nir, graph, net, inputs(torch.float64))
 
 
 def test_export_refusals(nir):

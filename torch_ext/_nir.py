@@ -71,12 +71,13 @@ class LeakyIntegrator(nn.Module):
         v[t] = alpha * v[t-1] + gain * x[t] + leak,   v[0] = 0
 
     with alpha = 1 - dt / tau, gain = r * dt / tau and leak = dt / tau * v_leak
-    (an ``I`` node: alpha = 1, gain = r * dt, leak = 0), each an ``[N]`` buffer.
+    (an ``I`` node: alpha = 1, gain = r * dt, leak = 0), each an ``[N]`` buffer
+    (any alpha and gain: forward Euler's, tau < dt and r <= 0 included).
 
     Args:
-        alpha (Tensor): ``[N]`` decays, in [0, 1].
-        gain (Tensor): ``[N]`` input gains.
-        leak (Tensor): ``[N]`` constant drives.
+        alpha (Tensor): ``[N]`` (or 0-dim) decays.
+        gain (Tensor): ``[N]`` (or 0-dim) input gains.
+        leak (Tensor): ``[N]`` (or 0-dim) constant drives.
 
     ``forward(x)`` takes time-major ``x`` ``[T, ..., N]`` and returns ``v``,
     the same shape (a plain autograd loop over time).
@@ -96,8 +97,14 @@ class LeakyIntegrator(nn.Module):
             out.append(v)
         return torch.stack(out) if out else drive
 
+    def features(self):
+        """N, or None where alpha, gain and leak are all 0-dim (any N fits)."""
+        shape = torch.broadcast_shapes(self.alpha.shape, self.gain.shape, self.leak.shape)
+        return shape[-1] if shape else None
+
     def extra_repr(self):
-        return f"{self.alpha.shape[-1]}"
+        n = self.features()
+        return "" if n is None else f"{n}"
 
 
 class SpikingSequential(nn.Sequential):
@@ -190,13 +197,15 @@ def _export_layer(nir, add, link, module, layer, index, prefix, dt, where):
         link(cell, spikes)
     link(proj, cell)
 
-    weight = None
+    # In the dtype _array writes (float16/bfloat16 as float32): w_rec - theta
+    # rounds only as much as from_nir's check of it against the metadata allows.
+    weight, dtype = None, torch.promote_types(w_in.dtype, torch.float32)
     if module.recurrent == "all_to_all":
-        weight = w_rec.detach()
+        weight = w_rec.detach().to(dtype)
     elif module.recurrent == "one_to_one":
-        weight = torch.diag(w_rec.detach().expand(n))
+        weight = torch.diag(w_rec.detach().expand(n).to(dtype))
     if module.reset == "subtract":  # U -= theta * S[t-1]: a negative self-weight
-        minus = torch.diag(theta.detach().expand(n).to(w_in.dtype))
+        minus = torch.diag(theta.detach().expand(n).to(dtype))
         weight = -minus if weight is None else weight - minus
     if weight is not None:
         rec = prefix + "w_rec"
@@ -206,10 +215,8 @@ def _export_layer(nir, add, link, module, layer, index, prefix, dt, where):
     return proj, spikes
 
 
-def _export_li(nir, add, module, name, dt, where):
-    a = module.alpha.detach().double().cpu().numpy()
-    gain = module.gain.detach().double().cpu().numpy()
-    leak = module.leak.detach().double().cpu().numpy()
+def _export_li(nir, add, module, name, n, dt, where):
+    a, gain, leak = (_per_neuron(t, n) for t in (module.alpha, module.gain, module.leak))
     meta = {META: {"alpha": _meta_value(module.alpha), "gain": _meta_value(module.gain),
                    "leak": _meta_value(module.leak), "dt": dt}}
     if (a == 1).all():
@@ -266,7 +273,7 @@ def to_nir(module, dt=1e-4):
         ValueError: a ``dt`` that is not positive and finite, an empty
             ``nn.Sequential``, sizes that do not chain, a layer whose alpha is
             1 for some neurons only (NIR's LIF needs alpha < 1, its IF has no
-            leak).
+            leak), a first ``LeakyIntegrator`` with only 0-dim values (no N).
 
     Example::
 
@@ -300,7 +307,10 @@ def to_nir(module, dt=1e-4):
         elif isinstance(m, nn.Linear):
             ins, outs = m.in_features, m.out_features
         elif isinstance(m, LeakyIntegrator):
-            ins = outs = m.alpha.shape[-1]
+            ins = outs = m.features() or size  # 0-dim values fit the module before
+            if ins is None:
+                raise ValueError(f"torch_ext.to_nir: {where}: its alpha, gain and leak are 0-dim "
+                                 "and nothing before it gives the number of neurons NIR needs")
         else:
             raise TypeError(f"torch_ext.to_nir: {where} cannot be exported: expected a "
                             "RecurrentLIF, an nn.Linear or a LeakyIntegrator")
@@ -319,7 +329,7 @@ def to_nir(module, dt=1e-4):
                 add(name, nir.Affine(_array(m.weight), _array(m.bias)) if m.bias is not None
                     else nir.Linear(_array(m.weight)))
             else:
-                _export_li(nir, add, m, name, dt, where)
+                _export_li(nir, add, m, name, outs, dt, where)
             ends = [(name, name)]
         for start, end in ends:  # each module (each layer of a stack) reads the one before
             if last is None:
@@ -341,6 +351,11 @@ def _flatten(nir, graph, prefix=""):
     (named "<subgraph>.<node>"): edges into a subgraph go to what its Input
     feeds, edges out of it leave from what feeds its Output."""
     nodes, edges, entries, exits = {}, [], {}, {}
+    for a, b in graph.edges:
+        for end in (a, b):
+            if end not in graph.nodes:
+                raise ValueError(f"torch_ext.from_nir: the edge ('{prefix + a}', '{prefix + b}') "
+                                 f"names a node '{prefix + end}' the graph does not have")
     for name, node in graph.nodes.items():
         if isinstance(node, nir.NIRGraph):
             inner, inner_edges = _flatten(nir, node, prefix + name + ".")
@@ -352,6 +367,9 @@ def _flatten(nir, graph, prefix=""):
             entry, exit_ = prefix + name + "." + ins[0], prefix + name + "." + outs[0]
             entries[name] = [b for a, b in inner_edges if a == entry]
             exits[name] = [a for a, b in inner_edges if b == exit_]
+            if exit_ in entries[name]:
+                raise ValueError(f"torch_ext.from_nir: subgraph '{prefix + name}': its Input feeds "
+                                 "its Output directly, an identity, which is not supported")
             nodes.update({k: v for k, v in inner.items() if k not in (entry, exit_)})
             edges += [(a, b) for a, b in inner_edges if a != entry and b != exit_]
         else:
@@ -387,13 +405,36 @@ class _Graph:
                             "from_nir reads a chain of layers")
         return names[0]
 
-    def per_neuron(self, name, field, n):
+    def per_neuron(self, name, field, n, finite=True):
         value = np.asarray(getattr(self.nodes[name], field), dtype=np.float64)
         try:
-            return np.broadcast_to(value, (n,)).copy()
+            value = np.broadcast_to(value, (n,)).copy()
         except ValueError:
             self.fail(name, f"{field} has shape {list(value.shape)}, expected [{n}] (its input "
                             f"has {n} features)")
+        if finite and not np.isfinite(value).all():
+            self.fail(name, f"{field} must be finite, got {value.tolist()}")
+        return value
+
+    def metadata(self, name):
+        """The node's metadata["torch_ext"] (what to_nir wrote), or None."""
+        return (getattr(self.nodes[name], "metadata", None) or {}).get(META)
+
+    def meta(self, name, key):
+        """One entry of the node's torch_ext metadata, which it has."""
+        if key not in self.metadata(name):
+            self.fail(name, f"its metadata {META} is incomplete: it has no '{key}'")
+        return self.metadata(name)[key]
+
+    def check_meta(self, name, what, exact, derived, dt, against="its parameters"):
+        """An error unless the metadata's exact values (broadcast to the shape
+        of derived) agree with those the nodes give at this dt, to the rounding
+        of the export."""
+        written = float(self.metadata(name).get("dt", float("nan")))
+        exact = np.broadcast_to(np.asarray(exact, dtype=np.float64), np.shape(derived))
+        if not np.allclose(exact, derived, rtol=1e-5, atol=1e-7):
+            self.fail(name, f"its metadata {META}.{what} disagrees with {against} at dt = {dt} "
+                            f"(written with dt = {written}, or edited after export)")
 
 
 def _weight(graph, name):
@@ -404,39 +445,52 @@ def _weight(graph, name):
     bias = np.asarray(node.bias) if isinstance(node, graph.nir.Affine) else None
     if bias is not None and bias.shape != (weight.shape[0],):
         graph.fail(name, f"the bias has shape {list(bias.shape)}, expected [{weight.shape[0]}]")
+    for field, value in (("weight", weight), ("bias", bias)):
+        if value is not None and not np.isfinite(value).all():
+            graph.fail(name, f"its {field} has non-finite values (NaN or inf)")
     return weight, bias
 
 
-def _membrane_units(graph, name, n, dt):
-    """(alpha, gain g = dv/dI per step, bias offset v_leak / r) of a neuron
-    node, [n] float64 each: U = v / g turns its Euler step into
-    U[t] = alpha U[t-1] + I[t] + offset."""
+# tau = dt written in float32 (snnTorch 1.0's Leaky(beta=0), or its Synaptic's
+# instantaneous synapse, alpha = 0) reads back rounded, up to half a float32
+# ulp (2**-24 relative) below or above dt: within a few ulps, tau is dt.
+_FLOAT32_ROUNDING = 1e-6
+
+
+def _membrane_units(graph, name, n, dt, spiking=True):
+    """(alpha, gain g = dv/dI per step, leak = dt / tau * v_leak, the constant
+    drive of v per step) of a neuron node, [n] float64 each: v[t] =
+    alpha v[t-1] + g I[t] + leak. A spiking layer's alpha must be in [0, 1]
+    and its g positive (U = v / g, theta = v_threshold / g); a readout (a
+    LeakyIntegrator) represents any alpha and g."""
     nir, node = graph.nir, graph.nodes[name]
     if isinstance(node, (nir.IF, nir.I)):
-        alpha, gain, offset = np.ones(n), graph.per_neuron(name, "r", n) * dt, np.zeros(n)
+        alpha, gain, leak = np.ones(n), graph.per_neuron(name, "r", n) * dt, np.zeros(n)
     else:
         tau_field = "tau_mem" if isinstance(node, nir.CubaLIF) else "tau"
-        tau, r = graph.per_neuron(name, tau_field, n), graph.per_neuron(name, "r", n)
+        tau = graph.per_neuron(name, tau_field, n, finite=False)
         if not (np.isfinite(tau).all() and (tau > 0).all()):
             graph.fail(name, f"{tau_field} must be positive and finite; a neuron without leak "
                              "(alpha = 1) is an IF node (or I, without reset)")
-        if (tau < dt).any():
-            graph.fail(name, f"{tau_field} < dt = {dt}: forward Euler gives alpha = 1 - dt/tau < 0 "
-                             "(pass the dt the graph was made for)")
-        alpha, gain = 1 - dt / tau, r * dt / tau
+        alpha, gain = 1 - dt / tau, graph.per_neuron(name, "r", n) * dt / tau
+        if spiking:  # the layer clamps alpha into [0, 1]
+            if (alpha < -_FLOAT32_ROUNDING).any():
+                graph.fail(name, f"{tau_field} < dt = {dt}: forward Euler gives alpha = 1 - dt/tau "
+                                 "< 0 (pass the dt the graph was made for)")
+            alpha = np.maximum(alpha, 0)
         if isinstance(node, nir.CubaLIF):
             # An instantaneous synapse (tau_syn = dt, the synaptic current
             # updated first, as in snnTorch's Synaptic) is a gain w_in.
             tau_syn = graph.per_neuron(name, "tau_syn", n)
-            if not (dt / tau_syn == 1).all():
+            if not (abs(dt / tau_syn - 1) <= _FLOAT32_ROUNDING).all():
                 graph.fail(name, f"a real synapse (tau_syn = {tau_syn.tolist()} != dt = {dt}) is a "
                                  "second state RecurrentLIF does not have")
             gain = gain * graph.per_neuron(name, "w_in", n)
-        offset = graph.per_neuron(name, "v_leak", n) * dt / tau / gain
-    if not (np.isfinite(gain).all() and (gain > 0).all()):
-        graph.fail(name, "the input gain r * dt / tau (r * dt for IF and I) must be positive and "
-                         f"finite, got {gain.tolist()}")
-    return alpha, gain, offset
+        leak = graph.per_neuron(name, "v_leak", n) * dt / tau
+    if not np.isfinite(gain).all() or (spiking and not (gain > 0).all()):
+        graph.fail(name, "the input gain r * dt / tau (r * dt for IF and I) must be "
+                         f"{'positive and ' if spiking else ''}finite, got {gain.tolist()}")
+    return alpha, gain, leak
 
 
 def _read_layer(graph, proj, cell, dt):
@@ -458,8 +512,8 @@ def _read_layer(graph, proj, cell, dt):
             graph.fail(cell, f"v_reset = {v_reset.tolist()}: RecurrentLIF resets to 0 (its "
                              "reset='zero'); another reset value has no exact equivalent")
         threshold = graph.per_neuron(cell, "v_threshold", n)
-    alpha, gain, offset = _membrane_units(graph, cell, n, dt)
-    theta = threshold / gain
+    alpha, gain, leak = _membrane_units(graph, cell, n, dt)
+    offset, theta = leak / gain, threshold / gain  # in the membrane's units U = v / g
     if not np.isfinite(theta).all():
         graph.fail(cell, f"the threshold in the membrane's units, v_threshold / (r * dt / tau), "
                          f"must be finite, got {theta.tolist()}")
@@ -485,11 +539,9 @@ def _read_layer(graph, proj, cell, dt):
     extra = [b for b in (rec_bias, None if (offset == 0).all() else offset) if b is not None]
     if extra:  # a bias of the recurrent Affine and v_leak are constant drives
         bias = (np.zeros(n) if bias is None else bias.astype(np.float64)) + sum(extra)
-    meta = getattr(node, "metadata", None) or {}
     layer = {"w_in": w_in, "bias": bias, "n": n, "name": cell,
              "options": {"reset": "zero" if spikes == cell else "none"}}
-    meta = meta.get(META)
-    if meta is None:
+    if graph.metadata(cell) is None:
         if w_rec is not None and np.array_equal(w_rec, np.diag(np.diag(w_rec))):
             layer["options"]["recurrent"], w_rec = "one_to_one", np.diag(w_rec).copy()
         else:
@@ -499,57 +551,66 @@ def _read_layer(graph, proj, cell, dt):
         layer["theta"] = theta[:1].reshape(()) if (theta == theta[0]).all() else theta
         layer["w_rec"] = w_rec
         return layer, after
-    return _from_metadata(graph, layer, meta, alpha, theta, w_rec, dt), after
+    return _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt), after
 
 
-def _from_metadata(graph, layer, meta, alpha, theta, w_rec, dt):
-    """The exact layer from to_nir's metadata, checked against the node's
-    own parameters (a graph edited after export, or read with another dt,
-    would otherwise import values that disagree with what it says)."""
+def _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt):
+    """The exact layer from to_nir's metadata, checked against the nodes'
+    own parameters, the recurrent weight included (a graph edited after
+    export, or read with another dt, would otherwise import values that
+    disagree with what it says)."""
     name, n = layer["name"], layer["n"]
-    exact_alpha, exact_theta = np.asarray(meta["alpha"]), np.asarray(meta["theta"])
-    for what, exact, derived in (("alpha", np.clip(exact_alpha, 0, 1), alpha),
-                                 ("theta", exact_theta, theta)):
-        if not np.allclose(np.broadcast_to(exact.astype(np.float64), (n,)), derived,
-                           rtol=1e-5, atol=1e-7):
-            graph.fail(name, f"its metadata {META}.{what} disagrees with its parameters at dt = "
-                             f"{dt} (written with dt = {float(meta.get('dt', float('nan')))}, "
-                             "or edited after export)")
-    reset = str(meta["reset"])
+    get = lambda key: graph.meta(name, key)  # noqa: E731
+    exact_alpha, exact_theta = np.asarray(get("alpha")), np.asarray(get("theta"))
+    graph.check_meta(name, "alpha", np.clip(exact_alpha, 0, 1), alpha, dt)
+    graph.check_meta(name, "theta", exact_theta, theta, dt)
+    reset = str(get("reset"))
     if (reset == "zero") != (layer["options"]["reset"] == "zero"):
         graph.fail(name, f"its metadata says reset='{reset}', which a "
                          f"{graph.kind(name)} node does not encode")
-    recurrent = str(meta["recurrent"])
+    recurrent = str(get("recurrent"))
     if w_rec is None and (recurrent != "none" or reset == "subtract"):
         graph.fail(name, f"its metadata says recurrent='{recurrent}', reset='{reset}', but it has "
                          "no recurrent cycle")
+    if recurrent == "none" and w_rec is not None and reset != "subtract":
+        graph.fail(name, "its metadata says recurrent='none' but it has a recurrent cycle")
+    # The exact w_rec (or its diagonal) comes from the metadata; the graph's
+    # recurrent weight, w_rec - diag(theta) for reset="subtract", must agree.
+    minus = (np.broadcast_to(exact_theta.astype(np.float64), (n,)) if reset == "subtract"
+             else np.zeros(n))
+    against = f"the weight of its recurrent node '{rec}'"
     if recurrent == "none":
-        if w_rec is not None and reset != "subtract":
-            graph.fail(name, "its metadata says recurrent='none' but it has a recurrent cycle")
+        if w_rec is not None:  # "subtract": the reset's -diag(theta) only
+            graph.check_meta(name, "theta", np.diag(-minus), w_rec, dt, against)
         w_rec = None
     elif recurrent == "one_to_one":
-        w_rec = np.asarray(meta["w_rec"])
-    elif reset == "subtract":
-        w_rec = w_rec.copy()  # diag(theta) was subtracted on export: the exact diagonal back
-        np.fill_diagonal(w_rec, np.asarray(meta["w_rec_diagonal"]))
+        exact_w = np.asarray(get("w_rec"))
+        graph.check_meta(name, "w_rec", np.diag(np.broadcast_to(exact_w, (n,)) - minus), w_rec,
+                         dt, against)
+        w_rec = exact_w
+    elif reset == "subtract":  # w_rec - diag(theta) rounds: the exact diagonal back
+        diagonal = np.asarray(get("w_rec_diagonal"))
+        graph.check_meta(name, "w_rec_diagonal", diagonal - minus, np.diagonal(w_rec), dt, against)
+        w_rec = w_rec.copy()
+        np.fill_diagonal(w_rec, diagonal)
     layer.update(alpha=exact_alpha, theta=exact_theta, w_rec=w_rec,
-                 stack=(int(meta["module"]), int(meta["layer"]), int(meta["num_layers"])))
+                 stack=(int(get("module")), int(get("layer")), int(get("num_layers"))))
     layer["options"] = {
-        "reset": reset, "recurrent": recurrent, "detach_reset": bool(meta["detach_reset"]),
-        "surrogate": str(meta["surrogate"]), "slope": float(meta["slope"]),
-        "learn_alpha": bool(meta["learn_alpha"]), "learn_theta": bool(meta["learn_theta"]),
-        "per_neuron": bool(meta["per_neuron"]), "dropout": float(meta["dropout"])}
+        "reset": reset, "recurrent": recurrent, "detach_reset": bool(get("detach_reset")),
+        "surrogate": str(get("surrogate")), "slope": float(get("slope")),
+        "learn_alpha": bool(get("learn_alpha")), "learn_theta": bool(get("learn_theta")),
+        "per_neuron": bool(get("per_neuron")), "dropout": float(get("dropout"))}
     return layer
 
 
 def _read_li(graph, name, n, dt, dtype):
-    node = graph.nodes[name]
-    meta = (getattr(node, "metadata", None) or {}).get(META)
-    if meta is not None:
-        values = [np.asarray(meta[k]) for k in ("alpha", "gain", "leak")]
-    else:
-        alpha, gain, offset = _membrane_units(graph, name, n, dt)
-        values = [alpha, gain, offset * gain]  # v itself is the output: v_leak * dt / tau
+    """A LeakyIntegrator: v itself is the output, any alpha and gain are exact."""
+    values = _membrane_units(graph, name, n, dt, spiking=False)
+    if graph.metadata(name) is not None:  # to_nir's exact values, if they agree
+        exact = [np.asarray(graph.meta(name, key)) for key in ("alpha", "gain", "leak")]
+        for key, value, derived in zip(("alpha", "gain", "leak"), exact, values):
+            graph.check_meta(name, key, value, derived, dt)
+        values = exact
     return LeakyIntegrator(*(torch.tensor(v, dtype=dtype) for v in values))
 
 
@@ -577,30 +638,30 @@ def _build_layers(group, dtype):
                           dtype=dtype, **options)
     with torch.no_grad():
         for layer, part in enumerate(group):
-            get = lambda key: getattr(module, module._name(key, layer))  # noqa: E731
-            get("w_in").copy_(torch.from_numpy(part["w_in"]))
-            if part["bias"] is not None:
-                get("bias").copy_(torch.from_numpy(np.asarray(part["bias"])))
-            if part["w_rec"] is not None:
-                w_rec = np.asarray(part["w_rec"])
-                if w_rec.ndim == 0:  # one shared one-to-one weight stays one
-                    setattr(module, module._name("w_rec", layer),
-                            nn.Parameter(torch.empty((), dtype=dtype)))
-                get("w_rec").copy_(torch.from_numpy(w_rec))
-            get("alpha").copy_(as_tensor(part["alpha"]))
-            get("theta").copy_(as_tensor(part["theta"]))
+            for key in ("w_in", "bias", "w_rec", "alpha", "theta"):
+                if part[key] is None:
+                    continue
+                name, value = module._name(key, layer), as_tensor(part[key])
+                current = getattr(module, name)
+                if current.shape == value.shape:
+                    current.copy_(value)
+                else:  # a shape other than the first layer's (0-dim w_rec, alpha, theta) stays
+                    setattr(module, name,
+                            nn.Parameter(value) if isinstance(current, nn.Parameter) else value)
     return module
 
 
 def _stacks(parts):
     """Groups consecutive layer descriptions that to_nir wrote from one
-    RecurrentLIF with num_layers > 1; everything else stays alone."""
+    RecurrentLIF with num_layers > 1 and that still share its options and its
+    bias=True/False (an edited graph may not); everything else stays alone."""
     groups = []
     for part in parts:
         stack = part.get("stack") if isinstance(part, dict) else None
         if (stack is not None and stack[1] > 0 and groups and isinstance(groups[-1], list)
                 and groups[-1][-1].get("stack") == (stack[0], stack[1] - 1, stack[2])
-                and groups[-1][-1]["options"] == part["options"]):
+                and groups[-1][-1]["options"] == part["options"]
+                and (groups[-1][-1]["bias"] is None) == (part["bias"] is None)):
             groups[-1].append(part)
         else:
             groups.append([part] if isinstance(part, dict) else part)
@@ -652,9 +713,11 @@ def from_nir(graph_or_path, dt=1e-4):
         ValueError: naming the node: what has no exact equivalent (``v_reset``
             != 0, a ``CubaLIF`` with a real synapse, ``Delay``, convolutions,
             pooling, ``Flatten``, ``Scale``, a ``LIF`` with an infinite tau,
-            which is an ``IF``, tau < dt, a non-positive gain), a graph that
-            is not a chain (branches, several inputs), a neuron without a
-            weight node before it, metadata that disagrees with the nodes.
+            which is an ``IF``, in a spiking layer tau < dt or a non-positive
+            gain), NaN or inf values, a graph that is not a chain (branches,
+            several inputs, nodes off the chain, edges to missing nodes), a
+            neuron without a weight node before it, metadata that is
+            incomplete or disagrees with the nodes (the recurrent weight too).
 
     Example::
 
@@ -721,5 +784,19 @@ def from_nir(graph_or_path, dt=1e-4):
                                 "LI or I (+ Threshold)")
     if not parts:
         raise ValueError("torch_ext.from_nir: the graph has no node between Input and Output")
+    # The walk checked every node's successors, so what the Input reaches is
+    # the chain and its cycles; the Output and the nodes it did not reach
+    # could still add inputs the modules would not compute.
+    graph.only(graph.pred[outputs[0]], outputs[0], "predecessor")
+    reached, frontier = set(inputs), list(inputs)
+    while frontier:
+        for name in graph.succ[frontier.pop()]:
+            if name not in reached:
+                reached.add(name)
+                frontier.append(name)
+    for name in graph.nodes:
+        if name not in reached:
+            graph.fail(name, "not on the chain from the Input to the Output: from_nir reads one "
+                             "chain of layers")
     modules = [_build_layers(g, dtype) if isinstance(g, list) else g for g in _stacks(parts)]
     return modules[0] if len(modules) == 1 else SpikingSequential(*modules)
