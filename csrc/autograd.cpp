@@ -35,6 +35,30 @@ BackwardResult call_backward(const OptionalTensor& grad_spikes,
                  reset, detach_reset, surrogate, slope, needs_grad, bias, lengths);
 }
 
+// Which inputs autograd wants gradients for, from which were given: absent
+// optional tensors are not autograd inputs, so needs_input_grad counts the
+// given ones only.
+template <size_t N>
+std::array<bool, N> needed_grads(AutogradContext* ctx, const std::array<bool, N>& given) {
+  std::array<bool, N> needs{};
+  for (size_t i = 0, edge = 0; i < N; ++i) {
+    if (given[i]) needs[i] = ctx->needs_input_grad(edge++);
+  }
+  return needs;
+}
+
+// What a backward returns: the gradient of each needed tensor input,
+// undefined for the others and for the `arguments` - N non-tensor arguments.
+template <size_t N>
+variable_list returned_grads(variable_list grads, const std::array<bool, N>& needs,
+                             size_t arguments) {
+  for (size_t i = 0; i < N; ++i) {
+    if (!needs[i]) grads[i] = at::Tensor();
+  }
+  grads.resize(arguments);
+  return grads;
+}
+
 // Forward-mode AD has no rule here; without this check the tangent would be
 // rejected by a generic message that does not name the op.
 template <typename... Tensors>
@@ -85,8 +109,6 @@ class RecurrentLIFFunction : public torch::autograd::Function<RecurrentLIFFuncti
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
-    // Which inputs were given (absent optional tensors are not autograd inputs,
-    // so needs_input_grad counts the given ones only).
     const std::array<bool, 8> given{true,
                                     saved[1].defined(),
                                     saved[2].defined(),
@@ -95,10 +117,7 @@ class RecurrentLIFFunction : public torch::autograd::Function<RecurrentLIFFuncti
                                     true,
                                     saved[5].defined(),
                                     saved[6].defined()};
-    std::array<bool, 8> needs{};
-    for (size_t i = 0, edge = 0; i < needs.size(); ++i) {
-      if (given[i]) needs[i] = ctx->needs_input_grad(edge++);
-    }
+    const std::array<bool, 8> needs = needed_grads(ctx, given);
     const std::optional<double> slope = ctx->saved_data["slope"].toOptional<double>();
     const auto grads = call_backward(
         optional(grad_outputs[0]), optional(grad_outputs[1]), saved[0], optional(saved[1]),
@@ -107,12 +126,8 @@ class RecurrentLIFFunction : public torch::autograd::Function<RecurrentLIFFuncti
         ctx->saved_data["detach_reset"].toBool(), ctx->saved_data["surrogate"].toStringRef(), slope,
         needs, optional(saved[9]), optional(saved[10]));
     const auto [g_x, g_w_in, g_w_rec, g_bias, g_alpha, g_theta, g_u0, g_s0] = grads;
-    variable_list out{g_x, g_w_in, g_w_rec, g_bias, g_alpha, g_theta, g_u0, g_s0};
-    for (size_t i = 0; i < needs.size(); ++i) {
-      if (!needs[i]) out[i] = at::Tensor();
-    }
-    out.resize(14);  // reset, detach_reset, surrogate, slope, save_membrane, lengths: none
-    return out;
+    // 14 arguments: reset, detach_reset, surrogate, slope, save_membrane, lengths get none.
+    return returned_grads({g_x, g_w_in, g_w_rec, g_bias, g_alpha, g_theta, g_u0, g_s0}, needs, 14);
   }
 };
 
@@ -274,10 +289,7 @@ class RecurrentAdLIFFunction : public torch::autograd::Function<RecurrentAdLIFFu
     // Inputs 0..11 are saved at 0..11 (absent optionals undefined).
     std::array<bool, kAdaptiveInputs> given{};
     for (int i = 0; i < kAdaptiveInputs; ++i) given[i] = saved[i].defined();
-    std::array<bool, kAdaptiveInputs> needs{};
-    for (size_t i = 0, edge = 0; i < needs.size(); ++i) {
-      if (given[i]) needs[i] = ctx->needs_input_grad(edge++);
-    }
+    const std::array<bool, kAdaptiveInputs> needs = needed_grads(ctx, given);
     const std::vector<at::Tensor> grads = call_adaptive_backward(
         optional(grad_outputs[0]), optional(grad_outputs[1]), optional(grad_outputs[2]), saved[0],
         optional(saved[1]), optional(saved[2]), optional(saved[3]), saved[4], saved[5], saved[6],
@@ -286,12 +298,8 @@ class RecurrentAdLIFFunction : public torch::autograd::Function<RecurrentAdLIFFu
         ctx->saved_data["reset"].toStringRef(), ctx->saved_data["detach_reset"].toBool(),
         ctx->saved_data["surrogate"].toStringRef(),
         ctx->saved_data["slope"].toOptional<double>(), needs, optional(saved[15]));
-    variable_list out(grads.begin(), grads.end());
-    for (size_t i = 0; i < needs.size(); ++i) {
-      if (!needs[i]) out[i] = at::Tensor();
-    }
-    out.resize(18);  // reset, detach_reset, surrogate, slope, save_state, lengths: none
-    return out;
+    // 18 arguments: reset, detach_reset, surrogate, slope, save_state, lengths get none.
+    return returned_grads(variable_list(grads.begin(), grads.end()), needs, 18);
   }
 };
 

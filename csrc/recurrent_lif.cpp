@@ -442,6 +442,43 @@ void check_backward_inputs(const Dims& d, const at::Tensor& x, const at::Tensor&
   }
 }
 
+// Every check of a backward call, in the same order for the real and the Meta
+// kernels: the forward's tensors and lengths, the backward's own tensors, the options.
+std::pair<Dims, Options> check_lif_backward_call(
+    const at::Tensor& x, const OptionalTensor& w_in, const OptionalTensor& w_rec,
+    const OptionalTensor& bias, const at::Tensor& alpha, const at::Tensor& theta,
+    const OptionalTensor& u0, const OptionalTensor& s0, const at::Tensor& spikes,
+    const OptionalTensor& membrane, const OptionalTensor& grad_spikes,
+    const OptionalTensor& grad_membrane, c10::string_view reset, bool detach_reset,
+    c10::string_view surrogate, std::optional<double> slope, const OptionalTensor& lengths) {
+  const Dims d = check_lif_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
+  check_lengths(lengths, x, d);
+  check_backward_inputs(
+      d, x, spikes,
+      {{&membrane, "membrane"}, {&grad_spikes, "grad_spikes"}, {&grad_membrane, "grad_membrane"}});
+  return {d, check_options(reset, detach_reset, surrogate, slope, d.compute, d.op)};
+}
+
+std::pair<Dims, Options> check_adaptive_backward_call(
+    const OptionalTensor& grad_spikes, const OptionalTensor& grad_membrane,
+    const OptionalTensor& grad_adaptation, const at::Tensor& x, const OptionalTensor& w_in,
+    const OptionalTensor& w_rec, const OptionalTensor& bias, const at::Tensor& alpha,
+    const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b, const at::Tensor& theta,
+    const OptionalTensor& v0, const OptionalTensor& a0, const OptionalTensor& s0,
+    const at::Tensor& spikes, const OptionalTensor& membrane, const OptionalTensor& adaptation,
+    c10::string_view reset, bool detach_reset, c10::string_view surrogate,
+    std::optional<double> slope, const OptionalTensor& lengths) {
+  const Dims d = check_adaptive_inputs(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0);
+  check_lengths(lengths, x, d);
+  check_backward_inputs(d, x, spikes,
+                        {{&membrane, "membrane"},
+                         {&adaptation, "adaptation"},
+                         {&grad_spikes, "grad_spikes"},
+                         {&grad_membrane, "grad_membrane"},
+                         {&grad_adaptation, "grad_adaptation"}});
+  return {d, check_options(reset, detach_reset, surrogate, slope, d.compute, d.op)};
+}
+
 at::Tensor compute_contiguous(const at::Tensor& t, at::ScalarType compute) {
   return t.to(compute).contiguous();
 }
@@ -709,14 +746,9 @@ BackwardResult recurrent_lif_backward(const OptionalTensor& grad_spikes,
   // The matrix products below stay in the compute dtype even under autocast
   // (whose kernel for this op already cast the inputs it casts).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const Dims sym = check_lif_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
-  check_lengths(lengths, x, sym);
-  check_backward_inputs(sym, x, spikes,
-                        {{&membrane, "membrane"},
-                         {&grad_spikes, "grad_spikes"},
-                         {&grad_membrane, "grad_membrane"}});
-  const Options options =
-      check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute, sym.op);
+  const auto [sym, options] = check_lif_backward_call(
+      x, w_in, w_rec, bias, alpha, theta, u0, s0, spikes, membrane, grad_spikes, grad_membrane,
+      reset_name, detach_reset, surrogate_name, slope, lengths);
   const int64_t T = x.size(0), B = x.size(1), N = sym.N.expect_int();
   const at::ScalarType compute = sym.compute;
   auto incoming = [&](const OptionalTensor& g) {
@@ -793,16 +825,10 @@ std::vector<at::Tensor> recurrent_adlif_backward(
     std::optional<double> slope, std::array<bool, kAdaptiveInputs> needs_grad,
     const OptionalTensor& lengths, ForwardLoop forward_loop, BackwardLoop loop) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const Dims sym = check_adaptive_inputs(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0);
-  check_lengths(lengths, x, sym);
-  check_backward_inputs(sym, x, spikes,
-                        {{&membrane, "membrane"},
-                         {&adaptation, "adaptation"},
-                         {&grad_spikes, "grad_spikes"},
-                         {&grad_membrane, "grad_membrane"},
-                         {&grad_adaptation, "grad_adaptation"}});
-  const Options options =
-      check_options(reset_name, detach_reset, surrogate_name, slope, sym.compute, sym.op);
+  const auto [sym, options] = check_adaptive_backward_call(
+      grad_spikes, grad_membrane, grad_adaptation, x, w_in, w_rec, bias, alpha, beta, a, b, theta,
+      v0, a0, s0, spikes, membrane, adaptation, reset_name, detach_reset, surrogate_name, slope,
+      lengths);
   const int64_t T = x.size(0), B = x.size(1), N = sym.N.expect_int();
   const at::ScalarType compute = sym.compute;
   auto incoming = [&](const OptionalTensor& g) {
@@ -905,12 +931,10 @@ BackwardResult backward_meta(const OptionalTensor& grad_spikes,
                              c10::string_view reset, bool detach_reset, c10::string_view surrogate,
                              std::optional<double> slope, std::array<bool, 8> needs_grad,
                              const OptionalTensor& bias, const OptionalTensor& lengths) {
-  const Dims d = check_lif_inputs(x, w_in, w_rec, bias, alpha, theta, u0, s0);
-  check_lengths(lengths, x, d);
-  check_backward_inputs(
-      d, x, spikes,
-      {{&membrane, "membrane"}, {&grad_spikes, "grad_spikes"}, {&grad_membrane, "grad_membrane"}});
-  check_options(reset, detach_reset, surrogate, slope, d.compute, d.op);
+  const Dims d = check_lif_backward_call(x, w_in, w_rec, bias, alpha, theta, u0, s0, spikes,
+                                         membrane, grad_spikes, grad_membrane, reset,
+                                         detach_reset, surrogate, slope, lengths)
+                     .first;
   // Gradient i is shaped like input i (bias: [N] in x's dtype); one not needed
   // is empty, as in the real kernels.
   auto like = [&](int i, const OptionalTensor& t) {
@@ -964,15 +988,11 @@ std::vector<at::Tensor> adaptive_backward_meta(
     c10::string_view reset, bool detach_reset, c10::string_view surrogate,
     std::optional<double> slope, std::array<bool, kAdaptiveInputs> needs_grad,
     const OptionalTensor& lengths) {
-  const Dims d = check_adaptive_inputs(x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0);
-  check_lengths(lengths, x, d);
-  check_backward_inputs(d, x, spikes,
-                        {{&membrane, "membrane"},
-                         {&adaptation, "adaptation"},
-                         {&grad_spikes, "grad_spikes"},
-                         {&grad_membrane, "grad_membrane"},
-                         {&grad_adaptation, "grad_adaptation"}});
-  check_options(reset, detach_reset, surrogate, slope, d.compute, d.op);
+  const Dims d = check_adaptive_backward_call(grad_spikes, grad_membrane, grad_adaptation, x,
+                                              w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0,
+                                              s0, spikes, membrane, adaptation, reset,
+                                              detach_reset, surrogate, slope, lengths)
+                     .first;
   const std::array<OptionalTensor, kAdaptiveInputs> inputs{x, w_in, w_rec, bias, alpha, beta,
                                                            a, b, theta, v0, a0, s0};
   std::vector<at::Tensor> grads;
