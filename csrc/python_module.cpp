@@ -1,7 +1,7 @@
 // The only Python-facing C++: the pybind11 module torch_ext._C. Importing it
 // loads the library, whose static initialisers register the ops under
-// torch.ops.torch_ext; besides, it exposes the option tables, the option check
-// and how the extension was built.
+// torch.ops.torch_ext; besides, it exposes the option tables, the neuron
+// registry, the option check and how the extension was built.
 #include <ATen/Context.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "recurrent_lif.h"
+#include "core/blas.h"
+#include "core/driver.h"
+#include "neurons/registry.h"
 
 namespace py = pybind11;
 
@@ -64,10 +66,10 @@ py::dict build_info() {
 
 // check_options with its errors as the Python exceptions torch raises for
 // the same checks in the op (ValueError, TypeError).
-double resolve_slope(const std::string& reset, bool detach_reset, const std::string& surrogate,
-                     std::optional<double> slope, bool float64) {
+double resolve_slope(const std::string& op, const std::string& reset, bool detach_reset,
+                     const std::string& surrogate, std::optional<double> slope, bool float64) {
   try {
-    return torch_ext::check_options(reset, detach_reset, surrogate, slope,
+    return torch_ext::check_options(op.c_str(), reset, detach_reset, surrogate, slope,
                                     float64 ? at::kDouble : at::kFloat)
         .slope;
   } catch (const c10::ValueError& e) {
@@ -77,13 +79,32 @@ double resolve_slope(const std::string& reset, bool detach_reset, const std::str
   }
 }
 
+// A model of the registry as Python data: the op's name, its parameters
+// ((name, default, decay) in the op's order), its states ((initial value's
+// name, output's name)), the low-memory flag's name and the option defaults.
+template <typename M>
+py::dict neuron_spec() {
+  py::dict spec;
+  const torch_ext::NeuronTraits& t = M::kTraits;
+  spec["op"] = t.op;
+  py::list params, states;
+  for (const auto& p : M::kParams) params.append(py::make_tuple(p.name, p.default_value, p.decay));
+  for (const auto& s : M::kStates) states.append(py::make_tuple(s.initial, s.output));
+  spec["params"] = py::tuple(params);
+  spec["states"] = py::tuple(states);
+  spec["save_flag"] = t.save_flag;
+  spec["reset"] = t.default_reset;
+  spec["detach_reset"] = t.default_detach_reset;
+  return spec;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "torch_ext's compiled part: the recurrent LIF ops and the facts of this build";
+  m.doc() = "torch_ext's compiled part: the recurrent spiking ops and the facts of this build";
   m.def("build_info", &build_info,
         "How this extension was built: versions, CUDA and its architectures, OpenMP, SIMD, BLAS.");
-  m.def("resolve_slope", &resolve_slope, py::arg("reset"), py::arg("detach_reset"),
+  m.def("resolve_slope", &resolve_slope, py::arg("op"), py::arg("reset"), py::arg("detach_reset"),
         py::arg("surrogate"), py::arg("slope"), py::arg("float64"),
         "Checks the options as the op does; returns the slope to use.");
 #ifdef WITH_CUDA
@@ -106,4 +127,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   TORCH_EXT_FOR_EACH_SURROGATE(TORCH_EXT_SLOPE)
 #undef TORCH_EXT_SLOPE
   m.attr("SURROGATE_SLOPES") = slopes;
+  py::list neurons;
+#define TORCH_EXT_NEURON(M) neurons.append(neuron_spec<torch_ext::M>());
+  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_NEURON)
+#undef TORCH_EXT_NEURON
+  m.attr("NEURONS") = py::tuple(neurons);
 }

@@ -33,7 +33,7 @@ def test_option_tables_come_from_the_cpp_tables():
     # Each default slope is the one the op uses when slope=None.
     x = torch.randn(6, 2, 3, dtype=torch.float64)
     for surrogate, slope in _C.SURROGATE_SLOPES.items():
-        assert _C.resolve_slope("subtract", False, surrogate, None, True) == slope
+        assert _C.resolve_slope("recurrent_lif", "subtract", False, surrogate, None, True) == slope
         w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
         default = torch.autograd.grad(
             torch_ext.recurrent_lif(x, w, None, surrogate=surrogate)[0].sum(), [w])

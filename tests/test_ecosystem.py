@@ -47,8 +47,8 @@ def test_opcheck_backward(needs):
     a = op_inputs(False, True)
     spikes, membrane = torch.ops.torch_ext.recurrent_lif(*a, *OPTIONS)
     torch.library.opcheck(torch.ops.torch_ext._recurrent_lif_backward.default,
-                          (torch.randn_like(spikes), None, a.x, a.w_in, a.w_rec, a.alpha, a.theta,
-                           a.u0, a.s0, spikes, membrane, *OPTIONS, needs))
+                          (torch.randn_like(spikes), None, a.x, a.w_in, a.w_rec, a.bias, a.alpha,
+                           a.theta, a.u0, a.s0, spikes, membrane, *OPTIONS, needs))
 
 
 class Net(torch.nn.Module):

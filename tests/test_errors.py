@@ -111,7 +111,8 @@ def test_errors_from_cpp_reach_python_for_direct_op_calls():
         with pytest.raises(ValueError, match=f"'{name}'"):
             forward(*a, *options)
     spikes, membrane = forward(*a, "zero", False, "atan", 1.0)
-    common = (a.x, a.w_in, a.w_rec, a.alpha, a.theta, a.u0, a.s0, spikes, membrane, "zero", False)
+    common = (a.x, a.w_in, a.w_rec, a.bias, a.alpha, a.theta, a.u0, a.s0, spikes, membrane, "zero",
+              False)
     backward = torch.ops.torch_ext._recurrent_lif_backward
     with pytest.raises(ValueError, match="'surrogate'"):
         backward(None, None, *common, "nope", 1.0, [True] * 8)

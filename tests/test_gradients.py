@@ -225,7 +225,7 @@ def test_backward_is_the_fused_op():
     spikes, membrane = torch_ext.recurrent_lif(*args)
     node = spikes.grad_fn
     assert node is membrane.grad_fn  # one node for the whole sequence
-    assert "RecurrentLIFFunction" in node.name()
+    assert "RecurrentFunction<torch_ext::LIF>" in node.name()  # the C++ autograd Function
     # Its backward is that one node, connected straight to the eight leaves:
     # no autograd-generated nodes (casts, copies, per-step ops) in between.
     edges = [fn for fn, _ in node.next_functions]

@@ -171,8 +171,8 @@ def test_defect_06_empty_time_or_batch_outputs_do_not_alias(T_, B_):
     for needs in ([True] * 8, [True, False, True, False, True, False, True, False]):
         torch.library.opcheck(BACKWARD_OP.default,
                               (torch.randn_like(spikes), torch.randn_like(membrane), args.x,
-                               args.w_in, args.w_rec, args.alpha, args.theta, args.u0, args.s0,
-                               spikes, membrane, *OP_OPTIONS, needs))
+                               args.w_in, args.w_rec, args.bias, args.alpha, args.theta, args.u0,
+                               args.s0, spikes, membrane, *OP_OPTIONS, needs))
 
 
 @pytest.mark.parametrize("w_in", [True, False])
@@ -356,7 +356,6 @@ def test_backward_op_same_error_on_cpu_and_meta(replace, exc, name):
     spikes, membrane = OP(*args, *OP_OPTIONS)
     call = dict(grad_spikes=torch.ones_like(spikes), grad_membrane=torch.ones_like(membrane),
                 **args._asdict(), spikes=spikes, membrane=membrane)
-    del call["bias"]  # the backward does not take it
     call.update(reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None,
                 needs_grad=[True] * 8)
     call.update(replace)
@@ -459,7 +458,6 @@ def test_meta_argument_in_the_backward_op(name):
     spikes, membrane = OP(*args, *OP_OPTIONS)
     call = dict(grad_spikes=torch.ones_like(spikes), grad_membrane=torch.ones_like(membrane),
                 **args._asdict(), spikes=spikes, membrane=membrane)
-    del call["bias"]
     call[name] = call[name].to("meta")
     with pytest.raises(ValueError, match=f"'{name}' is on meta but x is on cpu; {ONE_DEVICE}"):
         BACKWARD_OP(**call, reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None,
@@ -598,7 +596,7 @@ def test_empty_features_or_neurons_pass_opcheck(shape):
     spikes, membrane = OP(*args, *OP_OPTIONS)
     torch.library.opcheck(BACKWARD_OP.default,
                           (torch.randn_like(spikes), None, args.x, args.w_in, args.w_rec,
-                           args.alpha, args.theta, args.u0, args.s0, spikes, membrane,
+                           args.bias, args.alpha, args.theta, args.u0, args.s0, spikes, membrane,
                            *OP_OPTIONS, [True] * 8))
 
 
@@ -692,8 +690,9 @@ def test_create_graph_first_derivative_works_second_raises():
 def test_direct_backward_op_is_once_differentiable():
     args = leaves(inputs())
     spikes, membrane = OP(*args, *OP_OPTIONS)
-    grads = BACKWARD_OP(torch.ones_like(spikes), None, args.x, args.w_in, args.w_rec, args.alpha,
-                        args.theta, args.u0, args.s0, spikes, membrane, *OP_OPTIONS, [True] * 8)
+    grads = BACKWARD_OP(torch.ones_like(spikes), None, args.x, args.w_in, args.w_rec, args.bias,
+                        args.alpha, args.theta, args.u0, args.s0, spikes, membrane, *OP_OPTIONS,
+                        [True] * 8)
     with pytest.raises(RuntimeError, match=ONCE_DIFFERENTIABLE):
         torch.autograd.grad(grads[0].sum(), [args.w_in])
 

@@ -1,6 +1,6 @@
 """The docstring texts shared by each functional op (torch_ext.recurrent_lif,
-torch_ext.recurrent_adlif) and its plain-PyTorch reference, which take the
-same arguments and return the same results."""
+recurrent_adlif, recurrent_cubalif) and its plain-PyTorch reference, which
+take the same arguments and return the same results."""
 
 FUNCTIONAL = """
     Time-major, t = 1..T, with R[t-1] = S[t-1] (R[0] = s0)::
@@ -176,4 +176,90 @@ ADLIF_FUNCTIONAL = """
         >>> spikes.shape
         torch.Size([100, 16, 128])
         >>> more = {name}(x, w_in, w_rec, v0=v[-1], a0=adaptation[-1], s0=spikes[-1])
+"""
+
+CUBA_FUNCTIONAL = """
+    Time-major, t = 1..T, with R[t-1] = S[t-1] (R[0] = s0)::
+
+        I[t] = x[t] @ w_in.T + bias
+        J[t] = alpha_syn * J[t-1] + I[t] + S[t-1] @ w_rec.T
+        U[t] = alpha * U[t-1] + J[t] - theta * R[t-1]          reset="subtract"
+        U[t] = alpha * U[t-1] * (1 - R[t-1]) + J[t]            reset="zero"
+        U[t] = alpha * U[t-1] + J[t]                           reset="none"
+        S[t] = H(U[t] - theta),   H(v) = 1 if v > 0 else 0
+
+    The synaptic current J filters everything that reaches the neuron, and
+    the membrane takes the current of the same step. With alpha_syn = 0 this
+    is the LIF layer of :func:`torch_ext.recurrent_lif`. The backward pass
+    replaces dS/dU by the surrogate sg(U - theta).
+
+    Args:
+        x (Tensor): the input ``[T, B, F]`` (time-major), float16, bfloat16,
+            float32 or float64 (the half types compute in float32).
+        w_in (Tensor or None): input weights ``[N, F]``; None: no projection,
+            ``F == N`` and I[t] = x[t] + bias.
+        w_rec (Tensor or None): recurrent weights ``[N, N]``, row i = the
+            weights into neuron i; or ``[N]``, one-to-one recurrence (neuron
+            i feeds back ``w_rec[i] * S_i[t-1]`` to itself only); None: no
+            recurrence.
+        bias (Tensor or None): ``[N]``. Default: ``None``.
+        alpha (float or Tensor): membrane decay, in [0, 1]: a float (no
+            gradient), a 0-dim tensor (one value, its gradient the full sum)
+            or an ``[N]`` tensor (one per neuron); a CUDA tensor's values are
+            not checked. Default: ``0.9``.
+        alpha_syn (float or Tensor): synaptic current decay, in [0, 1], as
+            alpha. Default: ``0.8``.
+        theta (float or Tensor): threshold, finite, as alpha. Default: ``1.0``.
+        u0 (Tensor or None): initial membrane ``[B, N]``. Default: ``None`` (zeros).
+        j0 (Tensor or None): initial synaptic current ``[B, N]``. Default:
+            ``None`` (zeros).
+        s0 (Tensor or None): initial spikes ``[B, N]`` (any real values; they
+            feed the recurrence and the first reset). Default: ``None`` (zeros).
+        reset (str): ``"subtract"``, ``"zero"`` or ``"none"`` (keyword only).
+            Default: ``"subtract"``.
+        detach_reset (bool): no gradient through the reset term (keyword
+            only). Default: ``False``.
+        surrogate (str): ``"sigmoid"``, ``"fast_sigmoid"``, ``"atan"`` or
+            ``"triangle"`` (keyword only; formulas in the README).
+            Default: ``"sigmoid"``.
+        slope (float or None): the surrogate's slope k > 0 (keyword only);
+            None takes the surrogate's default: 25, 25, 2, 1 in the order
+            above. Default: ``None``.
+        save_state (bool): False is the low-memory mode (keyword only):
+            autograd keeps nothing of size T*B*N beyond the returned spikes
+            and the backward recomputes the membrane and the current
+            (bitwise the same gradients). The reference computes the same
+            with either value. Default: ``True``.
+        lengths (Tensor or None): ``[B]`` integers in [0, T], a
+            variable-length batch (keyword only): row b takes steps
+            ``t < lengths[b]`` only; its later steps output spikes, membrane
+            and current 0 and pass no gradient; on CUDA its values are not
+            checked. Default: ``None``.
+
+    Returns:
+        ``(spikes, membrane, current)``, each ``[T, B, N]``: S in x's dtype,
+        U (before the reset its own spike causes) and J in the compute dtype
+        (float32, or float64 for float64 input). ``(membrane[-1],
+        current[-1], spikes[-1])`` passed as ``(u0, j0, s0)`` continues the
+        sequence. Every tensor argument is differentiable.
+
+    Raises:
+        TypeError: an argument of the wrong type (a non-tensor where a tensor
+            is needed, a non-bool flag, a tensor of the wrong dtype), naming
+            the argument, before any work.
+        ValueError: a wrong shape, device, option name or value (alpha or
+            alpha_syn outside [0, 1], a non-finite theta, a slope out of
+            range), naming the argument, before any work.
+        RuntimeError: a second derivative (the op is once-differentiable).
+        NotImplementedError: forward-mode AD.
+
+    Example::
+
+        >>> x = torch.randn(100, 16, 40)                    # [T, B, F]
+        >>> w_in = (0.2 * torch.randn(128, 40)).requires_grad_()
+        >>> w_rec = (0.05 * torch.randn(128, 128)).requires_grad_()
+        >>> spikes, u, j = {name}(x, w_in, w_rec, alpha=0.9, alpha_syn=0.8)
+        >>> spikes.shape
+        torch.Size([100, 16, 128])
+        >>> more = {name}(x, w_in, w_rec, u0=u[-1], j0=j[-1], s0=spikes[-1])
 """

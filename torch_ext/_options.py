@@ -1,28 +1,23 @@
 """Python-side checks of the arguments the ops' schemas cannot check
-themselves (Python types, Python numbers for the neuron parameters: alpha and
-theta of the LIF op; alpha, beta, a, b and theta of the adaptive one). The
-option names, default
-slopes and every value check live once, in C++ (csrc/lif_math.h and
-csrc/recurrent_lif.cpp); torch_ext._C exposes them, so the functional, the
-module, the reference, the C++ op and its Meta kernel raise the same errors."""
+themselves (Python types, Python numbers for the neuron parameters). The
+option names, default slopes, the neuron models' parameters and every value
+check live once, in C++ (csrc/core/options.h, csrc/core/driver.cpp,
+csrc/neurons/); torch_ext._C exposes them, so the functional, the module,
+the reference, the C++ op and its Meta kernel raise the same errors. Every
+message names the op (or module) the user called: `op` is always given."""
 import math
 import numbers
 
 import torch
 
 from . import _C
+from ._neurons import NEURONS
 
 RESETS = _C.RESETS  # ("subtract", "zero", "none")
 SURROGATE_SLOPES = _C.SURROGATE_SLOPES  # surrogate name -> default slope k
 
 
-# The neuron parameters a Python number may give, and the values each takes
-# (the ops check tensors' values themselves): decays lie in [0, 1], the rest
-# are finite.
-UNIT_INTERVAL = ("alpha", "beta")
-
-
-def _fail(exc, name, what, value, op="recurrent_lif"):
+def _fail(exc, name, what, value, op):
     raise exc(f"{op}: argument '{name}' {what}, got {value!r}")
 
 
@@ -35,13 +30,13 @@ def type_name(value):
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def check_type(value, name, kind, what, op="recurrent_lif"):
+def check_type(value, name, kind, what, op):
     """`value` must be an instance of `kind` (bool is never taken for a number)."""
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         _fail(TypeError, name, f"must be {what}", type_name(value), op)
 
 
-def number(value, name, op="recurrent_lif"):
+def number(value, name, op):
     """A Python number (not bool) as a float, with errors naming the argument."""
     check_type(value, name, numbers.Real, "a float or a tensor", op)
     try:
@@ -50,11 +45,11 @@ def number(value, name, op="recurrent_lif"):
         _fail(ValueError, name, "is too large for a float", value, op)
 
 
-def check_param(value, name, op="recurrent_lif"):
-    """A neuron parameter given as a Python number, as a float: alpha and
-    beta must lie in [0, 1], the others (theta, a, b) be finite."""
+def check_param(value, name, op, decay):
+    """A neuron parameter given as a Python number, as a float: a decay
+    must lie in [0, 1], anything else be finite."""
     value = number(value, name, op)
-    if name in UNIT_INTERVAL:
+    if decay:
         if not 0.0 <= value <= 1.0:  # also False for NaN
             _fail(ValueError, name, "must lie in [0, 1]", value, op)
     elif not math.isfinite(value):
@@ -62,7 +57,7 @@ def check_param(value, name, op="recurrent_lif"):
     return value
 
 
-def check_option_types(reset, detach_reset, surrogate, slope, op="recurrent_lif"):
+def check_option_types(reset, detach_reset, surrogate, slope, op):
     check_type(reset, "reset", str, "a str", op)
     check_type(detach_reset, "detach_reset", bool, "a bool", op)
     if not isinstance(surrogate, str):  # e.g. a callable: list the names
@@ -76,16 +71,16 @@ def check_option_types(reset, detach_reset, surrogate, slope, op="recurrent_lif"
 
 
 @torch.compiler.disable  # a call into C++ that torch.compile need not trace
-def resolve_slope(reset, detach_reset, surrogate, slope, dtype):
+def resolve_slope(op, reset, detach_reset, surrogate, slope, dtype):
     """The C++ check of the options' values; returns the slope to use."""
-    return _C.resolve_slope(reset, detach_reset, surrogate, slope, dtype == torch.float64)
+    return _C.resolve_slope(op, reset, detach_reset, surrogate, slope, dtype == torch.float64)
 
 
-def check_x(x, op="recurrent_lif"):
+def check_x(x, op):
     check_type(x, "x", torch.Tensor, "a tensor", op)
 
 
-def check_optional_tensors(op="recurrent_lif", **named):
+def check_optional_tensors(op, **named):
     """Each of w_in, w_rec, bias, the initial state and lengths is a tensor or
     None (the op's schema would reject anything else with a RuntimeError)."""
     for name, value in named.items():
@@ -94,15 +89,16 @@ def check_optional_tensors(op="recurrent_lif", **named):
 
 
 def check_call(op, x, params, reset, detach_reset, surrogate, slope, flags, **optional_tensors):
-    """Type checks of a functional op (recurrent_lif, recurrent_adlif) and
-    its reference, before any work. params: the neuron parameters by name
-    (alpha, theta; alpha, beta, a, b, theta); flags: the bool options by name
-    (save_membrane; save_state); optional_tensors: w_in, w_rec, bias, the
-    initial state and lengths by name. Returns (the parameters' values in
-    params' order, Python numbers as floats, slope)."""
+    """Type checks of a functional op and its reference, before any work.
+    params: the neuron parameters by name, in the op's order; flags: the
+    bool options by name (the low-memory flag); optional_tensors: w_in,
+    w_rec, bias, the initial state and lengths by name. Returns (the
+    parameters' values in params' order, Python numbers as floats, slope)."""
     check_x(x, op)
     slope = check_option_types(reset, detach_reset, surrogate, slope, op)
-    params = [value if isinstance(value, torch.Tensor) else check_param(value, name, op)
+    decay = {p.name: p.decay for p in NEURONS[op].params}
+    params = [value if isinstance(value, torch.Tensor)
+              else check_param(value, name, op, decay[name])
               for name, value in params.items()]
     check_optional_tensors(op, **optional_tensors)
     for name, value in flags.items():

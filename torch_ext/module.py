@@ -1,5 +1,5 @@
-"""torch_ext.RecurrentLIF and torch_ext.RecurrentAdLIF: the fused layers as
-drop-in nn.Modules, sharing one stack/state/layout machinery."""
+"""torch_ext.RecurrentLIF, RecurrentAdLIF and RecurrentCubaLIF: the fused
+layers as drop-in nn.Modules, sharing one stack/state/layout machinery."""
 import math
 import numbers
 import warnings
@@ -9,8 +9,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import _options
-from .functional import recurrent_adlif, recurrent_lif
-from .reference import recurrent_adlif_ref, recurrent_lif_ref
+from ._neurons import NEURONS
+from .functional import recurrent_adlif, recurrent_cubalif, recurrent_lif
+from .reference import recurrent_adlif_ref, recurrent_cubalif_ref, recurrent_lif_ref
 
 RECURRENT = ("all_to_all", "one_to_one", "none")
 
@@ -55,9 +56,9 @@ class _RecurrentStack(nn.Module):
             raise ValueError(f"{who}: argument 'dropout' must be a number in [0, 1] (the "
                              f"probability of dropping a spike between layers), got {dropout!r}")
         # The same checks, and so the same errors, as the functional's.
-        slope = _options.check_option_types(reset, detach_reset, surrogate, slope,
-                                            self._BACKENDS["fused"].__name__)
-        self.slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, dtype)
+        op = self._BACKENDS["fused"].__name__
+        slope = _options.check_option_types(reset, detach_reset, surrogate, slope, op)
+        self.slope = _options.resolve_slope(op, reset, detach_reset, surrogate, slope, dtype)
         for name, value in (("bias", bias), *flags.items(), ("batch_first", batch_first)):
             if not isinstance(value, bool):
                 raise TypeError(f"{who}: argument '{name}' must be a bool, got "
@@ -118,7 +119,7 @@ class _RecurrentStack(nn.Module):
         """The shared forward: checks x and the state, runs the layers, and
         returns (the top layer's outputs in ``_STATE``'s order, in the
         caller's layout; the final state, shaped like ``state``)."""
-        _options.check_x(x)
+        _options.check_x(x, type(self).__name__)
         if x.dim() not in (2, 3):
             layout = "[B, T, F]" if self.batch_first else "[T, B, F]"
             raise ValueError(f"{type(self).__name__}: argument 'x' must have shape {layout} "
@@ -220,7 +221,98 @@ class _RecurrentStack(nn.Module):
         return tuple(values)
 
 
-class RecurrentLIF(_RecurrentStack):
+class _LeakyStack(_RecurrentStack):
+    """What RecurrentLIF and RecurrentCubaLIF share: the neuron's parameters
+    (``_OP``'s in torch_ext._neurons: decays and a threshold) given as
+    initial values, floats or tensors, each a buffer or a Parameter
+    (``learn_<name>``), 0-dim or ``[N]`` (``per_neuron``, or an ``[N]``
+    initial value); the decays clamped into [0, 1] in the forward;
+    ``return_membrane``; the op's low-memory flag; ``nn.Linear``-style
+    initialisation."""
+
+    _OP = ""
+
+    def __init__(self, in_features, hidden_size, *, bias, values, learn, per_neuron, reset,
+                 detach_reset, surrogate, slope, batch_first, return_membrane, backend,
+                 num_layers, dropout, recurrent, save_state, device, dtype):
+        neuron = NEURONS[self._OP]
+        super().__init__(in_features, hidden_size, bias=bias, num_layers=num_layers,
+                         dropout=dropout, recurrent=recurrent, reset=reset,
+                         detach_reset=detach_reset, surrogate=surrogate, slope=slope,
+                         batch_first=batch_first, backend=backend,
+                         flags={**{f"learn_{n}": learn[n] for n in neuron.param_names},
+                                "per_neuron": per_neuron, "return_membrane": return_membrane,
+                                neuron.save_flag: save_state}, dtype=dtype)
+        # The same checks, and so the same errors, as the functional's.
+        self._inits = {p.name: _initial_value(values[p.name], p.name, p.decay, hidden_size,
+                                              type(self).__name__, self._OP)
+                       for p in neuron.params}
+        self.return_membrane, self.per_neuron = return_membrane, per_neuron
+        setattr(self, neuron.save_flag, save_state)
+
+        def tensors(factory):
+            for name, init in self._inits.items():
+                per = per_neuron or (isinstance(init, torch.Tensor) and init.dim() == 1)
+                yield name, torch.empty((hidden_size,) if per else (), **factory), learn[name]
+
+        self._register_layers(bias, tensors, device, dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """nn.Linear-style uniform initialisation: w_in and bias with bound
+        1/sqrt(fan-in) (in_features for layer 0, hidden_size above), w_rec with
+        1/sqrt(hidden_size); the neuron's parameters back to their constructor
+        values (a per-neuron tensor given to the constructor included)."""
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                w_in, w_rec, bias, *params = self._layer(layer)
+                bound_in = 1 / math.sqrt(w_in.shape[1])
+                nn.init.uniform_(w_in, -bound_in, bound_in)
+                if bias is not None:
+                    nn.init.uniform_(bias, -bound_in, bound_in)
+                if w_rec is not None:
+                    bound_rec = 1 / math.sqrt(self.hidden_size)
+                    nn.init.uniform_(w_rec, -bound_rec, bound_rec)
+                for param, init in zip(params, self._inits.values()):
+                    if isinstance(init, torch.Tensor):
+                        param.copy_(init)
+                    else:
+                        param.fill_(init)
+
+    def _run_layer(self, layer, x, initial, lengths):
+        neuron = NEURONS[self._OP]
+        w_in, w_rec, bias, *params = self._layer(layer)
+        params = [p.clamp(0, 1) if spec.decay else p for p, spec in zip(params, neuron.params)]
+        spikes, *states = self._BACKENDS[self.backend](
+            x, w_in, self._w_rec_for_op(w_rec), bias, *params, *initial, reset=self.reset,
+            detach_reset=self.detach_reset, surrogate=self.surrogate, slope=self.slope,
+            lengths=lengths, **{neuron.save_flag: getattr(self, neuron.save_flag)})
+        return (*states, spikes)
+
+    def _forward(self, x, state, lengths):
+        (membrane, *_, spikes), final = self._run(x, state, lengths)
+        return (spikes, membrane, final) if self.return_membrane else (spikes, final)
+
+    def extra_repr(self):
+        def shown(init):
+            return f"tensor{list(init.shape)}" if isinstance(init, torch.Tensor) else init
+        learn = [n for n in self._inits if isinstance(getattr(self, self._name(n, 0)), nn.Parameter)]
+        values = ", ".join(f"{n}={shown(v)}" for n, v in self._inits.items())
+        text = (f"{self.in_features}, {self.hidden_size}, bias={self._layer(0)[2] is not None}, "
+                f"{values}, learn={learn}, per_neuron={self.per_neuron}, reset={self.reset!r}, "
+                f"detach_reset={self.detach_reset}, surrogate={self.surrogate!r}, "
+                f"slope={self.slope}, batch_first={self.batch_first}, backend={self.backend!r}")
+        if self.num_layers > 1 or self.dropout:
+            text += f", num_layers={self.num_layers}, dropout={self.dropout}"
+        if self.recurrent != "all_to_all":
+            text += f", recurrent={self.recurrent!r}"
+        save_flag = NEURONS[self._OP].save_flag
+        if not getattr(self, save_flag):
+            text += f", {save_flag}=False"
+        return text
+
+
+class RecurrentLIF(_LeakyStack):
     r"""A recurrent layer of leaky integrate-and-fire (LIF) neurons, or a stack
     of such layers, run over a whole sequence by one fused op per layer.
 
@@ -324,61 +416,21 @@ class RecurrentLIF(_RecurrentStack):
     _STATE = ("u", "s")
     _STATE_IS = "a LIF layer's state is two, its membrane and its spikes"
 
+    _OP = "recurrent_lif"
+
     def __init__(self, in_features, hidden_size, bias=True, alpha=0.9, theta=1.0,
                  learn_alpha=False, learn_theta=False, per_neuron=False, reset="subtract",
                  detach_reset=False, surrogate="sigmoid", slope=None, batch_first=False,
                  return_membrane=False, backend="fused", num_layers=1, dropout=0.0,
                  recurrent="all_to_all", save_membrane=True, device=None, dtype=None):
-        super().__init__(in_features, hidden_size, bias=bias, num_layers=num_layers,
-                         dropout=dropout, recurrent=recurrent, reset=reset,
-                         detach_reset=detach_reset, surrogate=surrogate, slope=slope,
-                         batch_first=batch_first, backend=backend,
-                         flags=dict(learn_alpha=learn_alpha, learn_theta=learn_theta,
-                                    per_neuron=per_neuron, return_membrane=return_membrane,
-                                    save_membrane=save_membrane), dtype=dtype)
-        # The same checks, and so the same errors, as the functional's.
-        alpha = _initial_value(alpha, "alpha", hidden_size)
-        theta = _initial_value(theta, "theta", hidden_size)
-        self.return_membrane, self.per_neuron = return_membrane, per_neuron
-        self.save_membrane = save_membrane
-        self._alpha_init, self._theta_init = alpha, theta
-
-        def neuron(factory):
-            for name, init, learn in (("alpha", alpha, learn_alpha), ("theta", theta, learn_theta)):
-                per = per_neuron or (isinstance(init, torch.Tensor) and init.dim() == 1)
-                yield name, torch.empty((hidden_size,) if per else (), **factory), learn
-
-        self._register_layers(bias, neuron, device, dtype)
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        """nn.Linear-style uniform initialisation: w_in and bias with bound
-        1/sqrt(fan-in) (in_features for layer 0, hidden_size above), w_rec with
-        1/sqrt(hidden_size); alpha and theta back to their constructor values
-        (a per-neuron tensor given to the constructor included)."""
-        with torch.no_grad():
-            for layer in range(self.num_layers):
-                w_in, w_rec, bias, alpha, theta = self._layer(layer)
-                bound_in = 1 / math.sqrt(w_in.shape[1])
-                nn.init.uniform_(w_in, -bound_in, bound_in)
-                if bias is not None:
-                    nn.init.uniform_(bias, -bound_in, bound_in)
-                if w_rec is not None:
-                    bound_rec = 1 / math.sqrt(self.hidden_size)
-                    nn.init.uniform_(w_rec, -bound_rec, bound_rec)
-                for param, init in ((alpha, self._alpha_init), (theta, self._theta_init)):
-                    if isinstance(init, torch.Tensor):
-                        param.copy_(init)
-                    else:
-                        param.fill_(init)
-
-    def _run_layer(self, layer, x, initial, lengths):
-        w_in, w_rec, bias, alpha, theta = self._layer(layer)
-        spikes, membrane = self._BACKENDS[self.backend](
-            x, w_in, self._w_rec_for_op(w_rec), bias, alpha.clamp(0, 1), theta, *initial,
-            reset=self.reset, detach_reset=self.detach_reset, surrogate=self.surrogate,
-            slope=self.slope, save_membrane=self.save_membrane, lengths=lengths)
-        return membrane, spikes
+        super().__init__(in_features, hidden_size, bias=bias,
+                         values=dict(alpha=alpha, theta=theta),
+                         learn=dict(alpha=learn_alpha, theta=learn_theta), per_neuron=per_neuron,
+                         reset=reset, detach_reset=detach_reset, surrogate=surrogate, slope=slope,
+                         batch_first=batch_first, return_membrane=return_membrane,
+                         backend=backend, num_layers=num_layers, dropout=dropout,
+                         recurrent=recurrent, save_state=save_membrane, device=device,
+                         dtype=dtype)
 
     def forward(self, x, state=None, lengths=None):
         """Runs the layer(s) over a whole sequence.
@@ -426,8 +478,7 @@ class RecurrentLIF(_RecurrentStack):
             >>> spikes, state = layer(torch.randn(20, 4, 3))       # [T, B, F]
             >>> more, state = layer(torch.randn(5, 4, 3), state)  # 5 more steps
         """
-        (membrane, spikes), final = self._run(x, state, lengths)
-        return (spikes, membrane, final) if self.return_membrane else (spikes, final)
+        return self._forward(x, state, lengths)
 
     @classmethod
     def from_snntorch(cls, linear, rleaky, *, batch_first=False, return_membrane=False,
@@ -511,23 +562,133 @@ class RecurrentLIF(_RecurrentStack):
         return from_snntorch(cls, linear, rleaky, batch_first=batch_first,
                              return_membrane=return_membrane, backend=backend)
 
-    def extra_repr(self):
-        def shown(init):
-            return f"tensor{list(init.shape)}" if isinstance(init, torch.Tensor) else init
-        learn = [n for n in ("alpha", "theta")
-                 if isinstance(getattr(self, self._name(n, 0)), nn.Parameter)]
-        text = (f"{self.in_features}, {self.hidden_size}, bias={self._layer(0)[2] is not None}, "
-                f"alpha={shown(self._alpha_init)}, theta={shown(self._theta_init)}, "
-                f"learn={learn}, per_neuron={self.per_neuron}, reset={self.reset!r}, "
-                f"detach_reset={self.detach_reset}, surrogate={self.surrogate!r}, "
-                f"slope={self.slope}, batch_first={self.batch_first}, backend={self.backend!r}")
-        if self.num_layers > 1 or self.dropout:
-            text += f", num_layers={self.num_layers}, dropout={self.dropout}"
-        if self.recurrent != "all_to_all":
-            text += f", recurrent={self.recurrent!r}"
-        if not self.save_membrane:
-            text += ", save_membrane=False"
-        return text
+
+class RecurrentCubaLIF(_LeakyStack):
+    r"""A recurrent layer of current-based leaky integrate-and-fire neurons
+    (CUBA LIF: NIR's ``CubaLIF``, snnTorch's ``RSynaptic``, Norse's LIF
+    cell), or a stack of such layers, run over a whole sequence by one fused
+    op per layer.
+
+    Each neuron has a synaptic current J, which filters everything that
+    reaches it, and a membrane U, which integrates J of the same step. Per
+    layer, time-major, with R[t-1] = S[t-1] (README, "The current-based
+    layer")::
+
+        I[t] = x[t] @ w_in.T + bias
+        J[t] = alpha_syn * J[t-1] + I[t] + S[t-1] @ w_rec.T
+        U[t] = alpha * U[t-1] + J[t] - theta * R[t-1]      (reset="subtract")
+        S[t] = H(U[t] - theta)                    (H(0) = 0; U == theta does not fire)
+
+    Everything else is :class:`RecurrentLIF`'s: the same arguments (plus
+    ``alpha_syn`` and ``learn_alpha_syn``), parameters, initialisation,
+    stacks, layouts, ``lengths`` and conventions; the state is ``(u, j, s)``.
+    alpha and alpha_syn are clamped into [0, 1] in the forward.
+
+    Args:
+        in_features (int): F, the size of each input vector.
+        hidden_size (int): N, the number of neurons per layer.
+        bias (bool): learn a bias ``[N]`` per layer. Default: ``True``.
+        alpha (float or Tensor): initial membrane decay, in [0, 1]: a float,
+            a 0-dim or an ``[N]`` tensor. Default: ``0.9``.
+        alpha_syn (float or Tensor): initial synaptic current decay, in
+            [0, 1], as alpha. Default: ``0.8``.
+        theta (float or Tensor): initial threshold, finite, as alpha.
+            Default: ``1.0``.
+        learn_alpha, learn_alpha_syn, learn_theta (bool): that parameter is
+            an ``nn.Parameter`` (else a buffer). Default: ``False``.
+        per_neuron (bool): alpha, alpha_syn and theta get one value per
+            neuron, shape ``[N]``. Default: ``False``.
+        reset (str): ``"subtract"``, ``"zero"`` (alpha * U is dropped after a
+            spike) or ``"none"``. Default: ``"subtract"``.
+        detach_reset (bool): no gradient through the reset term (as
+            snnTorch). Default: ``False``.
+        surrogate (str): ``"sigmoid"``, ``"fast_sigmoid"``, ``"atan"`` or
+            ``"triangle"``. Default: ``"sigmoid"``.
+        slope (float or None): the surrogate's slope k > 0; ``None`` takes the
+            surrogate's default. Default: ``None``.
+        batch_first (bool): batched ``x`` and the outputs are ``[B, T, *]``.
+            Default: ``False``.
+        return_membrane (bool): ``forward`` also returns the membrane U.
+            Default: ``False``.
+        backend (str): ``"fused"`` or ``"autograd"`` (the plain-PyTorch
+            reference). Default: ``"fused"``.
+        num_layers (int): L stacked layers. Default: ``1``.
+        dropout (float): with L > 1, dropout between layers in training.
+            Default: ``0.0``.
+        recurrent (str): ``"all_to_all"``, ``"one_to_one"`` or ``"none"``.
+            Default: ``"all_to_all"``.
+        save_state (bool): False is the low-memory mode (the backward
+            recomputes U and J; same gradients, bitwise). Default: ``True``.
+        device (torch.device or None): where the parameters live. Default: ``None``.
+        dtype (torch.dtype or None): dtype of the parameters. Default: ``None``.
+
+    Example::
+
+        >>> layer = torch_ext.RecurrentCubaLIF(40, 128, alpha_syn=0.8, learn_alpha_syn=True)
+        >>> spikes, (u, j, s) = layer(torch.randn(100, 16, 40))   # [T, B, F]
+        >>> more, state = layer(torch.randn(50, 16, 40), (u, j, s))  # continue
+    """
+
+    _BACKENDS = {"fused": recurrent_cubalif, "autograd": recurrent_cubalif_ref}
+    _PER_LAYER = ("w_in", "w_rec", "bias", "alpha", "alpha_syn", "theta")
+    _STATE = ("u", "j", "s")
+    _STATE_IS = ("a current-based LIF layer's state is three, its membrane, its synaptic "
+                 "current and its spikes")
+    _OP = "recurrent_cubalif"
+
+    def __init__(self, in_features, hidden_size, bias=True, alpha=0.9, alpha_syn=0.8, theta=1.0,
+                 learn_alpha=False, learn_alpha_syn=False, learn_theta=False, per_neuron=False,
+                 reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None,
+                 batch_first=False, return_membrane=False, backend="fused", num_layers=1,
+                 dropout=0.0, recurrent="all_to_all", save_state=True, device=None, dtype=None):
+        super().__init__(in_features, hidden_size, bias=bias,
+                         values=dict(alpha=alpha, alpha_syn=alpha_syn, theta=theta),
+                         learn=dict(alpha=learn_alpha, alpha_syn=learn_alpha_syn,
+                                    theta=learn_theta),
+                         per_neuron=per_neuron, reset=reset, detach_reset=detach_reset,
+                         surrogate=surrogate, slope=slope, batch_first=batch_first,
+                         return_membrane=return_membrane, backend=backend,
+                         num_layers=num_layers, dropout=dropout, recurrent=recurrent,
+                         save_state=save_state, device=device, dtype=dtype)
+
+    def forward(self, x, state=None, lengths=None):
+        """Runs the layer(s) over a whole sequence: as
+        :meth:`RecurrentLIF.forward`, with the state ``(u, j, s)`` (membrane,
+        synaptic current, spikes; each ``[B, N]``, ``[L, B, N]`` for a
+        stack, any may be None).
+
+        Returns:
+            ``(spikes, (u_last, j_last, s_last))``, or ``(spikes, membrane,
+            (u_last, j_last, s_last))`` with ``return_membrane=True``.
+        """
+        return self._forward(x, state, lengths)
+
+    @classmethod
+    def from_snntorch(cls, linear, rsynaptic, *, batch_first=False, return_membrane=False,
+                      backend="fused"):
+        """A layer that computes what an ``nn.Linear`` followed by an
+        ``snntorch.RSynaptic`` compute, the way snnTorch's tutorials loop them::
+
+            spk, syn, mem = rsynaptic.reset_mem()
+            for t in range(T):
+                spk, syn, mem = rsynaptic(linear(x[t]), spk, syn, mem)
+
+        ``layer(x)`` returns the same spikes (and membranes), with the same
+        gradients, as :meth:`RecurrentLIF.from_snntorch` does for RLeaky.
+        The mapping: ``alpha`` (snnTorch's synaptic decay) -> ``alpha_syn``,
+        ``beta`` -> ``alpha``, ``threshold`` -> ``theta`` (each 0-dim or
+        ``[N]``, learnable where snnTorch's is), and otherwise RLeaky's
+        (weights, ``reset_mechanism`` "subtract"/"none" with
+        ``detach_reset=True``, the surrogates). Refused, naming the reason:
+        what RecurrentLIF.from_snntorch refuses, ``reset_mechanism="zero"``
+        included (RSynaptic's "zero" sets the whole new membrane to zero).
+
+        Returns:
+            A one-layer ``RecurrentCubaLIF`` on linear's device, in its dtype.
+        """
+        from ._snntorch import from_snntorch
+        return from_snntorch(cls, linear, rsynaptic, batch_first=batch_first,
+                             return_membrane=return_membrane, backend=backend)
 
 
 class RecurrentAdLIF(_RecurrentStack):
@@ -597,8 +758,13 @@ class RecurrentAdLIF(_RecurrentStack):
             instead of ``[T, B, *]``; the state is unaffected. Default: ``False``.
         backend (str): ``"fused"`` (the C++/CUDA op) or ``"autograd"`` (the
             plain-PyTorch reference of the same math). Default: ``"fused"``.
+        save_state (bool): False is the low-memory mode: autograd keeps
+            nothing of size T*B*N beyond the returned spikes and the backward
+            recomputes the states (same gradients, bitwise). Default: ``True``.
         device (torch.device or None): where the parameters live. Default: ``None``.
-        dtype (torch.dtype or None): dtype of the parameters. Default: ``None``.
+        dtype (torch.dtype or None): dtype of the parameters (bfloat16 and
+            float16 included: the initialisation runs in float32, then
+            casts). Default: ``None``.
 
     Parameters, all learnt (named as RecurrentLIF's: no suffix for L = 1,
     ``_l0`` ... ``_l{L-1}`` for L > 1):
@@ -640,18 +806,20 @@ class RecurrentAdLIF(_RecurrentStack):
                  recurrent="all_to_all", tau_u_range=(5.0, 25.0), tau_w_range=(60.0, 300.0),
                  a_range=(0.0, 1.0), b_range=(0.0, 2.0), q=120.0, theta=1.0, dt=1.0,
                  reset="zero", detach_reset=True, surrogate="sigmoid", slope=None,
-                 batch_first=False, backend="fused", device=None, dtype=None):
+                 batch_first=False, backend="fused", save_state=True, device=None, dtype=None):
         super().__init__(in_features, hidden_size, bias=bias, num_layers=num_layers,
                          dropout=dropout, recurrent=recurrent, reset=reset,
                          detach_reset=detach_reset, surrogate=surrogate, slope=slope,
-                         batch_first=batch_first, backend=backend, flags={}, dtype=dtype)
+                         batch_first=batch_first, backend=backend,
+                         flags=dict(save_state=save_state), dtype=dtype)
+        self.save_state = save_state
         self.tau_u_range = _range(tau_u_range, "tau_u_range", positive=True)
         self.tau_w_range = _range(tau_w_range, "tau_w_range", positive=True)
         self.a_range = _range(a_range, "a_range")
         self.b_range = _range(b_range, "b_range")
         for name, value in (("q", q), ("theta", theta), ("dt", dt)):
             _options.check_type(value, name, numbers.Real, "a float", "RecurrentAdLIF")
-            setattr(self, name, _options.check_param(value, name, "RecurrentAdLIF"))
+            setattr(self, name, _options.check_param(value, name, "RecurrentAdLIF", decay=False))
         if not self.dt > 0:
             raise ValueError(f"RecurrentAdLIF: argument 'dt' must be > 0, got {dt!r}")
 
@@ -674,7 +842,10 @@ class RecurrentAdLIF(_RecurrentStack):
                 bound_in = 1 / math.sqrt(w_in.shape[1])
                 nn.init.uniform_(w_in, -bound_in, bound_in)
                 if w_rec is not None and w_rec.dim() == 2:
-                    nn.init.orthogonal_(w_rec, gain=1.0)
+                    # In float32 or float64: QR has no half-precision kernels.
+                    w = torch.empty(w_rec.shape, device=w_rec.device,
+                                    dtype=_options.compute_dtype(w_rec.dtype))
+                    w_rec.copy_(nn.init.orthogonal_(w, gain=1.0))
                 elif w_rec is not None:  # one weight per neuron, the size of an orthogonal one's
                     nn.init.uniform_(w_rec, -1.0, 1.0)
                 if bias is not None:
@@ -707,7 +878,7 @@ class RecurrentAdLIF(_RecurrentStack):
         spikes, membrane, adaptation = self._BACKENDS[self.backend](
             x, w_in, self._w_rec_for_op(w_rec), bias, alpha, beta, a, b, self.theta, *initial,
             reset=self.reset, detach_reset=self.detach_reset, surrogate=self.surrogate,
-            slope=self.slope, lengths=lengths)
+            slope=self.slope, save_state=self.save_state, lengths=lengths)
         return membrane, adaptation, spikes
 
     def forward(self, x, state=None, lengths=None):
@@ -765,6 +936,8 @@ class RecurrentAdLIF(_RecurrentStack):
             text += f", num_layers={self.num_layers}, dropout={self.dropout}"
         if self.recurrent != "all_to_all":
             text += f", recurrent={self.recurrent!r}"
+        if not self.save_state:
+            text += ", save_state=False"
         return text
 
 
@@ -783,27 +956,28 @@ def _range(value, name, positive=False):
     return low, high
 
 
-def _initial_value(value, name, hidden_size):
-    """The constructor's alpha or theta: a float (checked as the functional
-    checks it), or a detached copy of a 0-dim or [hidden_size] real tensor
+def _initial_value(value, name, decay, hidden_size, module, op):
+    """A constructor's initial value of a neuron parameter: a float (checked
+    as the functional `op` checks it, with its message: a decay in [0, 1],
+    else finite), or a detached copy of a 0-dim or [hidden_size] real tensor
     whose values pass the same checks."""
     if not isinstance(value, torch.Tensor):
-        return _options.check_param(value, name)
+        return _options.check_param(value, name, op, decay)
     if value.dtype == torch.bool or value.is_complex():
-        raise TypeError(f"RecurrentLIF: argument '{name}' must be a float or a real tensor, got "
+        raise TypeError(f"{module}: argument '{name}' must be a float or a real tensor, got "
                         f"a tensor of dtype {value.dtype}")
     if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != hidden_size):
-        raise ValueError(f"RecurrentLIF: argument '{name}' must be a float, a 0-dim tensor or an "
+        raise ValueError(f"{module}: argument '{name}' must be a float, a 0-dim tensor or an "
                          f"[N] = [{hidden_size}] tensor (one value per neuron), got a tensor of "
                          f"shape {list(value.shape)}")
     value = value.detach().clone()
     if not value.is_meta and value.numel() > 0:
         values = value.double()
-        if name == "alpha" and not bool(((values >= 0) & (values <= 1)).all()):  # NaN too
-            raise ValueError("RecurrentLIF: argument 'alpha' must lie in [0, 1], got a tensor "
+        if decay and not bool(((values >= 0) & (values <= 1)).all()):  # NaN too
+            raise ValueError(f"{module}: argument '{name}' must lie in [0, 1], got a tensor "
                              "with values outside [0, 1] or NaN")
-        if name == "theta" and not bool(values.isfinite().all()):
-            raise ValueError("RecurrentLIF: argument 'theta' must be finite, got a tensor with "
+        if not decay and not bool(values.isfinite().all()):
+            raise ValueError(f"{module}: argument '{name}' must be finite, got a tensor with "
                              "non-finite values")
     return value
 

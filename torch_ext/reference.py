@@ -1,6 +1,6 @@
-"""Plain-PyTorch references of the recurrent LIF layer and of the adaptive
-(SE-adLIF) layer: the same math as the fused ops, differentiated by autograd
-step by step. They are the oracles of the tests and the baselines of the
+"""Plain-PyTorch references of every neuron op (LIF, adaptive SE-adLIF,
+current-based CUBA): the same math as the fused ops, differentiated by
+autograd step by step, one `step` function per model and the rest shared. They are the oracles of the tests and the baselines of the
 benchmarks, so they are written the way a competent user writes the loop: one
 matrix product for the input currents of all steps, unbind over time, one
 stack at the end; their cost is linear in T. They keep several tensors per
@@ -58,7 +58,7 @@ def _prepare(op, x, w_in, w_rec, bias, params, initial, reset, detach_reset, sur
                                                 detach_reset, surrogate, slope, flags, lengths)
     getattr(torch.ops.torch_ext, f"_{op}_check")(*tensors, reset, detach_reset, surrogate, slope,
                                                  lengths)
-    slope = _options.resolve_slope(reset, detach_reset, surrogate, slope, x.dtype)
+    slope = _options.resolve_slope(op, reset, detach_reset, surrogate, slope, x.dtype)
     compute = _options.compute_dtype(x.dtype)
     x, w_in, w_rec, bias, *rest = [t.to(compute) if t is not None else None for t in tensors]
     params, initial = rest[:len(params)], rest[len(params):]
@@ -162,7 +162,37 @@ def recurrent_adlif_ref(x, w_in, w_rec, bias=None, alpha=0.95, beta=0.99, a=0.5,
     return _scan(step, current, (s, v, w), lengths, x.dtype)
 
 
+def recurrent_cubalif_ref(x, w_in, w_rec, bias=None, alpha=0.9, alpha_syn=0.8, theta=1.0,
+                          u0=None, j0=None, s0=None, *, reset="subtract", detach_reset=False,
+                          surrogate="sigmoid", slope=None, save_state=True, lengths=None):
+    """The plain-PyTorch reference of :func:`torch_ext.recurrent_cubalif`:
+    the same arguments, checks and results, computed by a Python loop over
+    time that autograd differentiates step by step (the tests' oracle).
+    """
+    # save_state is checked but changes nothing here: the same math either way.
+    current, w_rec, (alpha, alpha_syn, theta), (u, j, s), slope = _prepare(
+        "recurrent_cubalif", x, w_in, w_rec, bias,
+        dict(alpha=alpha, alpha_syn=alpha_syn, theta=theta), dict(u0=u0, j0=j0, s0=s0),
+        reset, detach_reset, surrogate, slope, dict(save_state=save_state), lengths)
+
+    def step(current_t, s, u, j):
+        r = s.detach() if detach_reset else s
+        # Summed in the order the equations are written, like the fused op.
+        j = alpha_syn * j + current_t
+        if w_rec is not None:
+            j = j + _recurrent_input(s, w_rec)
+        u = alpha * u * (1 - r) if reset == "zero" else alpha * u
+        u = u + j
+        if reset == "subtract":
+            u = u - theta * r
+        return _Heaviside.apply(u - theta, surrogate, slope), u, j
+
+    return _scan(step, current, (s, u, j), lengths, x.dtype)
+
+
 if recurrent_lif_ref.__doc__ is not None:  # None under python -OO
     recurrent_lif_ref.__doc__ += _docs.FUNCTIONAL.format(name="torch_ext.recurrent_lif_ref")
     recurrent_adlif_ref.__doc__ += _docs.ADLIF_FUNCTIONAL.format(
         name="torch_ext.recurrent_adlif_ref")
+    recurrent_cubalif_ref.__doc__ += _docs.CUBA_FUNCTIONAL.format(
+        name="torch_ext.recurrent_cubalif_ref")

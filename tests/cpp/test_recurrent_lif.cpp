@@ -11,7 +11,7 @@
 #include <string>
 #include <tuple>
 
-#include "lif_math.h"
+#include "neurons/lif.h"
 #include "lif_reference.h"
 
 namespace {
@@ -87,7 +87,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values("subtract", "zero", "none"), ::testing::Bool(),
                        ::testing::Values("sigmoid", "fast_sigmoid", "atan", "triangle")));
 
-// The kernels' per-element math (lif_math.h) against the formulas.
+// The kernels' per-element math (csrc/core/math.h, csrc/neurons/lif.h) against the formulas.
 TEST(PerElementMath, SurrogatesMatchTheirFormulasAndStayFinite) {
   using torch_ext::Surrogate;
   const std::pair<Surrogate, std::string> kinds[] = {{Surrogate::Sigmoid, "sigmoid"},

@@ -1,5 +1,5 @@
-// torch_ext: fused recurrent leaky integrate-and-fire (LIF) and adaptive
-// (SE-adLIF) layers for LibTorch.
+// torch_ext: fused recurrent spiking layers for LibTorch: leaky
+// integrate-and-fire (LIF), adaptive (SE-adLIF) and current-based (CUBA LIF).
 //
 //   #include <torch_ext/torch_ext.h>
 //
@@ -9,9 +9,12 @@
 //   auto [s, v, a] = torch_ext::recurrent_adlif(x, w_in, w_rec, bias);
 //   torch_ext::RecurrentAdLIF adaptive(torch_ext::RecurrentAdLIFOptions(64, 128));
 //   auto [spikes, state] = adaptive(x);  // state = (v_last, a_last, s_last)
+//   auto [s, u, j] = torch_ext::recurrent_cubalif(x, w_in, w_rec, bias);
+//   torch_ext::RecurrentCubaLIF cuba(torch_ext::RecurrentCubaLIFOptions(64, 128));
+//   auto [spikes, state] = cuba(x);  // state = (u_last, j_last, s_last)
 //   torch_ext::load_state_dict(*layer, "layer.pt");  // torch.save(dict(python_layer.state_dict()), ...)
 //
-// Both are differentiable through the op's autograd (C++, the same one Python
+// All are differentiable through the op's autograd (C++, the same one Python
 // uses) and run the fused CPU/CUDA kernels forward and backward. The model, its
 // gradients and every option are described in the project's README.
 // CMake: find_package(torch_ext) and link torch_ext::torch_ext.
@@ -105,6 +108,8 @@ struct RecurrentLIFOptions {
   // "all_to_all" (w_rec [N, N]), "one_to_one" (w_rec [N]: each neuron feeds
   // back only its own spike) or "none" (no w_rec).
   TORCH_ARG(std::string, recurrent) = "all_to_all";
+  // The Python module's return_membrane: in C++ call forward_with_membrane.
+  TORCH_ARG(bool, return_membrane) = false;
 };
 
 // A recurrent layer of LIF neurons, or a stack of L of them, like
@@ -136,6 +141,13 @@ class RecurrentLIFImpl : public torch::nn::Cloneable<RecurrentLIFImpl> {
   std::tuple<at::Tensor, State> forward(const at::Tensor& x,
                                         const std::optional<State>& state = std::nullopt,
                                         const std::optional<at::Tensor>& lengths = std::nullopt);
+  // The same with the top layer's membrane too, shaped like the spikes (in
+  // the compute dtype): (spikes, membrane, state), what the Python module
+  // returns with return_membrane=True (options().return_membrane() only
+  // records that choice; a C++ function has one return type).
+  std::tuple<at::Tensor, at::Tensor, State> forward_with_membrane(
+      const at::Tensor& x, const std::optional<State>& state = std::nullopt,
+      const std::optional<at::Tensor>& lengths = std::nullopt);
 
   void reset() override;             // (re)creates the parameters and buffers
   void reset_parameters();           // initial values, as the Python module
@@ -250,6 +262,101 @@ class RecurrentAdLIFImpl : public torch::nn::Cloneable<RecurrentAdLIFImpl> {
 };
 
 TORCH_MODULE(RecurrentAdLIF);
+
+// Options of recurrent_cubalif beyond its tensors.
+struct RecurrentCubaLIFFuncOptions {
+  // Initial membrane, synaptic current and spikes, each [B, N] (default zeros).
+  TORCH_ARG(std::optional<at::Tensor>, u0) = std::nullopt;
+  TORCH_ARG(std::optional<at::Tensor>, j0) = std::nullopt;
+  TORCH_ARG(std::optional<at::Tensor>, s0) = std::nullopt;
+  TORCH_ARG(std::string, reset) = "subtract";
+  TORCH_ARG(bool, detach_reset) = false;
+  TORCH_ARG(std::string, surrogate) = "sigmoid";
+  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
+  // false: autograd keeps only the spikes; the backward recomputes the states.
+  TORCH_ARG(bool, save_state) = true;
+  TORCH_ARG(std::optional<at::Tensor>, lengths) = std::nullopt;
+};
+
+// Runs a recurrent layer of current-based LIF neurons (CUBA; NIR's CubaLIF,
+// snnTorch's RSynaptic) over a sequence:
+//   J[t] = alpha_syn J[t-1] + I[t] + S[t-1] @ w_rec.T
+//   U[t] = alpha U[t-1] + J[t] - theta R[t-1]     (reset "subtract"; "zero", "none" as LIF)
+//   S[t] = H(U[t] - theta)
+// x, w_in, w_rec and bias as for recurrent_lif; alpha, alpha_syn (decays in
+// [0, 1]) and theta each 0-dim or [N]. Returns (spikes, membrane U, current
+// J), each [T, B, N]; (U[-1], J[-1], S[-1]) passed as (u0, j0, s0) continues
+// the sequence.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_cubalif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias,
+    const at::Tensor& alpha, const at::Tensor& alpha_syn, const at::Tensor& theta,
+    const RecurrentCubaLIFFuncOptions& options = {});
+
+// The same with the parameters as numbers.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_cubalif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias = std::nullopt,
+    double alpha = 0.9, double alpha_syn = 0.8, double theta = 1.0,
+    const RecurrentCubaLIFFuncOptions& options = {});
+
+// Options of the RecurrentCubaLIF module: RecurrentLIF's, plus the synaptic decay.
+struct RecurrentCubaLIFOptions {
+  RecurrentCubaLIFOptions(int64_t in_features, int64_t hidden_size);
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, hidden_size);
+  TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(double, alpha) = 0.9;
+  TORCH_ARG(double, alpha_syn) = 0.8;
+  TORCH_ARG(double, theta) = 1.0;
+  TORCH_ARG(bool, learn_alpha) = false;
+  TORCH_ARG(bool, learn_alpha_syn) = false;
+  TORCH_ARG(bool, learn_theta) = false;
+  TORCH_ARG(bool, per_neuron) = false;
+  TORCH_ARG(std::string, reset) = "subtract";
+  TORCH_ARG(bool, detach_reset) = false;
+  TORCH_ARG(std::string, surrogate) = "sigmoid";
+  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
+  TORCH_ARG(bool, batch_first) = false;
+  TORCH_ARG(bool, save_state) = true;
+  TORCH_ARG(int64_t, num_layers) = 1;
+  TORCH_ARG(double, dropout) = 0.0;
+  TORCH_ARG(std::string, recurrent) = "all_to_all";
+  // The Python module's return_membrane: in C++ call forward_with_membrane.
+  TORCH_ARG(bool, return_membrane) = false;
+};
+
+// A recurrent layer (or a stack of L) of current-based LIF neurons, with
+// RecurrentLIF's conventions, parameters (plus alpha_syn, [] or [N], a
+// parameter with learn_alpha_syn) and names; the state is (u, j, s).
+class RecurrentCubaLIFImpl : public torch::nn::Cloneable<RecurrentCubaLIFImpl> {
+ public:
+  using State = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+  RecurrentCubaLIFImpl(int64_t in_features, int64_t hidden_size)
+      : RecurrentCubaLIFImpl(RecurrentCubaLIFOptions(in_features, hidden_size)) {}
+  explicit RecurrentCubaLIFImpl(const RecurrentCubaLIFOptions& options);
+
+  std::tuple<at::Tensor, State> forward(const at::Tensor& x,
+                                        const std::optional<State>& state = std::nullopt,
+                                        const std::optional<at::Tensor>& lengths = std::nullopt);
+  std::tuple<at::Tensor, at::Tensor, State> forward_with_membrane(
+      const at::Tensor& x, const std::optional<State>& state = std::nullopt,
+      const std::optional<at::Tensor>& lengths = std::nullopt);
+
+  void reset() override;
+  void reset_parameters();  // as RecurrentLIF's (alpha_syn filled with its option)
+  void pretty_print(std::ostream& stream) const override;
+
+  struct Layer {
+    at::Tensor w_in, w_rec, bias, alpha, alpha_syn, theta;  // w_rec, bias undefined when absent
+  };
+
+  RecurrentCubaLIFOptions options;
+  std::vector<Layer> layers;
+};
+
+TORCH_MODULE(RecurrentCubaLIF);
 
 // Copies a state_dict into a module's parameters and buffers by name (each
 // converted to the module tensor's dtype and device), strictly: a missing or

@@ -1,6 +1,5 @@
-// Per-neuron, per-step math of the adaptive (SE-adLIF) neuron, shared by the
-// CPU and CUDA kernels like lif_math.h for the LIF neuron.
-// Equations: README.md, "The adaptive layer".
+// The adaptive neuron (SE-adLIF, README "The adaptive layer"): two states,
+// the membrane V and the adaptation A.
 //
 //   Q[t] = reset(V[t-1], R[t-1])          zero: V (1 - R), subtract: V - theta R, none: V
 //   V[t] = alpha Q[t] + (1 - alpha) (I[t] + rec[t] - A[t-1])
@@ -8,25 +7,9 @@
 //   A[t] = beta A[t-1] + (1 - beta) (a reset(V[t], R[t]) + b S[t])
 #pragma once
 
-#include "lif_math.h"
+#include "../core/neuron.h"
 
 namespace torch_ext {
-
-// reset(v, r) and its partial derivatives in v and in r (the LIF step of
-// lif_math.h writes the same resets inline, with alpha folded in:
-// dnext_du = alpha * reset_dv, and dnext_dr = alpha * reset_dr for "zero").
-template <typename T>
-C10_HOST_DEVICE inline T reset_value(Reset reset, T theta, T v, T r) {
-  return reset == Reset::Zero ? v * (T(1) - r) : (reset == Reset::Subtract ? v - theta * r : v);
-}
-template <typename T>
-C10_HOST_DEVICE inline T reset_dv(Reset reset, T r) {
-  return reset == Reset::Zero ? T(1) - r : T(1);
-}
-template <typename T>
-C10_HOST_DEVICE inline T reset_dr(Reset reset, T theta, T v) {
-  return reset == Reset::Zero ? -v : (reset == Reset::Subtract ? -theta : T(0));
-}
 
 // Whether any gradient reaches S[t]: S[t] reaches A[t] through b S[t], never
 // detached, so wherever A[t] gets one (an incoming gradient of the adaptation,
@@ -134,5 +117,76 @@ C10_HOST_DEVICE inline AdaptiveInitialGrads<T> adaptive_initial_grads(
                          : grad_q * reset_dr(reset, p.theta, v0);
   return {grad_q * reset_dv(reset, s0), p.beta * grad_a1 - (T(1) - p.alpha) * grad_v1, s0_reset};
 }
+
+struct AdLIF {
+  enum { kAlpha, kBeta, kA, kB, kTheta };
+  static constexpr std::array<ParamSpec, 5> kParams{{{"alpha", 0.95, true},
+                                                     {"beta", 0.99, true},
+                                                     {"a", 0.5, false},
+                                                     {"b", 1.0, false},
+                                                     {"theta", 1.0, false}}};
+  static constexpr std::array<StateSpec, 2> kStates{{{"v0", "membrane"}, {"a0", "adaptation"}}};
+  // The input enters V with the gain 1 - alpha, and alpha's derivative holds
+  // -(I + rec), which the driver subtracts (adaptive_sums).
+  static constexpr NeuronTraits kTraits{"recurrent_adlif", "save_state", "zero", true,
+                                        /*input_state=*/0, /*gain_param=*/kAlpha,
+                                        /*drive_param=*/kAlpha};
+  // CPU loops: GCC 12 vectorises this step only with has_next a compile-time constant.
+  static constexpr bool kUnrollHasNext = true;
+
+  template <typename T>
+  C10_HOST_DEVICE static AdaptiveParams<T> params(const T* p) {
+    return {p[kAlpha], p[kBeta], p[kA], p[kB], p[kTheta]};
+  }
+
+  template <typename T, Reset R, bool Replay>
+  C10_HOST_DEVICE static void forward(const T* p, const T* prev, T r_prev, T input, T rec, T* now,
+                                      T& s) {
+    const AdaptiveParams<T> q = params(p);
+    now[0] = adaptive_membrane(R, q, prev[0], prev[1], r_prev, input, rec);
+    if (!Replay) s = spike(now[0], q.theta);
+    now[1] = adaptation_step(R, q, prev[1], now[0], s);
+  }
+
+  C10_HOST_DEVICE static bool spike_gets_grad(bool grad_spikes_given, unsigned grad_states,
+                                              bool has_next, bool /*recurrent*/, Reset /*reset*/,
+                                              bool /*detach_reset*/) {
+    return adaptive_spike_gets_grad(grad_spikes_given, (grad_states & 2u) != 0, has_next);
+  }
+
+  template <typename T, Reset R, Surrogate SG>
+  C10_HOST_DEVICE static T backward(const T* p, T slope, bool detach_reset, bool spike_has_grad,
+                                    bool has_next, const T* now, T s, T gs_out, const T* g_out,
+                                    const T* g_next, T rec_grad, T* g_now) {
+    const auto g = adaptive_backward_step(R, detach_reset, SG, slope, params(p), now[0], s, gs_out,
+                                          g_out[0], g_out[1], has_next, g_next[0], g_next[1],
+                                          rec_grad, spike_has_grad);
+    g_now[0] = g.grad_v;
+    g_now[1] = g.grad_a;
+    return g.grad_s_sg;
+  }
+
+  template <typename T, Reset R>
+  C10_HOST_DEVICE static void param_terms(const T* p, const T* now, T s, const T* prev, T r_prev,
+                                          const T* g_now, T grad_s_sg, T* terms) {
+    const auto sums = adaptive_sums(R, params(p), now[0], s, prev[0], prev[1], r_prev,
+                                    AdaptiveBackwardTerms<T>{g_now[0], g_now[1], grad_s_sg});
+    terms[kAlpha] = sums.alpha;
+    terms[kBeta] = sums.beta;
+    terms[kA] = sums.a;
+    terms[kB] = sums.b;
+    terms[kTheta] = sums.theta;
+  }
+
+  template <typename T, Reset R>
+  C10_HOST_DEVICE static T initial_grads(bool detach_reset, const T* p, const T* initial, T s0,
+                                         const T* g_first, T* g_initial) {
+    const auto g =
+        adaptive_initial_grads(R, detach_reset, params(p), initial[0], s0, g_first[0], g_first[1]);
+    g_initial[0] = g.v0;
+    g_initial[1] = g.a0;
+    return g.s0_reset;
+  }
+};
 
 }  // namespace torch_ext

@@ -1,6 +1,6 @@
-// CUDA time loops of the recurrent LIF and adaptive (SE-adLIF) ops, in two
-// designs, each written once for both models: the model's per-neuron step and
-// its adjoint (LIFNeuron, AdaptiveNeuron below) are template arguments. Both give the same
+// CUDA time loops of every neuron op, in two designs, each written once for
+// all models: the model's per-element step and its adjoint (csrc/neurons/)
+// are template arguments. Both give the same
 // forward bitwise (the recurrent input of binary spikes is a plain sum of
 // weights, added in ascending source order, as on the CPU), so the recurrence
 // is exact float32 whatever the TF32 setting, and deterministic.
@@ -17,8 +17,9 @@
 //   read once per block instead of once per thread, and no warp walks the
 //   zeros. A source whose w_rec column holds inf/NaN is always listed, so they
 //   spread as in the dense product (0 * inf = NaN).
-// - Backward: gU[t+1] is dense, so its recurrent term gU[t+1] @ w_rec_adjoint
-//   (w_rec; for the adaptive model its rows scaled by 1 - alpha) is one
+// - Backward: gU[t+1] (the gradient of the model's input state) is dense, so
+//   its recurrent term gU[t+1] @ w_rec_adjoint (w_rec, its rows scaled by
+//   the model's input gain) is one
 //   cuBLAS product per step for the whole batch (each weight read once per
 //   step, not once per row), following the TF32 setting like the other
 //   products; the element-wise launch then reads it.
@@ -41,7 +42,7 @@
 //   values) runs as a per-step launch first, so the persistent kernel sees
 //   only the binary spikes it computes.
 // - Backward: each warp sums gU[t+1][b][n] * w_rec_adjoint[n][j] over ascending n for
-//   its kWarp sources j, gU[t+1] read back from the grad_u output that every
+//   its kWarp sources j, gU[t+1] read back from the grad_input output that every
 //   block wrote in the step before. Its summation order differs from
 //   cuBLAS's: the gradients agree with the per-step design's to rounding.
 // - Per-neuron state (the model's states at t-1, S[t-1], the gradient
@@ -71,12 +72,12 @@
 //   3. no stale reads across the barrier: the masks and gU[t+1] are read with
 //      __ldcg (L2, not the SM's L1, which is not coherent across SMs);
 //   4. a side stream, and the time per step against the per-step design;
-//   5. the adaptive op (the same kernels with AdaptiveNeuron) against the CPU
+//   5. every model's op (the same kernels with each model) against the CPU
 //      op in both designs (tests/test_cuda.py), including zero-length rows,
 //      several tiles and batch groups, and 0-dim parameters.
 //
 // The input projection and the weight gradients are single cuBLAS products over
-// all T*B rows, done by the shared driver (recurrent_lif.cpp).
+// all T*B rows, done by the shared driver (core/driver.cpp).
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -91,8 +92,8 @@
 #include <string>
 #include <utility>
 
-#include "../adlif_math.h"
-#include "../recurrent_lif.h"
+#include "../core/op.h"
+#include "../neurons/registry.h"
 
 namespace torch_ext {
 namespace {
@@ -133,59 +134,31 @@ struct StepStates {
   const scalar_t* prev[kMaxStates];
 };
 
-template <typename scalar_t>
-struct BackwardPointers;
-
-// The models: one forward step and one reverse step of neuron (b, n) at
-// flat index i = b * N + n of a [B, N] step (k = t * B * N + i in [T, B, N]).
-struct LIFNeuron {
-  static constexpr Model kModel = Model::LIF;
-
-  template <typename scalar_t, Reset R>
-  __device__ static void forward(const DeviceParams<scalar_t>& p, int64_t n, int64_t i,
-                                 const StepStates<scalar_t>& x, const scalar_t* r_prev,
-                                 scalar_t rec, scalar_t* s, bool replay) {
-    const scalar_t theta = p.get(1, n);
-    const scalar_t value =
-        membrane_step(R, p.get(0, n), theta, x.prev[0][i], r_prev[i], x.now[0][i], rec);
-    x.now[0][i] = value;
-    if (!replay) s[i] = spike(value, theta);  // with replay, s holds S[t] already
+// One forward step of neuron (b, n) at flat index i = b * N + n of a [B, N]
+// step: the model's states at t (x.now, whose input state holds I[t] on
+// entry) from those at t-1, R[t-1] and the recurrent input; S[t] unless
+// replaying (then s holds it).
+template <typename scalar_t, typename M, Reset R>
+__device__ void forward_neuron(const DeviceParams<scalar_t>& p, int64_t n, int64_t i,
+                               const StepStates<scalar_t>& x, const scalar_t* r_prev, scalar_t rec,
+                               scalar_t* s, bool replay) {
+  constexpr int P = num_params_of<M>, K = num_states_of<M>, kIn = M::kTraits.input_state;
+  scalar_t pv[kMaxParams], prev[kMaxStates], now[kMaxStates];
+#pragma unroll
+  for (int k = 0; k < P; ++k) pv[k] = p.get(k, n);
+#pragma unroll
+  for (int k = 0; k < K; ++k) prev[k] = x.prev[k][i];
+  const scalar_t input = x.now[kIn][i];
+  scalar_t spike = replay ? s[i] : scalar_t(0);
+  if (replay) {
+    M::template forward<scalar_t, R, true>(pv, prev, r_prev[i], input, rec, now, spike);
+  } else {
+    M::template forward<scalar_t, R, false>(pv, prev, r_prev[i], input, rec, now, spike);
+    s[i] = spike;
   }
-
-  template <typename scalar_t, Reset R, Surrogate SG>
-  __device__ static void backward(int64_t t, int64_t k, int64_t i, int64_t n, int64_t BN,
-                                  bool has_next, bool detach_reset, scalar_t slope,
-                                  const DeviceParams<scalar_t>& p,
-                                  const BackwardPointers<scalar_t>& q, scalar_t rec_grad);
-};
-
-struct AdaptiveNeuron {
-  static constexpr Model kModel = Model::Adaptive;
-
-  template <typename scalar_t>
-  __device__ static AdaptiveParams<scalar_t> params(const DeviceParams<scalar_t>& p, int64_t n) {
-    return {p.get(0, n), p.get(1, n), p.get(2, n), p.get(3, n), p.get(4, n)};
-  }
-
-  template <typename scalar_t, Reset R>
-  __device__ static void forward(const DeviceParams<scalar_t>& p, int64_t n, int64_t i,
-                                 const StepStates<scalar_t>& x, const scalar_t* r_prev,
-                                 scalar_t rec, scalar_t* s, bool replay) {
-    const AdaptiveParams<scalar_t> q = params(p, n);
-    const scalar_t a_prev = x.prev[1][i];
-    const scalar_t value =
-        adaptive_membrane(R, q, x.prev[0][i], a_prev, r_prev[i], x.now[0][i], rec);
-    x.now[0][i] = value;
-    if (!replay) s[i] = spike(value, q.theta);
-    x.now[1][i] = adaptation_step(R, q, a_prev, value, s[i]);
-  }
-
-  template <typename scalar_t, Reset R, Surrogate SG>
-  __device__ static void backward(int64_t t, int64_t k, int64_t i, int64_t n, int64_t BN,
-                                  bool has_next, bool detach_reset, scalar_t slope,
-                                  const DeviceParams<scalar_t>& p,
-                                  const BackwardPointers<scalar_t>& q, scalar_t rec_grad);
-};
+#pragma unroll
+  for (int k = 0; k < K; ++k) x.now[k][i] = now[k];
+}
 
 unsigned int blocks_for(int64_t elements) {
   return static_cast<unsigned int>((elements + kThreads - 1) / kThreads);
@@ -199,7 +172,7 @@ __host__ __device__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) 
 // the model's states at t from those at t-1, R[t-1] and the input
 // I[t] + sum_j R[t-1][j] * w_out[j][n].
 // w_out = w_rec.T (row j: what a spike of neuron j adds), or null.
-template <typename scalar_t, typename Neuron, Reset R>
+template <typename scalar_t, typename M, Reset R>
 __global__ void __launch_bounds__(kThreads)
     forward_step_kernel(int64_t N, const scalar_t* __restrict__ w_out,
                         const bool* __restrict__ nonfinite_source,
@@ -207,7 +180,7 @@ __global__ void __launch_bounds__(kThreads)
                         StepStates<scalar_t> x, const scalar_t* __restrict__ r_prev,
                         scalar_t* __restrict__ s, bool replay, int64_t t,
                         const int64_t* __restrict__ lengths) {
-  constexpr int kStates = num_states(Neuron::kModel);
+  constexpr int kStates = num_states_of<M>;
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int listed[kListCapacity];         // the chunk's sources that take part, ascending
@@ -256,7 +229,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if (!owner) return;
-  Neuron::template forward<scalar_t, R>(p, n, i, x, r_prev, rec, s, replay);
+  forward_neuron<scalar_t, M, R>(p, n, i, x, r_prev, rec, s, replay);
 }
 
 template <typename scalar_t>
@@ -267,10 +240,12 @@ struct BackwardPointers {
   const scalar_t *S, *gS_out, *s0;
   const scalar_t* rec;     // per-step, all-to-all: gU[t+1] @ w_rec_adjoint [B, N] of this step (cuBLAS)
   const scalar_t* w_self;  // one-to-one w_rec_adjoint [N], or null
-  scalar_t* gU;            // [T, B, N]: the gradient of the first state
-  // [B, N]: the gradients of the other states, gX[t+1] on entry to step t and
-  // gX[t] on exit; each element is read and written by the thread owning it.
-  scalar_t* carried[kMaxStates - 1];
+  scalar_t* gU;            // [T, B, N]: the gradient of the model's input state
+  // [B, N]: the gradient of the other state (if any), gX[t+1] on entry to
+  // step t and gX[t] on exit; each element is read and written by the thread
+  // owning it.
+  scalar_t* carried;
+  unsigned grad_states_given;  // bit k: gX_out[k] is given
   scalar_t* g_initial[kMaxStates];
   scalar_t* g_s0;
   scalar_t* acc[kMaxParams];  // [B, N] per parameter, or null where not needed
@@ -284,61 +259,51 @@ __device__ int64_t steps_taken(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths == nullptr ? T : min(max(lengths[b], int64_t(0)), T);
 }
 
-template <typename scalar_t, Reset R, Surrogate SG>
-__device__ void LIFNeuron::backward(int64_t t, int64_t k, int64_t i, int64_t n, int64_t BN,
-                                    bool has_next, bool detach_reset, scalar_t slope,
-                                    const DeviceParams<scalar_t>& p,
-                                    const BackwardPointers<scalar_t>& q, scalar_t rec_grad) {
-  const scalar_t alpha = p.get(0, n), theta = p.get(1, n);
-  const scalar_t u_prev = t > 0 ? q.X[0][k - BN] : q.X0[0][i];
+// One reverse step of neuron (b, n) at time t (flat index k = t * BN + i,
+// i = b * N + n): the gradients of the model's states at t, the parameters'
+// terms and gX's added to the [B, N] sums, and at t = 0 what reaches the
+// initial state. rec_grad: what reaches S[t] through the recurrence.
+template <typename scalar_t, typename M, Reset R, Surrogate SG>
+__device__ void backward_element(int64_t t, int64_t k, int64_t i, int64_t n, int64_t BN,
+                                 bool has_next, bool detach_reset, scalar_t slope,
+                                 const DeviceParams<scalar_t>& p,
+                                 const BackwardPointers<scalar_t>& q, scalar_t rec_grad) {
+  constexpr int P = num_params_of<M>, K = num_states_of<M>, kIn = M::kTraits.input_state;
+  scalar_t pv[kMaxParams], now[kMaxStates], prev[kMaxStates], g_out[kMaxStates];
+  scalar_t g_next[kMaxStates], g_now[kMaxStates];
+#pragma unroll
+  for (int c = 0; c < P; ++c) pv[c] = p.get(c, n);
+#pragma unroll
+  for (int c = 0; c < K; ++c) {
+    now[c] = q.X[c][k];
+    prev[c] = t > 0 ? q.X[c][k - BN] : q.X0[c][i];
+    g_out[c] = q.gX_out[c] ? q.gX_out[c][k] : scalar_t(0);
+  }
+  g_next[kIn] = has_next ? q.gU[k + BN] : scalar_t(0);
+  if constexpr (K > 1) g_next[1 - kIn] = q.carried[i];
+  const scalar_t s = q.S[k];
   const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
   const bool recurrent = q.w_self != nullptr || q.all_to_all;
-  const auto terms = backward_step(
-      R, detach_reset, SG, slope, alpha, theta, q.X[0][k], q.S[k],
-      q.gS_out ? q.gS_out[k] : scalar_t(0), q.gX_out[0] ? q.gX_out[0][k] : scalar_t(0), has_next,
-      has_next ? q.gU[k + BN] : scalar_t(0), rec_grad,
-      spike_gets_grad(q.gS_out != nullptr, has_next, recurrent, R, detach_reset));
-  q.gU[k] = terms.grad_u;
-  if (q.acc[0]) q.acc[0][i] += alpha_grad_term(R, terms.grad_u, u_prev, r_prev);
-  if (q.acc[1]) q.acc[1][i] += theta_grad_term(R, terms.grad_s_sg, terms.grad_u, r_prev);
-  if (q.acc_bias) q.acc_bias[i] += terms.grad_u;
-  if (t == 0) {
-    const auto init = lif_initial_grads(R, detach_reset, alpha, theta, u_prev, r_prev, terms.grad_u);
-    q.g_initial[0][i] = init.u0;
-    q.g_s0[i] = init.s0_reset;
-  }
-}
-
-template <typename scalar_t, Reset R, Surrogate SG>
-__device__ void AdaptiveNeuron::backward(int64_t t, int64_t k, int64_t i, int64_t n, int64_t BN,
-                                         bool has_next, bool detach_reset, scalar_t slope,
-                                         const DeviceParams<scalar_t>& p,
-                                         const BackwardPointers<scalar_t>& q, scalar_t rec_grad) {
-  const AdaptiveParams<scalar_t> pn = params(p, n);
-  const scalar_t v = q.X[0][k], s = q.S[k];
-  const scalar_t v_prev = t > 0 ? q.X[0][k - BN] : q.X0[0][i];
-  const scalar_t a_prev = t > 0 ? q.X[1][k - BN] : q.X0[1][i];
-  const scalar_t r_prev = t > 0 ? q.S[k - BN] : q.s0[i];
-  const bool spike_has_grad =
-      adaptive_spike_gets_grad(q.gS_out != nullptr, q.gX_out[1] != nullptr, has_next);
-  const auto g = adaptive_backward_step(
-      R, detach_reset, SG, slope, pn, v, s, q.gS_out ? q.gS_out[k] : scalar_t(0),
-      q.gX_out[0] ? q.gX_out[0][k] : scalar_t(0), q.gX_out[1] ? q.gX_out[1][k] : scalar_t(0),
-      has_next, has_next ? q.gU[k + BN] : scalar_t(0), q.carried[0][i], rec_grad, spike_has_grad);
-  q.gU[k] = g.grad_v;
-  q.carried[0][i] = g.grad_a;
-  const auto sums = adaptive_sums(R, pn, v, s, v_prev, a_prev, r_prev, g);
-  const scalar_t terms[kMaxParams] = {sums.alpha, sums.beta, sums.a, sums.b, sums.theta};
+  const bool spike_has_grad = M::spike_gets_grad(q.gS_out != nullptr, q.grad_states_given,
+                                                 has_next, recurrent, R, detach_reset);
+  const scalar_t grad_s_sg = M::template backward<scalar_t, R, SG>(
+      pv, slope, detach_reset, spike_has_grad, has_next, now, s,
+      q.gS_out ? q.gS_out[k] : scalar_t(0), g_out, g_next, rec_grad, g_now);
+  q.gU[k] = g_now[kIn];
+  if constexpr (K > 1) q.carried[i] = g_now[1 - kIn];
+  scalar_t terms[kMaxParams];
+  M::template param_terms<scalar_t, R>(pv, now, s, prev, r_prev, g_now, grad_s_sg, terms);
 #pragma unroll
-  for (int c = 0; c < kMaxParams; ++c) {
+  for (int c = 0; c < P; ++c) {
     if (q.acc[c]) q.acc[c][i] += terms[c];
   }
-  if (q.acc_bias) q.acc_bias[i] += g.grad_v;
+  if (q.acc_bias) q.acc_bias[i] += g_now[kIn];
   if (t == 0) {
-    const auto init = adaptive_initial_grads(R, detach_reset, pn, v_prev, r_prev, g.grad_v, g.grad_a);
-    q.g_initial[0][i] = init.v0;
-    q.g_initial[1][i] = init.a0;
-    q.g_s0[i] = init.s0_reset;
+    scalar_t g_initial[kMaxStates];
+    q.g_s0[i] = M::template initial_grads<scalar_t, R>(detach_reset, pv, prev, r_prev, g_now,
+                                                        g_initial);
+#pragma unroll
+    for (int c = 0; c < K; ++c) q.g_initial[c][i] = g_initial[c];
   }
 }
 
@@ -346,18 +311,18 @@ __device__ void AdaptiveNeuron::backward(int64_t t, int64_t k, int64_t i, int64_
 // steps; the element-wise work both designs share. all_to_all_grad:
 // (gU[t+1] @ w_rec_adjoint)[b][n] for an all-to-all w_rec when t is not the
 // row's last step, else 0.
-template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
+template <typename scalar_t, typename M, Reset R, Surrogate SG>
 __device__ void backward_neuron(int64_t t, int64_t steps, int64_t B, int64_t N, int64_t b,
                                 int64_t n, bool detach_reset, scalar_t slope,
                                 const DeviceParams<scalar_t>& p,
                                 const BackwardPointers<scalar_t>& q, scalar_t all_to_all_grad) {
-  constexpr int kStates = num_states(Neuron::kModel);
+  constexpr int K = num_states_of<M>;
   const int64_t BN = B * N, i = b * N + n, k = t * BN + i;
   if (t >= steps) {  // a step the row does not take: nothing flows through it
     q.gU[k] = scalar_t(0);
-    for (int c = 0; c + 1 < kStates; ++c) q.carried[c][i] = scalar_t(0);
+    if (K > 1) q.carried[i] = scalar_t(0);
     if (t == 0) {
-      for (int c = 0; c < kStates; ++c) q.g_initial[c][i] = scalar_t(0);
+      for (int c = 0; c < K; ++c) q.g_initial[c][i] = scalar_t(0);
       q.g_s0[i] = scalar_t(0);
     }
     return;
@@ -366,13 +331,13 @@ __device__ void backward_neuron(int64_t t, int64_t steps, int64_t B, int64_t N, 
   // The recurrent term: all_to_all_grad, or one-to-one gU[t+1][b][n] * w_rec_adjoint[n].
   const scalar_t rec_grad =
       has_next && q.w_self != nullptr ? q.gU[k + BN] * q.w_self[n] : all_to_all_grad;
-  Neuron::template backward<scalar_t, R, SG>(t, k, i, n, BN, has_next, detach_reset, slope, p, q,
-                                             rec_grad);
+  backward_element<scalar_t, M, R, SG>(t, k, i, n, BN, has_next, detach_reset, slope, p, q,
+                                       rec_grad);
   if (q.acc_w_self) q.acc_w_self[i] += q.gU[k] * (t > 0 ? q.S[k - BN] : q.s0[i]);
 }
 
 // One reverse step at time t for element i = (b, n).
-template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
+template <typename scalar_t, typename M, Reset R, Surrogate SG>
 __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N, bool detach_reset,
                                      scalar_t slope, DeviceParams<scalar_t> p,
                                      BackwardPointers<scalar_t> q) {
@@ -381,7 +346,7 @@ __global__ void backward_step_kernel(int64_t t, int64_t T, int64_t B, int64_t N,
   const int64_t b = i / N, n = i % N;
   const int64_t steps = steps_taken(q.lengths, b, T);
   const scalar_t all_to_all_grad = q.rec != nullptr && t < steps - 1 ? q.rec[i] : scalar_t(0);
-  backward_neuron<scalar_t, Neuron, R, SG>(t, steps, B, N, b, n, detach_reset, slope, p, q,
+  backward_neuron<scalar_t, M, R, SG>(t, steps, B, N, b, n, detach_reset, slope, p, q,
                                            all_to_all_grad);
 }
 
@@ -451,14 +416,14 @@ struct StateArrays {
   scalar_t* x[kMaxStates];
 };
 
-template <typename scalar_t, typename Neuron, Reset R>
+template <typename scalar_t, typename M, Reset R>
 __global__ void __launch_bounds__(kPersistentThreads)
     forward_persistent_kernel(int64_t T, int64_t B, int64_t N, int64_t rows_per_group,
                               const scalar_t* __restrict__ w_out,
                               const bool* __restrict__ nonfinite_source, DeviceParams<scalar_t> p,
                               StateArrays<scalar_t> X, scalar_t* S, uint32_t* masks,
                               const int64_t* __restrict__ lengths) {
-  constexpr int kStates = num_states(Neuron::kModel);
+  constexpr int kStates = num_states_of<M>;
   extern __shared__ __align__(16) unsigned char shared[];
   // N is small enough for its slice to fit in shared memory: int indexes.
   const int words = static_cast<int>(ceil_div(N, kWarp));   // = tiles
@@ -507,8 +472,8 @@ __global__ void __launch_bounds__(kPersistentThreads)
         const scalar_t rec =
             recurrent_input(fired_before + b * words, nonfinite_words, words, w_slice, share.lane);
         if (owner) {
-          Neuron::template forward<scalar_t, R>(p, n, i, step, S + (t - 1) * BN, rec, s_now,
-                                                /*replay=*/false);
+          forward_neuron<scalar_t, M, R>(p, n, i, step, S + (t - 1) * BN, rec, s_now,
+                                         /*replay=*/false);
           fired = s_now[i] != scalar_t(0);
         }
       }
@@ -540,7 +505,7 @@ __device__ scalar_t gradient_through_w_rec(const scalar_t* grad_next, int N,
 
 // The whole reverse recurrence t = T-1..0 for an all-to-all w_rec [N, N];
 // w_rec_adjoint: what gU[t+1] multiplies (BackwardLoopInputs).
-template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
+template <typename scalar_t, typename M, Reset R, Surrogate SG>
 __global__ void __launch_bounds__(kPersistentThreads)
     backward_persistent_kernel(int64_t T, int64_t B, int64_t N, int64_t rows_per_group,
                                const scalar_t* __restrict__ w_rec_adjoint, bool detach_reset,
@@ -565,7 +530,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
                                                  w_slice, share.lane)
                         : scalar_t(0);
       if (j < N) {
-        backward_neuron<scalar_t, Neuron, R, SG>(t, steps, B, N, b, j, detach_reset, slope, p,
+        backward_neuron<scalar_t, M, R, SG>(t, steps, B, N, b, j, detach_reset, slope, p,
                                                  q, all_to_all_grad);
       }
     }
@@ -645,10 +610,10 @@ bool launch_cooperative(void (*kernel)(Params...), const PersistentPlan& plan, A
 
 // ---------------------------------------------------------------- time loops
 
-template <typename scalar_t, typename Neuron, Reset R>
+template <typename scalar_t, typename M, Reset R>
 void forward_steps(const LoopInputs& in, std::vector<at::Tensor>& states, at::Tensor& spikes,
                    bool replay) {
-  constexpr int kStates = num_states(Neuron::kModel);
+  constexpr int kStates = num_states_of<M>;
   const int64_t T = spikes.size(0), B = spikes.size(1), N = spikes.size(2);
   const int64_t BN = B * N;
   // All-to-all: w_out = w_rec.T (row j: what a spike of neuron j adds).
@@ -676,13 +641,13 @@ void forward_steps(const LoopInputs& in, std::vector<at::Tensor>& states, at::Te
         step.prev[k] = t > 0 ? X.x[k] + (t - 1) * BN : in.initial[k].data_ptr<scalar_t>();
       }
       const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
-      forward_step_kernel<scalar_t, Neuron, R><<<grid, kThreads, 0, stream>>>(
+      forward_step_kernel<scalar_t, M, R><<<grid, kThreads, 0, stream>>>(
           N, W, nonfinite_source, W_self, p, step, r_prev, S + t * BN, replay, t, lengths);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   };
   if (T > 1 && W != nullptr && !replay && cuda_persistent_requested()) {
-    const auto kernel = forward_persistent_kernel<scalar_t, Neuron, R>;
+    const auto kernel = forward_persistent_kernel<scalar_t, M, R>;
     const PersistentPlan plan = persistent_plan(kernel, B, N, forward_shared_bytes<scalar_t>(N));
     if (plan.blocks > 0) {
       per_step(0, 1);  // reads s0, whose values may be anything
@@ -698,27 +663,27 @@ void forward_steps(const LoopInputs& in, std::vector<at::Tensor>& states, at::Te
   per_step(0, T);
 }
 
-template <typename Neuron>
+template <typename M>
 void forward_loop_cuda(const LoopInputs& in, std::vector<at::Tensor>& states, at::Tensor& spikes,
                        bool replay) {
   const c10::cuda::CUDAGuard device_guard(spikes.device());
   AT_DISPATCH_FLOATING_TYPES(spikes.scalar_type(), "recurrent_forward_cuda", [&] {
     dispatch_reset(in.reset, [&](auto reset) {
-      forward_steps<scalar_t, Neuron, decltype(reset)::value>(in, states, spikes, replay);
+      forward_steps<scalar_t, M, decltype(reset)::value>(in, states, spikes, replay);
     });
   });
 }
 
-template <typename scalar_t, typename Neuron, Reset R, Surrogate SG>
+template <typename scalar_t, typename M, Reset R, Surrogate SG>
 BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
-  constexpr int kStates = num_states(Neuron::kModel), kParams = num_params(Neuron::kModel);
+  constexpr int kStates = num_states_of<M>, kParams = num_params_of<M>;
   const int64_t T = in.spikes.size(0), B = in.spikes.size(1), N = in.spikes.size(2);
   const auto opts = in.spikes.options();
   const LoopInputs& st = in.state;
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
 
   BackwardLoopOutputs out;
-  out.grad_u = at::empty({T, B, N}, opts);
+  out.grad_input = at::empty({T, B, N}, opts);
   for (int k = 0; k < kStates; ++k) out.grad_initial.push_back(at::empty({B, N}, opts));
   out.grad_s0_reset = at::empty({B, N}, opts);
   std::vector<at::Tensor> acc(kParams);
@@ -727,8 +692,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   }
   const at::Tensor acc_bias = in.need_bias ? at::zeros({B, N}, opts) : at::Tensor();
   const at::Tensor acc_w_self = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
-  std::vector<at::Tensor> carried;
-  for (int k = 1; k < kStates; ++k) carried.push_back(at::zeros({B, N}, opts));
+  // The gradient of the state other than the input state, from step to step.
+  const at::Tensor carried = kStates > 1 ? at::zeros({B, N}, opts) : at::Tensor();
   const bool one_to_one = st.one_to_one();
   const bool all_to_all = st.w_rec.defined() && !one_to_one;
   // Per-step: gU[t+1] @ w_rec_adjoint for all rows, one cuBLAS product per
@@ -741,14 +706,15 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
     q.X0[k] = ptr(st.initial[k]);
     q.gX_out[k] = ptr(in.grad_states[k]);
     q.g_initial[k] = ptr(out.grad_initial[k]);
-    if (k > 0) q.carried[k - 1] = ptr(carried[k - 1]);
+    if (q.gX_out[k] != nullptr) q.grad_states_given |= 1u << k;
   }
+  q.carried = ptr(carried);
   q.S = ptr(in.spikes);
   q.gS_out = ptr(in.grad_spikes);
   q.s0 = ptr(st.s0);
   q.rec = ptr(rec_grad);
   q.w_self = one_to_one ? ptr(in.w_rec_adjoint) : nullptr;
-  q.gU = ptr(out.grad_u);
+  q.gU = ptr(out.grad_input);
   q.g_s0 = ptr(out.grad_s0_reset);
   for (int k = 0; k < kParams; ++k) q.acc[k] = ptr(acc[k]);
   q.acc_bias = ptr(acc_bias);
@@ -759,7 +725,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const auto slope = static_cast<scalar_t>(in.slope);
   bool done = false;
   if (T > 1 && all_to_all && cuda_persistent_requested()) {
-    const auto kernel = backward_persistent_kernel<scalar_t, Neuron, R, SG>;
+    const auto kernel = backward_persistent_kernel<scalar_t, M, R, SG>;
     const PersistentPlan plan = persistent_plan(kernel, B, N, backward_shared_bytes<scalar_t>(N));
     done = plan.blocks > 0 && launch_cooperative(kernel, plan, T, B, N, plan.rows_per_group,
                                                  ptr(in.w_rec_adjoint), in.detach_reset, slope, p,
@@ -767,8 +733,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   }
   const auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t t = T - 1; t >= 0 && !done; --t) {
-    if (all_to_all && t < T - 1) at::mm_out(rec_grad, out.grad_u[t + 1], in.w_rec_adjoint);
-    backward_step_kernel<scalar_t, Neuron, R, SG><<<blocks_for(B * N), kThreads, 0, stream>>>(
+    if (all_to_all && t < T - 1) at::mm_out(rec_grad, out.grad_input[t + 1], in.w_rec_adjoint);
+    backward_step_kernel<scalar_t, M, R, SG><<<blocks_for(B * N), kThreads, 0, stream>>>(
         t, T, B, N, in.detach_reset, slope, p, q);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -782,12 +748,12 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   return out;
 }
 
-template <typename Neuron>
+template <typename M>
 BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& in) {
   const c10::cuda::CUDAGuard device_guard(in.spikes.device());
   return AT_DISPATCH_FLOATING_TYPES(in.spikes.scalar_type(), "recurrent_backward_cuda", [&] {
     return dispatch_options(in.state.reset, in.surrogate, [&](auto reset, auto surrogate) {
-      return backward_steps<scalar_t, Neuron, decltype(reset)::value, decltype(surrogate)::value>(
+      return backward_steps<scalar_t, M, decltype(reset)::value, decltype(surrogate)::value>(
           in);
     });
   });
@@ -807,7 +773,7 @@ std::pair<std::string, std::string> cuda_design_for(int64_t T, int64_t B, int64_
     return {"per_step", "T < 2 or no rows or neurons: no steps to keep on chip"};
   PersistentPlan plan;
   AT_DISPATCH_FLOATING_TYPES(compute_dtype, "cuda_design_for", [&] {
-    plan = persistent_plan(forward_persistent_kernel<scalar_t, LIFNeuron, Reset::Subtract>, B, N,
+    plan = persistent_plan(forward_persistent_kernel<scalar_t, LIF, Reset::Subtract>, B, N,
                            forward_shared_bytes<scalar_t>(N));
   });
   if (plan.blocks == 0) return {"per_step", plan.why_not};
@@ -817,14 +783,24 @@ std::pair<std::string, std::string> cuda_design_for(int64_t T, int64_t B, int64_
                             std::to_string(plan.shared_bytes) + " bytes of shared memory each"};
 }
 
+namespace {
+
+template <typename M>
+void register_cuda(torch::Library& m) {
+  using Op = NeuronOp<M>;
+  m.impl(Op::forward_name().c_str(),
+         &Op::template forward<forward_with_loop<M, forward_loop_cuda<M>>>);
+  m.impl(Op::backward_name().c_str(),
+         &Op::template backward<
+             backward_with_loops<M, forward_loop_cuda<M>, backward_loop_cuda<M>>>);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(torch_ext, CUDA, m) {
-  m.impl("recurrent_lif", &forward_kernel<forward_loop_cuda<LIFNeuron>>);
-  m.impl("_recurrent_lif_backward",
-         &backward_kernel<forward_loop_cuda<LIFNeuron>, backward_loop_cuda<LIFNeuron>>);
-  m.impl("recurrent_adlif", &adaptive_forward_kernel<forward_loop_cuda<AdaptiveNeuron>>);
-  m.impl("_recurrent_adlif_backward",
-         &adaptive_backward_kernel<forward_loop_cuda<AdaptiveNeuron>,
-                                   backward_loop_cuda<AdaptiveNeuron>>);
+#define TORCH_EXT_REGISTER(M) register_cuda<M>(m);
+  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_REGISTER)
+#undef TORCH_EXT_REGISTER
 }
 
 }  // namespace torch_ext

@@ -1,38 +1,70 @@
-// The public C++ API (include/torch_ext/torch_ext.h): the functional form and
-// the RecurrentLIF module, both on top of the op and its C++ autograd.
+// The public C++ API (include/torch_ext/torch_ext.h): the functional forms
+// and the modules (RecurrentLIF, RecurrentAdLIF, RecurrentCubaLIF) over one
+// layer-stack helper, all on top of the ops and their C++ autograd.
 #include <torch/nn/init.h>
 #include <torch/serialize.h>
 #include <torch/utils.h>
 
 #include <algorithm>
-#include <functional>
 #include <array>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <iterator>
 
-#include "recurrent_lif.h"
+#include "../core/op.h"
+#include "../neurons/registry.h"
 #include "torch_ext/torch_ext.h"
 
 namespace torch_ext {
 namespace {
 
-// A neuron parameter given as a number: checked as the Python API checks a
-// float (a decay in [0, 1], anything else finite), then a 0-dim tensor in
-// the compute dtype on x's device.
-at::Tensor number_param(const char* op, double value, const char* name, bool decay,
-                        const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.defined(), op, ": argument 'x' is required, got an undefined tensor");
-  TORCH_CHECK_VALUE(decay ? value >= 0.0 && value <= 1.0 : std::isfinite(value), op,
-                    ": argument '", name, "' must ", decay ? "lie in [0, 1]" : "be finite",
-                    ", got ", value);
-  return at::full({}, value, x.options().dtype(compute_dtype(x.scalar_type())));
-}
-
 // An optional holding an undefined tensor (torch::Tensor()) means "absent",
 // as it does for LibTorch's own functions.
 OptionalTensor given(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t : std::nullopt;
+}
+
+// The model's op through the dispatcher (autocast, autograd, the device's
+// kernel): (spikes, states...). x and the parameters are checked for being
+// given first: the dispatcher needs one defined tensor to pick a kernel.
+template <typename M>
+std::vector<at::Tensor> call_op(const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+                                const std::optional<at::Tensor>& w_rec,
+                                const std::optional<at::Tensor>& bias,
+                                std::vector<at::Tensor> params,
+                                const std::vector<std::optional<at::Tensor>>& initial,
+                                const std::optional<at::Tensor>& s0, OpSettings settings,
+                                const std::optional<at::Tensor>& lengths) {
+  check_required(neuron_info<M>(), x, params);
+  OpTensors t{x, given(w_in), given(w_rec), given(bias), std::move(params), {}, given(s0),
+              given(lengths)};
+  for (const auto& state : initial) t.initial.push_back(given(state));
+  return NeuronOp<M>::call_forward(t, settings);
+}
+
+// The model's parameters given as numbers: each checked as the Python API
+// checks a float (a decay in [0, 1], anything else finite), then a 0-dim
+// tensor in the compute dtype on x's device.
+template <typename M>
+std::vector<at::Tensor> number_params(const at::Tensor& x, const std::vector<double>& values) {
+  const char* op = M::kTraits.op;
+  TORCH_CHECK_VALUE(x.defined(), op, ": argument 'x' is required, got an undefined tensor");
+  std::vector<at::Tensor> params;
+  for (size_t k = 0; k < values.size(); ++k) {
+    const ParamSpec& spec = M::kParams[k];
+    const double value = values[k];
+    TORCH_CHECK_VALUE(spec.decay ? value >= 0.0 && value <= 1.0 : std::isfinite(value), op,
+                      ": argument '", spec.name, "' must ",
+                      spec.decay ? "lie in [0, 1]" : "be finite", ", got ", value);
+    params.push_back(at::full({}, value, x.options().dtype(compute_dtype(x.scalar_type()))));
+  }
+  return params;
+}
+
+template <size_t... I>
+auto as_tuple(const std::vector<at::Tensor>& v, std::index_sequence<I...>) {
+  return std::make_tuple(v[I]...);
 }
 
 }  // namespace
@@ -42,13 +74,12 @@ std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& w_rec,
                                                  const std::optional<at::Tensor>& bias,
                                                  const at::Tensor& alpha, const at::Tensor& theta,
-                                                 const RecurrentLIFFuncOptions& options) {
-  // Before the dispatcher, which needs one defined tensor to pick a kernel.
-  check_required(x, alpha, theta);
-  return call_recurrent_lif(x, given(w_in), given(w_rec), given(bias), alpha, theta,
-                            given(options.u0()), given(options.s0()), options.reset(),
-                            options.detach_reset(), options.surrogate(), options.slope(),
-                            options.save_membrane(), given(options.lengths()));
+                                                 const RecurrentLIFFuncOptions& o) {
+  return as_tuple(call_op<LIF>(x, w_in, w_rec, bias, {alpha, theta}, {o.u0()}, o.s0(),
+                               {o.reset(), o.detach_reset(), o.surrogate(), o.slope(),
+                                o.save_membrane()},
+                               o.lengths()),
+                  std::make_index_sequence<2>{});
 }
 
 std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
@@ -57,8 +88,50 @@ std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& bias,
                                                  double alpha, double theta,
                                                  const RecurrentLIFFuncOptions& options) {
-  return recurrent_lif(x, w_in, w_rec, bias, number_param("recurrent_lif", alpha, "alpha", true, x),
-                       number_param("recurrent_lif", theta, "theta", false, x), options);
+  const auto p = number_params<LIF>(x, {alpha, theta});
+  return recurrent_lif(x, w_in, w_rec, bias, p[0], p[1], options);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias,
+    const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b,
+    const at::Tensor& theta, const RecurrentAdLIFFuncOptions& o) {
+  return as_tuple(call_op<AdLIF>(x, w_in, w_rec, bias, {alpha, beta, a, b, theta},
+                                 {o.v0(), o.a0()}, o.s0(),
+                                 {o.reset(), o.detach_reset(), o.surrogate(), o.slope(),
+                                  o.save_state()},
+                                 o.lengths()),
+                  std::make_index_sequence<3>{});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias, double alpha,
+    double beta, double a, double b, double theta, const RecurrentAdLIFFuncOptions& options) {
+  const auto p = number_params<AdLIF>(x, {alpha, beta, a, b, theta});
+  return recurrent_adlif(x, w_in, w_rec, bias, p[0], p[1], p[2], p[3], p[4], options);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_cubalif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias,
+    const at::Tensor& alpha, const at::Tensor& alpha_syn, const at::Tensor& theta,
+    const RecurrentCubaLIFFuncOptions& o) {
+  return as_tuple(call_op<CubaLIF>(x, w_in, w_rec, bias, {alpha, alpha_syn, theta},
+                                   {o.u0(), o.j0()}, o.s0(),
+                                   {o.reset(), o.detach_reset(), o.surrogate(), o.slope(),
+                                    o.save_state()},
+                                   o.lengths()),
+                  std::make_index_sequence<3>{});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_cubalif(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias, double alpha,
+    double alpha_syn, double theta, const RecurrentCubaLIFFuncOptions& options) {
+  const auto p = number_params<CubaLIF>(x, {alpha, alpha_syn, theta});
+  return recurrent_cubalif(x, w_in, w_rec, bias, p[0], p[1], p[2], options);
 }
 
 RecurrentLIFOptions::RecurrentLIFOptions(int64_t in_features, int64_t hidden_size)
@@ -89,9 +162,9 @@ using LayerRun = std::function<std::vector<at::Tensor>(
 // batch_first and unbatched input, a state of `parts` (named for the
 // messages; the spikes last), each [L, B, N] for L > 1, split per layer;
 // dropout between layers in training; each part's final value after each
-// row's own last step. Returns the top layer's spikes, shaped like the input,
-// and the final state.
-std::pair<at::Tensor, std::vector<at::Tensor>> run_stack(
+// row's own last step. Returns the top layer's sequences (its states', the
+// spikes last), laid out like the input, and the final state.
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> run_stack(
     const char* module, const at::Tensor& input, const std::vector<at::Tensor>& state,
     const std::vector<const char*>& parts, int64_t L, int64_t N, bool batch_first, double dropout,
     bool training, const OptionalTensor& lengths, const LayerRun& run_layer) {
@@ -125,13 +198,14 @@ std::pair<at::Tensor, std::vector<at::Tensor>> run_stack(
     }
   }
 
-  at::Tensor layer_input = x, spikes;
+  at::Tensor layer_input = x;
+  std::vector<at::Tensor> sequences;
   std::vector<std::vector<at::Tensor>> finals(P);  // finals[p][l]
   for (int64_t l = 0; l < L; ++l) {
     if (l > 0 && dropout > 0 && training) {
       layer_input = at::dropout(layer_input, dropout, /*train=*/true);
     }
-    const std::vector<at::Tensor> sequences = run_layer(l, layer_input, initial[l]);
+    sequences = run_layer(l, layer_input, initial[l]);
     for (size_t p = 0; p < P; ++p) {
       const at::Tensor first =
           initial[l][p] ? *initial[l][p] : sequences[p].new_zeros({B, N});
@@ -143,8 +217,7 @@ std::pair<at::Tensor, std::vector<at::Tensor>> run_stack(
         finals[p].push_back(value_after_last_step(*lengths, sequences[p], first));
       }
     }
-    spikes = sequences[P - 1];
-    layer_input = spikes;
+    layer_input = sequences[P - 1];
   }
 
   std::vector<at::Tensor> last;
@@ -158,15 +231,17 @@ std::pair<at::Tensor, std::vector<at::Tensor>> run_stack(
       last.push_back(batched ? value : value.squeeze(L > 1 ? 1 : 0));
     }
   }
-  if (!batched) {
-    spikes = spikes.squeeze(1);
-  } else if (batch_first) {
-    spikes = spikes.transpose(0, 1);
+  for (at::Tensor& sequence : sequences) {
+    if (!batched) {
+      sequence = sequence.squeeze(1);
+    } else if (batch_first) {
+      sequence = sequence.transpose(0, 1);
+    }
   }
-  return {spikes, last};
+  return {sequences, last};
 }
 
-// The module options both modules share, checked with the same messages.
+// The module options all modules share, checked with the same messages.
 void check_stack_options(const char* module, int64_t in_features, int64_t hidden_size,
                          int64_t num_layers, double dropout, const std::string& recurrent) {
   for (const auto& [value, name] : {std::make_pair(in_features, "in_features"),
@@ -194,41 +269,120 @@ std::string layer_name(const char* base, int64_t layer, int64_t num_layers) {
 
 }  // namespace
 
+// ---------------------------------------------------------------- RecurrentLIF, RecurrentCubaLIF
+
+namespace {
+
+// What the LIF and CUBA modules share: per layer w_in, w_rec and bias, then
+// the neuron's parameters (their initial values and learn flags from the
+// options, shape [] or [N] with per_neuron), registered under the Python
+// module's names in its order; nn.Linear-style initialisation.
+struct NeuronValue {
+  const char* name;
+  double initial;
+  bool learn;
+};
+
+// Checks the module options and the initial values as the op checks them.
+template <typename M>
+void check_neuron_module(const char* module, int64_t in_features, int64_t hidden_size,
+                         int64_t num_layers, double dropout, const std::string& recurrent,
+                         const std::vector<NeuronValue>& values, const std::string& reset,
+                         bool detach_reset, const std::string& surrogate,
+                         std::optional<double> slope) {
+  check_stack_options(module, in_features, hidden_size, num_layers, dropout, recurrent);
+  std::vector<double> numbers;
+  for (const NeuronValue& v : values) numbers.push_back(v.initial);
+  number_params<M>(at::empty({0}), numbers);
+  check_options(M::kTraits.op, reset, detach_reset, surrogate, slope, at::kFloat);
+}
+
+// Registers layer l's tensors; returns them: w_in, w_rec, bias (undefined
+// when absent), then one per neuron value.
+std::vector<at::Tensor> register_layer(torch::nn::Module& m, int64_t l, int64_t L, int64_t F,
+                                       int64_t N, bool bias, const std::string& recurrent,
+                                       bool per_neuron, const std::vector<NeuronValue>& values) {
+  auto name = [&](const char* base) { return layer_name(base, l, L); };
+  std::vector<at::Tensor> t(3);
+  t[0] = m.register_parameter(name("w_in"), torch::empty({N, l == 0 ? F : N}));
+  if (recurrent != "none") {
+    t[1] = m.register_parameter(name("w_rec"), recurrent == "one_to_one" ? torch::empty({N})
+                                                                          : torch::empty({N, N}));
+  }
+  if (bias) t[2] = m.register_parameter(name("bias"), torch::empty({N}));
+  const std::vector<int64_t> shape = per_neuron ? std::vector<int64_t>{N} : std::vector<int64_t>{};
+  for (const NeuronValue& v : values) {
+    t.push_back(v.learn ? m.register_parameter(name(v.name), torch::empty(shape))
+                        : m.register_buffer(name(v.name), torch::empty(shape)));
+  }
+  return t;
+}
+
+// uniform(+-1/sqrt(fan-in)) for w_in and bias, uniform(+-1/sqrt(N)) for
+// w_rec, the neuron values filled with their initial values.
+void init_layer(const std::vector<at::Tensor>& t, int64_t N, const std::vector<NeuronValue>& values) {
+  torch::NoGradGuard no_grad;
+  const double bound_in = 1.0 / std::sqrt(static_cast<double>(t[0].size(1)));
+  const double bound_rec = 1.0 / std::sqrt(static_cast<double>(N));
+  at::Tensor w_in = t[0], w_rec = t[1], bias = t[2];
+  torch::nn::init::uniform_(w_in, -bound_in, bound_in);
+  if (bias.defined()) torch::nn::init::uniform_(bias, -bound_in, bound_in);
+  if (w_rec.defined()) torch::nn::init::uniform_(w_rec, -bound_rec, bound_rec);
+  for (size_t k = 0; k < values.size(); ++k) t[3 + k].fill_(values[k].initial);
+}
+
+// The w_rec a layer gives the op: a 0-dim one-to-one weight (one shared
+// value, as Python's from_snntorch makes it) is one weight for every neuron.
+OptionalTensor w_rec_for_op(const at::Tensor& w_rec, const std::string& recurrent, int64_t N) {
+  if (!w_rec.defined()) return std::nullopt;
+  return recurrent == "one_to_one" ? w_rec.expand({N}) : w_rec;
+}
+
+template <typename Options>
+void print_stack_options(std::ostream& stream, const Options& options) {
+  stream << ", reset=" << options.reset() << ", surrogate=" << options.surrogate();
+  if (options.num_layers() > 1 || options.dropout() > 0) {
+    stream << ", num_layers=" << options.num_layers() << ", dropout=" << options.dropout();
+  }
+  if (options.recurrent() != "all_to_all") stream << ", recurrent=" << options.recurrent();
+  stream << ")";
+}
+
+std::vector<NeuronValue> lif_values(const RecurrentLIFOptions& o) {
+  return {{"alpha", o.alpha(), o.learn_alpha()}, {"theta", o.theta(), o.learn_theta()}};
+}
+
+std::vector<NeuronValue> cuba_values(const RecurrentCubaLIFOptions& o) {
+  return {{"alpha", o.alpha(), o.learn_alpha()},
+          {"alpha_syn", o.alpha_syn(), o.learn_alpha_syn()},
+          {"theta", o.theta(), o.learn_theta()}};
+}
+
+// A state (u, s) or (u, j, s) as the parts run_stack takes.
+template <typename State, size_t... I>
+std::vector<at::Tensor> state_parts(const std::optional<State>& state, std::index_sequence<I...>) {
+  if (!state) return {};
+  return {std::get<I>(*state)...};
+}
+
+}  // namespace
+
 RecurrentLIFImpl::RecurrentLIFImpl(const RecurrentLIFOptions& options_) : options(options_) {
-  check_stack_options("RecurrentLIF", options.in_features(), options.hidden_size(),
-                      options.num_layers(), options.dropout(), options.recurrent());
-  TORCH_CHECK_VALUE(options.alpha() >= 0.0 && options.alpha() <= 1.0,
-                    "recurrent_lif: argument 'alpha' must lie in [0, 1], got ", options.alpha());
-  TORCH_CHECK_VALUE(std::isfinite(options.theta()),
-                    "recurrent_lif: argument 'theta' must be finite, got ", options.theta());
-  check_options(options.reset(), options.detach_reset(), options.surrogate(), options.slope(),
-                at::kFloat);
+  check_neuron_module<LIF>("RecurrentLIF", options.in_features(), options.hidden_size(),
+                           options.num_layers(), options.dropout(), options.recurrent(),
+                           lif_values(options), options.reset(), options.detach_reset(),
+                           options.surrogate(), options.slope());
   reset();
 }
 
 void RecurrentLIFImpl::reset() {
-  const int64_t F = options.in_features(), N = options.hidden_size(), L = options.num_layers();
-  const std::vector<int64_t> neuron_shape =
-      options.per_neuron() ? std::vector<int64_t>{N} : std::vector<int64_t>{};
-  const std::vector<int64_t> rec_shape = options.recurrent() == "one_to_one"
-                                             ? std::vector<int64_t>{N}
-                                             : std::vector<int64_t>{N, N};
-  // Registered in the Python module's order, under its names.
-  auto name = [L](const char* base, int64_t layer) { return layer_name(base, layer, L); };
+  const int64_t L = options.num_layers();
   layers.assign(L, Layer{});
   for (int64_t l = 0; l < L; ++l) {
-    Layer& layer = layers[l];
-    layer.w_in = register_parameter(name("w_in", l), torch::empty({N, l == 0 ? F : N}));
-    if (options.recurrent() != "none") {
-      layer.w_rec = register_parameter(name("w_rec", l), torch::empty(rec_shape));
-    }
-    if (options.bias()) layer.bias = register_parameter(name("bias", l), torch::empty({N}));
-    layer.alpha = options.learn_alpha()
-                      ? register_parameter(name("alpha", l), torch::empty(neuron_shape))
-                      : register_buffer(name("alpha", l), torch::empty(neuron_shape));
-    layer.theta = options.learn_theta()
-                      ? register_parameter(name("theta", l), torch::empty(neuron_shape))
-                      : register_buffer(name("theta", l), torch::empty(neuron_shape));
+    const auto t = register_layer(*this, l, L, options.in_features(), options.hidden_size(),
+                                  options.bias(), options.recurrent(), options.per_neuron(),
+                                  lif_values(options));
+    layers[l] = Layer{t[0], t[1], t[2], t[3], t[4]};
   }
   w_in = layers[0].w_in, w_rec = layers[0].w_rec, bias = layers[0].bias;
   alpha = layers[0].alpha, theta = layers[0].theta;
@@ -236,25 +390,17 @@ void RecurrentLIFImpl::reset() {
 }
 
 void RecurrentLIFImpl::reset_parameters() {
-  torch::NoGradGuard no_grad;
-  const double bound_rec = 1.0 / std::sqrt(static_cast<double>(options.hidden_size()));
-  for (Layer& layer : layers) {
-    const double bound_in = 1.0 / std::sqrt(static_cast<double>(layer.w_in.size(1)));
-    torch::nn::init::uniform_(layer.w_in, -bound_in, bound_in);
-    if (layer.bias.defined()) torch::nn::init::uniform_(layer.bias, -bound_in, bound_in);
-    if (layer.w_rec.defined()) torch::nn::init::uniform_(layer.w_rec, -bound_rec, bound_rec);
-    layer.alpha.fill_(options.alpha());
-    layer.theta.fill_(options.theta());
+  for (const Layer& l : layers) {
+    init_layer({l.w_in, l.w_rec, l.bias, l.alpha, l.theta}, options.hidden_size(),
+               lif_values(options));
   }
 }
 
-std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
+std::tuple<at::Tensor, at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward_with_membrane(
     const at::Tensor& input, const std::optional<State>& state,
     const std::optional<at::Tensor>& lengths) {
   const int64_t N = options.hidden_size();
   const OptionalTensor given_lengths = given(lengths);
-  std::vector<at::Tensor> parts;
-  if (state) parts = {std::get<0>(*state), std::get<1>(*state)};
   auto run_layer = [&](int64_t l, const at::Tensor& x, const std::vector<OptionalTensor>& initial) {
     const Layer& layer = layers[l];
     auto call_options = RecurrentLIFFuncOptions()
@@ -266,61 +412,108 @@ std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
                             .u0(initial[0])
                             .s0(initial[1])
                             .lengths(given_lengths);
-    // A 0-dim one-to-one weight (one shared value, as Python's from_snntorch
-    // makes it) is one weight for every neuron.
-    const OptionalTensor w_rec_for_op =
-        !layer.w_rec.defined()
-            ? OptionalTensor()
-            : (options.recurrent() == "one_to_one" ? layer.w_rec.expand({N}) : layer.w_rec);
-    auto [spikes, membrane] = recurrent_lif(x, layer.w_in, w_rec_for_op, given(layer.bias),
-                                            layer.alpha.clamp(0, 1), layer.theta, call_options);
+    auto [spikes, membrane] =
+        recurrent_lif(x, layer.w_in, w_rec_for_op(layer.w_rec, options.recurrent(), N),
+                      given(layer.bias), layer.alpha.clamp(0, 1), layer.theta, call_options);
     return std::vector<at::Tensor>{membrane, spikes};
   };
-  auto [spikes, last] =
-      run_stack("RecurrentLIF", input, parts, {"u", "s"}, options.num_layers(), N,
-                options.batch_first(), options.dropout(), is_training(), given_lengths, run_layer);
-  return {spikes, State{last[0], last[1]}};
+  auto [top, last] = run_stack("RecurrentLIF", input,
+                               state_parts(state, std::make_index_sequence<2>{}), {"u", "s"},
+                               options.num_layers(), N, options.batch_first(), options.dropout(),
+                               is_training(), given_lengths, run_layer);
+  return {top[1], top[0], State{last[0], last[1]}};
+}
+
+std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
+    const at::Tensor& input, const std::optional<State>& state,
+    const std::optional<at::Tensor>& lengths) {
+  auto [spikes, membrane, last] = forward_with_membrane(input, state, lengths);
+  return {spikes, last};
 }
 
 void RecurrentLIFImpl::pretty_print(std::ostream& stream) const {
   stream << "torch_ext::RecurrentLIF(" << options.in_features() << ", " << options.hidden_size()
          << ", bias=" << options.bias() << ", alpha=" << options.alpha()
-         << ", theta=" << options.theta() << ", reset=" << options.reset()
-         << ", surrogate=" << options.surrogate();
-  if (options.num_layers() > 1 || options.dropout() > 0) {
-    stream << ", num_layers=" << options.num_layers() << ", dropout=" << options.dropout();
+         << ", theta=" << options.theta();
+  print_stack_options(stream, options);
+}
+
+RecurrentCubaLIFOptions::RecurrentCubaLIFOptions(int64_t in_features, int64_t hidden_size)
+    : in_features_(in_features), hidden_size_(hidden_size) {}
+
+RecurrentCubaLIFImpl::RecurrentCubaLIFImpl(const RecurrentCubaLIFOptions& options_)
+    : options(options_) {
+  check_neuron_module<CubaLIF>("RecurrentCubaLIF", options.in_features(), options.hidden_size(),
+                               options.num_layers(), options.dropout(), options.recurrent(),
+                               cuba_values(options), options.reset(), options.detach_reset(),
+                               options.surrogate(), options.slope());
+  reset();
+}
+
+void RecurrentCubaLIFImpl::reset() {
+  const int64_t L = options.num_layers();
+  layers.assign(L, Layer{});
+  for (int64_t l = 0; l < L; ++l) {
+    const auto t = register_layer(*this, l, L, options.in_features(), options.hidden_size(),
+                                  options.bias(), options.recurrent(), options.per_neuron(),
+                                  cuba_values(options));
+    layers[l] = Layer{t[0], t[1], t[2], t[3], t[4], t[5]};
   }
-  if (options.recurrent() != "all_to_all") stream << ", recurrent=" << options.recurrent();
-  stream << ")";
+  reset_parameters();
+}
+
+void RecurrentCubaLIFImpl::reset_parameters() {
+  for (const Layer& l : layers) {
+    init_layer({l.w_in, l.w_rec, l.bias, l.alpha, l.alpha_syn, l.theta}, options.hidden_size(),
+               cuba_values(options));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, RecurrentCubaLIFImpl::State>
+RecurrentCubaLIFImpl::forward_with_membrane(const at::Tensor& input,
+                                            const std::optional<State>& state,
+                                            const std::optional<at::Tensor>& lengths) {
+  const int64_t N = options.hidden_size();
+  const OptionalTensor given_lengths = given(lengths);
+  auto run_layer = [&](int64_t l, const at::Tensor& x, const std::vector<OptionalTensor>& initial) {
+    const Layer& layer = layers[l];
+    auto call_options = RecurrentCubaLIFFuncOptions()
+                            .reset(options.reset())
+                            .detach_reset(options.detach_reset())
+                            .surrogate(options.surrogate())
+                            .slope(options.slope())
+                            .save_state(options.save_state())
+                            .u0(initial[0])
+                            .j0(initial[1])
+                            .s0(initial[2])
+                            .lengths(given_lengths);
+    auto [spikes, membrane, current] = recurrent_cubalif(
+        x, layer.w_in, w_rec_for_op(layer.w_rec, options.recurrent(), N), given(layer.bias),
+        layer.alpha.clamp(0, 1), layer.alpha_syn.clamp(0, 1), layer.theta, call_options);
+    return std::vector<at::Tensor>{membrane, current, spikes};
+  };
+  auto [top, last] = run_stack("RecurrentCubaLIF", input,
+                               state_parts(state, std::make_index_sequence<3>{}),
+                               {"u", "j", "s"}, options.num_layers(), N, options.batch_first(),
+                               options.dropout(), is_training(), given_lengths, run_layer);
+  return {top[2], top[0], State{last[0], last[1], last[2]}};
+}
+
+std::tuple<at::Tensor, RecurrentCubaLIFImpl::State> RecurrentCubaLIFImpl::forward(
+    const at::Tensor& input, const std::optional<State>& state,
+    const std::optional<at::Tensor>& lengths) {
+  auto [spikes, membrane, last] = forward_with_membrane(input, state, lengths);
+  return {spikes, last};
+}
+
+void RecurrentCubaLIFImpl::pretty_print(std::ostream& stream) const {
+  stream << "torch_ext::RecurrentCubaLIF(" << options.in_features() << ", "
+         << options.hidden_size() << ", bias=" << options.bias() << ", alpha=" << options.alpha()
+         << ", alpha_syn=" << options.alpha_syn() << ", theta=" << options.theta();
+  print_stack_options(stream, options);
 }
 
 // ---------------------------------------------------------------- the adaptive layer
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
-    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
-    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias,
-    const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b,
-    const at::Tensor& theta, const RecurrentAdLIFFuncOptions& options) {
-  // Before the dispatcher, which needs one defined tensor to pick a kernel.
-  check_required("recurrent_adlif", x,
-                 {{&alpha, "alpha"}, {&beta, "beta"}, {&a, "a"}, {&b, "b"}, {&theta, "theta"}});
-  return call_recurrent_adlif(x, given(w_in), given(w_rec), given(bias), alpha, beta, a, b, theta,
-                              given(options.v0()), given(options.a0()), given(options.s0()),
-                              options.reset(), options.detach_reset(), options.surrogate(),
-                              options.slope(), options.save_state(), given(options.lengths()));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
-    const at::Tensor& x, const std::optional<at::Tensor>& w_in,
-    const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias, double alpha,
-    double beta, double a, double b, double theta, const RecurrentAdLIFFuncOptions& options) {
-  auto number = [&](double value, const char* name, bool decay) {
-    return number_param("recurrent_adlif", value, name, decay, x);
-  };
-  return recurrent_adlif(x, w_in, w_rec, bias, number(alpha, "alpha", true),
-                         number(beta, "beta", true), number(a, "a", false), number(b, "b", false),
-                         number(theta, "theta", false), options);
-}
 
 RecurrentAdLIFOptions::RecurrentAdLIFOptions(int64_t in_features, int64_t hidden_size)
     : in_features_(in_features), hidden_size_(hidden_size) {}
@@ -349,8 +542,8 @@ RecurrentAdLIFImpl::RecurrentAdLIFImpl(const RecurrentAdLIFOptions& options_)
                       "' must be finite, got ", value);
   }
   TORCH_CHECK_VALUE(options.dt() > 0, module, ": argument 'dt' must be > 0, got ", options.dt());
-  check_options(options.reset(), options.detach_reset(), options.surrogate(), options.slope(),
-                at::kFloat, "recurrent_adlif");
+  check_options("recurrent_adlif", options.reset(), options.detach_reset(), options.surrogate(),
+                options.slope(), at::kFloat);
   reset();
 }
 
@@ -384,7 +577,11 @@ void RecurrentAdLIFImpl::reset_parameters() {
     if (layer.bias.defined()) layer.bias.zero_();
     if (layer.w_rec.defined()) {
       if (layer.w_rec.dim() == 2) {
-        torch::nn::init::orthogonal_(layer.w_rec, 1.0);
+        // In float32 (QR has no half-precision kernels), then cast.
+        at::Tensor w = torch::empty(layer.w_rec.sizes(),
+                                    layer.w_rec.options().dtype(compute_dtype(layer.w_rec.scalar_type())));
+        torch::nn::init::orthogonal_(w, 1.0);
+        layer.w_rec.copy_(w);
       } else {  // one-to-one: one weight per neuron, uniform in [-1, 1]
         torch::nn::init::uniform_(layer.w_rec, -1.0, 1.0);
       }
@@ -436,22 +633,17 @@ std::tuple<at::Tensor, RecurrentAdLIFImpl::State> RecurrentAdLIFImpl::forward(
                         theta, call_options);
     return std::vector<at::Tensor>{membrane, adaptation, spikes};
   };
-  auto [spikes, last] = run_stack("RecurrentAdLIF", input, parts, {"v", "a", "s"},
-                                  options.num_layers(), options.hidden_size(),
-                                  options.batch_first(), options.dropout(), is_training(),
-                                  given_lengths, run_layer);
-  return {spikes, State{last[0], last[1], last[2]}};
+  auto [top, last] = run_stack("RecurrentAdLIF", input, parts, {"v", "a", "s"},
+                               options.num_layers(), options.hidden_size(),
+                               options.batch_first(), options.dropout(), is_training(),
+                               given_lengths, run_layer);
+  return {top[2], State{last[0], last[1], last[2]}};
 }
 
 void RecurrentAdLIFImpl::pretty_print(std::ostream& stream) const {
   stream << "torch_ext::RecurrentAdLIF(" << options.in_features() << ", " << options.hidden_size()
-         << ", bias=" << options.bias() << ", theta=" << options.theta()
-         << ", reset=" << options.reset() << ", surrogate=" << options.surrogate();
-  if (options.num_layers() > 1 || options.dropout() > 0) {
-    stream << ", num_layers=" << options.num_layers() << ", dropout=" << options.dropout();
-  }
-  if (options.recurrent() != "all_to_all") stream << ", recurrent=" << options.recurrent();
-  stream << ")";
+         << ", bias=" << options.bias() << ", theta=" << options.theta();
+  print_stack_options(stream, options);
 }
 
 void load_state_dict(torch::nn::Module& module, const c10::Dict<std::string, at::Tensor>& state_dict) {

@@ -1,0 +1,575 @@
+// The device-independent part of every neuron op (driver.h): the checks,
+// the input projection, the states for the backward, the input and weight
+// gradients around the backend's time loops, and the Meta kernels' shapes.
+#include "driver.h"
+
+#include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "blas.h"
+
+namespace torch_ext {
+
+// Every check names the op (`op`, in scope) and the argument, so
+// `TORCH_CHECK_*(cond, ARG(name), ...)`.
+#define ARG(name) op, ": argument '", name, "' "
+
+at::ScalarType compute_dtype(at::ScalarType input_dtype) {
+  return input_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+namespace {
+
+#define TORCH_EXT_NAME(name, text, ...) "'" text "', "
+constexpr const char* kResetNames = TORCH_EXT_FOR_EACH_RESET(TORCH_EXT_NAME);
+constexpr const char* kSurrogateNames = TORCH_EXT_FOR_EACH_SURROGATE(TORCH_EXT_NAME);
+#undef TORCH_EXT_NAME
+
+// "'a', 'b', " -> "one of 'a', 'b'"
+std::string one_of(const char* names) {
+  const std::string list(names);
+  return "must be one of " + list.substr(0, list.size() - 2);
+}
+
+Reset parse_reset(c10::string_view name, const char* op) {
+#define TORCH_EXT_MATCH(enumerator, text) \
+  if (name == text) return Reset::enumerator;
+  TORCH_EXT_FOR_EACH_RESET(TORCH_EXT_MATCH)
+#undef TORCH_EXT_MATCH
+  TORCH_CHECK_VALUE(false, ARG("reset"), one_of(kResetNames), ", got '", std::string(name), "'");
+}
+
+// The surrogate and its default slope.
+std::pair<Surrogate, double> parse_surrogate(c10::string_view name, const char* op) {
+#define TORCH_EXT_MATCH(enumerator, text, slope) \
+  if (name == text) return {Surrogate::enumerator, slope};
+  TORCH_EXT_FOR_EACH_SURROGATE(TORCH_EXT_MATCH)
+#undef TORCH_EXT_MATCH
+  TORCH_CHECK_VALUE(false, ARG("surrogate"), one_of(kSurrogateNames),
+                    " (callables are not supported), got '", std::string(name), "'");
+}
+
+}  // namespace
+
+Options check_options(const char* op, c10::string_view reset, bool detach_reset,
+                      c10::string_view surrogate, std::optional<double> slope,
+                      at::ScalarType compute) {
+  const auto [kind, default_slope] = parse_surrogate(surrogate, op);
+  const double k = slope.value_or(default_slope);
+  // A slope the compute dtype cannot hold would become inf and the gradients NaN.
+  const double largest = compute == at::kDouble ? std::numeric_limits<double>::max()
+                                                : std::numeric_limits<float>::max();
+  TORCH_CHECK_VALUE(std::isfinite(k) && k > 0 && k <= largest, ARG("slope"),
+                    "must be finite, > 0 and at most ", largest, " (the largest ", compute,
+                    "), got ", k);
+  return Options{parse_reset(reset, op), detach_reset, kind, k};
+}
+
+namespace {
+
+// Sizes are SymInts so that the same checks serve the Meta kernels, which
+// torch.compile and torch.export run with symbolic shapes.
+struct Dims {
+  c10::SymInt T, B, F, N;
+  at::ScalarType compute;
+  const char* op;  // for the messages
+};
+
+// Same device as x, and either x's dtype or the compute dtype (the latter lets
+// float16 runs pass float32 state and parameters).
+void check_like_x(const char* op, const at::Tensor& t, const char* name, const at::Tensor& x,
+                  at::ScalarType compute, bool allow_compute_dtype) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), ARG(name), "is on ", t.device(), " but x is on ",
+                    x.device(), "; all tensors must be on one device");
+  const bool ok =
+      t.scalar_type() == x.scalar_type() || (allow_compute_dtype && t.scalar_type() == compute);
+  TORCH_CHECK_TYPE(ok, ARG(name), "has dtype ", t.scalar_type(), " but x has dtype ",
+                   x.scalar_type(),
+                   allow_compute_dtype && compute != x.scalar_type()
+                       ? c10::str(" (", compute, " is accepted too)")
+                       : std::string());
+}
+
+void check_shape(const char* op, const at::Tensor& t, const char* name,
+                 c10::SymIntArrayRef expected, const char* meaning) {
+  TORCH_CHECK_VALUE(t.sym_sizes() == expected, ARG(name), "must have shape ", expected, " ",
+                    meaning, ", got ", t.sym_sizes());
+}
+
+void check_neuron_param(const at::Tensor& t, const char* name, const at::Tensor& x, const Dims& d) {
+  const char* op = d.op;
+  check_like_x(op, t, name, x, d.compute, /*allow_compute_dtype=*/true);
+  TORCH_CHECK_VALUE(t.dim() == 0 || (t.dim() == 1 && t.sym_size(0) == d.N), ARG(name),
+                    "must be a float, a 0-dim tensor or a tensor of shape [N] = [", d.N,
+                    "], got shape ", t.sym_sizes());
+}
+
+}  // namespace
+
+void check_required(const NeuronInfo& neuron, const at::Tensor& x,
+                    const std::vector<at::Tensor>& params) {
+  const char* op = neuron.op();
+  TORCH_CHECK_VALUE(x.defined(), ARG("x"), "is required, got an undefined tensor");
+  for (int k = 0; k < neuron.num_params; ++k) {
+    TORCH_CHECK_VALUE(k < static_cast<int>(params.size()) && params[k].defined(),
+                      ARG(neuron.params[k].name), "is required, got an undefined tensor");
+  }
+}
+
+namespace {
+
+// The checks of every op's tensors: x, the weights, the model's parameters
+// and its initial states (each [B, N]).
+Dims check_inputs(const NeuronInfo& neuron, const OpTensors& in) {
+  const char* op = neuron.op();
+  const at::Tensor& x = in.x;
+  check_required(neuron, x, in.params);
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), ARG("x"),
+                   "must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 3, ARG("x"), "must have shape [T, B, F] (3 dims), got ",
+                    x.sym_sizes());
+  Dims d{x.sym_size(0), x.sym_size(1), x.sym_size(2), x.sym_size(2),
+         compute_dtype(x.scalar_type()), op};
+  const OptionalTensor &w_in = in.w_in, &w_rec = in.w_rec, &bias = in.bias;
+  if (w_in.has_value()) {
+    check_like_x(op, *w_in, "w_in", x, d.compute, false);
+    TORCH_CHECK_VALUE(w_in->dim() == 2 && w_in->sym_size(1) == d.F, ARG("w_in"),
+                      "must have shape [N, F] with F = x.shape[2] = ", d.F, ", got ",
+                      w_in->sym_sizes());
+    d.N = w_in->sym_size(0);
+  }
+  if (w_rec.has_value()) {
+    check_like_x(op, *w_rec, "w_rec", x, d.compute, false);
+    const bool square = w_rec->dim() == 2 && w_rec->sym_size(0) == d.N && w_rec->sym_size(1) == d.N;
+    const bool vector = w_rec->dim() == 1 && w_rec->sym_size(0) == d.N;
+    TORCH_CHECK_VALUE(square || vector, ARG("w_rec"), "must have shape [N, N] = [", d.N, ", ", d.N,
+                      "] (all-to-all) or [N] = [", d.N, "] (one-to-one) with ",
+                      w_in.has_value() ? "N = w_in.shape[0]" : "N = x.shape[2] (w_in is None)",
+                      ", got ", w_rec->sym_sizes());
+  }
+  if (bias.has_value()) {
+    check_like_x(op, *bias, "bias", x, d.compute, false);
+    check_shape(op, *bias, "bias", {d.N}, "[N]");
+  }
+  for (int k = 0; k < neuron.num_params; ++k) {
+    check_neuron_param(in.params[k], neuron.params[k].name, x, d);
+  }
+  for (int k = 0; k < neuron.num_params; ++k) {
+    const at::Tensor& p = in.params[k];
+    if (neuron.params[k].decay && p.device().is_cpu()) {
+      // On CUDA this would cost a device sync; the modules keep decays in range there.
+      TORCH_CHECK_VALUE(at::logical_and(p >= 0, p <= 1).all().item<bool>(),
+                        ARG(neuron.params[k].name), "must lie in [0, 1] (and not be NaN)");
+    }
+  }
+  auto check_state = [&](const OptionalTensor& state, const char* name) {
+    if (state.has_value()) {
+      check_like_x(op, *state, name, x, d.compute, true);
+      check_shape(op, *state, name, {d.B, d.N}, "[B, N]");
+    }
+  };
+  for (int k = 0; k < neuron.num_states; ++k) check_state(in.initial[k], neuron.states[k].initial);
+  check_state(in.s0, "s0");
+  return d;
+}
+
+// lengths: [B] integers on x's device; on CPU also their values (on CUDA that
+// would cost a device sync: there a length past T acts as T, below 0 as 0).
+void check_lengths(const OptionalTensor& lengths, const at::Tensor& x, const Dims& d) {
+  if (!lengths.has_value()) return;
+  const char* op = d.op;
+  TORCH_CHECK_VALUE(lengths->device() == x.device(), ARG("lengths"), "is on ", lengths->device(),
+                    " but x is on ", x.device(), "; all tensors must be on one device");
+  TORCH_CHECK_TYPE(at::isIntegralType(lengths->scalar_type(), /*includeBool=*/false),
+                   ARG("lengths"), "must hold integers, got dtype ", lengths->scalar_type());
+  check_shape(op, *lengths, "lengths", {d.B}, "[B]");
+  if (lengths->device().is_cpu() && lengths->numel() > 0) {
+    const int64_t T = x.size(0);
+    TORCH_CHECK_VALUE(at::logical_and(*lengths >= 0, *lengths <= T).all().item<bool>(),
+                      ARG("lengths"), "must lie in [0, T] = [0, ", T, "], got min ",
+                      lengths->min().item<int64_t>(), " and max ", lengths->max().item<int64_t>());
+  }
+}
+
+Options check_settings(const NeuronInfo& neuron, const OpSettings& s, const Dims& d) {
+  return check_options(neuron.op(), s.reset, s.detach_reset, s.surrogate, s.slope, d.compute);
+}
+
+// Every check of a forward call: its tensors, lengths and options.
+std::pair<Dims, Options> check_call(const NeuronInfo& neuron, const OpTensors& t,
+                                    const OpSettings& s) {
+  const Dims d = check_inputs(neuron, t);
+  check_lengths(t.lengths, t.x, d);
+  return {d, check_settings(neuron, s, d)};
+}
+
+// Every check of a backward call, in the same order for the real and the Meta
+// kernels: the forward's tensors and lengths, the backward's own tensors
+// (the forward's outputs and the incoming gradients, each [T, B, N] where
+// given), the options.
+std::pair<Dims, Options> check_backward_call(const NeuronInfo& neuron, const BackwardTensors& t,
+                                             const OpSettings& s) {
+  const Dims d = check_inputs(neuron, t.inputs);
+  const at::Tensor& x = t.inputs.x;
+  check_lengths(t.inputs.lengths, x, d);
+  const char* op = d.op;
+  const std::vector<c10::SymInt> out_shape{d.T, d.B, d.N};
+  auto check_output = [&](const OptionalTensor& g, const char* name) {
+    if (g.has_value()) {
+      check_like_x(op, *g, name, x, d.compute, true);
+      check_shape(op, *g, name, out_shape, "[T, B, N]");
+    }
+  };
+  check_output(t.spikes, "spikes");
+  for (int k = 0; k < neuron.num_states; ++k) check_output(t.states[k], neuron.states[k].output);
+  check_output(t.grad_spikes, "grad_spikes");
+  for (int k = 0; k < neuron.num_states; ++k) {
+    check_output(t.grad_states[k], ("grad_" + std::string(neuron.states[k].output)).c_str());
+  }
+  return {d, check_settings(neuron, s, d)};
+}
+
+at::Tensor compute_contiguous(const at::Tensor& t, at::ScalarType compute) {
+  return t.to(compute).contiguous();
+}
+
+LoopInputs loop_inputs(const OpTensors& t, int64_t N, at::ScalarType compute, Reset reset) {
+  const int64_t B = t.x.size(1);
+  const auto opts = t.x.options().dtype(compute);
+  auto state = [&](const OptionalTensor& s) {
+    return s.has_value() ? compute_contiguous(*s, compute) : at::zeros({B, N}, opts);
+  };
+  LoopInputs in{t.w_rec.has_value() ? compute_contiguous(*t.w_rec, compute) : at::Tensor(),
+                {}, {}, state(t.s0), reset,
+                t.lengths.has_value() ? t.lengths->to(at::kLong).contiguous() : at::Tensor()};
+  for (const at::Tensor& p : t.params) in.params.push_back(compute_contiguous(p, compute));
+  for (const OptionalTensor& s : t.initial) in.initial.push_back(state(s));
+  return in;
+}
+
+// I[t] = x[t] @ w_in.T + bias for all T steps at once, as a [T, B, N] buffer in
+// the compute dtype that the time loop then turns into the membrane in place.
+// The forward and the low-memory backward's recomputation both call this, so
+// both get the same bits.
+at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
+                         const OptionalTensor& bias, int64_t N, at::ScalarType compute) {
+  const int64_t T = x.size(0), B = x.size(1), F = x.size(2);
+  at::Tensor current = at::empty({T, B, N}, x.options().dtype(compute));
+  at::Tensor current_2d = current.view({T * B, N});
+  if (w_in.has_value()) {
+    // Contiguous whatever the caller's strides: BLAS picks its kernel by
+    // layout, and a different kernel may round differently. Low-precision
+    // inputs: the product of the rounded operands with float32 accumulation.
+    const at::ScalarType operands = low_precision_products(x) ? x.scalar_type() : compute;
+    const at::Tensor x_2d = x.to(operands).reshape({T * B, F}).contiguous();
+    const at::Tensor w_in_t = w_in->to(operands).contiguous().t();
+    if (bias.has_value()) current_2d.copy_(bias->to(compute).expand_as(current_2d));
+    deterministic_mm_out(current_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
+  } else {
+    current.copy_(x);
+    if (bias.has_value()) current.add_(bias->to(compute));
+  }
+  return current;
+}
+
+// The model's states with the input current in its input state (the loop's
+// input, which it turns into that state in place) and the others empty.
+std::vector<at::Tensor> states_with_input(const NeuronInfo& neuron, const OpTensors& t, int64_t N,
+                                          at::ScalarType compute) {
+  const int64_t T = t.x.size(0), B = t.x.size(1);
+  std::vector<at::Tensor> states;
+  for (int k = 0; k < neuron.num_states; ++k) {
+    states.push_back(k == neuron.traits.input_state
+                         ? input_current(t.x, t.w_in, t.bias, N, compute)
+                         : at::empty({T, B, N}, t.x.options().dtype(compute)));
+  }
+  return states;
+}
+
+// The states for the backward: the saved ones, or (the low-memory mode)
+// recomputed exactly as the forward computed them, from the input current
+// and the known spikes.
+// (A partial save, some states given and some not, recomputes them all.)
+std::vector<at::Tensor> states_for_backward(const NeuronInfo& neuron, const LoopInputs& in,
+                                            const BackwardTensors& t, at::Tensor& spikes,
+                                            int64_t N, at::ScalarType compute,
+                                            ForwardLoop forward_loop) {
+  const bool all_saved = std::all_of(t.states.begin(), t.states.end(),
+                                     [](const OptionalTensor& s) { return s.has_value(); });
+  if (all_saved) {
+    std::vector<at::Tensor> states;
+    for (const OptionalTensor& s : t.states) states.push_back(compute_contiguous(*s, compute));
+    return states;
+  }
+  std::vector<at::Tensor> states = states_with_input(neuron, t.inputs, N, compute);
+  if (spikes.numel() > 0) forward_loop(in, states, spikes, /*replay=*/true);
+  return states;
+}
+
+// The loop's outputs when it does not run (T, B or N is 0): zeros, each its
+// own tensor (outputs never alias).
+BackwardLoopOutputs empty_backward(const NeuronInfo& neuron, int64_t T, int64_t B, int64_t N,
+                                   const at::TensorOptions& opts) {
+  BackwardLoopOutputs out;
+  out.grad_input = at::zeros({T, B, N}, opts);
+  for (int k = 0; k < neuron.num_states; ++k) out.grad_initial.push_back(at::zeros({B, N}, opts));
+  out.grad_s0_reset = at::zeros({B, N}, opts);
+  for (int k = 0; k < neuron.num_params; ++k) out.param_sums.push_back(at::zeros({N}, opts));
+  out.bias_sum = at::zeros({N}, opts);
+  out.w_rec_sum = at::zeros({N}, opts);
+  return out;
+}
+
+// diag(gain) @ m for gain 0-dim or [N]; m itself where gain is undefined (= 1).
+at::Tensor scale_rows(const at::Tensor& gain, const at::Tensor& m) {
+  if (!gain.defined()) return m;
+  return gain.dim() == 0 ? m * gain : m * gain.unsqueeze(1);
+}
+
+// What flows back through the input current I[t] = x[t] @ w_in.T + bias and
+// the recurrent input S[t-1] @ w_rec.T, given the loop's gX (the gradient of
+// the input state) and the gain with which they enter it (dL/dI[t] = gain *
+// gX[t]; gain undefined: 1). (gU below: that gX.)
+struct InputGrads {
+  at::Tensor x, w_in, w_rec, bias, s0;
+  // [N]: sum over t and b of gU[t] * (I[t] + S[t-1] @ w_rec.T), if asked for
+  // (NeuronTraits::drive_param).
+  at::Tensor drive;
+};
+
+struct InputGradsNeeded {
+  bool x, w_in, w_rec, bias, s0, drive;
+};
+
+InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutputs& out,
+                           const at::Tensor& x, const OptionalTensor& w_in,
+                           const OptionalTensor& w_rec, const OptionalTensor& bias,
+                           const OptionalTensor& s0, const at::Tensor& gain,
+                           InputGradsNeeded need, at::ScalarType compute) {
+  const int64_t T = x.size(0), B = x.size(1), F = x.size(2), N = out.grad_input.size(2);
+  const auto opts = x.options().dtype(compute);
+  // A fresh empty tensor per unneeded gradient: outputs must not alias each other.
+  auto none = [&] { return at::empty({0}, x.options()); };
+  const at::Tensor grad_u_2d = out.grad_input.view({T * B, N});
+  // gU[1], what reaches the initial state (zero when T = 0).
+  const at::Tensor grad_u_first = T > 0 ? out.grad_input[0] : at::zeros({B, N}, opts);
+  const bool one_to_one = in.state.one_to_one();
+  InputGrads g{none(), none(), none(), none(), none(), at::Tensor()};
+  const at::Tensor w_in_c =
+      w_in.has_value() && (need.x || need.drive) ? compute_contiguous(*w_in, compute)
+                                                 : at::Tensor();
+  // The products' operands: low-precision inputs multiply in their own dtype
+  // (gU rounded to it) with float32 accumulation, as the forward's projection.
+  const at::ScalarType operands =
+      w_in.has_value() && low_precision_products(x) ? x.scalar_type() : compute;
+  const at::Tensor grad_u_ops =
+      w_in.has_value() && (need.x || need.w_in || need.drive) ? grad_u_2d.to(operands)
+                                                             : at::Tensor();
+  at::Tensor x_ops = need.w_in || need.drive ? x.to(operands) : at::Tensor();
+  if (need.drive && in.state.lengths.defined()) {
+    // Steps past a row's length take no part: their x (padding, possibly
+    // NaN) must not reach the drive through gU = 0 times it.
+    const at::Tensor steps = at::arange(T, in.state.lengths.options()).view({T, 1, 1});
+    x_ops = x_ops.masked_fill(steps >= in.state.lengths.view({1, B, 1}), 0);
+  }
+  if (need.x) {
+    g.x = (w_in.has_value()
+               ? deterministic_mm(grad_u_ops, scale_rows(gain, w_in_c).to(operands).contiguous())
+                     .view({T, B, F})
+               : (gain.defined() ? out.grad_input * gain : out.grad_input))
+              .to(x.scalar_type());
+  }
+  at::Tensor drive;
+  if (w_in.has_value() && (need.w_in || need.drive)) {
+    // sum_t gU[t].T @ x[t]: one product over all T*B rows.
+    const at::Tensor m = deterministic_mm(grad_u_ops.t(), x_ops.reshape({T * B, F}).contiguous());
+    if (need.w_in) g.w_in = scale_rows(gain, m).to(w_in->scalar_type());
+    if (need.drive) drive = (w_in_c * m).sum(1);
+  } else if (need.drive) {
+    drive = (out.grad_input * x_ops).sum(0).sum(0);
+  }
+  if (need.drive && bias.has_value()) drive = drive + bias->to(compute) * out.bias_sum;
+  if (need.bias) {
+    const at::Tensor sum = gain.defined() ? out.bias_sum * gain : out.bias_sum;
+    g.bias = sum.to(x.scalar_type());
+  }
+  const bool want_w_rec = w_rec.has_value() && (need.w_rec || need.drive);
+  if (want_w_rec && one_to_one) {  // sum over t, b of gU[t] * S[t-1]
+    if (need.w_rec) {
+      const at::Tensor sum = gain.defined() ? out.w_rec_sum * gain : out.w_rec_sum;
+      g.w_rec = sum.to(w_rec->scalar_type());
+    }
+    if (need.drive) drive = drive + in.state.w_rec * out.w_rec_sum;
+  } else if (want_w_rec) {
+    at::Tensor m = out.w_rec_grad;
+    if (!m.defined()) {
+      // sum_t gU[t].T @ S[t-1], with S[0] = s0: two GEMMs instead of a copy of S.
+      m = deterministic_mm(grad_u_first.t(), in.state.s0);
+      if (T > 1) {
+        const int64_t rows = (T - 1) * B;
+        deterministic_mm_out(m, out.grad_input.narrow(0, 1, T - 1).reshape({rows, N}).t(),
+                             in.spikes.narrow(0, 0, T - 1).reshape({rows, N}),
+                             /*accumulate=*/true);
+      }
+    }
+    if (need.w_rec) g.w_rec = scale_rows(gain, m).to(w_rec->scalar_type());
+    if (need.drive) drive = drive + (in.state.w_rec * m).sum(1);
+  }
+  if (need.s0 && s0.has_value()) {
+    at::Tensor grad_s0 = out.grad_s0_reset;
+    if (one_to_one) {
+      grad_s0 = grad_s0 + grad_u_first * in.w_rec_adjoint;
+    } else if (w_rec.has_value()) {
+      grad_s0 = grad_s0 + deterministic_mm(grad_u_first, in.w_rec_adjoint);
+    }
+    if (in.state.lengths.defined()) {
+      // A row that takes no step passes nothing back (its zero gU[1] times a
+      // non-finite w_rec would be NaN).
+      grad_s0 = grad_s0.masked_fill(in.state.lengths.le(0).unsqueeze(1), 0);
+    }
+    g.s0 = grad_s0.to(s0->scalar_type());
+  }
+  g.drive = drive;
+  return g;
+}
+
+// A parameter's gradient from its [N] sum: summed once more for a 0-dim parameter.
+at::Tensor param_grad(bool needed, const at::Tensor& sum, const at::Tensor& param,
+                      const at::Tensor& x) {
+  if (!needed) return at::empty({0}, x.options());
+  return (param.dim() == 0 ? sum.sum() : sum).to(param.scalar_type());
+}
+
+}  // namespace
+
+std::vector<at::Tensor> neuron_forward(const NeuronInfo& neuron, const OpTensors& t,
+                                       const OpSettings& s, ForwardLoop loop) {
+  // The matrix products below stay in the compute dtype even under autocast
+  // (whose kernel for this op already cast the inputs it casts).
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto [d, options] = check_call(neuron, t, s);
+  const int64_t T = t.x.size(0), B = t.x.size(1), N = d.N.expect_int();
+  const LoopInputs in = loop_inputs(t, N, d.compute, options.reset);
+  std::vector<at::Tensor> states = states_with_input(neuron, t, N, d.compute);
+  at::Tensor spikes = at::empty({T, B, N}, t.x.options().dtype(d.compute));
+  if (spikes.numel() > 0) loop(in, states, spikes, /*replay=*/false);
+  std::vector<at::Tensor> out{spikes.to(t.x.scalar_type())};
+  out.insert(out.end(), states.begin(), states.end());
+  return out;
+}
+
+std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const BackwardTensors& t,
+                                        const OpSettings& s, const std::vector<bool>& needs,
+                                        ForwardLoop forward_loop, BackwardLoop loop) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto [d, options] = check_backward_call(neuron, t, s);
+  const OpTensors& in_t = t.inputs;
+  const at::Tensor& x = in_t.x;
+  const int64_t T = x.size(0), B = x.size(1), N = d.N.expect_int();
+  const at::ScalarType compute = d.compute;
+  const int P = neuron.num_params, K = neuron.num_states;
+  auto incoming = [&](const OptionalTensor& g) {
+    return g.has_value() ? compute_contiguous(*g, compute) : at::Tensor();
+  };
+  // needs: x, w_in, w_rec, bias, the parameters, the initial states, s0.
+  const bool need_x = needs[0], need_w_in = needs[1], need_w_rec = needs[2],
+             need_bias = needs[3], need_s0 = needs[4 + P + K];
+  std::vector<bool> need_params(needs.begin() + 4, needs.begin() + 4 + P);
+  const int drive_param = neuron.traits.drive_param;
+  const bool need_drive = drive_param >= 0 && need_params[drive_param];
+
+  LoopInputs state = loop_inputs(in_t, N, compute, options.reset);
+  at::Tensor spikes_c = compute_contiguous(t.spikes, compute);
+  std::vector<at::Tensor> states =
+      states_for_backward(neuron, state, t, spikes_c, N, compute, forward_loop);
+  // The input current and the recurrent input enter the input state with this gain.
+  const at::Tensor gain =
+      neuron.traits.gain_param >= 0 ? 1 - state.params[neuron.traits.gain_param] : at::Tensor();
+  const bool one_to_one = state.one_to_one();
+  const at::Tensor w_rec_adjoint =
+      !state.w_rec.defined() || !gain.defined()
+          ? state.w_rec
+          : (one_to_one ? state.w_rec * gain : scale_rows(gain, state.w_rec)).contiguous();
+  std::vector<at::Tensor> grad_states;
+  for (const OptionalTensor& g : t.grad_states) grad_states.push_back(incoming(g));
+  // The drive (sum gX * (I + rec)) needs the sums behind the bias and w_rec gradients too.
+  BackwardLoopInputs in{std::move(state),
+                        spikes_c,
+                        std::move(states),
+                        incoming(t.grad_spikes),
+                        std::move(grad_states),
+                        w_rec_adjoint,
+                        options.detach_reset,
+                        options.surrogate,
+                        options.slope,
+                        need_params,
+                        need_bias || (need_drive && in_t.bias.has_value()),
+                        (need_w_rec || need_drive) && one_to_one,
+                        (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one};
+  const BackwardLoopOutputs out =
+      spikes_c.numel() > 0 ? loop(in) : empty_backward(neuron, T, B, N, x.options().dtype(compute));
+  const InputGrads g =
+      input_gradients(in, out, x, in_t.w_in, in_t.w_rec, in_t.bias, in_t.s0, gain,
+                      {need_x, need_w_in, need_w_rec, need_bias, need_s0, need_drive}, compute);
+  std::vector<at::Tensor> grads{g.x, g.w_in, g.w_rec, g.bias};
+  for (int k = 0; k < P; ++k) {
+    const bool needed = need_params[k];
+    const at::Tensor sum =
+        needed && k == drive_param ? out.param_sums[k] - g.drive : out.param_sums[k];
+    grads.push_back(param_grad(needed, sum, in_t.params[k], x));
+  }
+  for (int k = 0; k < K; ++k) {
+    const OptionalTensor& given = in_t.initial[k];
+    grads.push_back(needs[4 + P + k] && given.has_value()
+                        ? out.grad_initial[k].to(given->scalar_type())
+                        : at::empty({0}, x.options()));
+  }
+  grads.push_back(g.s0);
+  return grads;
+}
+
+std::vector<at::Tensor> neuron_forward_meta(const NeuronInfo& neuron, const OpTensors& t,
+                                            const OpSettings& s) {
+  const Dims d = check_call(neuron, t, s).first;
+  const std::vector<c10::SymInt> shape{d.T, d.B, d.N};
+  std::vector<at::Tensor> out{at::empty_symint(shape, t.x.options())};
+  for (int k = 0; k < neuron.num_states; ++k) {
+    out.push_back(at::empty_symint(shape, t.x.options().dtype(d.compute)));
+  }
+  return out;
+}
+
+std::vector<at::Tensor> neuron_backward_meta(const NeuronInfo& neuron, const BackwardTensors& t,
+                                             const OpSettings& s, const std::vector<bool>& needs) {
+  const Dims d = check_backward_call(neuron, t, s).first;
+  const OpTensors& in = t.inputs;
+  std::vector<OptionalTensor> inputs{in.x, in.w_in, in.w_rec, in.bias};
+  inputs.insert(inputs.end(), in.params.begin(), in.params.end());
+  inputs.insert(inputs.end(), in.initial.begin(), in.initial.end());
+  inputs.push_back(in.s0);
+  // Gradient i is shaped like input i (bias: [N] in x's dtype); one not needed
+  // is empty, as in the real kernels.
+  std::vector<at::Tensor> grads;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const OptionalTensor& input = inputs[i];
+    if (!needs[i] || !input.has_value()) {
+      grads.push_back(at::empty({0}, in.x.options()));
+    } else if (i == 3) {
+      grads.push_back(at::empty_symint({d.N}, in.x.options()));
+    } else {
+      grads.push_back(at::empty_symint(input->sym_sizes(), input->options()));
+    }
+  }
+  return grads;
+}
+
+void neuron_check(const NeuronInfo& neuron, const OpTensors& t, const OpSettings& s) {
+  check_call(neuron, t, s);
+}
+
+}  // namespace torch_ext

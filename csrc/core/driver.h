@@ -1,0 +1,108 @@
+// The device-independent part of every neuron op, written once: the checks
+// (shared by the real, Meta and check kernels), the input projection, the
+// states for the backward (saved or replayed), and the input and weight
+// gradients around the backend's time loops (loop.h).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "loop.h"
+#include "neuron.h"
+
+// The CPU forward's hot loop is compiled for these x86 targets (GCC
+// target_clones; the build itself targets baseline x86-64); the loader picks
+// the best one the CPU has.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TORCH_EXT_CPU_CLONE_TARGETS "avx512f", "avx2", "default"
+#endif
+
+namespace torch_ext {
+
+using OptionalTensor = std::optional<at::Tensor>;
+
+// The options of a call, checked. Every check raises an error naming the op
+// and the argument (ValueError/TypeError in Python), the same for every caller.
+struct Options {
+  Reset reset;
+  bool detach_reset;
+  Surrogate surrogate;
+  double slope;  // the surrogate's default when none was given
+};
+Options check_options(const char* op, c10::string_view reset, bool detach_reset,
+                      c10::string_view surrogate, std::optional<double> slope,
+                      at::ScalarType compute_dtype);
+
+// x and the neuron parameters must be given (defined tensors): checked
+// before anything reads their devices (autograd and the dispatcher do), so
+// the error names the argument.
+void check_required(const NeuronInfo& neuron, const at::Tensor& x,
+                    const std::vector<at::Tensor>& params);
+
+// float64 for float64 inputs; float16/bfloat16/float32 compute in float32.
+at::ScalarType compute_dtype(at::ScalarType input_dtype);
+
+// The tensors of a neuron op's call, in the op's order (its schema:
+// x, w_in, w_rec, bias, the model's parameters, its initial states, s0,
+// ..., lengths).
+struct OpTensors {
+  at::Tensor x;
+  OptionalTensor w_in, w_rec, bias;
+  std::vector<at::Tensor> params;
+  std::vector<OptionalTensor> initial;
+  OptionalTensor s0, lengths;
+};
+
+// Its other arguments.
+struct OpSettings {
+  std::string reset;
+  bool detach_reset;
+  std::string surrogate;
+  std::optional<double> slope;
+  bool save_state;  // false: the low-memory mode (the backward replays the states)
+};
+
+// A backward call: the forward's inputs and outputs (states absent in the
+// low-memory mode) and the incoming gradients (absent: zero).
+struct BackwardTensors {
+  OpTensors inputs;
+  at::Tensor spikes;
+  std::vector<OptionalTensor> states;
+  OptionalTensor grad_spikes;
+  std::vector<OptionalTensor> grad_states;
+};
+
+// The number of a model's differentiable inputs, x .. s0 (lengths has none).
+inline int num_grad_inputs(const NeuronInfo& neuron) {
+  return 5 + neuron.num_params + neuron.num_states;
+}
+
+// Forward: (spikes in x's dtype, the states in the compute dtype, each
+// [T, B, N]): the input current by one product, then the loop.
+std::vector<at::Tensor> neuron_forward(const NeuronInfo& neuron, const OpTensors& t,
+                                       const OpSettings& s, ForwardLoop loop);
+// Backward: the gradient of each differentiable input (num_grad_inputs, in
+// the op's order) that `needs` asks for; the others are empty tensors (numel
+// 0) and never computed. Without the saved states (the low-memory mode) they
+// are recomputed from the inputs and the spikes: one product and a replay of
+// the forward loop.
+std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const BackwardTensors& t,
+                                        const OpSettings& s, const std::vector<bool>& needs,
+                                        ForwardLoop forward_loop, BackwardLoop loop);
+// The Meta kernels: the same checks, then outputs of the right shapes and
+// dtypes, nothing computed (torch.compile, torch.export and opcheck run them
+// on fake tensors with symbolic shapes).
+std::vector<at::Tensor> neuron_forward_meta(const NeuronInfo& neuron, const OpTensors& t,
+                                            const OpSettings& s);
+std::vector<at::Tensor> neuron_backward_meta(const NeuronInfo& neuron, const BackwardTensors& t,
+                                             const OpSettings& s, const std::vector<bool>& needs);
+// The forward's checks alone (the `_<op>_check` op the Python reference calls,
+// so that it accepts and rejects exactly what the op does).
+void neuron_check(const NeuronInfo& neuron, const OpTensors& t, const OpSettings& s);
+
+}  // namespace torch_ext

@@ -1,0 +1,98 @@
+// The interface between the device-independent driver (driver.cpp) and the
+// time loops each backend supplies (cpu/loops.cpp, cuda/loops.cu): what a
+// loop reads and what it returns, the same for every neuron model.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "options.h"
+
+namespace torch_ext {
+
+// Everything a time loop reads, contiguous and in the compute dtype.
+struct LoopInputs {
+  at::Tensor w_rec;  // [N, N] (all-to-all), [N] (one-to-one), or undefined: none
+  std::vector<at::Tensor> params;   // the model's parameters, each 0-dim or [N]
+  std::vector<at::Tensor> initial;  // the model's states at t = 0, each [B, N]
+  at::Tensor s0;                    // [B, N]
+  Reset reset;
+  // [B] int64, or undefined: row b takes steps t < lengths[b] only; later steps
+  // output 0 and take no part in the backward.
+  at::Tensor lengths;
+
+  bool one_to_one() const { return w_rec.defined() && w_rec.dim() == 1; }
+};
+
+// Runs t = 1..T. `states` are the model's [T, B, N] state tensors; on entry
+// the model's input state (NeuronTraits::input_state) holds the input current
+// I[t], on exit every state holds its values. `spikes` [T, B, N] receives
+// S[t]; with `replay` it holds them already (a forward's output) and is only
+// read: the states are recomputed with the same arithmetic as that forward,
+// bitwise, and no threshold decided.
+using ForwardLoop = void (*)(const LoopInputs& in, std::vector<at::Tensor>& states,
+                             at::Tensor& spikes, bool replay);
+
+struct BackwardLoopInputs {
+  LoopInputs state;
+  at::Tensor spikes;                     // [T, B, N], compute dtype
+  std::vector<at::Tensor> states;        // the model's states, [T, B, N] each
+  at::Tensor grad_spikes;                // [T, B, N], or undefined (= zero)
+  std::vector<at::Tensor> grad_states;   // per state, [T, B, N] or undefined (= zero)
+  // What the recurrent term of the reverse step multiplies: gX[t+1] @
+  // w_rec_adjoint (or gX[t+1] * w_rec_adjoint one-to-one), gX the gradient
+  // of the input state: w_rec, its rows scaled by the model's input gain.
+  // Undefined without w_rec.
+  at::Tensor w_rec_adjoint;
+  bool detach_reset;
+  Surrogate surrogate;
+  double slope;
+  std::vector<bool> need_params;  // which per-neuron parameter sums to produce
+  bool need_bias;                 // the sum of gX
+  bool need_w_rec_sum;            // one-to-one w_rec: sum of gX[t] * S[t-1] per neuron
+  // All-to-all w_rec: a loop may return sum_t gX[t].T @ S[t-1] (w_rec_grad);
+  // where it does not, the driver computes it with matrix products.
+  bool need_w_rec_grad;
+};
+
+struct BackwardLoopOutputs {
+  // [T, B, N]: gX[t], the gradient of the input state; dL/dI[t] is gX[t]
+  // times the model's input gain.
+  at::Tensor grad_input;
+  std::vector<at::Tensor> grad_initial;  // per state [B, N]: what reaches the initial state
+  at::Tensor grad_s0_reset;  // [B, N]: through R[0] only (the w_rec part is added later)
+  // [N] sums over t and b of each parameter's terms, of gX, and of gX[t] *
+  // S[t-1] (a one-to-one w_rec); undefined if not asked for.
+  std::vector<at::Tensor> param_sums;
+  at::Tensor bias_sum, w_rec_sum;
+  // [N, N]: sum over t of gX[t].T @ S[t-1] (S[0] = s0) for an all-to-all
+  // w_rec, if the loop computed it; otherwise undefined.
+  at::Tensor w_rec_grad;
+};
+
+// Runs the reverse recurrence t = T..1; called only when T, B and N are all > 0.
+using BackwardLoop = BackwardLoopOutputs (*)(const BackwardLoopInputs& in);
+
+}  // namespace torch_ext
+
+#ifdef WITH_CUDA
+#include <array>
+#include <string>
+#include <utility>
+
+namespace torch_ext {
+
+// The CUDA designs compiled in, and which one a LIF forward call with an
+// all-to-all w_rec of this size and compute dtype (float32 or float64) would
+// use on the current device now, with the reason (planned with the LIF
+// kernel; the other models' kernels may fit fewer blocks per SM): {"per_step"
+// or "persistent", why}. The persistent design is used only when the
+// environment variable TORCH_EXT_CUDA_PERSISTENT is "1" at the call.
+inline constexpr std::array<const char*, 2> kCudaDesigns{"per_step", "persistent"};
+bool cuda_persistent_requested();  // TORCH_EXT_CUDA_PERSISTENT is "1" now
+std::pair<std::string, std::string> cuda_design_for(int64_t T, int64_t B, int64_t N,
+                                                    at::ScalarType compute_dtype);
+
+}  // namespace torch_ext
+#endif
