@@ -3,6 +3,7 @@ the reference wherever a GPU is present (skipped with a reason otherwise), in
 both CUDA designs: the per-step one (default) and the persistent one
 (TORCH_EXT_CUDA_PERSISTENT=1, read at every call), which must give the same
 forward bitwise and the same gradients to rounding."""
+import itertools
 import os
 import shutil
 import subprocess
@@ -15,9 +16,10 @@ from conftest import LIFArgs, cuda_only, make_inputs, run_with_grads
 from test_gradients import OPTION_GRID
 from torch_ext import _C
 
-import test_adlif
+import neurons
 
-OPS = ("recurrent_lif", "_recurrent_lif_backward", "recurrent_adlif", "_recurrent_adlif_backward")
+# Every model's forward and backward op.
+OPS = tuple(name for op in neurons.OPS for name in (op, f"_{op}_backward"))
 DESIGNS = ("default", "persistent")
 
 
@@ -308,48 +310,54 @@ def test_cuda_designs_spread_a_non_finite_weight_alike(monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
-# ---------------------------------------------------------------- the adaptive op
+# ---------------------------------------------------------------- every model
 
-
-# float64 over the whole option grid of the CPU tests; float32 (slower to
-# compare, the same kernels) with the sigmoid surrogate and an input projection.
-ADAPTIVE_CUDA_GRID = [(*options, torch.float64) for options in test_adlif.OPTION_GRID] + [
-    (*options, torch.float32) for options in test_adlif.OPTION_GRID
+# float64 over the whole option grid of the CPU tests, for every model of the
+# registry; float32 (slower to compare, the same kernels) with the sigmoid
+# surrogate and an input projection.
+MODEL_OPTION_GRID = list(itertools.product(neurons.RESETS, [True, False], neurons.SURROGATES,
+                                           neurons.RECURRENCES, [True, False]))
+MODEL_CUDA_GRID = [(*options, torch.float64) for options in MODEL_OPTION_GRID] + [
+    (*options, torch.float32) for options in MODEL_OPTION_GRID
     if options[2] == "sigmoid" and options[4]]
 
 
 @cuda_only
-@pytest.mark.parametrize("reset,detach,surrogate,recurrent,w_in,dtype", ADAPTIVE_CUDA_GRID)
-def test_adaptive_cuda_matches_cpu(reset, detach, surrogate, recurrent, w_in, dtype, design):
-    """The adaptive op on CUDA against the CPU op, with initial state and
+@pytest.mark.parametrize("op", neurons.OPS)
+@pytest.mark.parametrize("reset,detach,surrogate,recurrent,w_in,dtype", MODEL_CUDA_GRID)
+def test_every_model_cuda_matches_cpu(op, reset, detach, surrogate, recurrent, w_in, dtype,
+                                      design):
+    """Each model's op on CUDA against the CPU op, with initial state and
     lengths; float32 as for the LIF op (examples with a membrane within 1e-4
     of theta skipped)."""
-    check_adaptive_on_cuda(dict(dtype=dtype, w_in=w_in, recurrent=recurrent),
-                           dict(reset=reset, detach_reset=detach, surrogate=surrogate))
+    check_on_cuda(op, dict(dtype=dtype, w_in=w_in, recurrent=recurrent),
+                  dict(reset=reset, detach_reset=detach, surrogate=surrogate))
 
 
 @cuda_only
+@pytest.mark.parametrize("op", neurons.OPS)
 @pytest.mark.parametrize("recurrent", ["all_to_all", "one_to_one"])
-def test_adaptive_cuda_several_tiles_groups_and_scalar_parameters(recurrent, design):
+def test_every_model_cuda_several_tiles_groups_and_scalar_parameters(op, recurrent, design):
     """N = 40 (two neuron tiles, a partial one), B = 20 (several batch
     groups in the persistent design), 0-dim parameters (stride 0)."""
-    check_adaptive_on_cuda(dict(T=12, B=20, N=40, recurrent=recurrent, params="scalar"), {})
+    check_on_cuda(op, dict(T=12, B=20, N=40, recurrent=recurrent, params="scalar"), {})
 
 
-def check_adaptive_on_cuda(input_options, options):
-    """The adaptive op on CUDA against the CPU op, float64 unless said, with
-    an initial state and lengths that include a row taking no step."""
+def check_on_cuda(op, input_options, options):
+    """The op on CUDA against the CPU op, float64 unless said, with an
+    initial state and lengths that include a row taking no step."""
     dtype = input_options.get("dtype", torch.float64)
-    args = test_adlif.make_inputs(state=True, **{"B": 4, **input_options})
+    args = neurons.make_inputs(op, state=True, **{"B": 4, **input_options})
     T, B = args.x.shape[:2]
     options = dict(options, lengths=torch.tensor([T, T - 3, 1, 0] + [T - 1] * (B - 4)))
-    cpu = test_adlif.run_with_grads(torch_ext.recurrent_adlif, args, **options)
+    fn = neurons.FUSED[op]
+    cpu = neurons.run_with_grads(fn, args, **options)
     if dtype == torch.float32 and (cpu[0][1] - args.theta.detach()).abs().min() < 1e-4:
         pytest.skip("a membrane within float32 rounding of the threshold")
     cuda_args = type(args)(*[a.detach().cuda().requires_grad_(a.requires_grad)
                              if isinstance(a, torch.Tensor) else a for a in args])
     options["lengths"] = options["lengths"].cuda()
-    gpu = test_adlif.run_with_grads(torch_ext.recurrent_adlif, cuda_args, **options)
+    gpu = neurons.run_with_grads(fn, cuda_args, **options)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
     assert torch.equal(cpu[0][0], gpu[0][0].cpu())
     for got, want in zip([*gpu[0][1:], *gpu[1]], [*cpu[0][1:], *cpu[1]]):
@@ -357,11 +365,13 @@ def check_adaptive_on_cuda(input_options, options):
 
 
 @cuda_only
-def test_adaptive_cuda_low_memory_mode_bitwise_equal(design):
-    args = test_adlif.make_inputs(dtype=torch.float32, state=True)
+@pytest.mark.parametrize("op", neurons.OPS)
+def test_every_model_cuda_low_memory_mode_bitwise_equal(op, design):
+    args = neurons.make_inputs(op, dtype=torch.float32, state=True)
     cuda_args = type(args)(*[a.detach().cuda().requires_grad_(a.requires_grad)
                              if isinstance(a, torch.Tensor) else a for a in args])
-    saved = test_adlif.run_with_grads(torch_ext.recurrent_adlif, cuda_args)
-    replayed = test_adlif.run_with_grads(torch_ext.recurrent_adlif, cuda_args, save_state=False)
+    fn = neurons.FUSED[op]
+    saved = neurons.run_with_grads(fn, cuda_args)
+    replayed = neurons.run_with_grads(fn, cuda_args, **{neurons.NEURONS[op].save_flag: False})
     for a, b in zip([*saved[0], *saved[1]], [*replayed[0], *replayed[1]]):
         assert torch.equal(a, b)

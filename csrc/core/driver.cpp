@@ -371,9 +371,9 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       w_in.has_value() && (need.x || need.w_in || need.drive) ? grad_u_2d.to(operands)
                                                              : at::Tensor();
   at::Tensor x_ops = need.w_in || need.drive ? x.to(operands) : at::Tensor();
-  if (need.drive && in.state.lengths.defined()) {
+  if (x_ops.defined() && in.state.lengths.defined()) {
     // Steps past a row's length take no part: their x (padding, possibly
-    // NaN) must not reach the drive through gU = 0 times it.
+    // NaN) must not reach grad_w_in or the drive through gU = 0 times it.
     const at::Tensor steps = at::arange(T, in.state.lengths.options()).view({T, 1, 1});
     x_ops = x_ops.masked_fill(steps >= in.state.lengths.view({1, B, 1}), 0);
   }

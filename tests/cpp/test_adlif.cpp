@@ -1,8 +1,8 @@
 // GoogleTest checks of the adaptive (SE-adLIF) op and module through the
-// public C++ API: forward and torch::autograd::grad of all twelve inputs
-// against the LibTorch autograd loop of lif_reference.h, the module's
-// parameterisation and state continuation, argument errors, and the module
-// against the Python one (write_python_data.py's adaptive cases).
+// public C++ API: the numbers overload and argument errors, the module's
+// parameterisation and state continuation, and the module against the Python
+// one (write_python_data.py's adaptive cases). The op against the LibTorch
+// autograd loop: test_neurons.cpp (every model).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <torch_ext/torch_ext.h>
@@ -18,79 +18,6 @@
 namespace {
 
 using torch::Tensor;
-
-struct AdaptiveInputs {
-  Tensor x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0;
-  std::vector<Tensor> all() const { return {x, w_in, w_rec, bias, alpha, beta, a, b, theta, v0, a0, s0}; }
-};
-
-AdaptiveInputs random_adaptive_inputs(int64_t T, int64_t B, int64_t F, int64_t N) {
-  torch::manual_seed(1);
-  const auto f64 = torch::kFloat64;
-  AdaptiveInputs in;
-  in.x = (torch::randn({T, B, F}, f64) * 2).requires_grad_();
-  in.w_in = (torch::randn({N, F}, f64) * (2.0 / std::sqrt(F))).requires_grad_();
-  in.w_rec = (torch::randn({N, N}, f64) * (1.0 / std::sqrt(N))).requires_grad_();
-  in.bias = (torch::randn({N}, f64) * 0.5 + 0.5).requires_grad_();
-  in.alpha = (torch::rand({N}, f64) * 0.3 + 0.6).requires_grad_();
-  in.beta = (torch::rand({}, f64) * 0.2 + 0.75).requires_grad_();
-  in.a = (torch::rand({N}, f64) * 0.5).requires_grad_();
-  in.b = (torch::rand({N}, f64) * 1.5).requires_grad_();
-  in.theta = (torch::rand({N}, f64) * 0.4 + 0.6).requires_grad_();
-  in.v0 = (torch::randn({B, N}, f64) * 0.5).requires_grad_();
-  in.a0 = (torch::randn({B, N}, f64) * 0.5).requires_grad_();
-  in.s0 = (torch::rand({B, N}, f64) > 0.5).to(f64).requires_grad_();
-  return in;
-}
-
-using Options = std::tuple<std::string, bool, std::string>;  // reset, detach, surrogate
-
-class AdaptiveMatchesAutograd : public ::testing::TestWithParam<Options> {};
-
-TEST_P(AdaptiveMatchesAutograd, ForwardAndAllGradients) {
-  const auto& [reset, detach, surrogate] = GetParam();
-  const double slope = surrogate == "atan" ? 2.0 : (surrogate == "triangle" ? 1.0 : 25.0);
-  const AdaptiveInputs in = random_adaptive_inputs(14, 3, 5, 6);
-  const auto options = torch_ext::RecurrentAdLIFFuncOptions()
-                           .reset(reset)
-                           .detach_reset(detach)
-                           .surrogate(surrogate)
-                           .v0(in.v0)
-                           .a0(in.a0)
-                           .s0(in.s0);
-  const auto [spikes, membrane, adaptation] = torch_ext::recurrent_adlif(
-      in.x, in.w_in, in.w_rec, in.bias, in.alpha, in.beta, in.a, in.b, in.theta, options);
-  const auto [spikes_ref, membrane_ref, adaptation_ref] = lif_reference::recurrent_adlif(
-      in.x, in.w_in, in.w_rec, in.bias, in.alpha, in.beta, in.a, in.b, in.theta, in.v0, in.a0,
-      in.s0, reset, detach, surrogate, slope);
-  ASSERT_TRUE(torch::equal(spikes, spikes_ref));
-  ASSERT_TRUE(torch::allclose(membrane, membrane_ref, 1e-10, 1e-10));
-  ASSERT_TRUE(torch::allclose(adaptation, adaptation_ref, 1e-10, 1e-10));
-  const double rate = spikes.mean().item<double>();
-  ASSERT_GT(rate, 0.05);
-  ASSERT_LT(rate, 0.95);
-
-  const Tensor g_s = torch::randn_like(spikes), g_v = torch::randn_like(membrane),
-               g_a = torch::randn_like(adaptation);
-  auto loss = [&](const Tensor& s, const Tensor& v, const Tensor& a) {
-    return (s * g_s).sum() + (v * g_v).sum() + (a * g_a).sum();
-  };
-  const auto got = torch::autograd::grad({loss(spikes, membrane, adaptation)}, in.all());
-  const auto want =
-      torch::autograd::grad({loss(spikes_ref, membrane_ref, adaptation_ref)}, in.all());
-  const char* names[] = {"x", "w_in", "w_rec", "bias", "alpha", "beta",
-                         "a", "b",    "theta", "v0",   "a0",    "s0"};
-  for (size_t i = 0; i < want.size(); ++i) {
-    EXPECT_TRUE(torch::allclose(got[i], want[i], 1e-9, 1e-9))
-        << names[i] << ": max difference " << (got[i] - want[i]).abs().max().item<double>();
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(EveryOption, AdaptiveMatchesAutograd,
-                         ::testing::Combine(::testing::Values("zero", "subtract", "none"),
-                                            ::testing::Bool(),
-                                            ::testing::Values("sigmoid", "fast_sigmoid", "atan",
-                                                              "triangle")));
 
 TEST(AdaptiveOp, NumbersOverloadAndErrors) {
   const Tensor x = torch::randn({4, 2, 3});

@@ -1,7 +1,8 @@
-// GoogleTest checks through the public C++ API (torch_ext/torch_ext.h), the
-// way a LibTorch user calls it: forward and torch::autograd::grad of every
-// input against a reference written with LibTorch's own autograd, the
-// per-element math of the kernels, the module, a short training run, errors.
+// GoogleTest checks of the LIF op through the public C++ API
+// (torch_ext/torch_ext.h), the way a LibTorch user calls it: the per-element
+// math of the kernels, the low-memory mode, the module, a short training run,
+// errors. The op against a LibTorch autograd loop: test_neurons.cpp (every
+// model).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <torch_ext/torch_ext.h>
@@ -42,50 +43,6 @@ std::tuple<Tensor, Tensor> fused(const Inputs& in, const torch_ext::RecurrentLIF
   return torch_ext::recurrent_lif(in.x, in.w_in, in.w_rec, in.bias, in.alpha, in.theta,
                                   torch_ext::RecurrentLIFFuncOptions(o).u0(in.u0).s0(in.s0));
 }
-
-std::tuple<Tensor, Tensor> reference(const Inputs& in, const torch_ext::RecurrentLIFFuncOptions& o,
-                                     double slope) {
-  return lif_reference::recurrent_lif(in.x, in.w_in, in.w_rec, in.bias, in.alpha, in.theta, in.u0,
-                                      in.s0, o.reset(), o.detach_reset(), o.surrogate(), slope);
-}
-
-using Options = std::tuple<std::string, bool, std::string>;  // reset, detach, surrogate
-
-class MatchesAutograd : public ::testing::TestWithParam<Options> {};
-
-TEST_P(MatchesAutograd, ForwardAndAllGradients) {
-  const auto& [reset, detach, surrogate] = GetParam();
-  const double slope = surrogate == "atan" ? 2.0 : (surrogate == "triangle" ? 1.0 : 25.0);
-  const auto options =
-      torch_ext::RecurrentLIFFuncOptions().reset(reset).detach_reset(detach).surrogate(surrogate);
-  const Inputs in = random_inputs(15, 3, 5, 6);
-
-  const auto [spikes, membrane] = fused(in, options);  // default slope of the surrogate
-  const auto [spikes_ref, membrane_ref] = reference(in, options, slope);
-  ASSERT_TRUE(torch::equal(spikes, spikes_ref));
-  ASSERT_TRUE(torch::allclose(membrane, membrane_ref, 1e-10, 1e-10));
-  const double rate = spikes.mean().item<double>();
-  ASSERT_GT(rate, 0.05);
-  ASSERT_LT(rate, 0.95);
-
-  const Tensor grad_spikes = torch::randn_like(spikes);
-  const Tensor grad_membrane = torch::randn_like(membrane);
-  auto loss = [&](const Tensor& s, const Tensor& u) {
-    return (s * grad_spikes).sum() + (u * grad_membrane).sum();
-  };
-  const auto got = torch::autograd::grad({loss(spikes, membrane)}, in.all());
-  const auto want = torch::autograd::grad({loss(spikes_ref, membrane_ref)}, in.all());
-  const char* names[] = {"x", "w_in", "w_rec", "bias", "alpha", "theta", "u0", "s0"};
-  for (size_t i = 0; i < want.size(); ++i) {
-    EXPECT_TRUE(torch::allclose(got[i], want[i], 1e-9, 1e-9))
-        << "grad_" << names[i] << " differs by " << (got[i] - want[i]).abs().max().item<double>();
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    AllOptions, MatchesAutograd,
-    ::testing::Combine(::testing::Values("subtract", "zero", "none"), ::testing::Bool(),
-                       ::testing::Values("sigmoid", "fast_sigmoid", "atan", "triangle")));
 
 // The kernels' per-element math (csrc/core/math.h, csrc/neurons/lif.h) against the formulas.
 TEST(PerElementMath, SurrogatesMatchTheirFormulasAndStayFinite) {

@@ -14,6 +14,8 @@ Writes into OUT_DIR:
   options, loads the state_dict by name and must return the same.
 - adaptive_<case>.pt, the same for torch_ext.RecurrentAdLIF (ADAPTIVE_CASES;
   its state has three parts, v, a, s), for tests/cpp/test_adlif.cpp;
+- cuba_<case>.pt, the same for torch_ext.RecurrentCubaLIF (CUBA_CASES; state
+  u, j, s), for tests/cpp/test_neurons.cpp;
 - state_dict.pt: one module's state_dict alone, as a user saves it for C++
   (torch.save(dict(module.state_dict()), path)), for torch_ext::load_state_dict;
   ordered_state_dict.pt: the same without dict(), which LibTorch cannot read
@@ -64,15 +66,37 @@ ADAPTIVE_CASES = {
 }
 
 
-def module_case(options, T, B, with_state, with_lengths, unbatched, seed, adaptive=False):
+# The current-based module's cases, in the same form.
+CUBA_CASES = {
+    "default": (dict(), 9, 3, False, False, False),
+    "stack_state_lengths": (dict(num_layers=2, learn_alpha=True, learn_alpha_syn=True,
+                                 per_neuron=True, alpha_syn=0.6), 8, 4, True, True, False),
+    "one_to_one_zero_reset": (dict(recurrent="one_to_one", reset="zero", detach_reset=True,
+                                   surrogate="atan", learn_theta=True), 10, 2, True, False, False),
+    "feed_forward_batch_first": (dict(recurrent="none", bias=False, batch_first=True,
+                                      surrogate="fast_sigmoid", slope=3.0, alpha=0.8,
+                                      alpha_syn=0.3, theta=0.7, save_state=False), 7, 3, False,
+                                 True, False),
+    "unbatched_stack": (dict(num_layers=2, reset="none", surrogate="triangle"), 6, 1, True,
+                        False, True),
+}
+
+LAYERS = {"lif": torch_ext.RecurrentLIF, "adaptive": torch_ext.RecurrentAdLIF,
+          "cuba": torch_ext.RecurrentCubaLIF}
+# Input weights scaled for a non-trivial spike rate (the adaptive neuron's
+# input gain is 1 - alpha; the current-based one sums its input over steps).
+DRIVE = {"lif": 2.5, "adaptive": 8.0, "cuba": 1.2}
+
+
+def module_case(options, T, B, with_state, with_lengths, unbatched, seed, kind="lif"):
     torch.manual_seed(seed)
     F, N = 5, 6
-    layer = torch_ext.RecurrentAdLIF if adaptive else torch_ext.RecurrentLIF
-    module = layer(F, N, dtype=torch.float64, **options).eval()
+    adaptive = kind == "adaptive"
+    module = LAYERS[kind](F, N, dtype=torch.float64, **options).eval()
     with torch.no_grad():  # stronger drive than the default initialisation: more spikes
         for name, p in module.named_parameters():
             if name.startswith("w_in"):
-                p.mul_(2.5 if not adaptive else 8.0)
+                p.mul_(DRIVE[kind])
             if name.startswith(("alpha", "theta")):
                 p.add_(torch.rand_like(p) * 0.1)
             if adaptive and name.startswith("bias"):  # a drive the adaptation cannot silence
@@ -82,9 +106,10 @@ def module_case(options, T, B, with_state, with_lengths, unbatched, seed, adapti
     x_shape = [T, F] if unbatched else ([B, T, F] if batch_first else [T, B, F])
     x = torch.randn(x_shape, dtype=torch.float64).requires_grad_()
     state = None
-    if with_state:  # (u, s), or (v, a, s) for the adaptive module: real values, binary spikes
+    if with_state:  # (u, s), (v, a, s) or (u, j, s): real values, binary spikes
         shape = ([L] if L > 1 else []) + ([] if unbatched else [B]) + [N]
-        real = [torch.randn(shape, dtype=torch.float64) * 0.5 for _ in range(2 if adaptive else 1)]
+        real = [torch.randn(shape, dtype=torch.float64) * 0.5
+                for _ in range(len(module._STATE) - 1)]
         state = (*real, (torch.rand(shape) > 0.5).double())
     lengths = torch.randint(0, T + 1, (B,)) if with_lengths else None
     if lengths is not None:
@@ -107,7 +132,7 @@ def module_case(options, T, B, with_state, with_lengths, unbatched, seed, adapti
         "spikes": spikes.detach(), "final_state": [t.detach() for t in final],
         "grads": dict(zip(names, grads[:-1])), "grad_x": grads[-1],
     }
-    if not adaptive:  # the names tests/cpp/test_module.cpp reads
+    if kind == "lif":  # the names tests/cpp/test_module.cpp reads
         case.update(u0=state[0] if state else None, s0=state[1] if state else None,
                     u=final[0].detach(), s=final[1].detach())
     return case
@@ -122,16 +147,18 @@ def main(out):
     for seed, (name, case) in enumerate(CASES.items()):
         torch.save(module_case(*case, seed=seed), out / f"module_{name}.pt")
     for seed, (name, case) in enumerate(ADAPTIVE_CASES.items()):
-        case = module_case(*case, seed=seed, adaptive=True)
+        case = module_case(*case, seed=seed, kind="adaptive")
         # Python tuples are pickled as tuples; the C++ options take lists.
         case["options"] = {k: list(v) if isinstance(v, tuple) else v
                            for k, v in case["options"].items()}
         torch.save(case, out / f"adaptive_{name}.pt")
+    for seed, (name, case) in enumerate(CUBA_CASES.items()):
+        torch.save(module_case(*case, seed=seed, kind="cuba"), out / f"cuba_{name}.pt")
     layer = torch_ext.RecurrentLIF(3, 4, num_layers=2, learn_alpha=True)
     torch.save(dict(layer.state_dict()), out / "state_dict.pt")
     torch.save(layer.state_dict(), out / "ordered_state_dict.pt")  # LibTorch cannot read this
-    print(f"wrote digits.pt, state_dict.pt, {len(CASES)} module and {len(ADAPTIVE_CASES)} "
-          f"adaptive module cases to {out}")
+    print(f"wrote digits.pt, state_dict.pt, {len(CASES)} module, {len(ADAPTIVE_CASES)} "
+          f"adaptive and {len(CUBA_CASES)} current-based module cases to {out}")
 
 
 if __name__ == "__main__":
