@@ -673,18 +673,68 @@ class RecurrentCubaLIF(_LeakyStack):
             for t in range(T):
                 spk, syn, mem = rsynaptic(linear(x[t]), spk, syn, mem)
 
-        ``layer(x)`` returns the same spikes (and membranes), with the same
-        gradients, as :meth:`RecurrentLIF.from_snntorch` does for RLeaky.
-        The mapping: ``alpha`` (snnTorch's synaptic decay) -> ``alpha_syn``,
-        ``beta`` -> ``alpha``, ``threshold`` -> ``theta`` (each 0-dim or
-        ``[N]``, learnable where snnTorch's is), and otherwise RLeaky's
-        (weights, ``reset_mechanism`` "subtract"/"none" with
-        ``detach_reset=True``, the surrogates). Refused, naming the reason:
-        what RecurrentLIF.from_snntorch refuses, ``reset_mechanism="zero"``
-        included (RSynaptic's "zero" sets the whole new membrane to zero).
+        ``layer(x)`` over the whole ``[T, B, F]`` sequence returns the same
+        spikes (and, with ``return_membrane``, the same membranes; the final
+        ``j`` is the loop's last ``syn``) as that loop, and the same
+        gradients: those of the layer's ``w_in``, ``bias``, ``w_rec``,
+        ``alpha_syn``, ``alpha`` and ``theta`` equal those of
+        ``linear.weight``, ``linear.bias`` (= those of
+        ``rsynaptic.recurrent.bias``), the recurrent weight
+        (``rsynaptic.recurrent.weight``, or ``V``), ``rsynaptic.alpha``,
+        ``rsynaptic.beta`` and ``rsynaptic.threshold``, and the input's
+        gradient is the same. The values are copied; a frozen snnTorch tensor
+        (a buffer, or ``requires_grad=False``) gives a buffer or a frozen
+        parameter. ``init_hidden=True`` RSynaptics are ported alike.
+
+        The mapping (README, "Porting from snnTorch"): ``alpha`` (snnTorch's
+        synaptic current decay) -> ``alpha_syn`` (``learn_alpha`` ->
+        ``learn_alpha_syn``), ``beta`` (the membrane decay) -> ``alpha``
+        (``learn_beta`` -> ``learn_alpha``), ``threshold`` -> ``theta``
+        (``learn_threshold`` -> ``learn_theta``), each 0-dim (a float, 0-dim
+        or ``[1]``) or ``[N]``, copied as they are (both clamp the decays into
+        [0, 1] in the forward, and ``reset_parameters`` restores the ported
+        values); otherwise :meth:`RecurrentLIF.from_snntorch`'s: ``w_in``,
+        ``bias`` = ``linear.bias + recurrent.bias``, ``w_rec`` ``[N, N]`` or
+        one-to-one ``[N]`` / 0-dim (a shared V), ``reset_mechanism``
+        ``"subtract"``/``"none"`` with ``detach_reset=True``, and the atan,
+        fast_sigmoid and sigmoid surrogates with snnTorch's slope.
+
+        Args:
+            linear (nn.Linear): the input projection, ``[N, F]`` weight.
+            rsynaptic (snntorch.RSynaptic): the recurrent current-based LIF
+                neurons, N of them.
+            batch_first (bool): as the constructor's. Default: ``False``.
+            return_membrane (bool): as the constructor's. Default: ``False``.
+            backend (str): as the constructor's. Default: ``"fused"``.
 
         Returns:
             A one-layer ``RecurrentCubaLIF`` on linear's device, in its dtype.
+
+        Raises:
+            ImportError: snnTorch is not installed.
+            TypeError: ``linear`` is not an ``nn.Linear``; ``rsynaptic`` is
+                not an ``snntorch.RSynaptic`` (an ``RLeaky`` is pointed to
+                :meth:`RecurrentLIF.from_snntorch`), or is a subclass
+                overriding ``forward``, ``_base_state_function``,
+                ``mem_reset`` or ``fire``.
+            ValueError: naming what cannot be reproduced exactly:
+                ``reset_mechanism="zero"`` (RSynaptic's "zero" sets the whole
+                new membrane to zero, U[t+1] = (1 - R)(beta U[t] + J[t+1]);
+                this layer's "zero" only drops alpha U[t]),
+                ``reset_delay=False``, graded spikes, ``inhibition``,
+                ``state_quant``, ``surrogate_disable``, any other surrogate,
+                a convolutional recurrence, a recurrent ``nn.Linear`` not
+                N -> N, a negative threshold with ``"subtract"``, a state
+                function that is not RSynaptic's own, an uninitialised
+                ``LazyLinear``, alpha/beta/threshold/V of a shape other than
+                ``[]``, ``[1]`` or ``[N]``, non-finite values.
+
+        Example::
+
+            >>> fc = nn.Linear(10, 32)
+            >>> syn = snntorch.RSynaptic(alpha=0.8, beta=0.9, linear_features=32)
+            >>> layer = torch_ext.RecurrentCubaLIF.from_snntorch(fc, syn)
+            >>> spikes, (u, j, s) = layer(torch.randn(25, 8, 10))   # the loop's spikes
         """
         from ._snntorch import from_snntorch
         return from_snntorch(cls, linear, rsynaptic, batch_first=batch_first,
