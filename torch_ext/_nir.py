@@ -10,7 +10,19 @@ module reads it with forward Euler and a time step dt::
 (IF and I nodes: v[t] = v[t-1] + dt * r * I[t]; a cycle of edges is a
 one-step delay). A RecurrentLIF layer's membrane U is v / g with the gain
 g = r * dt / tau, so alpha = 1 - dt / tau, theta = v_threshold / g and
-v_leak / r joins the bias. The graph is built with the ``nir`` package
+v_leak / r joins the bias.
+
+A CubaLIF node (tau_syn dI/dt = -I + w_in * x, tau_mem dv/dt = v_leak - v +
+r * I), the new current first::
+
+    I[t] = I[t-1] + dt / tau_syn * (-I[t-1] + w_in * x[t])
+    v[t] = v[t-1] + dt / tau_mem * (v_leak - v[t-1] + r * I[t])
+
+is a RecurrentCubaLIF layer with reset="zero" (v_reset = 0, v_leak = 0), U =
+v, J = (dt / tau_mem) * r * I, alpha_syn = 1 - dt / tau_syn, alpha = 1 - dt /
+tau_mem, theta = v_threshold, and every input of the node (its projection,
+the recurrent cycle, their biases) scaled per neuron by g = (dt / tau_mem) *
+r * (dt / tau_syn) * w_in. The graph is built with the ``nir`` package
 directly: nirtorch's tracer (torch.fx) cannot produce the recurrent cycle
 that lives inside the fused op, and its generic importer runs the graph
 node by node and step by step, where this layer needs the whole cycle as
@@ -22,15 +34,17 @@ one ``w_rec``.
 import math
 import numbers
 import os
+import warnings
 from collections import defaultdict
 
 import numpy as np
 import torch
 from torch import nn
 
-from .module import RecurrentLIF
+from .module import RecurrentCubaLIF, RecurrentLIF
 
 META = "torch_ext"  # this package's entry in a node's metadata: what NIR cannot hold
+_SPIKING = (RecurrentLIF, RecurrentCubaLIF)  # the layers to_nir exports and from_nir builds
 
 # Node types NIR defines that from_nir cannot map, and why.
 _UNSUPPORTED = {
@@ -110,14 +124,14 @@ class LeakyIntegrator(nn.Module):
 class SpikingSequential(nn.Sequential):
     """The ``nn.Sequential`` :func:`torch_ext.from_nir` returns for a chain of
     more than one module: each module reads the previous one's output, a
-    ``RecurrentLIF`` passing on its spikes (the first element of what it
-    returns). Time-major ``[T, B, F]`` (or ``[T, F]``) in, the last module's
-    output out."""
+    ``RecurrentLIF`` or ``RecurrentCubaLIF`` passing on its spikes (the first
+    element of what it returns). Time-major ``[T, B, F]`` (or ``[T, F]``) in,
+    the last module's output out."""
 
     def forward(self, x):
         for module in self:
             x = module(x)
-            if isinstance(module, RecurrentLIF):
+            if isinstance(module, _SPIKING):
                 x = x[0]
         return x
 
@@ -145,8 +159,75 @@ def _per_neuron(tensor, n):
     return np.broadcast_to(tensor.detach().double().cpu().numpy(), (n,)).copy()
 
 
+def _options_meta(module, index, layer, dt, params):
+    """The metadata of one layer: its neuron parameters as stored (params:
+    name -> tensor; tau = dt / (1 - alpha) rounds) and the options NIR has no
+    field for."""
+    meta = {name: _meta_value(value) for name, value in params.items()}
+    meta.update({f"learn_{name}": isinstance(value, nn.Parameter)
+                 for name, value in params.items()})
+    meta.update({
+        "per_neuron": module.per_neuron, "reset": module.reset, "recurrent": module.recurrent,
+        "detach_reset": module.detach_reset, "surrogate": module.surrogate,
+        "slope": float(module.slope), "module": index, "layer": layer,
+        "num_layers": module.num_layers, "dropout": module.dropout, "dt": dt})
+    return meta
+
+
+def _export_projection(nir, add, name, w_in, bias):
+    add(name, nir.Affine(_array(w_in), _array(bias)) if bias is not None
+        else nir.Linear(_array(w_in)))
+
+
+def _export_cuba_layer(nir, add, link, module, layer, index, prefix, dt, where):
+    """Adds one layer of a RecurrentCubaLIF (reset="zero" only): Affine(w_in,
+    bias) -> CubaLIF with the cycle CubaLIF -> Linear(w_rec) -> CubaLIF and
+    an input gain g = 1; returns (its first node, its spiking node)."""
+    get = lambda name: getattr(module, module._name(name, layer))  # noqa: E731
+    w_in, w_rec, bias, alpha, alpha_syn, theta = (
+        get(n) for n in ("w_in", "w_rec", "bias", "alpha", "alpha_syn", "theta"))
+    n = module.hidden_size
+    if module.reset != "zero":
+        raise ValueError(
+            f"torch_ext.to_nir: {where}: reset='{module.reset}' cannot be exported: NIR's CubaLIF "
+            "resets its membrane to v_reset only, and the recurrent cycle, the one other place "
+            "a reset could go, feeds the synaptic current J, so a subtraction through it would "
+            "be filtered by alpha_syn; reset='zero' exports")
+    a, a_syn = _per_neuron(alpha.clamp(0, 1), n), _per_neuron(alpha_syn.clamp(0, 1), n)
+    for name, values, tau in (("alpha", a, "tau_mem"), ("alpha_syn", a_syn, "tau_syn")):
+        if (values == 1).any():
+            raise ValueError(
+                f"torch_ext.to_nir: {where}: {name} is 1 for {int((values == 1).sum())} of {n} "
+                f"neurons, an infinite {tau} = dt / (1 - {name}); NIR has no current-based IF "
+                "node")
+    meta = _options_meta(module, index, layer, dt,
+                         {"alpha": alpha, "alpha_syn": alpha_syn, "theta": theta})
+    if module.recurrent == "one_to_one":  # a diagonal matrix loses a shared 0-dim weight
+        meta["w_rec"] = _meta_value(w_rec)
+    proj, cell = prefix + "w_in", prefix + "cubalif"
+    _export_projection(nir, add, proj, w_in, bias)
+    zeros = np.zeros(n)
+    # g = (dt / tau_mem) * r * (dt / tau_syn) * w_in = 1: the weights as they are.
+    add(cell, nir.CubaLIF(tau_syn=dt / (1 - a_syn), tau_mem=dt / (1 - a), r=1 / (1 - a),
+                          v_leak=zeros, v_threshold=_per_neuron(theta, n), v_reset=zeros.copy(),
+                          w_in=1 / (1 - a_syn), metadata={META: meta}))
+    link(proj, cell)
+    if w_rec is not None:
+        dtype = torch.promote_types(w_in.dtype, torch.float32)
+        weight = w_rec.detach().to(dtype)
+        if module.recurrent == "one_to_one":
+            weight = torch.diag(weight.expand(n))
+        rec = prefix + "w_rec"
+        add(rec, nir.Linear(_array(weight)))
+        link(cell, rec)
+        link(rec, cell)
+    return proj, cell
+
+
 def _export_layer(nir, add, link, module, layer, index, prefix, dt, where):
     """Adds one layer of a RecurrentLIF; returns (its first node, its spiking node)."""
+    if isinstance(module, RecurrentCubaLIF):
+        return _export_cuba_layer(nir, add, link, module, layer, index, prefix, dt, where)
     get = lambda name: getattr(module, module._name(name, layer))  # noqa: E731
     w_in, w_rec, bias, alpha, theta = (get(n) for n in ("w_in", "w_rec", "bias", "alpha", "theta"))
     n = module.hidden_size
@@ -159,23 +240,14 @@ def _export_layer(nir, add, link, module, layer, index, prefix, dt, where):
     leak_free = bool(leak_free.all())
     # What NIR does not hold, for an exact round trip: alpha and theta as
     # stored (tau = dt / (1 - alpha) rounds), and the training-only options.
-    meta = {
-        "alpha": _meta_value(alpha), "theta": _meta_value(theta),
-        "learn_alpha": isinstance(alpha, nn.Parameter),
-        "learn_theta": isinstance(theta, nn.Parameter),
-        "per_neuron": module.per_neuron, "reset": module.reset, "recurrent": module.recurrent,
-        "detach_reset": module.detach_reset, "surrogate": module.surrogate,
-        "slope": float(module.slope), "module": index, "layer": layer,
-        "num_layers": module.num_layers, "dropout": module.dropout, "dt": dt,
-    }
+    meta = _options_meta(module, index, layer, dt, {"alpha": alpha, "theta": theta})
     if module.recurrent == "one_to_one":  # a diagonal matrix loses a shared 0-dim weight
         meta["w_rec"] = _meta_value(w_rec)
     elif module.recurrent == "all_to_all" and module.reset == "subtract":
         meta["w_rec_diagonal"] = _array(torch.diagonal(w_rec))  # w_rec - diag(theta) rounds
 
     proj = prefix + "w_in"
-    add(proj, nir.Affine(_array(w_in), _array(bias)) if bias is not None
-        else nir.Linear(_array(w_in)))
+    _export_projection(nir, add, proj, w_in, bias)
     zeros, one_minus, metadata = np.zeros(n), 1 - a, {META: meta}
     if module.reset == "zero":  # NIR's own reset: v = v_reset = 0 after a spike
         cell = prefix + ("if" if leak_free else "lif")
@@ -232,35 +304,43 @@ def _export_li(nir, add, module, name, n, dt, where):
 
 
 def to_nir(module, dt=1e-4):
-    """Exports a ``RecurrentLIF`` (any ``num_layers``), or an ``nn.Sequential``
-    of ``RecurrentLIF``, ``nn.Linear`` and the ``LeakyIntegrator`` readouts
-    :func:`from_nir` makes, as a NIR graph; each layer reads the spikes of
-    the module before it.
+    """Exports a ``RecurrentLIF`` or ``RecurrentCubaLIF`` (any ``num_layers``),
+    or an ``nn.Sequential`` of those, ``nn.Linear`` and the
+    ``LeakyIntegrator`` readouts :func:`from_nir` makes, as a NIR graph; each
+    layer reads the spikes of the module before it.
 
-    Per layer: the input projection is an ``Affine(w_in, bias)`` node
-    (``Linear(w_in)`` without a bias); ``reset="zero"`` is a ``LIF(tau =
-    dt / (1 - alpha), r = 1 / (1 - alpha), v_leak = 0, v_threshold = theta,
-    v_reset = 0)`` node (``IF(r = 1 / dt)`` for alpha = 1) with the
-    recurrence as a cycle ``LIF -> Linear(w_rec) -> LIF``; ``"subtract"`` and
-    ``"none"``, which NIR's resetting LIF cannot express, are ``LI -> Threshold``
-    (``I`` for alpha = 1) with the cycle ``Threshold -> Linear(w_rec -
-    diag(theta)) -> LI`` (``Linear(w_rec)`` for ``"none"``). A one-to-one
-    ``w_rec`` is a diagonal ``Linear``. Parameters are ``[N]`` arrays (a
-    scalar alpha or theta is broadcast); weights keep the module's dtype
-    (float16/bfloat16 become float32). Under forward Euler with ``dt`` the
-    graph spikes like the module.
+    Per ``RecurrentLIF`` layer: the input projection is an ``Affine(w_in,
+    bias)`` node (``Linear(w_in)`` without a bias); ``reset="zero"`` is a
+    ``LIF(tau = dt / (1 - alpha), r = 1 / (1 - alpha), v_leak = 0,
+    v_threshold = theta, v_reset = 0)`` node (``IF(r = 1 / dt)`` for alpha =
+    1) with the recurrence as a cycle ``LIF -> Linear(w_rec) -> LIF``;
+    ``"subtract"`` and ``"none"``, which NIR's resetting LIF cannot express,
+    are ``LI -> Threshold`` (``I`` for alpha = 1) with the cycle ``Threshold
+    -> Linear(w_rec - diag(theta)) -> LI`` (``Linear(w_rec)`` for
+    ``"none"``); the common importers (snnTorch, Norse, SpikingJelly) have no
+    mapping for LI and Threshold, so that encoding warns (a ``UserWarning``,
+    once per call). Per ``RecurrentCubaLIF`` layer (``reset="zero"`` only):
+    ``Affine(w_in, bias) -> CubaLIF(tau_syn = dt / (1 - alpha_syn), tau_mem =
+    dt / (1 - alpha), r = 1 / (1 - alpha), w_in = 1 / (1 - alpha_syn), v_leak
+    = 0, v_threshold = theta, v_reset = 0)`` with the cycle ``CubaLIF ->
+    Linear(w_rec) -> CubaLIF``. A one-to-one ``w_rec`` is a diagonal
+    ``Linear``. Parameters are ``[N]`` arrays (a scalar alpha, alpha_syn or
+    theta is broadcast); weights keep the module's dtype (float16/bfloat16
+    become float32). Under forward Euler with ``dt`` the graph spikes like
+    the module.
 
-    alpha and theta as stored, and what NIR has no field for (``surrogate``,
-    ``slope``, ``detach_reset``, ``learn_alpha``/``learn_theta``,
+    alpha (alpha_syn) and theta as stored, and what NIR has no field for
+    (``surrogate``, ``slope``, ``detach_reset``, the ``learn_*`` flags,
     ``per_neuron``, ``recurrent``, ``num_layers``, ``dropout``) go into the
     neuron node's ``metadata["torch_ext"]``, from which :func:`from_nir`
     rebuilds the module exactly. ``batch_first``, ``return_membrane``,
-    ``backend`` and ``save_membrane`` say how the module is called, not what it
-    computes, and are not written.
+    ``backend`` and ``save_membrane``/``save_state`` say how the module is
+    called, not what it computes, and are not written.
 
     Args:
-        module (nn.Module): a ``RecurrentLIF``, or an ``nn.Sequential`` of
-            ``RecurrentLIF``, ``nn.Linear`` and ``LeakyIntegrator`` modules.
+        module (nn.Module): a ``RecurrentLIF`` or ``RecurrentCubaLIF``, or an
+            ``nn.Sequential`` of those, ``nn.Linear`` and ``LeakyIntegrator``
+            modules.
         dt (float): the time step, in seconds, the graph is meant to be run
             with. Default: ``1e-4`` (snnTorch's and SpikingJelly's).
 
@@ -271,9 +351,19 @@ def to_nir(module, dt=1e-4):
         ImportError: the ``nir`` package is not installed.
         TypeError: a module of another type (NIR has no adaptive LIF node).
         ValueError: a ``dt`` that is not positive and finite, an empty
-            ``nn.Sequential``, sizes that do not chain, a layer whose alpha is
-            1 for some neurons only (NIR's LIF needs alpha < 1, its IF has no
-            leak), a first ``LeakyIntegrator`` with only 0-dim values (no N).
+            ``nn.Sequential``, sizes that do not chain, a ``RecurrentLIF``
+            layer whose alpha is 1 for some neurons only (NIR's LIF needs
+            alpha < 1, its IF has no leak), a ``RecurrentCubaLIF`` layer with
+            ``reset="subtract"`` or ``"none"`` or with alpha or alpha_syn 1
+            (an infinite tau: NIR has no current-based IF), a first
+            ``LeakyIntegrator`` with only 0-dim values (no N); each naming the
+            layer.
+
+    Warns:
+        UserWarning: a ``RecurrentLIF`` with ``reset="subtract"`` or
+            ``"none"`` (the ``LI -> Threshold`` encoding, which snnTorch,
+            Norse and SpikingJelly do not read); ``reset="zero"`` exports as
+            NIR's ``LIF``, which they do.
 
     Example::
 
@@ -291,7 +381,7 @@ def to_nir(module, dt=1e-4):
     else:
         items = [("", module)]
 
-    nodes, edges = {}, []
+    nodes, edges, unreadable = {}, [], []
 
     def add(name, node):
         nodes[name] = node
@@ -302,7 +392,7 @@ def to_nir(module, dt=1e-4):
     first, last, size = None, None, None
     for index, (prefix, m) in enumerate(items):
         where = f"module {index} ({type(m).__name__})" if prefix else type(m).__name__
-        if isinstance(m, RecurrentLIF):
+        if isinstance(m, _SPIKING):
             ins, outs = m.in_features, m.hidden_size
         elif isinstance(m, nn.Linear):
             ins, outs = m.in_features, m.out_features
@@ -313,21 +403,22 @@ def to_nir(module, dt=1e-4):
                                  "and nothing before it gives the number of neurons NIR needs")
         else:
             raise TypeError(f"torch_ext.to_nir: {where} cannot be exported: expected a "
-                            "RecurrentLIF, an nn.Linear or a LeakyIntegrator")
+                            "RecurrentLIF, a RecurrentCubaLIF, an nn.Linear or a LeakyIntegrator")
         if size is not None and ins != size:
             raise ValueError(f"torch_ext.to_nir: {where} takes {ins} features but the module "
                              f"before it gives {size}")
-        if isinstance(m, RecurrentLIF):
+        if isinstance(m, _SPIKING):
             ends = []
             for layer in range(m.num_layers):
                 sub = prefix + (f"l{layer}." if m.num_layers > 1 else "")
                 ends.append(_export_layer(nir, add, link, m, layer, index, sub, dt,
                                           f"{where}, layer {layer}"))
+            if isinstance(m, RecurrentLIF) and m.reset != "zero":
+                unreadable.append(f"{where} has reset='{m.reset}'")
         else:
             name = prefix + ("linear" if isinstance(m, nn.Linear) else "li")
             if isinstance(m, nn.Linear):
-                add(name, nir.Affine(_array(m.weight), _array(m.bias)) if m.bias is not None
-                    else nir.Linear(_array(m.weight)))
+                _export_projection(nir, add, name, m.weight, m.bias)
             else:
                 _export_li(nir, add, m, name, outs, dt, where)
             ends = [(name, name)]
@@ -341,7 +432,16 @@ def to_nir(module, dt=1e-4):
     nodes = {"input": nir.Input(input_type=np.array([in_size])), **nodes,
              "output": nir.Output(output_type=np.array([size]))}
     edges = [("input", first)] + edges + [(last, "output")]
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"exporter": "torch_ext", "dt": dt})
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"exporter": "torch_ext", "dt": dt})
+    if unreadable:
+        warnings.warn(
+            f"torch_ext.to_nir: {'; '.join(unreadable)}: NIR's LIF node resets to v_reset, so "
+            "this reset is written as LI (I for alpha = 1) -> Threshold with the reset in the "
+            "recurrent weight, a graph that snnTorch, Norse and SpikingJelly do not import "
+            "(torch_ext.from_nir does); reset=\"zero\" exports as a NIR LIF node, which "
+            "snnTorch, Norse and SpikingJelly read (README, \"NIR\", says how exactly)",
+            UserWarning, stacklevel=2)
+    return graph
 
 
 # ---------------------------------------------------------------- import
@@ -381,6 +481,19 @@ def _flatten(nir, graph, prefix=""):
     return nodes, edges
 
 
+def _values(values):
+    """An [N] array as a short phrase for a one-line message (never N values)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return "no values"
+    bad = int((~np.isfinite(values)).sum())
+    if bad:
+        return f"{bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf) of {values.size}"
+    if (values == values[0]).all():
+        return f"{float(values[0])!r}" + (f" for all {values.size}" if values.size > 1 else "")
+    return f"values from {float(values.min())!r} to {float(values.max())!r} ({values.size})"
+
+
 class _Graph:
     """The flattened graph with its neighbours, and the checks that name nodes."""
 
@@ -413,7 +526,7 @@ class _Graph:
             self.fail(name, f"{field} has shape {list(value.shape)}, expected [{n}] (its input "
                             f"has {n} features)")
         if finite and not np.isfinite(value).all():
-            self.fail(name, f"{field} must be finite, got {value.tolist()}")
+            self.fail(name, f"{field} must be finite, got {_values(value)}")
         return value
 
     def metadata(self, name):
@@ -457,9 +570,21 @@ def _weight(graph, name):
 _FLOAT32_ROUNDING = 1e-6
 
 
+def _decay(graph, name, field, tau, dt):
+    """alpha = 1 - dt / tau of a spiking layer (tau finite and positive,
+    checked): an error where tau < dt (alpha < 0) beyond float32 rounding,
+    which is clamped to alpha = 0 (tau = dt)."""
+    alpha = 1 - dt / tau
+    if (alpha < -_FLOAT32_ROUNDING).any():
+        graph.fail(name, f"{field} < dt = {dt} for {int((alpha < -_FLOAT32_ROUNDING).sum())} of "
+                         f"{alpha.size} neurons: forward Euler gives a decay 1 - dt/{field} < 0 "
+                         "(pass the dt the graph was made for)")
+    return np.maximum(alpha, 0)
+
+
 def _membrane_units(graph, name, n, dt, spiking=True):
     """(alpha, gain g = dv/dI per step, leak = dt / tau * v_leak, the constant
-    drive of v per step) of a neuron node, [n] float64 each: v[t] =
+    drive of v per step) of a LIF, IF, LI or I node, [n] float64 each: v[t] =
     alpha v[t-1] + g I[t] + leak. A spiking layer's alpha must be in [0, 1]
     and its g positive (U = v / g, theta = v_threshold / g); a readout (a
     LeakyIntegrator) represents any alpha and g."""
@@ -467,57 +592,56 @@ def _membrane_units(graph, name, n, dt, spiking=True):
     if isinstance(node, (nir.IF, nir.I)):
         alpha, gain, leak = np.ones(n), graph.per_neuron(name, "r", n) * dt, np.zeros(n)
     else:
-        tau_field = "tau_mem" if isinstance(node, nir.CubaLIF) else "tau"
-        tau = graph.per_neuron(name, tau_field, n, finite=False)
+        tau = graph.per_neuron(name, "tau", n, finite=False)
         if not (np.isfinite(tau).all() and (tau > 0).all()):
-            graph.fail(name, f"{tau_field} must be positive and finite; a neuron without leak "
+            graph.fail(name, "tau must be positive and finite; a neuron without leak "
                              "(alpha = 1) is an IF node (or I, without reset)")
         alpha, gain = 1 - dt / tau, graph.per_neuron(name, "r", n) * dt / tau
         if spiking:  # the layer clamps alpha into [0, 1]
-            if (alpha < -_FLOAT32_ROUNDING).any():
-                graph.fail(name, f"{tau_field} < dt = {dt}: forward Euler gives alpha = 1 - dt/tau "
-                                 "< 0 (pass the dt the graph was made for)")
-            alpha = np.maximum(alpha, 0)
-        if isinstance(node, nir.CubaLIF):
-            # An instantaneous synapse (tau_syn = dt, the synaptic current
-            # updated first, as in snnTorch's Synaptic) is a gain w_in.
-            tau_syn = graph.per_neuron(name, "tau_syn", n)
-            if not (abs(dt / tau_syn - 1) <= _FLOAT32_ROUNDING).all():
-                graph.fail(name, f"a real synapse (tau_syn = {tau_syn.tolist()} != dt = {dt}) is a "
-                                 "second state RecurrentLIF does not have")
-            gain = gain * graph.per_neuron(name, "w_in", n)
+            alpha = _decay(graph, name, "tau", tau, dt)
         leak = graph.per_neuron(name, "v_leak", n) * dt / tau
     if not np.isfinite(gain).all() or (spiking and not (gain > 0).all()):
         graph.fail(name, "the input gain r * dt / tau (r * dt for IF and I) must be "
-                         f"{'positive and ' if spiking else ''}finite, got {gain.tolist()}")
+                         f"{'positive and ' if spiking else ''}finite, got {_values(gain)}")
     return alpha, gain, leak
 
 
-def _read_layer(graph, proj, cell, dt):
-    """One RecurrentLIF layer: the projection proj, the neuron node cell
-    (LIF/IF/CubaLIF, or LI/I followed by a Threshold) and an optional cycle
-    back into cell. Returns (layer description, name of the node after it)."""
-    nir, nodes = graph.nir, graph.nodes
-    node = nodes[cell]
-    w_in, bias = _weight(graph, proj)
-    n = w_in.shape[0]
-    if isinstance(node, (nir.LI, nir.I)):
-        spikes = graph.only(graph.succ[cell], cell, "successor (its Threshold)")
-        graph.only(graph.pred[spikes], spikes, "predecessor (its LI or I node)")
-        threshold = graph.per_neuron(spikes, "threshold", n)
-    else:
-        spikes = cell
-        v_reset = graph.per_neuron(cell, "v_reset", n)
-        if (v_reset != 0).any():
-            graph.fail(cell, f"v_reset = {v_reset.tolist()}: RecurrentLIF resets to 0 (its "
-                             "reset='zero'); another reset value has no exact equivalent")
-        threshold = graph.per_neuron(cell, "v_threshold", n)
-    alpha, gain, leak = _membrane_units(graph, cell, n, dt)
-    offset, theta = leak / gain, threshold / gain  # in the membrane's units U = v / g
-    if not np.isfinite(theta).all():
-        graph.fail(cell, f"the threshold in the membrane's units, v_threshold / (r * dt / tau), "
-                         f"must be finite, got {theta.tolist()}")
+def _cuba_units(graph, name, n, dt):
+    """(alpha, alpha_syn, g, leak) of a CubaLIF node, [n] float64 each, under
+    forward Euler with the new current first: with J = (dt / tau_mem) * r *
+    I, J[t] = alpha_syn J[t-1] + g x[t] and v[t] = alpha v[t-1] + J[t] +
+    leak, where g = (dt / tau_mem) * r * (dt / tau_syn) * w_in (any finite
+    value: it scales the inputs, v and the threshold stay as they are) and
+    leak = dt / tau_mem * v_leak."""
+    taus = {}
+    for field in ("tau_syn", "tau_mem"):
+        tau = graph.per_neuron(name, field, n)
+        if not (tau > 0).all():
+            graph.fail(name, f"{field} must be positive, got {_values(tau)}")
+        taus[field] = tau
+    alpha_syn = _decay(graph, name, "tau_syn", taus["tau_syn"], dt)
+    alpha = _decay(graph, name, "tau_mem", taus["tau_mem"], dt)
+    r, w_in = graph.per_neuron(name, "r", n), graph.per_neuron(name, "w_in", n)
+    gain = (dt / taus["tau_mem"]) * r * (dt / taus["tau_syn"]) * w_in
+    if not np.isfinite(gain).all():
+        graph.fail(name, "the input gain (dt/tau_mem) * r * (dt/tau_syn) * w_in must be finite, "
+                         f"got {_values(gain)}")
+    leak = graph.per_neuron(name, "v_leak", n) * dt / taus["tau_mem"]
+    return alpha, alpha_syn, gain, leak
 
+
+def _check_v_reset(graph, cell, n):
+    v_reset = graph.per_neuron(cell, "v_reset", n)
+    if (v_reset != 0).any():
+        graph.fail(cell, f"v_reset = {_values(v_reset)}: the layers reset to 0 (reset='zero'); "
+                         "another reset value has no exact equivalent")
+
+
+def _cycle(graph, proj, cell, spikes, n):
+    """The optional recurrent cycle of a layer: from its spiking node spikes
+    through one Affine/Linear back into its neuron node cell. Returns (the
+    recurrent node or None, its weight, its bias, the node after the layer)."""
+    nir, nodes = graph.nir, graph.nodes
     if cell in graph.succ[spikes]:
         graph.fail(cell, "a recurrent edge without a weight node is not supported")
     rec = [s for s in graph.succ[spikes] if graph.succ[s] == [cell]
@@ -535,40 +659,140 @@ def _read_layer(graph, proj, cell, dt):
         if w_rec.shape != (n, n):
             graph.fail(rec, f"a recurrent weight must be [{n}, {n}], got {list(w_rec.shape)}")
     after = graph.only([s for s in graph.succ[spikes] if s != rec], spikes, "successor")
+    return rec, w_rec, rec_bias, after
+
+
+def _recurrence(layer, w_rec):
+    """Without metadata: a diagonal recurrent weight is one_to_one ([N])."""
+    if w_rec is not None and np.array_equal(w_rec, np.diag(np.diag(w_rec))):
+        layer["options"]["recurrent"], w_rec = "one_to_one", np.diag(w_rec).copy()
+    else:
+        layer["options"]["recurrent"] = "all_to_all" if w_rec is not None else "none"
+    layer["w_rec"] = w_rec
+
+
+def _scalar_if_shared(values):
+    """One value for all neurons is a scalar, as the layer's default."""
+    return values[:1].reshape(()) if (values == values[0]).all() else values
+
+
+def _read_layer(graph, proj, cell, dt):
+    """One spiking layer: the projection proj, the neuron node cell
+    (LIF/IF/CubaLIF, or LI/I followed by a Threshold) and an optional cycle
+    back into cell. Returns (layer description, name of the node after it).
+
+    A CubaLIF is a RecurrentCubaLIF layer, except a foreign one (no metadata)
+    whose synapse is instantaneous (alpha_syn = 0 for every neuron: tau_syn
+    = dt, or below it by float32 rounding) and whose gain is positive: then
+    J[t] = I[t] + S[t-1] @ w_rec.T and the CUBA equations are the LIF's, a
+    RecurrentLIF layer (one state less) represents it exactly, as for LIF."""
+    nir, nodes = graph.nir, graph.nodes
+    node = nodes[cell]
+    w_in, bias = _weight(graph, proj)
+    n = w_in.shape[0]
+    if isinstance(node, nir.CubaLIF):
+        alpha, alpha_syn, gain, leak = _cuba_units(graph, cell, n, dt)
+        if graph.metadata(cell) is not None or (alpha_syn != 0).any() or not (gain > 0).all():
+            return _read_cuba_layer(graph, proj, cell, dt, (alpha, alpha_syn, gain, leak))
+    elif graph.metadata(cell) is not None and "alpha_syn" in graph.metadata(cell):
+        graph.fail(cell, f"its metadata {META} is a RecurrentCubaLIF layer's (it has "
+                         f"'alpha_syn'), which a {graph.kind(cell)} node does not encode")
+    if isinstance(node, (nir.LI, nir.I)):
+        spikes = graph.only(graph.succ[cell], cell, "successor (its Threshold)")
+        graph.only(graph.pred[spikes], spikes, "predecessor (its LI or I node)")
+        threshold = graph.per_neuron(spikes, "threshold", n)
+    else:
+        spikes = cell
+        _check_v_reset(graph, cell, n)
+        threshold = graph.per_neuron(cell, "v_threshold", n)
+    if not isinstance(node, nir.CubaLIF):
+        alpha, gain, leak = _membrane_units(graph, cell, n, dt)
+    offset, theta = leak / gain, threshold / gain  # in the membrane's units U = v / g
+    if not np.isfinite(theta).all():
+        graph.fail(cell, "the threshold in the membrane's units, v_threshold / (r * dt / tau), "
+                         f"must be finite, got {_values(theta)}")
+    rec, w_rec, rec_bias, after = _cycle(graph, proj, cell, spikes, n)
 
     extra = [b for b in (rec_bias, None if (offset == 0).all() else offset) if b is not None]
     if extra:  # a bias of the recurrent Affine and v_leak are constant drives
         bias = (np.zeros(n) if bias is None else bias.astype(np.float64)) + sum(extra)
-    layer = {"w_in": w_in, "bias": bias, "n": n, "name": cell,
+    layer = {"cls": RecurrentLIF, "w_in": w_in, "bias": bias, "n": n, "name": cell,
              "options": {"reset": "zero" if spikes == cell else "none"}}
     if graph.metadata(cell) is None:
-        if w_rec is not None and np.array_equal(w_rec, np.diag(np.diag(w_rec))):
-            layer["options"]["recurrent"], w_rec = "one_to_one", np.diag(w_rec).copy()
-        else:
-            layer["options"]["recurrent"] = "all_to_all" if w_rec is not None else "none"
-        # One value for all neurons is a scalar, as the layer's default.
-        layer["alpha"] = alpha[:1].reshape(()) if (alpha == alpha[0]).all() else alpha
-        layer["theta"] = theta[:1].reshape(()) if (theta == theta[0]).all() else theta
-        layer["w_rec"] = w_rec
+        _recurrence(layer, w_rec)
+        layer["alpha"], layer["theta"] = _scalar_if_shared(alpha), _scalar_if_shared(theta)
         return layer, after
     return _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt), after
 
 
-def _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt):
+def _read_cuba_layer(graph, proj, cell, dt, units):
+    """One RecurrentCubaLIF layer (reset="zero"): U = v, theta = v_threshold,
+    the inputs (projection, cycle, their biases) scaled by the gain g. With
+    to_nir's metadata g must be 1 (as written) and the weights are taken as
+    they are, for a bitwise round trip."""
+    alpha, alpha_syn, gain, leak = units
+    w_in, bias = _weight(graph, proj)
+    n = w_in.shape[0]
+    _check_v_reset(graph, cell, n)
+    theta = graph.per_neuron(cell, "v_threshold", n)
+    synaptic = (leak != 0) & (alpha_syn != 0)
+    if synaptic.any():
+        graph.fail(cell, f"v_leak != 0 with a real synapse (tau_syn > dt) for "
+                         f"{int(synaptic.sum())} of {n} neurons: v_leak drives the membrane "
+                         "directly, while a RecurrentCubaLIF's constant input (its bias) reaches "
+                         "it through the synaptic current, filtered by alpha_syn; no exact "
+                         "equivalent (v_leak = 0, or tau_syn = dt, imports)")
+    rec, w_rec, rec_bias, after = _cycle(graph, proj, cell, cell, n)
+    meta = graph.metadata(cell) is not None
+    exact = meta or (gain == 1).all()  # with metadata g is 1 (checked below)
+
+    def scale(w):
+        if w is None or exact:
+            return w
+        return w.astype(np.float64) * (gain[:, None] if w.ndim == 2 else gain)
+
+    if rec_bias is not None:  # a constant input at every step, t = 1 included
+        bias = (np.zeros(n) if bias is None else bias.astype(np.float64)) + rec_bias
+    bias = scale(bias)
+    if (leak != 0).any():  # alpha_syn = 0 there: J = I, a constant drive of v
+        bias = (np.zeros(n) if bias is None else bias.astype(np.float64)) + leak
+    layer = {"cls": RecurrentCubaLIF, "w_in": scale(w_in), "bias": bias, "n": n, "name": cell,
+             "options": {"reset": "zero"}}
+    if not meta:
+        _recurrence(layer, scale(w_rec))
+        layer.update(alpha=_scalar_if_shared(alpha), alpha_syn=_scalar_if_shared(alpha_syn),
+                     theta=_scalar_if_shared(theta))
+        return layer, after
+    layer = _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt, alpha_syn)
+    if not np.allclose(gain, 1, rtol=0, atol=1e-6):
+        written = float(graph.metadata(cell).get("dt", float("nan")))
+        graph.fail(cell, f"its input gain (dt/tau_mem) * r * (dt/tau_syn) * w_in is "
+                         f"{_values(gain)}, not the 1 to_nir writes with its metadata {META} "
+                         f"(written with dt = {written}, read with dt = {dt}, or edited after "
+                         "export)")
+    return layer, after
+
+
+def _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt, alpha_syn=None):
     """The exact layer from to_nir's metadata, checked against the nodes'
     own parameters, the recurrent weight included (a graph edited after
     export, or read with another dt, would otherwise import values that
-    disagree with what it says)."""
+    disagree with what it says). alpha_syn: a RecurrentCubaLIF layer's."""
     name, n = layer["name"], layer["n"]
     get = lambda key: graph.meta(name, key)  # noqa: E731
     exact_alpha, exact_theta = np.asarray(get("alpha")), np.asarray(get("theta"))
     graph.check_meta(name, "alpha", np.clip(exact_alpha, 0, 1), alpha, dt)
+    if alpha_syn is not None:
+        exact_alpha_syn = np.asarray(get("alpha_syn"))
+        graph.check_meta(name, "alpha_syn", np.clip(exact_alpha_syn, 0, 1), alpha_syn, dt)
     graph.check_meta(name, "theta", exact_theta, theta, dt)
     reset = str(get("reset"))
     if (reset == "zero") != (layer["options"]["reset"] == "zero"):
         graph.fail(name, f"its metadata says reset='{reset}', which a "
                          f"{graph.kind(name)} node does not encode")
     recurrent = str(get("recurrent"))
+    if recurrent not in ("all_to_all", "one_to_one", "none"):
+        graph.fail(name, f"its metadata says recurrent='{recurrent}', which is not a recurrence")
     if w_rec is None and (recurrent != "none" or reset == "subtract"):
         graph.fail(name, f"its metadata says recurrent='{recurrent}', reset='{reset}', but it has "
                          "no recurrent cycle")
@@ -600,6 +824,9 @@ def _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt):
         "surrogate": str(get("surrogate")), "slope": float(get("slope")),
         "learn_alpha": bool(get("learn_alpha")), "learn_theta": bool(get("learn_theta")),
         "per_neuron": bool(get("per_neuron")), "dropout": float(get("dropout"))}
+    if alpha_syn is not None:
+        layer["alpha_syn"] = exact_alpha_syn
+        layer["options"]["learn_alpha_syn"] = bool(get("learn_alpha_syn"))
     return layer
 
 
@@ -624,21 +851,26 @@ def _linear(w, b, dtype):
 
 
 def _build_layers(group, dtype):
-    """One RecurrentLIF from the descriptions of its consecutive layers."""
+    """One RecurrentLIF or RecurrentCubaLIF from the descriptions of its
+    consecutive layers."""
     first = group[0]
+    cls = first["cls"]
     options = dict(first["options"])
     dropout = options.pop("dropout", 0.0)
     as_tensor = lambda v: torch.tensor(np.asarray(v), dtype=dtype)  # noqa: E731
-    # The constructor checks alpha in [0, 1]; a trained alpha may lie outside
-    # (the forward clamps it): the exact values are copied in below.
-    module = RecurrentLIF(first["w_in"].shape[1], first["n"], bias=first["bias"] is not None,
-                          alpha=as_tensor(first["alpha"]).clamp(0, 1),
-                          theta=as_tensor(first["theta"]),
-                          num_layers=len(group), dropout=dropout if len(group) > 1 else 0.0,
-                          dtype=dtype, **options)
+    # The constructor checks the decays in [0, 1]; a trained one may lie
+    # outside (the forward clamps it): the exact values are copied in below.
+    keys = ("alpha", "alpha_syn", "theta") if cls is RecurrentCubaLIF else ("alpha", "theta")
+    values = {key: as_tensor(first[key]) for key in keys}
+    for key in ("alpha", "alpha_syn"):
+        if key in values:
+            values[key] = values[key].clamp(0, 1)
+    module = cls(first["w_in"].shape[1], first["n"], bias=first["bias"] is not None,
+                 num_layers=len(group), dropout=dropout if len(group) > 1 else 0.0,
+                 dtype=dtype, **values, **options)
     with torch.no_grad():
         for layer, part in enumerate(group):
-            for key in ("w_in", "bias", "w_rec", "alpha", "theta"):
+            for key in ("w_in", "bias", "w_rec") + keys:
                 if part[key] is None:
                     continue
                 name, value = module._name(key, layer), as_tensor(part[key])
@@ -653,13 +885,15 @@ def _build_layers(group, dtype):
 
 def _stacks(parts):
     """Groups consecutive layer descriptions that to_nir wrote from one
-    RecurrentLIF with num_layers > 1 and that still share its options and its
-    bias=True/False (an edited graph may not); everything else stays alone."""
+    RecurrentLIF or RecurrentCubaLIF with num_layers > 1 and that still share
+    its class, options and bias=True/False (an edited graph may not);
+    everything else stays alone."""
     groups = []
     for part in parts:
         stack = part.get("stack") if isinstance(part, dict) else None
         if (stack is not None and stack[1] > 0 and groups and isinstance(groups[-1], list)
                 and groups[-1][-1].get("stack") == (stack[0], stack[1] - 1, stack[2])
+                and groups[-1][-1]["cls"] is part["cls"]
                 and groups[-1][-1]["options"] == part["options"]
                 and (groups[-1][-1]["bias"] is None) == (part["bias"] is None)):
             groups[-1].append(part)
@@ -668,33 +902,107 @@ def _stacks(parts):
     return groups
 
 
+def _node_types(nir):
+    """The node types (class names) the installed nir package can read."""
+    return {name for name, value in vars(nir).items()
+            if isinstance(value, type) and issubclass(value, nir.NIRNode)
+            and value is not nir.NIRNode}
+
+
+def _read_file(nir, path):
+    """nir.read(path), with errors that name the file: a missing file, one
+    that is not HDF5 or not a NIR graph, node types the installed nir does
+    not know (named, nested subgraphs included: nir.read itself fails with a
+    bare AssertionError), and whatever else nir.read raises (as __cause__)."""
+    import h5py  # a dependency of nir
+
+    shown = os.fspath(path)
+    where = f"torch_ext.from_nir: '{shown}'"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{where}: no such file")
+    if not os.path.isfile(path):
+        raise ValueError(f"{where} is not a file (a NIR file is one HDF5 file, as nir.write "
+                         "writes it)")
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError as error:  # unreadable
+        raise ValueError(f"{where} cannot be read: {error}") from error
+    if not is_hdf5:
+        raise ValueError(f"{where} is not an HDF5 file, so not a NIR file (nir.write writes HDF5)")
+    known = _node_types(nir)
+    try:
+        with h5py.File(path, "r") as f:
+            root = f.get("node")
+            if not isinstance(root, h5py.Group) or not isinstance(root.get("type"), h5py.Dataset):
+                raise ValueError(f"{where} is an HDF5 file but not a NIR graph: it has no "
+                                 f"'node' group with a 'type' (it has {sorted(f.keys())})")
+            todo = [("", root)]
+            while todo:  # every node, nested subgraphs included
+                name, group = todo.pop()
+                kind = group.get("type")
+                kind = kind[()] if isinstance(kind, h5py.Dataset) else None
+                kind = kind.decode("utf8", "replace") if isinstance(kind, bytes) else kind
+                label = f"node '{name}'" if name else "the graph's root node"
+                if not isinstance(kind, str):
+                    raise ValueError(f"{where}: {label} has no node type: not a NIR graph")
+                if kind not in known:
+                    raise ValueError(f"{where}: {label} has type '{kind}', which the installed "
+                                     f"nir package ({getattr(nir, 'version', '?')}) does not "
+                                     "know")
+                if kind == "NIRGraph":
+                    nodes = group.get("nodes")
+                    if not isinstance(nodes, h5py.Group):
+                        raise ValueError(f"{where}: {label} is a NIRGraph without nodes: not a "
+                                         "NIR graph")
+                    todo += [(f"{name}.{key}" if name else key, value)
+                             for key, value in nodes.items() if isinstance(value, h5py.Group)]
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001  (h5py's errors: named, with the cause)
+        raise ValueError(f"{where} cannot be read as a NIR file: {type(error).__name__}: "
+                         f"{error}") from error
+    try:
+        return nir.read(path)
+    except Exception as error:  # noqa: BLE001  (nir.read's own, kept as the cause)
+        raise ValueError(f"{where}: nir.read failed: {type(error).__name__}: {error}") from error
+
+
 def from_nir(graph_or_path, dt=1e-4):
     """Imports a NIR graph (or a file ``nir.write`` wrote) as torch modules.
 
     It reads a chain from the ``Input`` node to the ``Output`` node (nested
     subgraphs, as some exporters write recurrent layers, are inlined):
 
-    - ``Affine``/``Linear`` -> ``LIF``, ``IF`` or ``CubaLIF`` (an
-      instantaneous synapse only, tau_syn = dt), or -> ``LI``/``I`` ->
-      ``Threshold``, with an optional cycle from the spikes through one
-      ``Linear``/``Affine`` back into the neuron node: a ``RecurrentLIF``
-      layer (``reset="zero"`` for LIF/IF, ``"none"`` for LI/I + Threshold;
-      a diagonal recurrent weight is ``recurrent="one_to_one"``);
+    - ``Affine``/``Linear`` -> ``CubaLIF``, with an optional cycle from its
+      spikes through one ``Linear``/``Affine`` back into it: a
+      ``RecurrentCubaLIF`` layer (``reset="zero"``; a diagonal recurrent
+      weight is ``recurrent="one_to_one"``), hidden or the last layer;
+    - ``Affine``/``Linear`` -> ``LIF`` or ``IF``, or -> ``LI``/``I`` ->
+      ``Threshold``, with an optional cycle the same way: a ``RecurrentLIF``
+      layer (``reset="zero"`` for LIF/IF, ``"none"`` for LI/I + Threshold);
+      so is a ``CubaLIF`` without this package's metadata whose synapse is
+      instantaneous (tau_syn = dt for every neuron: alpha_syn = 0, where the
+      CUBA equations are the LIF's) and whose gain is positive;
     - ``Affine``/``Linear`` followed by anything else: an ``nn.Linear``;
     - ``LI``/``I`` without a Threshold: a ``LeakyIntegrator`` (readouts).
 
-    Under forward Euler with ``dt`` a neuron's membrane U = v / g with
-    g = r * dt / tau: alpha = 1 - dt / tau, theta = v_threshold / g, and
-    v_leak / r plus the bias of a recurrent ``Affine`` join the layer's bias;
-    the imported module spikes like the graph. A graph :func:`to_nir` wrote
-    carries alpha, theta and the training-only options in its metadata: the
-    module comes back exactly (bitwise the same spikes and gradients, stacks
-    as one ``num_layers`` module), after a check that the metadata still
-    agrees with the nodes at this ``dt``. Other graphs get the layer's
-    defaults for what NIR does not say (``surrogate="sigmoid"``,
-    ``detach_reset=False``, alpha and theta as buffers, 0-dim when all
-    neurons share the value). The dtype is float64 if a weight is float64,
-    else float32. Modules are time-major (``batch_first=False``).
+    Under forward Euler with ``dt``, a LIF-type neuron's membrane U = v / g
+    with g = r * dt / tau: alpha = 1 - dt / tau, theta = v_threshold / g, and
+    v_leak / r plus the bias of a recurrent ``Affine`` join the layer's bias.
+    A ``CubaLIF``'s membrane U is v: alpha = 1 - dt / tau_mem, alpha_syn = 1 -
+    dt / tau_syn, theta = v_threshold, and every input of the node (the
+    projection, the cycle, the bias of either, which is a constant input at
+    every step) is scaled per neuron by g = (dt / tau_mem) * r * (dt /
+    tau_syn) * w_in. The imported module spikes like the graph. A graph
+    :func:`to_nir` wrote carries alpha (alpha_syn), theta and the
+    training-only options in its metadata: the module comes back exactly
+    (bitwise the same spikes and gradients, stacks as one ``num_layers``
+    module), after a check that the metadata still agrees with the nodes at
+    this ``dt``. Other graphs get the layer's defaults for what NIR does not
+    say (``surrogate="sigmoid"``, ``detach_reset=False``, the neuron
+    parameters as buffers, 0-dim when all neurons share the value). The
+    dtype is float64 if a weight is float64, else float32. Modules are
+    time-major (``batch_first=False``).
 
     Args:
         graph_or_path (nir.NIRGraph or str or os.PathLike): the graph, or the
@@ -703,21 +1011,28 @@ def from_nir(graph_or_path, dt=1e-4):
             ``1e-4`` (snnTorch's and SpikingJelly's).
 
     Returns:
-        The module: a ``RecurrentLIF``, ``nn.Linear`` or ``LeakyIntegrator``
-        for a chain of one, else a ``SpikingSequential`` (an ``nn.Sequential``
-        whose layers pass their spikes on).
+        The module: a ``RecurrentLIF``, ``RecurrentCubaLIF``, ``nn.Linear`` or
+        ``LeakyIntegrator`` for a chain of one, else a ``SpikingSequential``
+        (an ``nn.Sequential`` whose layers pass their spikes on).
 
     Raises:
         ImportError: the ``nir`` package is not installed.
         TypeError: ``graph_or_path`` is neither a ``nir.NIRGraph`` nor a path.
-        ValueError: naming the node: what has no exact equivalent (``v_reset``
-            != 0, a ``CubaLIF`` with a real synapse, ``Delay``, convolutions,
-            pooling, ``Flatten``, ``Scale``, a ``LIF`` with an infinite tau,
-            which is an ``IF``, in a spiking layer tau < dt or a non-positive
-            gain), NaN or inf values, a graph that is not a chain (branches,
-            several inputs, nodes off the chain, edges to missing nodes), a
-            neuron without a weight node before it, metadata that is
-            incomplete or disagrees with the nodes (the recurrent weight too).
+        FileNotFoundError: no file at the path.
+        ValueError: naming the file: not HDF5, not a NIR graph, a node type
+            the installed ``nir`` does not know (naming the node), anything
+            else ``nir.read`` raises (kept as ``__cause__``). Naming the node,
+            in one line: what has no exact equivalent (``v_reset`` != 0, on a
+            ``CubaLIF`` ``v_leak`` != 0 with tau_syn > dt, ``Delay``,
+            convolutions, pooling, ``Flatten``, ``Scale``, ``CubaLI``, a
+            ``LIF`` with an infinite tau, which is an ``IF``, in a spiking
+            layer tau, tau_mem or tau_syn < dt or, for LIF-type nodes, a
+            non-positive gain), NaN or inf values, parameter arrays not of the
+            layer's size, a graph that is not a chain (branches, several
+            inputs, nodes off the chain, edges to missing nodes), a neuron
+            without a weight node before it, metadata that is incomplete or
+            disagrees with the nodes (the recurrent weight and a CubaLIF's
+            gain too).
 
     Example::
 
@@ -728,7 +1043,7 @@ def from_nir(graph_or_path, dt=1e-4):
     nir = _import_nir("from_nir")
     dt = _check_dt(dt, "from_nir")
     if isinstance(graph_or_path, (str, os.PathLike)):
-        graph_or_path = nir.read(graph_or_path)
+        graph_or_path = _read_file(nir, graph_or_path)
     if not isinstance(graph_or_path, nir.NIRGraph):
         raise TypeError("torch_ext.from_nir: argument 'graph_or_path' must be a nir.NIRGraph or "
                         f"the path of a NIR file, got {type(graph_or_path).__name__}")
