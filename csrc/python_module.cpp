@@ -128,8 +128,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #undef TORCH_EXT_SLOPE
   m.attr("SURROGATE_SLOPES") = slopes;
   py::list neurons;
-#define TORCH_EXT_NEURON(M) neurons.append(neuron_spec<torch_ext::M>());
-  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_NEURON)
-#undef TORCH_EXT_NEURON
+  torch_ext::for_each_neuron([&]<typename M>() { neurons.append(neuron_spec<M>()); });
   m.attr("NEURONS") = py::tuple(neurons);
 }

@@ -20,6 +20,13 @@ DOCUMENTED = {
     "RecurrentAdLIF.forward": (torch_ext.RecurrentAdLIF.forward, torch_ext.RecurrentAdLIF.forward),
     "recurrent_adlif": (torch_ext.recurrent_adlif, torch_ext.recurrent_adlif),
     "recurrent_adlif_ref": (torch_ext.recurrent_adlif_ref, torch_ext.recurrent_adlif_ref),
+    "RecurrentCubaLIF": (torch_ext.RecurrentCubaLIF, torch_ext.RecurrentCubaLIF.__init__),
+    "RecurrentCubaLIF.forward": (torch_ext.RecurrentCubaLIF.forward,
+                                 torch_ext.RecurrentCubaLIF.forward),
+    "RecurrentCubaLIF.from_snntorch": (torch_ext.RecurrentCubaLIF.from_snntorch,
+                                       torch_ext.RecurrentCubaLIF.from_snntorch),
+    "recurrent_cubalif": (torch_ext.recurrent_cubalif, torch_ext.recurrent_cubalif),
+    "recurrent_cubalif_ref": (torch_ext.recurrent_cubalif_ref, torch_ext.recurrent_cubalif_ref),
 }
 
 
@@ -38,7 +45,8 @@ def test_docstring_names_every_argument_with_returns_raises_and_example(name):
             assert "default" in match.group(1).lower(), f"{name}: {parameter!r} has no default"
     for section in ("Args:", "Raises:", "Example::"):
         assert section in doc, f"{name}: no {section!r} section"
-    assert "Returns:" in doc or name in ("RecurrentLIF", "RecurrentAdLIF")  # a class returns itself
+    # A class returns itself.
+    assert "Returns:" in doc or name in ("RecurrentLIF", "RecurrentAdLIF", "RecurrentCubaLIF")
 
 
 def test_help_of_the_module_shows_the_constructor_and_forward():

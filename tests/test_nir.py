@@ -137,11 +137,13 @@ def _alpha_above_one(dtype):
     return layer
 
 
-def _stack_of_mixed_shapes(dtype):
-    layer = RecurrentLIF(F, N, num_layers=2, alpha=torch.linspace(0.6, 0.9, N), theta=0.5,
-                         dtype=dtype)
-    layer.alpha_l1 = torch.tensor(0.8, dtype=dtype)  # [N] in layer 0, 0-dim in layer 1
-    layer.theta_l1 = torch.linspace(0.4, 0.6, N, dtype=dtype)  # and theta the other way
+def _stack_of_mixed_shapes(dtype, cls=RecurrentLIF, other="theta", **options):
+    """A 2-layer stack whose alpha is [N] in layer 0 and 0-dim in layer 1, and
+    `other` the other way."""
+    layer = cls(F, N, num_layers=2, alpha=torch.linspace(0.6, 0.9, N), theta=0.5, dtype=dtype,
+                **options)
+    layer.alpha_l1 = torch.tensor(0.8, dtype=dtype)
+    setattr(layer, f"{other}_l1", torch.linspace(0.4, 0.6, N, dtype=dtype))
     return layer
 
 
@@ -211,27 +213,43 @@ def options(module):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("model", MODELS)
 def test_round_trip_is_bitwise(nir, model, dtype, tmp_path):
-    module = MODELS[model](dtype)
+    assert_round_trip_is_bitwise(nir, MODELS[model](dtype), tmp_path,
+                                 spiking=model != "sequential_with_readouts")
+
+
+def assert_round_trip_is_bitwise(nir, module, tmp_path, spiking=True):
+    """from_nir(to_nir(module)), in memory and through a file (a Path and a
+    str), is the module: assert_same_module on the module's dtype."""
     graph = torch_ext.to_nir(module)
     nir.write(tmp_path / "model.nir", graph)
-    x = inputs(dtype)
+    x = inputs(next(module.parameters()).dtype)
     want, want_grads = outputs_and_grads(module, x)
-    assert 0.05 < want[0].double().mean() < 0.95 or model == "sequential_with_readouts"
+    assert 0.05 < want[0].double().mean() < 0.95 or not spiking
     for again in (torch_ext.from_nir(graph), torch_ext.from_nir(tmp_path / "model.nir"),
                   torch_ext.from_nir(str(tmp_path / "model.nir"))):
-        assert type(again) is type(module) and options(again) == options(module)
-        state, want_state = again.state_dict(), module.state_dict()
-        assert list(state) == list(want_state)
-        for key in state:
-            assert state[key].dtype == dtype and torch.equal(state[key], want_state[key]), key
-            assert (type(dict(again.named_buffers()).get(key)) is
-                    type(dict(module.named_buffers()).get(key))), key  # Parameter or buffer
-        got, grads = outputs_and_grads(again, x)
-        for o, w in zip(got, want):
-            assert torch.equal(o, w)
-        assert list(grads) == list(want_grads)
-        for name in grads:
-            assert torch.equal(grads[name], want_grads[name]), name
+        assert_same_module(again, module, x, want, want_grads)
+
+
+def assert_same_module(again, module, x, want, want_grads):
+    """An imported module is the exported one: type, options, state_dict
+    (dtypes, values, Parameter or buffer), bitwise the same outputs and
+    gradients of every parameter on x."""
+    assert type(again) is type(module) and options(again) == options(module)
+    if isinstance(again, torch.nn.Sequential):
+        assert [type(m) for m in again] == [type(m) for m in module]
+    state, want_state = again.state_dict(), module.state_dict()
+    assert list(state) == list(want_state)
+    for key in state:
+        assert state[key].dtype == want_state[key].dtype, key
+        assert torch.equal(state[key], want_state[key]), key
+        assert (type(dict(again.named_buffers()).get(key)) is
+                type(dict(module.named_buffers()).get(key))), key  # Parameter or buffer
+    got, grads = outputs_and_grads(again, x)
+    for o, w in zip(got, want):
+        assert torch.equal(o, w)
+    assert list(grads) == list(want_grads)
+    for name in grads:
+        assert torch.equal(grads[name], want_grads[name]), name
 
 
 def test_the_graph_holds_copies(nir):
@@ -277,16 +295,21 @@ SEMANTICS = [m for m in MODELS if m != "sequential_with_readouts"]
 
 @pytest.mark.parametrize("model", SEMANTICS)
 def test_the_exported_graph_spikes_like_the_layer(nir, model):
-    module = MODELS[model](torch.float64).eval()  # dropout is training-only, not in NIR
+    assert_graph_runs_like_the_module(nir, MODELS[model](torch.float64))
+
+
+def assert_graph_runs_like_the_module(nir, module):
+    """The exported graph, run by the NIR executor, spikes like the module,
+    and a one-layer module's membrane is the graph's: U = v (the gain is 1)."""
+    module = module.eval()  # dropout is training-only, not in NIR
     graph = torch_ext.to_nir(module)
     x = inputs(torch.float64)
     _assert_same_spikes(nir, graph, module, x)
-    # The graph's own membrane is the layer's: U = v (the gain r dt / tau is 1).
-    if isinstance(module, RecurrentLIF) and module.num_layers == 1:
+    if hasattr(module, "return_membrane") and module.num_layers == 1:
         module.return_membrane = True
         _, membrane, _ = module(x)
         (cell,) = [k for k, v in graph.nodes.items()
-                   if isinstance(v, (nir.LIF, nir.IF, nir.LI, nir.I))]
+                   if isinstance(v, (nir.LIF, nir.IF, nir.LI, nir.I, nir.CubaLIF))]
         _, membranes = run_nir(nir, graph, x)
         torch.testing.assert_close(membranes[cell], membrane, rtol=0, atol=1e-9)
 

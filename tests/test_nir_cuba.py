@@ -18,7 +18,9 @@ from torch_ext import RecurrentCubaLIF, RecurrentLIF
 from torch_ext._nir import SpikingSequential
 
 from test_nir import (DT, UNREADABLE_WARNING, B, F, N, T, _assert_same_spikes, _chain, _weights,
-                      inputs, options, outputs_and_grads, run_nir)
+                      _seeded, _stack_of_mixed_shapes as lif_stack_of_mixed_shapes,
+                      assert_graph_runs_like_the_module, assert_round_trip_is_bitwise, inputs,
+                      run_nir)
 
 pytestmark = pytest.mark.filterwarnings(UNREADABLE_WARNING)
 
@@ -29,13 +31,6 @@ def nir():
 
 
 # ---------------------------------------------------------------- models
-
-def _seeded(build):
-    def make(dtype):
-        torch.manual_seed(0)
-        return build(dtype)
-    return make
-
 
 def _shared_one_to_one(dtype):
     layer = RecurrentCubaLIF(F, N, reset="zero", recurrent="one_to_one", dtype=dtype)
@@ -55,11 +50,8 @@ def _decays_below_zero(dtype):
 
 
 def _stack_of_mixed_shapes(dtype):
-    layer = RecurrentCubaLIF(F, N, reset="zero", num_layers=2, alpha=torch.linspace(0.6, 0.9, N),
-                             alpha_syn=0.5, theta=0.25, dtype=dtype)
-    layer.alpha_l1 = torch.tensor(0.8, dtype=dtype)  # [N] in layer 0, 0-dim in layer 1
-    layer.alpha_syn_l1 = torch.linspace(0.2, 0.7, N, dtype=dtype)  # and alpha_syn the other way
-    return layer
+    return lif_stack_of_mixed_shapes(dtype, RecurrentCubaLIF, "alpha_syn", reset="zero",
+                                     alpha_syn=0.5)
 
 
 MODELS = {
@@ -99,28 +91,7 @@ MODELS = {name: _seeded(build) for name, build in MODELS.items()}
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("model", MODELS)
 def test_round_trip_is_bitwise(nir, model, dtype, tmp_path):
-    module = MODELS[model](dtype)
-    graph = torch_ext.to_nir(module)
-    nir.write(tmp_path / "model.nir", graph)
-    x = inputs(dtype)
-    want, want_grads = outputs_and_grads(module, x)
-    assert 0.05 < want[0].double().mean() < 0.95
-    for again in (torch_ext.from_nir(graph), torch_ext.from_nir(tmp_path / "model.nir")):
-        assert type(again) is type(module) and options(again) == options(module)
-        if isinstance(again, SpikingSequential):
-            assert [type(m) for m in again] == [type(m) for m in module]
-        state, want_state = again.state_dict(), module.state_dict()
-        assert list(state) == list(want_state)
-        for key in state:
-            assert state[key].dtype == dtype and torch.equal(state[key], want_state[key]), key
-            assert (type(dict(again.named_buffers()).get(key)) is
-                    type(dict(module.named_buffers()).get(key))), key  # Parameter or buffer
-        got, grads = outputs_and_grads(again, x)
-        for o, w in zip(got, want):
-            assert torch.equal(o, w)
-        assert list(grads) == list(want_grads)
-        for name in grads:
-            assert torch.equal(grads[name], want_grads[name]), name
+    assert_round_trip_is_bitwise(nir, MODELS[model](dtype), tmp_path)
 
 
 def test_node_layout_and_metadata(nir):
@@ -165,16 +136,7 @@ def test_node_layout_and_metadata(nir):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_the_exported_graph_spikes_like_the_module(nir, model):
-    module = MODELS[model](torch.float64).eval()  # dropout is training-only, not in NIR
-    graph = torch_ext.to_nir(module)
-    x = inputs(torch.float64)
-    _assert_same_spikes(nir, graph, module, x)
-    # The graph's membrane is the layer's: U = v (the gain is 1).
-    if isinstance(module, RecurrentCubaLIF) and module.num_layers == 1:
-        module.return_membrane = True
-        _, membrane, _ = module(x)
-        _, membranes = run_nir(nir, graph, x)
-        torch.testing.assert_close(membranes["cubalif"], membrane, rtol=0, atol=1e-9)
+    assert_graph_runs_like_the_module(nir, MODELS[model](torch.float64))
 
 
 @pytest.mark.parametrize("dt", [1e-3, 5e-5])

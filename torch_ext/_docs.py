@@ -1,6 +1,80 @@
-"""The docstring texts shared by each functional op (torch_ext.recurrent_lif,
-recurrent_adlif, recurrent_cubalif) and its plain-PyTorch reference, which
-take the same arguments and return the same results."""
+"""The docstring texts of the functional ops (torch_ext.recurrent_lif,
+recurrent_adlif, recurrent_cubalif) and their plain-PyTorch references,
+which take the same arguments and return the same results: each model's
+equations and own arguments, and the parts every op shares, written once."""
+
+# The arguments every op takes before its neuron parameters.
+_INPUTS = """
+        x (Tensor): the input ``[T, B, F]`` (time-major), float16, bfloat16,
+            float32 or float64 (the half types compute in float32).
+        w_in (Tensor or None): input weights ``[N, F]``; None: no projection,
+            ``F == N`` and I[t] = x[t] + bias.
+        w_rec (Tensor or None): recurrent weights ``[N, N]``, row i = the
+            weights into neuron i; or ``[N]``, one-to-one recurrence (neuron
+            i feeds back ``w_rec[i] * S_i[t-1]`` to itself only, O(N) per
+            step); None: no recurrence (a feed-forward layer).
+        bias (Tensor or None): ``[N]``. Default: ``None``."""
+
+# A decay parameter named alpha, the first of every model's.
+_ALPHA = """
+        alpha (float or Tensor): membrane decay, in [0, 1]: a float (no
+            gradient), a 0-dim tensor (one value, its gradient the full sum)
+            or an ``[N]`` tensor (one per neuron); a CUDA tensor's values are
+            not checked (that would cost a host synchronisation). Default: ``{alpha}``."""
+
+_S0 = """
+        s0 (Tensor or None): initial spikes ``[B, N]`` (any real values; they
+            feed the recurrence and the first reset). Default: ``None`` (zeros)."""
+
+_SURROGATE = """
+        surrogate (str): ``"sigmoid"``, ``"fast_sigmoid"``, ``"atan"`` or
+            ``"triangle"`` (keyword only; formulas in the README).
+            Default: ``"sigmoid"``.
+        slope (float or None): the surrogate's slope k > 0 (keyword only);
+            None takes the surrogate's default: 25, 25, 2, 1 in the order
+            above. Default: ``None``."""
+
+
+def _low_memory(flag, states):
+    return f"""
+        {flag} (bool): False is the low-memory mode (keyword only):
+            autograd keeps nothing of size T*B*N beyond the returned spikes,
+            and the backward recomputes {states} (one product and a replay
+            of the time loop with the known spikes, so the gradients are
+            bitwise the same). The reference computes the same with either
+            value. Default: ``True``."""
+
+
+def _lengths(outputs):
+    return f"""
+        lengths (Tensor or None): ``[B]`` integers in [0, T], a
+            variable-length batch (keyword only): row b takes steps
+            ``t < lengths[b]`` only; its later steps output {outputs} 0 and
+            pass no gradient, so each row's gradients are those of running it
+            alone on its own length; on CUDA its values are not checked (past
+            T acts as T, below 0 as 0). Default: ``None``."""
+
+
+def _raises(values):
+    return f"""
+
+    Raises:
+        TypeError: an argument of the wrong type (a non-tensor where a tensor
+            is needed, a non-bool flag, a tensor of the wrong dtype), naming
+            the argument, before any work.
+        ValueError: a wrong shape, device, option name or value ({values}, a
+            slope out of range), naming the argument, before any work.
+        RuntimeError: a second derivative (the op is once-differentiable).
+        NotImplementedError: forward-mode AD."""
+
+
+_EXAMPLE_INPUTS = """
+
+    Example::
+
+        >>> x = torch.randn(100, 16, 40)                    # [T, B, F]
+        >>> w_in = (0.2 * torch.randn(128, 40)).requires_grad_()
+        >>> w_rec = (0.05 * torch.randn(128, 128)).requires_grad_()"""
 
 FUNCTIONAL = """
     Time-major, t = 1..T, with R[t-1] = S[t-1] (R[0] = s0)::
@@ -13,70 +87,23 @@ FUNCTIONAL = """
 
     and the backward pass replaces dS/dU by the surrogate sg(U - theta).
 
-    Args:
-        x (Tensor): the input ``[T, B, F]`` (time-major), float16, bfloat16,
-            float32 or float64 (the half types compute in float32).
-        w_in (Tensor or None): input weights ``[N, F]``; None: no projection,
-            ``F == N`` and I[t] = x[t] + bias.
-        w_rec (Tensor or None): recurrent weights ``[N, N]``, row i = the
-            weights into neuron i; or ``[N]``, one-to-one recurrence (neuron
-            i feeds back ``w_rec[i] * S_i[t-1]`` to itself only, O(N) per
-            step); None: no recurrence (a feed-forward LIF).
-        bias (Tensor or None): ``[N]``. Default: ``None``.
-        alpha (float or Tensor): membrane decay, in [0, 1]: a float (no
-            gradient), a 0-dim tensor (one value, its gradient the full sum)
-            or an ``[N]`` tensor (one per neuron); a CUDA tensor's values are
-            not checked (that would cost a host synchronisation). Default: ``0.9``.
+    Args:""" + _INPUTS + _ALPHA.format(alpha=0.9) + """
         theta (float or Tensor): threshold, finite; a float, a 0-dim or an
             ``[N]`` tensor, as alpha. Default: ``1.0``.
-        u0 (Tensor or None): initial membrane ``[B, N]``. Default: ``None`` (zeros).
-        s0 (Tensor or None): initial spikes ``[B, N]`` (any real values; they
-            feed the recurrence and the first reset). Default: ``None`` (zeros).
+        u0 (Tensor or None): initial membrane ``[B, N]``. Default: ``None`` (zeros).""" + _S0 + """
         reset (str): ``"subtract"``, ``"zero"`` or ``"none"`` (keyword only).
             Default: ``"subtract"``.
         detach_reset (bool): no gradient through the reset term (keyword
-            only). Default: ``False``.
-        surrogate (str): ``"sigmoid"``, ``"fast_sigmoid"``, ``"atan"`` or
-            ``"triangle"`` (keyword only; formulas in the README).
-            Default: ``"sigmoid"``.
-        slope (float or None): the surrogate's slope k > 0 (keyword only);
-            None takes the surrogate's default: 25, 25, 2, 1 in the order
-            above. Default: ``None``.
-        save_membrane (bool): False is the low-memory mode (keyword only):
-            autograd keeps nothing of size T*B*N beyond the returned spikes,
-            and the backward recomputes the membrane (one product and a
-            replay of the time loop with the known spikes, so the gradients
-            are bitwise the same). The reference computes the same with
-            either value. Default: ``True``.
-        lengths (Tensor or None): ``[B]`` integers in [0, T], a
-            variable-length batch (keyword only): row b takes steps
-            ``t < lengths[b]`` only; its later steps output spikes and
-            membrane 0 and pass no gradient, so each row's gradients are
-            those of running it alone on its own length; on CUDA its values
-            are not checked (past T acts as T, below 0 as 0). Default: ``None``.
+            only). Default: ``False``.""" + _SURROGATE + _low_memory(
+    "save_membrane", "the membrane") + _lengths("spikes and membrane") + """
 
     Returns:
         ``(spikes, membrane)``, each ``[T, B, N]``: S in x's dtype and U (the
         membrane before the reset its own spike causes) in the compute dtype
         (float32, or float64 for float64 input). ``(membrane[-1], spikes[-1])``
         passed as ``(u0, s0)`` continues the sequence. Every tensor argument
-        is differentiable.
-
-    Raises:
-        TypeError: an argument of the wrong type (a non-tensor where a tensor
-            is needed, a non-bool detach_reset, a tensor of the wrong dtype),
-            naming the argument, before any work.
-        ValueError: a wrong shape, device, option name or value (alpha
-            outside [0, 1], a non-finite theta, a slope out of range), naming
-            the argument, before any work.
-        RuntimeError: a second derivative (the op is once-differentiable).
-        NotImplementedError: forward-mode AD.
-
-    Example::
-
-        >>> x = torch.randn(100, 16, 40)                    # [T, B, F]
-        >>> w_in = (0.2 * torch.randn(128, 40)).requires_grad_()
-        >>> w_rec = (0.05 * torch.randn(128, 128)).requires_grad_()
+        is differentiable.""" + _raises(
+    "alpha outside [0, 1], a non-finite float theta") + _EXAMPLE_INPUTS + """
         >>> spikes, membrane = {name}(x, w_in, w_rec, alpha=0.9, theta=1.0,
         ...                                 detach_reset=True, surrogate="atan")
         >>> spikes.shape
@@ -102,20 +129,7 @@ ADLIF_FUNCTIONAL = """
     alpha * theta * R).
     The backward pass replaces dS/dV by the surrogate sg(V - theta).
 
-    Args:
-        x (Tensor): the input ``[T, B, F]`` (time-major), float16, bfloat16,
-            float32 or float64 (the half types compute in float32).
-        w_in (Tensor or None): input weights ``[N, F]``; None: no projection,
-            ``F == N`` and I[t] = x[t] + bias.
-        w_rec (Tensor or None): recurrent weights ``[N, N]``, row i = the
-            weights into neuron i; or ``[N]``, one-to-one recurrence (neuron
-            i feeds back ``w_rec[i] * S_i[t-1]`` to itself only); None: no
-            recurrence.
-        bias (Tensor or None): ``[N]``. Default: ``None``.
-        alpha (float or Tensor): membrane decay, in [0, 1]: a float (no
-            gradient), a 0-dim tensor (one value, its gradient the full sum)
-            or an ``[N]`` tensor (one per neuron); a CUDA tensor's values are
-            not checked. Default: ``0.95``.
+    Args:""" + _INPUTS + _ALPHA.format(alpha=0.95) + """
         beta (float or Tensor): adaptation decay, in [0, 1], as alpha.
             Default: ``0.99``.
         a (float or Tensor): the adaptation's coupling to the membrane,
@@ -125,30 +139,14 @@ ADLIF_FUNCTIONAL = """
             Default: ``1.0``.
         theta (float or Tensor): threshold, finite, as a. Default: ``1.0``.
         v0 (Tensor or None): initial membrane ``[B, N]``. Default: ``None`` (zeros).
-        a0 (Tensor or None): initial adaptation ``[B, N]``. Default: ``None`` (zeros).
-        s0 (Tensor or None): initial spikes ``[B, N]`` (any real values; they
-            feed the recurrence and the first reset). Default: ``None`` (zeros).
+        a0 (Tensor or None): initial adaptation ``[B, N]``. Default: ``None`` (zeros).""" + _S0 + """
         reset (str): ``"zero"``, ``"subtract"`` or ``"none"`` (keyword only).
             Default: ``"zero"``.
         detach_reset (bool): no gradient through R, the spikes in the two
             resets (keyword only); the spikes in ``b * S[t]`` and in the
-            recurrent input always pass their gradient. Default: ``True``.
-        surrogate (str): ``"sigmoid"``, ``"fast_sigmoid"``, ``"atan"`` or
-            ``"triangle"`` (keyword only; formulas in the README).
-            Default: ``"sigmoid"``.
-        slope (float or None): the surrogate's slope k > 0 (keyword only);
-            None takes the surrogate's default: 25, 25, 2, 1 in the order
-            above. Default: ``None``.
-        save_state (bool): False is the low-memory mode (keyword only):
-            autograd keeps nothing of size T*B*N beyond the returned spikes
-            and the backward recomputes the membrane and the adaptation
-            (bitwise the same gradients). The reference computes the same
-            with either value. Default: ``True``.
-        lengths (Tensor or None): ``[B]`` integers in [0, T], a
-            variable-length batch (keyword only): row b takes steps
-            ``t < lengths[b]`` only; its later steps output spikes, membrane
-            and adaptation 0 and pass no gradient; on CUDA its values are not
-            checked. Default: ``None``.
+            recurrent input always pass their gradient. Default: ``True``.""" + _SURROGATE + \
+    _low_memory("save_state", "the membrane and the adaptation") + _lengths(
+        "spikes, membrane and adaptation") + """
 
     Returns:
         ``(spikes, membrane, adaptation)``, each ``[T, B, N]``: S in x's
@@ -156,21 +154,8 @@ ADLIF_FUNCTIONAL = """
         compute dtype (float32, or float64 for float64 input).
         ``(membrane[-1], adaptation[-1], spikes[-1])`` passed as
         ``(v0, a0, s0)`` continues the sequence. Every tensor argument is
-        differentiable.
-
-    Raises:
-        TypeError: an argument of the wrong type (a non-tensor where a tensor
-            is needed, a non-bool flag, a tensor of the wrong dtype), naming
-            the argument, before any work.
-        ValueError: a wrong shape, device, option name or value (alpha or
-            beta outside [0, 1], a non-finite a, b or theta, a slope out of
-            range), naming the argument, before any work.
-
-    Example::
-
-        >>> x = torch.randn(100, 16, 40)                    # [T, B, F]
-        >>> w_in = (0.2 * torch.randn(128, 40)).requires_grad_()
-        >>> w_rec = (0.05 * torch.randn(128, 128)).requires_grad_()
+        differentiable.""" + _raises(
+    "alpha or beta outside [0, 1], a non-finite float a, b or theta") + _EXAMPLE_INPUTS + """
         >>> spikes, v, adaptation = {name}(x, w_in, w_rec, alpha=0.9, beta=0.98,
         ...                                     a=0.5, b=2.0)
         >>> spikes.shape
@@ -193,73 +178,48 @@ CUBA_FUNCTIONAL = """
     is the LIF layer of :func:`torch_ext.recurrent_lif`. The backward pass
     replaces dS/dU by the surrogate sg(U - theta).
 
-    Args:
-        x (Tensor): the input ``[T, B, F]`` (time-major), float16, bfloat16,
-            float32 or float64 (the half types compute in float32).
-        w_in (Tensor or None): input weights ``[N, F]``; None: no projection,
-            ``F == N`` and I[t] = x[t] + bias.
-        w_rec (Tensor or None): recurrent weights ``[N, N]``, row i = the
-            weights into neuron i; or ``[N]``, one-to-one recurrence (neuron
-            i feeds back ``w_rec[i] * S_i[t-1]`` to itself only); None: no
-            recurrence.
-        bias (Tensor or None): ``[N]``. Default: ``None``.
-        alpha (float or Tensor): membrane decay, in [0, 1]: a float (no
-            gradient), a 0-dim tensor (one value, its gradient the full sum)
-            or an ``[N]`` tensor (one per neuron); a CUDA tensor's values are
-            not checked. Default: ``0.9``.
+    Args:""" + _INPUTS + _ALPHA.format(alpha=0.9) + """
         alpha_syn (float or Tensor): synaptic current decay, in [0, 1], as
             alpha. Default: ``0.8``.
         theta (float or Tensor): threshold, finite, as alpha. Default: ``1.0``.
         u0 (Tensor or None): initial membrane ``[B, N]``. Default: ``None`` (zeros).
         j0 (Tensor or None): initial synaptic current ``[B, N]``. Default:
-            ``None`` (zeros).
-        s0 (Tensor or None): initial spikes ``[B, N]`` (any real values; they
-            feed the recurrence and the first reset). Default: ``None`` (zeros).
+            ``None`` (zeros).""" + _S0 + """
         reset (str): ``"subtract"``, ``"zero"`` or ``"none"`` (keyword only).
             Default: ``"subtract"``.
         detach_reset (bool): no gradient through the reset term (keyword
-            only). Default: ``False``.
-        surrogate (str): ``"sigmoid"``, ``"fast_sigmoid"``, ``"atan"`` or
-            ``"triangle"`` (keyword only; formulas in the README).
-            Default: ``"sigmoid"``.
-        slope (float or None): the surrogate's slope k > 0 (keyword only);
-            None takes the surrogate's default: 25, 25, 2, 1 in the order
-            above. Default: ``None``.
-        save_state (bool): False is the low-memory mode (keyword only):
-            autograd keeps nothing of size T*B*N beyond the returned spikes
-            and the backward recomputes the membrane and the current
-            (bitwise the same gradients). The reference computes the same
-            with either value. Default: ``True``.
-        lengths (Tensor or None): ``[B]`` integers in [0, T], a
-            variable-length batch (keyword only): row b takes steps
-            ``t < lengths[b]`` only; its later steps output spikes, membrane
-            and current 0 and pass no gradient; on CUDA its values are not
-            checked. Default: ``None``.
+            only). Default: ``False``.""" + _SURROGATE + _low_memory(
+    "save_state", "the membrane and the current") + _lengths(
+    "spikes, membrane and current") + """
 
     Returns:
         ``(spikes, membrane, current)``, each ``[T, B, N]``: S in x's dtype,
         U (before the reset its own spike causes) and J in the compute dtype
         (float32, or float64 for float64 input). ``(membrane[-1],
         current[-1], spikes[-1])`` passed as ``(u0, j0, s0)`` continues the
-        sequence. Every tensor argument is differentiable.
-
-    Raises:
-        TypeError: an argument of the wrong type (a non-tensor where a tensor
-            is needed, a non-bool flag, a tensor of the wrong dtype), naming
-            the argument, before any work.
-        ValueError: a wrong shape, device, option name or value (alpha or
-            alpha_syn outside [0, 1], a non-finite theta, a slope out of
-            range), naming the argument, before any work.
-        RuntimeError: a second derivative (the op is once-differentiable).
-        NotImplementedError: forward-mode AD.
-
-    Example::
-
-        >>> x = torch.randn(100, 16, 40)                    # [T, B, F]
-        >>> w_in = (0.2 * torch.randn(128, 40)).requires_grad_()
-        >>> w_rec = (0.05 * torch.randn(128, 128)).requires_grad_()
+        sequence. Every tensor argument is differentiable.""" + _raises(
+    "alpha or alpha_syn outside [0, 1], a non-finite float theta") + _EXAMPLE_INPUTS + """
         >>> spikes, u, j = {name}(x, w_in, w_rec, alpha=0.9, alpha_syn=0.8)
         >>> spikes.shape
         torch.Size([100, 16, 128])
         >>> more = {name}(x, w_in, w_rec, u0=u[-1], j0=j[-1], s0=spikes[-1])
 """
+
+
+def from_snntorch(doc, layer, argument, neuron, what):
+    """A from_snntorch docstring completed with the parts both share (None
+    stays None, as under python -OO)."""
+    if doc is None:
+        return None
+    return doc.replace("{shared args}", f"""Args:
+            linear (nn.Linear): the input projection, ``[N, F]`` weight.
+            {argument} (snntorch.{neuron}): the recurrent {what} neurons, N of them.
+            batch_first (bool): as the constructor's. Default: ``False``.
+            return_membrane (bool): as the constructor's. Default: ``False``.
+            backend (str): as the constructor's. Default: ``"fused"``.
+
+        Returns:
+            A one-layer ``{layer}`` on linear's device, in its dtype.
+
+        Raises:
+            ImportError: snnTorch is not installed.""")

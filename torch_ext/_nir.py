@@ -539,6 +539,29 @@ class _Graph:
             self.fail(name, f"its metadata {META} is incomplete: it has no '{key}'")
         return self.metadata(name)[key]
 
+    def meta_values(self, name, key, n, shapes=((), None)):
+        """A numeric metadata entry of one of `shapes` (None: [n]), finite,
+        as a float64 array; anything else (edited metadata) names the node."""
+        value = np.asarray(self.meta(name, key))
+        allowed = [(n,) if shape is None else shape for shape in shapes]
+        if value.dtype.kind not in "biuf" or value.shape not in allowed:
+            self.fail(name, f"its metadata {META}.{key} must be numbers of shape "
+                            f"{' or '.join(str(list(a)) for a in allowed)}, got "
+                            f"{value.dtype} of shape {list(value.shape)}")
+        value = value.astype(np.float64)
+        if not np.isfinite(value).all():
+            self.fail(name, f"its metadata {META}.{key} must be finite, got {_values(value)}")
+        return value
+
+    def meta_flag(self, name, key):
+        value = self.meta(name, key)
+        if not isinstance(value, (bool, np.bool_)):
+            self.fail(name, f"its metadata {META}.{key} must be a bool, got {value!r}")
+        return bool(value)
+
+    def meta_number(self, name, key):
+        return float(self.meta_values(name, key, 1, shapes=((),)))
+
     def check_meta(self, name, what, exact, derived, dt, against="its parameters"):
         """An error unless the metadata's exact values (broadcast to the shape
         of derived) agree with those the nodes give at this dt, to the rounding
@@ -690,6 +713,9 @@ def _read_layer(graph, proj, cell, dt):
     node = nodes[cell]
     w_in, bias = _weight(graph, proj)
     n = w_in.shape[0]
+    if n == 0:
+        graph.fail(cell, f"a spiking layer of no neurons (the weight of '{proj}' has shape "
+                         f"{list(w_in.shape)})")
     if isinstance(node, nir.CubaLIF):
         alpha, alpha_syn, gain, leak = _cuba_units(graph, cell, n, dt)
         if graph.metadata(cell) is not None or (alpha_syn != 0).any() or not (gain > 0).all():
@@ -780,10 +806,11 @@ def _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt, alpha_syn=None):
     disagree with what it says). alpha_syn: a RecurrentCubaLIF layer's."""
     name, n = layer["name"], layer["n"]
     get = lambda key: graph.meta(name, key)  # noqa: E731
-    exact_alpha, exact_theta = np.asarray(get("alpha")), np.asarray(get("theta"))
+    exact_alpha = graph.meta_values(name, "alpha", n)
+    exact_theta = graph.meta_values(name, "theta", n)
     graph.check_meta(name, "alpha", np.clip(exact_alpha, 0, 1), alpha, dt)
     if alpha_syn is not None:
-        exact_alpha_syn = np.asarray(get("alpha_syn"))
+        exact_alpha_syn = graph.meta_values(name, "alpha_syn", n)
         graph.check_meta(name, "alpha_syn", np.clip(exact_alpha_syn, 0, 1), alpha_syn, dt)
     graph.check_meta(name, "theta", exact_theta, theta, dt)
     reset = str(get("reset"))
@@ -808,25 +835,27 @@ def _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt, alpha_syn=None):
             graph.check_meta(name, "theta", np.diag(-minus), w_rec, dt, against)
         w_rec = None
     elif recurrent == "one_to_one":
-        exact_w = np.asarray(get("w_rec"))
+        exact_w = graph.meta_values(name, "w_rec", n)
         graph.check_meta(name, "w_rec", np.diag(np.broadcast_to(exact_w, (n,)) - minus), w_rec,
                          dt, against)
         w_rec = exact_w
     elif reset == "subtract":  # w_rec - diag(theta) rounds: the exact diagonal back
-        diagonal = np.asarray(get("w_rec_diagonal"))
+        diagonal = graph.meta_values(name, "w_rec_diagonal", n, shapes=(None,))
         graph.check_meta(name, "w_rec_diagonal", diagonal - minus, np.diagonal(w_rec), dt, against)
         w_rec = w_rec.copy()
         np.fill_diagonal(w_rec, diagonal)
     layer.update(alpha=exact_alpha, theta=exact_theta, w_rec=w_rec,
-                 stack=(int(get("module")), int(get("layer")), int(get("num_layers"))))
+                 stack=tuple(int(graph.meta_number(name, key))
+                             for key in ("module", "layer", "num_layers")))
+    flag = lambda key: graph.meta_flag(name, key)  # noqa: E731
     layer["options"] = {
-        "reset": reset, "recurrent": recurrent, "detach_reset": bool(get("detach_reset")),
-        "surrogate": str(get("surrogate")), "slope": float(get("slope")),
-        "learn_alpha": bool(get("learn_alpha")), "learn_theta": bool(get("learn_theta")),
-        "per_neuron": bool(get("per_neuron")), "dropout": float(get("dropout"))}
+        "reset": reset, "recurrent": recurrent, "detach_reset": flag("detach_reset"),
+        "surrogate": str(get("surrogate")), "slope": graph.meta_number(name, "slope"),
+        "learn_alpha": flag("learn_alpha"), "learn_theta": flag("learn_theta"),
+        "per_neuron": flag("per_neuron"), "dropout": graph.meta_number(name, "dropout")}
     if alpha_syn is not None:
         layer["alpha_syn"] = exact_alpha_syn
-        layer["options"]["learn_alpha_syn"] = bool(get("learn_alpha_syn"))
+        layer["options"]["learn_alpha_syn"] = flag("learn_alpha_syn")
     return layer
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import _options
+from . import _docs, _options
 from ._neurons import NEURONS
 from .functional import recurrent_adlif, recurrent_cubalif, recurrent_lif
 from .reference import recurrent_adlif_ref, recurrent_cubalif_ref, recurrent_lif_ref
@@ -74,6 +74,22 @@ class _RecurrentStack(nn.Module):
         self.num_layers, self.dropout = num_layers, float(dropout)
         self.reset, self.detach_reset, self.surrogate = reset, detach_reset, surrogate
         self.batch_first, self.backend, self.recurrent = batch_first, backend, recurrent
+
+    def _repr(self, neuron, save_flag):
+        """extra_repr: the sizes, the neuron's own arguments, then the
+        options every layer stack has (the stack's only where not the
+        defaults; the low-memory flag only where False)."""
+        text = (f"{self.in_features}, {self.hidden_size}, bias={self._layer(0)[2] is not None}, "
+                f"{neuron}, reset={self.reset!r}, detach_reset={self.detach_reset}, "
+                f"surrogate={self.surrogate!r}, slope={self.slope}, "
+                f"batch_first={self.batch_first}, backend={self.backend!r}")
+        if self.num_layers > 1 or self.dropout:
+            text += f", num_layers={self.num_layers}, dropout={self.dropout}"
+        if self.recurrent != "all_to_all":
+            text += f", recurrent={self.recurrent!r}"
+        if not getattr(self, save_flag):
+            text += f", {save_flag}=False"
+        return text
 
     def _register_layers(self, bias, neuron, device, dtype):
         """Registers, layer by layer, ``w_in``, ``w_rec`` (``[N, N]``, ``[N]``
@@ -245,7 +261,7 @@ class _LeakyStack(_RecurrentStack):
                                 neuron.save_flag: save_state}, dtype=dtype)
         # The same checks, and so the same errors, as the functional's.
         self._inits = {p.name: _initial_value(values[p.name], p.name, p.decay, hidden_size,
-                                              type(self).__name__, self._OP)
+                                              type(self).__name__, self._OP, device)
                        for p in neuron.params}
         self.return_membrane, self.per_neuron = return_membrane, per_neuron
         setattr(self, neuron.save_flag, save_state)
@@ -298,18 +314,8 @@ class _LeakyStack(_RecurrentStack):
             return f"tensor{list(init.shape)}" if isinstance(init, torch.Tensor) else init
         learn = [n for n in self._inits if isinstance(getattr(self, self._name(n, 0)), nn.Parameter)]
         values = ", ".join(f"{n}={shown(v)}" for n, v in self._inits.items())
-        text = (f"{self.in_features}, {self.hidden_size}, bias={self._layer(0)[2] is not None}, "
-                f"{values}, learn={learn}, per_neuron={self.per_neuron}, reset={self.reset!r}, "
-                f"detach_reset={self.detach_reset}, surrogate={self.surrogate!r}, "
-                f"slope={self.slope}, batch_first={self.batch_first}, backend={self.backend!r}")
-        if self.num_layers > 1 or self.dropout:
-            text += f", num_layers={self.num_layers}, dropout={self.dropout}"
-        if self.recurrent != "all_to_all":
-            text += f", recurrent={self.recurrent!r}"
-        save_flag = NEURONS[self._OP].save_flag
-        if not getattr(self, save_flag):
-            text += f", {save_flag}=False"
-        return text
+        return self._repr(f"{values}, learn={learn}, per_neuron={self.per_neuron}",
+                          NEURONS[self._OP].save_flag)
 
 
 class RecurrentLIF(_LeakyStack):
@@ -480,7 +486,6 @@ class RecurrentLIF(_LeakyStack):
         """
         return self._forward(x, state, lengths)
 
-    @classmethod
     def from_snntorch(cls, linear, rleaky, *, batch_first=False, return_membrane=False,
                       backend="fused"):
         """A layer that computes what an ``nn.Linear`` followed by an
@@ -524,18 +529,7 @@ class RecurrentLIF(_LeakyStack):
         spikes exactly like RLeaky but its gradients differ from RLeaky's,
         by orders of magnitude for some entries.
 
-        Args:
-            linear (nn.Linear): the input projection, ``[N, F]`` weight.
-            rleaky (snntorch.RLeaky): the recurrent LIF neurons, N of them.
-            batch_first (bool): as the constructor's. Default: ``False``.
-            return_membrane (bool): as the constructor's. Default: ``False``.
-            backend (str): as the constructor's. Default: ``"fused"``.
-
-        Returns:
-            A one-layer ``RecurrentLIF`` on linear's device, in its dtype.
-
-        Raises:
-            ImportError: snnTorch is not installed.
+        {shared args}
             TypeError: ``linear`` is not an ``nn.Linear`` or ``rleaky`` not an
                 ``snntorch.RLeaky`` (an ``RLeaky`` subclass overriding its
                 forward included).
@@ -561,6 +555,10 @@ class RecurrentLIF(_LeakyStack):
         from ._snntorch import from_snntorch
         return from_snntorch(cls, linear, rleaky, batch_first=batch_first,
                              return_membrane=return_membrane, backend=backend)
+
+    from_snntorch.__doc__ = _docs.from_snntorch(from_snntorch.__doc__, "RecurrentLIF", "rleaky",
+                                                "RLeaky", "LIF")
+    from_snntorch = classmethod(from_snntorch)
 
 
 class RecurrentCubaLIF(_LeakyStack):
@@ -594,8 +592,12 @@ class RecurrentCubaLIF(_LeakyStack):
             [0, 1], as alpha. Default: ``0.8``.
         theta (float or Tensor): initial threshold, finite, as alpha.
             Default: ``1.0``.
-        learn_alpha, learn_alpha_syn, learn_theta (bool): that parameter is
-            an ``nn.Parameter`` (else a buffer). Default: ``False``.
+        learn_alpha (bool): alpha is an ``nn.Parameter`` (else a buffer).
+            Default: ``False``.
+        learn_alpha_syn (bool): alpha_syn is an ``nn.Parameter`` (else a
+            buffer). Default: ``False``.
+        learn_theta (bool): theta is an ``nn.Parameter`` (else a buffer).
+            Default: ``False``.
         per_neuron (bool): alpha, alpha_syn and theta get one value per
             neuron, shape ``[N]``. Default: ``False``.
         reset (str): ``"subtract"``, ``"zero"`` (alpha * U is dropped after a
@@ -621,6 +623,18 @@ class RecurrentCubaLIF(_LeakyStack):
             recomputes U and J; same gradients, bitwise). Default: ``True``.
         device (torch.device or None): where the parameters live. Default: ``None``.
         dtype (torch.dtype or None): dtype of the parameters. Default: ``None``.
+
+    Parameters and buffers: as :class:`RecurrentLIF`'s, plus ``alpha_syn``
+    (shape ``[]`` or ``[N]``; a Parameter with ``learn_alpha_syn``), named
+    ``alpha_syn`` for one layer, ``alpha_syn_l0`` ... in a stack.
+
+    Raises:
+        ValueError: as :class:`RecurrentLIF` (sizes, ``backend``, ``reset``,
+            ``surrogate``, slope, ``dropout``), alpha or alpha_syn outside
+            [0, 1], a non-finite theta, a tensor initial value of another
+            shape than ``[]`` or ``[N]``.
+        TypeError: a flag that is not a bool, an initial value that is
+            neither a number nor a real tensor.
 
     Example::
 
@@ -652,18 +666,43 @@ class RecurrentCubaLIF(_LeakyStack):
                          save_state=save_state, device=device, dtype=dtype)
 
     def forward(self, x, state=None, lengths=None):
-        """Runs the layer(s) over a whole sequence: as
-        :meth:`RecurrentLIF.forward`, with the state ``(u, j, s)`` (membrane,
-        synaptic current, spikes; each ``[B, N]``, ``[L, B, N]`` for a
-        stack, any may be None).
+        """Runs the layer(s) over a whole sequence, as :meth:`RecurrentLIF.forward`.
+
+        Args:
+            x (Tensor): the input sequence: ``[T, B, F]`` (``[B, T, F]`` with
+                ``batch_first``), or unbatched ``[T, F]``, on the parameters'
+                device.
+            state (tuple or None): ``(u, j, s)``, the initial membrane
+                potentials, synaptic currents and spikes, as the previous call
+                returned them: each ``[B, N]`` for one layer, ``[L, B, N]``
+                for a stack; unbatched, ``[N]`` and ``[L, N]``. Any may be
+                None (zeros). Default: ``None`` (all zeros).
+            lengths (Tensor or None): ``[B]`` integers in [0, T]: row b takes
+                steps ``t < lengths[b]`` only (its later spikes are 0, its
+                final state the one after its last valid step). Default:
+                ``None`` (all T steps).
 
         Returns:
             ``(spikes, (u_last, j_last, s_last))``, or ``(spikes, membrane,
-            (u_last, j_last, s_last))`` with ``return_membrane=True``.
+            (u_last, j_last, s_last))`` with ``return_membrane=True``: the
+            top layer's spikes (and membrane) laid out like x, and the state
+            of every layer at the last step, which continues the sequence
+            when passed back.
+
+        Raises:
+            TypeError: x is not a tensor; state is not None or a triple.
+            ValueError: x is not 2- or 3-dimensional; u, j or s does not have
+                the expected shape (the message gives it); the op's own
+                checks, naming the argument.
+
+        Example::
+
+            >>> layer = torch_ext.RecurrentCubaLIF(3, 8, return_membrane=True)
+            >>> spikes, membrane, (u, j, s) = layer(torch.randn(20, 4, 3))  # [T, B, F]
+            >>> more, _, state = layer(torch.randn(5, 4, 3), (u, j, s))    # 5 more steps
         """
         return self._forward(x, state, lengths)
 
-    @classmethod
     def from_snntorch(cls, linear, rsynaptic, *, batch_first=False, return_membrane=False,
                       backend="fused"):
         """A layer that computes what an ``nn.Linear`` followed by an
@@ -699,19 +738,7 @@ class RecurrentCubaLIF(_LeakyStack):
         ``"subtract"``/``"none"`` with ``detach_reset=True``, and the atan,
         fast_sigmoid and sigmoid surrogates with snnTorch's slope.
 
-        Args:
-            linear (nn.Linear): the input projection, ``[N, F]`` weight.
-            rsynaptic (snntorch.RSynaptic): the recurrent current-based LIF
-                neurons, N of them.
-            batch_first (bool): as the constructor's. Default: ``False``.
-            return_membrane (bool): as the constructor's. Default: ``False``.
-            backend (str): as the constructor's. Default: ``"fused"``.
-
-        Returns:
-            A one-layer ``RecurrentCubaLIF`` on linear's device, in its dtype.
-
-        Raises:
-            ImportError: snnTorch is not installed.
+        {shared args}
             TypeError: ``linear`` is not an ``nn.Linear``; ``rsynaptic`` is
                 not an ``snntorch.RSynaptic`` (an ``RLeaky`` is pointed to
                 :meth:`RecurrentLIF.from_snntorch`), or is a subclass
@@ -739,6 +766,10 @@ class RecurrentCubaLIF(_LeakyStack):
         from ._snntorch import from_snntorch
         return from_snntorch(cls, linear, rsynaptic, batch_first=batch_first,
                              return_membrane=return_membrane, backend=backend)
+
+    from_snntorch.__doc__ = _docs.from_snntorch(from_snntorch.__doc__, "RecurrentCubaLIF",
+                                                "rsynaptic", "RSynaptic", "current-based LIF")
+    from_snntorch = classmethod(from_snntorch)
 
 
 class RecurrentAdLIF(_RecurrentStack):
@@ -976,19 +1007,9 @@ class RecurrentAdLIF(_RecurrentStack):
         return spikes, final
 
     def extra_repr(self):
-        text = (f"{self.in_features}, {self.hidden_size}, bias={self._layer(0)[2] is not None}, "
-                f"tau_u_range={self.tau_u_range}, tau_w_range={self.tau_w_range}, "
-                f"a_range={self.a_range}, b_range={self.b_range}, q={self.q}, "
-                f"theta={self.theta}, dt={self.dt}, reset={self.reset!r}, "
-                f"detach_reset={self.detach_reset}, surrogate={self.surrogate!r}, "
-                f"slope={self.slope}, batch_first={self.batch_first}, backend={self.backend!r}")
-        if self.num_layers > 1 or self.dropout:
-            text += f", num_layers={self.num_layers}, dropout={self.dropout}"
-        if self.recurrent != "all_to_all":
-            text += f", recurrent={self.recurrent!r}"
-        if not self.save_state:
-            text += ", save_state=False"
-        return text
+        return self._repr(f"tau_u_range={self.tau_u_range}, tau_w_range={self.tau_w_range}, "
+                          f"a_range={self.a_range}, b_range={self.b_range}, q={self.q}, "
+                          f"theta={self.theta}, dt={self.dt}", "save_state")
 
 
 def _range(value, name, positive=False):
@@ -1006,7 +1027,7 @@ def _range(value, name, positive=False):
     return low, high
 
 
-def _initial_value(value, name, decay, hidden_size, module, op):
+def _initial_value(value, name, decay, hidden_size, module, op, device):
     """A constructor's initial value of a neuron parameter: a float (checked
     as the functional `op` checks it, with its message: a decay in [0, 1],
     else finite), or a detached copy of a 0-dim or [hidden_size] real tensor
@@ -1016,6 +1037,10 @@ def _initial_value(value, name, decay, hidden_size, module, op):
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"{module}: argument '{name}' must be a float or a real tensor, got "
                         f"a tensor of dtype {value.dtype}")
+    if value.is_meta and torch.device(device or "cpu").type != "meta":
+        raise ValueError(f"{module}: argument '{name}' is a meta tensor (no values) but the "
+                         f"module's parameters are on {torch.device(device or 'cpu')}: give a "
+                         "float or a tensor with values (or device='meta')")
     if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != hidden_size):
         raise ValueError(f"{module}: argument '{name}' must be a float, a 0-dim tensor or an "
                          f"[N] = [{hidden_size}] tensor (one value per neuron), got a tensor of "

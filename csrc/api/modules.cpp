@@ -67,6 +67,21 @@ auto as_tuple(const std::vector<at::Tensor>& v, std::index_sequence<I...>) {
   return std::make_tuple(v[I]...);
 }
 
+// A functional form: model M's op with the options of its FuncOptions
+// (initial: its initial states besides s0, save_state: its low-memory flag),
+// as a tuple (spikes, states...).
+template <typename M, typename FuncOptions>
+auto call_functional(const at::Tensor& x, const std::optional<at::Tensor>& w_in,
+                     const std::optional<at::Tensor>& w_rec,
+                     const std::optional<at::Tensor>& bias, std::vector<at::Tensor> params,
+                     const std::vector<std::optional<at::Tensor>>& initial, const FuncOptions& o,
+                     bool save_state) {
+  return as_tuple(call_op<M>(x, w_in, w_rec, bias, std::move(params), initial, o.s0(),
+                             {o.reset(), o.detach_reset(), o.surrogate(), o.slope(), save_state},
+                             o.lengths()),
+                  std::make_index_sequence<1 + num_states_of<M>>{});
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
@@ -75,11 +90,8 @@ std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& bias,
                                                  const at::Tensor& alpha, const at::Tensor& theta,
                                                  const RecurrentLIFFuncOptions& o) {
-  return as_tuple(call_op<LIF>(x, w_in, w_rec, bias, {alpha, theta}, {o.u0()}, o.s0(),
-                               {o.reset(), o.detach_reset(), o.surrogate(), o.slope(),
-                                o.save_membrane()},
-                               o.lengths()),
-                  std::make_index_sequence<2>{});
+  return call_functional<LIF>(x, w_in, w_rec, bias, {alpha, theta}, {o.u0()}, o,
+                              o.save_membrane());
 }
 
 std::tuple<at::Tensor, at::Tensor> recurrent_lif(const at::Tensor& x,
@@ -97,12 +109,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
     const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias,
     const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& a, const at::Tensor& b,
     const at::Tensor& theta, const RecurrentAdLIFFuncOptions& o) {
-  return as_tuple(call_op<AdLIF>(x, w_in, w_rec, bias, {alpha, beta, a, b, theta},
-                                 {o.v0(), o.a0()}, o.s0(),
-                                 {o.reset(), o.detach_reset(), o.surrogate(), o.slope(),
-                                  o.save_state()},
-                                 o.lengths()),
-                  std::make_index_sequence<3>{});
+  return call_functional<AdLIF>(x, w_in, w_rec, bias, {alpha, beta, a, b, theta},
+                                {o.v0(), o.a0()}, o, o.save_state());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_adlif(
@@ -118,12 +126,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_cubalif(
     const std::optional<at::Tensor>& w_rec, const std::optional<at::Tensor>& bias,
     const at::Tensor& alpha, const at::Tensor& alpha_syn, const at::Tensor& theta,
     const RecurrentCubaLIFFuncOptions& o) {
-  return as_tuple(call_op<CubaLIF>(x, w_in, w_rec, bias, {alpha, alpha_syn, theta},
-                                   {o.u0(), o.j0()}, o.s0(),
-                                   {o.reset(), o.detach_reset(), o.surrogate(), o.slope(),
-                                    o.save_state()},
-                                   o.lengths()),
-                  std::make_index_sequence<3>{});
+  return call_functional<CubaLIF>(x, w_in, w_rec, bias, {alpha, alpha_syn, theta},
+                                  {o.u0(), o.j0()}, o, o.save_state());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> recurrent_cubalif(
@@ -267,6 +271,37 @@ std::string layer_name(const char* base, int64_t layer, int64_t num_layers) {
   return num_layers == 1 ? std::string(base) : c10::str(base, "_l", layer);
 }
 
+// One layer's tensors as model M's op takes them.
+struct LayerTensors {
+  at::Tensor w_in;
+  OptionalTensor w_rec, bias;
+  std::vector<at::Tensor> params;  // the model's parameters, in the op's order
+};
+
+// Every module's forward: the layer stack (run_stack) over model M's op, each
+// layer's tensors from `layer` and the state's parts named `parts` (the
+// spikes last). Returns the top layer's sequences (its states', the spikes
+// last) and the final state.
+template <typename M, typename Options>
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> run_model(
+    const char* module, const std::vector<const char*>& parts, const Options& o, bool save_state,
+    bool training, const at::Tensor& input, const std::vector<at::Tensor>& state,
+    const std::optional<at::Tensor>& lengths, const std::function<LayerTensors(int64_t)>& layer) {
+  const OptionalTensor given_lengths = given(lengths);
+  auto run_layer = [&](int64_t l, const at::Tensor& x, const std::vector<OptionalTensor>& initial) {
+    const LayerTensors t = layer(l);
+    const std::vector<std::optional<at::Tensor>> states(initial.begin(), initial.end() - 1);
+    std::vector<at::Tensor> out =
+        call_op<M>(x, t.w_in, t.w_rec, t.bias, t.params, states, initial.back(),
+                   {o.reset(), o.detach_reset(), o.surrogate(), o.slope(), save_state},
+                   given_lengths);
+    std::rotate(out.begin(), out.begin() + 1, out.end());  // the spikes last
+    return out;
+  };
+  return run_stack(module, input, state, parts, o.num_layers(), o.hidden_size(), o.batch_first(),
+                   o.dropout(), training, given_lengths, run_layer);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- RecurrentLIF, RecurrentCubaLIF
@@ -365,25 +400,39 @@ std::vector<at::Tensor> state_parts(const std::optional<State>& state, std::inde
   return {std::get<I>(*state)...};
 }
 
+// The construction of a LIF-like module (RecurrentLIF, RecurrentCubaLIF):
+// its options checked as the op checks them, then its layers registered
+// (Impl::Layer: w_in, w_rec, bias, then model M's parameters) and
+// initialised.
+template <typename M, typename Impl>
+void construct_module(Impl& m, const char* name, const std::vector<NeuronValue>& values) {
+  const auto& o = m.options;
+  check_neuron_module<M>(name, o.in_features(), o.hidden_size(), o.num_layers(), o.dropout(),
+                         o.recurrent(), values, o.reset(), o.detach_reset(), o.surrogate(),
+                         o.slope());
+  m.reset();
+}
+
+template <typename Impl, size_t... I>
+void register_layers(Impl& m, const std::vector<NeuronValue>& values, std::index_sequence<I...>) {
+  const auto& o = m.options;
+  const int64_t L = o.num_layers();
+  m.layers.assign(L, typename Impl::Layer{});
+  for (int64_t l = 0; l < L; ++l) {
+    const auto t = register_layer(m, l, L, o.in_features(), o.hidden_size(), o.bias(),
+                                  o.recurrent(), o.per_neuron(), values);
+    m.layers[l] = typename Impl::Layer{t[I]...};
+  }
+}
+
 }  // namespace
 
 RecurrentLIFImpl::RecurrentLIFImpl(const RecurrentLIFOptions& options_) : options(options_) {
-  check_neuron_module<LIF>("RecurrentLIF", options.in_features(), options.hidden_size(),
-                           options.num_layers(), options.dropout(), options.recurrent(),
-                           lif_values(options), options.reset(), options.detach_reset(),
-                           options.surrogate(), options.slope());
-  reset();
+  construct_module<LIF>(*this, "RecurrentLIF", lif_values(options));
 }
 
 void RecurrentLIFImpl::reset() {
-  const int64_t L = options.num_layers();
-  layers.assign(L, Layer{});
-  for (int64_t l = 0; l < L; ++l) {
-    const auto t = register_layer(*this, l, L, options.in_features(), options.hidden_size(),
-                                  options.bias(), options.recurrent(), options.per_neuron(),
-                                  lif_values(options));
-    layers[l] = Layer{t[0], t[1], t[2], t[3], t[4]};
-  }
+  register_layers(*this, lif_values(options), std::make_index_sequence<5>{});
   w_in = layers[0].w_in, w_rec = layers[0].w_rec, bias = layers[0].bias;
   alpha = layers[0].alpha, theta = layers[0].theta;
   reset_parameters();
@@ -400,27 +449,13 @@ std::tuple<at::Tensor, at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::fo
     const at::Tensor& input, const std::optional<State>& state,
     const std::optional<at::Tensor>& lengths) {
   const int64_t N = options.hidden_size();
-  const OptionalTensor given_lengths = given(lengths);
-  auto run_layer = [&](int64_t l, const at::Tensor& x, const std::vector<OptionalTensor>& initial) {
-    const Layer& layer = layers[l];
-    auto call_options = RecurrentLIFFuncOptions()
-                            .reset(options.reset())
-                            .detach_reset(options.detach_reset())
-                            .surrogate(options.surrogate())
-                            .slope(options.slope())
-                            .save_membrane(options.save_membrane())
-                            .u0(initial[0])
-                            .s0(initial[1])
-                            .lengths(given_lengths);
-    auto [spikes, membrane] =
-        recurrent_lif(x, layer.w_in, w_rec_for_op(layer.w_rec, options.recurrent(), N),
-                      given(layer.bias), layer.alpha.clamp(0, 1), layer.theta, call_options);
-    return std::vector<at::Tensor>{membrane, spikes};
-  };
-  auto [top, last] = run_stack("RecurrentLIF", input,
-                               state_parts(state, std::make_index_sequence<2>{}), {"u", "s"},
-                               options.num_layers(), N, options.batch_first(), options.dropout(),
-                               is_training(), given_lengths, run_layer);
+  auto [top, last] = run_model<LIF>(
+      "RecurrentLIF", {"u", "s"}, options, options.save_membrane(), is_training(), input,
+      state_parts(state, std::make_index_sequence<2>{}), lengths, [&](int64_t l) {
+        const Layer& layer = layers[l];
+        return LayerTensors{layer.w_in, w_rec_for_op(layer.w_rec, options.recurrent(), N),
+                            given(layer.bias), {layer.alpha.clamp(0, 1), layer.theta}};
+      });
   return {top[1], top[0], State{last[0], last[1]}};
 }
 
@@ -443,22 +478,11 @@ RecurrentCubaLIFOptions::RecurrentCubaLIFOptions(int64_t in_features, int64_t hi
 
 RecurrentCubaLIFImpl::RecurrentCubaLIFImpl(const RecurrentCubaLIFOptions& options_)
     : options(options_) {
-  check_neuron_module<CubaLIF>("RecurrentCubaLIF", options.in_features(), options.hidden_size(),
-                               options.num_layers(), options.dropout(), options.recurrent(),
-                               cuba_values(options), options.reset(), options.detach_reset(),
-                               options.surrogate(), options.slope());
-  reset();
+  construct_module<CubaLIF>(*this, "RecurrentCubaLIF", cuba_values(options));
 }
 
 void RecurrentCubaLIFImpl::reset() {
-  const int64_t L = options.num_layers();
-  layers.assign(L, Layer{});
-  for (int64_t l = 0; l < L; ++l) {
-    const auto t = register_layer(*this, l, L, options.in_features(), options.hidden_size(),
-                                  options.bias(), options.recurrent(), options.per_neuron(),
-                                  cuba_values(options));
-    layers[l] = Layer{t[0], t[1], t[2], t[3], t[4], t[5]};
-  }
+  register_layers(*this, cuba_values(options), std::make_index_sequence<6>{});
   reset_parameters();
 }
 
@@ -474,28 +498,15 @@ RecurrentCubaLIFImpl::forward_with_membrane(const at::Tensor& input,
                                             const std::optional<State>& state,
                                             const std::optional<at::Tensor>& lengths) {
   const int64_t N = options.hidden_size();
-  const OptionalTensor given_lengths = given(lengths);
-  auto run_layer = [&](int64_t l, const at::Tensor& x, const std::vector<OptionalTensor>& initial) {
-    const Layer& layer = layers[l];
-    auto call_options = RecurrentCubaLIFFuncOptions()
-                            .reset(options.reset())
-                            .detach_reset(options.detach_reset())
-                            .surrogate(options.surrogate())
-                            .slope(options.slope())
-                            .save_state(options.save_state())
-                            .u0(initial[0])
-                            .j0(initial[1])
-                            .s0(initial[2])
-                            .lengths(given_lengths);
-    auto [spikes, membrane, current] = recurrent_cubalif(
-        x, layer.w_in, w_rec_for_op(layer.w_rec, options.recurrent(), N), given(layer.bias),
-        layer.alpha.clamp(0, 1), layer.alpha_syn.clamp(0, 1), layer.theta, call_options);
-    return std::vector<at::Tensor>{membrane, current, spikes};
-  };
-  auto [top, last] = run_stack("RecurrentCubaLIF", input,
-                               state_parts(state, std::make_index_sequence<3>{}),
-                               {"u", "j", "s"}, options.num_layers(), N, options.batch_first(),
-                               options.dropout(), is_training(), given_lengths, run_layer);
+  auto [top, last] = run_model<CubaLIF>(
+      "RecurrentCubaLIF", {"u", "j", "s"}, options, options.save_state(), is_training(), input,
+      state_parts(state, std::make_index_sequence<3>{}), lengths, [&](int64_t l) {
+        const Layer& layer = layers[l];
+        return LayerTensors{layer.w_in,
+                            w_rec_for_op(layer.w_rec, options.recurrent(), N),
+                            given(layer.bias),
+                            {layer.alpha.clamp(0, 1), layer.alpha_syn.clamp(0, 1), layer.theta}};
+      });
   return {top[2], top[0], State{last[0], last[1], last[2]}};
 }
 
@@ -610,33 +621,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> RecurrentAdLIFImpl::n
 std::tuple<at::Tensor, RecurrentAdLIFImpl::State> RecurrentAdLIFImpl::forward(
     const at::Tensor& input, const std::optional<State>& state,
     const std::optional<at::Tensor>& lengths) {
-  const OptionalTensor given_lengths = given(lengths);
-  std::vector<at::Tensor> parts;
-  if (state) parts = {std::get<0>(*state), std::get<1>(*state), std::get<2>(*state)};
-  auto run_layer = [&](int64_t l, const at::Tensor& x, const std::vector<OptionalTensor>& initial) {
-    const Layer& layer = layers[l];
-    const auto [alpha, beta, a, b] = neuron_params(l);
-    auto call_options = RecurrentAdLIFFuncOptions()
-                            .reset(options.reset())
-                            .detach_reset(options.detach_reset())
-                            .surrogate(options.surrogate())
-                            .slope(options.slope())
-                            .save_state(options.save_state())
-                            .v0(initial[0])
-                            .a0(initial[1])
-                            .s0(initial[2])
-                            .lengths(given_lengths);
-    const at::Tensor theta =
-        at::full({}, options.theta(), alpha.options().dtype(compute_dtype(x.scalar_type())));
-    auto [spikes, membrane, adaptation] =
-        recurrent_adlif(x, layer.w_in, given(layer.w_rec), given(layer.bias), alpha, beta, a, b,
-                        theta, call_options);
-    return std::vector<at::Tensor>{membrane, adaptation, spikes};
-  };
-  auto [top, last] = run_stack("RecurrentAdLIF", input, parts, {"v", "a", "s"},
-                               options.num_layers(), options.hidden_size(),
-                               options.batch_first(), options.dropout(), is_training(),
-                               given_lengths, run_layer);
+  auto [top, last] = run_model<AdLIF>(
+      "RecurrentAdLIF", {"v", "a", "s"}, options, options.save_state(), is_training(), input,
+      state_parts(state, std::make_index_sequence<3>{}), lengths, [&](int64_t l) {
+        const Layer& layer = layers[l];
+        const auto [alpha, beta, a, b] = neuron_params(l);
+        const at::Tensor theta = at::full(
+            {}, options.theta(), alpha.options().dtype(compute_dtype(alpha.scalar_type())));
+        return LayerTensors{layer.w_in, given(layer.w_rec), given(layer.bias),
+                            {alpha, beta, a, b, theta}};
+      });
   return {top[2], State{last[0], last[1], last[2]}};
 }
 

@@ -383,6 +383,12 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
                      .view({T, B, F})
                : (gain.defined() ? out.grad_input * gain : out.grad_input))
               .to(x.scalar_type());
+    if (w_in.has_value() && in.state.lengths.defined()) {
+      // Steps past a row's length pass no gradient, also where gX = 0 meets
+      // a non-finite weight.
+      const at::Tensor steps = at::arange(T, in.state.lengths.options()).view({T, 1, 1});
+      g.x = g.x.masked_fill(steps >= in.state.lengths.view({1, B, 1}), 0);
+    }
   }
   at::Tensor drive;
   if (w_in.has_value() && (need.w_in || need.drive)) {
@@ -484,6 +490,11 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
   const bool need_drive = drive_param >= 0 && need_params[drive_param];
 
   LoopInputs state = loop_inputs(in_t, N, compute, options.reset);
+  if (state.lengths.defined()) {
+    // A row that takes no step passes nothing back: its s0 (any value, NaN
+    // included) must not reach the w_rec gradient through gX = 0 times it.
+    state.s0 = state.s0.masked_fill(state.lengths.le(0).unsqueeze(1), 0);
+  }
   at::Tensor spikes_c = compute_contiguous(t.spikes, compute);
   std::vector<at::Tensor> states =
       states_for_backward(neuron, state, t, spikes_c, N, compute, forward_loop);

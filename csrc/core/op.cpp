@@ -222,39 +222,27 @@ struct Registration {
 }  // namespace
 
 TORCH_LIBRARY(torch_ext, m) {
-#define TORCH_EXT_DEFINE(M) Registration<M>::define(m);
-  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_DEFINE)
-#undef TORCH_EXT_DEFINE
+  for_each_neuron([&]<typename M>() { Registration<M>::define(m); });
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, CompositeExplicitAutograd, m) {
-#define TORCH_EXT_COMPOSITE(M) Registration<M>::composite(m);
-  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_COMPOSITE)
-#undef TORCH_EXT_COMPOSITE
+  for_each_neuron([&]<typename M>() { Registration<M>::composite(m); });
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, Meta, m) {
-#define TORCH_EXT_META(M) Registration<M>::meta(m);
-  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_META)
-#undef TORCH_EXT_META
+  for_each_neuron([&]<typename M>() { Registration<M>::meta(m); });
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, Autograd, m) {
-#define TORCH_EXT_AUTOGRAD(M) Registration<M>::autograd(m);
-  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_AUTOGRAD)
-#undef TORCH_EXT_AUTOGRAD
+  for_each_neuron([&]<typename M>() { Registration<M>::autograd(m); });
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, AutocastCPU, m) {
-#define TORCH_EXT_AUTOCAST(M) Registration<M>::autocast<c10::DeviceType::CPU>(m);
-  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_AUTOCAST)
-#undef TORCH_EXT_AUTOCAST
+  for_each_neuron([&]<typename M>() { Registration<M>::template autocast<c10::DeviceType::CPU>(m); });
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, AutocastCUDA, m) {
-#define TORCH_EXT_AUTOCAST(M) Registration<M>::autocast<c10::DeviceType::CUDA>(m);
-  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_AUTOCAST)
-#undef TORCH_EXT_AUTOCAST
+  for_each_neuron([&]<typename M>() { Registration<M>::template autocast<c10::DeviceType::CUDA>(m); });
 }
 
 }  // namespace torch_ext

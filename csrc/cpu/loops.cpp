@@ -604,9 +604,7 @@ void register_cpu(torch::Library& m) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ext, CPU, m) {
-#define TORCH_EXT_REGISTER(M) register_cpu<M>(m);
-  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_REGISTER)
-#undef TORCH_EXT_REGISTER
+  for_each_neuron([&]<typename M>() { register_cpu<M>(m); });
 }
 
 }  // namespace torch_ext

@@ -798,9 +798,7 @@ void register_cuda(torch::Library& m) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ext, CUDA, m) {
-#define TORCH_EXT_REGISTER(M) register_cuda<M>(m);
-  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_REGISTER)
-#undef TORCH_EXT_REGISTER
+  for_each_neuron([&]<typename M>() { register_cuda<M>(m); });
 }
 
 }  // namespace torch_ext

@@ -34,7 +34,8 @@ C10_HOST_DEVICE inline T cuba_membrane(Reset reset, T alpha, T theta, T u_prev, 
   return T(0);
 }
 
-struct CubaLIF {
+// S[t] reaches only step t+1's recurrence and reset, as in the LIF neuron.
+struct CubaLIF : SpikeFeedsTheNextStep {
   enum { kAlpha, kAlphaSyn, kTheta };
   enum { kU, kJ };
   static constexpr std::array<ParamSpec, 3> kParams{
@@ -50,13 +51,6 @@ struct CubaLIF {
     now[kJ] = p[kAlphaSyn] * prev[kJ] + input + rec;
     now[kU] = cuba_membrane(R, p[kAlpha], p[kTheta], prev[kU], r_prev, now[kJ]);
     if (!Replay) s = spike(now[kU], p[kTheta]);
-  }
-
-  // S[t] reaches only step t+1's recurrence and reset, as in the LIF neuron.
-  C10_HOST_DEVICE static bool spike_gets_grad(bool grad_spikes_given, unsigned /*grad_states*/,
-                                              bool has_next, bool recurrent, Reset reset,
-                                              bool detach_reset) {
-    return torch_ext::spike_gets_grad(grad_spikes_given, has_next, recurrent, reset, detach_reset);
   }
 
   template <typename T, Reset R, Surrogate SG>

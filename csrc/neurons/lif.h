@@ -87,7 +87,16 @@ C10_HOST_DEVICE inline T theta_grad_term(Reset reset, T grad_s_sg, T grad_u, T r
   return reset == Reset::Subtract ? -grad_s_sg - grad_u * r_prev : -grad_s_sg;
 }
 
-struct LIF {
+// The models whose spike reaches only step t+1's recurrence and reset (LIF, CUBA).
+struct SpikeFeedsTheNextStep {
+  C10_HOST_DEVICE static bool spike_gets_grad(bool grad_spikes_given, unsigned /*grad_states*/,
+                                              bool has_next, bool recurrent, Reset reset,
+                                              bool detach_reset) {
+    return torch_ext::spike_gets_grad(grad_spikes_given, has_next, recurrent, reset, detach_reset);
+  }
+};
+
+struct LIF : SpikeFeedsTheNextStep {
   enum { kAlpha, kTheta };
   static constexpr std::array<ParamSpec, 2> kParams{{{"alpha", 0.9, true}, {"theta", 1.0, false}}};
   static constexpr std::array<StateSpec, 1> kStates{{{"u0", "membrane"}}};
@@ -100,12 +109,6 @@ struct LIF {
                                       T& s) {
     now[0] = membrane_step(R, p[kAlpha], p[kTheta], prev[0], r_prev, input, rec);
     if (!Replay) s = spike(now[0], p[kTheta]);
-  }
-
-  C10_HOST_DEVICE static bool spike_gets_grad(bool grad_spikes_given, unsigned /*grad_states*/,
-                                              bool has_next, bool recurrent, Reset reset,
-                                              bool detach_reset) {
-    return torch_ext::spike_gets_grad(grad_spikes_given, has_next, recurrent, reset, detach_reset);
   }
 
   template <typename T, Reset R, Surrogate SG>

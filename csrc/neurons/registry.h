@@ -12,3 +12,16 @@
   X(LIF)                             \
   X(AdLIF)                           \
   X(CubaLIF)
+
+namespace torch_ext {
+
+// f.template operator()<M>() for every model M of the list, in its order:
+// for_each_neuron([&]<typename M>() { ... });
+template <typename F>
+void for_each_neuron(F&& f) {
+#define TORCH_EXT_CALL(M) f.template operator()<M>();
+  TORCH_EXT_FOR_EACH_NEURON(TORCH_EXT_CALL)
+#undef TORCH_EXT_CALL
+}
+
+}  // namespace torch_ext

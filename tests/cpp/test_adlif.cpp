@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "error_message.h"
 #include "lif_reference.h"
 #include "python_data.h"
 
@@ -25,24 +26,16 @@ TEST(AdaptiveOp, NumbersOverloadAndErrors) {
   const auto [s, v, a] = torch_ext::recurrent_adlif(x, w_in, std::nullopt);
   EXPECT_EQ(s.sizes(), (std::vector<int64_t>{4, 2, 5}));
   EXPECT_EQ(a.sizes(), (std::vector<int64_t>{4, 2, 5}));
-  auto message = [&](auto&& call) {
-    try {
-      call();
-    } catch (const c10::Error& e) {
-      return std::string(e.what_without_backtrace());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(message([&] { torch_ext::recurrent_adlif(x, w_in, std::nullopt, std::nullopt, 0.9, 1.5); })
+  EXPECT_NE(error_message([&] { torch_ext::recurrent_adlif(x, w_in, std::nullopt, std::nullopt, 0.9, 1.5); })
                 .find("argument 'beta' must lie in [0, 1]"),
             std::string::npos);
   const Tensor one = torch::ones({});
-  EXPECT_NE(message([&] {
+  EXPECT_NE(error_message([&] {
               torch_ext::recurrent_adlif(x, w_in, std::nullopt, std::nullopt, one * 0.9, one * 0.9,
                                          torch::ones({4}), one, one);
             }).find("recurrent_adlif: argument 'a' must be a float, a 0-dim tensor or a tensor of shape [N]"),
             std::string::npos);
-  EXPECT_NE(message([&] {
+  EXPECT_NE(error_message([&] {
               torch_ext::recurrent_adlif(x, w_in, std::nullopt, std::nullopt, one, one, one, Tensor(), one);
             }).find("argument 'b' is required"),
             std::string::npos);
@@ -91,89 +84,15 @@ TEST(AdaptiveModule, ParametersStateAndContinuation) {
 
 namespace {
 
-using python_data::kData;
-using python_data::optional_tensor;
-using python_data::read_dict;
-using python_data::tensor_dict;
-
-// The C++ options from the Python RecurrentAdLIF's keyword arguments; an
-// option the C++ module does not have fails the test.
-torch_ext::RecurrentAdLIFOptions adaptive_options_from(const c10::impl::GenericDict& python) {
-  torch_ext::RecurrentAdLIFOptions o(python.at("in_features").toInt(),
-                                     python.at("hidden_size").toInt());
-  auto range = [](const c10::IValue& v) {
-    std::vector<double> values;
-    for (const auto& item : v.toList()) values.push_back(item.get().toDouble());
-    return values;
-  };
-  for (const auto& entry : python) {
-    const std::string key = entry.key().toStringRef();
-    const c10::IValue& v = entry.value();
-    if (key == "in_features" || key == "hidden_size") continue;
-    if (key == "num_layers") o.num_layers(v.toInt());
-    else if (key == "recurrent") o.recurrent(v.toStringRef());
-    else if (key == "bias") o.bias(v.toBool());
-    else if (key == "tau_u_range") o.tau_u_range(range(v));
-    else if (key == "tau_w_range") o.tau_w_range(range(v));
-    else if (key == "a_range") o.a_range(range(v));
-    else if (key == "b_range") o.b_range(range(v));
-    else if (key == "q") o.q(v.toDouble());
-    else if (key == "theta") o.theta(v.toDouble());
-    else if (key == "dt") o.dt(v.toDouble());
-    else if (key == "reset") o.reset(v.toStringRef());
-    else if (key == "detach_reset") o.detach_reset(v.toBool());
-    else if (key == "surrogate") o.surrogate(v.toStringRef());
-    else if (key == "slope") o.slope(v.toDouble());
-    else if (key == "batch_first") o.batch_first(v.toBool());
-    else ADD_FAILURE() << "the C++ module has no option '" << key << "'";
-  }
-  return o;
-}
+using namespace python_data;
 
 class AdaptiveMatchesPython : public ::testing::TestWithParam<std::string> {};
 
 // The Python RecurrentAdLIF's options, state_dict (loaded by name) and
 // inputs give the same spikes, final state (v, a, s) and gradients of every
-// parameter and the input in C++ (float64, up to summation order).
+// parameter and the input in C++.
 TEST_P(AdaptiveMatchesPython, OutputsStateAndGradients) {
-  const auto data = read_dict(kData / ("adaptive_" + GetParam() + ".pt"));
-  torch_ext::RecurrentAdLIF module(adaptive_options_from(data.at("options").toGenericDict()));
-  module->to(torch::kFloat64);
-  module->eval();
-  torch_ext::load_state_dict(*module, tensor_dict(data.at("state_dict")));
-
-  const Tensor x = data.at("x").toTensor().clone().requires_grad_();
-  std::optional<torch_ext::RecurrentAdLIFImpl::State> state;
-  if (!data.at("state").isNone()) {
-    const auto parts = data.at("state").toList();
-    state = {{parts.get(0).toTensor(), parts.get(1).toTensor(), parts.get(2).toTensor()}};
-  }
-  const auto [spikes, final_state] = module(x, state, optional_tensor(data.at("lengths")));
-  const std::vector<Tensor> outputs{spikes, std::get<0>(final_state), std::get<1>(final_state),
-                                    std::get<2>(final_state)};
-  const auto expected_final = data.at("final_state").toList();
-  EXPECT_TRUE(torch::equal(spikes, data.at("spikes").toTensor()));
-  for (size_t p = 0; p < 3; ++p) {
-    EXPECT_TRUE(torch::allclose(outputs[p + 1], expected_final.get(p).toTensor(), 1e-12, 1e-12))
-        << "final state part " << p;
-  }
-
-  const auto weights = data.at("loss_weights").toList();
-  Tensor loss = torch::zeros({}, torch::kFloat64);
-  for (size_t i = 0; i < outputs.size(); ++i) loss = loss + (weights.get(i).toTensor() * outputs[i]).sum();
-  std::vector<Tensor> inputs;
-  std::vector<std::string> names;
-  for (const auto& p : module->named_parameters()) names.push_back(p.key()), inputs.push_back(p.value());
-  inputs.push_back(x);
-  const auto grads = torch::autograd::grad({loss}, inputs);
-  const auto expected = tensor_dict(data.at("grads"));
-  ASSERT_EQ(expected.size(), names.size());
-  for (size_t i = 0; i < names.size(); ++i) {
-    const Tensor want = expected.at(names[i]);
-    EXPECT_TRUE(torch::allclose(grads[i], want, 1e-10, 1e-12))
-        << names[i] << ": differs by " << (grads[i] - want).abs().max().item<double>();
-  }
-  EXPECT_TRUE(torch::allclose(grads.back(), data.at("grad_x").toTensor(), 1e-10, 1e-12));
+  expect_matches_python<torch_ext::RecurrentAdLIF>("adaptive_" + GetParam() + ".pt");
 }
 
 INSTANTIATE_TEST_SUITE_P(PythonCases, AdaptiveMatchesPython,

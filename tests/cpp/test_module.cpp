@@ -19,77 +19,14 @@ namespace {
 
 using torch::Tensor;
 namespace fs = std::filesystem;
-using python_data::kData;
-using python_data::optional_tensor;
-using python_data::read_dict;
-using python_data::tensor_dict;
-
-// The C++ options from the Python constructor's keyword arguments; an option
-// the C++ module does not have fails the test.
-torch_ext::RecurrentLIFOptions options_from(const c10::impl::GenericDict& python) {
-  torch_ext::RecurrentLIFOptions o(python.at("in_features").toInt(),
-                                   python.at("hidden_size").toInt());
-  for (const auto& entry : python) {
-    const std::string key = entry.key().toStringRef();
-    const c10::IValue& v = entry.value();
-    if (key == "in_features" || key == "hidden_size") continue;
-    if (key == "num_layers") o.num_layers(v.toInt());
-    else if (key == "dropout") o.dropout(v.toDouble());
-    else if (key == "recurrent") o.recurrent(v.toStringRef());
-    else if (key == "bias") o.bias(v.toBool());
-    else if (key == "alpha") o.alpha(v.toDouble());
-    else if (key == "theta") o.theta(v.toDouble());
-    else if (key == "learn_alpha") o.learn_alpha(v.toBool());
-    else if (key == "learn_theta") o.learn_theta(v.toBool());
-    else if (key == "per_neuron") o.per_neuron(v.toBool());
-    else if (key == "reset") o.reset(v.toStringRef());
-    else if (key == "detach_reset") o.detach_reset(v.toBool());
-    else if (key == "surrogate") o.surrogate(v.toStringRef());
-    else if (key == "slope") o.slope(v.toDouble());
-    else if (key == "batch_first") o.batch_first(v.toBool());
-    else if (key == "save_membrane") o.save_membrane(v.toBool());
-    else ADD_FAILURE() << "the C++ module has no option '" << key << "'";
-  }
-  return o;
-}
+using namespace python_data;
 
 class MatchesPython : public ::testing::TestWithParam<std::string> {};
 
 // Same options, same parameters (loaded by name), same inputs: the same
-// spikes, final state and gradients as the Python module. float64; the
-// tolerance covers summation order only (the same kernels run in both).
+// spikes, final state and gradients as the Python module.
 TEST_P(MatchesPython, OutputsStateAndGradients) {
-  const auto data = read_dict(kData / ("module_" + GetParam() + ".pt"));
-  torch_ext::RecurrentLIF module(options_from(data.at("options").toGenericDict()));
-  module->to(torch::kFloat64);
-  module->eval();
-  torch_ext::load_state_dict(*module, tensor_dict(data.at("state_dict")));
-
-  const Tensor x = data.at("x").toTensor().clone().requires_grad_();
-  std::optional<torch_ext::RecurrentLIFImpl::State> state;
-  if (!data.at("u0").isNone()) state = {{data.at("u0").toTensor(), data.at("s0").toTensor()}};
-  const auto [spikes, final_state] = module(x, state, optional_tensor(data.at("lengths")));
-  const auto& [u, s] = final_state;
-  EXPECT_TRUE(torch::equal(spikes, data.at("spikes").toTensor()));
-  EXPECT_TRUE(torch::allclose(u, data.at("u").toTensor(), 1e-12, 1e-12));
-  EXPECT_TRUE(torch::equal(s, data.at("s").toTensor()));
-
-  const auto weights = data.at("loss_weights").toList();
-  const Tensor loss = (weights.get(0).toTensor() * spikes).sum() +
-                      (weights.get(1).toTensor() * u).sum() + (weights.get(2).toTensor() * s).sum();
-  std::vector<Tensor> inputs;
-  std::vector<std::string> names;
-  for (const auto& p : module->named_parameters()) names.push_back(p.key()), inputs.push_back(p.value());
-  inputs.push_back(x);
-  const auto grads = torch::autograd::grad({loss}, inputs);
-  const auto expected = tensor_dict(data.at("grads"));
-  ASSERT_EQ(expected.size(), names.size());
-  for (size_t i = 0; i < names.size(); ++i) {
-    const Tensor want = expected.at(names[i]);
-    EXPECT_TRUE(torch::allclose(grads[i], want, 1e-10, 1e-12))
-        << names[i] << ": differs by " << (grads[i] - want).abs().max().item<double>();
-  }
-  EXPECT_TRUE(torch::allclose(grads.back(), data.at("grad_x").toTensor(), 1e-10, 1e-12));
+  expect_matches_python<torch_ext::RecurrentLIF>("module_" + GetParam() + ".pt");
 }
 
 INSTANTIATE_TEST_SUITE_P(PythonCases, MatchesPython,

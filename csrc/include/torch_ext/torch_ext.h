@@ -31,28 +31,58 @@
 #include <tuple>
 #include <vector>
 
+// The options every neuron op and module takes, with its model's defaults
+// for the reset (chainable setters, as every TORCH_ARG):
+//   reset         "subtract", "zero" or "none"
+//   detach_reset  if true, no gradient flows through the reset
+//   surrogate     "sigmoid" (default), "fast_sigmoid", "atan" or "triangle"
+//   slope         the surrogate's slope k > 0; none: the surrogate's default
+#define TORCH_EXT_NEURON_OPTIONS(default_reset, default_detach_reset) \
+  TORCH_ARG(std::string, reset) = default_reset;                      \
+  TORCH_ARG(bool, detach_reset) = default_detach_reset;               \
+  TORCH_ARG(std::string, surrogate) = "sigmoid";                      \
+  TORCH_ARG(std::optional<double>, slope) = std::nullopt
+
+// The options of every module's layer stack:
+//   bias         learn a bias [N] per layer
+//   batch_first  x as [B, T, F] (spikes [B, T, N]) instead of [T, B, F]
+//   num_layers   L stacked layers: layer 0 maps in_features to hidden_size,
+//                the others hidden_size to hidden_size, each fed the spikes
+//                of the layer below
+//   dropout      with L > 1, the probability of dropping each spike between
+//                two layers (kept spikes scaled by 1 / (1 - dropout)), in
+//                training mode only
+//   recurrent    "all_to_all" (w_rec [N, N]), "one_to_one" (w_rec [N]: each
+//                neuron feeds back only its own spike) or "none" (no w_rec)
+#define TORCH_EXT_STACK_OPTIONS                        \
+  TORCH_ARG(bool, bias) = true;                        \
+  TORCH_ARG(bool, batch_first) = false;                \
+  TORCH_ARG(int64_t, num_layers) = 1;                  \
+  TORCH_ARG(double, dropout) = 0.0;                    \
+  TORCH_ARG(std::string, recurrent) = "all_to_all"
+
+// The options of every functional op besides its initial states:
+//   s0            initial spikes [B, N] (any real values; default zeros)
+//   the neuron options above
+//   <save_flag>   false: the low-memory mode. Autograd keeps nothing of size
+//                 T*B*N beyond the returned spikes; the backward recomputes
+//                 the states (exactly)
+//   lengths       [B] integers: row b takes steps t < lengths[b] only (a
+//                 variable-length batch); its later steps output 0
+#define TORCH_EXT_CALL_OPTIONS(save_flag, default_reset, default_detach_reset) \
+  TORCH_ARG(std::optional<at::Tensor>, s0) = std::nullopt;                     \
+  TORCH_EXT_NEURON_OPTIONS(default_reset, default_detach_reset);               \
+  TORCH_ARG(bool, save_flag) = true;                                           \
+  TORCH_ARG(std::optional<at::Tensor>, lengths) = std::nullopt
+
 namespace torch_ext {
 
 // Options of recurrent_lif beyond its tensors, with chainable setters:
 // RecurrentLIFFuncOptions().reset("zero").surrogate("atan").
 struct RecurrentLIFFuncOptions {
-  // Initial membrane and spikes, each [B, N] (default zeros).
+  // Initial membrane [B, N] (default zeros).
   TORCH_ARG(std::optional<at::Tensor>, u0) = std::nullopt;
-  TORCH_ARG(std::optional<at::Tensor>, s0) = std::nullopt;
-  // "subtract" (default), "zero" or "none".
-  TORCH_ARG(std::string, reset) = "subtract";
-  // If true, no gradient flows through the reset.
-  TORCH_ARG(bool, detach_reset) = false;
-  // "sigmoid" (default), "fast_sigmoid", "atan" or "triangle".
-  TORCH_ARG(std::string, surrogate) = "sigmoid";
-  // Surrogate slope k > 0; none: the surrogate's default.
-  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
-  // false: the low-memory mode. Autograd keeps nothing of size T*B*N beyond
-  // the returned spikes; the backward recomputes the membrane (exactly).
-  TORCH_ARG(bool, save_membrane) = true;
-  // [B] integers: row b takes steps t < lengths[b] only (a variable-length
-  // batch); its later steps output spikes and membrane 0.
-  TORCH_ARG(std::optional<at::Tensor>, lengths) = std::nullopt;
+  TORCH_EXT_CALL_OPTIONS(save_membrane, "subtract", false);
 };
 
 // Runs a recurrent LIF layer over a whole sequence.
@@ -82,7 +112,7 @@ struct RecurrentLIFOptions {
   RecurrentLIFOptions(int64_t in_features, int64_t hidden_size);
   TORCH_ARG(int64_t, in_features);
   TORCH_ARG(int64_t, hidden_size);
-  TORCH_ARG(bool, bias) = true;
+  TORCH_EXT_STACK_OPTIONS;
   // Initial values of the decay (kept in [0, 1] by clamping) and the threshold.
   TORCH_ARG(double, alpha) = 0.9;
   TORCH_ARG(double, theta) = 1.0;
@@ -91,23 +121,9 @@ struct RecurrentLIFOptions {
   TORCH_ARG(bool, learn_theta) = false;
   // One alpha and theta per neuron ([N]) instead of one for the layer.
   TORCH_ARG(bool, per_neuron) = false;
-  TORCH_ARG(std::string, reset) = "subtract";
-  TORCH_ARG(bool, detach_reset) = false;
-  TORCH_ARG(std::string, surrogate) = "sigmoid";
-  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
-  // x as [B, T, F] (spikes [B, T, N]) instead of [T, B, F].
-  TORCH_ARG(bool, batch_first) = false;
+  TORCH_EXT_NEURON_OPTIONS("subtract", false);
   // false: the low-memory mode (see RecurrentLIFFuncOptions).
   TORCH_ARG(bool, save_membrane) = true;
-  // L stacked layers: layer 0 maps in_features to hidden_size, the others
-  // hidden_size to hidden_size, each fed the spikes of the layer below.
-  TORCH_ARG(int64_t, num_layers) = 1;
-  // With L > 1, the probability of dropping each spike between two layers
-  // (kept spikes scaled by 1 / (1 - dropout)), in training mode only.
-  TORCH_ARG(double, dropout) = 0.0;
-  // "all_to_all" (w_rec [N, N]), "one_to_one" (w_rec [N]: each neuron feeds
-  // back only its own spike) or "none" (no w_rec).
-  TORCH_ARG(std::string, recurrent) = "all_to_all";
   // The Python module's return_membrane: in C++ call forward_with_membrane.
   TORCH_ARG(bool, return_membrane) = false;
 };
@@ -168,17 +184,10 @@ TORCH_MODULE(RecurrentLIF);
 // Options of recurrent_adlif beyond its tensors (the adaptive neuron's
 // defaults: reset "zero", detach_reset true).
 struct RecurrentAdLIFFuncOptions {
-  // Initial membrane, adaptation and spikes, each [B, N] (default zeros).
+  // Initial membrane and adaptation, each [B, N] (default zeros).
   TORCH_ARG(std::optional<at::Tensor>, v0) = std::nullopt;
   TORCH_ARG(std::optional<at::Tensor>, a0) = std::nullopt;
-  TORCH_ARG(std::optional<at::Tensor>, s0) = std::nullopt;
-  TORCH_ARG(std::string, reset) = "zero";
-  TORCH_ARG(bool, detach_reset) = true;
-  TORCH_ARG(std::string, surrogate) = "sigmoid";
-  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
-  // false: autograd keeps only the spikes; the backward recomputes the states.
-  TORCH_ARG(bool, save_state) = true;
-  TORCH_ARG(std::optional<at::Tensor>, lengths) = std::nullopt;
+  TORCH_EXT_CALL_OPTIONS(save_state, "zero", true);
 };
 
 // Runs a recurrent layer of adaptive (SE-adLIF) neurons over a sequence:
@@ -207,10 +216,7 @@ struct RecurrentAdLIFOptions {
   RecurrentAdLIFOptions(int64_t in_features, int64_t hidden_size);
   TORCH_ARG(int64_t, in_features);
   TORCH_ARG(int64_t, hidden_size);
-  TORCH_ARG(bool, bias) = true;
-  TORCH_ARG(int64_t, num_layers) = 1;
-  TORCH_ARG(double, dropout) = 0.0;
-  TORCH_ARG(std::string, recurrent) = "all_to_all";
+  TORCH_EXT_STACK_OPTIONS;
   // The ranges the module keeps the time constants (in steps of dt), a and b in.
   TORCH_ARG(std::vector<double>, tau_u_range) = std::vector<double>{5.0, 25.0};
   TORCH_ARG(std::vector<double>, tau_w_range) = std::vector<double>{60.0, 300.0};
@@ -220,11 +226,8 @@ struct RecurrentAdLIFOptions {
   TORCH_ARG(double, q) = 120.0;
   TORCH_ARG(double, theta) = 1.0;
   TORCH_ARG(double, dt) = 1.0;
-  TORCH_ARG(std::string, reset) = "zero";
-  TORCH_ARG(bool, detach_reset) = true;
-  TORCH_ARG(std::string, surrogate) = "sigmoid";
-  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
-  TORCH_ARG(bool, batch_first) = false;
+  TORCH_EXT_NEURON_OPTIONS("zero", true);
+  // false: autograd keeps only the spikes; the backward recomputes the states.
   TORCH_ARG(bool, save_state) = true;
 };
 
@@ -265,17 +268,10 @@ TORCH_MODULE(RecurrentAdLIF);
 
 // Options of recurrent_cubalif beyond its tensors.
 struct RecurrentCubaLIFFuncOptions {
-  // Initial membrane, synaptic current and spikes, each [B, N] (default zeros).
+  // Initial membrane and synaptic current, each [B, N] (default zeros).
   TORCH_ARG(std::optional<at::Tensor>, u0) = std::nullopt;
   TORCH_ARG(std::optional<at::Tensor>, j0) = std::nullopt;
-  TORCH_ARG(std::optional<at::Tensor>, s0) = std::nullopt;
-  TORCH_ARG(std::string, reset) = "subtract";
-  TORCH_ARG(bool, detach_reset) = false;
-  TORCH_ARG(std::string, surrogate) = "sigmoid";
-  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
-  // false: autograd keeps only the spikes; the backward recomputes the states.
-  TORCH_ARG(bool, save_state) = true;
-  TORCH_ARG(std::optional<at::Tensor>, lengths) = std::nullopt;
+  TORCH_EXT_CALL_OPTIONS(save_state, "subtract", false);
 };
 
 // Runs a recurrent layer of current-based LIF neurons (CUBA; NIR's CubaLIF,
@@ -305,7 +301,10 @@ struct RecurrentCubaLIFOptions {
   RecurrentCubaLIFOptions(int64_t in_features, int64_t hidden_size);
   TORCH_ARG(int64_t, in_features);
   TORCH_ARG(int64_t, hidden_size);
-  TORCH_ARG(bool, bias) = true;
+  TORCH_EXT_STACK_OPTIONS;
+  // Initial values of the decays (kept in [0, 1] by clamping) and the
+  // threshold; learnable ones are parameters, the others buffers; [N] with
+  // per_neuron.
   TORCH_ARG(double, alpha) = 0.9;
   TORCH_ARG(double, alpha_syn) = 0.8;
   TORCH_ARG(double, theta) = 1.0;
@@ -313,15 +312,9 @@ struct RecurrentCubaLIFOptions {
   TORCH_ARG(bool, learn_alpha_syn) = false;
   TORCH_ARG(bool, learn_theta) = false;
   TORCH_ARG(bool, per_neuron) = false;
-  TORCH_ARG(std::string, reset) = "subtract";
-  TORCH_ARG(bool, detach_reset) = false;
-  TORCH_ARG(std::string, surrogate) = "sigmoid";
-  TORCH_ARG(std::optional<double>, slope) = std::nullopt;
-  TORCH_ARG(bool, batch_first) = false;
+  TORCH_EXT_NEURON_OPTIONS("subtract", false);
+  // false: the low-memory mode (the backward recomputes U and J).
   TORCH_ARG(bool, save_state) = true;
-  TORCH_ARG(int64_t, num_layers) = 1;
-  TORCH_ARG(double, dropout) = 0.0;
-  TORCH_ARG(std::string, recurrent) = "all_to_all";
   // The Python module's return_membrane: in C++ call forward_with_membrane.
   TORCH_ARG(bool, return_membrane) = false;
 };
