@@ -8,6 +8,7 @@ in one run.
     python -m benchmarks.bench --smoke           # tiny sizes, seconds: checks that it runs
     python -m benchmarks.bench --device cuda     # on a GPU (both TF32 settings)
     python -m benchmarks.bench --model adaptive  # the adaptive (SE-adLIF) layer instead
+    python -m benchmarks.bench --model cuba      # the current-based (CUBA) layer instead
 
 Per configuration, after warm-up, the implementations run interleaved (one
 repetition of each in turn), so that drifts of the machine hit all alike;
@@ -39,34 +40,31 @@ from benchmarks import peers
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# What each row of the table is, in the order printed and plotted.
-BASELINES = {
-    "fused": "torch_ext.recurrent_lif, the fused op",
-    "fused_lm": "the fused op in its low-memory mode (save_membrane=False: the backward "
-                "recomputes the membrane)",
-    "autograd": "torch_ext.recurrent_lif_ref: the expert autograd loop (one input product, "
-                "unbind over time, stack), differentiated by autograd",
-    "python_fn": "hand-written torch.autograd.Function, Python loops forward and backward, "
-                 "weight gradients as single products (benchmarks/python_function.py)",
-    "fused_persistent": "the fused op with the persistent CUDA design asked for "
-                        "(TORCH_EXT_CUDA_PERSISTENT=1, forward and backward; sizes it does not "
-                        "fit take the per-step design: torch_ext._C.cuda_design_for says which)",
-    "compiled": "the expert autograd loop under torch.compile",
-    "snntorch": "snnTorch's RLeaky, stepped in a Python loop",
-    "floor": "the dense matrix products alone (peers.floor): a lower bound for a dense implementation",
-}
-# With --model adaptive (no snnTorch row: snnTorch has no adaptive neuron).
-ADAPTIVE_BASELINES = {
-    **BASELINES,
-    "fused": "torch_ext.recurrent_adlif, the fused adaptive op",
-    "fused_lm": "the fused adaptive op with save_state=False (the backward recomputes the states)",
-    "autograd": "torch_ext.recurrent_adlif_ref: the expert autograd loop of the adaptive layer "
-                "(one input product, unbind over time, stack), differentiated by autograd",
-    "python_fn": "hand-written torch.autograd.Function of the adaptive layer, Python loops "
-                 "forward and backward, weight gradients as single products "
-                 "(benchmarks/python_function.py)",
-    "compiled": "the adaptive expert autograd loop under torch.compile",
-}
+# What each row of the table is, in the order printed and plotted, for a
+# model's op and layer (peers.MODELS).
+def baselines(model="lif"):
+    spec = peers.MODELS[model]
+    op = spec["op"]
+    return {
+        "fused": f"torch_ext.{op}, the fused op",
+        "fused_lm": f"the fused op in its low-memory mode ({spec['low_memory']}=False: the "
+                    "backward recomputes the states)",
+        "autograd": f"torch_ext.{op}_ref: the expert autograd loop (one input product, unbind "
+                    "over time, stack), differentiated by autograd",
+        "python_fn": "hand-written torch.autograd.Function, Python loops forward and backward, "
+                     "weight gradients as single products (benchmarks/python_function.py)",
+        "fused_persistent": "the fused op with the persistent CUDA design asked for "
+                            "(TORCH_EXT_CUDA_PERSISTENT=1, forward and backward; sizes it does "
+                            "not fit take the per-step design: torch_ext._C.cuda_design_for "
+                            "says which)",
+        "compiled": "the expert autograd loop under torch.compile",
+        "snntorch": f"snnTorch's {spec['snntorch_name']}, stepped in a Python loop",
+        "floor": "the dense matrix products alone (peers.floor): a lower bound for a dense "
+                 "implementation",
+    }
+
+
+BASELINES = baselines()
 
 
 def sync(device):
@@ -142,33 +140,22 @@ def model_bytes(fn, x, params, device):
 
 
 def implementations(params, T, args):
-    """name -> fn(x) -> (spikes, membrane[, adaptation]), and notes on what was left out."""
-    if args.model == "adaptive":
-        impls = {"fused": peers.fused_adaptive(params),
-                 "fused_lm": peers.fused_adaptive(params, save_state=False),
-                 "autograd": peers.reference_adaptive(params),
-                 "python_fn": peers.python_function_adaptive(params)}
-        notes = []
-        if args.compile:
-            if T <= args.compile_max_t:
-                impls["compiled"] = peers.reference_adaptive(params, compile=True)
-            else:
-                notes.append(f"torch.compile skipped at T={T} > --compile-max-t (it unrolls the loop)")
-        return impls, notes
-    impls = {"fused": peers.fused(params), "fused_lm": peers.fused(params, save_membrane=False),
-             "autograd": peers.reference(params),
-             "python_fn": peers.python_function(params)}
+    """name -> fn(x) -> (spikes, membrane[, second state]), and notes on what was left out."""
+    spec = peers.MODELS[args.model]
+    impls = {"fused": spec["fused"](params),
+             "fused_lm": spec["fused"](params, **{spec["low_memory"]: False}),
+             "autograd": spec["reference"](params), "python_fn": spec["python_fn"](params)}
     designs = torch_ext.build_info().get("cuda_designs", [])
     if torch.device(args.device).type == "cuda" and "persistent" in designs:
-        impls["fused_persistent"] = peers.fused(params)
+        impls["fused_persistent"] = spec["fused"](params)
     notes = []
     if args.compile:
         if T <= args.compile_max_t:
-            impls["compiled"] = peers.reference(params, compile=True)
+            impls["compiled"] = spec["reference"](params, compile=True)
         else:
             notes.append(f"torch.compile skipped at T={T} > --compile-max-t (it unrolls the loop)")
-    if not args.no_snntorch:
-        snn = peers.snntorch_rleaky(params)
+    if not args.no_snntorch and spec["snntorch"] is not None:  # snnTorch has no adaptive neuron
+        snn = spec["snntorch"](params)
         if snn is None:
             notes.append("snnTorch not installed (pip install -e .[bench])")
         else:
@@ -177,8 +164,7 @@ def implementations(params, T, args):
 
 
 def measure(T, B, N, args, device):
-    params = (peers.make_adaptive_params if args.model == "adaptive" else peers.make_params)(
-        N, N, device)
+    params = peers.MODELS[args.model]["make_params"](N, N, device)
     x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_()
     inputs = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
     impls, notes = implementations(params, T, args)
@@ -264,7 +250,7 @@ def mib(n):
     return "-" if n is None else f"{n / 2**20:.2f}"
 
 
-def print_table(rows, baselines=BASELINES):
+def print_table(rows, described=BASELINES):
     header = f"{'sweep':>12} {'T':>5} {'B':>4} {'N':>5} {'impl':>9} {'tf32':>4} {'fwd ms':>9} " \
              f"{'fwd+bwd ms':>11} {'x fused':>7} {'saved MiB':>9} {'peak MiB':>8}"
     print(header)
@@ -276,7 +262,7 @@ def print_table(rows, baselines=BASELINES):
               f"{mib(r['saved_bytes']):>9} {mib(r['peak_bytes']):>8}")
     print("\nimpl:")
     for name in sorted({r["impl"] for r in rows}, key=list(BASELINES).index):
-        print(f"  {name:>9}: {baselines[name]}")
+        print(f"  {name:>9}: {described[name]}")
     print("x fused: forward + backward time over the fused op's in the same run (floor < 1).\n"
           "saved MiB: kept alive for backward, inputs and parameters left out; the fused op's\n"
           "  count includes its returned spikes and membrane, which its backward reads.")
@@ -369,8 +355,9 @@ def plot(rows, stem):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--model", choices=["lif", "adaptive"], default="lif",
-                        help="the layer: recurrent LIF (default) or adaptive SE-adLIF")
+    parser.add_argument("--model", choices=list(peers.MODELS), default="lif",
+                        help="the layer: recurrent LIF (default), adaptive SE-adLIF or "
+                             "current-based CUBA")
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions per implementation")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer sweep points")
@@ -418,15 +405,14 @@ def main(argv=None):
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "reps": args.reps, "dtype": "float32", "model": args.model,
     }
-    adaptive = args.model == "adaptive"
-    baselines = ADAPTIVE_BASELINES if adaptive else BASELINES
-    print_table(rows, baselines)
-    print_ratios(rows, "RecurrentAdLIF" if adaptive else "RecurrentLIF")
+    rows_are = baselines(args.model)
+    print_table(rows, rows_are)
+    print_ratios(rows, peers.MODELS[args.model]["layer"])
     for note in sorted(notes):
         print("note:", note)
     print("machine:", ", ".join(f"{k}={v}" for k, v in machine.items()))
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / (f"bench-{'adaptive-' if adaptive else ''}"
+    stem = args.out / (f"bench-{'' if args.model == 'lif' else args.model + '-'}"
                        f"{machine['device'].replace(' ', '_')}-{machine['date'][:10]}")
     if args.smoke:
         stem = stem.with_name(stem.name + "-smoke")
@@ -434,7 +420,7 @@ def main(argv=None):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    Path(f"{stem}.json").write_text(json.dumps({"machine": machine, "baselines": baselines,
+    Path(f"{stem}.json").write_text(json.dumps({"machine": machine, "baselines": rows_are,
                                                 "notes": sorted(notes), "rows": rows}, indent=1))
     if not args.targets_only:
         plot(rows, stem)

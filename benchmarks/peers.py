@@ -4,14 +4,17 @@ surrogate with slope 25, recurrent weights with a bias, and an input projection
 done once for all T steps. Each returns a function (x [T, B, F]) -> (spikes, membrane), both [T, B, N].
 The adaptive layer's peers (`*_adaptive`) compute its configuration
 (ADAPTIVE_OPTIONS, learnable per-neuron alpha, beta, a, b) and return
-(spikes, membrane, adaptation).
+(spikes, membrane, adaptation); the current-based layer's (`*_cuba`) the
+LIF configuration with a synapse (alpha_syn) and return (spikes, membrane,
+current). MODELS: each layer's peers by name, what the benchmark runs.
 
 Besides them, `floor` times the matrix products alone that a dense
 implementation has to compute."""
 import torch
 
 import torch_ext
-from benchmarks.python_function import RecurrentAdLIFFunction, RecurrentLIFFunction
+from benchmarks.python_function import (RecurrentAdLIFFunction, RecurrentCubaLIFFunction,
+                                        RecurrentLIFFunction)
 
 OPTIONS = dict(reset="subtract", detach_reset=True, surrogate="sigmoid", slope=25.0)
 
@@ -44,35 +47,42 @@ def python_function(params):
                                                 params["alpha"], params["theta"], OPTIONS["slope"])
 
 
-def snntorch_rleaky(params):
-    """snnTorch's RLeaky with the same math. Returns None when snnTorch is not
-    installed."""
+def _snntorch_loop(params, make_neuron):
+    """snnTorch's neuron `make_neuron(snntorch, surrogate, N)` with the same
+    math, stepped in a Python loop (its state: spk, mem, or spk, syn, mem);
+    its outputs in this package's order (spikes, membrane[, current]).
+    Returns None when snnTorch is not installed."""
     try:
         import snntorch
         from snntorch import surrogate
     except ImportError:
         return None
     N = params["w_rec"].shape[0]
-    lif = snntorch.RLeaky(beta=params["alpha"], threshold=params["theta"], linear_features=N,
-                          all_to_all=True, reset_mechanism="subtract", reset_delay=True,
-                          spike_grad=surrogate.sigmoid(slope=OPTIONS["slope"]))
-    lif = lif.to(params["w_rec"].device)
+    neuron = make_neuron(snntorch, surrogate, N).to(params["w_rec"].device, params["w_rec"].dtype)
     # The recurrent Linear uses our very tensors (not copies), so gradients
     # reach params["w_rec"] and params["bias"] as they do for the other peers.
-    del lif.recurrent.weight, lif.recurrent.bias
-    lif.recurrent.weight, lif.recurrent.bias = params["w_rec"], params["bias"]
+    del neuron.recurrent.weight, neuron.recurrent.bias
+    neuron.recurrent.weight, neuron.recurrent.bias = params["w_rec"], params["bias"]
 
     def run(x):
         current = x @ params["w_in"].T if params["w_in"] is not None else x
-        spk, mem = lif.init_rleaky()
-        spikes, membrane = [], []
+        state = neuron.reset_mem()
+        steps = []
         for current_t in current.unbind(0):  # not current[t]: see torch_ext/reference.py
-            spk, mem = lif(current_t, spk, mem)
-            spikes.append(spk)
-            membrane.append(mem)
-        return torch.stack(spikes), torch.stack(membrane)
+            state = neuron(current_t, *state)
+            steps.append(state)
+        spk, *rest = (torch.stack(values) for values in zip(*steps))
+        return (spk, *reversed(rest))  # (spk, syn, mem) -> spikes, membrane, current
 
     return run
+
+
+def snntorch_rleaky(params):
+    """snnTorch's RLeaky with the same math (None without snnTorch)."""
+    return _snntorch_loop(params, lambda snntorch, surrogate, N: snntorch.RLeaky(
+        beta=params["alpha"], threshold=params["theta"], linear_features=N, all_to_all=True,
+        reset_mechanism="subtract", reset_delay=True,
+        spike_grad=surrogate.sigmoid(slope=OPTIONS["slope"])))
 
 
 ADAPTIVE_OPTIONS = dict(reset="zero", detach_reset=True, surrogate="sigmoid", slope=25.0)
@@ -120,6 +130,51 @@ def python_function_adaptive(params):
                                                   ADAPTIVE_OPTIONS["slope"])
 
 
+def make_cuba_params(F, N, device, dtype=torch.float32, seed=0):
+    """The LIF benchmark's weights with a synapse, alpha_syn = 0.8: it sums
+    the input over about 5 steps (a constant bias over 50 with alpha = 0.9),
+    so the weights are scaled by 0.3 and the bias by 0.1 for the LIF
+    benchmark's spike rate (16-17 % at its targets)."""
+    params = make_params(F, N, device, dtype, seed)
+    with torch.no_grad():
+        params["w_in"].mul_(0.3)
+        params["w_rec"].mul_(0.3)
+        params["bias"].mul_(0.1)
+    return {**params, "alpha_syn": 0.8}
+
+
+CUBA_NEURON = ("alpha", "alpha_syn", "theta")
+
+
+def fused_cuba(params, save_state=True):
+    """save_state=False: keep only the spikes (the backward recomputes the states)."""
+    neuron = [params[k] for k in CUBA_NEURON]
+    return lambda x: torch_ext.recurrent_cubalif(x, params["w_in"], params["w_rec"],
+                                                 params["bias"], *neuron, save_state=save_state,
+                                                 **OPTIONS)
+
+
+def reference_cuba(params, compile=False):
+    fn = torch.compile(torch_ext.recurrent_cubalif_ref) if compile else torch_ext.recurrent_cubalif_ref
+    neuron = [params[k] for k in CUBA_NEURON]
+    return lambda x: fn(x, params["w_in"], params["w_rec"], params["bias"], *neuron, **OPTIONS)
+
+
+def python_function_cuba(params):
+    """The hand-written autograd.Function of the current-based layer (python_function.py)."""
+    neuron = [params[k] for k in CUBA_NEURON]
+    return lambda x: RecurrentCubaLIFFunction.apply(x, params["w_in"], params["w_rec"],
+                                                    params["bias"], *neuron, OPTIONS["slope"])
+
+
+def snntorch_rsynaptic(params):
+    """snnTorch's RSynaptic with the same math (None without snnTorch)."""
+    return _snntorch_loop(params, lambda snntorch, surrogate, N: snntorch.RSynaptic(
+        alpha=params["alpha_syn"], beta=params["alpha"], threshold=params["theta"],
+        linear_features=N, all_to_all=True, reset_mechanism="subtract", reset_delay=True,
+        spike_grad=surrogate.sigmoid(slope=OPTIONS["slope"])))
+
+
 def floor(params):
     """run(x, backward): only the matrix products that a dense implementation
     cannot avoid, in the dtype of the others, on operands of the right shapes
@@ -155,3 +210,20 @@ def floor(params):
             current.T @ rows  # grad_w_in
             current.T @ current  # grad_w_rec
     return run
+
+
+# Each layer's peers, by the benchmark's --model name: make_params(F, N,
+# device) and factories params -> fn(x) (fused with its low-memory flag).
+MODELS = {
+    "lif": dict(make_params=make_params, fused=fused, low_memory="save_membrane",
+                reference=reference, python_fn=python_function, snntorch=snntorch_rleaky,
+                layer="RecurrentLIF", op="recurrent_lif", snntorch_name="RLeaky"),
+    "adaptive": dict(make_params=make_adaptive_params, fused=fused_adaptive,
+                     low_memory="save_state", reference=reference_adaptive,
+                     python_fn=python_function_adaptive, snntorch=None, layer="RecurrentAdLIF",
+                     op="recurrent_adlif", snntorch_name=None),
+    "cuba": dict(make_params=make_cuba_params, fused=fused_cuba, low_memory="save_state",
+                 reference=reference_cuba, python_fn=python_function_cuba,
+                 snntorch=snntorch_rsynaptic, layer="RecurrentCubaLIF", op="recurrent_cubalif",
+                 snntorch_name="RSynaptic"),
+}

@@ -1,5 +1,5 @@
 """Hand-written torch.autograd.Functions for the benchmark's recurrent LIF
-layer (and, below, its adaptive layer), in the style of lava-dl's CustomRecurrent: the forward is a per-step
+layer (and, below, its adaptive and current-based layers), in the style of lava-dl's CustomRecurrent: the forward is a per-step
 Python loop without autograd, the backward a per-step Python loop for the
 reverse recurrence, after which the input and weight gradients are each one
 matrix product over all T*B rows.
@@ -136,3 +136,58 @@ class RecurrentAdLIFFunction(torch.autograd.Function):
         grad_b_param = ((1 - beta) * grad_a * spikes).sum((0, 1))
         return (grad_x, grad_w_in, grad_w_rec, grad_bias, grad_alpha, grad_beta, grad_a_param,
                 grad_b_param, None, None)
+
+
+class RecurrentCubaLIFFunction(torch.autograd.Function):
+    """The same style for the current-based (CUBA) layer in the benchmark's
+    configuration (peers.OPTIONS, as the LIF layer's): reset by subtraction,
+    detached, sigmoid surrogate, scalar alpha, alpha_syn and theta, a bias,
+    zero initial state.
+
+        spikes, membrane, current = RecurrentCubaLIFFunction.apply(
+            x, w_in, w_rec, bias, alpha, alpha_syn, theta, slope)
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_in, w_rec, bias, alpha, alpha_syn, theta, slope):
+        T, B, _ = x.shape
+        N = w_in.shape[0]
+        current_in = x @ w_in.T + bias
+        spikes, membrane, current = (x.new_empty(T, B, N) for _ in range(3))
+        u, j, s = (x.new_zeros(B, N) for _ in range(3))
+        for t in range(T):
+            # The order of torch_ext.recurrent_cubalif_ref, so the spikes match it.
+            j = alpha_syn * j + current_in[t] + s @ w_rec.T
+            u = alpha * u + j - theta * s
+            s = (u - theta > 0).to(u.dtype)
+            spikes[t], membrane[t], current[t] = s, u, j
+        ctx.save_for_backward(x, w_in, w_rec, spikes, membrane)
+        ctx.alpha, ctx.alpha_syn, ctx.theta, ctx.slope = alpha, alpha_syn, theta, slope
+        return spikes, membrane, current
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_spikes, grad_membrane, grad_current):
+        x, w_in, w_rec, spikes, membrane = ctx.saved_tensors
+        T, B, N = membrane.shape
+        F = x.shape[2]
+        zeros = membrane.new_zeros(T, B, N)
+        grad_spikes = zeros if grad_spikes is None else grad_spikes
+        grad_membrane = zeros if grad_membrane is None else grad_membrane
+        grad_current = zeros if grad_current is None else grad_current
+        surrogate = sigmoid_surrogate(membrane - ctx.theta, ctx.slope)
+        # S[t] reaches J[t+1] through w_rec (the reset is detached); U[t]
+        # reaches U[t+1] through alpha and J[t] reaches J[t+1] through alpha_syn.
+        grad_j = torch.empty_like(membrane)
+        gu_next, gj_next = membrane.new_zeros(B, N), membrane.new_zeros(B, N)
+        for t in reversed(range(T)):
+            grad_s = grad_spikes[t] + gj_next @ w_rec
+            gu_next = grad_membrane[t] + ctx.alpha * gu_next + surrogate[t] * grad_s
+            gj_next = grad_current[t] + gu_next + ctx.alpha_syn * gj_next
+            grad_j[t] = gj_next
+        grad_j = grad_j.reshape(T * B, N)
+        previous_spikes = torch.cat([spikes.new_zeros(1, B, N), spikes[:-1]]).reshape(T * B, N)
+        grad_x = (grad_j @ w_in).reshape(T, B, F)
+        grad_w_in = grad_j.T @ x.reshape(T * B, F)
+        grad_w_rec = grad_j.T @ previous_spikes
+        return grad_x, grad_w_in, grad_w_rec, grad_j.sum(0), None, None, None, None

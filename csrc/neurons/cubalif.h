@@ -44,6 +44,8 @@ struct CubaLIF : SpikeFeedsTheNextStep {
   static constexpr NeuronTraits kTraits{"recurrent_cubalif", "save_state", "subtract", false,
                                         /*input_state=*/kJ, /*gain_param=*/-1,
                                         /*drive_param=*/-1};
+  // CPU loops: GCC 12 vectorises this step only with has_next a compile-time constant.
+  static constexpr bool kUnrollHasNext = true;
 
   template <typename T, Reset R, bool Replay>
   C10_HOST_DEVICE static void forward(const T* p, const T* prev, T r_prev, T input, T rec, T* now,
