@@ -12,8 +12,9 @@ def test_demo_learns_and_writes_summary_and_plots(tmp_path):
     for key in ("test_accuracy", "epoch_seconds_fused", "epoch_seconds_autograd", "max_grad_diff"):
         assert key in written
     assert written["max_grad_diff"] < 1e-10  # float64: the two backends agree
-    # The pixel-by-pixel task: both layers trained, timed with both backends.
-    for kind in ("lif", "adlif"):
+    # The pixel-by-pixel task: the three layers trained, timed with both backends.
+    assert set(written["pixel"]) >= {"lif", "adlif", "cuba"}
+    for kind in ("lif", "adlif", "cuba"):
         result = written["pixel"][kind]
         assert len(result["history"]["test_acc"]) == 2
         for key in ("test_accuracy", "epoch_seconds_fused", "epoch_seconds_autograd", "speedup"):
