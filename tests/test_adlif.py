@@ -288,6 +288,27 @@ def test_state_dict_deepcopy_pickle_and_to():
     assert spikes.dtype == v.dtype == a.dtype == torch.float64
 
 
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_modules_build(dtype, device):
+    """nn.init.orthogonal_ has no bfloat16/float16 QR: w_rec is initialised
+    in float32 and cast, on every device, to the values a float32 module
+    with the same seed gets, rounded."""
+    torch.manual_seed(0)
+    layer = RecurrentAdLIF(F, N, num_layers=2, dtype=dtype, device=device)
+    assert all(t.dtype == dtype and t.device.type == device
+               for t in layer.state_dict().values())
+    if device == "meta":
+        return
+    torch.manual_seed(0)
+    reference = RecurrentAdLIF(F, N, num_layers=2)
+    assert torch.equal(layer.w_rec_l1, reference.w_rec_l1.to(dtype))
+    spikes, (v, a, s) = layer(torch.randn(T, B, F, dtype=dtype))
+    assert spikes.dtype == dtype and v.dtype == torch.float32
+    spikes.float().sum().add(v.sum()).backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in layer.parameters())
+
 def test_state_errors_say_what_is_expected():
     layer = RecurrentAdLIF(F, N)
     x = torch.randn(T, B, F)

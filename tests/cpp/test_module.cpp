@@ -65,7 +65,7 @@ TEST(LoadStateDict, StrictNamesAndShapes) {
     return d;
   };
   auto missing = dict_of();
-  missing.erase("w_rec");
+  ASSERT_EQ(missing.erase("w_rec"), 1u);
   expect_error_naming<c10::ValueError>([&] { torch_ext::load_state_dict(*module, missing); },
                                        "'w_rec'");
   auto extra = dict_of();
