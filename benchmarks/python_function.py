@@ -19,6 +19,24 @@ def sigmoid_surrogate(v, slope):
     return slope * s * (1 - s)
 
 
+def input_and_weight_grads(grad_current, x, w_in, spikes, needs=(True,) * 4):
+    """(grad_x, grad_w_in, grad_w_rec, grad_bias) from grad_current [T, B, N],
+    the gradient of the input current I[t] + rec[t], each one matrix product
+    (or sum) over all T*B rows; None where `needs` (the Function's
+    needs_input_grad for x, w_in, w_rec, bias) says so."""
+    T, B, N = grad_current.shape
+    F = x.shape[2]
+    rows = grad_current.reshape(T * B, N)
+    grad_x = (rows @ w_in).reshape(T, B, F) if needs[0] else None
+    grad_w_in = rows.T @ x.reshape(T * B, F) if needs[1] else None
+    grad_w_rec = None
+    if needs[2]:  # row t*B + b pairs with the spikes of step t - 1
+        previous_spikes = torch.cat([spikes.new_zeros(1, B, N), spikes[:-1]]).reshape(T * B, N)
+        grad_w_rec = rows.T @ previous_spikes
+    grad_bias = rows.sum(0) if needs[3] else None
+    return grad_x, grad_w_in, grad_w_rec, grad_bias
+
+
 class RecurrentLIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_in, w_rec, bias, alpha, theta, slope):
@@ -46,7 +64,6 @@ class RecurrentLIFFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes, grad_membrane):
         x, w_in, w_rec, spikes, membrane = ctx.saved_tensors
         T, B, N = membrane.shape
-        F = x.shape[2]
         surrogate = sigmoid_surrogate(membrane - ctx.theta, ctx.slope)
         # grad_u[t] = dL/du[t], through all later steps. u[t+1] depends on u[t]
         # through the decay and on s[t] through w_rec (the reset is detached).
@@ -56,16 +73,8 @@ class RecurrentLIFFunction(torch.autograd.Function):
             grad_s = grad_spikes[t] + grad_u_next @ w_rec
             grad_u_next = grad_membrane[t] + ctx.alpha * grad_u_next + surrogate[t] * grad_s
             grad_u[t] = grad_u_next
-        grad_u = grad_u.reshape(T * B, N)
-        needs = ctx.needs_input_grad
-        grad_x = (grad_u @ w_in).reshape(T, B, F) if needs[0] else None
-        grad_w_in = grad_u.T @ x.reshape(T * B, F) if needs[1] else None
-        grad_w_rec = None
-        if needs[2]:  # row t*B + b of grad_u pairs with the spikes of step t - 1
-            previous_spikes = torch.cat([spikes.new_zeros(1, B, N), spikes[:-1]]).reshape(T * B, N)
-            grad_w_rec = grad_u.T @ previous_spikes
-        grad_bias = grad_u.sum(0) if needs[3] else None
-        return grad_x, grad_w_in, grad_w_rec, grad_bias, None, None, None
+        return (*input_and_weight_grads(grad_u, x, w_in, spikes, ctx.needs_input_grad),
+                None, None, None)
 
 
 class RecurrentAdLIFFunction(torch.autograd.Function):
@@ -106,12 +115,8 @@ class RecurrentAdLIFFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes, grad_membrane, grad_adaptation):
         (x, w_in, w_rec, alpha, beta, a, b, spikes, membrane, adaptation, reset_membrane,
          drive) = ctx.saved_tensors
+        # Outputs without a gradient arrive as zeros (materialised by autograd).
         T, B, N = membrane.shape
-        F = x.shape[2]
-        zeros = membrane.new_zeros(T, B, N)
-        grad_spikes = zeros if grad_spikes is None else grad_spikes
-        grad_membrane = zeros if grad_membrane is None else grad_membrane
-        grad_adaptation = zeros if grad_adaptation is None else grad_adaptation
         surrogate = sigmoid_surrogate(membrane - ctx.theta, ctx.slope)
         grad_v, grad_a = torch.empty_like(membrane), torch.empty_like(membrane)
         gv_next, ga_next = membrane.new_zeros(B, N), membrane.new_zeros(B, N)
@@ -122,20 +127,14 @@ class RecurrentAdLIFFunction(torch.autograd.Function):
             gv_next = grad_membrane[t] + gs * surrogate[t] + gp * (1 - spikes[t])
             ga_next = ga
             grad_v[t], grad_a[t] = gv_next, ga
-        grad_current = ((1 - alpha) * grad_v).reshape(T * B, N)
-        previous_spikes = torch.cat([spikes.new_zeros(1, B, N), spikes[:-1]]).reshape(T * B, N)
         previous_adaptation = torch.cat([adaptation.new_zeros(1, B, N), adaptation[:-1]])
         reset_now = membrane * (1 - spikes)
-        grad_x = (grad_current @ w_in).reshape(T, B, F)
-        grad_w_in = grad_current.T @ x.reshape(T * B, F)
-        grad_w_rec = grad_current.T @ previous_spikes
-        grad_bias = grad_current.sum(0)
+        grads = input_and_weight_grads((1 - alpha) * grad_v, x, w_in, spikes)
         grad_alpha = (grad_v * (reset_membrane - drive)).sum((0, 1))
         grad_beta = (grad_a * (previous_adaptation - (a * reset_now + b * spikes))).sum((0, 1))
         grad_a_param = ((1 - beta) * grad_a * reset_now).sum((0, 1))
         grad_b_param = ((1 - beta) * grad_a * spikes).sum((0, 1))
-        return (grad_x, grad_w_in, grad_w_rec, grad_bias, grad_alpha, grad_beta, grad_a_param,
-                grad_b_param, None, None)
+        return (*grads, grad_alpha, grad_beta, grad_a_param, grad_b_param, None, None)
 
 
 class RecurrentCubaLIFFunction(torch.autograd.Function):
@@ -170,11 +169,6 @@ class RecurrentCubaLIFFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes, grad_membrane, grad_current):
         x, w_in, w_rec, spikes, membrane = ctx.saved_tensors
         T, B, N = membrane.shape
-        F = x.shape[2]
-        zeros = membrane.new_zeros(T, B, N)
-        grad_spikes = zeros if grad_spikes is None else grad_spikes
-        grad_membrane = zeros if grad_membrane is None else grad_membrane
-        grad_current = zeros if grad_current is None else grad_current
         surrogate = sigmoid_surrogate(membrane - ctx.theta, ctx.slope)
         # S[t] reaches J[t+1] through w_rec (the reset is detached); U[t]
         # reaches U[t+1] through alpha and J[t] reaches J[t+1] through alpha_syn.
@@ -185,9 +179,5 @@ class RecurrentCubaLIFFunction(torch.autograd.Function):
             gu_next = grad_membrane[t] + ctx.alpha * gu_next + surrogate[t] * grad_s
             gj_next = grad_current[t] + gu_next + ctx.alpha_syn * gj_next
             grad_j[t] = gj_next
-        grad_j = grad_j.reshape(T * B, N)
-        previous_spikes = torch.cat([spikes.new_zeros(1, B, N), spikes[:-1]]).reshape(T * B, N)
-        grad_x = (grad_j @ w_in).reshape(T, B, F)
-        grad_w_in = grad_j.T @ x.reshape(T * B, F)
-        grad_w_rec = grad_j.T @ previous_spikes
-        return grad_x, grad_w_in, grad_w_rec, grad_j.sum(0), None, None, None, None
+        return (*input_and_weight_grads(grad_j, x, w_in, spikes, ctx.needs_input_grad),
+                None, None, None, None)
