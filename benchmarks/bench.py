@@ -142,16 +142,18 @@ def model_bytes(fn, x, params, device):
 def implementations(params, T, args):
     """name -> fn(x) -> (spikes, membrane[, second state]), and notes on what was left out."""
     spec = peers.MODELS[args.model]
-    impls = {"fused": spec["fused"](params),
-             "fused_lm": spec["fused"](params, **{spec["low_memory"]: False}),
-             "autograd": spec["reference"](params), "python_fn": spec["python_fn"](params)}
+    model = args.model
+    impls = {"fused": peers.fused(params, model),
+             "fused_lm": peers.fused(params, model, low_memory=True),
+             "autograd": peers.reference(params, model),
+             "python_fn": peers.python_function(params, model)}
     designs = torch_ext.build_info().get("cuda_designs", [])
     if torch.device(args.device).type == "cuda" and "persistent" in designs:
-        impls["fused_persistent"] = spec["fused"](params)
+        impls["fused_persistent"] = peers.fused(params, model)
     notes = []
     if args.compile:
         if T <= args.compile_max_t:
-            impls["compiled"] = spec["reference"](params, compile=True)
+            impls["compiled"] = peers.reference(params, model, compile=True)
         else:
             notes.append(f"torch.compile skipped at T={T} > --compile-max-t (it unrolls the loop)")
     if not args.no_snntorch and spec["snntorch"] is not None:  # snnTorch has no adaptive neuron
@@ -405,8 +407,8 @@ def main(argv=None):
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "reps": args.reps, "dtype": "float32", "model": args.model,
     }
-    rows_are = baselines(args.model)
-    print_table(rows, rows_are)
+    described = baselines(args.model)
+    print_table(rows, described)
     print_ratios(rows, peers.MODELS[args.model]["layer"])
     for note in sorted(notes):
         print("note:", note)
@@ -420,7 +422,7 @@ def main(argv=None):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    Path(f"{stem}.json").write_text(json.dumps({"machine": machine, "baselines": rows_are,
+    Path(f"{stem}.json").write_text(json.dumps({"machine": machine, "baselines": described,
                                                 "notes": sorted(notes), "rows": rows}, indent=1))
     if not args.targets_only:
         plot(rows, stem)

@@ -34,12 +34,11 @@ def timed(run, reps):
 
 def measure(T, B, N, args):
     dtype = getattr(torch, args.dtype)
-    adaptive = args.model == "adaptive"
-    params = (peers.make_adaptive_params if adaptive else peers.make_params)(N, N, "cpu")
+    params = peers.MODELS[args.model]["make_params"](N, N, "cpu")
     x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)).requires_grad_()
     inputs = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
-    fused = (peers.fused_adaptive if adaptive else peers.fused)(params)
-    expert = (peers.reference_adaptive if adaptive else peers.reference)(params)
+    fused = peers.fused(params, args.model)
+    expert = peers.reference(params, args.model)
 
     def run(fn, amp):
         def go():

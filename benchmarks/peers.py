@@ -2,11 +2,11 @@
 reset by subtraction of the previous step's spike, reset detached, sigmoid
 surrogate with slope 25, recurrent weights with a bias, and an input projection
 done once for all T steps. Each returns a function (x [T, B, F]) -> (spikes, membrane), both [T, B, N].
-The adaptive layer's peers (`*_adaptive`) compute its configuration
-(ADAPTIVE_OPTIONS, learnable per-neuron alpha, beta, a, b) and return
-(spikes, membrane, adaptation); the current-based layer's (`*_cuba`) the
-LIF configuration with a synapse (alpha_syn) and return (spikes, membrane,
-current). MODELS: each layer's peers by name, what the benchmark runs.
+`fused`, `reference` and `python_function` take the layer's name (MODELS):
+the adaptive layer's compute its configuration (ADAPTIVE_OPTIONS, learnable
+per-neuron alpha, beta, a, b) and return (spikes, membrane, adaptation); the
+current-based layer's the LIF configuration with a synapse (alpha_syn) and
+return (spikes, membrane, current).
 
 Besides them, `floor` times the matrix products alone that a dense
 implementation has to compute."""
@@ -26,25 +26,6 @@ def make_params(F, N, device, dtype=torch.float32, seed=0):
         return (torch.randn(*shape, generator=g) * scale).to(device, dtype).requires_grad_()
     return {"w_in": p(N, F, scale=1.5 / F ** 0.5), "w_rec": p(N, N, scale=0.5 / N ** 0.5),
             "bias": p(N, scale=0.1), "alpha": 0.9, "theta": 1.0}
-
-
-def fused(params, save_membrane=True):
-    """save_membrane=False: the op's low-memory mode (the backward recomputes the membrane)."""
-    return lambda x: torch_ext.recurrent_lif(x, params["w_in"], params["w_rec"], params["bias"],
-                                             params["alpha"], params["theta"],
-                                             save_membrane=save_membrane, **OPTIONS)
-
-
-def reference(params, compile=False):
-    fn = torch.compile(torch_ext.recurrent_lif_ref) if compile else torch_ext.recurrent_lif_ref
-    return lambda x: fn(x, params["w_in"], params["w_rec"], params["bias"],
-                        params["alpha"], params["theta"], **OPTIONS)
-
-
-def python_function(params):
-    """The hand-written autograd.Function (python_function.py)."""
-    return lambda x: RecurrentLIFFunction.apply(x, params["w_in"], params["w_rec"], params["bias"],
-                                                params["alpha"], params["theta"], OPTIONS["slope"])
 
 
 def _snntorch_loop(params, make_neuron):
@@ -86,7 +67,6 @@ def snntorch_rleaky(params):
 
 
 ADAPTIVE_OPTIONS = dict(reset="zero", detach_reset=True, surrogate="sigmoid", slope=25.0)
-ADAPTIVE_NEURON = ("alpha", "beta", "a", "b", "theta")
 
 
 def make_adaptive_params(F, N, device, dtype=torch.float32, seed=0):
@@ -108,28 +88,6 @@ def make_adaptive_params(F, N, device, dtype=torch.float32, seed=0):
             "a": p(120 * uniform(0, 1)), "b": p(120 * uniform(0, 2)), "theta": 1.0}
 
 
-def fused_adaptive(params, save_state=True):
-    """save_state=False: keep only the spikes (the backward recomputes the states)."""
-    neuron = [params[k] for k in ADAPTIVE_NEURON]
-    return lambda x: torch_ext.recurrent_adlif(x, params["w_in"], params["w_rec"], params["bias"],
-                                               *neuron, save_state=save_state, **ADAPTIVE_OPTIONS)
-
-
-def reference_adaptive(params, compile=False):
-    fn = torch.compile(torch_ext.recurrent_adlif_ref) if compile else torch_ext.recurrent_adlif_ref
-    neuron = [params[k] for k in ADAPTIVE_NEURON]
-    return lambda x: fn(x, params["w_in"], params["w_rec"], params["bias"], *neuron,
-                        **ADAPTIVE_OPTIONS)
-
-
-def python_function_adaptive(params):
-    """The hand-written autograd.Function of the adaptive layer (python_function.py)."""
-    neuron = [params[k] for k in ADAPTIVE_NEURON]
-    return lambda x: RecurrentAdLIFFunction.apply(x, params["w_in"], params["w_rec"],
-                                                  params["bias"], *neuron,
-                                                  ADAPTIVE_OPTIONS["slope"])
-
-
 def make_cuba_params(F, N, device, dtype=torch.float32, seed=0):
     """The LIF benchmark's weights with a synapse, alpha_syn = 0.8: it sums
     the input over about 5 steps (a constant bias over 50 with alpha = 0.9),
@@ -141,30 +99,6 @@ def make_cuba_params(F, N, device, dtype=torch.float32, seed=0):
         params["w_rec"].mul_(0.3)
         params["bias"].mul_(0.1)
     return {**params, "alpha_syn": 0.8}
-
-
-CUBA_NEURON = ("alpha", "alpha_syn", "theta")
-
-
-def fused_cuba(params, save_state=True):
-    """save_state=False: keep only the spikes (the backward recomputes the states)."""
-    neuron = [params[k] for k in CUBA_NEURON]
-    return lambda x: torch_ext.recurrent_cubalif(x, params["w_in"], params["w_rec"],
-                                                 params["bias"], *neuron, save_state=save_state,
-                                                 **OPTIONS)
-
-
-def reference_cuba(params, compile=False):
-    fn = torch.compile(torch_ext.recurrent_cubalif_ref) if compile else torch_ext.recurrent_cubalif_ref
-    neuron = [params[k] for k in CUBA_NEURON]
-    return lambda x: fn(x, params["w_in"], params["w_rec"], params["bias"], *neuron, **OPTIONS)
-
-
-def python_function_cuba(params):
-    """The hand-written autograd.Function of the current-based layer (python_function.py)."""
-    neuron = [params[k] for k in CUBA_NEURON]
-    return lambda x: RecurrentCubaLIFFunction.apply(x, params["w_in"], params["w_rec"],
-                                                    params["bias"], *neuron, OPTIONS["slope"])
 
 
 def snntorch_rsynaptic(params):
@@ -212,18 +146,50 @@ def floor(params):
     return run
 
 
-# Each layer's peers, by the benchmark's --model name: make_params(F, N,
-# device) and factories params -> fn(x) (fused with its low-memory flag).
+# Each layer, by the benchmark's --model name: its op, its neuron parameters
+# in the op's order, the options the peers compute, its hand-written Function,
+# its low-memory flag, make_params(F, N, device) and its snnTorch peer
+# (params -> fn(x), or None where snnTorch has no such neuron).
 MODELS = {
-    "lif": dict(make_params=make_params, fused=fused, low_memory="save_membrane",
-                reference=reference, python_fn=python_function, snntorch=snntorch_rleaky,
-                layer="RecurrentLIF", op="recurrent_lif", snntorch_name="RLeaky"),
-    "adaptive": dict(make_params=make_adaptive_params, fused=fused_adaptive,
-                     low_memory="save_state", reference=reference_adaptive,
-                     python_fn=python_function_adaptive, snntorch=None, layer="RecurrentAdLIF",
-                     op="recurrent_adlif", snntorch_name=None),
-    "cuba": dict(make_params=make_cuba_params, fused=fused_cuba, low_memory="save_state",
-                 reference=reference_cuba, python_fn=python_function_cuba,
-                 snntorch=snntorch_rsynaptic, layer="RecurrentCubaLIF", op="recurrent_cubalif",
-                 snntorch_name="RSynaptic"),
+    "lif": dict(op="recurrent_lif", neuron=("alpha", "theta"), options=OPTIONS,
+                function=RecurrentLIFFunction, low_memory="save_membrane",
+                make_params=make_params, snntorch=snntorch_rleaky, layer="RecurrentLIF",
+                snntorch_name="RLeaky"),
+    "adaptive": dict(op="recurrent_adlif", neuron=("alpha", "beta", "a", "b", "theta"),
+                      options=ADAPTIVE_OPTIONS,
+                     function=RecurrentAdLIFFunction, low_memory="save_state",
+                     make_params=make_adaptive_params, snntorch=None, layer="RecurrentAdLIF",
+                     snntorch_name=None),
+    "cuba": dict(op="recurrent_cubalif", neuron=("alpha", "alpha_syn", "theta"), options=OPTIONS,
+                 function=RecurrentCubaLIFFunction, low_memory="save_state",
+                 make_params=make_cuba_params, snntorch=snntorch_rsynaptic,
+                 layer="RecurrentCubaLIF", snntorch_name="RSynaptic"),
 }
+
+
+def _tensors(params, model):
+    """The op's arguments after x: w_in, w_rec, bias and the neuron's parameters."""
+    return (params["w_in"], params["w_rec"], params["bias"],
+            *(params[k] for k in MODELS[model]["neuron"]))
+
+
+def fused(params, model="lif", low_memory=False):
+    """The fused op; low_memory: it keeps only the spikes (save_membrane or
+    save_state=False), the backward recomputes the states."""
+    spec = MODELS[model]
+    op = getattr(torch_ext, spec["op"])
+    flag = {spec["low_memory"]: not low_memory}
+    return lambda x: op(x, *_tensors(params, model), **flag, **spec["options"])
+
+
+def reference(params, model="lif", compile=False):
+    """The op's plain-PyTorch reference, the expert autograd loop."""
+    fn = getattr(torch_ext, MODELS[model]["op"] + "_ref")
+    fn = torch.compile(fn) if compile else fn
+    return lambda x: fn(x, *_tensors(params, model), **MODELS[model]["options"])
+
+
+def python_function(params, model="lif"):
+    """The hand-written autograd.Function (python_function.py)."""
+    spec = MODELS[model]
+    return lambda x: spec["function"].apply(x, *_tensors(params, model), spec["options"]["slope"])

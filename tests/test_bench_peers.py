@@ -6,12 +6,12 @@ from benchmarks import bench, peers
 
 
 PEERS = [(model, peer) for model, spec in peers.MODELS.items()
-         for peer in ("python_fn", "reference")]
+         for peer in (peers.python_function, peers.reference)]
 # snnTorch's surrogates return float32 spikes: its peers run in float32 only.
 SNNTORCH_PEERS = [model for model, spec in peers.MODELS.items() if spec["snntorch"] is not None]
 
 
-@pytest.mark.parametrize("model,peer", PEERS)
+@pytest.mark.parametrize("model,peer", PEERS, ids=[f"{m}-{p.__name__}" for m, p in PEERS])
 def test_peer_matches_fused_op_float64(model, peer):
     """Each layer's peers compute the fused op's spikes, states and gradients
     of x and every parameter (float64: rounding moves membranes by ~1e-15,
@@ -29,10 +29,10 @@ def test_peer_matches_fused_op_float64(model, peer):
         loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
         return outputs, torch.autograd.grad(loss, tensors)
 
-    fused, g_fused = outputs_and_grads(spec["fused"](params))
+    fused, g_fused = outputs_and_grads(peers.fused(params, model))
     assert 0.05 < fused[0].mean() < 0.95
     assert (fused[1] - params["theta"]).abs().min() > 1e-9  # no float64 tie at threshold
-    outputs, grads = outputs_and_grads(spec[peer](params))
+    outputs, grads = outputs_and_grads(peer(params, model))
     assert torch.equal(outputs[0], fused[0])
     for got, want in zip(outputs[1:], fused[1:]):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -51,7 +51,7 @@ def test_snntorch_peer_matches_fused_op_float32(model):
     spec = peers.MODELS[model]
     params = spec["make_params"](6, 5, "cpu", seed=2)
     x = torch.randn(30, 4, 6, generator=torch.Generator().manual_seed(4))
-    fused, outputs = spec["fused"](params)(x), spec["snntorch"](params)(x)
+    fused, outputs = peers.fused(params, model)(x), spec["snntorch"](params)(x)
     assert 0.05 < fused[0].mean() < 0.95 and (fused[1] - params["theta"]).abs().min() > 1e-4
     assert torch.equal(outputs[0], fused[0])
     for got, want in zip(outputs[1:], fused[1:]):

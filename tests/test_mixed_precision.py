@@ -72,10 +72,9 @@ def test_gradients_under_autocast_closer_to_float32_than_the_expert_loop(model):
     if "bfloat16" not in LOW:
         pytest.skip("no bfloat16 products in this build")
     T, B, N = 30, 8, 32
-    make = peers.make_adaptive_params if model == "adaptive" else peers.make_params
-    params = make(N, N, "cpu", seed=3)
-    fused = (peers.fused_adaptive if model == "adaptive" else peers.fused)(params)
-    expert = (peers.reference_adaptive if model == "adaptive" else peers.reference)(params)
+    params = peers.MODELS[model]["make_params"](N, N, "cpu", seed=3)
+    fused = peers.fused(params, model)
+    expert = peers.reference(params, model)
     x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(5)).requires_grad_()
     inputs = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
 
