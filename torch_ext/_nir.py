@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._neurons import NEURONS
 from .module import RecurrentCubaLIF, RecurrentLIF
 
 META = "torch_ext"  # this package's entry in a node's metadata: what NIR cannot hold
@@ -159,13 +160,33 @@ def _per_neuron(tensor, n):
     return np.broadcast_to(tensor.detach().double().cpu().numpy(), (n,)).copy()
 
 
-def _options_meta(module, index, layer, dt, params):
-    """The metadata of one layer: its neuron parameters as stored (params:
-    name -> tensor; tau = dt / (1 - alpha) rounds) and the options NIR has no
-    field for."""
+def _layer_tensors(module, layer):
+    """Layer `layer`'s w_in, w_rec, bias (None where absent) and neuron parameters, by name."""
+    names = ("w_in", "w_rec", "bias") + NEURONS[module._OP].param_names
+    return {name: getattr(module, module._name(name, layer)) for name in names}
+
+
+def _recurrent_weight(module, w_rec, dtype):
+    """The cycle's weight in dtype: w_rec (all-to-all), the diagonal matrix
+    of a one-to-one w_rec, or None without recurrence."""
+    if module.recurrent == "all_to_all":
+        return w_rec.detach().to(dtype)
+    if module.recurrent == "one_to_one":
+        return torch.diag(w_rec.detach().expand(module.hidden_size).to(dtype))
+    return None
+
+
+def _options_meta(module, index, layer, dt, tensors):
+    """The metadata of one layer (tensors: _layer_tensors): its neuron
+    parameters as stored (tau = dt / (1 - alpha) rounds), a one-to-one
+    w_rec (its diagonal matrix loses a shared 0-dim weight) and the options
+    NIR has no field for."""
+    params = {name: tensors[name] for name in NEURONS[module._OP].param_names}
     meta = {name: _meta_value(value) for name, value in params.items()}
     meta.update({f"learn_{name}": isinstance(value, nn.Parameter)
                  for name, value in params.items()})
+    if module.recurrent == "one_to_one":
+        meta["w_rec"] = _meta_value(tensors["w_rec"])
     meta.update({
         "per_neuron": module.per_neuron, "reset": module.reset, "recurrent": module.recurrent,
         "detach_reset": module.detach_reset, "surrogate": module.surrogate,
@@ -183,9 +204,8 @@ def _export_cuba_layer(nir, add, link, module, layer, index, prefix, dt, where):
     """Adds one layer of a RecurrentCubaLIF (reset="zero" only): Affine(w_in,
     bias) -> CubaLIF with the cycle CubaLIF -> Linear(w_rec) -> CubaLIF and
     an input gain g = 1; returns (its first node, its spiking node)."""
-    get = lambda name: getattr(module, module._name(name, layer))  # noqa: E731
-    w_in, w_rec, bias, alpha, alpha_syn, theta = (
-        get(n) for n in ("w_in", "w_rec", "bias", "alpha", "alpha_syn", "theta"))
+    tensors = _layer_tensors(module, layer)
+    w_in, w_rec, bias, alpha, alpha_syn, theta = tensors.values()
     n = module.hidden_size
     if module.reset != "zero":
         raise ValueError(
@@ -200,10 +220,7 @@ def _export_cuba_layer(nir, add, link, module, layer, index, prefix, dt, where):
                 f"torch_ext.to_nir: {where}: {name} is 1 for {int((values == 1).sum())} of {n} "
                 f"neurons, an infinite {tau} = dt / (1 - {name}); NIR has no current-based IF "
                 "node")
-    meta = _options_meta(module, index, layer, dt,
-                         {"alpha": alpha, "alpha_syn": alpha_syn, "theta": theta})
-    if module.recurrent == "one_to_one":  # a diagonal matrix loses a shared 0-dim weight
-        meta["w_rec"] = _meta_value(w_rec)
+    meta = _options_meta(module, index, layer, dt, tensors)
     proj, cell = prefix + "w_in", prefix + "cubalif"
     _export_projection(nir, add, proj, w_in, bias)
     zeros = np.zeros(n)
@@ -212,11 +229,8 @@ def _export_cuba_layer(nir, add, link, module, layer, index, prefix, dt, where):
                           v_leak=zeros, v_threshold=_per_neuron(theta, n), v_reset=zeros.copy(),
                           w_in=1 / (1 - a_syn), metadata={META: meta}))
     link(proj, cell)
-    if w_rec is not None:
-        dtype = torch.promote_types(w_in.dtype, torch.float32)
-        weight = w_rec.detach().to(dtype)
-        if module.recurrent == "one_to_one":
-            weight = torch.diag(weight.expand(n))
+    weight = _recurrent_weight(module, w_rec, torch.promote_types(w_in.dtype, torch.float32))
+    if weight is not None:
         rec = prefix + "w_rec"
         add(rec, nir.Linear(_array(weight)))
         link(cell, rec)
@@ -228,8 +242,8 @@ def _export_layer(nir, add, link, module, layer, index, prefix, dt, where):
     """Adds one layer of a RecurrentLIF; returns (its first node, its spiking node)."""
     if isinstance(module, RecurrentCubaLIF):
         return _export_cuba_layer(nir, add, link, module, layer, index, prefix, dt, where)
-    get = lambda name: getattr(module, module._name(name, layer))  # noqa: E731
-    w_in, w_rec, bias, alpha, theta = (get(n) for n in ("w_in", "w_rec", "bias", "alpha", "theta"))
+    tensors = _layer_tensors(module, layer)
+    w_in, w_rec, bias, alpha, theta = tensors.values()
     n = module.hidden_size
     a, th = _per_neuron(alpha.clamp(0, 1), n), _per_neuron(theta, n)
     leak_free = a == 1
@@ -240,10 +254,8 @@ def _export_layer(nir, add, link, module, layer, index, prefix, dt, where):
     leak_free = bool(leak_free.all())
     # What NIR does not hold, for an exact round trip: alpha and theta as
     # stored (tau = dt / (1 - alpha) rounds), and the training-only options.
-    meta = _options_meta(module, index, layer, dt, {"alpha": alpha, "theta": theta})
-    if module.recurrent == "one_to_one":  # a diagonal matrix loses a shared 0-dim weight
-        meta["w_rec"] = _meta_value(w_rec)
-    elif module.recurrent == "all_to_all" and module.reset == "subtract":
+    meta = _options_meta(module, index, layer, dt, tensors)
+    if module.recurrent == "all_to_all" and module.reset == "subtract":
         meta["w_rec_diagonal"] = _array(torch.diagonal(w_rec))  # w_rec - diag(theta) rounds
 
     proj = prefix + "w_in"
@@ -271,11 +283,8 @@ def _export_layer(nir, add, link, module, layer, index, prefix, dt, where):
 
     # In the dtype _array writes (float16/bfloat16 as float32): w_rec - theta
     # rounds only as much as from_nir's check of it against the metadata allows.
-    weight, dtype = None, torch.promote_types(w_in.dtype, torch.float32)
-    if module.recurrent == "all_to_all":
-        weight = w_rec.detach().to(dtype)
-    elif module.recurrent == "one_to_one":
-        weight = torch.diag(w_rec.detach().expand(n).to(dtype))
+    dtype = torch.promote_types(w_in.dtype, torch.float32)
+    weight = _recurrent_weight(module, w_rec, dtype)
     if module.reset == "subtract":  # U -= theta * S[t-1]: a negative self-weight
         minus = torch.diag(theta.detach().expand(n).to(dtype))
         weight = -minus if weight is None else weight - minus
@@ -719,7 +728,8 @@ def _read_layer(graph, proj, cell, dt):
     if isinstance(node, nir.CubaLIF):
         alpha, alpha_syn, gain, leak = _cuba_units(graph, cell, n, dt)
         if graph.metadata(cell) is not None or (alpha_syn != 0).any() or not (gain > 0).all():
-            return _read_cuba_layer(graph, proj, cell, dt, (alpha, alpha_syn, gain, leak))
+            return _read_cuba_layer(graph, proj, cell, dt, w_in, bias,
+                                    (alpha, alpha_syn, gain, leak))
     elif graph.metadata(cell) is not None and "alpha_syn" in graph.metadata(cell):
         graph.fail(cell, f"its metadata {META} is a RecurrentCubaLIF layer's (it has "
                          f"'alpha_syn'), which a {graph.kind(cell)} node does not encode")
@@ -741,23 +751,28 @@ def _read_layer(graph, proj, cell, dt):
 
     extra = [b for b in (rec_bias, None if (offset == 0).all() else offset) if b is not None]
     if extra:  # a bias of the recurrent Affine and v_leak are constant drives
-        bias = (np.zeros(n) if bias is None else bias.astype(np.float64)) + sum(extra)
+        bias = _plus_bias(bias, n, sum(extra))
     layer = {"cls": RecurrentLIF, "w_in": w_in, "bias": bias, "n": n, "name": cell,
              "options": {"reset": "zero" if spikes == cell else "none"}}
     if graph.metadata(cell) is None:
         _recurrence(layer, w_rec)
         layer["alpha"], layer["theta"] = _scalar_if_shared(alpha), _scalar_if_shared(theta)
         return layer, after
-    return _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt), after
+    return _from_metadata(graph, layer, {"alpha": alpha, "theta": theta}, w_rec, rec, dt), after
 
 
-def _read_cuba_layer(graph, proj, cell, dt, units):
-    """One RecurrentCubaLIF layer (reset="zero"): U = v, theta = v_threshold,
-    the inputs (projection, cycle, their biases) scaled by the gain g. With
-    to_nir's metadata g must be 1 (as written) and the weights are taken as
-    they are, for a bitwise round trip."""
+def _plus_bias(bias, n, extra):
+    """bias (None: zeros) + extra, in float64: constant inputs joining the layer's bias."""
+    return (np.zeros(n) if bias is None else bias.astype(np.float64)) + extra
+
+
+def _read_cuba_layer(graph, proj, cell, dt, w_in, bias, units):
+    """One RecurrentCubaLIF layer (reset="zero") from proj's weight and bias
+    (as _read_layer read them): U = v, theta = v_threshold, the inputs
+    (projection, cycle, their biases) scaled by the gain g. With to_nir's
+    metadata g must be 1 (as written) and the weights are taken as they are,
+    for a bitwise round trip."""
     alpha, alpha_syn, gain, leak = units
-    w_in, bias = _weight(graph, proj)
     n = w_in.shape[0]
     _check_v_reset(graph, cell, n)
     theta = graph.per_neuron(cell, "v_threshold", n)
@@ -778,10 +793,10 @@ def _read_cuba_layer(graph, proj, cell, dt, units):
         return w.astype(np.float64) * (gain[:, None] if w.ndim == 2 else gain)
 
     if rec_bias is not None:  # a constant input at every step, t = 1 included
-        bias = (np.zeros(n) if bias is None else bias.astype(np.float64)) + rec_bias
+        bias = _plus_bias(bias, n, rec_bias)
     bias = scale(bias)
     if (leak != 0).any():  # alpha_syn = 0 there: J = I, a constant drive of v
-        bias = (np.zeros(n) if bias is None else bias.astype(np.float64)) + leak
+        bias = _plus_bias(bias, n, leak)
     layer = {"cls": RecurrentCubaLIF, "w_in": scale(w_in), "bias": bias, "n": n, "name": cell,
              "options": {"reset": "zero"}}
     if not meta:
@@ -789,7 +804,9 @@ def _read_cuba_layer(graph, proj, cell, dt, units):
         layer.update(alpha=_scalar_if_shared(alpha), alpha_syn=_scalar_if_shared(alpha_syn),
                      theta=_scalar_if_shared(theta))
         return layer, after
-    layer = _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt, alpha_syn)
+    layer = _from_metadata(graph, layer,
+                           {"alpha": alpha, "alpha_syn": alpha_syn, "theta": theta}, w_rec,
+                           rec, dt)
     if not np.allclose(gain, 1, rtol=0, atol=1e-6):
         written = float(graph.metadata(cell).get("dt", float("nan")))
         graph.fail(cell, f"its input gain (dt/tau_mem) * r * (dt/tau_syn) * w_in is "
@@ -799,20 +816,20 @@ def _read_cuba_layer(graph, proj, cell, dt, units):
     return layer, after
 
 
-def _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt, alpha_syn=None):
+def _from_metadata(graph, layer, derived, w_rec, rec, dt):
     """The exact layer from to_nir's metadata, checked against the nodes'
-    own parameters, the recurrent weight included (a graph edited after
+    own parameters (`derived`: each neuron parameter of the layer's model as
+    the nodes give it), the recurrent weight included (a graph edited after
     export, or read with another dt, would otherwise import values that
-    disagree with what it says). alpha_syn: a RecurrentCubaLIF layer's."""
+    disagree with what it says)."""
     name, n = layer["name"], layer["n"]
     get = lambda key: graph.meta(name, key)  # noqa: E731
-    exact_alpha = graph.meta_values(name, "alpha", n)
-    exact_theta = graph.meta_values(name, "theta", n)
-    graph.check_meta(name, "alpha", np.clip(exact_alpha, 0, 1), alpha, dt)
-    if alpha_syn is not None:
-        exact_alpha_syn = graph.meta_values(name, "alpha_syn", n)
-        graph.check_meta(name, "alpha_syn", np.clip(exact_alpha_syn, 0, 1), alpha_syn, dt)
-    graph.check_meta(name, "theta", exact_theta, theta, dt)
+    params = NEURONS[layer["cls"]._OP].params
+    exact = {p.name: graph.meta_values(name, p.name, n) for p in params}
+    for p in params:  # a decay as stored may lie outside [0, 1]: the nodes hold it clamped
+        stored = np.clip(exact[p.name], 0, 1) if p.decay else exact[p.name]
+        graph.check_meta(name, p.name, stored, derived[p.name], dt)
+    exact_theta = exact["theta"]
     reset = str(get("reset"))
     if (reset == "zero") != (layer["options"]["reset"] == "zero"):
         graph.fail(name, f"its metadata says reset='{reset}', which a "
@@ -844,18 +861,14 @@ def _from_metadata(graph, layer, alpha, theta, w_rec, rec, dt, alpha_syn=None):
         graph.check_meta(name, "w_rec_diagonal", diagonal - minus, np.diagonal(w_rec), dt, against)
         w_rec = w_rec.copy()
         np.fill_diagonal(w_rec, diagonal)
-    layer.update(alpha=exact_alpha, theta=exact_theta, w_rec=w_rec,
-                 stack=tuple(int(graph.meta_number(name, key))
-                             for key in ("module", "layer", "num_layers")))
+    layer.update(exact, w_rec=w_rec, stack=tuple(int(graph.meta_number(name, key))
+                                                 for key in ("module", "layer", "num_layers")))
     flag = lambda key: graph.meta_flag(name, key)  # noqa: E731
     layer["options"] = {
         "reset": reset, "recurrent": recurrent, "detach_reset": flag("detach_reset"),
         "surrogate": str(get("surrogate")), "slope": graph.meta_number(name, "slope"),
-        "learn_alpha": flag("learn_alpha"), "learn_theta": flag("learn_theta"),
+        **{f"learn_{p.name}": flag(f"learn_{p.name}") for p in params},
         "per_neuron": flag("per_neuron"), "dropout": graph.meta_number(name, "dropout")}
-    if alpha_syn is not None:
-        layer["alpha_syn"] = exact_alpha_syn
-        layer["options"]["learn_alpha_syn"] = flag("learn_alpha_syn")
     return layer
 
 
@@ -889,11 +902,10 @@ def _build_layers(group, dtype):
     as_tensor = lambda v: torch.tensor(np.asarray(v), dtype=dtype)  # noqa: E731
     # The constructor checks the decays in [0, 1]; a trained one may lie
     # outside (the forward clamps it): the exact values are copied in below.
-    keys = ("alpha", "alpha_syn", "theta") if cls is RecurrentCubaLIF else ("alpha", "theta")
-    values = {key: as_tensor(first[key]) for key in keys}
-    for key in ("alpha", "alpha_syn"):
-        if key in values:
-            values[key] = values[key].clamp(0, 1)
+    params = NEURONS[cls._OP].params
+    keys = tuple(p.name for p in params)
+    values = {p.name: as_tensor(first[p.name]).clamp(0, 1) if p.decay else as_tensor(first[p.name])
+              for p in params}
     module = cls(first["w_in"].shape[1], first["n"], bias=first["bias"] is not None,
                  num_layers=len(group), dropout=dropout if len(group) > 1 else 0.0,
                  dtype=dtype, **values, **options)

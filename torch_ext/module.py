@@ -248,6 +248,11 @@ class _LeakyStack(_RecurrentStack):
 
     _OP = ""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # w_in, w_rec, bias, then the neuron's parameters in the op's order.
+        cls._PER_LAYER = _RecurrentStack._PER_LAYER + NEURONS[cls._OP].param_names
+
     def __init__(self, in_features, hidden_size, *, bias, values, learn, per_neuron, reset,
                  detach_reset, surrogate, slope, batch_first, return_membrane, backend,
                  num_layers, dropout, recurrent, save_state, device, dtype):
@@ -418,7 +423,6 @@ class RecurrentLIF(_LeakyStack):
     """
 
     _BACKENDS = {"fused": recurrent_lif, "autograd": recurrent_lif_ref}
-    _PER_LAYER = ("w_in", "w_rec", "bias", "alpha", "theta")
     _STATE = ("u", "s")
     _STATE_IS = "a LIF layer's state is two, its membrane and its spikes"
 
@@ -644,7 +648,6 @@ class RecurrentCubaLIF(_LeakyStack):
     """
 
     _BACKENDS = {"fused": recurrent_cubalif, "autograd": recurrent_cubalif_ref}
-    _PER_LAYER = ("w_in", "w_rec", "bias", "alpha", "alpha_syn", "theta")
     _STATE = ("u", "j", "s")
     _STATE_IS = ("a current-based LIF layer's state is three, its membrane, its synaptic "
                  "current and its spikes")
