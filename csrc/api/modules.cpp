@@ -332,8 +332,8 @@ void check_neuron_module(const char* module, int64_t in_features, int64_t hidden
   check_options(M::kTraits.op, reset, detach_reset, surrogate, slope, at::kFloat);
 }
 
-// Registers layer l's tensors; returns them: w_in, w_rec, bias (undefined
-// when absent), then one per neuron value.
+// Registers layer l's tensors (every module's); returns them: w_in, w_rec,
+// bias (undefined when absent), then one per neuron value.
 std::vector<at::Tensor> register_layer(torch::nn::Module& m, int64_t l, int64_t L, int64_t F,
                                        int64_t N, bool bias, const std::string& recurrent,
                                        bool per_neuron, const std::vector<NeuronValue>& values) {
@@ -559,23 +559,15 @@ RecurrentAdLIFImpl::RecurrentAdLIFImpl(const RecurrentAdLIFOptions& options_)
 }
 
 void RecurrentAdLIFImpl::reset() {
-  const int64_t F = options.in_features(), N = options.hidden_size(), L = options.num_layers();
-  auto name = [L](const char* base, int64_t layer) { return layer_name(base, layer, L); };
+  const int64_t L = options.num_layers();
   layers.assign(L, Layer{});
   for (int64_t l = 0; l < L; ++l) {
-    Layer& layer = layers[l];
-    layer.w_in = register_parameter(name("w_in", l), torch::empty({N, l == 0 ? F : N}));
-    if (options.recurrent() != "none") {
-      layer.w_rec = register_parameter(
-          name("w_rec", l), torch::empty(options.recurrent() == "one_to_one"
-                                             ? std::vector<int64_t>{N}
-                                             : std::vector<int64_t>{N, N}));
-    }
-    if (options.bias()) layer.bias = register_parameter(name("bias", l), torch::empty({N}));
-    layer.tau_u = register_parameter(name("tau_u", l), torch::empty({N}));
-    layer.tau_w = register_parameter(name("tau_w", l), torch::empty({N}));
-    layer.a = register_parameter(name("a", l), torch::empty({N}));
-    layer.b = register_parameter(name("b", l), torch::empty({N}));
+    // Per neuron and learnt, always; their values come from reset_parameters.
+    const std::vector<at::Tensor> t = register_layer(
+        *this, l, L, options.in_features(), options.hidden_size(), options.bias(),
+        options.recurrent(), /*per_neuron=*/true,
+        {{"tau_u", 0, true}, {"tau_w", 0, true}, {"a", 0, true}, {"b", 0, true}});
+    layers[l] = Layer{t[0], t[1], t[2], t[3], t[4], t[5], t[6]};
   }
   reset_parameters();
 }

@@ -338,7 +338,7 @@ at::Tensor scale_rows(const at::Tensor& gain, const at::Tensor& m) {
 struct InputGrads {
   at::Tensor x, w_in, w_rec, bias, s0;
   // [N]: sum over t and b of gU[t] * (I[t] + S[t-1] @ w_rec.T), if asked for
-  // (NeuronTraits::drive_param).
+  // (for the gain's parameter, NeuronTraits::gain_param).
   at::Tensor drive;
 };
 
@@ -370,12 +370,17 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   const at::Tensor grad_u_ops =
       w_in.has_value() && (need.x || need.w_in || need.drive) ? grad_u_2d.to(operands)
                                                              : at::Tensor();
+  // [T, B, 1]: the steps past each row's length, which take no part.
+  const at::Tensor past_end =
+      in.state.lengths.defined()
+          ? at::arange(T, in.state.lengths.options()).view({T, 1, 1}) >=
+                in.state.lengths.view({1, B, 1})
+          : at::Tensor();
   at::Tensor x_ops = need.w_in || need.drive ? x.to(operands) : at::Tensor();
-  if (x_ops.defined() && in.state.lengths.defined()) {
-    // Steps past a row's length take no part: their x (padding, possibly
-    // NaN) must not reach grad_w_in or the drive through gU = 0 times it.
-    const at::Tensor steps = at::arange(T, in.state.lengths.options()).view({T, 1, 1});
-    x_ops = x_ops.masked_fill(steps >= in.state.lengths.view({1, B, 1}), 0);
+  if (x_ops.defined() && past_end.defined()) {
+    // Their x (padding, possibly NaN) must not reach grad_w_in or the drive
+    // through gU = 0 times it.
+    x_ops = x_ops.masked_fill(past_end, 0);
   }
   if (need.x) {
     g.x = (w_in.has_value()
@@ -383,11 +388,9 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
                      .view({T, B, F})
                : (gain.defined() ? out.grad_input * gain : out.grad_input))
               .to(x.scalar_type());
-    if (w_in.has_value() && in.state.lengths.defined()) {
-      // Steps past a row's length pass no gradient, also where gX = 0 meets
-      // a non-finite weight.
-      const at::Tensor steps = at::arange(T, in.state.lengths.options()).view({T, 1, 1});
-      g.x = g.x.masked_fill(steps >= in.state.lengths.view({1, B, 1}), 0);
+    if (w_in.has_value() && past_end.defined()) {
+      // They pass no gradient, also where gX = 0 meets a non-finite weight.
+      g.x = g.x.masked_fill(past_end, 0);
     }
   }
   at::Tensor drive;
@@ -486,7 +489,8 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
   const bool need_x = needs[0], need_w_in = needs[1], need_w_rec = needs[2],
              need_bias = needs[3], need_s0 = needs[4 + P + K];
   std::vector<bool> need_params(needs.begin() + 4, needs.begin() + 4 + P);
-  const int drive_param = neuron.traits.drive_param;
+  // The gain's parameter: its gradient needs the drive, sum gX (I + rec).
+  const int drive_param = neuron.traits.gain_param;
   const bool need_drive = drive_param >= 0 && need_params[drive_param];
 
   LoopInputs state = loop_inputs(in_t, N, compute, options.reset);
@@ -558,20 +562,16 @@ std::vector<at::Tensor> neuron_forward_meta(const NeuronInfo& neuron, const OpTe
 std::vector<at::Tensor> neuron_backward_meta(const NeuronInfo& neuron, const BackwardTensors& t,
                                              const OpSettings& s, const std::vector<bool>& needs) {
   const Dims d = check_backward_call(neuron, t, s).first;
-  const OpTensors& in = t.inputs;
-  std::vector<OptionalTensor> inputs{in.x, in.w_in, in.w_rec, in.bias};
-  inputs.insert(inputs.end(), in.params.begin(), in.params.end());
-  inputs.insert(inputs.end(), in.initial.begin(), in.initial.end());
-  inputs.push_back(in.s0);
+  const std::vector<OptionalTensor> inputs = t.inputs.grad_inputs();
   // Gradient i is shaped like input i (bias: [N] in x's dtype); one not needed
   // is empty, as in the real kernels.
   std::vector<at::Tensor> grads;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const OptionalTensor& input = inputs[i];
     if (!needs[i] || !input.has_value()) {
-      grads.push_back(at::empty({0}, in.x.options()));
+      grads.push_back(at::empty({0}, t.inputs.x.options()));
     } else if (i == 3) {
-      grads.push_back(at::empty_symint({d.N}, in.x.options()));
+      grads.push_back(at::empty_symint({d.N}, t.inputs.x.options()));
     } else {
       grads.push_back(at::empty_symint(input->sym_sizes(), input->options()));
     }

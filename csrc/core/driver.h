@@ -56,6 +56,15 @@ struct OpTensors {
   std::vector<at::Tensor> params;
   std::vector<OptionalTensor> initial;
   OptionalTensor s0, lengths;
+
+  // The differentiable ones, x .. s0, in the op's order (lengths has no gradient).
+  std::vector<OptionalTensor> grad_inputs() const {
+    std::vector<OptionalTensor> flat{x, w_in, w_rec, bias};
+    flat.insert(flat.end(), params.begin(), params.end());
+    flat.insert(flat.end(), initial.begin(), initial.end());
+    flat.push_back(s0);
+    return flat;
+  }
 };
 
 // Its other arguments.

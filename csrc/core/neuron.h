@@ -65,13 +65,11 @@ struct NeuronTraits {
   bool default_detach_reset;
   // The state the input current I[t] and the recurrent input enter (its
   // gradient is what the weight gradients multiply), and the parameter p
-  // whose 1 - p scales them on the way in (-1: no scale).
+  // whose 1 - p scales them on the way in (-1: no scale). p's derivative
+  // then holds -(I[t] + rec[t]), which the loops do not keep: the driver
+  // subtracts that sum, sum gX (I + rec), from the loop's.
   int input_state;
   int gain_param;
-  // A parameter whose derivative holds - (I[t] + rec[t]) (the adaptive
-  // model's alpha, through its gain), which the loops do not keep: the
-  // driver subtracts that sum, sum gX (I + rec), from the loop's (-1: none).
-  int drive_param;
 };
 
 // The largest counts any model has (the fixed-size arrays of the loops).

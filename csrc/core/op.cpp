@@ -142,13 +142,10 @@ struct Registration {
                                                   const OpSettings& s) {
     // Before autograd reads the inputs' devices ("tensor does not have a device").
     check_required(n, t.x, t.params);
-    std::vector<OptionalTensor> flat{t.x, t.w_in, t.w_rec, t.bias};
-    flat.insert(flat.end(), t.params.begin(), t.params.end());
-    flat.insert(flat.end(), t.initial.begin(), t.initial.end());
-    flat.push_back(t.s0);
+    std::vector<OptionalTensor> flat = t.grad_inputs();
     reject_forward_ad(n.op(), flat);
     flat.push_back(t.lengths);
-    return apply_flat(s, flat, std::make_index_sequence<5 + num_params_of<M> + num_states_of<M> + 1>{});
+    return apply_flat(s, flat, std::make_index_sequence<Op::kGradInputs + 1>{});
   }
 
   template <size_t... I>
@@ -167,11 +164,7 @@ struct Registration {
     auto add = [&](const OptionalTensor& o) {
       if (o.has_value() && o->defined()) differentiable.push_back(*o);
     };
-    const OpTensors& in = t.inputs;
-    for (const OptionalTensor& o : {OptionalTensor(in.x), in.w_in, in.w_rec, in.bias}) add(o);
-    for (const at::Tensor& p : in.params) add(p);
-    for (const OptionalTensor& o : in.initial) add(o);
-    add(in.s0);
+    for (const OptionalTensor& o : t.inputs.grad_inputs()) add(o);
     add(t.spikes);
     for (const OptionalTensor& o : t.states) add(o);
     add(t.grad_spikes);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
 
 #include <array>
 #include <string>
@@ -24,12 +25,12 @@ using ForwardFn = std::vector<at::Tensor> (*)(const NeuronInfo&, const OpTensors
 using BackwardFn = std::vector<at::Tensor> (*)(const NeuronInfo&, const BackwardTensors&,
                                                const OpSettings&, const std::vector<bool>&);
 
-template <typename M, ForwardLoop Loop>
+template <ForwardLoop Loop>
 std::vector<at::Tensor> forward_with_loop(const NeuronInfo& n, const OpTensors& t,
                                           const OpSettings& s) {
   return neuron_forward(n, t, s, Loop);
 }
-template <typename M, ForwardLoop Forward, BackwardLoop Loop>
+template <ForwardLoop Forward, BackwardLoop Loop>
 std::vector<at::Tensor> backward_with_loops(const NeuronInfo& n, const BackwardTensors& t,
                                             const OpSettings& s, const std::vector<bool>& needs) {
   return neuron_backward(n, t, s, needs, Forward, Loop);
@@ -167,5 +168,14 @@ struct NeuronOp<M, std::index_sequence<P...>, std::index_sequence<K...>> {
     return text + ", Tensor? s0" + none;
   }
 };
+
+// A backend's kernels of model M: the driver with that backend's time loops.
+template <typename M, ForwardLoop Forward, BackwardLoop Backward>
+void register_backend(torch::Library& m) {
+  using Op = NeuronOp<M>;
+  m.impl(Op::forward_name().c_str(), &Op::template forward<forward_with_loop<Forward>>);
+  m.impl(Op::backward_name().c_str(),
+         &Op::template backward<backward_with_loops<Forward, Backward>>);
+}
 
 }  // namespace torch_ext

@@ -596,19 +596,12 @@ BackwardLoopOutputs backward_loop_cpu(const BackwardLoopInputs& in) {
   });
 }
 
-template <typename M>
-void register_cpu(torch::Library& m) {
-  using Op = NeuronOp<M>;
-  m.impl(Op::forward_name().c_str(),
-         &Op::template forward<forward_with_loop<M, forward_loop_cpu<M>>>);
-  m.impl(Op::backward_name().c_str(),
-         &Op::template backward<backward_with_loops<M, forward_loop_cpu<M>, backward_loop_cpu<M>>>);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ext, CPU, m) {
-  for_each_neuron([&]<typename M>() { register_cpu<M>(m); });
+  for_each_neuron([&]<typename M>() {
+    register_backend<M, forward_loop_cpu<M>, backward_loop_cpu<M>>(m);
+  });
 }
 
 }  // namespace torch_ext

@@ -783,22 +783,10 @@ std::pair<std::string, std::string> cuda_design_for(int64_t T, int64_t B, int64_
                             std::to_string(plan.shared_bytes) + " bytes of shared memory each"};
 }
 
-namespace {
-
-template <typename M>
-void register_cuda(torch::Library& m) {
-  using Op = NeuronOp<M>;
-  m.impl(Op::forward_name().c_str(),
-         &Op::template forward<forward_with_loop<M, forward_loop_cuda<M>>>);
-  m.impl(Op::backward_name().c_str(),
-         &Op::template backward<
-             backward_with_loops<M, forward_loop_cuda<M>, backward_loop_cuda<M>>>);
-}
-
-}  // namespace
-
 TORCH_LIBRARY_IMPL(torch_ext, CUDA, m) {
-  for_each_neuron([&]<typename M>() { register_cuda<M>(m); });
+  for_each_neuron([&]<typename M>() {
+    register_backend<M, forward_loop_cuda<M>, backward_loop_cuda<M>>(m);
+  });
 }
 
 }  // namespace torch_ext

@@ -129,8 +129,7 @@ struct AdLIF {
   // The input enters V with the gain 1 - alpha, and alpha's derivative holds
   // -(I + rec), which the driver subtracts (adaptive_sums).
   static constexpr NeuronTraits kTraits{"recurrent_adlif", "save_state", "zero", true,
-                                        /*input_state=*/0, /*gain_param=*/kAlpha,
-                                        /*drive_param=*/kAlpha};
+                                        /*input_state=*/0, /*gain_param=*/kAlpha};
   // CPU loops: GCC 12 vectorises this step only with has_next a compile-time constant.
   static constexpr bool kUnrollHasNext = true;
 

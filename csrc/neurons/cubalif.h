@@ -42,8 +42,7 @@ struct CubaLIF : SpikeFeedsTheNextStep {
       {{"alpha", 0.9, true}, {"alpha_syn", 0.8, true}, {"theta", 1.0, false}}};
   static constexpr std::array<StateSpec, 2> kStates{{{"u0", "membrane"}, {"j0", "current"}}};
   static constexpr NeuronTraits kTraits{"recurrent_cubalif", "save_state", "subtract", false,
-                                        /*input_state=*/kJ, /*gain_param=*/-1,
-                                        /*drive_param=*/-1};
+                                        /*input_state=*/kJ, /*gain_param=*/-1};
   // CPU loops: GCC 12 vectorises this step only with has_next a compile-time constant.
   static constexpr bool kUnrollHasNext = true;
 

@@ -101,8 +101,7 @@ struct LIF : SpikeFeedsTheNextStep {
   static constexpr std::array<ParamSpec, 2> kParams{{{"alpha", 0.9, true}, {"theta", 1.0, false}}};
   static constexpr std::array<StateSpec, 1> kStates{{{"u0", "membrane"}}};
   static constexpr NeuronTraits kTraits{"recurrent_lif", "save_membrane", "subtract", false,
-                                        /*input_state=*/0, /*gain_param=*/-1,
-                                        /*drive_param=*/-1};
+                                        /*input_state=*/0, /*gain_param=*/-1};
 
   template <typename T, Reset R, bool Replay>
   C10_HOST_DEVICE static void forward(const T* p, const T* prev, T r_prev, T input, T rec, T* now,
