@@ -109,7 +109,7 @@ def snntorch_rsynaptic(params):
         spike_grad=surrogate.sigmoid(slope=OPTIONS["slope"])))
 
 
-def floor(params):
+def floor(params, x_grad=True):
     """run(x, backward): only the matrix products that a dense implementation
     cannot avoid, in the dtype of the others, on operands of the right shapes
     (their values do not change the time of a product):
@@ -126,7 +126,8 @@ def floor(params):
     is a lower bound for every implementation that computes these products
     densely. The adaptive layer needs the same products (its per-neuron
     parameter gradients are element-wise sums). The fused op does not quite: grad_w_rec = gU.T @ S has binary,
-    sparse S too, and it adds a row of gU per spike only."""
+    sparse S too, and it adds a row of gU per spike only. Without `x_grad`
+    (an input that needs no gradient) grad_x is left out."""
     w_in, w_rec = params["w_in"].detach(), params["w_rec"].detach()
 
     @torch.no_grad()
@@ -140,7 +141,8 @@ def floor(params):
         if backward:
             for t in range(T - 1, 0, -1):
                 torch.mm(per_step[t], w_rec, out=out)
-            current @ w_in  # grad_x
+            if x_grad:
+                current @ w_in  # grad_x
             current.T @ rows  # grad_w_in
             current.T @ current  # grad_w_rec
     return run

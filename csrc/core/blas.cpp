@@ -2,9 +2,13 @@
 // products split so that their results do not depend on the thread count.
 #include "blas.h"
 
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <utility>
@@ -184,6 +188,219 @@ at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b) {
   const bool low = a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf;
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options().dtype(low ? at::kFloat : a.scalar_type()));
   deterministic_mm_out(out, a, b);
+  return out;
+}
+
+namespace {
+
+// Rows per task of the binary-input scan and forward gather: fixed, so that
+// the work split does not depend on the thread count.
+constexpr int64_t kBinaryRowsPerTask = 256;
+
+// One row of x scanned 64 values at a time: a word of bits where the value
+// is not 0 (NaN included) and whether any is neither 0 nor 1. Vectorises (a
+// compare and a shift per lane); the ones are then read off the bits.
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES bool scan_binary_row(const scalar_t* __restrict__ row, int64_t cols,
+                                          uint64_t* __restrict__ bits) {
+  using value_t = at::opmath_type<scalar_t>;  // bfloat16/float16 compare as float
+  bool other = false;
+  for (int64_t w = 0; w * 64 < cols; ++w) {
+    const int64_t count = std::min<int64_t>(64, cols - w * 64);
+    uint64_t word = 0;
+    for (int64_t k = 0; k < count; ++k) {
+      const value_t v = static_cast<value_t>(row[w * 64 + k]);
+      word |= uint64_t(v != value_t(0)) << k;
+      other |= (v != value_t(0)) & (v != value_t(1));
+    }
+    bits[w] = word;
+  }
+  return !other;
+}
+
+template <typename scalar_t>
+std::optional<BinaryRows> binary_rows_of(const scalar_t* x, int64_t rows, int64_t cols,
+                                         double max_density) {
+  const double limit = max_density * static_cast<double>(rows) * static_cast<double>(cols);
+  const int64_t tasks = (rows + kBinaryRowsPerTask - 1) / kBinaryRowsPerTask;
+  const int64_t words = (cols + 63) / 64;
+  BinaryRows out;
+  out.rows = rows;
+  out.cols = cols;
+  out.offsets.assign(rows + 1, 0);
+  std::vector<std::vector<int32_t>> task_active(tasks);
+  // Set by the first task to meet a value that is neither 0 nor 1, or to push
+  // the count of ones past the limit; the others then stop too.
+  std::atomic<bool> give_up{false};
+  std::atomic<int64_t> ones{0};
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> bits(words);
+    for (int64_t task = begin; task < end && !give_up.load(std::memory_order_relaxed); ++task) {
+      std::vector<int32_t>& active = task_active[task];
+      const int64_t first = task * kBinaryRowsPerTask;
+      const int64_t last = std::min(rows, first + kBinaryRowsPerTask);
+      bool binary = true;
+      for (int64_t r = first; r < last && binary; ++r) {
+        binary = scan_binary_row(x + r * cols, cols, bits.data());
+        const size_t before = active.size();
+        for (int64_t w = 0; w < words; ++w) {
+          for (uint64_t m = bits[w]; m != 0; m &= m - 1) {
+            active.push_back(static_cast<int32_t>(w * 64 + __builtin_ctzll(m)));
+          }
+        }
+        out.offsets[r + 1] = static_cast<int64_t>(active.size() - before);
+      }
+      const int64_t total = ones.fetch_add(static_cast<int64_t>(active.size())) +
+                            static_cast<int64_t>(active.size());
+      if (!binary || static_cast<double>(total) > limit) give_up.store(true);
+    }
+  });
+  if (give_up.load()) return std::nullopt;
+  for (int64_t r = 0; r < rows; ++r) out.offsets[r + 1] += out.offsets[r];
+  out.active.reserve(out.offsets[rows]);
+  for (const std::vector<int32_t>& active : task_active) {
+    out.active.insert(out.active.end(), active.begin(), active.end());
+  }
+  return out;
+}
+
+// The gathers work on tiles of kTile columns of N, 8 vectors of 32 bytes (8
+// AVX2 registers): a tile of the row being summed stays in registers while
+// the selected rows add into it, and a tile of all rows of the other operand
+// (rows * 256 bytes) stays in L2 while a task's rows use it. Every element
+// still sums its terms in their order, so the tiling does not change the
+// result. GCC's vector extensions spell the registers out: left to the
+// auto-vectoriser, -O3 jams pairs of selected rows into a scalar loop.
+template <typename scalar_t>
+struct TileOf {
+  typedef scalar_t Vec __attribute__((vector_size(32)));
+  static constexpr int64_t kLanes = 32 / sizeof(scalar_t), kVecs = 8, kTile = kLanes * kVecs;
+};
+template <typename scalar_t>
+constexpr int64_t kTile = TileOf<scalar_t>::kTile;
+
+template <typename Vec, typename scalar_t>
+inline Vec load_vec(const scalar_t* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+template <typename Vec, typename scalar_t>
+inline void store_vec(scalar_t* p, const Vec& v) {
+  std::memcpy(p, &v, sizeof(Vec));
+}
+
+// o[0, width) += the rows `columns` of w (leading dimension ld), in order.
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES void add_selected_rows(scalar_t* __restrict__ o, const scalar_t* __restrict__ w,
+                                            int64_t ld, const int32_t* __restrict__ columns,
+                                            int64_t count, int64_t width) {
+  using T = TileOf<scalar_t>;
+  using Vec = typename T::Vec;
+  if (width == T::kTile) {
+    Vec acc[T::kVecs];
+    for (int64_t v = 0; v < T::kVecs; ++v) acc[v] = load_vec<Vec>(o + v * T::kLanes);
+    for (int64_t k = 0; k < count; ++k) {
+      const scalar_t* row = w + static_cast<int64_t>(columns[k]) * ld;
+      for (int64_t v = 0; v < T::kVecs; ++v) acc[v] += load_vec<Vec>(row + v * T::kLanes);
+    }
+    for (int64_t v = 0; v < T::kVecs; ++v) store_vec(o + v * T::kLanes, acc[v]);
+    return;
+  }
+  for (int64_t k = 0; k < count; ++k) {  // the last, partial tile
+    const scalar_t* __restrict__ row = w + static_cast<int64_t>(columns[k]) * ld;
+    for (int64_t i = 0; i < width; ++i) o[i] += row[i];
+  }
+}
+
+// The rows `targets` of out (leading dimension ld), [0, width) each, += g.
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES void add_to_selected_rows(scalar_t* __restrict__ out, int64_t ld,
+                                               const scalar_t* __restrict__ g,
+                                               const int32_t* __restrict__ targets, int64_t count,
+                                               int64_t width) {
+  using T = TileOf<scalar_t>;
+  using Vec = typename T::Vec;
+  if (width == T::kTile) {
+    Vec add[T::kVecs];
+    for (int64_t v = 0; v < T::kVecs; ++v) add[v] = load_vec<Vec>(g + v * T::kLanes);
+    for (int64_t k = 0; k < count; ++k) {
+      scalar_t* o = out + static_cast<int64_t>(targets[k]) * ld;
+      for (int64_t v = 0; v < T::kVecs; ++v) {
+        store_vec(o + v * T::kLanes, load_vec<Vec>(o + v * T::kLanes) + add[v]);
+      }
+    }
+    return;
+  }
+  for (int64_t k = 0; k < count; ++k) {  // the last, partial tile
+    scalar_t* __restrict__ o = out + static_cast<int64_t>(targets[k]) * ld;
+    for (int64_t i = 0; i < width; ++i) o[i] += g[i];
+  }
+}
+
+}  // namespace
+
+std::optional<BinaryRows> binary_rows(const at::Tensor& x, double max_density) {
+  if (!x.device().is_cpu() || x.dim() == 0 || x.numel() == 0 ||
+      x.size(-1) > std::numeric_limits<int32_t>::max() ||
+      x.numel() / x.size(-1) > std::numeric_limits<int32_t>::max()) {
+    return std::nullopt;
+  }
+  const at::Tensor x_c = x.contiguous();
+  const int64_t cols = x.size(-1), rows = x.numel() / cols;
+  std::optional<BinaryRows> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "binary_rows", [&] {
+    out = binary_rows_of(x_c.data_ptr<scalar_t>(), rows, cols, max_density);
+  });
+  return out;
+}
+
+void binary_mm_out(at::Tensor& out, const BinaryRows& x, const at::Tensor& w_t, bool accumulate) {
+  const int64_t N = w_t.size(1);
+  TORCH_INTERNAL_ASSERT(out.is_contiguous() && w_t.is_contiguous() && out.size(0) == x.rows &&
+                        out.size(1) == N && w_t.size(0) == x.cols &&
+                        w_t.scalar_type() == out.scalar_type());
+  if (!accumulate) out.zero_();
+  const int64_t tasks = (x.rows + kBinaryRowsPerTask - 1) / kBinaryRowsPerTask;
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "binary_mm_out", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t* w = w_t.data_ptr<scalar_t>();
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      const int64_t first = begin * kBinaryRowsPerTask;
+      const int64_t last = std::min(x.rows, end * kBinaryRowsPerTask);
+      for (int64_t n0 = 0; n0 < N; n0 += kTile<scalar_t>) {
+        const int64_t width = std::min(kTile<scalar_t>, N - n0);
+        for (int64_t r = first; r < last; ++r) {
+          add_selected_rows(o + r * N + n0, w + n0, N, x.active.data() + x.offsets[r],
+                            x.offsets[r + 1] - x.offsets[r], width);
+        }
+      }
+    });
+  });
+}
+
+at::Tensor binary_t_mm(const BinaryRows& x, const at::Tensor& g) {
+  const at::Tensor g_c = g.contiguous();
+  const int64_t N = g.size(1);
+  TORCH_INTERNAL_ASSERT(g.size(0) == x.rows);
+  at::Tensor out = at::zeros({x.cols, N}, g.options());
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "binary_t_mm", [&] {
+    constexpr int64_t tile = kTile<scalar_t>;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t* rows = g_c.data_ptr<scalar_t>();
+    // Each task owns a tile of columns of N and goes through the rows of g in
+    // order, adding each to the output rows of its ones: every element sums
+    // over r in increasing order, whatever the thread count.
+    at::parallel_for(0, (N + tile - 1) / tile, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n0 = begin * tile; n0 < std::min(N, end * tile); n0 += tile) {
+        const int64_t width = std::min(tile, N - n0);
+        for (int64_t r = 0; r < x.rows; ++r) {
+          add_to_selected_rows(o + n0, N, rows + r * N + n0, x.active.data() + x.offsets[r],
+                               x.offsets[r + 1] - x.offsets[r], width);
+        }
+      }
+    });
+  });
   return out;
 }
 

@@ -4,6 +4,18 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
+#include <vector>
+
+// The extension is compiled for baseline x86-64 (SSE2); the CPU hot loops
+// are cloned for these targets (GCC target_clones) and the loader picks the
+// best one the CPU has.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TORCH_EXT_CPU_CLONE_TARGETS "avx512f", "avx2", "default"
+#define TORCH_EXT_CPU_CLONES __attribute__((target_clones(TORCH_EXT_CPU_CLONE_TARGETS)))
+#else
+#define TORCH_EXT_CPU_CLONES
+#endif
 
 namespace torch_ext {
 
@@ -23,6 +35,32 @@ at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
 // CPU, with MKL's low-precision products present) run in x's dtype with
 // float32 accumulation; otherwise they run in the compute dtype.
 bool low_precision_products(const at::Tensor& x);
+
+// Binary inputs (spikes): x viewed as [rows, cols] holding only 0 and 1,
+// stored as the columns of its ones, row by row in increasing order (CSR).
+// Products with it add the rows of the other operand it selects instead of
+// multiplying by every zero: the cost follows the ones, not rows * cols.
+struct BinaryRows {
+  int64_t rows = 0, cols = 0;
+  std::vector<int64_t> offsets;  // [rows + 1]: row r's ones are active[offsets[r], offsets[r+1])
+  std::vector<int32_t> active;   // their columns
+  double density() const {
+    return rows * cols == 0 ? 0.0 : static_cast<double>(active.size()) / (rows * cols);
+  }
+};
+// x (CPU, any floating dtype, at least 1 dim) as [numel / x.size(-1),
+// x.size(-1)] if every value is 0 or 1 (-0.0 counts as 0) and at most
+// max_density of them are 1; otherwise nullopt (also on other devices). One
+// pass over x, stopped at the first value that is neither.
+std::optional<BinaryRows> binary_rows(const at::Tensor& x, double max_density);
+// out [rows, N] = x @ w_t (+ out with accumulate) for binary x, w_t [cols, N]
+// contiguous in out's dtype (float32 or float64): each row the sum of the
+// w_t rows of its ones, in increasing column order, so the result does not
+// depend on the thread count.
+void binary_mm_out(at::Tensor& out, const BinaryRows& x, const at::Tensor& w_t, bool accumulate);
+// x.T @ g, [cols, N], for binary x and g [rows, N]: row f the sum of g's rows
+// r where x[r, f] = 1, in increasing r (fixed for any thread count).
+at::Tensor binary_t_mm(const BinaryRows& x, const at::Tensor& g);
 
 // Makes BLAS calls on this thread single-threaded while alive. MKL picks how to
 // split a product from the thread count it may use, even inside a parallel

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 #include "blas.h"
@@ -252,6 +253,42 @@ LoopInputs loop_inputs(const OpTensors& t, int64_t N, at::ScalarType compute, Re
   return in;
 }
 
+// Binary inputs (spikes: every layer above the first of a stack, event
+// data) multiply w_in by gathering: the input current adds the w_in columns
+// of the active inputs, grad_w_in sums gU over them (blas.h, BinaryRows).
+// Equal to the dense products up to the order of the sum, and cheaper below
+// a density of ones that grows with N: per row the dense products cost ~ F*N,
+// the gather ~ F (the scan of x) + ones*N, so the crossover is a - b/N.
+// Fitted to the op's forward + backward measured both ways on a 2-core AMD
+// EPYC (AVX2), float32 (benchmarks/spike_inputs.py, crossover): about 5 %
+// at N=128, 15 % at N=256, 20 % at N=512, whatever F (128 to 700); taken
+// at 80 % of that fit, so that a call near it is not made slower.
+double binary_input_crossover(int64_t N) { return 0.2 * (1.0 - 100.0 / static_cast<double>(N)); }
+
+// The environment variable TORCH_EXT_BINARY_INPUTS, read at each call:
+// "dense" never gathers, "gather" gathers any binary x whatever its density;
+// unset (or anything else): below the crossover density.
+double binary_input_max_density(int64_t N) {
+  const char* mode = std::getenv("TORCH_EXT_BINARY_INPUTS");
+  if (mode != nullptr && std::string(mode) == "dense") return -1;
+  if (mode != nullptr && std::string(mode) == "gather") return 1;
+  return binary_input_crossover(N);
+}
+
+}  // namespace
+
+std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_in) {
+  const double max_density = binary_input_max_density(w_in.size(0));
+  // A non-finite weight times a skipped zero input would be NaN in the dense
+  // product: such calls stay dense, so that both agree.
+  if (max_density < 0 || !x.device().is_cpu() || !at::isfinite(w_in).all().item<bool>()) {
+    return std::nullopt;
+  }
+  return binary_rows(x, max_density);
+}
+
+namespace {
+
 // I[t] = x[t] @ w_in.T + bias for all T steps at once, as a [T, B, N] buffer in
 // the compute dtype that the time loop then turns into the membrane in place.
 // The forward and the low-memory backward's recomputation both call this, so
@@ -266,10 +303,16 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
     // layout, and a different kernel may round differently. Low-precision
     // inputs: the product of the rounded operands with float32 accumulation.
     const at::ScalarType operands = low_precision_products(x) ? x.scalar_type() : compute;
-    const at::Tensor x_2d = x.to(operands).reshape({T * B, F}).contiguous();
-    const at::Tensor w_in_t = w_in->to(operands).contiguous().t();
     if (bias.has_value()) current_2d.copy_(bias->to(compute).expand_as(current_2d));
-    deterministic_mm_out(current_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
+    if (const auto binary = binary_input(x, *w_in)) {
+      // The rounded operands' values, summed in the compute dtype.
+      const at::Tensor w_in_t = w_in->to(operands).to(compute).t().contiguous();
+      binary_mm_out(current_2d, *binary, w_in_t, /*accumulate=*/bias.has_value());
+    } else {
+      const at::Tensor x_2d = x.to(operands).reshape({T * B, F}).contiguous();
+      const at::Tensor w_in_t = w_in->to(operands).contiguous().t();
+      deterministic_mm_out(current_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
+    }
   } else {
     current.copy_(x);
     if (bias.has_value()) current.add_(bias->to(compute));
@@ -376,7 +419,15 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
           ? at::arange(T, in.state.lengths.options()).view({T, 1, 1}) >=
                 in.state.lengths.view({1, B, 1})
           : at::Tensor();
-  at::Tensor x_ops = need.w_in || need.drive ? x.to(operands) : at::Tensor();
+  // Binary x: grad_w_in by gathering (a finite gU only: the gather skips the
+  // zeros of x, which would drop the NaN of 0 * inf; out.bias_sum, asked for
+  // on CPU, is finite only if every gU is).
+  const bool gather_w_in_grad = w_in.has_value() && (need.w_in || need.drive) &&
+                                x.device().is_cpu() && out.bias_sum.defined() &&
+                                at::isfinite(out.bias_sum).all().item<bool>();
+  const std::optional<BinaryRows> binary =
+      gather_w_in_grad ? binary_input(x, *w_in) : std::nullopt;
+  at::Tensor x_ops = (need.w_in || need.drive) && !binary ? x.to(operands) : at::Tensor();
   if (x_ops.defined() && past_end.defined()) {
     // Their x (padding, possibly NaN) must not reach grad_w_in or the drive
     // through gU = 0 times it.
@@ -395,8 +446,11 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   }
   at::Tensor drive;
   if (w_in.has_value() && (need.w_in || need.drive)) {
-    // sum_t gU[t].T @ x[t]: one product over all T*B rows.
-    const at::Tensor m = deterministic_mm(grad_u_ops.t(), x_ops.reshape({T * B, F}).contiguous());
+    // sum_t gU[t].T @ x[t]: one product over all T*B rows. (A binary x's
+    // steps past a row's length add nothing: gU is 0 there.)
+    const at::Tensor m =
+        binary ? binary_t_mm(*binary, grad_u_ops.to(compute)).t().contiguous()
+               : deterministic_mm(grad_u_ops.t(), x_ops.reshape({T * B, F}).contiguous());
     if (need.w_in) g.w_in = scale_rows(gain, m).to(w_in->scalar_type());
     if (need.drive) drive = (w_in_c * m).sum(1);
   } else if (need.drive) {
@@ -523,7 +577,10 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         options.surrogate,
                         options.slope,
                         need_params,
-                        need_bias || (need_drive && in_t.bias.has_value()),
+                        // (the sum of gU also tells whether a binary x may gather grad_w_in)
+                        need_bias || (need_drive && in_t.bias.has_value()) ||
+                            (in_t.w_in.has_value() && (need_w_in || need_drive) &&
+                             x.device().is_cpu()),
                         (need_w_rec || need_drive) && one_to_one,
                         (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one};
   const BackwardLoopOutputs out =

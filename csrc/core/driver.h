@@ -12,15 +12,9 @@
 #include <utility>
 #include <vector>
 
+#include "blas.h"
 #include "loop.h"
 #include "neuron.h"
-
-// The CPU forward's hot loop is compiled for these x86 targets (GCC
-// target_clones; the build itself targets baseline x86-64); the loader picks
-// the best one the CPU has.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define TORCH_EXT_CPU_CLONE_TARGETS "avx512f", "avx2", "default"
-#endif
 
 namespace torch_ext {
 
@@ -103,6 +97,11 @@ std::vector<at::Tensor> neuron_forward(const NeuronInfo& neuron, const OpTensors
 std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const BackwardTensors& t,
                                         const OpSettings& s, const std::vector<bool>& needs,
                                         ForwardLoop forward_loop, BackwardLoop loop);
+// x's active inputs if the op multiplies w_in by gathering them: x binary
+// (0 and 1 only), on CPU, w_in finite, and at most the crossover density of
+// ones (driver.cpp); nullopt: dense products.
+std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_in);
+
 // The Meta kernels: the same checks, then outputs of the right shapes and
 // dtypes, nothing computed (torch.compile, torch.export and opcheck run them
 // on fake tensors with symbolic shapes).

@@ -216,6 +216,14 @@ struct Registration {
 
 TORCH_LIBRARY(torch_ext, m) {
   for_each_neuron([&]<typename M>() { Registration<M>::define(m); });
+  // Which product an op call with this x and w_in uses for the input
+  // projection (for tests and benchmarks): the density of x's ones if it
+  // gathers them, -1 if it multiplies densely.
+  m.def("_binary_input_density(Tensor x, Tensor w_in) -> float",
+        [](const at::Tensor& x, const at::Tensor& w_in) {
+          const auto binary = binary_input(x, w_in);
+          return binary ? binary->density() : -1.0;
+        });
 }
 
 TORCH_LIBRARY_IMPL(torch_ext, CompositeExplicitAutograd, m) {

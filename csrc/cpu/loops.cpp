@@ -70,13 +70,6 @@ struct NeuronParams {
   }
 };
 
-// The extension is compiled for baseline x86-64 (SSE2); the hot loops are
-// cloned for AVX-512 and AVX2, and the loader picks the best the CPU has.
-#ifdef TORCH_EXT_CPU_CLONE_TARGETS
-#define TORCH_EXT_CPU_CLONES __attribute__((target_clones(TORCH_EXT_CPU_CLONE_TARGETS)))
-#else
-#define TORCH_EXT_CPU_CLONES
-#endif
 
 // Neuron n's parameters, from the per-parameter arrays (those past the
 // model's count are never read).
