@@ -375,3 +375,35 @@ def test_every_model_cuda_low_memory_mode_bitwise_equal(op, design):
     replayed = neurons.run_with_grads(fn, cuda_args, **{neurons.NEURONS[op].save_flag: False})
     for a, b in zip([*saved[0], *saved[1]], [*replayed[0], *replayed[1]]):
         assert torch.equal(a, b)
+
+
+@cuda_only
+@pytest.mark.parametrize("op", neurons.OPS)
+@pytest.mark.parametrize("lengths", [False, True])
+def test_every_model_cuda_gathers_binary_inputs_only_when_asked(op, lengths, design,
+                                                                 monkeypatch):
+    """Binary x on CUDA: dense products unless TORCH_EXT_BINARY_INPUTS=gather
+    (the CUDA gather is off by default until a GPU has checked it); gathered,
+    the same spikes and, to rounding, states and gradients as the CPU op in
+    float64, and a replay of the forward in the low-memory mode bitwise."""
+    from test_binary_inputs import binary_inputs
+    args = binary_inputs(op, T=12, B=4, F=70, N=300, state=True)
+    cuda_args = type(args)(*[a.detach().cuda().requires_grad_(a.requires_grad)
+                             if isinstance(a, torch.Tensor) else a for a in args])
+    density = torch.ops.torch_ext._binary_input_density
+    monkeypatch.delenv("TORCH_EXT_BINARY_INPUTS", raising=False)
+    assert density(cuda_args.x, cuda_args.w_in) == -1
+    monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", "gather")
+    assert density(cuda_args.x, cuda_args.w_in) == pytest.approx(args.x.mean().item())
+    options = dict(lengths=torch.tensor([12, 0, 5, 11])) if lengths else {}
+    fn = neurons.FUSED[op]
+    cpu = neurons.run_with_grads(fn, args, **options)
+    if lengths:
+        options["lengths"] = options["lengths"].cuda()
+    gpu = neurons.run_with_grads(fn, cuda_args, **options)
+    assert torch.equal(cpu[0][0], gpu[0][0].cpu())
+    for got, want in zip([*gpu[0][1:], *gpu[1]], [*cpu[0][1:], *cpu[1]]):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-10)
+    replayed = neurons.run_with_grads(fn, cuda_args, **options,
+                                      **{neurons.NEURONS[op].save_flag: False})
+    assert all(torch.equal(a, b) for a, b in zip(gpu[1], replayed[1]))

@@ -227,7 +227,8 @@ std::optional<BinaryRows> binary_rows_of(const scalar_t* x, int64_t rows, int64_
   BinaryRows out;
   out.rows = rows;
   out.cols = cols;
-  out.offsets.assign(rows + 1, 0);
+  out.offsets = at::zeros({rows + 1}, at::kLong);
+  int64_t* offsets = out.offsets.data_ptr<int64_t>();
   std::vector<std::vector<int32_t>> task_active(tasks);
   // Set by the first task to meet a value that is neither 0 nor 1, or to push
   // the count of ones past the limit; the others then stop too.
@@ -248,7 +249,7 @@ std::optional<BinaryRows> binary_rows_of(const scalar_t* x, int64_t rows, int64_
             active.push_back(static_cast<int32_t>(w * 64 + __builtin_ctzll(m)));
           }
         }
-        out.offsets[r + 1] = static_cast<int64_t>(active.size() - before);
+        offsets[r + 1] = static_cast<int64_t>(active.size() - before);
       }
       const int64_t total = ones.fetch_add(static_cast<int64_t>(active.size())) +
                             static_cast<int64_t>(active.size());
@@ -256,11 +257,33 @@ std::optional<BinaryRows> binary_rows_of(const scalar_t* x, int64_t rows, int64_
     }
   });
   if (give_up.load()) return std::nullopt;
-  for (int64_t r = 0; r < rows; ++r) out.offsets[r + 1] += out.offsets[r];
-  out.active.reserve(out.offsets[rows]);
+  for (int64_t r = 0; r < rows; ++r) offsets[r + 1] += offsets[r];
+  out.active = at::empty({offsets[rows]}, at::kInt);
+  int32_t* next = out.active.data_ptr<int32_t>();
   for (const std::vector<int32_t>& active : task_active) {
-    out.active.insert(out.active.end(), active.begin(), active.end());
+    next = std::copy(active.begin(), active.end(), next);
   }
+  return out;
+}
+
+// CUDA: the same index from ATen passes (never reached on a GPU so far: the
+// op gathers on CUDA only when asked to, driver.cpp).
+std::optional<BinaryRows> binary_rows_cuda(const at::Tensor& x, double max_density) {
+  const int64_t cols = x.size(-1), rows = x.numel() / cols;
+  const at::Tensor x_2d = x.reshape({rows, cols});
+  const at::Tensor nonzero = x_2d != 0;  // NaN included
+  if (at::logical_and(nonzero, x_2d != 1).any().item<bool>()) return std::nullopt;
+  const at::Tensor where = nonzero.nonzero();  // [ones, 2], row-major order
+  const int64_t count = where.size(0);
+  if (static_cast<double>(count) > max_density * static_cast<double>(rows) * cols) {
+    return std::nullopt;
+  }
+  BinaryRows out;
+  out.rows = rows;
+  out.cols = cols;
+  out.offsets = at::zeros({rows + 1}, x.options().dtype(at::kLong));
+  out.offsets.narrow(0, 1, rows).copy_(at::bincount(where.select(1, 0), {}, rows).cumsum(0));
+  out.active = where.select(1, 1).to(at::kInt).contiguous();
   return out;
 }
 
@@ -341,11 +364,14 @@ TORCH_EXT_CPU_CLONES void add_to_selected_rows(scalar_t* __restrict__ out, int64
 }  // namespace
 
 std::optional<BinaryRows> binary_rows(const at::Tensor& x, double max_density) {
-  if (!x.device().is_cpu() || x.dim() == 0 || x.numel() == 0 ||
+  if (!(x.is_cpu() || x.is_cuda()) || x.dim() == 0 || x.numel() == 0 ||
       x.size(-1) > std::numeric_limits<int32_t>::max() ||
       x.numel() / x.size(-1) > std::numeric_limits<int32_t>::max()) {
     return std::nullopt;
   }
+#ifdef WITH_CUDA
+  if (x.is_cuda()) return binary_rows_cuda(x, max_density);
+#endif
   const at::Tensor x_c = x.contiguous();
   const int64_t cols = x.size(-1), rows = x.numel() / cols;
   std::optional<BinaryRows> out;
@@ -361,6 +387,11 @@ void binary_mm_out(at::Tensor& out, const BinaryRows& x, const at::Tensor& w_t, 
                         out.size(1) == N && w_t.size(0) == x.cols &&
                         w_t.scalar_type() == out.scalar_type());
   if (!accumulate) out.zero_();
+#ifdef WITH_CUDA
+  if (out.is_cuda()) return binary_mm_out_cuda(out, x.offsets, x.active, w_t);
+#endif
+  const int64_t* offsets = x.offsets.data_ptr<int64_t>();
+  const int32_t* active = x.active.data_ptr<int32_t>();
   const int64_t tasks = (x.rows + kBinaryRowsPerTask - 1) / kBinaryRowsPerTask;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "binary_mm_out", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -371,8 +402,8 @@ void binary_mm_out(at::Tensor& out, const BinaryRows& x, const at::Tensor& w_t, 
       for (int64_t n0 = 0; n0 < N; n0 += kTile<scalar_t>) {
         const int64_t width = std::min(kTile<scalar_t>, N - n0);
         for (int64_t r = first; r < last; ++r) {
-          add_selected_rows(o + r * N + n0, w + n0, N, x.active.data() + x.offsets[r],
-                            x.offsets[r + 1] - x.offsets[r], width);
+          add_selected_rows(o + r * N + n0, w + n0, N, active + offsets[r],
+                            offsets[r + 1] - offsets[r], width);
         }
       }
     });
@@ -384,6 +415,22 @@ at::Tensor binary_t_mm(const BinaryRows& x, const at::Tensor& g) {
   const int64_t N = g.size(1);
   TORCH_INTERNAL_ASSERT(g.size(0) == x.rows);
   at::Tensor out = at::zeros({x.cols, N}, g.options());
+#ifdef WITH_CUDA
+  if (g.is_cuda()) {
+    // The transposed index: the rows of each column's ones, in increasing
+    // row order (a sort of the ones by column, then row).
+    const at::Tensor row_of_one = at::repeat_interleave(
+        at::arange(x.rows, x.offsets.options()), x.offsets.diff());
+    const at::Tensor order = at::argsort(x.active.to(at::kLong) * x.rows + row_of_one);
+    const at::Tensor rows_of = row_of_one.index_select(0, order).to(at::kInt).contiguous();
+    at::Tensor column_offsets = at::zeros({x.cols + 1}, x.offsets.options());
+    column_offsets.narrow(0, 1, x.cols).copy_(at::bincount(x.active, {}, x.cols).cumsum(0));
+    binary_t_mm_cuda(out, column_offsets, rows_of, g_c);
+    return out;
+  }
+#endif
+  const int64_t* offsets = x.offsets.data_ptr<int64_t>();
+  const int32_t* active = x.active.data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "binary_t_mm", [&] {
     constexpr int64_t tile = kTile<scalar_t>;
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -395,8 +442,8 @@ at::Tensor binary_t_mm(const BinaryRows& x, const at::Tensor& g) {
       for (int64_t n0 = begin * tile; n0 < std::min(N, end * tile); n0 += tile) {
         const int64_t width = std::min(tile, N - n0);
         for (int64_t r = 0; r < x.rows; ++r) {
-          add_to_selected_rows(o + n0, N, rows + r * N + n0, x.active.data() + x.offsets[r],
-                               x.offsets[r + 1] - x.offsets[r], width);
+          add_to_selected_rows(o + n0, N, rows + r * N + n0, active + offsets[r],
+                               offsets[r + 1] - offsets[r], width);
         }
       }
     });

@@ -37,30 +37,40 @@ at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
 bool low_precision_products(const at::Tensor& x);
 
 // Binary inputs (spikes): x viewed as [rows, cols] holding only 0 and 1,
-// stored as the columns of its ones, row by row in increasing order (CSR).
-// Products with it add the rows of the other operand it selects instead of
-// multiplying by every zero: the cost follows the ones, not rows * cols.
+// stored as the columns of its ones, row by row in increasing order (CSR),
+// on x's device. Products with it add the rows of the other operand it
+// selects instead of multiplying by every zero: the cost follows the ones,
+// not rows * cols.
 struct BinaryRows {
   int64_t rows = 0, cols = 0;
-  std::vector<int64_t> offsets;  // [rows + 1]: row r's ones are active[offsets[r], offsets[r+1])
-  std::vector<int32_t> active;   // their columns
+  at::Tensor offsets;  // int64 [rows + 1]: row r's ones are active[offsets[r], offsets[r+1])
+  at::Tensor active;   // int32 [ones]: their columns
   double density() const {
-    return rows * cols == 0 ? 0.0 : static_cast<double>(active.size()) / (rows * cols);
+    return rows * cols == 0 ? 0.0 : static_cast<double>(active.numel()) / (rows * cols);
   }
 };
-// x (CPU, any floating dtype, at least 1 dim) as [numel / x.size(-1),
+// x (any floating dtype, at least 1 dim, CPU or CUDA) as [numel / x.size(-1),
 // x.size(-1)] if every value is 0 or 1 (-0.0 counts as 0) and at most
-// max_density of them are 1; otherwise nullopt (also on other devices). One
-// pass over x, stopped at the first value that is neither.
+// max_density of them are 1; otherwise nullopt. CPU: one pass over x,
+// stopped at the first value that is neither. CUDA: a few ATen passes and
+// two device synchronisations (the check and the count of ones).
 std::optional<BinaryRows> binary_rows(const at::Tensor& x, double max_density);
 // out [rows, N] = x @ w_t (+ out with accumulate) for binary x, w_t [cols, N]
-// contiguous in out's dtype (float32 or float64): each row the sum of the
-// w_t rows of its ones, in increasing column order, so the result does not
-// depend on the thread count.
+// contiguous in out's dtype (float32 or float64), on x's device: each row
+// the sum of the w_t rows of its ones, in increasing column order, so the
+// result does not depend on the thread count.
 void binary_mm_out(at::Tensor& out, const BinaryRows& x, const at::Tensor& w_t, bool accumulate);
 // x.T @ g, [cols, N], for binary x and g [rows, N]: row f the sum of g's rows
 // r where x[r, f] = 1, in increasing r (fixed for any thread count).
 at::Tensor binary_t_mm(const BinaryRows& x, const at::Tensor& g);
+#ifdef WITH_CUDA
+// The CUDA kernels of the two (cuda/loops.cu); binary_t_mm_cuda takes the
+// transposed index (CSC): for each column f, the rows of its ones in order.
+void binary_mm_out_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& active,
+                        const at::Tensor& w_t);
+void binary_t_mm_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& rows_of,
+                      const at::Tensor& g);
+#endif
 
 // Makes BLAS calls on this thread single-threaded while alive. MKL picks how to
 // split a product from the thread count it may use, even inside a parallel

@@ -267,23 +267,30 @@ double binary_input_crossover(int64_t N) { return 0.2 * (1.0 - 100.0 / static_ca
 
 // The environment variable TORCH_EXT_BINARY_INPUTS, read at each call:
 // "dense" never gathers, "gather" gathers any binary x whatever its density;
-// unset (or anything else): below the crossover density.
-double binary_input_max_density(int64_t N) {
+// unset (or anything else): below the crossover density, on CPU only. (The
+// CUDA gather has never run on a GPU: it stays off unless asked for.)
+enum class GatherMode { kNever, kByDensity, kAlways };
+GatherMode gather_mode() {
   const char* mode = std::getenv("TORCH_EXT_BINARY_INPUTS");
-  if (mode != nullptr && std::string(mode) == "dense") return -1;
-  if (mode != nullptr && std::string(mode) == "gather") return 1;
-  return binary_input_crossover(N);
+  if (mode != nullptr && std::string(mode) == "dense") return GatherMode::kNever;
+  if (mode != nullptr && std::string(mode) == "gather") return GatherMode::kAlways;
+  return GatherMode::kByDensity;
 }
 
 }  // namespace
 
+bool may_gather(const at::Tensor& x) {
+  const GatherMode mode = gather_mode();
+  return (x.is_cpu() && mode != GatherMode::kNever) || (x.is_cuda() && mode == GatherMode::kAlways);
+}
+
 std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_in) {
-  const double max_density = binary_input_max_density(w_in.size(0));
+  if (!may_gather(x)) return std::nullopt;
+  const double max_density =
+      gather_mode() == GatherMode::kAlways ? 1.0 : binary_input_crossover(w_in.size(0));
   // A non-finite weight times a skipped zero input would be NaN in the dense
   // product: such calls stay dense, so that both agree.
-  if (max_density < 0 || !x.device().is_cpu() || !at::isfinite(w_in).all().item<bool>()) {
-    return std::nullopt;
-  }
+  if (max_density < 0 || !at::isfinite(w_in).all().item<bool>()) return std::nullopt;
   return binary_rows(x, max_density);
 }
 
@@ -421,9 +428,9 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
           : at::Tensor();
   // Binary x: grad_w_in by gathering (a finite gU only: the gather skips the
   // zeros of x, which would drop the NaN of 0 * inf; out.bias_sum, asked for
-  // on CPU, is finite only if every gU is).
+  // where the call may gather, is finite only if every gU is).
   const bool gather_w_in_grad = w_in.has_value() && (need.w_in || need.drive) &&
-                                x.device().is_cpu() && out.bias_sum.defined() &&
+                                may_gather(x) && out.bias_sum.defined() &&
                                 at::isfinite(out.bias_sum).all().item<bool>();
   const std::optional<BinaryRows> binary =
       gather_w_in_grad ? binary_input(x, *w_in) : std::nullopt;
@@ -580,7 +587,7 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         // (the sum of gU also tells whether a binary x may gather grad_w_in)
                         need_bias || (need_drive && in_t.bias.has_value()) ||
                             (in_t.w_in.has_value() && (need_w_in || need_drive) &&
-                             x.device().is_cpu()),
+                             may_gather(x)),
                         (need_w_rec || need_drive) && one_to_one,
                         (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one};
   const BackwardLoopOutputs out =

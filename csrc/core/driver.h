@@ -97,8 +97,11 @@ std::vector<at::Tensor> neuron_forward(const NeuronInfo& neuron, const OpTensors
 std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const BackwardTensors& t,
                                         const OpSettings& s, const std::vector<bool>& needs,
                                         ForwardLoop forward_loop, BackwardLoop loop);
-// x's active inputs if the op multiplies w_in by gathering them: x binary
-// (0 and 1 only), on CPU, w_in finite, and at most the crossover density of
+// Whether a call with this x may gather its binary inputs (the switch
+// TORCH_EXT_BINARY_INPUTS and the device; driver.cpp).
+bool may_gather(const at::Tensor& x);
+// x's active inputs if the op multiplies w_in by gathering them: it may, x is
+// binary (0 and 1 only), w_in finite, and at most the crossover density of
 // ones (driver.cpp); nullopt: dense products.
 std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_in);
 

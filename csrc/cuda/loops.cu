@@ -88,6 +88,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <cub/block/block_scan.cuh>
 #include <string>
 #include <utility>
@@ -759,7 +760,57 @@ BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& in) {
   });
 }
 
+// Binary inputs (blas.h): out[r, n] += the sum of source[index[k], n] over
+// k in [offsets[r], offsets[r+1]), in order. A block of kThreads columns of
+// one output row per (blockIdx.y, blockIdx.x): each thread sums its column
+// alone, in a fixed order, so the result is deterministic. The input
+// projection of a binary x (source w_in.T, index its ones' columns per row)
+// and grad_w_in.T (source gU, index the rows of each column's ones).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    gather_rows_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ source,
+                       const int64_t* __restrict__ offsets, const int32_t* __restrict__ index,
+                       int64_t N) {
+  const int64_t r = blockIdx.x;
+  const int64_t n = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
+  if (n >= N) return;
+  scalar_t acc = out[r * N + n];
+  for (int64_t k = offsets[r]; k < offsets[r + 1]; ++k) {
+    acc += source[static_cast<int64_t>(index[k]) * N + n];
+  }
+  out[r * N + n] = acc;
+}
+
+void gather_rows(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& index,
+                 const at::Tensor& source) {
+  const int64_t rows = out.size(0), N = out.size(1);
+  if (rows == 0 || N == 0) return;
+  TORCH_INTERNAL_ASSERT(out.is_contiguous() && source.is_contiguous() &&
+                        offsets.scalar_type() == at::kLong && index.scalar_type() == at::kInt &&
+                        rows <= std::numeric_limits<int32_t>::max() &&
+                        (N + kThreads - 1) / kThreads <= 65535);
+  const c10::cuda::CUDAGuard guard(out.device());
+  const dim3 grid(static_cast<unsigned int>(rows), static_cast<unsigned int>(blocks_for(N)));
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "gather_rows_cuda", [&] {
+    gather_rows_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        out.data_ptr<scalar_t>(), source.data_ptr<scalar_t>(), offsets.data_ptr<int64_t>(),
+        index.data_ptr<int32_t>(), N);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
+
+void binary_mm_out_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& active,
+                        const at::Tensor& w_t) {
+  gather_rows(out, offsets, active, w_t);
+}
+
+void binary_t_mm_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& rows_of,
+                      const at::Tensor& g) {
+  gather_rows(out, offsets, rows_of, g);
+}
+
 
 bool cuda_persistent_requested() {
   const char* value = std::getenv("TORCH_EXT_CUDA_PERSISTENT");
