@@ -208,3 +208,33 @@ def test_dropout_between_layers_falls_back_to_dense(monkeypatch):
     dropped = torch.nn.functional.dropout((torch.rand(5, 4, 300) < 0.1).double(), 0.3)
     monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", "gather")
     assert density(dropped, module.w_in_l1) == -1
+
+
+def test_a_forward_reads_x_anew_however_its_memory_changed(gather):
+    """The backward reuses the index of x its forward built (keyed by x's
+    storage and version); a forward always scans: here x's memory changes
+    through numpy, which bumps no version counter."""
+    args = binary_inputs("recurrent_lif", dtype=torch.float32, requires_grad=False)
+    x = args.x.detach().clone()
+    first = FUSED["recurrent_lif"](*args._replace(x=x))
+    x.numpy()[...] = torch.roll(x, 1, dims=2).numpy()
+    second = FUSED["recurrent_lif"](*args._replace(x=x))
+    fresh = FUSED["recurrent_lif"](*args._replace(x=x.clone()))
+    assert all(torch.equal(a, b) for a, b in zip(second, fresh))
+    assert not torch.equal(first[1], second[1])
+
+
+def test_interleaved_layers_each_get_their_own_index(gather):
+    """Several binary inputs alive between forwards and backwards (a stack,
+    or two models): each backward finds its own x's index."""
+    calls = [binary_inputs("recurrent_lif", seed=seed, T=8, F=30 + seed, N=20) for seed in range(3)]
+    want = [run_with_grads(FUSED["recurrent_lif"], args) for args in calls]
+    outputs = [FUSED["recurrent_lif"](*args) for args in calls]
+    for args, out, (want_out, want_grads) in reversed(list(zip(calls, outputs, want))):
+        g = torch.Generator().manual_seed(1)  # run_with_grads's random loss
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum()
+                   for o in out)
+        grads = torch.autograd.grad(loss, [a for a in args if isinstance(a, torch.Tensor)
+                                           and a.requires_grad])
+        assert all(torch.equal(a, b) for a, b in zip(out, want_out))
+        assert all(torch.equal(a, b) for a, b in zip(grads, want_grads))

@@ -197,25 +197,78 @@ namespace {
 // the work split does not depend on the thread count.
 constexpr int64_t kBinaryRowsPerTask = 256;
 
-// One row of x scanned 64 values at a time: a word of bits where the value
-// is not 0 (NaN included) and whether any is neither 0 nor 1. Vectorises (a
-// compare and a shift per lane); the ones are then read off the bits.
+// The gathers work on tiles of kTile columns of N, 8 vectors of 32 bytes (8
+// AVX2 registers): a tile of the row being summed stays in registers while
+// the selected rows add into it, and a tile of all rows of the other operand
+// (rows * 256 bytes) stays in L2 while a task's rows use it. Every element
+// still sums its terms in their order, so the tiling does not change the
+// result. GCC's vector extensions spell the registers out: left to the
+// auto-vectoriser, -O3 jams pairs of selected rows into a scalar loop.
 template <typename scalar_t>
-TORCH_EXT_CPU_CLONES bool scan_binary_row(const scalar_t* __restrict__ row, int64_t cols,
-                                          uint64_t* __restrict__ bits) {
+struct TileOf {
+  typedef scalar_t Vec __attribute__((vector_size(32)));
+  static constexpr int64_t kLanes = 32 / sizeof(scalar_t), kVecs = 8, kTile = kLanes * kVecs;
+};
+template <typename scalar_t>
+constexpr int64_t kTile = TileOf<scalar_t>::kTile;
+
+template <typename Vec, typename scalar_t>
+inline Vec load_vec(const scalar_t* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+template <typename Vec, typename scalar_t>
+inline void store_vec(scalar_t* p, const Vec& v) {
+  std::memcpy(p, &v, sizeof(Vec));
+}
+
+template <typename Mask>
+inline bool any_lane(const Mask& m) {
+  uint64_t words[sizeof(Mask) / 8];
+  std::memcpy(words, &m, sizeof(Mask));
+  uint64_t any = 0;
+  for (uint64_t w : words) any |= w;
+  return any != 0;
+}
+
+// Writes the columns of row's values that are not 0 (NaN included) to
+// `found`, in order, and returns their count; -1 if a value is neither 0 nor
+// 1. float and double compare a vector at a time (8 floats, 4 doubles), and
+// only a vector holding a nonzero is read value by value: the scan costs
+// about a load per vector at spike rates.
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES int64_t scan_binary_row(const scalar_t* __restrict__ row, int64_t cols,
+                                             int32_t* __restrict__ found) {
   using value_t = at::opmath_type<scalar_t>;  // bfloat16/float16 compare as float
+  int64_t count = 0, c = 0;
   bool other = false;
-  for (int64_t w = 0; w * 64 < cols; ++w) {
-    const int64_t count = std::min<int64_t>(64, cols - w * 64);
-    uint64_t word = 0;
-    for (int64_t k = 0; k < count; ++k) {
-      const value_t v = static_cast<value_t>(row[w * 64 + k]);
-      word |= uint64_t(v != value_t(0)) << k;
-      other |= (v != value_t(0)) & (v != value_t(1));
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+    using Vec = typename TileOf<scalar_t>::Vec;
+    constexpr int64_t kLanes = TileOf<scalar_t>::kLanes;
+    const Vec zero{};
+    const Vec one = zero + 1;
+    decltype(zero != zero) others{};
+    for (; c + kLanes <= cols; c += kLanes) {
+      const Vec v = load_vec<Vec>(row + c);
+      const auto nonzero = v != zero;
+      others |= nonzero & (v != one);
+      if (any_lane(nonzero)) {
+        for (int64_t j = c; j < c + kLanes; ++j) {
+          if (row[j] != scalar_t(0)) found[count++] = static_cast<int32_t>(j);
+        }
+      }
     }
-    bits[w] = word;
+    other = any_lane(others);
   }
-  return !other;
+  for (; c < cols; ++c) {
+    const value_t v = static_cast<value_t>(row[c]);
+    if (v != value_t(0)) {
+      other |= v != value_t(1);
+      found[count++] = static_cast<int32_t>(c);
+    }
+  }
+  return other ? -1 : count;
 }
 
 template <typename scalar_t>
@@ -223,7 +276,6 @@ std::optional<BinaryRows> binary_rows_of(const scalar_t* x, int64_t rows, int64_
                                          double max_density) {
   const double limit = max_density * static_cast<double>(rows) * static_cast<double>(cols);
   const int64_t tasks = (rows + kBinaryRowsPerTask - 1) / kBinaryRowsPerTask;
-  const int64_t words = (cols + 63) / 64;
   BinaryRows out;
   out.rows = rows;
   out.cols = cols;
@@ -235,21 +287,17 @@ std::optional<BinaryRows> binary_rows_of(const scalar_t* x, int64_t rows, int64_
   std::atomic<bool> give_up{false};
   std::atomic<int64_t> ones{0};
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint64_t> bits(words);
+    std::vector<int32_t> found(cols);
     for (int64_t task = begin; task < end && !give_up.load(std::memory_order_relaxed); ++task) {
       std::vector<int32_t>& active = task_active[task];
       const int64_t first = task * kBinaryRowsPerTask;
       const int64_t last = std::min(rows, first + kBinaryRowsPerTask);
       bool binary = true;
       for (int64_t r = first; r < last && binary; ++r) {
-        binary = scan_binary_row(x + r * cols, cols, bits.data());
-        const size_t before = active.size();
-        for (int64_t w = 0; w < words; ++w) {
-          for (uint64_t m = bits[w]; m != 0; m &= m - 1) {
-            active.push_back(static_cast<int32_t>(w * 64 + __builtin_ctzll(m)));
-          }
-        }
-        offsets[r + 1] = static_cast<int64_t>(active.size() - before);
+        const int64_t count = scan_binary_row(x + r * cols, cols, found.data());
+        binary = count >= 0;
+        if (binary) active.insert(active.end(), found.begin(), found.begin() + count);
+        offsets[r + 1] = std::max<int64_t>(count, 0);
       }
       const int64_t total = ones.fetch_add(static_cast<int64_t>(active.size())) +
                             static_cast<int64_t>(active.size());
@@ -285,32 +333,6 @@ std::optional<BinaryRows> binary_rows_cuda(const at::Tensor& x, double max_densi
   out.offsets.narrow(0, 1, rows).copy_(at::bincount(where.select(1, 0), {}, rows).cumsum(0));
   out.active = where.select(1, 1).to(at::kInt).contiguous();
   return out;
-}
-
-// The gathers work on tiles of kTile columns of N, 8 vectors of 32 bytes (8
-// AVX2 registers): a tile of the row being summed stays in registers while
-// the selected rows add into it, and a tile of all rows of the other operand
-// (rows * 256 bytes) stays in L2 while a task's rows use it. Every element
-// still sums its terms in their order, so the tiling does not change the
-// result. GCC's vector extensions spell the registers out: left to the
-// auto-vectoriser, -O3 jams pairs of selected rows into a scalar loop.
-template <typename scalar_t>
-struct TileOf {
-  typedef scalar_t Vec __attribute__((vector_size(32)));
-  static constexpr int64_t kLanes = 32 / sizeof(scalar_t), kVecs = 8, kTile = kLanes * kVecs;
-};
-template <typename scalar_t>
-constexpr int64_t kTile = TileOf<scalar_t>::kTile;
-
-template <typename Vec, typename scalar_t>
-inline Vec load_vec(const scalar_t* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-template <typename Vec, typename scalar_t>
-inline void store_vec(scalar_t* p, const Vec& v) {
-  std::memcpy(p, &v, sizeof(Vec));
 }
 
 // o[0, width) += the rows `columns` of w (leading dimension ld), in order.

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <deque>
+#include <mutex>
 #include <limits>
 
 #include "blas.h"
@@ -284,24 +286,101 @@ bool may_gather(const at::Tensor& x) {
   return (x.is_cpu() && mode != GatherMode::kNever) || (x.is_cuda() && mode == GatherMode::kAlways);
 }
 
-std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_in) {
+namespace {
+
+// The index of a binary x (or that x is not one), kept from a forward for
+// its backward, which would otherwise scan x again and pay as much as the
+// forward did: the last few, each keyed by x's storage (held weakly, so an
+// entry never outlives x or matches another tensor), data pointer, offset,
+// sizes, strides, dtype and version counter, and the density limit it was
+// built under. Only backward calls read it; a forward always scans (x's
+// memory may have changed without a version bump, through numpy say, and a
+// forward must read the values it is given).
+class BinaryIndexCache {
+ public:
+  void put(const at::Tensor& x, double max_density, const std::optional<BinaryRows>& index) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    entries_.push_front(Entry{Key(x, max_density), index});
+    if (entries_.size() > kEntries) entries_.pop_back();
+  }
+  std::optional<std::optional<BinaryRows>> get(const at::Tensor& x, double max_density) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const Key key(x, max_density);
+    for (const Entry& entry : entries_) {
+      if (entry.key.matches(key)) return entry.index;
+    }
+    return std::nullopt;
+  }
+
+ private:
+  static constexpr size_t kEntries = 8;  // the layers of a stack between forward and backward
+  struct Key {
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    const void* data;
+    int64_t offset;
+    std::vector<int64_t> sizes, strides;
+    at::ScalarType dtype;
+    uint32_t version;
+    double max_density;
+    Key(const at::Tensor& x, double max_density)
+        : storage(c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(
+              x.storage().unsafeGetStorageImpl())),
+          data(x.data_ptr()),
+          offset(x.storage_offset()),
+          sizes(x.sizes().vec()),
+          strides(x.strides().vec()),
+          dtype(x.scalar_type()),
+          version(static_cast<uint32_t>(x._version())),
+          max_density(max_density) {}
+    bool matches(const Key& other) const {
+      const auto alive = storage.lock();
+      return alive && alive.get() == other.storage.lock().get() && data == other.data &&
+             offset == other.offset && sizes == other.sizes && strides == other.strides &&
+             dtype == other.dtype && version == other.version &&
+             max_density == other.max_density;
+    }
+  };
+  struct Entry {
+    Key key;
+    std::optional<BinaryRows> index;
+  };
+  std::mutex mutex_;
+  std::deque<Entry> entries_;  // newest first
+};
+
+BinaryIndexCache& binary_index_cache() {
+  static BinaryIndexCache cache;
+  return cache;
+}
+
+}  // namespace
+
+std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_in,
+                                       bool backward) {
   if (!may_gather(x)) return std::nullopt;
   const double max_density =
       gather_mode() == GatherMode::kAlways ? 1.0 : binary_input_crossover(w_in.size(0));
   // A non-finite weight times a skipped zero input would be NaN in the dense
   // product: such calls stay dense, so that both agree.
   if (max_density < 0 || !at::isfinite(w_in).all().item<bool>()) return std::nullopt;
-  return binary_rows(x, max_density);
+  if (backward) {
+    if (auto kept = binary_index_cache().get(x, max_density)) return *kept;
+  }
+  std::optional<BinaryRows> index = binary_rows(x, max_density);
+  binary_index_cache().put(x, max_density, index);
+  return index;
 }
 
 namespace {
 
 // I[t] = x[t] @ w_in.T + bias for all T steps at once, as a [T, B, N] buffer in
 // the compute dtype that the time loop then turns into the membrane in place.
-// The forward and the low-memory backward's recomputation both call this, so
-// both get the same bits.
+// The forward and the low-memory backward's recomputation (`backward`, which
+// may reuse the forward's index of a binary x) both call this, so both get
+// the same bits.
 at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
-                         const OptionalTensor& bias, int64_t N, at::ScalarType compute) {
+                         const OptionalTensor& bias, int64_t N, at::ScalarType compute,
+                         bool backward) {
   const int64_t T = x.size(0), B = x.size(1), F = x.size(2);
   at::Tensor current = at::empty({T, B, N}, x.options().dtype(compute));
   at::Tensor current_2d = current.view({T * B, N});
@@ -311,7 +390,7 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
     // inputs: the product of the rounded operands with float32 accumulation.
     const at::ScalarType operands = low_precision_products(x) ? x.scalar_type() : compute;
     if (bias.has_value()) current_2d.copy_(bias->to(compute).expand_as(current_2d));
-    if (const auto binary = binary_input(x, *w_in)) {
+    if (const auto binary = binary_input(x, *w_in, backward)) {
       // The rounded operands' values, summed in the compute dtype.
       const at::Tensor w_in_t = w_in->to(operands).to(compute).t().contiguous();
       binary_mm_out(current_2d, *binary, w_in_t, /*accumulate=*/bias.has_value());
@@ -330,12 +409,12 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
 // The model's states with the input current in its input state (the loop's
 // input, which it turns into that state in place) and the others empty.
 std::vector<at::Tensor> states_with_input(const NeuronInfo& neuron, const OpTensors& t, int64_t N,
-                                          at::ScalarType compute) {
+                                          at::ScalarType compute, bool backward) {
   const int64_t T = t.x.size(0), B = t.x.size(1);
   std::vector<at::Tensor> states;
   for (int k = 0; k < neuron.num_states; ++k) {
     states.push_back(k == neuron.traits.input_state
-                         ? input_current(t.x, t.w_in, t.bias, N, compute)
+                         ? input_current(t.x, t.w_in, t.bias, N, compute, backward)
                          : at::empty({T, B, N}, t.x.options().dtype(compute)));
   }
   return states;
@@ -356,7 +435,7 @@ std::vector<at::Tensor> states_for_backward(const NeuronInfo& neuron, const Loop
     for (const OptionalTensor& s : t.states) states.push_back(compute_contiguous(*s, compute));
     return states;
   }
-  std::vector<at::Tensor> states = states_with_input(neuron, t.inputs, N, compute);
+  std::vector<at::Tensor> states = states_with_input(neuron, t.inputs, N, compute, true);
   if (spikes.numel() > 0) forward_loop(in, states, spikes, /*replay=*/true);
   return states;
 }
@@ -433,7 +512,7 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
                                 may_gather(x) && out.bias_sum.defined() &&
                                 at::isfinite(out.bias_sum).all().item<bool>();
   const std::optional<BinaryRows> binary =
-      gather_w_in_grad ? binary_input(x, *w_in) : std::nullopt;
+      gather_w_in_grad ? binary_input(x, *w_in, /*backward=*/true) : std::nullopt;
   at::Tensor x_ops = (need.w_in || need.drive) && !binary ? x.to(operands) : at::Tensor();
   if (x_ops.defined() && past_end.defined()) {
     // Their x (padding, possibly NaN) must not reach grad_w_in or the drive
@@ -525,7 +604,7 @@ std::vector<at::Tensor> neuron_forward(const NeuronInfo& neuron, const OpTensors
   const auto [d, options] = check_call(neuron, t, s);
   const int64_t T = t.x.size(0), B = t.x.size(1), N = d.N.expect_int();
   const LoopInputs in = loop_inputs(t, N, d.compute, options.reset);
-  std::vector<at::Tensor> states = states_with_input(neuron, t, N, d.compute);
+  std::vector<at::Tensor> states = states_with_input(neuron, t, N, d.compute, false);
   at::Tensor spikes = at::empty({T, B, N}, t.x.options().dtype(d.compute));
   if (spikes.numel() > 0) loop(in, states, spikes, /*replay=*/false);
   std::vector<at::Tensor> out{spikes.to(t.x.scalar_type())};

@@ -102,8 +102,10 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
 bool may_gather(const at::Tensor& x);
 // x's active inputs if the op multiplies w_in by gathering them: it may, x is
 // binary (0 and 1 only), w_in finite, and at most the crossover density of
-// ones (driver.cpp); nullopt: dense products.
-std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_in);
+// ones (driver.cpp); nullopt: dense products. A backward call reuses the
+// index its forward built where x is unchanged.
+std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_in,
+                                       bool backward = false);
 
 // The Meta kernels: the same checks, then outputs of the right shapes and
 // dtypes, nothing computed (torch.compile, torch.export and opcheck run them
