@@ -10,8 +10,9 @@ Cases (float32, CPU, forward + backward, every weight's gradient):
   700 input channels of 0/1 spikes at the given rate, RecurrentLIF's op with
   256 neurons; x needs no gradient.
 - stack: RecurrentLIF(512, 512, num_layers=2), T=200, B=32, a dense input to
-  layer 1 (scaled so that layer 1 fires at the given rate), layer 2 reading
-  its spikes; the input needs no gradient, layer 1's spikes do.
+  layer 1 (standard normal, and scaled so that layer 1 fires at each given
+  rate), layer 2 reading its spikes; the input needs no gradient, layer 1's
+  spikes do.
 - crossover: the fused op with the gather forced (TORCH_EXT_BINARY_INPUTS=
   gather) against the dense products forced (=dense), over input densities,
   at three layer sizes: where gather / dense crosses 1 is the density below
@@ -158,8 +159,9 @@ def stack_case(rate, sizes, args):
     by_autograd = torch_ext.RecurrentLIF(N, N, num_layers=2, backend="autograd", **OPTIONS)
     by_autograd.load_state_dict(fused.state_dict())
     weights = list(fused.parameters())
-    x = scaled_for_rate(fused, torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)),
-                        rate)
+    x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1))
+    if rate is not None:  # None: the unit-variance input as it is
+        x = scaled_for_rate(fused, x, rate)
     layers = stack_layers(fused)
 
     def python_fn(x):
@@ -234,8 +236,8 @@ def main():
     print(f"CPU: {cpu_description()}; torch {torch.__version__}", flush=True)
     result = dict(cpu=cpu_description(), torch=torch.__version__,
                   date=datetime.date.today().isoformat(), cases=[], crossover=[])
-    for rate in args.rates if {"shd", "stack"} & set(args.only) else []:
-        if "shd" in args.only:
+    for rate in args.rates + [None] if {"shd", "stack"} & set(args.only) else []:
+        if "shd" in args.only and rate is not None:
             result["cases"].append(shd_case(rate, shd, args))
             print_cases(result["cases"][-1:])
         if "stack" in args.only:

@@ -360,15 +360,18 @@ std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_
   if (!may_gather(x)) return std::nullopt;
   const double max_density =
       gather_mode() == GatherMode::kAlways ? 1.0 : binary_input_crossover(w_in.size(0));
-  // A non-finite weight times a skipped zero input would be NaN in the dense
-  // product: such calls stay dense, so that both agree.
-  if (max_density < 0 || !at::isfinite(w_in).all().item<bool>()) return std::nullopt;
-  if (backward) {
-    if (auto kept = binary_index_cache().get(x, max_density)) return *kept;
+  if (max_density < 0) return std::nullopt;
+  std::optional<std::optional<BinaryRows>> kept;
+  if (backward) kept = binary_index_cache().get(x, max_density);
+  if (!kept) {
+    kept = binary_rows(x, max_density);
+    binary_index_cache().put(x, max_density, *kept);
   }
-  std::optional<BinaryRows> index = binary_rows(x, max_density);
-  binary_index_cache().put(x, max_density, index);
-  return index;
+  // A non-finite weight times a skipped zero input would be NaN in the dense
+  // product: such calls stay dense, so that both agree. (Checked only for a
+  // binary x: the scan of any other x stops at its first value.)
+  if (*kept && !at::isfinite(w_in).all().item<bool>()) return std::nullopt;
+  return *kept;
 }
 
 namespace {
@@ -508,11 +511,11 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   // Binary x: grad_w_in by gathering (a finite gU only: the gather skips the
   // zeros of x, which would drop the NaN of 0 * inf; out.bias_sum, asked for
   // where the call may gather, is finite only if every gU is).
-  const bool gather_w_in_grad = w_in.has_value() && (need.w_in || need.drive) &&
-                                may_gather(x) && out.bias_sum.defined() &&
-                                at::isfinite(out.bias_sum).all().item<bool>();
-  const std::optional<BinaryRows> binary =
-      gather_w_in_grad ? binary_input(x, *w_in, /*backward=*/true) : std::nullopt;
+  std::optional<BinaryRows> binary =
+      w_in.has_value() && (need.w_in || need.drive) && out.bias_sum.defined()
+          ? binary_input(x, *w_in, /*backward=*/true)
+          : std::nullopt;
+  if (binary && !at::isfinite(out.bias_sum).all().item<bool>()) binary.reset();
   at::Tensor x_ops = (need.w_in || need.drive) && !binary ? x.to(operands) : at::Tensor();
   if (x_ops.defined() && past_end.defined()) {
     // Their x (padding, possibly NaN) must not reach grad_w_in or the drive
