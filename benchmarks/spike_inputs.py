@@ -218,7 +218,7 @@ def print_cases(rows):
           "autograd: the expert autograd loop; python_fn: the hand-written autograd.Function.")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
     parser.add_argument("--reps", type=int, default=11)
@@ -226,7 +226,7 @@ def main():
     parser.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.10, 0.25])
     parser.add_argument("--only", choices=["shd", "stack", "crossover"], nargs="+",
                         default=["shd", "stack", "crossover"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.smoke:
         args.reps, args.warmup = 2, 1
     shd = (20, 4, 70, 16) if args.smoke else (250, 32, 700, 256)
@@ -255,6 +255,7 @@ def main():
         path = RESULTS / f"spike-inputs-cpu-{result['date']}.json"
         path.write_text(json.dumps(result, indent=1))
         print(f"\nwrote {path}")
+    return result
 
 
 if __name__ == "__main__":

@@ -69,6 +69,18 @@ def test_python_function_without_input_gradient():
 def test_floor_runs():
     params = peers.make_params(6, 5, "cpu")
     peers.floor(params)(torch.randn(7, 3, 6), backward=True)
+    peers.floor(params, x_grad=False)(torch.randn(7, 3, 6), backward=True)
+
+
+def test_spike_input_benchmark_runs(capsys):
+    from benchmarks import spike_inputs
+    result = spike_inputs.main(["--smoke", "--rates", "0.05"])
+    assert [c["case"] for c in result["cases"]] == ["shd", "stack", "stack"]
+    for case in result["cases"]:
+        assert set(case["ms"]) == {"fused", "fused_dense", "autograd", "python_fn", "floor"}
+        assert 0 < case["input_rate"] < 1
+    assert {r["rate"] for r in result["crossover"]} == {0.02, 0.2}
+    assert "gather / dense" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("model", peers.MODELS)
