@@ -238,3 +238,43 @@ def test_interleaved_layers_each_get_their_own_index(gather):
                                            and a.requires_grad])
         assert all(torch.equal(a, b) for a, b in zip(out, want_out))
         assert all(torch.equal(a, b) for a, b in zip(grads, want_grads))
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_stacks_without_autograd(mode, monkeypatch):
+    """Under inference_mode (tensors without a version counter) and no_grad:
+    a stack whose second layer gathers gives the dense path's spikes."""
+    monkeypatch.delenv("TORCH_EXT_BINARY_INPUTS", raising=False)
+    torch.manual_seed(0)
+    module = torch_ext.RecurrentLIF(20, 300, num_layers=2)
+    x = torch.randn(30, 4, 20) * 0.5
+    context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+    with context():
+        first = torch_ext.recurrent_lif(x, module.w_in_l0, module.w_rec_l0, module.bias_l0,
+                                        module.alpha_l0, module.theta_l0)[0]
+        assert 0 < first.mean() < 0.1 and density(first, module.w_in_l1) > 0
+        gathered = module(x)[0]
+    monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", "dense")
+    with context():
+        dense = module(x)[0]
+    clear = (gathered == dense).float().mean()
+    assert clear > 0.999
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_float16_gradient_overflow_falls_back_to_dense(op, monkeypatch):
+    """float16 x multiplies with gU rounded to float16 (where MKL's float16
+    products are present), where a gradient of 1e5 becomes inf although the
+    float32 gU is finite: then grad_w_in is the dense product's, whose
+    0 * inf spreads NaN, not a gather that would skip the zeros."""
+    args = binary_inputs(op, dtype=torch.float32, T=10, B=3, F=70, N=40, rate=0.1)
+    half = args._replace(**{name: getattr(args, name).detach().to(torch.float16).requires_grad_()
+                            for name in ("x", "w_in", "w_rec", "bias")})
+    grads = []
+    for mode in ("gather", "dense"):
+        monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", mode)
+        membrane = FUSED[op](*half)[1]  # float32, the compute dtype
+        grads.append(torch.autograd.grad(membrane, half.w_in, torch.full_like(membrane, 1e5))[0])
+    if torch_ext.build_info()["cpu_low_precision_products"]:
+        assert grads[1].isnan().any()
+    torch.testing.assert_close(grads[0], grads[1], equal_nan=True, rtol=1e-2, atol=1e-2)

@@ -15,8 +15,9 @@ This file attacks the decision and the two gathers, for every neuron model:
 - non-finite w_in, and a non-finite incoming gradient (the gather of
   grad_w_in would drop the NaN of 0 * inf: the op must fall back to dense);
 - float32, bfloat16 and float16 x;
-- shapes at the gathers' boundaries (64-bit words of x, tiles of 64 floats
-  or 32 doubles of N, tasks of 256 rows), empty T or B, strided x;
+- shapes at the gathers' boundaries (the scan's vectors of 8 floats or 4
+  doubles of x and its scalar tail, tiles of 64 floats or 32 doubles of N,
+  tasks of 256 rows), empty T or B, strided x;
 - thread counts (the gathers' results must not depend on them), every
   recurrence and the low-memory mode (whose backward recomputes the input
   projection and must get the same bits);
@@ -177,9 +178,10 @@ ALMOST_BINARY = [
     ("subnormal", torch.float64, 5e-324, False),
     ("subnormal_in_float32", torch.float32, 1e-45, False),
 ]
-# T * B = 300 rows: two tasks of the scan (256 rows each); F = 70: a full and a
-# partial 64-bit word per row. "mid" is row 257's first value of its second
-# word: the second task meets it, after the first task has seen only ones and zeros.
+# T * B = 300 rows: two tasks of the scan (256 rows each); F = 70: eight
+# vectors of 8 floats (4 doubles: sixteen) and a scalar tail per row. "mid"
+# is row 257's value 64, a vector's first: the second task meets it, after the
+# first task has seen only ones and zeros.
 ALMOST_SHAPE = dict(T=30, B=10, F=70, N=128)
 POSITIONS = {"first": (0, 0, 0), "mid": (25, 7, 64), "last": (29, 9, 69)}
 
@@ -497,7 +499,8 @@ def test_low_precision_gather_vs_dense(op, dtype, monkeypatch):
 @pytest.mark.parametrize("N", [1, 31, 32, 33, 64, 65, 70])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
 def test_boundary_shapes(op, F, N, dtype, monkeypatch):
-    """Words of 64 values of x (F), tiles of 32 doubles / 64 floats of N,
+    """Vectors of 8 floats / 4 doubles of x and the scan's tail (F), tiles of
+    32 doubles / 64 floats of N,
     under "gather": float64 against the reference; float32 (whose tiles are
     64 wide) against the dense path to float32 rounding, and its spikes
     against the reference's on the same values in float64."""

@@ -393,12 +393,14 @@ std::optional<BinaryRows> binary_rows(const at::Tensor& x, double max_density) {
   }
 #ifdef WITH_CUDA
   if (x.is_cuda()) return binary_rows_cuda(x, max_density);
+#else
+  if (!x.is_cpu()) return std::nullopt;
 #endif
   const at::Tensor x_c = x.contiguous();
   const int64_t cols = x.size(-1), rows = x.numel() / cols;
   std::optional<BinaryRows> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "binary_rows", [&] {
-    out = binary_rows_of(x_c.data_ptr<scalar_t>(), rows, cols, max_density);
+    out = binary_rows_of(x_c.const_data_ptr<scalar_t>(), rows, cols, max_density);
   });
   return out;
 }
@@ -410,7 +412,7 @@ void binary_mm_out(at::Tensor& out, const BinaryRows& x, const at::Tensor& w_t, 
                         w_t.scalar_type() == out.scalar_type());
   if (!accumulate) out.zero_();
 #ifdef WITH_CUDA
-  if (out.is_cuda()) return binary_mm_out_cuda(out, x.offsets, x.active, w_t);
+  if (out.is_cuda()) return gather_rows_cuda(out, x.offsets, x.active, w_t);
 #endif
   const int64_t* offsets = x.offsets.data_ptr<int64_t>();
   const int32_t* active = x.active.data_ptr<int32_t>();
@@ -447,7 +449,7 @@ at::Tensor binary_t_mm(const BinaryRows& x, const at::Tensor& g) {
     const at::Tensor rows_of = row_of_one.index_select(0, order).to(at::kInt).contiguous();
     at::Tensor column_offsets = at::zeros({x.cols + 1}, x.offsets.options());
     column_offsets.narrow(0, 1, x.cols).copy_(at::bincount(x.active, {}, x.cols).cumsum(0));
-    binary_t_mm_cuda(out, column_offsets, rows_of, g_c);
+    gather_rows_cuda(out, column_offsets, rows_of, g_c);
     return out;
   }
 #endif

@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <optional>
-#include <vector>
 
 // The extension is compiled for baseline x86-64 (SSE2); the CPU hot loops
 // are cloned for these targets (GCC target_clones) and the loader picks the
@@ -52,8 +51,8 @@ struct BinaryRows {
 // x (any floating dtype, at least 1 dim, CPU or CUDA) as [numel / x.size(-1),
 // x.size(-1)] if every value is 0 or 1 (-0.0 counts as 0) and at most
 // max_density of them are 1; otherwise nullopt. CPU: one pass over x,
-// stopped at the first value that is neither. CUDA: a few ATen passes and
-// two device synchronisations (the check and the count of ones).
+// stopped at the first value that is neither. CUDA: a few ATen passes, each
+// of several synchronising with the host (the check, nonzero, bincount).
 std::optional<BinaryRows> binary_rows(const at::Tensor& x, double max_density);
 // out [rows, N] = x @ w_t (+ out with accumulate) for binary x, w_t [cols, N]
 // contiguous in out's dtype (float32 or float64), on x's device: each row
@@ -64,12 +63,12 @@ void binary_mm_out(at::Tensor& out, const BinaryRows& x, const at::Tensor& w_t, 
 // r where x[r, f] = 1, in increasing r (fixed for any thread count).
 at::Tensor binary_t_mm(const BinaryRows& x, const at::Tensor& g);
 #ifdef WITH_CUDA
-// The CUDA kernels of the two (cuda/loops.cu); binary_t_mm_cuda takes the
-// transposed index (CSC): for each column f, the rows of its ones in order.
-void binary_mm_out_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& active,
-                        const at::Tensor& w_t);
-void binary_t_mm_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& rows_of,
-                      const at::Tensor& g);
+// The CUDA kernel of both (cuda/loops.cu): out[r] += the sum of the rows
+// index[offsets[r] .. offsets[r+1]) of source, in order. binary_mm_out gives
+// it x's index and w_t; binary_t_mm the transposed index (for each column f,
+// the rows of its ones in order) and g.
+void gather_rows_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& index,
+                      const at::Tensor& source);
 #endif
 
 // Makes BLAS calls on this thread single-threaded while alive. MKL picks how to

@@ -262,9 +262,9 @@ LoopInputs loop_inputs(const OpTensors& t, int64_t N, at::ScalarType compute, Re
 // a density of ones that grows with N: per row the dense products cost ~ F*N,
 // the gather ~ F (the scan of x) + ones*N, so the crossover is a - b/N.
 // Fitted to the op's forward + backward measured both ways on a 2-core AMD
-// EPYC (AVX2), float32 (benchmarks/spike_inputs.py, crossover): about 5 %
-// at N=128, 15 % at N=256, 20 % at N=512, whatever F (128 to 700); taken
-// at 80 % of that fit, so that a call near it is not made slower.
+// EPYC (AVX2), float32 (benchmarks/spike_inputs.py, crossover, three runs;
+// noisy): about 5 % at N=128, 15 % at N=256, 20 % at N=512 (F from 128 to
+// 700); taken at 80 % of that fit, so that a call near it is not made slower.
 double binary_input_crossover(int64_t N) { return 0.2 * (1.0 - 100.0 / static_cast<double>(N)); }
 
 // The environment variable TORCH_EXT_BINARY_INPUTS, read at each call:
@@ -290,21 +290,34 @@ namespace {
 
 // The index of a binary x (or that x is not one), kept from a forward for
 // its backward, which would otherwise scan x again and pay as much as the
-// forward did: the last few, each keyed by x's storage (held weakly, so an
-// entry never outlives x or matches another tensor), data pointer, offset,
-// sizes, strides, dtype and version counter, and the density limit it was
-// built under. Only backward calls read it; a forward always scans (x's
-// memory may have changed without a version bump, through numpy say, and a
-// forward must read the values it is given).
+// forward did: the last few, each keyed by x's storage (held weakly: an
+// entry never matches once x is freed, and dead entries are dropped at the
+// next call), data pointer, offset, sizes, strides, dtype and version
+// counter, and the density limit it was built under; at most kEntries
+// entries and kBytes of indices. Only backward calls read it; a forward
+// always scans (x's memory may have changed without a version bump, through
+// numpy say, and a forward must read the values it is given). Inference
+// tensors (no version counter, and no backward can follow) are not kept.
 class BinaryIndexCache {
  public:
   void put(const at::Tensor& x, double max_density, const std::optional<BinaryRows>& index) {
+    if (x.is_inference()) return;
     const std::lock_guard<std::mutex> lock(mutex_);
+    drop_dead();
     entries_.push_front(Entry{Key(x, max_density), index});
-    if (entries_.size() > kEntries) entries_.pop_back();
+    int64_t bytes = 0;
+    size_t kept = 0;
+    for (const Entry& entry : entries_) {
+      bytes += entry.bytes();
+      if (kept > 0 && (kept >= kEntries || bytes > kBytes)) break;
+      ++kept;
+    }
+    entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(kept), entries_.end());
   }
   std::optional<std::optional<BinaryRows>> get(const at::Tensor& x, double max_density) {
+    if (x.is_inference()) return std::nullopt;
     const std::lock_guard<std::mutex> lock(mutex_);
+    drop_dead();
     const Key key(x, max_density);
     for (const Entry& entry : entries_) {
       if (entry.key.matches(key)) return entry.index;
@@ -313,7 +326,8 @@ class BinaryIndexCache {
   }
 
  private:
-  static constexpr size_t kEntries = 8;  // the layers of a stack between forward and backward
+  static constexpr size_t kEntries = 8;             // the layers of a stack between forward and backward
+  static constexpr int64_t kBytes = int64_t{256} << 20;
   struct Key {
     c10::weak_intrusive_ptr<c10::StorageImpl> storage;
     const void* data;
@@ -325,7 +339,7 @@ class BinaryIndexCache {
     Key(const at::Tensor& x, double max_density)
         : storage(c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(
               x.storage().unsafeGetStorageImpl())),
-          data(x.data_ptr()),
+          data(x.const_data_ptr()),
           offset(x.storage_offset()),
           sizes(x.sizes().vec()),
           strides(x.strides().vec()),
@@ -343,7 +357,15 @@ class BinaryIndexCache {
   struct Entry {
     Key key;
     std::optional<BinaryRows> index;
+    int64_t bytes() const {
+      return index ? index->offsets.nbytes() + index->active.nbytes() : 0;
+    }
   };
+  void drop_dead() {
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [](const Entry& e) { return e.key.storage.expired(); }),
+                   entries_.end());
+  }
   std::mutex mutex_;
   std::deque<Entry> entries_;  // newest first
 };
@@ -515,7 +537,12 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       w_in.has_value() && (need.w_in || need.drive) && out.bias_sum.defined()
           ? binary_input(x, *w_in, /*backward=*/true)
           : std::nullopt;
-  if (binary && !at::isfinite(out.bias_sum).all().item<bool>()) binary.reset();
+  // (Low-precision operands: gU rounded to them may overflow where the
+  // float32 sum does not.)
+  if (binary && !(at::isfinite(out.bias_sum).all().item<bool>() &&
+                  (operands == compute || at::isfinite(grad_u_ops).all().item<bool>()))) {
+    binary.reset();
+  }
   at::Tensor x_ops = (need.w_in || need.drive) && !binary ? x.to(operands) : at::Tensor();
   if (x_ops.defined() && past_end.defined()) {
     // Their x (padding, possibly NaN) must not reach grad_w_in or the drive

@@ -70,7 +70,6 @@ struct NeuronParams {
   }
 };
 
-
 // Neuron n's parameters, from the per-parameter arrays (those past the
 // model's count are never read).
 #define TORCH_EXT_PARAMS_AT(n)                                                               \

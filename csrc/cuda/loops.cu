@@ -781,8 +781,10 @@ __global__ void __launch_bounds__(kThreads)
   out[r * N + n] = acc;
 }
 
-void gather_rows(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& index,
-                 const at::Tensor& source) {
+}  // namespace
+
+void gather_rows_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& index,
+                      const at::Tensor& source) {
   const int64_t rows = out.size(0), N = out.size(1);
   if (rows == 0 || N == 0) return;
   TORCH_INTERNAL_ASSERT(out.is_contiguous() && source.is_contiguous() &&
@@ -798,19 +800,6 @@ void gather_rows(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& i
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
-}  // namespace
-
-void binary_mm_out_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& active,
-                        const at::Tensor& w_t) {
-  gather_rows(out, offsets, active, w_t);
-}
-
-void binary_t_mm_cuda(at::Tensor& out, const at::Tensor& offsets, const at::Tensor& rows_of,
-                      const at::Tensor& g) {
-  gather_rows(out, offsets, rows_of, g);
-}
-
 
 bool cuda_persistent_requested() {
   const char* value = std::getenv("TORCH_EXT_CUDA_PERSISTENT");
