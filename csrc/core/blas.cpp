@@ -314,6 +314,14 @@ std::optional<BinaryRows> binary_rows_of(const scalar_t* x, int64_t rows, int64_
   return out;
 }
 
+// [n + 1] int64 offsets of a sorted index's groups: 0, then the running count
+// of each value 0 .. n-1 of `index` (int32 or int64).
+at::Tensor group_offsets(const at::Tensor& index, int64_t n) {
+  at::Tensor offsets = at::zeros({n + 1}, index.options().dtype(at::kLong));
+  offsets.narrow(0, 1, n).copy_(at::bincount(index, {}, n).cumsum(0));
+  return offsets;
+}
+
 // CUDA: the same index from ATen passes (never reached on a GPU so far: the
 // op gathers on CUDA only when asked to, driver.cpp).
 std::optional<BinaryRows> binary_rows_cuda(const at::Tensor& x, double max_density) {
@@ -329,8 +337,7 @@ std::optional<BinaryRows> binary_rows_cuda(const at::Tensor& x, double max_densi
   BinaryRows out;
   out.rows = rows;
   out.cols = cols;
-  out.offsets = at::zeros({rows + 1}, x.options().dtype(at::kLong));
-  out.offsets.narrow(0, 1, rows).copy_(at::bincount(where.select(1, 0), {}, rows).cumsum(0));
+  out.offsets = group_offsets(where.select(1, 0), rows);
   out.active = where.select(1, 1).to(at::kInt).contiguous();
   return out;
 }
@@ -447,9 +454,7 @@ at::Tensor binary_t_mm(const BinaryRows& x, const at::Tensor& g) {
         at::arange(x.rows, x.offsets.options()), x.offsets.diff());
     const at::Tensor order = at::argsort(x.active.to(at::kLong) * x.rows + row_of_one);
     const at::Tensor rows_of = row_of_one.index_select(0, order).to(at::kInt).contiguous();
-    at::Tensor column_offsets = at::zeros({x.cols + 1}, x.offsets.options());
-    column_offsets.narrow(0, 1, x.cols).copy_(at::bincount(x.active, {}, x.cols).cumsum(0));
-    gather_rows_cuda(out, column_offsets, rows_of, g_c);
+    gather_rows_cuda(out, group_offsets(x.active, x.cols), rows_of, g_c);
     return out;
   }
 #endif

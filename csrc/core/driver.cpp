@@ -279,12 +279,13 @@ GatherMode gather_mode() {
   return GatherMode::kByDensity;
 }
 
-}  // namespace
-
-bool may_gather(const at::Tensor& x) {
-  const GatherMode mode = gather_mode();
+bool may_gather(const at::Tensor& x, GatherMode mode) {
   return (x.is_cpu() && mode != GatherMode::kNever) || (x.is_cuda() && mode == GatherMode::kAlways);
 }
+
+}  // namespace
+
+bool may_gather(const at::Tensor& x) { return may_gather(x, gather_mode()); }
 
 namespace {
 
@@ -379,9 +380,10 @@ BinaryIndexCache& binary_index_cache() {
 
 std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_in,
                                        bool backward) {
-  if (!may_gather(x)) return std::nullopt;
+  const GatherMode mode = gather_mode();
+  if (!may_gather(x, mode)) return std::nullopt;
   const double max_density =
-      gather_mode() == GatherMode::kAlways ? 1.0 : binary_input_crossover(w_in.size(0));
+      mode == GatherMode::kAlways ? 1.0 : binary_input_crossover(w_in.size(0));
   if (max_density < 0) return std::nullopt;
   std::optional<std::optional<BinaryRows>> kept;
   if (backward) kept = binary_index_cache().get(x, max_density);
