@@ -131,3 +131,11 @@ def test_mixed_precision_benchmark_runs(model, capsys):
                                   "expert f32", "floor f32", "floor bfloat16"}
     assert set(rows[0]["errors"]) == {"fused", "expert"}
     assert "err fused" in capsys.readouterr().out
+
+
+def test_phase_profile_runs(capsys):
+    from benchmarks import phases
+    rows = phases.main(["--smoke", "--model", "lif"])
+    assert rows[0]["backward loop"] > 0 and rows[0]["forward loop"] > 0
+    assert rows[0]["fused_over_floor"] > 0
+    assert "page faults" in capsys.readouterr().out

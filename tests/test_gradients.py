@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import torch_ext
+import neurons
 from conftest import LIFArgs, make_inputs, run_with_grads
 
 OPTION_GRID = list(itertools.product(
@@ -289,3 +290,46 @@ def test_non_finite_incoming_gradient_reaches_w_rec_as_in_the_reference(bad):
         results.append(torch.autograd.grad(membrane, args.w_rec, grad_membrane)[0])
     assert not results[1].isfinite().all()
     torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+def _layouts(T, B, N):
+    """Incoming gradients [T, B, N] of every layout a loss hands the backward."""
+    g = torch.Generator().manual_seed(5)
+    r = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)
+    return {
+        "sum": r(()).expand(T, B, N),                      # spikes.sum(): all strides 0
+        "sum over time": r(B, N).expand(T, B, N),           # spikes.sum(0) (spike counts)
+        "mean over batch": r(T, 1, N).expand(T, B, N),
+        "per step": r(T, B, 1).expand(T, B, N),             # stride 0 along N
+        "time-major copy": r(B, T, N).transpose(0, 1),      # strided, unit stride along N
+        "neuron-major": r(N, T, B).permute(1, 2, 0),        # no unit stride at all
+        "every other neuron": r(T, B, 2 * N)[:, :, ::2],
+    }
+
+
+@pytest.mark.parametrize("layout", list(_layouts(1, 1, 1)))
+@pytest.mark.parametrize("op", neurons.OPS)
+@pytest.mark.parametrize("lengths", [False, True])
+def test_incoming_gradient_layouts_give_the_bits_of_contiguous_ones(op, layout, lengths):
+    # The backward reads broadcast gradients without writing them out; any
+    # layout must give exactly the gradients of its contiguous copy.
+    T, B, F, N = 7, 3, 5, 4
+    args = neurons.make_inputs(op, T, B, F, N, state=True)
+    length = torch.tensor([7, 4, 0]) if lengths else None
+    outputs = neurons.FUSED[op](*args, lengths=length)
+    grads = {}
+    for name, layout_of in (("strided", lambda g: g), ("contiguous", torch.Tensor.contiguous)):
+        incoming = [layout_of(g) for g in
+                    [_layouts(T, B, N)[layout]] + [_layouts(T, B, N)["time-major copy"] * k
+                                                   for k in range(1, len(outputs))]]
+        grads[name] = torch.autograd.grad(outputs, neurons.grad_inputs(args), incoming,
+                                          retain_graph=True)
+    assert not _layouts(T, B, N)[layout].is_contiguous()
+    for a, b in zip(grads["strided"], grads["contiguous"]):
+        assert torch.equal(a, b)
+    # and the same as the reference (the layouts of the spikes' gradient only)
+    ref = neurons.REFERENCE[op](*args, lengths=length)
+    want = torch.autograd.grad(ref[0], neurons.grad_inputs(args), _layouts(T, B, N)[layout])
+    got = torch.autograd.grad(outputs[0], neurons.grad_inputs(args), _layouts(T, B, N)[layout])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

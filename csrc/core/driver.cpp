@@ -241,6 +241,19 @@ at::Tensor compute_contiguous(const at::Tensor& t, at::ScalarType compute) {
   return t.to(compute).contiguous();
 }
 
+// An incoming gradient as the loops read it (loop.h): in the compute dtype,
+// unit stride along N, and the steps or rows it repeats left repeated (stride
+// 0). The gradient of spikes.sum() or spikes.sum(0) is such a broadcast;
+// writing it out would cost a pass and T*B*N fresh memory, and fresh memory
+// costs page faults at every call once the allocator has returned it.
+at::Tensor incoming_gradient(const at::Tensor& g, at::ScalarType compute) {
+  at::Tensor distinct = g;
+  for (int64_t d = 0; d < 2; ++d) {
+    if (g.stride(d) == 0) distinct = distinct.narrow(d, 0, std::min<int64_t>(g.size(d), 1));
+  }
+  return compute_contiguous(distinct, compute).expand(g.sizes());
+}
+
 LoopInputs loop_inputs(const OpTensors& t, int64_t N, at::ScalarType compute, Reset reset) {
   const int64_t B = t.x.size(1);
   const auto opts = t.x.options().dtype(compute);
@@ -655,7 +668,7 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
   const at::ScalarType compute = d.compute;
   const int P = neuron.num_params, K = neuron.num_states;
   auto incoming = [&](const OptionalTensor& g) {
-    return g.has_value() ? compute_contiguous(*g, compute) : at::Tensor();
+    return g.has_value() ? incoming_gradient(*g, compute) : at::Tensor();
   };
   // needs: x, w_in, w_rec, bias, the parameters, the initial states, s0.
   const bool need_x = needs[0], need_w_in = needs[1], need_w_rec = needs[2],

@@ -38,8 +38,12 @@ struct BackwardLoopInputs {
   LoopInputs state;
   at::Tensor spikes;                     // [T, B, N], compute dtype
   std::vector<at::Tensor> states;        // the model's states, [T, B, N] each
-  at::Tensor grad_spikes;                // [T, B, N], or undefined (= zero)
-  std::vector<at::Tensor> grad_states;   // per state, [T, B, N] or undefined (= zero)
+  // The incoming gradients, [T, B, N] or undefined (= zero). Unlike the
+  // other tensors they are contiguous along N only: their strides along T
+  // and B may be anything, 0 included (a broadcast, such as the gradient of
+  // spikes.sum()).
+  at::Tensor grad_spikes;
+  std::vector<at::Tensor> grad_states;  // per state
   // What the recurrent term of the reverse step multiplies: gX[t+1] @
   // w_rec_adjoint (or gX[t+1] * w_rec_adjoint one-to-one), gX the gradient
   // of the input state: w_rec, its rows scaled by the model's input gain.

@@ -419,6 +419,24 @@ at::Tensor w_rec_gradient_from_spikes(const scalar_t* gU, const scalar_t* s0, co
   return transposed.t().contiguous();
 }
 
+// An incoming gradient's rows (t, b): contiguous along N, any strides along T
+// and B (0 where it is a broadcast, loop.h).
+template <typename scalar_t>
+struct IncomingGrad {
+  const scalar_t* data = nullptr;  // null: not given (zero)
+  int64_t step_stride = 0, row_stride = 0;
+  IncomingGrad() = default;
+  explicit IncomingGrad(const at::Tensor& g) {
+    if (!g.defined()) return;
+    TORCH_INTERNAL_ASSERT(g.size(2) <= 1 || g.stride(2) == 1, "incoming gradient not unit-stride");
+    data = g.data_ptr<scalar_t>();
+    step_stride = g.stride(0);
+    row_stride = g.stride(1);
+  }
+  bool given() const { return data != nullptr; }
+  const scalar_t* row(int64_t t, int64_t b) const { return data + t * step_stride + b * row_stride; }
+};
+
 // Batch rows per block of the backward: fixed by the shape alone (never by
 // the thread count), so every block's products and sums, and the results, are
 // the same however many threads share the blocks. At least 16 rows, so that
@@ -456,13 +474,14 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const NeuronParams<scalar_t> params(st, N);
   const scalar_t slope = static_cast<scalar_t>(in.slope);
   const bool detach_reset = in.detach_reset;
-  std::array<const scalar_t*, kMaxStates> X{}, X0{}, gX_out{};
+  std::array<const scalar_t*, kMaxStates> X{}, X0{};
+  std::array<IncomingGrad<scalar_t>, kMaxStates> gX_out{};
   unsigned grad_states_given = 0;  // bit k: an incoming gradient of state k
   for (int k = 0; k < K; ++k) {
     X[k] = ptr(in.states[k]);
     X0[k] = ptr(st.initial[k]);
-    gX_out[k] = ptr(in.grad_states[k]);
-    if (gX_out[k] != nullptr) grad_states_given |= 1u << k;
+    gX_out[k] = IncomingGrad<scalar_t>(in.grad_states[k]);
+    if (gX_out[k].given()) grad_states_given |= 1u << k;
   }
   const scalar_t* S = ptr(in.spikes);
   const scalar_t* s0 = ptr(st.s0);
@@ -473,7 +492,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const scalar_t* W1 = one_to_one ? ptr(in.w_rec_adjoint) : nullptr;
   const at::Tensor acc_w_rec = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
   scalar_t* acc_w = ptr(acc_w_rec);
-  const scalar_t* gS_out = ptr(in.grad_spikes);
+  const IncomingGrad<scalar_t> gS_out(in.grad_spikes);
   scalar_t* gU = ptr(out.grad_input);
   scalar_t* acc_b = ptr(acc_bias);
   std::array<scalar_t*, kMaxStates> g_initial_all{};
@@ -527,13 +546,13 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           }
           const bool row_has_next = t < steps - 1;
           const bool spike_has_grad =
-              M::spike_gets_grad(gS_out != nullptr, grad_states_given, row_has_next,
+              M::spike_gets_grad(gS_out.given(), grad_states_given, row_has_next,
                                  W != nullptr || W1 != nullptr, R, detach_reset);
           std::array<const scalar_t*, kMaxStates> now{}, prev{}, g_out{};
           for (int k = 0; k < K; ++k) {
             now[k] = X[k] + row;
             prev[k] = t > 0 ? X[k] + row - BN : X0[k] + b * N;
-            g_out[k] = gX_out[k] != nullptr ? gX_out[k] + row : zero_row;
+            g_out[k] = gX_out[k].given() ? gX_out[k].row(t, b) : zero_row;
           }
           std::array<scalar_t*, kMaxParams> acc_row{};
           for (int k = 0; k < P; ++k) acc_row[k] = acc[k] + b * N;
@@ -541,7 +560,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           const scalar_t* r_prev = t > 0 ? s - BN : s0 + b * N;
           const BackwardRow<scalar_t> view{
               params.ptr.data(), now.data(), prev.data(), s, r_prev,
-              gS_out ? gS_out + row : zero_row, g_out.data(),
+              gS_out.given() ? gS_out.row(t, b) : zero_row, g_out.data(),
               row_has_next ? gu + BN : zero_row,
               has_rec_grad && row_has_next ? rec_buffer.data() + r * N : zero_row, gu,
               g_carried, scratch.data(), acc_row.data(), acc_b + b * N, slope, row_has_next, N};

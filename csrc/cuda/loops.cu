@@ -750,8 +750,14 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
 }
 
 template <typename M>
-BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& in) {
-  const c10::cuda::CUDAGuard device_guard(in.spikes.device());
+BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& given) {
+  const c10::cuda::CUDAGuard device_guard(given.spikes.device());
+  // The kernels index the incoming gradients as contiguous [T, B, N]; the
+  // driver hands them on broadcast where they are (loop.h).
+  BackwardLoopInputs in = given;
+  auto contiguous = [](const at::Tensor& g) { return g.defined() ? g.contiguous() : g; };
+  in.grad_spikes = contiguous(in.grad_spikes);
+  for (at::Tensor& g : in.grad_states) g = contiguous(g);
   return AT_DISPATCH_FLOATING_TYPES(in.spikes.scalar_type(), "recurrent_backward_cuda", [&] {
     return dispatch_options(in.state.reset, in.surrogate, [&](auto reset, auto surrogate) {
       return backward_steps<scalar_t, M, decltype(reset)::value, decltype(surrogate)::value>(
