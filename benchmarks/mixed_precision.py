@@ -70,7 +70,7 @@ def measure(T, B, N, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["lif", "adaptive"], default="lif")
+    parser.add_argument("--model", choices=list(peers.MODELS), default="lif")
     parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
     parser.add_argument("--size", type=size_arg, action="append", metavar="T,B,N")
     parser.add_argument("--reps", type=int, default=3)

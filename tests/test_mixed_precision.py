@@ -1,11 +1,16 @@
 """Mixed precision on CPU: under torch.autocast (or for bfloat16/float16
 inputs) the dense products run on the low-precision operands with float32
-accumulation into float32 results (MKL's products), while the state, the
+accumulation into float32 results (MKL's products; or, forced with
+TORCH_EXT_LOW_PRECISION_PRODUCTS=off, in float32 on their float32 values:
+each test runs both paths, whatever instructions this CPU has), while the state, the
 time loop, the surrogate and every sum stay float32. So the op computes the
 float32 op of the rounded operands, up to the summation order of the
 products, and its gradients are closer to its own float32 run than the
 expert autograd loop's under the same autocast (whose products round their
 results to bfloat16)."""
+import os
+import platform
+
 import pytest
 import torch
 
@@ -13,23 +18,45 @@ import torch_ext
 from benchmarks import peers
 
 LOW = torch_ext.build_info()["cpu_low_precision_products"]
+PATHS = ("on", "off")  # TORCH_EXT_LOW_PRECISION_PRODUCTS: MKL's low-precision products, float32
 
 
-def test_build_info_names_the_low_precision_products():
+def test_build_info_names_the_low_precision_products(monkeypatch):
     assert set(LOW) <= {"bfloat16", "float16"}
     if torch_ext.build_info()["blas"] == "MKL":  # torch's x86-64 wheels export them
         assert LOW == ["bfloat16", "float16"]
+    info = torch_ext.build_info()
+    assert set(info["cpu_low_precision_instructions"]) <= {"bfloat16", "float16"}
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else None
+    if flags is not None and "x86_64" in platform.machine():  # the same answer as the kernel's
+        has = {"bfloat16": "avx512_bf16" in flags or "amx_bf16" in flags,
+               "float16": "avx512_fp16" in flags or "amx_fp16" in flags}
+        assert info["cpu_low_precision_instructions"] == [d for d in has if has[d]]
+    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", "off")
+    off = torch_ext.build_info()
+    assert off["cpu_low_precision_products"] == []
+    assert set(off["cpu_product_paths"].values()) == {"float32 products of the upcast operands"}
+
+
+def test_unknown_product_path_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", "fast")
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(ValueError, match="TORCH_EXT_LOW_PRECISION_PRODUCTS must be auto, on or off"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch_ext.recurrent_lif(x, torch.randn(5, 4), None)
 
 
 def rounded(t, dtype):
     return t.detach().to(dtype).float().requires_grad_(t.requires_grad)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_adlif"])
-def test_autocast_computes_the_float32_op_of_the_rounded_operands(dtype, op):
-    if str(dtype).split(".")[1] not in LOW:
+@pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_adlif", "recurrent_cubalif"])
+def test_autocast_computes_the_float32_op_of_the_rounded_operands(dtype, op, path, monkeypatch):
+    if path == "on" and str(dtype).split(".")[1] not in LOW:
         pytest.skip(f"no low-precision products for {dtype} in this build")
+    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", path)
     torch.manual_seed(0)
     T, B, F, N = 12, 4, 24, 16
     x = torch.randn(T, B, F, requires_grad=True)
@@ -52,8 +79,10 @@ def test_autocast_computes_the_float32_op_of_the_rounded_operands(dtype, op):
     grads = torch.autograd.grad([o.float() for o in low], [x, w_in, w_rec, bias], g)
     want = torch.autograd.grad(ref, ref_inputs, g)
     assert grads[0].dtype == torch.float32  # x was float32: autocast casts it, its grad is float32
-    # gU is rounded to the low-precision dtype for the input and weight
-    # products (as autocast's own products do), so these agree to its precision.
+    # Each gradient is returned in its input's dtype, which autocast made the
+    # low-precision one (and on MKL's path gU is rounded to it for the input
+    # and weight products, as autocast's own products do), so these agree to
+    # its precision on both paths.
     eps = torch.finfo(dtype).eps
     for a, b in zip(grads, want):
         assert (a - b).norm() <= 8 * eps * b.norm()
@@ -63,14 +92,16 @@ def relative_error(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("model", ["lif", "adaptive"])
-def test_gradients_under_autocast_closer_to_float32_than_the_expert_loop(model):
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("model", ["lif", "adaptive", "cuba"])
+def test_gradients_under_autocast_closer_to_float32_than_the_expert_loop(model, path, monkeypatch):
     """Against each one's own float32 run, same inputs: the fused op's
     gradient error under autocast bfloat16 is no worse than the expert
     autograd loop's under the same autocast (fixed seed: CPU results are
     deterministic)."""
-    if "bfloat16" not in LOW:
+    if path == "on" and "bfloat16" not in LOW:
         pytest.skip("no bfloat16 products in this build")
+    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", path)
     T, B, N = 30, 8, 32
     params = peers.MODELS[model]["make_params"](N, N, "cpu", seed=3)
     fused = peers.fused(params, model)

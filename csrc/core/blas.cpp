@@ -6,10 +6,16 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -38,11 +44,41 @@ extern "C" void cblas_gemm_f16f16f32(int layout, int trans_a, int trans_b, int m
                                      float alpha, const uint16_t* a, int lda, const uint16_t* b,
                                      int ldb, float beta, float* c, int ldc) __attribute__((weak));
 
+bool cpu_has_low_precision_instructions(at::ScalarType dtype) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  // CPUID leaf 7: sub-leaf 0 EDX bit 22 AMX-BF16, bit 23 AVX512-FP16;
+  // sub-leaf 1 EAX bit 5 AVX512-BF16, bit 21 AMX-FP16.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const unsigned leaf0_edx = edx, max_subleaf = eax;
+  unsigned leaf1_eax = 0;
+  if (max_subleaf >= 1 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) leaf1_eax = eax;
+  if (dtype == at::kBFloat16) return (leaf0_edx >> 22 & 1u) || (leaf1_eax >> 5 & 1u);
+  if (dtype == at::kHalf) return (leaf0_edx >> 23 & 1u) || (leaf1_eax >> 21 & 1u);
+#else
+  (void)dtype;
+#endif
+  return false;
+}
+
+LowPrecisionPath low_precision_path(at::ScalarType dtype) {
+  const bool present = dtype == at::kBFloat16 ? cblas_gemm_bf16bf16f32 != nullptr
+                       : dtype == at::kHalf   ? cblas_gemm_f16f16f32 != nullptr
+                                              : false;
+  const char* mode = std::getenv("TORCH_EXT_LOW_PRECISION_PRODUCTS");
+  const std::string asked = mode == nullptr ? "" : mode;
+  TORCH_CHECK_VALUE(asked.empty() || asked == "auto" || asked == "on" || asked == "off",
+                    "TORCH_EXT_LOW_PRECISION_PRODUCTS must be auto, on or off, got '", asked,
+                    "'");
+  // auto = on, also on CPUs without the instructions: MKL then converts the
+  // operands to float32 while it packs them, which measured faster for the
+  // whole op than a separate conversion pass before float32 products.
+  return present && asked != "off" ? LowPrecisionPath::kLowPrecision : LowPrecisionPath::kFloat32;
+}
+
 bool low_precision_products(const at::Tensor& x) {
   if (!x.device().is_cpu()) return false;  // CUDA: not yet (no GPU has checked it)
-  if (x.scalar_type() == at::kBFloat16) return cblas_gemm_bf16bf16f32 != nullptr;
-  if (x.scalar_type() == at::kHalf) return cblas_gemm_f16f16f32 != nullptr;
-  return false;
+  return low_precision_path(x.scalar_type()) == LowPrecisionPath::kLowPrecision;
 }
 
 namespace {

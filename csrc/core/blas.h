@@ -30,9 +30,25 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
 // `out` (deterministic_mm's result) is float32.
 at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
 
+// How the dense products of bfloat16/float16 inputs run on CPU. Both give
+// the float32 products of the rounded operands up to summation order (and
+// the rounding of gU, which kLowPrecision rounds to the low-precision dtype
+// as autocast's own products do): kLowPrecision multiplies the
+// low-precision operands with float32 accumulation (MKL's bf16bf16f32 /
+// f16f16f32 products), kFloat32 multiplies their float32 values.
+enum class LowPrecisionPath { kLowPrecision, kFloat32 };
+// Whether this CPU has instructions for products of dtype's operands
+// (bfloat16: AVX512-BF16 or AMX-BF16; float16: AVX512-FP16 or AMX-FP16),
+// where MKL's low-precision products run several times faster than float32.
+bool cpu_has_low_precision_instructions(at::ScalarType dtype);
+// The path for dtype: kLowPrecision wherever MKL's product for it is present
+// (also without the instructions: MKL then converts while packing, which
+// beats a separate conversion pass); the environment variable
+// TORCH_EXT_LOW_PRECISION_PRODUCTS=off forces kFloat32 (on/auto: the default).
+LowPrecisionPath low_precision_path(at::ScalarType dtype);
 // Whether the dense products of a call with this x (bfloat16 or float16 on
-// CPU, with MKL's low-precision products present) run in x's dtype with
-// float32 accumulation; otherwise they run in the compute dtype.
+// CPU, on the kLowPrecision path) run in x's dtype with float32
+// accumulation; otherwise they run in the compute dtype.
 bool low_precision_products(const at::Tensor& x);
 
 // Binary inputs (spikes): x viewed as [rows, cols] holding only 0 and 1,
