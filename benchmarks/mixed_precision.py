@@ -60,11 +60,43 @@ def measure(T, B, N, args):
     for _ in range(args.reps):  # interleaved
         for name, go in runs.items():
             times[name] += timed(go, 1)
+    phases = op_phases(run(fused, True))
     errors = {}
     for name, fn in (("fused", fused), ("expert", expert)):
         exact, low = run(fn, False)(), run(fn, True)()
         errors[name] = max(((a.float() - b).norm() / b.norm()).item() for a, b in zip(low, exact))
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}, errors
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}, errors, phases
+
+
+def op_phases(go, calls=5):
+    """ms per call of the fused op's own time (its forward and backward ops,
+    with everything they call: the autocast kernel's casts included) by
+    phase: dtype conversions (Tensor.to(dtype), allocation included), the dense products
+    it hands to ATen, and the rest (its loops and everything else)."""
+    from torch.profiler import ProfilerActivity, profile
+    go()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            go()
+    ms = {"op": 0.0, "conversions": 0.0, "products": 0.0}
+
+    def ancestors(event):
+        while event is not None:
+            yield event.name
+            event = event.cpu_parent
+
+    for e in prof.events():
+        names = list(ancestors(e))
+        if not any(n.startswith("torch_ext::") for n in names):
+            continue
+        self_ms = e.self_cpu_time_total / 1e3 / calls
+        ms["op"] += self_ms
+        if "aten::_to_copy" in names:  # Tensor.to(dtype), with its allocation
+            ms["conversions"] += self_ms
+        elif e.name in ("aten::mm", "aten::addmm_", "aten::addmm"):
+            ms["products"] += self_ms
+    ms["rest"] = ms["op"] - ms["conversions"] - ms["products"]
+    return ms
 
 
 def main(argv=None):
@@ -87,8 +119,8 @@ def main(argv=None):
     print(header)
     rows = []
     for T, B, N in sizes:
-        ms, err = measure(T, B, N, args)
-        rows.append({"T": T, "B": B, "N": N, "ms": ms, "errors": err})
+        ms, err, phases = measure(T, B, N, args)
+        rows.append({"T": T, "B": B, "N": N, "ms": ms, "errors": err, "phases": phases})
         print(f"{T:>4} {B:>3} {N:>4} {ms['fused f32']:>10.1f} {ms['fused ' + low]:>15.1f} "
               f"{ms['fused ' + low] / ms['fused f32']:>6.2f} {ms['expert ' + low]:>15.1f} "
               f"{ms['expert ' + low] / ms['fused ' + low]:>12.1f} {ms['expert f32']:>10.1f} "
@@ -96,6 +128,13 @@ def main(argv=None):
               f"{err['expert']:>10.3f}")
     print("ms: forward + backward, median; ratio: fused under autocast / fused float32; "
           "err: max relative gradient error against the same implementation's float32 run")
+    print(f"\nthe fused op's own time under autocast {low}, by phase (profiler, ms per call):")
+    print(f"{'T':>4} {'B':>3} {'N':>4} {'op':>8} {'conversions':>12} {'products':>9} {'rest':>8} "
+          f"{'conversions %':>13}")
+    for r in rows:
+        p = r["phases"]
+        print(f"{r['T']:>4} {r['B']:>3} {r['N']:>4} {p['op']:>8.2f} {p['conversions']:>12.2f} "
+              f"{p['products']:>9.2f} {p['rest']:>8.2f} {100 * p['conversions'] / p['op']:>13.1f}")
     return rows
 
 

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -84,30 +85,45 @@ bool low_precision_products(const at::Tensor& x) {
 namespace {
 
 // out (float32, row-major) = a @ b (+ out with accumulate), a and b bfloat16
-// or float16 2-d views with one unit stride each, by one MKL call on this thread.
+// or float16 2-d views, by one MKL call on this thread.
 void low_precision_mm_on_this_thread(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                                      bool accumulate) {
-  constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
   const int64_t m = out.size(0), n = out.size(1), k = a.size(1);
   if (m == 0 || n == 0) return;
-  auto layout = [&](const at::Tensor& t) {  // (trans, leading dimension)
-    return t.stride(1) == 1 ? std::make_pair(kNoTrans, t.stride(0))
-                            : std::make_pair(kTrans, t.stride(1));
+  if (k == 0) {  // an empty sum (MKL would reject the leading dimensions)
+    if (!accumulate) out.zero_();
+    return;
+  }
+  // (trans, leading dimension) of a view MKL can read as it is: row-major
+  // (unit stride along a row, rows at least a row apart) or column-major; a
+  // dimension of size 1 has stride 1 in either reading, so the other stride
+  // decides. Other views are copied.
+  auto layout = [](const at::Tensor& t) -> std::optional<std::pair<int, int64_t>> {
+    const int64_t rows = t.size(0), cols = t.size(1);
+    if (t.stride(1) == 1 && (rows == 1 || t.stride(0) >= cols)) {
+      return std::make_pair(kNoTrans, std::max<int64_t>(rows == 1 ? cols : t.stride(0), 1));
+    }
+    if (t.stride(0) == 1 && (cols == 1 || t.stride(1) >= rows)) {
+      return std::make_pair(kTrans, std::max<int64_t>(cols == 1 ? rows : t.stride(1), 1));
+    }
+    return std::nullopt;
   };
-  const at::Tensor a_c = a.stride(1) == 1 || a.stride(0) == 1 ? a : a.contiguous();
-  const at::Tensor b_c = b.stride(1) == 1 || b.stride(0) == 1 ? b : b.contiguous();
-  const auto [trans_a, lda] = layout(a_c);
-  const auto [trans_b, ldb] = layout(b_c);
-  const int64_t largest = std::max({m, n, k, lda, ldb, out.stride(0)});
-  TORCH_INTERNAL_ASSERT(out.stride(1) == 1 && largest <= std::numeric_limits<int>::max());
+  auto readable = [&](const at::Tensor& t) { return layout(t) ? t : t.contiguous(); };
+  const at::Tensor a_c = readable(a), b_c = readable(b);
+  const auto [trans_a, lda] = *layout(a_c);
+  const auto [trans_b, ldb] = *layout(b_c);
+  const int64_t ldc = m == 1 ? n : out.stride(0);
+  const int64_t largest = std::max({m, n, k, lda, ldb, ldc});
+  TORCH_INTERNAL_ASSERT((n == 1 || out.stride(1) == 1) && ldc >= n &&
+                        largest <= std::numeric_limits<int>::max());
   const auto gemm =
       a.scalar_type() == at::kBFloat16 ? cblas_gemm_bf16bf16f32 : cblas_gemm_f16f16f32;
   gemm(kRowMajor, trans_a, trans_b, static_cast<int>(m), static_cast<int>(n),
        static_cast<int>(k), 1.0f, reinterpret_cast<const uint16_t*>(a_c.data_ptr()),
-       static_cast<int>(std::max<int64_t>(lda, 1)),
-       reinterpret_cast<const uint16_t*>(b_c.data_ptr()),
-       static_cast<int>(std::max<int64_t>(ldb, 1)), accumulate ? 1.0f : 0.0f,
-       out.data_ptr<float>(), static_cast<int>(out.stride(0)));
+       static_cast<int>(lda), reinterpret_cast<const uint16_t*>(b_c.data_ptr()),
+       static_cast<int>(ldb), accumulate ? 1.0f : 0.0f, out.data_ptr<float>(),
+       static_cast<int>(ldc));
 }
 
 // One piece of deterministic_mm_out: ATen's product, or MKL's for

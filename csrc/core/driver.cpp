@@ -208,6 +208,9 @@ std::pair<Dims, Options> check_call(const NeuronInfo& neuron, const OpTensors& t
                                     const OpSettings& s) {
   const Dims d = check_inputs(neuron, t);
   check_lengths(t.lengths, t.x, d);
+  // TORCH_EXT_LOW_PRECISION_PRODUCTS is checked at every call, whether or
+  // not this one has products to run, so a bad value never goes unnoticed.
+  low_precision_path(t.x.scalar_type());
   return {d, check_settings(neuron, s, d)};
 }
 
@@ -579,11 +582,22 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   if (w_in.has_value() && (need.w_in || need.drive)) {
     // sum_t gU[t].T @ x[t]: one product over all T*B rows. (A binary x's
     // steps past a row's length add nothing: gU is 0 there.)
-    const at::Tensor m =
-        binary ? binary_t_mm(*binary, grad_u_ops.to(compute)).t().contiguous()
-               : deterministic_mm(grad_u_ops.t(), x_ops.reshape({T * B, F}).contiguous());
+    auto input_product = [&](const at::Tensor& grad_u, const at::Tensor& x_rows) {
+      return binary ? binary_t_mm(*binary, grad_u.to(compute)).t().contiguous()
+                    : deterministic_mm(grad_u.t(), x_rows.reshape({T * B, F}).contiguous());
+    };
+    const at::Tensor m = input_product(grad_u_ops, x_ops);
     if (need.w_in) g.w_in = scale_rows(gain, m).to(w_in->scalar_type());
-    if (need.drive) drive = (w_in_c * m).sum(1);
+    if (need.drive && operands != compute) {
+      // The drive belongs to a float32 parameter, whose sums take gU as it
+      // is, not rounded for the low-precision products: a product of their
+      // float32 values.
+      at::Tensor x_compute = binary ? at::Tensor() : x.to(compute);
+      if (x_compute.defined() && past_end.defined()) x_compute = x_compute.masked_fill(past_end, 0);
+      drive = (w_in_c * input_product(grad_u_2d, x_compute)).sum(1);
+    } else if (need.drive) {
+      drive = (w_in_c * m).sum(1);
+    }
   } else if (need.drive) {
     drive = (out.grad_input * x_ops).sum(0).sum(0);
   }
