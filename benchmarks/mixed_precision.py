@@ -12,8 +12,10 @@ Forward + backward of spikes.sum() for x and every weight (as bench.py),
 median of --reps interleaved repetitions. The error is max over the
 gradients of |g_autocast - g_float32| / |g_float32| (2-norms)."""
 import argparse
+import os
 import statistics
 import time
+from unittest import mock
 
 import torch
 
@@ -40,11 +42,12 @@ def measure(T, B, N, args):
     fused = peers.fused(params, args.model)
     expert = peers.reference(params, args.model)
 
-    def run(fn, amp):
+    def run(fn, amp, products="on"):
         def go():
-            with torch.autocast("cpu", dtype=dtype, enabled=amp):
-                spikes = fn(x)[0]
-            return torch.autograd.grad(spikes.float().sum(), inputs)
+            with mock.patch.dict(os.environ, {"TORCH_EXT_LOW_PRECISION_PRODUCTS": products}):
+                with torch.autocast("cpu", dtype=dtype, enabled=amp):
+                    spikes = fn(x)[0]
+                return torch.autograd.grad(spikes.float().sum(), inputs)
         return go
 
     def floor(low):
@@ -54,6 +57,7 @@ def measure(T, B, N, args):
         return lambda: peers.floor(p)(xs, True)
 
     runs = {"fused f32": run(fused, False), f"fused {args.dtype}": run(fused, True),
+            f"fused {args.dtype} f32 products": run(fused, True, "off"),
             f"expert {args.dtype}": run(expert, True), "expert f32": run(expert, False),
             "floor f32": floor(False), f"floor {args.dtype}": floor(True)}
     times = {name: [] for name in runs}
@@ -71,14 +75,14 @@ def measure(T, B, N, args):
 def op_phases(go, calls=5):
     """ms per call of the fused op's own time (its forward and backward ops,
     with everything they call: the autocast kernel's casts included) by
-    phase: dtype conversions (Tensor.to(dtype), allocation included), the dense products
-    it hands to ATen, and the rest (its loops and everything else)."""
+    phase: dtype conversions (Tensor.to(dtype), allocation included) and the
+    rest (its loops, its products and everything else)."""
     from torch.profiler import ProfilerActivity, profile
     go()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
             go()
-    ms = {"op": 0.0, "conversions": 0.0, "products": 0.0}
+    ms = {"op": 0.0, "conversions": 0.0}
 
     def ancestors(event):
         while event is not None:
@@ -93,9 +97,7 @@ def op_phases(go, calls=5):
         ms["op"] += self_ms
         if "aten::_to_copy" in names:  # Tensor.to(dtype), with its allocation
             ms["conversions"] += self_ms
-        elif e.name in ("aten::mm", "aten::addmm_", "aten::addmm"):
-            ms["products"] += self_ms
-    ms["rest"] = ms["op"] - ms["conversions"] - ms["products"]
+    ms["rest"] = ms["op"] - ms["conversions"]
     return ms
 
 
@@ -114,7 +116,7 @@ def main(argv=None):
           f"{torch.backends.cpu.get_cpu_capability()}, low-precision products in this build: "
           f"{torch_ext.build_info()['cpu_low_precision_products']}")
     header = (f"{'T':>4} {'B':>3} {'N':>4} {'fused f32':>10} {'fused ' + low:>15} "
-              f"{'ratio':>6} {'expert ' + low:>15} {'expert/fused':>12} {'expert f32':>10} "
+              f"{'ratio':>6} {'f32 products':>12} {'ratio':>6} {'expert ' + low:>15} {'expert/fused':>12} {'expert f32':>10} "
               f"{'floor f32':>10} {'floor ' + low:>15} {'err fused':>10} {'err expert':>10}")
     print(header)
     rows = []
@@ -122,19 +124,26 @@ def main(argv=None):
         ms, err, phases = measure(T, B, N, args)
         rows.append({"T": T, "B": B, "N": N, "ms": ms, "errors": err, "phases": phases})
         print(f"{T:>4} {B:>3} {N:>4} {ms['fused f32']:>10.1f} {ms['fused ' + low]:>15.1f} "
-              f"{ms['fused ' + low] / ms['fused f32']:>6.2f} {ms['expert ' + low]:>15.1f} "
+              f"{ms['fused ' + low] / ms['fused f32']:>6.2f} "
+              f"{ms['fused ' + low + ' f32 products']:>12.1f} "
+              f"{ms['fused ' + low + ' f32 products'] / ms['fused f32']:>6.2f} "
+              f"{ms['expert ' + low]:>15.1f} "
               f"{ms['expert ' + low] / ms['fused ' + low]:>12.1f} {ms['expert f32']:>10.1f} "
               f"{ms['floor f32']:>10.1f} {ms['floor ' + low]:>15.1f} {err['fused']:>10.3f} "
               f"{err['expert']:>10.3f}")
     print("ms: forward + backward, median; ratio: fused under autocast / fused float32; "
+          "f32 products: fused under autocast with TORCH_EXT_LOW_PRECISION_PRODUCTS=off; "
           "err: max relative gradient error against the same implementation's float32 run")
     print(f"\nthe fused op's own time under autocast {low}, by phase (profiler, ms per call):")
-    print(f"{'T':>4} {'B':>3} {'N':>4} {'op':>8} {'conversions':>12} {'products':>9} {'rest':>8} "
+    print(f"{'T':>4} {'B':>3} {'N':>4} {'op':>8} {'conversions':>12} {'rest':>8} "
           f"{'conversions %':>13}")
     for r in rows:
         p = r["phases"]
         print(f"{r['T']:>4} {r['B']:>3} {r['N']:>4} {p['op']:>8.2f} {p['conversions']:>12.2f} "
-              f"{p['products']:>9.2f} {p['rest']:>8.2f} {100 * p['conversions'] / p['op']:>13.1f}")
+              f"{p['rest']:>8.2f} {100 * p['conversions'] / p['op']:>13.1f}")
+    print("conversions: Tensor.to(dtype) inside the op's forward and backward (the autocast "
+          "kernel's casts included, allocation included); rest: its loops and products (MKL's "
+          "low-precision products are direct calls the profiler does not see)")
     return rows
 
 

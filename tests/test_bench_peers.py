@@ -123,14 +123,16 @@ def test_an_implementation_runs_forward_and_backward_under_its_environment(monke
     assert "TORCH_EXT_CUDA_PERSISTENT" not in bench.os.environ
 
 
-@pytest.mark.parametrize("model", ["lif", "adaptive"])
+@pytest.mark.parametrize("model", ["lif", "adaptive", "cuba"])
 def test_mixed_precision_benchmark_runs(model, capsys):
     from benchmarks import mixed_precision
     rows = mixed_precision.main(["--model", model, "--size", "6,2,8", "--reps", "1"])
-    assert set(rows[0]["ms"]) == {"fused f32", "fused bfloat16", "expert bfloat16",
-                                  "expert f32", "floor f32", "floor bfloat16"}
+    assert set(rows[0]["ms"]) == {"fused f32", "fused bfloat16", "fused bfloat16 f32 products",
+                                  "expert bfloat16", "expert f32", "floor f32", "floor bfloat16"}
     assert set(rows[0]["errors"]) == {"fused", "expert"}
-    assert "err fused" in capsys.readouterr().out
+    assert rows[0]["phases"]["op"] > 0 and rows[0]["phases"]["conversions"] >= 0
+    out = capsys.readouterr().out
+    assert "err fused" in out and "conversions %" in out
 
 
 def test_phase_profile_runs(capsys):
