@@ -58,7 +58,8 @@ py::dict build_info() {
   py::dict paths;
   for (const auto& [dtype, name] : {std::make_pair(at::kBFloat16, "bfloat16"),
                                     std::make_pair(at::kHalf, "float16")}) {
-    const bool low = torch_ext::low_precision_products(at::empty({0}, at::TensorOptions().dtype(dtype)));
+    const bool low =
+        torch_ext::low_precision_path(dtype) == torch_ext::LowPrecisionPath::kLowPrecision;
     if (low) low_precision.push_back(name);
     if (torch_ext::cpu_has_low_precision_instructions(dtype)) instructions.push_back(name);
     paths[name] = low ? std::string(name) + " operands, float32 accumulation (MKL)"

@@ -148,6 +148,12 @@ def incoming(outputs, dtype, seed=3):
     return grads
 
 
+def output_gradients(op, args, dtype, seed=3, **options):
+    """incoming() for the outputs of the op's call on args (run without a graph)."""
+    with torch.no_grad():
+        return incoming(FUSED[op](*args, **options), dtype, seed=seed)
+
+
 def run(op, args, grads_out, autocast=None, **options):
     """The op's outputs and the gradients of the given output gradients with
     respect to every input that requires one (zeros where none reaches it)."""
@@ -292,9 +298,7 @@ def test_matches_the_float32_op_of_the_rounded_operands(op, dtype, path, variant
                   scalar_params=dict(params="scalar"))[variant]
     args32 = tie_free(op, dtype, **kwargs)
     args = low_args(args32, dtype)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     got = run(op, args, grads_out)
     oracle = run(op, args32, grads_out)
     assert spike_rate_ok(oracle[0][0])
@@ -313,9 +317,7 @@ def test_the_two_paths_agree(op, dtype, monkeypatch):
     if dtype_id(dtype) not in LOW:
         pytest.skip("no MKL product for this dtype")
     args32 = tie_free(op, dtype)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     results = {}
     for path in PATHS:
         use_path(monkeypatch, path, dtype)
@@ -338,9 +340,7 @@ def test_float32_parameter_gradients_keep_float32_precision(op, dtype, path, mon
     use_path(monkeypatch, path, dtype)
     args32 = tie_free(op, dtype)
     args = low_args(args32, dtype)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     got = run(op, args, grads_out)
     args64 = float64_args(args32)
     outputs = REFERENCE[op](*args64)
@@ -364,9 +364,7 @@ def test_autocast_is_the_direct_call_on_the_cast_operands(op, dtype, path, monke
     and initial states stay float32."""
     use_path(monkeypatch, path, dtype)
     args32 = tie_free(op, dtype)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     direct = run(op, low_args(args32, dtype), grads_out)
     auto_args = float32_args(args32)
     cast = run(op, auto_args, grads_out, autocast=dtype)
@@ -392,9 +390,7 @@ def test_low_precision_parameters_and_states(op, dtype, path, monkeypatch):
     args32 = tie_free(op, dtype)
     args32 = rebuild(args32, lambda name, a: leaf(a.detach().to(dtype).float()))
     args = rebuild(args32, lambda name, a: leaf(a, dtype))
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     got = run(op, args, grads_out)
     oracle = run(op, args32, grads_out)
     names = names_of(args)
@@ -492,9 +488,7 @@ def test_low_precision_x_with_float32_parameters_and_states(op, dtype, path, mon
     for name, a in zip(args._fields, args):
         if isinstance(a, torch.Tensor) and name not in OPERANDS:
             assert a.dtype == torch.float32
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     check_against_float32_op(op, path, dtype, run(op, args, grads_out),
                              run(op, args32, grads_out), names_of(args))
 
@@ -659,9 +653,7 @@ def overflow_case(op, seed=2):
     for grad_x: the case that separates the two paths."""
     dtype = torch.float16
     args32 = rounded_inputs(op, dtype, T=8, B=3, F=12, N=10, seed=seed)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype, seed=5)
+    grads_out = output_gradients(op, args32, dtype, seed=5)
     grads_out[1][5, 1, 3] = 1e5
     return args32, grads_out
 
@@ -766,9 +758,7 @@ def test_non_finite_values(op, dtype, path, where, value, monkeypatch):
     t.view(-1)[2] = value
     args32 = args32._replace(**{where: leaf(t)})
     args = low_args(args32, dtype)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     got = run(op, args, grads_out)
     want = run(op, args32, grads_out)
     for i, (a, b) in enumerate(zip(got[0], want[0])):
@@ -797,9 +787,7 @@ def test_non_finite_incoming_gradient(op, dtype, path, value, target, monkeypatc
     inf pattern on both paths (rounding gU keeps inf and NaN)."""
     use_path(monkeypatch, path, dtype)
     args32 = tie_free(op, dtype, T=8, B=3, F=6, N=5)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     grads_out[0 if target == "spikes" else 1][4, 1, 2] = value
     got = run(op, low_args(args32, dtype), grads_out)
     want = run(op, args32, grads_out)
@@ -841,9 +829,7 @@ def test_padding_past_lengths_leaks_nowhere(op, dtype, path, padding, mode, low_
     x_pad = args32.x.detach().clone()
     x_pad[past] = padding
     x_zero = args32.x.detach().masked_fill(past.unsqueeze(-1), 0.0)
-    with torch.no_grad():
-        like = FUSED[op](*args32, **options)
-    grads_zero = incoming(like, dtype)
+    grads_zero = output_gradients(op, args32, dtype, **options)
     for g in grads_zero:
         g[past] = 0.0
     grads_nan = [g.clone() for g in grads_zero]
@@ -881,9 +867,7 @@ def test_low_memory_mode_has_the_saved_modes_bits(op, dtype, path, recurrent, wi
     use_path(monkeypatch, path, dtype)
     options = dict(lengths=torch.tensor(LENGTHS)) if with_lengths else {}
     args32 = tie_free(op, dtype, options=options, T=10, B=4, F=12, N=10, recurrent=recurrent)
-    with torch.no_grad():
-        like = FUSED[op](*args32, **options)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype, **options)
     saved = run(op, float32_args(args32), grads_out, autocast=dtype, **options)
     low = run(op, float32_args(args32), grads_out, autocast=dtype,
               **{NEURONS[op].save_flag: False}, **options)
@@ -903,9 +887,7 @@ def test_path_changed_between_forward_and_backward(op, dtype, low_memory, monkey
         pytest.skip("no MKL product for this dtype")
     options = {NEURONS[op].save_flag: False} if low_memory else {}
     args32 = tie_free(op, dtype)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     eps = torch.finfo(dtype).eps
     for first, second in (("on", "off"), ("off", "on")):
         use_path(monkeypatch, first, dtype)
@@ -957,9 +939,7 @@ def test_binary_x_under_autocast_gather_and_dense(op, dtype, path, monkeypatch):
     density = torch.ops.torch_ext._binary_input_density
     monkeypatch.setenv(BINARY_ENV, "gather")
     assert density(args32.x.to(dtype), args32.w_in.to(dtype)) > 0
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     results = {}
     for mode in ("gather", "dense"):
         monkeypatch.setenv(BINARY_ENV, mode)
@@ -991,9 +971,7 @@ def test_binary_x_with_float16_gradient_overflow_stays_dense(op, path, monkeypat
     use_path(monkeypatch, path, torch.float16)
     dtype = torch.float16
     args32 = binary_rounded_inputs(op, dtype, seed=0, T=8, B=3, F=30, N=12, rate=0.15)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype, seed=5)
+    grads_out = output_gradients(op, args32, dtype, seed=5)
     grads_out[1][5, 1, 3] = 1e5
     results = {}
     for backward_mode in ("gather", "dense"):
@@ -1034,9 +1012,7 @@ def test_thread_count_does_not_change_the_bits(op, dtype, path, x_kind, monkeypa
     else:
         args32 = binary_rounded_inputs(op, dtype, 3, T=300, B=4, F=40, N=40, rate=0.1)
         monkeypatch.setenv(BINARY_ENV, "gather")
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     previous = torch.get_num_threads()
     results = []
     try:
@@ -1061,9 +1037,7 @@ def test_non_contiguous_operands_have_the_contiguous_bits(op, dtype, path, monke
     contiguous operands."""
     use_path(monkeypatch, path, dtype)
     args32 = tie_free(op, dtype)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     plain = low_args(args32, dtype)
     views = plain._replace(
         x=plain.x.detach().permute(1, 0, 2).contiguous().permute(1, 0, 2).requires_grad_(),
@@ -1120,9 +1094,7 @@ def test_degenerate_shapes(op, dtype, path, shape, bias, monkeypatch, capfd):
     else:
         raise AssertionError("no seed gives inputs without near-ties")
     capfd.readouterr()
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     got = run(op, low_args(args32, dtype), grads_out)
     oracle = run(op, args32, grads_out)
     captured = capfd.readouterr()
@@ -1186,9 +1158,7 @@ def test_empty_auto_and_unset_are_the_default_path(op, dtype, monkeypatch):
     MKL has the product): the same bits; "off" differs from it only where
     the default is "on"."""
     args32 = tie_free(op, dtype)
-    with torch.no_grad():
-        like = FUSED[op](*args32)
-    grads_out = incoming(like, dtype)
+    grads_out = output_gradients(op, args32, dtype)
     names = names_of(args32)
     results = {}
     for value in (None, "", "auto", "on", "off"):

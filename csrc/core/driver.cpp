@@ -561,12 +561,13 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
                   (operands == compute || at::isfinite(grad_u_ops).all().item<bool>()))) {
     binary.reset();
   }
-  at::Tensor x_ops = (need.w_in || need.drive) && !binary ? x.to(operands) : at::Tensor();
-  if (x_ops.defined() && past_end.defined()) {
-    // Their x (padding, possibly NaN) must not reach grad_w_in or the drive
-    // through gU = 0 times it.
-    x_ops = x_ops.masked_fill(past_end, 0);
-  }
+  // x in dtype for a product with gU, with the steps past each row's length
+  // zeroed: their x (padding, possibly NaN) must not reach grad_w_in or the
+  // drive through gU = 0 times it.
+  auto x_for_products = [&](at::ScalarType dtype) {
+    const at::Tensor rows = x.to(dtype);
+    return past_end.defined() ? rows.masked_fill(past_end, 0) : rows;
+  };
   if (need.x) {
     g.x = (w_in.has_value()
                ? deterministic_mm(grad_u_ops, scale_rows(gain, w_in_c).to(operands).contiguous())
@@ -582,24 +583,23 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   if (w_in.has_value() && (need.w_in || need.drive)) {
     // sum_t gU[t].T @ x[t]: one product over all T*B rows. (A binary x's
     // steps past a row's length add nothing: gU is 0 there.)
-    auto input_product = [&](const at::Tensor& grad_u, const at::Tensor& x_rows) {
+    auto input_product = [&](const at::Tensor& grad_u, at::ScalarType dtype) {
       return binary ? binary_t_mm(*binary, grad_u.to(compute)).t().contiguous()
-                    : deterministic_mm(grad_u.t(), x_rows.reshape({T * B, F}).contiguous());
+                    : deterministic_mm(grad_u.t(),
+                                       x_for_products(dtype).reshape({T * B, F}).contiguous());
     };
-    const at::Tensor m = input_product(grad_u_ops, x_ops);
+    // The drive belongs to a float32 parameter, whose sums take gU as it is:
+    // where the products round gU, the drive takes its own product of the
+    // float32 values.
+    const bool drive_shares_product = operands == compute;
+    at::Tensor m;
+    if (need.w_in || drive_shares_product) m = input_product(grad_u_ops, operands);
     if (need.w_in) g.w_in = scale_rows(gain, m).to(w_in->scalar_type());
-    if (need.drive && operands != compute) {
-      // The drive belongs to a float32 parameter, whose sums take gU as it
-      // is, not rounded for the low-precision products: a product of their
-      // float32 values.
-      at::Tensor x_compute = binary ? at::Tensor() : x.to(compute);
-      if (x_compute.defined() && past_end.defined()) x_compute = x_compute.masked_fill(past_end, 0);
-      drive = (w_in_c * input_product(grad_u_2d, x_compute)).sum(1);
-    } else if (need.drive) {
-      drive = (w_in_c * m).sum(1);
+    if (need.drive) {
+      drive = (w_in_c * (drive_shares_product ? m : input_product(grad_u_2d, compute))).sum(1);
     }
   } else if (need.drive) {
-    drive = (out.grad_input * x_ops).sum(0).sum(0);
+    drive = (out.grad_input * x_for_products(compute)).sum(0).sum(0);
   }
   if (need.drive && bias.has_value()) drive = drive + bias->to(compute) * out.bias_sum;
   if (need.bias) {
