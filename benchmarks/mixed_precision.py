@@ -42,7 +42,7 @@ def measure(T, B, N, args):
     fused = peers.fused(params, args.model)
     expert = peers.reference(params, args.model)
 
-    def run(fn, amp, products="on"):
+    def run(fn, amp, products="auto"):
         def go():
             with mock.patch.dict(os.environ, {"TORCH_EXT_LOW_PRECISION_PRODUCTS": products}):
                 with torch.autocast("cpu", dtype=dtype, enabled=amp):
@@ -56,7 +56,8 @@ def measure(T, B, N, args):
         xs = x.detach().to(dtype) if low else x
         return lambda: peers.floor(p)(xs, True)
 
-    runs = {"fused f32": run(fused, False), f"fused {args.dtype}": run(fused, True),
+    runs = {"fused f32": run(fused, False),
+            f"fused {args.dtype} MKL products": run(fused, True, "on"),
             f"fused {args.dtype} f32 products": run(fused, True, "off"),
             f"expert {args.dtype}": run(expert, True), "expert f32": run(expert, False),
             "floor f32": floor(False), f"floor {args.dtype}": floor(True)}
@@ -64,7 +65,7 @@ def measure(T, B, N, args):
     for _ in range(args.reps):  # interleaved
         for name, go in runs.items():
             times[name] += timed(go, 1)
-    phases = op_phases(run(fused, True))
+    phases = op_phases(run(fused, True))  # the default path
     errors = {}
     for name, fn in (("fused", fused), ("expert", expert)):
         exact, low = run(fn, False)(), run(fn, True)()
@@ -95,7 +96,8 @@ def op_phases(go, calls=5):
             continue
         self_ms = e.self_cpu_time_total / 1e3 / calls
         ms["op"] += self_ms
-        if "aten::_to_copy" in names:  # Tensor.to(dtype), with its allocation
+        # Tensor.to(dtype), with its allocation, and the op's own rounding pass
+        if "aten::_to_copy" in names or "torch_ext::rounded_through" in names:
             ms["conversions"] += self_ms
     ms["rest"] = ms["op"] - ms["conversions"]
     return ms
@@ -115,24 +117,30 @@ def main(argv=None):
           f"{torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, low-precision products in this build: "
           f"{torch_ext.build_info()['cpu_low_precision_products']}")
-    header = (f"{'T':>4} {'B':>3} {'N':>4} {'fused f32':>10} {'fused ' + low:>15} "
-              f"{'ratio':>6} {'f32 products':>12} {'ratio':>6} {'expert ' + low:>15} {'expert/fused':>12} {'expert f32':>10} "
+    header = (f"{'T':>4} {'B':>3} {'N':>4} {'fused f32':>10} "
+              f"{'MKL products':>12} {'ratio':>6} {'f32 products':>12} {'ratio':>6} "
+              f"{'expert ' + low:>15} {'expert/fused':>12} {'expert f32':>10} "
               f"{'floor f32':>10} {'floor ' + low:>15} {'err fused':>10} {'err expert':>10}")
     print(header)
     rows = []
+    default_mkl = "MKL" in torch_ext.build_info()["cpu_product_paths"][low]
+    default = f"fused {low} {'MKL' if default_mkl else 'f32'} products"
     for T, B, N in sizes:
         ms, err, phases = measure(T, B, N, args)
         rows.append({"T": T, "B": B, "N": N, "ms": ms, "errors": err, "phases": phases})
-        print(f"{T:>4} {B:>3} {N:>4} {ms['fused f32']:>10.1f} {ms['fused ' + low]:>15.1f} "
-              f"{ms['fused ' + low] / ms['fused f32']:>6.2f} "
+        print(f"{T:>4} {B:>3} {N:>4} {ms['fused f32']:>10.1f} "
+              f"{ms['fused ' + low + ' MKL products']:>12.1f} "
+              f"{ms['fused ' + low + ' MKL products'] / ms['fused f32']:>6.2f} "
               f"{ms['fused ' + low + ' f32 products']:>12.1f} "
               f"{ms['fused ' + low + ' f32 products'] / ms['fused f32']:>6.2f} "
               f"{ms['expert ' + low]:>15.1f} "
-              f"{ms['expert ' + low] / ms['fused ' + low]:>12.1f} {ms['expert f32']:>10.1f} "
+              f"{ms['expert ' + low] / ms[default]:>12.1f} {ms['expert f32']:>10.1f} "
               f"{ms['floor f32']:>10.1f} {ms['floor ' + low]:>15.1f} {err['fused']:>10.3f} "
               f"{err['expert']:>10.3f}")
-    print("ms: forward + backward, median; ratio: fused under autocast / fused float32; "
-          "f32 products: fused under autocast with TORCH_EXT_LOW_PRECISION_PRODUCTS=off; "
+    print("ms: forward + backward, median; MKL products / f32 products: fused under autocast "
+          "with TORCH_EXT_LOW_PRECISION_PRODUCTS=on / off (the default here: "
+          f"{torch_ext.build_info()['cpu_product_paths'][low]}); ratio: that / fused float32; "
+          "expert/fused: against the default path; "
           "err: max relative gradient error against the same implementation's float32 run")
     print(f"\nthe fused op's own time under autocast {low}, by phase (profiler, ms per call):")
     print(f"{'T':>4} {'B':>3} {'N':>4} {'op':>8} {'conversions':>12} {'rest':>8} "
@@ -141,9 +149,11 @@ def main(argv=None):
         p = r["phases"]
         print(f"{r['T']:>4} {r['B']:>3} {r['N']:>4} {p['op']:>8.2f} {p['conversions']:>12.2f} "
               f"{p['rest']:>8.2f} {100 * p['conversions'] / p['op']:>13.1f}")
-    print("conversions: Tensor.to(dtype) inside the op's forward and backward (the autocast "
-          "kernel's casts included, allocation included); rest: its loops and products (MKL's "
-          "low-precision products are direct calls the profiler does not see)")
+    print("conversions: Tensor.to(dtype) and the op's rounding of x (torch_ext::rounded_through, "
+          "done piece by piece inside the products) within its forward and backward (the autocast "
+          "kernel's casts and allocation included), on the default path, on the calling thread "
+          "(which runs its share of the parallel pieces; the profiler does not see the others); "
+          "rest: its loops and products")
     return rows
 
 

@@ -50,17 +50,17 @@ py::dict build_info() {
   info["cpu_simd_clones"] = std::vector<std::string>{};
 #endif
   info["blas"] = at::globalContext().hasMKL() ? "MKL" : "torch's BLAS (not MKL)";
-  // Per low-precision dtype: whether this CPU has instructions for its
-  // products, and the path its dense products take now (blas.h): in that
-  // dtype with float32 accumulation (MKL's products) or in float32 on the
-  // upcast operands.
+  // Per low-precision dtype: whether MKL's products for it are present,
+  // whether this CPU has instructions for them, and the path its dense
+  // products take now (blas.h): in that dtype with float32 accumulation
+  // (MKL's products) or in float32 on the upcast operands.
   std::vector<std::string> low_precision, instructions;
   py::dict paths;
   for (const auto& [dtype, name] : {std::make_pair(at::kBFloat16, "bfloat16"),
                                     std::make_pair(at::kHalf, "float16")}) {
     const bool low =
         torch_ext::low_precision_path(dtype) == torch_ext::LowPrecisionPath::kLowPrecision;
-    if (low) low_precision.push_back(name);
+    if (torch_ext::low_precision_products_present(dtype)) low_precision.push_back(name);
     if (torch_ext::cpu_has_low_precision_instructions(dtype)) instructions.push_back(name);
     paths[name] = low ? std::string(name) + " operands, float32 accumulation (MKL)"
                       : "float32 products of the upcast operands";

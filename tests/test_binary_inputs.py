@@ -267,6 +267,7 @@ def test_float16_gradient_overflow_falls_back_to_dense(op, monkeypatch):
     products are present), where a gradient of 1e5 becomes inf although the
     float32 gU is finite: then grad_w_in is the dense product's, whose
     0 * inf spreads NaN, not a gather that would skip the zeros."""
+    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", "on")  # MKL's, wherever present
     args = binary_inputs(op, dtype=torch.float32, T=10, B=3, F=70, N=40, rate=0.1)
     half = args._replace(**{name: getattr(args, name).detach().to(torch.float16).requires_grad_()
                             for name in ("x", "w_in", "w_rec", "bias")})

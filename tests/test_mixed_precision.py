@@ -32,10 +32,16 @@ def test_build_info_names_the_low_precision_products(monkeypatch):
         has = {"bfloat16": "avx512_bf16" in flags or "amx_bf16" in flags,
                "float16": "avx512_fp16" in flags or "amx_fp16" in flags}
         assert info["cpu_low_precision_instructions"] == [d for d in has if has[d]]
-    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", "off")
-    off = torch_ext.build_info()
-    assert off["cpu_low_precision_products"] == []
-    assert set(off["cpu_product_paths"].values()) == {"float32 products of the upcast operands"}
+    f32 = "float32 products of the upcast operands"
+    # auto (the default): MKL's products where the CPU has instructions for
+    # them, float32 elsewhere; on: MKL's wherever present; off: never. What
+    # is present does not depend on the switch.
+    for value, mkl in (("auto", set(LOW) & set(info["cpu_low_precision_instructions"])),
+                       ("on", set(LOW)), ("off", set())):
+        monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", value)
+        now = torch_ext.build_info()
+        assert now["cpu_low_precision_products"] == LOW
+        assert {d for d, path in now["cpu_product_paths"].items() if path != f32} == mkl, value
 
 
 def test_unknown_product_path_is_a_clear_error(monkeypatch):
@@ -66,7 +72,8 @@ def test_autocast_computes_the_float32_op_of_the_rounded_operands(dtype, op, pat
     fn = getattr(torch_ext, op)
     with torch.autocast("cpu", dtype=dtype):
         low = fn(x, w_in, w_rec, bias)
-    assert low[0].dtype == dtype and low[1].dtype == torch.float32
+    # x stays float32 under autocast (its weights are cast): so do the spikes.
+    assert low[0].dtype == low[1].dtype == torch.float32
     ref_inputs = [rounded(t, dtype) for t in (x, w_in, w_rec, bias)]
     ref = fn(*ref_inputs)
     # The same spikes where no membrane is within float32 rounding of theta.
@@ -78,14 +85,49 @@ def test_autocast_computes_the_float32_op_of_the_rounded_operands(dtype, op, pat
     g = [torch.randn_like(o.float()) for o in ref]
     grads = torch.autograd.grad([o.float() for o in low], [x, w_in, w_rec, bias], g)
     want = torch.autograd.grad(ref, ref_inputs, g)
-    assert grads[0].dtype == torch.float32  # x was float32: autocast casts it, its grad is float32
-    # Each gradient is returned in its input's dtype, which autocast made the
-    # low-precision one (and on MKL's path gU is rounded to it for the input
-    # and weight products, as autocast's own products do), so these agree to
-    # its precision on both paths.
+    assert all(g.dtype == torch.float32 for g in grads)
+    # The weights' gradients are returned in their cast dtype, x's in float32
+    # (not rounded), and on MKL's path gU is rounded to the low dtype for the
+    # input and weight products, as autocast's own products do: so these
+    # agree to its precision on both paths.
     eps = torch.finfo(dtype).eps
     for a, b in zip(grads, want):
         assert (a - b).norm() <= 8 * eps * b.norm()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_adlif", "recurrent_cubalif"])
+def test_float32_x_with_low_precision_weights_matches_the_reference(dtype, op, path, monkeypatch):
+    """A float32 x with bfloat16/float16 weights (what autocast passes): the
+    products take x rounded to the weights' dtype, everything else float32.
+    The fused op and the plain-autograd reference of the same call agree:
+    spikes exactly, states to float32 rounding, gradients (x's float32 and
+    unrounded, the weights' in their dtype) to the dtype's precision."""
+    if path == "on" and str(dtype).split(".")[1] not in LOW:
+        pytest.skip(f"no low-precision products for {dtype} in this build")
+    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", path)
+    torch.manual_seed(1)
+    T, B, F, N = 12, 4, 24, 16
+    x = torch.randn(T, B, F, requires_grad=True)
+    weights = [(torch.randn(N, F) * (3 / F ** 0.5)).to(dtype).requires_grad_(),
+               (torch.randn(N, N) * (0.5 / N ** 0.5)).to(dtype).requires_grad_(),
+               (torch.randn(N) * 0.1).to(dtype).requires_grad_()]
+    got = getattr(torch_ext, op)(x, *weights)
+    want = getattr(torch_ext, op + "_ref")(x, *weights)
+    assert got[0].dtype == torch.float32
+    margin = (want[1].detach() - 1.0).abs().min()
+    assert margin > 1e-4, "pick inputs without near-ties"
+    assert torch.equal(got[0], want[0])
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    g = [torch.randn_like(o) for o in want]
+    grads = torch.autograd.grad(got, [x, *weights], g)
+    want_grads = torch.autograd.grad(want, [x, *weights], g)
+    assert [a.dtype for a in grads] == [torch.float32, dtype, dtype, dtype]
+    eps = torch.finfo(dtype).eps
+    for a, b in zip(grads, want_grads):
+        assert (a.float() - b.float()).norm() <= 8 * eps * b.float().norm()
 
 
 def relative_error(a, b):

@@ -74,7 +74,8 @@ def _low_precision_products_by_default():
             os.environ[ENV] = saved
 
 
-LOW = _low_precision_products_by_default()
+LOW = _low_precision_products_by_default()  # present in this build, whatever the switch
+INSTRUCTIONS = torch_ext.build_info()["cpu_low_precision_instructions"]
 
 
 def use_path(monkeypatch, path, dtype=None):
@@ -255,7 +256,11 @@ def check_against_float32_op(op, path, dtype, got, oracle, names, mode="direct",
     bound holds in norm for many elements; a handful of sums with
     cancellation, as in one-feature or one-neuron shapes, can lose more)."""
     (go, gg), (wo, wg) = got, oracle
-    assert go[0].dtype == dtype, "spikes come back in x's dtype"
+    # Under autocast x stays float32 (only the weights are cast): so do the
+    # spikes and grad_x, which is then not rounded to the low dtype.
+    spike_dtype = dtype if mode == "direct" else torch.float32
+    assert go[0].dtype == spike_dtype, "spikes come back in x's dtype"
+    rounded_grads = OPERANDS if mode == "direct" else ["w_in", "w_rec", "bias"]  # autocast's casts
     for o in go[1:]:
         assert o.dtype == torch.float32, "states come back in float32"
     eps = torch.finfo(dtype).eps
@@ -268,7 +273,7 @@ def check_against_float32_op(op, path, dtype, got, oracle, names, mode="direct",
         for i, (a, b) in enumerate(zip(go, wo)):
             assert same_bits(a.float() if i == 0 else a, b), f"output {i}"
         for name, a, b in zip(names, gg, wg):
-            want = b.to(dtype).to(a.dtype) if name in OPERANDS else b
+            want = b.to(dtype).to(a.dtype) if name in rounded_grads else b
             assert same_bits(a, want), f"gradient of {name}"
         return
     assert torch.equal(go[0].float(), wo[0]), "spikes differ"
@@ -358,23 +363,32 @@ def test_float32_parameter_gradients_keep_float32_precision(op, dtype, path, mon
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("path", PATHS)
 def test_autocast_is_the_direct_call_on_the_cast_operands(op, dtype, path, monkeypatch):
-    """Under autocast, float32 leaves: x, w_in, w_rec, bias are cast (the
-    outputs and every gradient are those of the direct low-precision call,
-    the operands' gradients upcast by the cast's backward), the parameters
-    and initial states stay float32."""
+    """Under autocast, float32 leaves: w_in, w_rec and bias are cast; x, the
+    parameters and the initial states stay float32. The outputs and every
+    gradient are the bits of the direct call with float32 x and the cast
+    weights (their gradients upcast by the cast's backward); that call's
+    outputs are the bits of the all-low-precision call's (x rounded for the
+    products only), its float32 grad_x that call's before rounding."""
     use_path(monkeypatch, path, dtype)
     args32 = tie_free(op, dtype)
     grads_out = output_gradients(op, args32, dtype)
-    direct = run(op, low_args(args32, dtype), grads_out)
+    mixed_args = rebuild(args32, lambda n, a: leaf(a, dtype if n in ("w_in", "w_rec", "bias")
+                                                   else None))
+    mixed = run(op, mixed_args, grads_out)
     auto_args = float32_args(args32)
     cast = run(op, auto_args, grads_out, autocast=dtype)
     names = names_of(auto_args)
-    assert cast[0][0].dtype == dtype
-    for i, (a, b) in enumerate(zip(cast[0], direct[0])):
+    assert cast[0][0].dtype == torch.float32
+    for i, (a, b) in enumerate(zip(cast[0], mixed[0])):
         assert same_bits(a, b), f"output {i}"
-    for name, a, b in zip(names, cast[1], direct[1]):
+    for name, a, b in zip(names, cast[1], mixed[1]):
         assert a.dtype == torch.float32, name
         assert same_bits(a, b.float()), f"gradient of {name}"
+    direct = run(op, low_args(args32, dtype), grads_out)
+    for i, (a, b) in enumerate(zip(mixed[0], direct[0])):
+        assert same_bits(a, b.float() if i == 0 else b), f"output {i}"
+    for name, a, b in zip(names, mixed[1], direct[1]):
+        assert same_bits(a.to(b.dtype), b), f"gradient of {name}"
     # And it is the float32 op of the rounded operands, as the direct call.
     check_against_float32_op(op, path, dtype, cast, run(op, args32, grads_out), names,
                              mode="autocast")
@@ -442,7 +456,6 @@ def _with(args, **changes):
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("case,name,wrong", [
     ("x_bf16_w_in_f32", "w_in", "Float"),
-    ("x_f32_w_in_bf16", "w_in", "BFloat16"),
     ("x_bf16_w_rec_f32", "w_rec", "Float"),
     ("x_bf16_bias_f32", "bias", "Float"),
     ("x_f16_w_in_bf16", "w_in", "BFloat16"),
@@ -458,10 +471,10 @@ def test_mixed_dtypes_raise_a_clear_error(op, case, name, wrong, monkeypatch):
     base = rounded_inputs(op, torch.bfloat16, T=4, B=2, F=6, N=5)
     bf, f32 = torch.bfloat16, torch.float32
     to = lambda dtype: lambda t: leaf(t, dtype)  # noqa: E731
-    x_dtype = {"x_f32_w_in_bf16": f32, "x_f16_w_in_bf16": torch.float16}.get(case, bf)
+    x_dtype = {"x_f16_w_in_bf16": torch.float16}.get(case, bf)
     args = rebuild(base, lambda n, a: leaf(a, x_dtype if n in OPERANDS else None))
     changes = {
-        "x_bf16_w_in_f32": dict(w_in=to(f32)), "x_f32_w_in_bf16": dict(w_in=to(bf)),
+        "x_bf16_w_in_f32": dict(w_in=to(f32)),
         "x_bf16_w_rec_f32": dict(w_rec=to(f32)), "x_bf16_bias_f32": dict(bias=to(f32)),
         "x_f16_w_in_bf16": dict(w_in=to(bf)), "x_bf16_param_f64": dict(theta=to(torch.float64)),
         "x_bf16_param_f16": dict(theta=to(torch.float16)),
@@ -470,6 +483,34 @@ def test_mixed_dtypes_raise_a_clear_error(op, case, name, wrong, monkeypatch):
     args = _with(args, **changes)
     x_name = {bf: "BFloat16", f32: "Float", torch.float16: "Half"}[x_dtype]
     pattern = rf"^{op}: argument '{name}' has dtype {wrong} but x has dtype {x_name}"
+    for fn in (FUSED[op], REFERENCE[op]):
+        with pytest.raises(TypeError, match=pattern):
+            fn(*args)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case,name,wrong,other", [
+    ("w_in_bf16_w_rec_f16", "w_rec", "Half", "w_in has dtype BFloat16"),
+    ("w_in_bf16_bias_f16", "bias", "Half", "w_in has dtype BFloat16"),
+    ("w_rec_bf16_bias_f16", "bias", "Half", "w_rec has dtype BFloat16"),
+    ("w_in_f64", "w_in", "Double", "x has dtype Float"),
+    ("bias_f64", "bias", "Double", "x has dtype Float"),
+])
+def test_float32_x_with_weights_of_two_dtypes_raises(op, case, name, wrong, other, monkeypatch):
+    """A float32 x takes bfloat16 or float16 weights (what autocast passes),
+    each weight float32 or that one low dtype: any other mix is a TypeError
+    naming the argument and both dtypes, from the op and the reference alike."""
+    use_path(monkeypatch, "on")
+    args = make_inputs(op, T=4, B=2, F=6, N=5, dtype=torch.float32, seed=1)
+    to = lambda dtype: lambda t: leaf(t, dtype)  # noqa: E731
+    bf, f16 = torch.bfloat16, torch.float16
+    args = _with(args, **{
+        "w_in_bf16_w_rec_f16": dict(w_in=to(bf), w_rec=to(f16)),
+        "w_in_bf16_bias_f16": dict(w_in=to(bf), bias=to(f16)),
+        "w_rec_bf16_bias_f16": dict(w_rec=to(bf), bias=to(f16)),
+        "w_in_f64": dict(w_in=to(torch.float64)), "bias_f64": dict(bias=to(torch.float64)),
+    }[case])
+    pattern = rf"^{op}: argument '{name}' has dtype {wrong} but {other}"
     for fn in (FUSED[op], REFERENCE[op]):
         with pytest.raises(TypeError, match=pattern):
             fn(*args)
@@ -563,12 +604,14 @@ def test_float16_products_near_65504_are_float32(op, path, monkeypatch):
         # products of ~60000 * gU, well inside float16's range.
         grads = torch.autograd.grad(outputs[1].sum() / 64, [args.x, args.w_in])
         want = torch.autograd.grad(FUSED[op](*args32)[1].sum() / 64, [args32.x, args32.w_in])
-        for a, b in zip(grads, want):
+        for name, a, b in zip(("x", "w_in"), grads, want):
             assert a.isfinite().all()
+            # x stays float32 under autocast: its gradient is not rounded to float16.
+            b = b if mode == "autocast" and name == "x" else b.half()
             if path == "off":
-                assert same_bits(a, b.half().to(a.dtype))
+                assert same_bits(a, b.to(a.dtype))
             else:
-                close_where_finite(a, b.half(), rtol=2e-3, atol_rel=1e-3)
+                close_where_finite(a, b, rtol=2e-3, atol_rel=1e-3)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -1155,8 +1198,10 @@ def test_bad_value_in_build_info(monkeypatch):
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=dtype_id)
 def test_empty_auto_and_unset_are_the_default_path(op, dtype, monkeypatch):
     """"" (empty), "auto" and unset all take the default path ("on" where
-    MKL has the product): the same bits; "off" differs from it only where
-    the default is "on"."""
+    MKL has the product and the CPU has instructions for it, else "off"):
+    the same bits as that path's; "on" and "off" differ wherever MKL has
+    the product."""
+    default_on = dtype_id(dtype) in LOW and dtype_id(dtype) in INSTRUCTIONS
     args32 = tie_free(op, dtype)
     grads_out = output_gradients(op, args32, dtype)
     names = names_of(args32)
@@ -1168,13 +1213,13 @@ def test_empty_auto_and_unset_are_the_default_path(op, dtype, monkeypatch):
             monkeypatch.setenv(ENV, value)
         results[value] = run(op, low_args(args32, dtype), grads_out)
         info = torch_ext.build_info()
-        on = value != "off" and dtype_id(dtype) in LOW
-        assert (dtype_id(dtype) in info["cpu_low_precision_products"]) == on, value
+        on = dtype_id(dtype) in LOW and (value == "on" or (value != "off" and default_on))
+        assert (dtype_id(dtype) in info["cpu_low_precision_products"]) == (dtype_id(dtype) in LOW)
         assert ("MKL" in info["cpu_product_paths"][dtype_id(dtype)]) == on, value
-    for value in ("", "auto", "on"):
+    for value in ("", "auto", "on" if default_on else "off"):
         assert_same_results(results[value], results[None], names, repr(value))
     if dtype_id(dtype) in LOW:
         # The MKL path does differ from the float32 one (gU is rounded for the
-        # backward products), else "off" would test nothing.
-        differs = any(not same_bits(a, b) for a, b in zip(results["off"][1], results[None][1]))
+        # backward products), else the switch would test nothing.
+        differs = any(not same_bits(a, b) for a, b in zip(results["off"][1], results["on"][1]))
         assert differs

@@ -60,6 +60,13 @@ def _prepare(op, x, w_in, w_rec, bias, params, initial, reset, detach_reset, sur
                                                  lengths)
     slope = _options.resolve_slope(op, reset, detach_reset, surrogate, slope, x.dtype)
     compute = _options.compute_dtype(x.dtype)
+    if w_in is not None and w_in.dtype != x.dtype:
+        # A float32 x with bfloat16/float16 weights: the product takes x
+        # rounded to them, and x's gradient passes the rounding as it is
+        # (x + (rounded - x) is the rounded value exactly: the difference of
+        # two floats within a factor 2 of each other is exact).
+        x = x + (x.to(w_in.dtype).to(x.dtype) - x).detach()
+        tensors = (x, *tensors[1:])
     x, w_in, w_rec, bias, *rest = [t.to(compute) if t is not None else None for t in tensors]
     params, initial = rest[:len(params)], rest[len(params):]
     T, B, F = x.shape

@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
@@ -45,7 +46,9 @@ extern "C" void cblas_gemm_f16f16f32(int layout, int trans_a, int trans_b, int m
                                      float alpha, const uint16_t* a, int lda, const uint16_t* b,
                                      int ldb, float beta, float* c, int ldc) __attribute__((weak));
 
-bool cpu_has_low_precision_instructions(at::ScalarType dtype) {
+namespace {
+
+bool cpuid_has_low_precision_instructions(at::ScalarType dtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
   // CPUID leaf 7: sub-leaf 0 EDX bit 22 AMX-BF16, bit 23 AVX512-FP16;
   // sub-leaf 1 EAX bit 5 AVX512-BF16, bit 21 AMX-FP16.
@@ -62,24 +65,73 @@ bool cpu_has_low_precision_instructions(at::ScalarType dtype) {
   return false;
 }
 
+}  // namespace
+
+bool cpu_has_low_precision_instructions(at::ScalarType dtype) {
+  // (CPUID traps to the hypervisor in a VM: asked once.)
+  static const bool bf16 = cpuid_has_low_precision_instructions(at::kBFloat16);
+  static const bool f16 = cpuid_has_low_precision_instructions(at::kHalf);
+  return dtype == at::kBFloat16 ? bf16 : dtype == at::kHalf ? f16 : false;
+}
+
+bool low_precision_products_present(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? cblas_gemm_bf16bf16f32 != nullptr
+         : dtype == at::kHalf   ? cblas_gemm_f16f16f32 != nullptr
+                                : false;
+}
+
 LowPrecisionPath low_precision_path(at::ScalarType dtype) {
-  const bool present = dtype == at::kBFloat16 ? cblas_gemm_bf16bf16f32 != nullptr
-                       : dtype == at::kHalf   ? cblas_gemm_f16f16f32 != nullptr
-                                              : false;
   const char* mode = std::getenv("TORCH_EXT_LOW_PRECISION_PRODUCTS");
   const std::string asked = mode == nullptr ? "" : mode;
   TORCH_CHECK_VALUE(asked.empty() || asked == "auto" || asked == "on" || asked == "off",
                     "TORCH_EXT_LOW_PRECISION_PRODUCTS must be auto, on or off, got '", asked,
                     "'");
-  // auto = on, also on CPUs without the instructions: MKL then converts the
-  // operands to float32 while it packs them, which measured faster for the
-  // whole op than a separate conversion pass before float32 products.
-  return present && asked != "off" ? LowPrecisionPath::kLowPrecision : LowPrecisionPath::kFloat32;
+  if (!low_precision_products_present(dtype) || asked == "off") return LowPrecisionPath::kFloat32;
+  // auto: MKL's products where the CPU has instructions for them. Without
+  // them MKL converts the operands to float32 as it packs them, which
+  // measured no faster than float32 products of the rounded operands (and
+  // slower at T=200, B=32, F=N=512 on an AVX2 CPU), so those are taken.
+  return asked == "on" || cpu_has_low_precision_instructions(dtype)
+             ? LowPrecisionPath::kLowPrecision
+             : LowPrecisionPath::kFloat32;
 }
 
-bool low_precision_products(const at::Tensor& x) {
-  if (!x.device().is_cpu()) return false;  // CUDA: not yet (no GPU has checked it)
-  return low_precision_path(x.scalar_type()) == LowPrecisionPath::kLowPrecision;
+namespace {
+
+// float32 -> bfloat16 -> float32 in registers: round to nearest even on the
+// bits (what c10::BFloat16 does, written so that the compiler vectorises
+// it), NaN to bfloat16's canonical quiet NaN.
+TORCH_EXT_CPU_CLONES void round_to_bfloat16(const float* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &src[i], sizeof(u));
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    const uint32_t out = (u & 0x7fffffffu) > 0x7f800000u ? 0x7fc00000u : rounded;
+    std::memcpy(&dst[i], &out, sizeof(out));
+  }
+}
+
+}  // namespace
+
+at::Tensor rounded_through(const at::Tensor& x, at::ScalarType dtype) {
+  TORCH_INTERNAL_ASSERT(x.is_cpu() && x.scalar_type() == at::kFloat &&
+                        (dtype == at::kBFloat16 || dtype == at::kHalf));
+  // A dtype conversion, named for profiles (benchmarks/mixed_precision.py).
+  RECORD_FUNCTION("torch_ext::rounded_through", std::vector<c10::IValue>{});
+  if (dtype == at::kHalf) return x.to(dtype).to(at::kFloat);  // ATen's vectorised conversions
+  const at::Tensor in = x.contiguous();
+  at::Tensor out = at::empty_like(in);
+  const float* src = in.const_data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, in.numel(), int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+    round_to_bfloat16(src + begin, dst + begin, end - begin);
+  });
+  return out;
+}
+
+bool low_precision_products(at::ScalarType dtype, const at::Device& device) {
+  if (!device.is_cpu()) return false;  // CUDA: not yet (no GPU has checked it)
+  return low_precision_path(dtype) == LowPrecisionPath::kLowPrecision;
 }
 
 namespace {
@@ -180,9 +232,13 @@ template void gemm_on_this_thread<float>(int64_t, int64_t, int64_t, const float*
 template void gemm_on_this_thread<double>(int64_t, int64_t, int64_t, const double*, int64_t,
                                           const double*, int64_t, double, double*, int64_t);
 
-void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
-                          bool accumulate) {
+void deterministic_mm_out(at::Tensor out, const at::Tensor& a_given, const at::Tensor& b_given,
+                          bool accumulate, const OperandRows& a_rows, const OperandRows& b_rows) {
+  auto whole = [](const OperandRows& rows, const at::Tensor& t) {
+    return rows ? rows(t, 0) : t;
+  };
   if (!out.device().is_cpu()) {
+    const at::Tensor a = whole(a_rows, a_given), b = whole(b_rows, b_given);
     if (accumulate) {
       out.addmm_(a, b);
     } else {
@@ -191,7 +247,7 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
     return;
   }
   TORCH_INTERNAL_ASSERT(out.is_contiguous());
-  const int64_t rows = out.size(0), cols = out.size(1), inner = a.size(1);
+  const int64_t rows = out.size(0), cols = out.size(1), inner = a_given.size(1);
   // Every split below is fixed by the shape alone, and every piece is one
   // single-threaded BLAS call, so the result does not depend on the thread
   // count. Pieces are few and large: each call packs its operands anew.
@@ -201,6 +257,9 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
   if (inner >= 4 * rows && inner_chunks >= 2) {
     // A long reduction into a small output (the weight gradients): split the
     // inner dimension into chunks, one partial product each, summed in order.
+    // (Each chunk reads a slice of b's rows, converted there.)
+    const at::Tensor a = whole(a_rows, a_given);
+    const at::Tensor& b = b_given;
     const int64_t chunk = (inner + inner_chunks - 1) / inner_chunks;
     const int64_t chunks = (inner + chunk - 1) / chunk;
     at::Tensor partial = at::empty({chunks, rows, cols}, out.options());
@@ -211,7 +270,9 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
       for (int64_t i = begin; i < end; ++i) {
         const int64_t first = i * chunk, count = std::min(chunk, inner - first);
         at::Tensor partial_i = partial[i];
-        product_piece(partial_i, a.narrow(1, first, count), b.narrow(0, first, count), false);
+        const at::Tensor b_piece = b.narrow(0, first, count);
+        product_piece(partial_i, a.narrow(1, first, count),
+                      b_rows ? b_rows(b_piece, first) : b_piece, false);
       }
     });
     for (int64_t i = 0; i < chunks; ++i) {
@@ -223,6 +284,9 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
     }
     return;
   }
+  // (Each block reads a slice of a's rows, converted there.)
+  const at::Tensor& a = a_given;
+  const at::Tensor b = whole(b_rows, b_given);
   const int64_t block = std::max<int64_t>(64, (rows + 7) / 8);
   const int64_t blocks = (rows + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -231,7 +295,8 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
     for (int64_t i = begin; i < end; ++i) {
       const int64_t first = i * block, count = std::min(block, rows - first);
       at::Tensor out_rows = out.narrow(0, first, count);
-      product_piece(out_rows, a.narrow(0, first, count), b, accumulate);
+      const at::Tensor a_piece = a.narrow(0, first, count);
+      product_piece(out_rows, a_rows ? a_rows(a_piece, first) : a_piece, b, accumulate);
     }
   });
 }

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 
 // The extension is compiled for baseline x86-64 (SSE2); the CPU hot loops
@@ -18,13 +19,23 @@
 
 namespace torch_ext {
 
+// An operand given as rows, for a product that converts it piece by piece:
+// rows(slice, first) returns the product's operand for the slice of rows
+// [first, first + slice.size(0)) (a conversion or rounding, say), so that the
+// converted operand is never written out whole (a pass and fresh memory).
+using OperandRows = std::function<at::Tensor(const at::Tensor& slice, int64_t first)>;
+
 // out = a @ b, or out += a @ b with `accumulate`. On CPU the rows of `out` are
 // split into blocks fixed by the shape alone, computed in parallel, each by one
 // single-threaded BLAS call, so the result is bitwise the same for any number
 // of threads (a multi-threaded BLAS call splits the inner dimension according
 // to its thread count). On other devices: one plain ATen product.
+// a_rows / b_rows (optional) convert the pieces of a's / b's rows the
+// products read; the result is the product of the converted operands as
+// if converted whole, to the bit (the same pieces in the same layout).
 void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
-                          bool accumulate = false);
+                          bool accumulate = false, const OperandRows& a_rows = {},
+                          const OperandRows& b_rows = {});
 // a and b may also be bfloat16 or float16 (CPU, where low_precision_products
 // says so): then each piece is MKL's product with float32 accumulation and
 // `out` (deterministic_mm's result) is float32.
@@ -41,15 +52,20 @@ enum class LowPrecisionPath { kLowPrecision, kFloat32 };
 // (bfloat16: AVX512-BF16 or AMX-BF16; float16: AVX512-FP16 or AMX-FP16),
 // where MKL's low-precision products run several times faster than float32.
 bool cpu_has_low_precision_instructions(at::ScalarType dtype);
-// The path for dtype: kLowPrecision wherever MKL's product for it is present
-// (also without the instructions: MKL then converts while packing, which
-// beats a separate conversion pass); the environment variable
-// TORCH_EXT_LOW_PRECISION_PRODUCTS=off forces kFloat32 (on/auto: the default).
+// Whether MKL's product for dtype's operands is present (torch's x86-64 wheels).
+bool low_precision_products_present(at::ScalarType dtype);
+// The path for dtype, from the environment variable
+// TORCH_EXT_LOW_PRECISION_PRODUCTS (read at every call): auto (or unset,
+// the default) takes kLowPrecision where MKL's product is present and the
+// CPU has instructions for it, on wherever it is present, off never.
 LowPrecisionPath low_precision_path(at::ScalarType dtype);
-// Whether the dense products of a call with this x (bfloat16 or float16 on
-// CPU, on the kLowPrecision path) run in x's dtype with float32
-// accumulation; otherwise they run in the compute dtype.
-bool low_precision_products(const at::Tensor& x);
+// The float32 values of a float32 CPU tensor rounded to dtype (bfloat16 or
+// float16): x.to(dtype).to(float32), for bfloat16 in one pass.
+at::Tensor rounded_through(const at::Tensor& x, at::ScalarType dtype);
+// Whether the dense products of operands of this dtype on this device
+// (bfloat16 or float16 on CPU, on the kLowPrecision path) run in it with
+// float32 accumulation; otherwise they run in the compute dtype.
+bool low_precision_products(at::ScalarType dtype, const at::Device& device);
 
 // Binary inputs (spikes): x viewed as [rows, cols] holding only 0 and 1,
 // stored as the columns of its ones, row by row in increasing order (CSR),

@@ -125,6 +125,39 @@ void check_required(const NeuronInfo& neuron, const at::Tensor& x,
 
 namespace {
 
+bool is_low_precision(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
+// Each weight (w_in, w_rec, bias) has x's dtype or, with a float32 x,
+// bfloat16 or float16 (what torch.autocast passes: it casts w_in and
+// leaves x as it is; products_dtype); the low-precision ones share one dtype.
+void check_weight_dtypes(const char* op, const OpTensors& in) {
+  const at::Tensor& x = in.x;
+  const char* low_name = nullptr;
+  at::ScalarType low = x.scalar_type();
+  const std::pair<const OptionalTensor*, const char*> weights[] = {
+      {&in.w_in, "w_in"}, {&in.w_rec, "w_rec"}, {&in.bias, "bias"}};
+  for (const auto& [weight, name] : weights) {
+    if (!weight->has_value()) continue;
+    const at::Tensor& w = **weight;
+    TORCH_CHECK_VALUE(w.device() == x.device(), ARG(name), "is on ", w.device(), " but x is on ",
+                      x.device(), "; all tensors must be on one device");
+    const at::ScalarType dtype = w.scalar_type();
+    if (dtype == x.scalar_type()) continue;
+    TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat && is_low_precision(dtype), ARG(name),
+                     "has dtype ", dtype, " but x has dtype ", x.scalar_type(),
+                     x.scalar_type() == at::kFloat
+                         ? " (bfloat16 or float16 weights are accepted with a float32 x)"
+                         : "");
+    TORCH_CHECK_TYPE(low_name == nullptr || dtype == low, ARG(name), "has dtype ", dtype,
+                     " but ", low_name, " has dtype ", low,
+                     "; the low-precision weights must share one dtype");
+    low_name = name;
+    low = dtype;
+  }
+}
+
 // The checks of every op's tensors: x, the weights, the model's parameters
 // and its initial states (each [B, N]).
 Dims check_inputs(const NeuronInfo& neuron, const OpTensors& in) {
@@ -139,15 +172,14 @@ Dims check_inputs(const NeuronInfo& neuron, const OpTensors& in) {
   Dims d{x.sym_size(0), x.sym_size(1), x.sym_size(2), x.sym_size(2),
          compute_dtype(x.scalar_type()), op};
   const OptionalTensor &w_in = in.w_in, &w_rec = in.w_rec, &bias = in.bias;
+  check_weight_dtypes(op, in);
   if (w_in.has_value()) {
-    check_like_x(op, *w_in, "w_in", x, d.compute, false);
     TORCH_CHECK_VALUE(w_in->dim() == 2 && w_in->sym_size(1) == d.F, ARG("w_in"),
                       "must have shape [N, F] with F = x.shape[2] = ", d.F, ", got ",
                       w_in->sym_sizes());
     d.N = w_in->sym_size(0);
   }
   if (w_rec.has_value()) {
-    check_like_x(op, *w_rec, "w_rec", x, d.compute, false);
     const bool square = w_rec->dim() == 2 && w_rec->sym_size(0) == d.N && w_rec->sym_size(1) == d.N;
     const bool vector = w_rec->dim() == 1 && w_rec->sym_size(0) == d.N;
     TORCH_CHECK_VALUE(square || vector, ARG("w_rec"), "must have shape [N, N] = [", d.N, ", ", d.N,
@@ -156,7 +188,6 @@ Dims check_inputs(const NeuronInfo& neuron, const OpTensors& in) {
                       ", got ", w_rec->sym_sizes());
   }
   if (bias.has_value()) {
-    check_like_x(op, *bias, "bias", x, d.compute, false);
     check_shape(op, *bias, "bias", {d.N}, "[N]");
   }
   for (int k = 0; k < neuron.num_params; ++k) {
@@ -416,6 +447,26 @@ std::optional<BinaryRows> binary_input(const at::Tensor& x, const at::Tensor& w_
 
 namespace {
 
+// The products with x take x rounded to w_in's dtype (x's own without
+// w_in): a float32 x with bfloat16/float16 weights, as torch.autocast
+// passes them, is rounded for the products only. They run in that dtype
+// with float32 accumulation where low_precision_products says so, else in
+// the compute dtype on the rounded values.
+at::ScalarType products_dtype(const at::Tensor& x, const OptionalTensor& w_in) {
+  return w_in.has_value() ? w_in->scalar_type() : x.scalar_type();
+}
+at::ScalarType operands_dtype(at::ScalarType products, const at::Tensor& x,
+                              at::ScalarType compute) {
+  return is_low_precision(products) && low_precision_products(products, x.device()) ? products
+                                                                                    : compute;
+}
+// x rounded to the products' dtype, in dtype (the operands' or the compute dtype).
+at::Tensor x_rounded(const at::Tensor& x, at::ScalarType products, at::ScalarType dtype) {
+  if (x.scalar_type() == products) return x.to(dtype);
+  if (x.is_cpu() && dtype == x.scalar_type()) return rounded_through(x, products);
+  return x.to(products).to(dtype);
+}
+
 // I[t] = x[t] @ w_in.T + bias for all T steps at once, as a [T, B, N] buffer in
 // the compute dtype that the time loop then turns into the membrane in place.
 // The forward and the low-memory backward's recomputation (`backward`, which
@@ -431,16 +482,20 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
     // Contiguous whatever the caller's strides: BLAS picks its kernel by
     // layout, and a different kernel may round differently. Low-precision
     // inputs: the product of the rounded operands with float32 accumulation.
-    const at::ScalarType operands = low_precision_products(x) ? x.scalar_type() : compute;
+    const at::ScalarType products = products_dtype(x, w_in);
+    const at::ScalarType operands = operands_dtype(products, x, compute);
     if (bias.has_value()) current_2d.copy_(bias->to(compute).expand_as(current_2d));
     if (const auto binary = binary_input(x, *w_in, backward)) {
       // The rounded operands' values, summed in the compute dtype.
       const at::Tensor w_in_t = w_in->to(operands).to(compute).t().contiguous();
       binary_mm_out(current_2d, *binary, w_in_t, /*accumulate=*/bias.has_value());
     } else {
-      const at::Tensor x_2d = x.to(operands).reshape({T * B, F}).contiguous();
+      // x rounded (and converted) block by block as the product reads it.
       const at::Tensor w_in_t = w_in->to(operands).contiguous().t();
-      deterministic_mm_out(current_2d, x_2d, w_in_t, /*accumulate=*/bias.has_value());
+      deterministic_mm_out(current_2d, x.reshape({T * B, F}), w_in_t,
+                           /*accumulate=*/bias.has_value(), [&](const at::Tensor& rows, int64_t) {
+                             return x_rounded(rows, products, operands).contiguous();
+                           });
     }
   } else {
     current.copy_(x);
@@ -537,8 +592,8 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
                                                  : at::Tensor();
   // The products' operands: low-precision inputs multiply in their own dtype
   // (gU rounded to it) with float32 accumulation, as the forward's projection.
-  const at::ScalarType operands =
-      w_in.has_value() && low_precision_products(x) ? x.scalar_type() : compute;
+  const at::ScalarType products = products_dtype(x, w_in);
+  const at::ScalarType operands = operands_dtype(products, x, compute);
   const at::Tensor grad_u_ops =
       w_in.has_value() && (need.x || need.w_in || need.drive) ? grad_u_2d.to(operands)
                                                              : at::Tensor();
@@ -563,11 +618,19 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   }
   // x in dtype for a product with gU, with the steps past each row's length
   // zeroed: their x (padding, possibly NaN) must not reach grad_w_in or the
-  // drive through gU = 0 times it.
-  auto x_for_products = [&](at::ScalarType dtype) {
-    const at::Tensor rows = x.to(dtype);
-    return past_end.defined() ? rows.masked_fill(past_end, 0) : rows;
+  // drive through gU = 0 times it. Rows [first, first + n) of x as [T*B, F],
+  // converted where the product reads them.
+  const at::Tensor past_end_rows = past_end.defined() ? past_end.view({T * B, 1}) : at::Tensor();
+  auto x_rows_for_products = [&](at::ScalarType dtype) -> OperandRows {
+    return [&, dtype](const at::Tensor& rows, int64_t first) {
+      const at::Tensor converted = x_rounded(rows, products, dtype);
+      return (past_end_rows.defined()
+                  ? converted.masked_fill(past_end_rows.narrow(0, first, rows.size(0)), 0)
+                  : converted)
+          .contiguous();
+    };
   };
+  const at::Tensor x_2d = x.reshape({T * B, F});
   if (need.x) {
     g.x = (w_in.has_value()
                ? deterministic_mm(grad_u_ops, scale_rows(gain, w_in_c).to(operands).contiguous())
@@ -584,9 +647,11 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     // sum_t gU[t].T @ x[t]: one product over all T*B rows. (A binary x's
     // steps past a row's length add nothing: gU is 0 there.)
     auto input_product = [&](const at::Tensor& grad_u, at::ScalarType dtype) {
-      return binary ? binary_t_mm(*binary, grad_u.to(compute)).t().contiguous()
-                    : deterministic_mm(grad_u.t(),
-                                       x_for_products(dtype).reshape({T * B, F}).contiguous());
+      if (binary) return binary_t_mm(*binary, grad_u.to(compute)).t().contiguous();
+      at::Tensor m = at::empty({N, F}, opts);
+      deterministic_mm_out(m, grad_u.t(), x_2d, /*accumulate=*/false, {},
+                           x_rows_for_products(dtype));
+      return m;
     };
     // The drive belongs to a float32 parameter, whose sums take gU as it is:
     // where the products round gU, the drive takes its own product of the
@@ -599,12 +664,12 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       drive = (w_in_c * (drive_shares_product ? m : input_product(grad_u_2d, compute))).sum(1);
     }
   } else if (need.drive) {
-    drive = (out.grad_input * x_for_products(compute)).sum(0).sum(0);
+    drive = (out.grad_input * x_rows_for_products(compute)(x_2d, 0).view({T, B, F})).sum(0).sum(0);
   }
   if (need.drive && bias.has_value()) drive = drive + bias->to(compute) * out.bias_sum;
   if (need.bias) {
     const at::Tensor sum = gain.defined() ? out.bias_sum * gain : out.bias_sum;
-    g.bias = sum.to(x.scalar_type());
+    g.bias = sum.to(bias.has_value() ? bias->scalar_type() : x.scalar_type());
   }
   const bool want_w_rec = w_rec.has_value() && (need.w_rec || need.drive);
   if (want_w_rec && one_to_one) {  // sum over t, b of gU[t] * S[t-1]
@@ -765,7 +830,7 @@ std::vector<at::Tensor> neuron_backward_meta(const NeuronInfo& neuron, const Bac
                                              const OpSettings& s, const std::vector<bool>& needs) {
   const Dims d = check_backward_call(neuron, t, s).first;
   const std::vector<OptionalTensor> inputs = t.inputs.grad_inputs();
-  // Gradient i is shaped like input i (bias: [N] in x's dtype); one not needed
+  // Gradient i is shaped like input i (bias: [N]); one not needed
   // is empty, as in the real kernels.
   std::vector<at::Tensor> grads;
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -773,7 +838,7 @@ std::vector<at::Tensor> neuron_backward_meta(const NeuronInfo& neuron, const Bac
     if (!needs[i] || !input.has_value()) {
       grads.push_back(at::empty({0}, t.inputs.x.options()));
     } else if (i == 3) {
-      grads.push_back(at::empty_symint({d.N}, t.inputs.x.options()));
+      grads.push_back(at::empty_symint({d.N}, input->options()));
     } else {
       grads.push_back(at::empty_symint(input->sym_sizes(), input->options()));
     }

@@ -172,9 +172,13 @@ struct Registration {
     return RecurrentBackwardFunction<M>::apply(t, s, needs, at::TensorList(differentiable));
   }
 
-  // Under torch.autocast the matrix-product operands (x, w_in, w_rec, bias)
-  // take the autocast dtype; the neuron parameters and the state stay as
-  // given. float64 is never cast (autocast leaves float64 alone everywhere).
+  // Under torch.autocast the weights (w_in, w_rec, bias) take the autocast
+  // dtype (cached, as autocast caches its casts of leaf weights); a float32
+  // x stays float32, and the op rounds it for its products only, so that
+  // the spikes, the incoming gradients and grad_x need no conversion (x of
+  // another low-precision dtype is cast, as autocast casts it). The neuron
+  // parameters and the state stay as given. float64 is never cast
+  // (autocast leaves float64 alone everywhere).
   template <c10::DeviceType device>
   static std::vector<at::Tensor> autocast_forward(const NeuronInfo&, const OpTensors& t,
                                                   const OpSettings& s) {
@@ -182,7 +186,7 @@ struct Registration {
     const at::ScalarType dtype = at::autocast::get_autocast_dtype(device);
     auto cast = [&](const auto& v) { return at::autocast::cached_cast(dtype, v, device); };
     OpTensors cast_t = t;
-    cast_t.x = cast(t.x);
+    if (t.x.scalar_type() != at::kFloat) cast_t.x = cast(t.x);
     cast_t.w_in = cast(t.w_in);
     cast_t.w_rec = cast(t.w_rec);
     cast_t.bias = cast(t.bias);
