@@ -7,6 +7,7 @@
 #include <torch_ext/torch_ext.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -156,6 +157,63 @@ TEST(RecurrentLIFModuleOptions, StackIsItsLayersInTurnAndContinues) {
   const auto [second, last] = stack->forward(x.narrow(0, 6, 4), mid);
   EXPECT_TRUE(torch::equal(torch::cat({first, second}), spikes));
   EXPECT_TRUE(torch::allclose(std::get<0>(last), std::get<0>(state)));
+}
+
+// The stack hands layer 1's spikes to layer 2 as they are, so layer 2
+// gathers them (its input is binary and sparse at N = 300): the same spikes
+// and, to summation order, the same gradients as with the gather turned off.
+TEST(RecurrentLIFModuleOptions, StackGathersTheSpikesBelow) {
+  torch::manual_seed(7);
+  torch_ext::RecurrentLIF stack(Opts(20, 300).num_layers(2));
+  stack->to(torch::kFloat64);
+  {
+    torch::NoGradGuard no_grad;
+    stack->layers[0].bias.zero_();  // layer 1's rate follows its input alone
+  }
+  const Tensor noise = torch::randn({30, 4, 20}, torch::kFloat64);
+  const auto& first = stack->layers[0];
+  auto layer_1 = [&](const Tensor& x) {
+    torch::NoGradGuard no_grad;
+    return std::get<0>(torch_ext::recurrent_lif(x, first.w_in, first.w_rec, first.bias,
+                                                first.alpha.clamp(0, 1), first.theta));
+  };
+  double scale = 0;  // an input scale at which layer 1 fires sparsely
+  for (double s : {0.1, 0.15, 0.25, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0}) {
+    const double rate = layer_1(noise * s).mean().item<double>();
+    if (rate > 0.01 && rate < 0.1) {
+      scale = s;
+      break;
+    }
+  }
+  ASSERT_GT(scale, 0) << "no input scale gives layer 1 a rate in (1 %, 10 %)";
+  const Tensor x = noise * scale;
+  const auto density = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("torch_ext::_binary_input_density", "")
+                           .typed<double(const Tensor&, const Tensor&)>();
+  ASSERT_EQ(unsetenv("TORCH_EXT_BINARY_INPUTS"), 0);
+  EXPECT_GT(density.call(layer_1(x), stack->layers[1].w_in), 0);  // layer 2 gathers
+  auto run = [&] {
+    const Tensor input = x.clone().requires_grad_();
+    const Tensor spikes = std::get<0>(stack(input));
+    std::vector<Tensor> inputs{input};
+    for (const auto& p : stack->parameters()) inputs.push_back(p);
+    auto grads = torch::autograd::grad({(spikes * torch::arange(300, torch::kFloat64)).sum()},
+                                       inputs, {}, {}, {}, /*allow_unused=*/true);
+    return std::make_pair(spikes, grads);
+  };
+  const auto [gathered, gathered_grads] = run();
+  ASSERT_EQ(setenv("TORCH_EXT_BINARY_INPUTS", "dense", 1), 0);
+  const auto [dense, dense_grads] = run();
+  ASSERT_EQ(unsetenv("TORCH_EXT_BINARY_INPUTS"), 0);
+  EXPECT_TRUE(torch::equal(gathered, dense));
+  ASSERT_EQ(gathered_grads.size(), dense_grads.size());
+  for (size_t i = 0; i < gathered_grads.size(); ++i) {
+    if (!dense_grads[i].defined()) {
+      EXPECT_FALSE(gathered_grads[i].defined());
+      continue;
+    }
+    EXPECT_TRUE(torch::allclose(gathered_grads[i], dense_grads[i], 1e-12, 1e-12)) << "input " << i;
+  }
 }
 
 TEST(RecurrentLIFModuleOptions, DropoutOnlyBetweenLayersAndOnlyInTraining) {
