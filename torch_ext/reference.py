@@ -30,6 +30,20 @@ def surrogate_grad_ref(v, surrogate, slope):
     raise ValueError(f"unknown surrogate {surrogate!r}")
 
 
+class _RoundedFor(torch.autograd.Function):
+    """x's values rounded to dtype (kept in x's dtype) forward; the gradient
+    passes as it is (the rounding is what the op's products see of x, and
+    the op returns x's gradient unrounded)."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        return x.to(dtype).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 class _Heaviside(torch.autograd.Function):
     """H(v) = 1 if v > 0 else 0 forward, sg(v) backward."""
 
@@ -62,10 +76,8 @@ def _prepare(op, x, w_in, w_rec, bias, params, initial, reset, detach_reset, sur
     compute = _options.compute_dtype(x.dtype)
     if w_in is not None and w_in.dtype != x.dtype:
         # A float32 x with bfloat16/float16 weights: the product takes x
-        # rounded to them, and x's gradient passes the rounding as it is
-        # (x + (rounded - x) is the rounded value exactly: the difference of
-        # two floats within a factor 2 of each other is exact).
-        x = x + (x.to(w_in.dtype).to(x.dtype) - x).detach()
+        # rounded to them, and x's gradient passes the rounding as it is.
+        x = _RoundedFor.apply(x, w_in.dtype)
         tensors = (x, *tensors[1:])
     x, w_in, w_rec, bias, *rest = [t.to(compute) if t is not None else None for t in tensors]
     params, initial = rest[:len(params)], rest[len(params):]

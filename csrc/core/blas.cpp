@@ -113,20 +113,30 @@ TORCH_EXT_CPU_CLONES void round_to_bfloat16(const float* src, float* dst, int64_
 
 }  // namespace
 
-at::Tensor rounded_through(const at::Tensor& x, at::ScalarType dtype) {
-  TORCH_INTERNAL_ASSERT(x.is_cpu() && x.scalar_type() == at::kFloat &&
+void round_through_into(const at::Tensor& x, at::ScalarType dtype, at::Tensor& out) {
+  TORCH_INTERNAL_ASSERT(x.is_cpu() && x.scalar_type() == at::kFloat && out.is_contiguous() &&
+                        out.scalar_type() == at::kFloat && out.numel() == x.numel() &&
                         (dtype == at::kBFloat16 || dtype == at::kHalf));
   // A dtype conversion, named for profiles (benchmarks/mixed_precision.py).
   RECORD_FUNCTION("torch_ext::rounded_through", std::vector<c10::IValue>{});
-  if (dtype == at::kHalf) return x.to(dtype).to(at::kFloat);  // ATen's vectorised conversions
+  if (dtype == at::kHalf) {  // ATen's vectorised conversions
+    out.view(x.sizes()).copy_(x.to(dtype));
+    return;
+  }
   const at::Tensor in = x.contiguous();
-  at::Tensor out = at::empty_like(in);
   const float* src = in.const_data_ptr<float>();
   float* dst = out.data_ptr<float>();
   at::parallel_for(0, in.numel(), int64_t{1} << 16, [&](int64_t begin, int64_t end) {
     round_to_bfloat16(src + begin, dst + begin, end - begin);
   });
-  return out;
+}
+
+at::Tensor empty_rows_aligned_as_whole(int64_t rows, int64_t cols, int64_t first,
+                                       const at::TensorOptions& options) {
+  // Elements per 64 bytes, the CPU allocator's alignment.
+  const int64_t per_line = 64 / static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
+  const int64_t offset = (first * cols) % per_line;
+  return at::empty({rows * cols + per_line}, options).narrow(0, offset, rows * cols).view({rows, cols});
 }
 
 bool low_precision_products(at::ScalarType dtype, const at::Device& device) {

@@ -31,8 +31,10 @@ using OperandRows = std::function<at::Tensor(const at::Tensor& slice, int64_t fi
 // of threads (a multi-threaded BLAS call splits the inner dimension according
 // to its thread count). On other devices: one plain ATen product.
 // a_rows / b_rows (optional) convert the pieces of a's / b's rows the
-// products read; the result is the product of the converted operands as
-// if converted whole, to the bit (the same pieces in the same layout).
+// products read; the result is the product of the converted operands as if
+// converted whole into a fresh tensor, to the bit, where each converted piece
+// lies as those rows would (the same pieces, layout and alignment:
+// empty_rows_aligned_as_whole).
 void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
                           bool accumulate = false, const OperandRows& a_rows = {},
                           const OperandRows& b_rows = {});
@@ -59,9 +61,17 @@ bool low_precision_products_present(at::ScalarType dtype);
 // the default) takes kLowPrecision where MKL's product is present and the
 // CPU has instructions for it, on wherever it is present, off never.
 LowPrecisionPath low_precision_path(at::ScalarType dtype);
-// The float32 values of a float32 CPU tensor rounded to dtype (bfloat16 or
-// float16): x.to(dtype).to(float32), for bfloat16 in one pass.
-at::Tensor rounded_through(const at::Tensor& x, at::ScalarType dtype);
+// out (contiguous float32, x's numel) = the float32 values of the float32 CPU
+// tensor x rounded to dtype (bfloat16 or float16): x.to(dtype).to(float32),
+// for bfloat16 in one pass.
+void round_through_into(const at::Tensor& x, at::ScalarType dtype, at::Tensor& out);
+// An empty contiguous [rows, cols] tensor whose data start where row `first`
+// of a fresh contiguous [*, cols] tensor with these options would: at the same
+// offset from a 64-byte boundary (the CPU allocator's alignment). MKL's
+// results depend on its operands' alignment, so rows converted into it
+// multiply to the bits of the same rows of the whole tensor converted at once.
+at::Tensor empty_rows_aligned_as_whole(int64_t rows, int64_t cols, int64_t first,
+                                       const at::TensorOptions& options);
 // Whether the dense products of operands of this dtype on this device
 // (bfloat16 or float16 on CPU, on the kLowPrecision path) run in it with
 // float32 accumulation; otherwise they run in the compute dtype.

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
@@ -130,8 +131,9 @@ bool is_low_precision(at::ScalarType dtype) {
 }
 
 // Each weight (w_in, w_rec, bias) has x's dtype or, with a float32 x,
-// bfloat16 or float16 (what torch.autocast passes: it casts w_in and
-// leaves x as it is; products_dtype); the low-precision ones share one dtype.
+// bfloat16 or float16 (what torch.autocast passes: it casts the weights and
+// leaves a float32 x as it is; products_dtype); the low-precision ones share
+// one dtype.
 void check_weight_dtypes(const char* op, const OpTensors& in) {
   const at::Tensor& x = in.x;
   const char* low_name = nullptr;
@@ -460,11 +462,35 @@ at::ScalarType operands_dtype(at::ScalarType products, const at::Tensor& x,
   return is_low_precision(products) && low_precision_products(products, x.device()) ? products
                                                                                     : compute;
 }
-// x rounded to the products' dtype, in dtype (the operands' or the compute dtype).
-at::Tensor x_rounded(const at::Tensor& x, at::ScalarType products, at::ScalarType dtype) {
-  if (x.scalar_type() == products) return x.to(dtype);
-  if (x.is_cpu() && dtype == x.scalar_type()) return rounded_through(x, products);
-  return x.to(products).to(dtype);
+// Rows [first, first + n) of x viewed as [T*B, F], rounded to the products'
+// dtype, in dtype (the operands' or the compute dtype), contiguous: x's own
+// rows where nothing changes them (unless `copy`) and they lie as in a fresh
+// tensor, else a copy placed as those rows of a fresh x converted whole
+// would be. So the blocked products give the bits of the product of x
+// converted whole, wherever x lies in memory (MKL's results depend on its
+// operands' alignment: x = big[1:] would otherwise give other bits than
+// x.clone()).
+at::Tensor rows_rounded(const at::Tensor& rows, int64_t first, at::ScalarType products,
+                        at::ScalarType dtype, bool copy) {
+  const int64_t elem = static_cast<int64_t>(rows.element_size());
+  const bool placed_as_fresh =
+      !rows.is_cpu() ||
+      static_cast<int64_t>(reinterpret_cast<uintptr_t>(rows.const_data_ptr()) % 64) ==
+          (first * rows.size(1) * elem) % 64;
+  if (!copy && rows.scalar_type() == dtype && dtype == products && rows.is_contiguous() &&
+      placed_as_fresh) {
+    return rows;
+  }
+  at::Tensor out =
+      empty_rows_aligned_as_whole(rows.size(0), rows.size(1), first, rows.options().dtype(dtype));
+  if (rows.scalar_type() == products || dtype == products) {
+    out.copy_(rows);  // a conversion, or none
+  } else if (rows.is_cpu()) {
+    round_through_into(rows, products, out);  // float32 rounded to the products' dtype
+  } else {
+    out.copy_(rows.to(products));
+  }
+  return out;
 }
 
 // I[t] = x[t] @ w_in.T + bias for all T steps at once, as a [T, B, N] buffer in
@@ -493,8 +519,9 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
       // x rounded (and converted) block by block as the product reads it.
       const at::Tensor w_in_t = w_in->to(operands).contiguous().t();
       deterministic_mm_out(current_2d, x.reshape({T * B, F}), w_in_t,
-                           /*accumulate=*/bias.has_value(), [&](const at::Tensor& rows, int64_t) {
-                             return x_rounded(rows, products, operands).contiguous();
+                           /*accumulate=*/bias.has_value(),
+                           [&](const at::Tensor& rows, int64_t first) {
+                             return rows_rounded(rows, first, products, operands, false);
                            });
     }
   } else {
@@ -623,11 +650,10 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   const at::Tensor past_end_rows = past_end.defined() ? past_end.view({T * B, 1}) : at::Tensor();
   auto x_rows_for_products = [&](at::ScalarType dtype) -> OperandRows {
     return [&, dtype](const at::Tensor& rows, int64_t first) {
-      const at::Tensor converted = x_rounded(rows, products, dtype);
-      return (past_end_rows.defined()
-                  ? converted.masked_fill(past_end_rows.narrow(0, first, rows.size(0)), 0)
-                  : converted)
-          .contiguous();
+      const bool mask = past_end_rows.defined();
+      at::Tensor converted = rows_rounded(rows, first, products, dtype, /*copy=*/mask);
+      if (mask) converted.masked_fill_(past_end_rows.narrow(0, first, rows.size(0)), 0);
+      return converted;
     };
   };
   const at::Tensor x_2d = x.reshape({T * B, F});
