@@ -16,12 +16,15 @@
 #      design, expert autograd loop, hand-written Function, floor; TF32 off
 #      and on), then a torch.compile probe at T=100 and, in the time left,
 #      B=16 N=256 (latency-bound) and N=4096 (W_rec does not fit on chip);
+#      then, in the time left, mixed precision for each model
+#      (benchmarks/mixed_precision.py --device cuda: float32 with TF32 off and
+#      on, under autocast bfloat16, the expert loop under the same autocast);
 #   6. the summary table (benchmarks/gpu_summary.py), printed last.
 # The steps share a budget (GPU_CHECK_BUDGET_S, default 420 s) so that the whole
 # run stays under 8 minutes. Output: $OUT (default
-# benchmarks/results/gpu-<date>), eight files: preflight.txt, build.log,
-# correctness.txt, pytest.log, bench.txt, bench.json, summary.txt and run.log
-# (everything printed). Exit status 0 only if every step passed.
+# benchmarks/results/gpu-<date>), nine files: preflight.txt, build.log,
+# correctness.txt, pytest.log, bench.txt, bench.json, mixed_precision.txt,
+# summary.txt and run.log (everything printed). Exit status 0 only if every step passed.
 #
 # Dry run (GPU_CHECK_DRY_RUN=1, and automatically where neither torch nor
 # nvidia-smi sees a GPU; GPU_CHECK_DRY_RUN=0 forces a full run): the preflight
@@ -198,11 +201,13 @@ fi
 # ---- 5. benchmark, then the torch.compile probe in the time left
 if [ "$MODE" = full ]; then
   BENCH=("$PY" -m benchmarks.bench --device cuda --reps 5 --warmup 2 --no-snntorch)
+  MIXED=("$PY" -m benchmarks.mixed_precision --device cuda --size 1000,64,1024 --reps 3)
   MAIN_SIZE=1000,64,1024 PROBE_SIZE=100,64,1024 COMPILE_MAX_T=100
   # Latency-bound (small B and N), and W_rec too large to stay on chip.
   OTHER_SIZES=(--size 1000,16,256 --size 1000,64,4096)
 else  # the same steps at smoke sizes: T above --compile-max-t, then the probe below it
   BENCH=("$PY" -m benchmarks.bench --device cpu --smoke --no-snntorch)
+  MIXED=("$PY" -m benchmarks.mixed_precision --device cpu --size 6,2,8 --reps 1)
   MAIN_SIZE=20,4,16 PROBE_SIZE=10,4,16 COMPILE_MAX_T=10
   OTHER_SIZES=(--size 20,2,8 --size 20,4,32)
 fi
@@ -227,6 +232,16 @@ else
   else
     skip_step "other sizes" skipped bench.txt "only $left s left of the budget (needs 60)"
   fi
+  for model in lif adaptive cuba; do
+    left=$((DEADLINE - $(date +%s) - 10))
+    if [ "$left" -ge 45 ]; then
+      run_step "mixed precision ($model)" 60 10 mixed_precision.txt tail:6 "${MIXED[@]}" \
+        --model "$model" --json "$WORK/mixed-$model.json"
+    else
+      skip_step "mixed precision ($model)" skipped mixed_precision.txt \
+        "only $left s left of the budget (needs 45)"
+    fi
+  done
 fi
 
 # ---- 6. summary table, last

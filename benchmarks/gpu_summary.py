@@ -1,8 +1,8 @@
 """The short table that gpu_check.sh prints last: GPU, build, correctness,
 pytest, the benchmark ratios at the target size and the times at the other
-sizes. Reads what the steps left in the work folder (steps.tsv,
-preflight.json, correctness-*.json|txt, bench-main/, bench-compile/ and
-bench-sizes/) and in $OUT (pytest.log); writes $OUT/summary.txt and
+sizes, the mixed-precision rows. Reads what the steps left in the work folder
+(steps.tsv, preflight.json, correctness-*.json|txt, bench-main/,
+bench-compile/, bench-sizes/ and mixed-<model>.json) and in $OUT (pytest.log); writes $OUT/summary.txt and
 $OUT/bench.json (the benchmark runs' JSON in one file).
 
     python3 -m benchmarks.gpu_summary --work DIR --out DIR --mode full|dry-run
@@ -198,6 +198,33 @@ def other_size_lines(bench, steps):
     return lines
 
 
+MIXED_MODELS = ("lif", "adaptive", "cuba")
+
+
+def mixed_precision_lines(work, steps):
+    """One line per model and size of the mixed-precision step
+    (benchmarks/mixed_precision.py --json, $WORK/mixed-<model>.json): float32
+    with TF32 off and on, under autocast, the expert loop under autocast, and
+    the gradient errors against each one's float32 run."""
+    lines = []
+    for model in MIXED_MODELS:
+        result = read_json(Path(work) / f"mixed-{model}.json")
+        step = steps.get(f"mixed precision ({model})")
+        if result is None:
+            if step is not None:
+                lines.append(f"  mixed precision ({model}): no result: {step_text(step)}")
+            continue
+        low = result["dtype"]
+        for r in result["rows"]:
+            ms, err = r["ms"], r["errors"]
+            cells = [f"{name} {fmt(value)} ms" for name, value in ms.items()]
+            ratio = ms[r["default"]] / ms["fused f32"] if ms.get("fused f32") else None
+            lines.append(f"  mixed {model} T={r['T']}, B={r['B']}, F=N={r['N']}: "
+                         + ", ".join(cells) + f"; {low}/f32 {fmt(ratio)}; grad error fused "
+                         f"{fmt(err['fused'], 3)} expert {fmt(err['expert'], 3)}")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,6 +259,7 @@ def main(argv=None):
         table.append(f"              ... {len(failed) - 5} more in pytest.log")
     table += bench_lines(main_bench, probe, steps)
     table += other_size_lines(other_sizes, steps)
+    table += mixed_precision_lines(args.work, steps)
     table.append("steps:        " + ", ".join(
         f"{name} {step['status']}" + (f" {step['seconds']} s" if step["seconds"] not in ("", "-")
                                       else "") for name, step in steps.items()))

@@ -7,11 +7,13 @@ error of each implementation under autocast against its own float32 run.
     python -m benchmarks.mixed_precision                 # CPU, bfloat16, the target sizes
     python -m benchmarks.mixed_precision --model adaptive
     python -m benchmarks.mixed_precision --size 30,8,32  # other sizes (T,B,N)
+    python -m benchmarks.mixed_precision --device cuda   # on a GPU: TF32 and autocast rows
 
 Forward + backward of spikes.sum() for x and every weight (as bench.py),
 median of --reps interleaved repetitions. The error is max over the
 gradients of |g_autocast - g_float32| / |g_float32| (2-norms)."""
 import argparse
+import json
 import os
 import statistics
 import time
@@ -36,36 +38,56 @@ def timed(run, reps):
 
 def measure(T, B, N, args):
     dtype = getattr(torch, args.dtype)
-    params = peers.MODELS[args.model]["make_params"](N, N, "cpu")
-    x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    device = torch.device(args.device)
+    params = peers.MODELS[args.model]["make_params"](N, N, device)
+    x = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1)).to(device)
+    x.requires_grad_()
     inputs = [x, *(p for p in params.values() if isinstance(p, torch.Tensor))]
     fused = peers.fused(params, args.model)
     expert = peers.reference(params, args.model)
 
-    def run(fn, amp, products="auto"):
+    def synchronized(go):
+        def timed_go():
+            out = go()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+        return timed_go
+
+    def run(fn, amp, products="auto", tf32=False):
         def go():
-            with mock.patch.dict(os.environ, {"TORCH_EXT_LOW_PRECISION_PRODUCTS": products}):
-                with torch.autocast("cpu", dtype=dtype, enabled=amp):
-                    spikes = fn(x)[0]
-                return torch.autograd.grad(spikes.float().sum(), inputs)
-        return go
+            saved = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            try:
+                with mock.patch.dict(os.environ, {"TORCH_EXT_LOW_PRECISION_PRODUCTS": products}):
+                    with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                        spikes = fn(x)[0]
+                    return torch.autograd.grad(spikes.float().sum(), inputs)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = saved
+        return synchronized(go)
 
     def floor(low):
         p = {k: (v.detach().to(dtype) if low and isinstance(v, torch.Tensor) else v)
              for k, v in params.items()}
         xs = x.detach().to(dtype) if low else x
-        return lambda: peers.floor(p)(xs, True)
+        return synchronized(lambda: peers.floor(p)(xs, True))
 
-    runs = {"fused f32": run(fused, False),
-            f"fused {args.dtype} MKL products": run(fused, True, "on"),
-            f"fused {args.dtype} f32 products": run(fused, True, "off"),
-            f"expert {args.dtype}": run(expert, True), "expert f32": run(expert, False),
-            "floor f32": floor(False), f"floor {args.dtype}": floor(True)}
+    runs = {"fused f32": run(fused, False)}
+    if device.type == "cpu":  # the product paths (CPU only)
+        runs[f"fused {args.dtype} MKL products"] = run(fused, True, "on")
+        runs[f"fused {args.dtype} f32 products"] = run(fused, True, "off")
+    else:  # CUDA: TF32 for float32, the autocast dtype's products
+        runs["fused f32 TF32"] = run(fused, False, tf32=True)
+        runs[f"fused {args.dtype}"] = run(fused, True)
+    runs.update({f"expert {args.dtype}": run(expert, True), "expert f32": run(expert, False),
+                 "floor f32": floor(False), f"floor {args.dtype}": floor(True)})
     times = {name: [] for name in runs}
     for _ in range(args.reps):  # interleaved
         for name, go in runs.items():
             times[name] += timed(go, 1)
-    phases = op_phases(run(fused, True))  # the default path
+    # The default path's conversions (on CUDA the CPU profiler sees no kernel time).
+    phases = op_phases(run(fused, True)) if device.type == "cpu" else None
     errors = {}
     for name, fn in (("fused", fused), ("expert", expert)):
         exact, low = run(fn, False)(), run(fn, True)()
@@ -108,40 +130,61 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=list(peers.MODELS), default="lif")
     parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--size", type=size_arg, action="append", metavar="T,B,N")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     sizes = args.size or [(200, 32, 512), (300, 32, 128)]
     low = args.dtype
-    print(f"model {args.model}, autocast {low}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, low-precision products in this build: "
-          f"{torch_ext.build_info()['cpu_low_precision_products']}")
-    header = (f"{'T':>4} {'B':>3} {'N':>4} {'fused f32':>10} "
-              f"{'MKL products':>12} {'ratio':>6} {'f32 products':>12} {'ratio':>6} "
-              f"{'expert ' + low:>15} {'expert/fused':>12} {'expert f32':>10} "
-              f"{'floor f32':>10} {'floor ' + low:>15} {'err fused':>10} {'err expert':>10}")
+    cpu = args.device == "cpu"
+    where = (f"{torch.get_num_threads()} threads, CPU capability "
+             f"{torch.backends.cpu.get_cpu_capability()}, low-precision products in this build: "
+             f"{torch_ext.build_info()['cpu_low_precision_products']}" if cpu
+             else torch.cuda.get_device_name())
+    print(f"model {args.model}, autocast {low}; torch {torch.__version__}, {where}")
+    if cpu:
+        default_mkl = "MKL" in torch_ext.build_info()["cpu_product_paths"][low]
+        default = f"fused {low} {'MKL' if default_mkl else 'f32'} products"
+        fused_columns = [("MKL products", f"fused {low} MKL products"),
+                         ("f32 products", f"fused {low} f32 products")]
+    else:
+        default = f"fused {low}"
+        fused_columns = [("f32 TF32", "fused f32 TF32"), (f"autocast {low}", default)]
+    header = f"{'T':>4} {'B':>3} {'N':>4} {'fused f32':>10} "
+    for label, _ in fused_columns:
+        header += f"{label:>15} {'ratio':>6} "
+    header += (f"{'expert ' + low:>15} {'expert/fused':>12} {'expert f32':>10} "
+               f"{'floor f32':>10} {'floor ' + low:>15} {'err fused':>10} {'err expert':>10}")
     print(header)
     rows = []
-    default_mkl = "MKL" in torch_ext.build_info()["cpu_product_paths"][low]
-    default = f"fused {low} {'MKL' if default_mkl else 'f32'} products"
     for T, B, N in sizes:
         ms, err, phases = measure(T, B, N, args)
-        rows.append({"T": T, "B": B, "N": N, "ms": ms, "errors": err, "phases": phases})
-        print(f"{T:>4} {B:>3} {N:>4} {ms['fused f32']:>10.1f} "
-              f"{ms['fused ' + low + ' MKL products']:>12.1f} "
-              f"{ms['fused ' + low + ' MKL products'] / ms['fused f32']:>6.2f} "
-              f"{ms['fused ' + low + ' f32 products']:>12.1f} "
-              f"{ms['fused ' + low + ' f32 products'] / ms['fused f32']:>6.2f} "
-              f"{ms['expert ' + low]:>15.1f} "
-              f"{ms['expert ' + low] / ms[default]:>12.1f} {ms['expert f32']:>10.1f} "
-              f"{ms['floor f32']:>10.1f} {ms['floor ' + low]:>15.1f} {err['fused']:>10.3f} "
-              f"{err['expert']:>10.3f}")
-    print("ms: forward + backward, median; MKL products / f32 products: fused under autocast "
-          "with TORCH_EXT_LOW_PRECISION_PRODUCTS=on / off (the default here: "
-          f"{torch_ext.build_info()['cpu_product_paths'][low]}); ratio: that / fused float32; "
-          "expert/fused: against the default path; "
-          "err: max relative gradient error against the same implementation's float32 run")
+        rows.append({"T": T, "B": B, "N": N, "ms": ms, "errors": err, "phases": phases,
+                     "default": default})
+        line = f"{T:>4} {B:>3} {N:>4} {ms['fused f32']:>10.1f} "
+        for _, key in fused_columns:
+            line += f"{ms[key]:>15.1f} {ms[key] / ms['fused f32']:>6.2f} "
+        line += (f"{ms['expert ' + low]:>15.1f} {ms['expert ' + low] / ms[default]:>12.1f} "
+                 f"{ms['expert f32']:>10.1f} {ms['floor f32']:>10.1f} "
+                 f"{ms['floor ' + low]:>15.1f} {err['fused']:>10.3f} {err['expert']:>10.3f}")
+        print(line)
+    if cpu:
+        print("ms: forward + backward, median; MKL products / f32 products: fused under autocast "
+              "with TORCH_EXT_LOW_PRECISION_PRODUCTS=on / off (the default here: "
+              f"{torch_ext.build_info()['cpu_product_paths'][low]}); ratio: that / fused float32; "
+              "expert/fused: against the default path; "
+              "err: max relative gradient error against the same implementation's float32 run")
+    else:
+        print("ms: forward + backward, median; fused f32 with TF32 off, f32 TF32 with "
+              f"torch.backends.cuda.matmul.allow_tf32; autocast {low}: fused under autocast; "
+              "ratio: that / fused float32; err: max relative gradient error against the same "
+              "implementation's float32 run")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "dtype": low, "device": args.device, "rows": rows}, f)
+    if not cpu:
+        return rows
     print(f"\nthe fused op's own time under autocast {low}, by phase (profiler, ms per call):")
     print(f"{'T':>4} {'B':>3} {'N':>4} {'op':>8} {'conversions':>12} {'rest':>8} "
           f"{'conversions %':>13}")

@@ -142,3 +142,25 @@ def test_summary_table_from_partial_results(tmp_path, capsys):
                     reason="no bash")
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
+
+
+def test_summary_lists_the_mixed_precision_rows(tmp_path, capsys):
+    """The mixed-precision step's JSON (benchmarks/mixed_precision.py --json,
+    here on the CPU at a tiny size) becomes one line per model and size; a
+    model whose step left no result says why."""
+    from benchmarks import mixed_precision
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    mixed_precision.main(["--model", "lif", "--size", "6,2,8", "--reps", "1",
+                          "--json", str(work / "mixed-lif.json")])
+    steps = [("mixed precision (lif)", "ok", "0", "5", "60", ""),
+             ("mixed precision (adaptive)", "timed out", "124", "60", "60", "")]
+    (work / "steps.tsv").write_text("".join("\t".join(s) + "\n" for s in steps))
+    assert gpu_summary.main(["--work", str(work), "--out", str(out), "--mode", "dry-run"]) == 0
+    table = (out / "summary.txt").read_text()
+    line = next(line for line in table.splitlines() if "mixed lif T=6, B=2, F=N=8:" in line)
+    assert "fused f32" in line and "expert bfloat16" in line and "bfloat16/f32" in line
+    assert "grad error fused" in line
+    assert "mixed precision (adaptive): no result: timed out" in table
+    capsys.readouterr()
