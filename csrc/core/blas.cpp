@@ -116,7 +116,7 @@ TORCH_EXT_CPU_CLONES void round_to_bfloat16(const float* src, float* dst, int64_
 void round_through_into(const at::Tensor& x, at::ScalarType dtype, at::Tensor& out) {
   TORCH_INTERNAL_ASSERT(x.is_cpu() && x.scalar_type() == at::kFloat && out.is_contiguous() &&
                         out.scalar_type() == at::kFloat && out.numel() == x.numel() &&
-                        (dtype == at::kBFloat16 || dtype == at::kHalf));
+                        is_low_precision(dtype));
   // A dtype conversion, named for profiles (benchmarks/mixed_precision.py).
   RECORD_FUNCTION("torch_ext::rounded_through", std::vector<c10::IValue>{});
   if (dtype == at::kHalf) {  // ATen's vectorised conversions
@@ -191,7 +191,7 @@ void low_precision_mm_on_this_thread(at::Tensor& out, const at::Tensor& a, const
 // One piece of deterministic_mm_out: ATen's product, or MKL's for
 // low-precision operands (then out is float32).
 void product_piece(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  if (a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf) {
+  if (is_low_precision(a.scalar_type())) {
     low_precision_mm_on_this_thread(out, a, b, accumulate);
   } else if (accumulate) {
     out.addmm_(a, b);
@@ -312,7 +312,7 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a_given, const at::T
 }
 
 at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b) {
-  const bool low = a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf;
+  const bool low = is_low_precision(a.scalar_type());
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options().dtype(low ? at::kFloat : a.scalar_type()));
   deterministic_mm_out(out, a, b);
   return out;

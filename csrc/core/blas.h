@@ -50,6 +50,9 @@ at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
 // low-precision operands with float32 accumulation (MKL's bf16bf16f32 /
 // f16f16f32 products), kFloat32 multiplies their float32 values.
 enum class LowPrecisionPath { kLowPrecision, kFloat32 };
+inline bool is_low_precision(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf;
+}
 // Whether this CPU has instructions for products of dtype's operands
 // (bfloat16: AVX512-BF16 or AMX-BF16; float16: AVX512-FP16 or AMX-FP16),
 // where MKL's low-precision products run several times faster than float32.

@@ -83,12 +83,17 @@ struct Dims {
   const char* op;  // for the messages
 };
 
+void check_on_x_device(const char* op, const at::Tensor& t, const char* name,
+                       const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), ARG(name), "is on ", t.device(), " but x is on ",
+                    x.device(), "; all tensors must be on one device");
+}
+
 // Same device as x, and either x's dtype or the compute dtype (the latter lets
 // float16 runs pass float32 state and parameters).
 void check_like_x(const char* op, const at::Tensor& t, const char* name, const at::Tensor& x,
                   at::ScalarType compute, bool allow_compute_dtype) {
-  TORCH_CHECK_VALUE(t.device() == x.device(), ARG(name), "is on ", t.device(), " but x is on ",
-                    x.device(), "; all tensors must be on one device");
+  check_on_x_device(op, t, name, x);
   const bool ok =
       t.scalar_type() == x.scalar_type() || (allow_compute_dtype && t.scalar_type() == compute);
   TORCH_CHECK_TYPE(ok, ARG(name), "has dtype ", t.scalar_type(), " but x has dtype ",
@@ -126,10 +131,6 @@ void check_required(const NeuronInfo& neuron, const at::Tensor& x,
 
 namespace {
 
-bool is_low_precision(at::ScalarType dtype) {
-  return dtype == at::kBFloat16 || dtype == at::kHalf;
-}
-
 // Each weight (w_in, w_rec, bias) has x's dtype or, with a float32 x,
 // bfloat16 or float16 (what torch.autocast passes: it casts the weights and
 // leaves a float32 x as it is; products_dtype); the low-precision ones share
@@ -142,10 +143,8 @@ void check_weight_dtypes(const char* op, const OpTensors& in) {
       {&in.w_in, "w_in"}, {&in.w_rec, "w_rec"}, {&in.bias, "bias"}};
   for (const auto& [weight, name] : weights) {
     if (!weight->has_value()) continue;
-    const at::Tensor& w = **weight;
-    TORCH_CHECK_VALUE(w.device() == x.device(), ARG(name), "is on ", w.device(), " but x is on ",
-                      x.device(), "; all tensors must be on one device");
-    const at::ScalarType dtype = w.scalar_type();
+    check_on_x_device(op, **weight, name, x);
+    const at::ScalarType dtype = (*weight)->scalar_type();
     if (dtype == x.scalar_type()) continue;
     TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat && is_low_precision(dtype), ARG(name),
                      "has dtype ", dtype, " but x has dtype ", x.scalar_type(),
@@ -219,8 +218,7 @@ Dims check_inputs(const NeuronInfo& neuron, const OpTensors& in) {
 void check_lengths(const OptionalTensor& lengths, const at::Tensor& x, const Dims& d) {
   if (!lengths.has_value()) return;
   const char* op = d.op;
-  TORCH_CHECK_VALUE(lengths->device() == x.device(), ARG("lengths"), "is on ", lengths->device(),
-                    " but x is on ", x.device(), "; all tensors must be on one device");
+  check_on_x_device(op, *lengths, "lengths", x);
   TORCH_CHECK_TYPE(at::isIntegralType(lengths->scalar_type(), /*includeBool=*/false),
                    ARG("lengths"), "must hold integers, got dtype ", lengths->scalar_type());
   check_shape(op, *lengths, "lengths", {d.B}, "[B]");
