@@ -31,44 +31,18 @@ import pytest
 import torch
 
 import torch_ext
+from mixed_precision_helpers import (BINARY_ENV, ENV, LOW, LOW_DTYPES, PATHS,
+                                     assert_same_results, dtype_id, float64_args, inputs_of,
+                                     leaf, names_of, nonfinite_pattern_equal, norm_close,
+                                     rebuild, same_bits, spike_rate_ok, use_path)
 from neurons import FUSED, NEURONS, OPS, REFERENCE, make_inputs
 
-ENV = "TORCH_EXT_LOW_PRECISION_PRODUCTS"
-BINARY_ENV = "TORCH_EXT_BINARY_INPUTS"
-PATHS = ("on", "off")
-LOW_DTYPES = (torch.bfloat16, torch.float16)
 WEIGHTS = ("w_in", "w_rec", "bias")
-
-
-def dtype_id(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
-LOW = torch_ext.build_info()["cpu_low_precision_products"]
-
-
-def use_path(monkeypatch, path, dtype):
-    if path == "on" and dtype_id(dtype) not in LOW:
-        pytest.skip(f"no MKL low-precision products for {dtype_id(dtype)} in this build")
-    monkeypatch.setenv(ENV, path)
-    monkeypatch.delenv(BINARY_ENV, raising=False)
 
 
 # ---------------------------------------------------------------------------
 # Inputs and runs
 # ---------------------------------------------------------------------------
-
-def leaf(t, dtype=None):
-    if not isinstance(t, torch.Tensor):
-        return t
-    t = t.detach().to(dtype or t.dtype).clone()
-    return t.requires_grad_(t.is_floating_point())
-
-
-def rebuild(args, fn):
-    return type(args)(*[fn(name, a) if isinstance(a, torch.Tensor) else a
-                        for name, a in zip(args._fields, args)])
-
 
 def mixed_inputs(op, dtype, T=12, B=3, F=20, N=16, seed=0, weight_dtypes=None, **kwargs):
     """float32 inputs (x NOT rounded: ordinary float32 values) with the
@@ -106,18 +80,6 @@ def oracle_args(args):
             return leaf(a.detach().to(dtype).float())
         return leaf(a, torch.float32 if name in WEIGHTS else None)
     return rebuild(args, fn)
-
-
-def float64_args(args):
-    return rebuild(args, lambda name, a: leaf(a, torch.float64))
-
-
-def names_of(args):
-    return [n for n, a in zip(args._fields, args) if isinstance(a, torch.Tensor) and a.requires_grad]
-
-
-def inputs_of(args):
-    return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
 
 
 def output_gradients(op, args, seed=3, **options):
@@ -169,35 +131,6 @@ def tie_free(op, dtype, margin=1e-4, seeds=range(40), options=None, **kwargs):
     raise AssertionError("no seed gives inputs without near-ties")
 
 
-def nonfinite_pattern_equal(a, b):
-    a, b = a.float(), b.float()
-    return (torch.equal(a.isnan(), b.isnan()) and torch.equal(a == math.inf, b == math.inf)
-            and torch.equal(a == -math.inf, b == -math.inf))
-
-
-def same_bits(a, b):
-    if a.dtype != b.dtype or a.shape != b.shape or not nonfinite_pattern_equal(a, b):
-        return False
-    finite = a.isfinite()
-    return torch.equal(a[finite], b[finite])
-
-
-def assert_same_results(got, want, names, what=""):
-    (go, gg), (wo, wg) = got, want
-    assert len(go) == len(wo) and len(gg) == len(wg)
-    for i, (a, b) in enumerate(zip(go, wo)):
-        assert same_bits(a, b), f"{what}: output {i} differs"
-    for name, a, b in zip(names, gg, wg):
-        assert same_bits(a, b), f"{what}: gradient of {name} differs"
-
-
-def norm_close(a, b, tol):
-    a, b = a.double(), b.double()
-    assert a.shape == b.shape
-    assert a.isfinite().all() and b.isfinite().all()
-    return (a - b).norm().item() <= tol * b.norm().item() + 1e-30
-
-
 def check_dtypes(args, got):
     outputs, grads = got
     for o in outputs:
@@ -230,10 +163,6 @@ def check_close(args, got, want, eps, what):
     for name, a, b in zip(names_of(args), gg, wg):
         assert a.dtype == b.dtype, f"{what}: gradient of {name}: {a.dtype} vs {b.dtype}"
         assert norm_close(a.float(), b.float(), 8 * eps), f"{what}: gradient of {name}"
-
-
-def spike_rate_ok(spikes):
-    return 0.02 < spikes.double().mean().item() < 0.95
 
 
 # ---------------------------------------------------------------------------

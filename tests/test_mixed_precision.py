@@ -16,9 +16,8 @@ import torch
 
 import torch_ext
 from benchmarks import peers
-
-LOW = torch_ext.build_info()["cpu_low_precision_products"]
-PATHS = ("on", "off")  # TORCH_EXT_LOW_PRECISION_PRODUCTS: MKL's low-precision products, float32
+# PATHS: TORCH_EXT_LOW_PRECISION_PRODUCTS on (MKL's low-precision products) and off (float32)
+from mixed_precision_helpers import LOW, PATHS, use_path
 
 
 def test_build_info_names_the_low_precision_products(monkeypatch):
@@ -56,19 +55,23 @@ def rounded(t, dtype):
     return t.detach().to(dtype).float().requires_grad_(t.requires_grad)
 
 
+def small_inputs(seed, weight_dtype=torch.float32):
+    """Leaves x [12, 4, 24] (float32) and w_in, w_rec, bias (in weight_dtype)
+    for a layer of 16 neurons that spikes at a moderate rate."""
+    torch.manual_seed(seed)
+    T, B, F, N = 12, 4, 24, 16
+    x = torch.randn(T, B, F, requires_grad=True)
+    weights = [torch.randn(N, F) * (3 / F ** 0.5), torch.randn(N, N) * (0.5 / N ** 0.5),
+               torch.randn(N) * 0.1]
+    return x, *(w.to(weight_dtype).requires_grad_() for w in weights)
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_adlif", "recurrent_cubalif"])
 def test_autocast_computes_the_float32_op_of_the_rounded_operands(dtype, op, path, monkeypatch):
-    if path == "on" and str(dtype).split(".")[1] not in LOW:
-        pytest.skip(f"no low-precision products for {dtype} in this build")
-    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", path)
-    torch.manual_seed(0)
-    T, B, F, N = 12, 4, 24, 16
-    x = torch.randn(T, B, F, requires_grad=True)
-    w_in = (torch.randn(N, F) * (3 / F ** 0.5)).requires_grad_()
-    w_rec = (torch.randn(N, N) * (0.5 / N ** 0.5)).requires_grad_()
-    bias = (torch.randn(N) * 0.1).requires_grad_()
+    use_path(monkeypatch, path, dtype)
+    x, w_in, w_rec, bias = small_inputs(seed=0)
     fn = getattr(torch_ext, op)
     with torch.autocast("cpu", dtype=dtype):
         low = fn(x, w_in, w_rec, bias)
@@ -104,15 +107,8 @@ def test_float32_x_with_low_precision_weights_matches_the_reference(dtype, op, p
     The fused op and the plain-autograd reference of the same call agree:
     spikes exactly, states to float32 rounding, gradients (x's float32 and
     unrounded, the weights' in their dtype) to the dtype's precision."""
-    if path == "on" and str(dtype).split(".")[1] not in LOW:
-        pytest.skip(f"no low-precision products for {dtype} in this build")
-    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", path)
-    torch.manual_seed(1)
-    T, B, F, N = 12, 4, 24, 16
-    x = torch.randn(T, B, F, requires_grad=True)
-    weights = [(torch.randn(N, F) * (3 / F ** 0.5)).to(dtype).requires_grad_(),
-               (torch.randn(N, N) * (0.5 / N ** 0.5)).to(dtype).requires_grad_(),
-               (torch.randn(N) * 0.1).to(dtype).requires_grad_()]
+    use_path(monkeypatch, path, dtype)
+    x, *weights = small_inputs(seed=1, weight_dtype=dtype)
     got = getattr(torch_ext, op)(x, *weights)
     want = getattr(torch_ext, op + "_ref")(x, *weights)
     assert got[0].dtype == torch.float32
@@ -141,9 +137,7 @@ def test_gradients_under_autocast_closer_to_float32_than_the_expert_loop(model, 
     gradient error under autocast bfloat16 is no worse than the expert
     autograd loop's under the same autocast (fixed seed: CPU results are
     deterministic)."""
-    if path == "on" and "bfloat16" not in LOW:
-        pytest.skip("no bfloat16 products in this build")
-    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", path)
+    use_path(monkeypatch, path, torch.bfloat16)
     T, B, N = 30, 8, 32
     params = peers.MODELS[model]["make_params"](N, N, "cpu", seed=3)
     fused = peers.fused(params, model)

@@ -46,63 +46,23 @@ gradient took gU rounded to the low-precision dtype, and a bad value of the
 variable went unnoticed in a call without w_in."""
 import contextlib
 import math
-import os
 
 import pytest
 import torch
 
 import torch_ext
+from mixed_precision_helpers import (BINARY_ENV, ENV, INSTRUCTIONS, LOW, LOW_DTYPES, PATHS,
+                                     assert_same_results, dtype_id, float64_args, inputs_of,
+                                     leaf, names_of, nonfinite_pattern_equal, norm_close,
+                                     rebuild, same_bits, spike_rate_ok, use_path)
 from neurons import FUSED, NEURONS, OPS, REFERENCE, make_inputs
 
-ENV = "TORCH_EXT_LOW_PRECISION_PRODUCTS"
-BINARY_ENV = "TORCH_EXT_BINARY_INPUTS"
-PATHS = ("on", "off")
-LOW_DTYPES = (torch.bfloat16, torch.float16)
 OPERANDS = ("x", "w_in", "w_rec", "bias")  # what autocast casts
-
-
-def dtype_id(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
-def _low_precision_products_by_default():
-    saved = os.environ.pop(ENV, None)
-    try:
-        return torch_ext.build_info()["cpu_low_precision_products"]
-    finally:
-        if saved is not None:
-            os.environ[ENV] = saved
-
-
-LOW = _low_precision_products_by_default()  # present in this build, whatever the switch
-INSTRUCTIONS = torch_ext.build_info()["cpu_low_precision_instructions"]
-
-
-def use_path(monkeypatch, path, dtype=None):
-    """Selects the product path (skipping "on" where this build has no MKL
-    product for dtype) and leaves the binary-input choice at its default."""
-    if path == "on" and dtype is not None and dtype_id(dtype) not in LOW:
-        pytest.skip(f"no MKL low-precision products for {dtype_id(dtype)} in this build")
-    monkeypatch.setenv(ENV, path)
-    monkeypatch.delenv(BINARY_ENV, raising=False)
 
 
 # ---------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------
-
-def leaf(t, dtype=None):
-    if not isinstance(t, torch.Tensor):
-        return t
-    t = t.detach().to(dtype or t.dtype).clone()
-    return t.requires_grad_(t.is_floating_point())
-
-
-def rebuild(args, fn):
-    """args with every tensor replaced by fn(name, tensor) (a fresh leaf)."""
-    return type(args)(*[fn(name, a) if isinstance(a, torch.Tensor) else a
-                        for name, a in zip(args._fields, args)])
-
 
 def rounded_inputs(op, dtype, seed=0, T=12, B=3, F=20, N=16, state=True, **kwargs):
     """make_inputs in float32 (parameters [N], initial states and binary s0
@@ -125,19 +85,6 @@ def low_args(args32, dtype):
 
 def float32_args(args):
     return rebuild(args, lambda name, a: leaf(a, torch.float32))
-
-
-def float64_args(args):
-    return rebuild(args, lambda name, a: leaf(a, torch.float64))
-
-
-def names_of(args):
-    return [n for n, a in zip(args._fields, args)
-            if isinstance(a, torch.Tensor) and a.requires_grad]
-
-
-def inputs_of(args):
-    return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
 
 
 def incoming(outputs, dtype, seed=3):
@@ -197,34 +144,6 @@ def tie_free(op, dtype, margin=1e-4, seeds=range(30), options=None, **kwargs):
     raise AssertionError("no seed gives inputs without near-ties")
 
 
-def spike_rate_ok(spikes):
-    return 0.02 < spikes.double().mean().item() < 0.95
-
-
-def nonfinite_pattern_equal(a, b):
-    a, b = a.float(), b.float()
-    return (torch.equal(a.isnan(), b.isnan()) and torch.equal(a == math.inf, b == math.inf)
-            and torch.equal(a == -math.inf, b == -math.inf))
-
-
-def same_bits(a, b):
-    """Equal dtype, shape and values: NaN where NaN, inf of the same sign
-    where inf, finite values equal (up to the sign of 0)."""
-    if a.dtype != b.dtype or a.shape != b.shape or not nonfinite_pattern_equal(a, b):
-        return False
-    finite = a.isfinite()
-    return torch.equal(a[finite], b[finite])
-
-
-def assert_same_results(got, want, names, what=""):
-    (go, gg), (wo, wg) = got, want
-    assert len(go) == len(wo) and len(gg) == len(wg)
-    for i, (a, b) in enumerate(zip(go, wo)):
-        assert same_bits(a, b), f"{what}: output {i} differs"
-    for name, a, b in zip(names, gg, wg):
-        assert same_bits(a, b), f"{what}: gradient of {name} differs"
-
-
 def close_where_finite(a, b, rtol, atol_rel):
     """Same NaN / +-inf pattern, finite entries within rtol and atol_rel times
     the largest finite magnitude."""
@@ -235,14 +154,6 @@ def close_where_finite(a, b, rtol, atol_rel):
     if finite.any():
         top = b[finite].abs().max().item()
         torch.testing.assert_close(a[finite], b[finite], rtol=rtol, atol=atol_rel * max(top, 1e-30))
-
-
-def norm_close(a, b, tol):
-    """||a - b|| <= tol * ||b|| (all finite; same shape)."""
-    assert a.shape == b.shape
-    a, b = a.double(), b.double()
-    assert a.isfinite().all() and b.isfinite().all()
-    return (a - b).norm().item() <= tol * b.norm().item() + 1e-30
 
 
 # ---------------------------------------------------------------------------
