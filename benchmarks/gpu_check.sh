@@ -18,7 +18,9 @@
 #      B=16 N=256 (latency-bound) and N=4096 (W_rec does not fit on chip);
 #      then, in the time left, mixed precision for each model
 #      (benchmarks/mixed_precision.py --device cuda: float32 with TF32 off and
-#      on, under autocast bfloat16, the expert loop under the same autocast);
+#      on, under autocast bfloat16 with float32 products (the default) and
+#      with tensor-core products (TORCH_EXT_LOW_PRECISION_PRODUCTS=on), the
+#      expert loop under the same autocast);
 #   6. the summary table (benchmarks/gpu_summary.py), printed last.
 # The steps share a budget (GPU_CHECK_BUDGET_S, default 420 s) so that the whole
 # run stays under 8 minutes. Output: $OUT (default

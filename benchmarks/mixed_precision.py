@@ -7,7 +7,7 @@ error of each implementation under autocast against its own float32 run.
     python -m benchmarks.mixed_precision                 # CPU, bfloat16, the target sizes
     python -m benchmarks.mixed_precision --model adaptive
     python -m benchmarks.mixed_precision --size 30,8,32  # other sizes (T,B,N)
-    python -m benchmarks.mixed_precision --device cuda   # on a GPU: TF32 and autocast rows
+    python -m benchmarks.mixed_precision --device cuda   # on a GPU: TF32, autocast, tensor cores
 
 Forward + backward of spikes.sum() for x and every weight (as bench.py),
 median of --reps interleaved repetitions. The error is max over the
@@ -77,9 +77,11 @@ def measure(T, B, N, args):
     if device.type == "cpu":  # the product paths (CPU only)
         runs[f"fused {args.dtype} MKL products"] = run(fused, True, "on")
         runs[f"fused {args.dtype} f32 products"] = run(fused, True, "off")
-    else:  # CUDA: TF32 for float32, the autocast dtype's products
+    else:  # CUDA: TF32 for float32; under autocast the default (float32
+        # products of the rounded operands) and the tensor-core products (on)
         runs["fused f32 TF32"] = run(fused, False, tf32=True)
         runs[f"fused {args.dtype}"] = run(fused, True)
+        runs[f"fused {args.dtype} tensor cores"] = run(fused, True, "on")
     runs.update({f"expert {args.dtype}": run(expert, True), "expert f32": run(expert, False),
                  "floor f32": floor(False), f"floor {args.dtype}": floor(True)})
     times = {name: [] for name in runs}
@@ -150,7 +152,8 @@ def main(argv=None):
                          ("f32 products", f"fused {low} f32 products")]
     else:
         default = f"fused {low}"
-        fused_columns = [("f32 TF32", "fused f32 TF32"), (f"autocast {low}", default)]
+        fused_columns = [("f32 TF32", "fused f32 TF32"), (f"autocast {low}", default),
+                         ("tensor cores", f"fused {low} tensor cores")]
     header = f"{'T':>4} {'B':>3} {'N':>4} {'fused f32':>10} "
     for label, _ in fused_columns:
         header += f"{label:>15} {'ratio':>6} "
@@ -177,7 +180,9 @@ def main(argv=None):
               "err: max relative gradient error against the same implementation's float32 run")
     else:
         print("ms: forward + backward, median; fused f32 with TF32 off, f32 TF32 with "
-              f"torch.backends.cuda.matmul.allow_tf32; autocast {low}: fused under autocast; "
+              f"torch.backends.cuda.matmul.allow_tf32; autocast {low}: fused under autocast "
+              "(the default: float32 products of the rounded operands); tensor cores: the same "
+              "with TORCH_EXT_LOW_PRECISION_PRODUCTS=on; "
               "ratio: that / fused float32; err: max relative gradient error against the same "
               "implementation's float32 run")
     if args.json:

@@ -52,22 +52,31 @@ py::dict build_info() {
   info["blas"] = at::globalContext().hasMKL() ? "MKL" : "torch's BLAS (not MKL)";
   // Per low-precision dtype: whether MKL's products for it are present,
   // whether this CPU has instructions for them, and the path its dense
-  // products take now (blas.h): in that dtype with float32 accumulation
-  // (MKL's products) or in float32 on the upcast operands.
+  // products take now on each device type (blas.h): in that dtype with
+  // float32 accumulation or in float32 on the upcast operands.
   std::vector<std::string> low_precision, instructions;
-  py::dict paths;
+  py::dict cpu_paths, cuda_paths;
   for (const auto& [dtype, name] : {std::make_pair(at::kBFloat16, "bfloat16"),
                                     std::make_pair(at::kHalf, "float16")}) {
-    const bool low =
-        torch_ext::low_precision_path(dtype) == torch_ext::LowPrecisionPath::kLowPrecision;
+    using torch_ext::LowPrecisionPath;
     if (torch_ext::low_precision_products_present(dtype)) low_precision.push_back(name);
     if (torch_ext::cpu_has_low_precision_instructions(dtype)) instructions.push_back(name);
-    paths[name] = low ? std::string(name) + " operands, float32 accumulation (MKL)"
-                      : "float32 products of the upcast operands";
+    cpu_paths[name] = torch_ext::low_precision_path(dtype) == LowPrecisionPath::kLowPrecision
+                          ? std::string(name) + " operands, float32 accumulation (MKL)"
+                          : "float32 products of the upcast operands";
+    cuda_paths[name] =
+        torch_ext::low_precision_path(dtype, at::kCUDA) == LowPrecisionPath::kLowPrecision
+            ? std::string(name) + " operands, float32 accumulation (cuBLAS, tensor cores)"
+            : "float32 products of the upcast operands (TF32 where allowed)";
   }
   info["cpu_low_precision_products"] = low_precision;
   info["cpu_low_precision_instructions"] = instructions;
-  info["cpu_product_paths"] = paths;
+  info["cpu_product_paths"] = cpu_paths;
+#ifdef WITH_CUDA
+  info["cuda_product_paths"] = cuda_paths;
+#else
+  info["cuda_product_paths"] = py::none();
+#endif
   info["compiler"] = __VERSION__;
   return info;
 }

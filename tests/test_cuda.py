@@ -13,7 +13,9 @@ import torch
 
 import torch_ext
 from conftest import LIFArgs, cuda_only, make_inputs, run_with_grads
+from mixed_precision_helpers import ENV, dtype_id
 from test_gradients import OPTION_GRID
+from test_mixed_precision import small_inputs
 from torch_ext import _C
 
 import neurons
@@ -180,7 +182,8 @@ def test_cuda_autocast_equals_float32_on_rounded_inputs(dtype):
     x = torch.randn(20, 8, 16, device="cuda")
     with torch.autocast("cuda", dtype=dtype):
         spikes, membrane, (u, _) = layer(x)
-    assert spikes.dtype == dtype and membrane.dtype == u.dtype == torch.float32
+    # x stays float32 under autocast (its weights are cast): so do the spikes.
+    assert spikes.dtype == membrane.dtype == u.dtype == torch.float32
     rounded = [p.detach().to(dtype).float() for p in (layer.w_in, layer.w_rec, layer.bias)]
     spikes_r, membrane_r = torch_ext.recurrent_lif(x.to(dtype).float(), *rounded, layer.alpha,
                                                    layer.theta)
@@ -407,3 +410,43 @@ def test_every_model_cuda_gathers_binary_inputs_only_when_asked(op, lengths, des
     replayed = neurons.run_with_grads(fn, cuda_args, **options,
                                       **{neurons.NEURONS[op].save_flag: False})
     assert all(torch.equal(a, b) for a, b in zip(gpu[1], replayed[1]))
+
+
+@cuda_only
+@pytest.mark.parametrize("path", ["on", "off"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op", neurons.OPS)
+def test_cuda_low_precision_products_match_the_reference(op, dtype, path, monkeypatch):
+    """A float32 x with bfloat16/float16 weights on CUDA, on both product
+    paths (TORCH_EXT_LOW_PRECISION_PRODUCTS=on: the low-precision operands on
+    tensor cores with float32 accumulation, gU rounded for the backward's
+    products; off, the default until a GPU has checked it: float32 products
+    of the rounded operands), against the plain-autograd reference of the
+    same call, as the CPU paths are (test_mixed_precision.py): spikes
+    exactly, states to float32 rounding, gradients to the dtype's precision.
+    TF32 off, so that the float32 products are float32."""
+    monkeypatch.setenv(ENV, path)
+    paths = torch_ext.build_info()["cuda_product_paths"]
+    if path == "on" and "tensor cores" not in paths[dtype_id(dtype)]:
+        pytest.skip("no low-precision CUDA products in this build (torch < 2.8)")
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        x, *weights = (leaf.cuda().detach().requires_grad_()
+                       for leaf in small_inputs(seed=1, weight_dtype=dtype))
+        got = getattr(torch_ext, op)(x, *weights)
+        want = getattr(torch_ext, op + "_ref")(x, *weights)
+        g = [torch.randn_like(o) for o in want]
+        grads = torch.autograd.grad(got, [x, *weights], g)
+        want_grads = torch.autograd.grad(want, [x, *weights], g)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    margin = (want[1].detach() - 1.0).abs().min()
+    assert margin > 1e-4, "pick inputs without near-ties"
+    assert got[0].dtype == torch.float32 and torch.equal(got[0], want[0])
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert [a.dtype for a in grads] == [torch.float32, dtype, dtype, dtype]
+    eps = torch.finfo(dtype).eps
+    for a, b in zip(grads, want_grads):
+        assert (a.float() - b.float()).norm() <= 8 * eps * b.float().norm()

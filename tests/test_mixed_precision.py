@@ -41,6 +41,18 @@ def test_build_info_names_the_low_precision_products(monkeypatch):
         now = torch_ext.build_info()
         assert now["cpu_low_precision_products"] == LOW
         assert {d for d, path in now["cpu_product_paths"].items() if path != f32} == mkl, value
+        # CUDA: tensor cores only when asked for (no GPU run has checked
+        # them yet), where torch has aten::mm.dtype (2.8 and later).
+        cuda = now["cuda_product_paths"]
+        if not now["cuda"]:
+            assert cuda is None
+            continue
+        has_mm_dtype = tuple(int(v) for v in now["torch_version"].split(".")[:2]) >= (2, 8)
+        tensor_cores = {d for d, path in cuda.items() if "tensor cores" in path}
+        assert tensor_cores == ({"bfloat16", "float16"} if value == "on" and has_mm_dtype
+                                else set()), value
+        assert all("TF32 where allowed" in path for d, path in cuda.items()
+                   if d not in tensor_cores)
 
 
 def test_unknown_product_path_is_a_clear_error(monkeypatch):

@@ -74,24 +74,36 @@ bool cpu_has_low_precision_instructions(at::ScalarType dtype) {
   return dtype == at::kBFloat16 ? bf16 : dtype == at::kHalf ? f16 : false;
 }
 
-bool low_precision_products_present(at::ScalarType dtype) {
-  return dtype == at::kBFloat16 ? cblas_gemm_bf16bf16f32 != nullptr
-         : dtype == at::kHalf   ? cblas_gemm_f16f16f32 != nullptr
-                                : false;
+bool low_precision_products_present(at::ScalarType dtype, at::DeviceType device) {
+  if (device == at::kCUDA) {
+#if defined(WITH_CUDA) && TORCH_EXT_HAS_MM_OUT_DTYPE
+    return is_low_precision(dtype);
+#else
+    return false;
+#endif
+  }
+  return device == at::kCPU && (dtype == at::kBFloat16 ? cblas_gemm_bf16bf16f32 != nullptr
+                                : dtype == at::kHalf   ? cblas_gemm_f16f16f32 != nullptr
+                                                       : false);
 }
 
-LowPrecisionPath low_precision_path(at::ScalarType dtype) {
+LowPrecisionPath low_precision_path(at::ScalarType dtype, at::DeviceType device) {
   const char* mode = std::getenv("TORCH_EXT_LOW_PRECISION_PRODUCTS");
   const std::string asked = mode == nullptr ? "" : mode;
   TORCH_CHECK_VALUE(asked.empty() || asked == "auto" || asked == "on" || asked == "off",
                     "TORCH_EXT_LOW_PRECISION_PRODUCTS must be auto, on or off, got '", asked,
                     "'");
-  if (!low_precision_products_present(dtype) || asked == "off") return LowPrecisionPath::kFloat32;
-  // auto: MKL's products where the CPU has instructions for them. Without
-  // them MKL converts the operands to float32 as it packs them, which
+  if (!low_precision_products_present(dtype, device) || asked == "off") {
+    return LowPrecisionPath::kFloat32;
+  }
+  if (asked == "on") return LowPrecisionPath::kLowPrecision;
+  // auto. CPU: MKL's products where the CPU has instructions for them.
+  // Without them MKL converts the operands to float32 as it packs them, which
   // measured no faster than float32 products of the rounded operands (and
   // slower at T=200, B=32, F=N=512 on an AVX2 CPU), so those are taken.
-  return asked == "on" || cpu_has_low_precision_instructions(dtype)
+  // CUDA: the float32 products until a GPU run has checked the tensor-core
+  // path (benchmarks/gpu_check.sh runs the CUDA tests with it on).
+  return device == at::kCPU && cpu_has_low_precision_instructions(dtype)
              ? LowPrecisionPath::kLowPrecision
              : LowPrecisionPath::kFloat32;
 }
@@ -140,8 +152,7 @@ at::Tensor empty_rows_aligned_as_whole(int64_t rows, int64_t cols, int64_t first
 }
 
 bool low_precision_products(at::ScalarType dtype, const at::Device& device) {
-  if (!device.is_cpu()) return false;  // CUDA: not yet (no GPU has checked it)
-  return low_precision_path(dtype) == LowPrecisionPath::kLowPrecision;
+  return low_precision_path(dtype, device.type()) == LowPrecisionPath::kLowPrecision;
 }
 
 namespace {
@@ -249,6 +260,18 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a_given, const at::T
   };
   if (!out.device().is_cpu()) {
     const at::Tensor a = whole(a_rows, a_given), b = whole(b_rows, b_given);
+    if (is_low_precision(a.scalar_type()) && out.scalar_type() == at::kFloat) {
+#if TORCH_EXT_HAS_MM_OUT_DTYPE
+      // Low-precision operands, float32 accumulation and result (tensor
+      // cores). Not aten::addmm.dtype with out=: its out variant has had bugs
+      // (pytorch#154086), and no GPU run has checked this path yet.
+      const at::Tensor product = at::mm(a, b, at::kFloat);
+      accumulate ? out.add_(product) : out.copy_(product);
+      return;
+#else
+      TORCH_INTERNAL_ASSERT(false, "low-precision CUDA products need torch >= 2.8");
+#endif
+    }
     if (accumulate) {
       out.addmm_(a, b);
     } else {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/version.h>
 
 #include <cstdint>
 #include <functional>
@@ -15,6 +16,14 @@
 #define TORCH_EXT_CPU_CLONES __attribute__((target_clones(TORCH_EXT_CPU_CLONE_TARGETS)))
 #else
 #define TORCH_EXT_CPU_CLONES
+#endif
+
+// torch >= 2.8 multiplies bfloat16/float16 CUDA operands into a float32
+// result (aten::mm.dtype).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+#define TORCH_EXT_HAS_MM_OUT_DTYPE 1
+#else
+#define TORCH_EXT_HAS_MM_OUT_DTYPE 0
 #endif
 
 namespace torch_ext {
@@ -43,12 +52,14 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor&
 // `out` (deterministic_mm's result) is float32.
 at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b);
 
-// How the dense products of bfloat16/float16 inputs run on CPU. Both give
-// the float32 products of the rounded operands up to summation order (and
-// the rounding of gU, which kLowPrecision rounds to the low-precision dtype
-// as autocast's own products do): kLowPrecision multiplies the
-// low-precision operands with float32 accumulation (MKL's bf16bf16f32 /
-// f16f16f32 products), kFloat32 multiplies their float32 values.
+// How the dense products of bfloat16/float16 inputs run. Both give the
+// float32 products of the rounded operands up to summation order (and the
+// rounding of gU, which kLowPrecision rounds to the low-precision dtype as
+// autocast's own products do): kLowPrecision multiplies the low-precision
+// operands with float32 accumulation (CPU: MKL's bf16bf16f32 / f16f16f32
+// products; CUDA: cuBLAS on tensor cores through aten::mm.dtype), kFloat32
+// multiplies their float32 values (CUDA: TF32 where
+// torch.backends.cuda.matmul.allow_tf32 says so, as every float32 product).
 enum class LowPrecisionPath { kLowPrecision, kFloat32 };
 inline bool is_low_precision(at::ScalarType dtype) {
   return dtype == at::kBFloat16 || dtype == at::kHalf;
@@ -57,13 +68,16 @@ inline bool is_low_precision(at::ScalarType dtype) {
 // (bfloat16: AVX512-BF16 or AMX-BF16; float16: AVX512-FP16 or AMX-FP16),
 // where MKL's low-precision products run several times faster than float32.
 bool cpu_has_low_precision_instructions(at::ScalarType dtype);
-// Whether MKL's product for dtype's operands is present (torch's x86-64 wheels).
-bool low_precision_products_present(at::ScalarType dtype);
-// The path for dtype, from the environment variable
-// TORCH_EXT_LOW_PRECISION_PRODUCTS (read at every call): auto (or unset,
-// the default) takes kLowPrecision where MKL's product is present and the
-// CPU has instructions for it, on wherever it is present, off never.
-LowPrecisionPath low_precision_path(at::ScalarType dtype);
+// Whether the low-precision product for dtype's operands is present on this
+// device type: CPU, MKL's (torch's x86-64 wheels); CUDA, aten::mm.dtype
+// (torch >= 2.8) in a CUDA build.
+bool low_precision_products_present(at::ScalarType dtype, at::DeviceType device = at::kCPU);
+// The path for dtype on this device type, from the environment variable
+// TORCH_EXT_LOW_PRECISION_PRODUCTS (read at every call) where the product is
+// present: auto (or unset, the default) takes kLowPrecision on CPUs with
+// instructions for it and, until a GPU run has checked it, never on CUDA;
+// on takes it wherever it is present, off never.
+LowPrecisionPath low_precision_path(at::ScalarType dtype, at::DeviceType device = at::kCPU);
 // out (contiguous float32, x's numel) = the float32 values of the float32 CPU
 // tensor x rounded to dtype (bfloat16 or float16): x.to(dtype).to(float32),
 // for bfloat16 in one pass.
@@ -76,8 +90,8 @@ void round_through_into(const at::Tensor& x, at::ScalarType dtype, at::Tensor& o
 at::Tensor empty_rows_aligned_as_whole(int64_t rows, int64_t cols, int64_t first,
                                        const at::TensorOptions& options);
 // Whether the dense products of operands of this dtype on this device
-// (bfloat16 or float16 on CPU, on the kLowPrecision path) run in it with
-// float32 accumulation; otherwise they run in the compute dtype.
+// (bfloat16 or float16 on the kLowPrecision path) run in it with float32
+// accumulation; otherwise they run in the compute dtype.
 bool low_precision_products(at::ScalarType dtype, const at::Device& device);
 
 // Binary inputs (spikes): x viewed as [rows, cols] holding only 0 and 1,
