@@ -254,12 +254,18 @@ template void gemm_on_this_thread<double>(int64_t, int64_t, int64_t, const doubl
                                           const double*, int64_t, double, double*, int64_t);
 
 void deterministic_mm_out(at::Tensor out, const at::Tensor& a_given, const at::Tensor& b_given,
-                          bool accumulate, const OperandRows& a_rows, const OperandRows& b_rows) {
+                          bool accumulate, const OperandRows& a_rows, const OperandRows& b_rows,
+                          const at::Tensor& bias) {
   auto whole = [](const OperandRows& rows, const at::Tensor& t) {
     return rows ? rows(t, 0) : t;
   };
+  TORCH_INTERNAL_ASSERT(!(bias.defined() && accumulate));
   if (!out.device().is_cpu()) {
     const at::Tensor a = whole(a_rows, a_given), b = whole(b_rows, b_given);
+    if (bias.defined()) {
+      out.copy_(bias.expand_as(out));
+      accumulate = true;
+    }
     if (is_low_precision(a.scalar_type()) && out.scalar_type() == at::kFloat) {
 #if TORCH_EXT_HAS_MM_OUT_DTYPE
       // Low-precision operands, float32 accumulation and result (tensor
@@ -287,7 +293,7 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a_given, const at::T
   const int64_t out_bytes = rows * cols * static_cast<int64_t>(out.element_size());
   const int64_t inner_chunks = std::min<int64_t>(
       {8, inner / 512, std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(out_bytes, 1))});
-  if (inner >= 4 * rows && inner_chunks >= 2) {
+  if (inner >= 4 * rows && inner_chunks >= 2 && !bias.defined()) {
     // A long reduction into a small output (the weight gradients): split the
     // inner dimension into chunks, one partial product each, summed in order.
     // (Each chunk reads a slice of b's rows, converted there.)
@@ -328,8 +334,10 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a_given, const at::T
     for (int64_t i = begin; i < end; ++i) {
       const int64_t first = i * block, count = std::min(block, rows - first);
       at::Tensor out_rows = out.narrow(0, first, count);
+      if (bias.defined()) out_rows.copy_(bias.expand_as(out_rows));
       const at::Tensor a_piece = a.narrow(0, first, count);
-      product_piece(out_rows, a_rows ? a_rows(a_piece, first) : a_piece, b, accumulate);
+      product_piece(out_rows, a_rows ? a_rows(a_piece, first) : a_piece, b,
+                    accumulate || bias.defined());
     }
   });
 }

@@ -44,9 +44,13 @@ using OperandRows = std::function<at::Tensor(const at::Tensor& slice, int64_t fi
 // converted whole into a fresh tensor, to the bit, where each converted piece
 // lies as those rows would (the same pieces, layout and alignment:
 // empty_rows_aligned_as_whole).
+// bias ([cols], out's dtype; not with accumulate): out = bias + a @ b, the
+// bias broadcast into each block of out's rows right before its product (in
+// parallel, where the block is about to be written anyway), to the bit what
+// filling out with it first and accumulating would give.
 void deterministic_mm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
                           bool accumulate = false, const OperandRows& a_rows = {},
-                          const OperandRows& b_rows = {});
+                          const OperandRows& b_rows = {}, const at::Tensor& bias = {});
 // a and b may also be bfloat16 or float16 (CPU, where low_precision_products
 // says so): then each piece is MKL's product with float32 accumulation and
 // `out` (deterministic_mm's result) is float32.

@@ -508,19 +508,21 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
     // inputs: the product of the rounded operands with float32 accumulation.
     const at::ScalarType products = products_dtype(x, w_in);
     const at::ScalarType operands = operands_dtype(products, x, compute);
-    if (bias.has_value()) current_2d.copy_(bias->to(compute).expand_as(current_2d));
+    const at::Tensor bias_c = bias.has_value() ? bias->to(compute) : at::Tensor();
     if (const auto binary = binary_input(x, *w_in, backward)) {
       // The rounded operands' values, summed in the compute dtype.
       const at::Tensor w_in_t = w_in->to(operands).to(compute).t().contiguous();
-      binary_mm_out(current_2d, *binary, w_in_t, /*accumulate=*/bias.has_value());
+      if (bias_c.defined()) current_2d.copy_(bias_c.expand_as(current_2d));
+      binary_mm_out(current_2d, *binary, w_in_t, /*accumulate=*/bias_c.defined());
     } else {
-      // x rounded (and converted) block by block as the product reads it.
+      // x rounded (and converted) block by block as the product reads it;
+      // the bias broadcast into each block of rows just before its product.
       const at::Tensor w_in_t = w_in->to(operands).contiguous().t();
-      deterministic_mm_out(current_2d, x.reshape({T * B, F}), w_in_t,
-                           /*accumulate=*/bias.has_value(),
+      deterministic_mm_out(current_2d, x.reshape({T * B, F}), w_in_t, /*accumulate=*/false,
                            [&](const at::Tensor& rows, int64_t first) {
                              return rows_rounded(rows, first, products, operands, false);
-                           });
+                           },
+                           {}, bias_c);
     }
   } else {
     current.copy_(x);
