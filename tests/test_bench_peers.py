@@ -142,3 +142,11 @@ def test_phase_profile_runs(capsys):
     assert rows[0]["backward loop"] > 0 and rows[0]["forward loop"] > 0
     assert rows[0]["fused_over_floor"] > 0
     assert "page faults" in capsys.readouterr().out
+
+
+def test_delays_benchmark_runs(capsys):
+    from benchmarks import delays
+    rows = delays.main(["--smoke"])
+    assert [r["kind"] for r in rows] == ["axonal", "synaptic"]
+    assert all(set(r["ms"]) == {"fused", "autograd", "fused_no_delays"} for r in rows)
+    assert "autograd/fused" in capsys.readouterr().out

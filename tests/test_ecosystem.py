@@ -42,7 +42,9 @@ def test_opcheck_forward(requires_grad, contiguous):
 
 
 @needs_opcheck
-@pytest.mark.parametrize("needs", [[True] * 8, [False, True, False, False, True, False, False, True]])
+# needs_grad: x .. s0, then delays, delay_sigma, rec_mask (absent here)
+@pytest.mark.parametrize("needs", [[True] * 11,
+                                   [False, True, False, False, True, False, False, True] + [False] * 3])
 def test_opcheck_backward(needs):
     a = op_inputs(False, True)
     spikes, membrane = torch.ops.torch_ext.recurrent_lif(*a, *OPTIONS)

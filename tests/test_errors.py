@@ -115,11 +115,11 @@ def test_errors_from_cpp_reach_python_for_direct_op_calls():
               False)
     backward = torch.ops.torch_ext._recurrent_lif_backward
     with pytest.raises(ValueError, match="'surrogate'"):
-        backward(None, None, *common, "nope", 1.0, [True] * 8)
+        backward(None, None, *common, "nope", 1.0, [True] * 11)
     with pytest.raises(ValueError, match="'slope'"):
-        backward(None, None, *common, "atan", -1.0, [True] * 8)
+        backward(None, None, *common, "atan", -1.0, [True] * 11)
     with pytest.raises(ValueError, match="'grad_spikes'"):
-        backward(spikes[:1], None, *common, "atan", 1.0, [True] * 8)
+        backward(spikes[:1], None, *common, "atan", 1.0, [True] * 11)
 
 
 def test_module_bad_arguments():

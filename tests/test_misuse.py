@@ -168,7 +168,7 @@ def test_defect_06_empty_time_or_batch_outputs_do_not_alias(T_, B_):
     for tensors in (args, leaves(args)):  # without and with requires_grad
         torch.library.opcheck(OP.default, (*tensors, *OP_OPTIONS))
     spikes, membrane = OP(*args, *OP_OPTIONS)
-    for needs in ([True] * 8, [True, False, True, False, True, False, True, False]):
+    for needs in ([True] * 11, [True, False, True, False, True, False, True, False] + [False] * 3):
         torch.library.opcheck(BACKWARD_OP.default,
                               (torch.randn_like(spikes), torch.randn_like(membrane), args.x,
                                args.w_in, args.w_rec, args.bias, args.alpha, args.theta, args.u0,
@@ -357,7 +357,7 @@ def test_backward_op_same_error_on_cpu_and_meta(replace, exc, name):
     call = dict(grad_spikes=torch.ones_like(spikes), grad_membrane=torch.ones_like(membrane),
                 **args._asdict(), spikes=spikes, membrane=membrane)
     call.update(reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None,
-                needs_grad=[True] * 8)
+                needs_grad=[True] * 11)
     call.update(replace)
     want = error_of(BACKWARD_OP, **call)
     assert isinstance(want, exc) and f"'{name}'" in str(want), want
@@ -461,7 +461,7 @@ def test_meta_argument_in_the_backward_op(name):
     call[name] = call[name].to("meta")
     with pytest.raises(ValueError, match=f"'{name}' is on meta but x is on cpu; {ONE_DEVICE}"):
         BACKWARD_OP(**call, reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None,
-                    needs_grad=[True] * 8)
+                    needs_grad=[True] * 11)
 
 
 def test_meta_data_through_a_cpu_module_raises():
@@ -597,7 +597,7 @@ def test_empty_features_or_neurons_pass_opcheck(shape):
     torch.library.opcheck(BACKWARD_OP.default,
                           (torch.randn_like(spikes), None, args.x, args.w_in, args.w_rec,
                            args.bias, args.alpha, args.theta, args.u0, args.s0, spikes, membrane,
-                           *OP_OPTIONS, [True] * 8))
+                           *OP_OPTIONS, [True] * 11))
 
 
 @pytest.mark.parametrize("T_,B_", [(0, B), (T, 0), (0, 0)])
@@ -692,7 +692,7 @@ def test_direct_backward_op_is_once_differentiable():
     spikes, membrane = OP(*args, *OP_OPTIONS)
     grads = BACKWARD_OP(torch.ones_like(spikes), None, args.x, args.w_in, args.w_rec, args.bias,
                         args.alpha, args.theta, args.u0, args.s0, spikes, membrane, *OP_OPTIONS,
-                        [True] * 8)
+                        [True] * 11)
     with pytest.raises(RuntimeError, match=ONCE_DIFFERENTIABLE):
         torch.autograd.grad(grads[0].sum(), [args.w_in])
 

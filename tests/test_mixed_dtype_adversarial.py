@@ -924,7 +924,7 @@ def test_opcheck_mixed_dtypes(op, low, monkeypatch):
     n = len(args)
     back = (torch.randn_like(outputs[0]), *(torch.randn_like(o) for o in outputs[1:]),
             *args, *outputs, neuron.reset, neuron.detach_reset, "sigmoid", None,
-            [True] * n, call[-1])
+            [True] * (n + 3), call[-1])  # (+ delays, delay_sigma, rec_mask: absent)
     torch.library.opcheck(getattr(torch.ops.torch_ext, f"_{op}_backward").default, back)
     grads = getattr(torch.ops.torch_ext, f"_{op}_backward")(*back)
     assert [g.dtype for g in grads[:4]] == [F32, *(BF if w in lows else F32 for w in WEIGHTS)]

@@ -378,18 +378,19 @@ def test_schemas_follow_one_pattern(op):
     ops = torch.ops.torch_ext
     tensors = ["x", "w_in", "w_rec", "bias", *neuron.param_names, *neuron.initial_names]
     options = ["reset", "detach_reset", "surrogate", "slope"]
+    delays = ["delays", "max_delay", "delay_sigma", "rec_mask"]
     forward = getattr(ops, op).default._schema
     assert [a.name for a in forward.arguments] == tensors + options + [neuron.save_flag,
-                                                                        "lengths"]
+                                                                        "lengths", *delays]
     assert [r.name for r in forward.returns] == ["spikes", *(s.output for s in neuron.states)]
     backward = getattr(ops, f"_{op}_backward").default._schema
     outputs = [s.output for s in neuron.states]
     assert [a.name for a in backward.arguments] == (
         ["grad_spikes", *(f"grad_{o}" for o in outputs)] + tensors + ["spikes", *outputs]
-        + options + ["needs_grad", "lengths"])
+        + options + ["needs_grad", "lengths", *delays])
     assert str(backward.returns[0].type) == "List[Tensor]"
     check = getattr(ops, f"_{op}_check").default._schema
-    assert [a.name for a in check.arguments] == tensors + options + ["lengths"]
+    assert [a.name for a in check.arguments] == tensors + options + ["lengths", *delays]
 
 
 def direct_call(op, args):
@@ -412,7 +413,8 @@ def test_opcheck_forward_and_backward(op, lengths):
     with torch.no_grad():
         outputs = getattr(torch.ops.torch_ext, op)(*call)
     n = len(grad_inputs(args))
-    for needs in ([True] * n, [i % 2 == 0 for i in range(n)]):
+    # (needs_grad also has the three of the delays, absent here)
+    for needs in ([True] * n + [False] * 3, [i % 2 == 0 for i in range(n + 3)]):
         back = (torch.randn_like(outputs[0]), *(torch.randn_like(o) for o in outputs[1:]),
                 *[a.detach() for a in call[:n]], *outputs, neuron.reset, neuron.detach_reset,
                 "sigmoid", None, needs, call[-1])

@@ -206,12 +206,12 @@ CUBA_FUNCTIONAL = """
 """
 
 
-# The references' recurrent delays (the fused ops do not take them yet).
-REFERENCE_DELAYS = """
-    Recurrent delays (the references only, for now). With ``delays`` each
-    recurrent connection reads the spike history through a triangular
-    kernel: the recurrent input ``S[t-1] @ w_rec.T`` above becomes, with
-    D = max_delay and s_j = 1 + delay_sigma_j::
+# The recurrent delays, which every op and reference takes.
+DELAYS = """
+    Recurrent delays (CPU; CUDA not yet). With ``delays`` each recurrent
+    connection reads the spike history through a triangular kernel: the
+    recurrent input ``S[t-1] @ w_rec.T`` above becomes, with D = max_delay
+    and s_j = 1 + delay_sigma_j::
 
         rec_i[t] = m_i * sum_j w_rec[i,j] * sum_(k=1..D) kappa(delta_ij - k; s_j) * S_j[t-k]
         kappa(x; s) = max(0, s - |x|) / s^2
@@ -221,25 +221,29 @@ REFERENCE_DELAYS = """
     differentiated as autograd differentiates ``(a + |a|) / (2 s^2)``,
     a = s - |x|, d|v|/dv = sign(v), sign(0) = 0: an integer delay with
     sigma = 0 gets the central difference. ``rec_mask`` (m) also applies
-    without delays.
+    without delays. Every tensor of them is differentiable.
 
     Delay arguments (keyword only):
-        delays (Tensor or None): real delays, any finite value: ``[N, N]``
-            per synapse (row i = into neuron i) or ``[N]`` per source neuron
-            (axonal, delta_ij = delays[j]; the only kind with a one-to-one
-            w_rec). Needs w_rec. Default: ``None`` (no delays).
+        delays (Tensor or None): real delays, any finite value, in x's or
+            the compute dtype: ``[N, N]`` per synapse (row i = into neuron
+            i) or ``[N]`` per source neuron (axonal, delta_ij = delays[j];
+            the only kind with a one-to-one w_rec). Needs w_rec.
+            Default: ``None`` (no delays).
         max_delay (int or None): D >= 1, the longest tap; required with
             delays. Default: ``None``.
         delay_sigma (float or Tensor): the kernel's spread sigma >= 0: a
-            float, a 0-dim or an ``[N]`` tensor (per source neuron).
-            Default: ``0.0`` (linear interpolation between the two
-            nearest steps).
+            float (no gradient), a 0-dim or an ``[N]`` tensor (per source
+            neuron); only with delays. Default: ``0.0`` (linear
+            interpolation between the two nearest steps).
         rec_mask (Tensor or None): ``[B, N]``, multiplies every step's
-            recurrent input (DelRec's recurrent dropout). Default: ``None``.
+            recurrent input (DelRec's recurrent dropout); needs w_rec.
+            Default: ``None``.
 
     With delays, s0 may be the spike history ``[D, B, N]`` = S[1-D..0],
-    oldest first (a ``[B, N]`` s0 is S[0], earlier steps 0), and
-    ``s0=torch.cat([s0, spikes])[-D:]`` continues the sequence exactly.
+    oldest first (a ``[B, N]`` s0 is S[0], earlier steps 0), and with the
+    other states' last steps ``s0=torch.cat([history, spikes])[-D:]``
+    continues the sequence exactly (a first chunk's history: zeros, or
+    ``torch.cat([zeros(D - 1, B, N), s0[None]])``).
 """
 
 

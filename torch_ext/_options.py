@@ -106,6 +106,31 @@ def check_call(op, x, params, reset, detach_reset, surrogate, slope, flags, **op
     return params, slope
 
 
+def checked_delays(op, x, delays=None, max_delay=None, delay_sigma=0.0, rec_mask=None):
+    """The Python checks of the recurrent delays' arguments; returns them as
+    the op takes them: (delays, max_delay, delay_sigma, rec_mask), a float
+    sigma as a 0-dim tensor in the compute dtype (no gradient), the default
+    sigma 0.0 without delays as None. The op checks the rest (shapes,
+    dtypes, devices, values)."""
+    check_optional_tensors(op, delays=delays, rec_mask=rec_mask)
+    if max_delay is not None:
+        check_type(max_delay, "max_delay", numbers.Integral, "an int or None", op)
+        if not -2 ** 63 <= max_delay < 2 ** 63:
+            _fail(ValueError, "max_delay", "is too large", max_delay, op)
+        max_delay = int(max_delay)
+    if not isinstance(delay_sigma, torch.Tensor):
+        value = number(delay_sigma, "delay_sigma", op)
+        if delays is None and value == 0:
+            return delays, max_delay, None, rec_mask  # the default: no delays, no spread
+        if not (math.isfinite(value) and value >= 0):
+            _fail(ValueError, "delay_sigma", "must be finite and >= 0", delay_sigma, op)
+        if value > torch.finfo(compute_dtype(x.dtype)).max:
+            _fail(ValueError, "delay_sigma", f"is too large for {compute_dtype(x.dtype)}",
+                  delay_sigma, op)
+        delay_sigma = as_tensor_param(value, x)
+    return delays, max_delay, delay_sigma, rec_mask
+
+
 def checked_arguments(op, x, w_in, w_rec, bias, params, initial, reset, detach_reset, surrogate,
                       slope, flags, lengths):
     """check_call, then each Python-number parameter as a 0-dim tensor:

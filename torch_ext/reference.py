@@ -60,28 +60,22 @@ class _Heaviside(torch.autograd.Function):
 
 
 def _prepare(op, x, w_in, w_rec, bias, params, initial, reset, detach_reset, surrogate, slope,
-             flags, lengths, delays=None):
+             flags, lengths, delays):
     """The checks of `op`: the Python ones, then the op's own (shapes, dtypes,
-    devices, values of the parameters and of lengths), so that the reference
-    accepts and rejects exactly what the op does. Then everything in the
-    compute dtype: returns (current, recurrence, params, state, slope),
-    current the input currents of all steps ``[T, B, N]`` (one product),
-    recurrence the recurrent input's `_Recurrence` (None without w_rec),
-    params the neuron parameters as tensors and state the initial state
-    (zeros for None), each in the op's order, the order of the dicts.
-    `delays`: the delay keywords as a dict (`_Recurrence`)."""
-    delays = delays or {}
-    history = None
-    if delays.get("delays") is not None and initial.get("s0") is not None:
-        # A spike history [D, B, N] (checked in _Recurrence) passes the op's
-        # checks as its last step S[0], which is also R[0].
-        history = initial["s0"]
-        if history.dim() == 3:
-            initial = dict(initial, s0=history[-1])
+    devices, values of the parameters, of lengths and of the delays'
+    arguments), so that the reference accepts and rejects exactly what the op
+    does. Then everything in the compute dtype: returns (current, recurrence,
+    params, state, slope), current the input currents of all steps
+    ``[T, B, N]`` (one product), recurrence the recurrent input's
+    `_Recurrence` (None without w_rec), params the neuron parameters as
+    tensors and state the initial state (zeros for None; s0 then S[0] of a
+    spike history), each in the op's order, the order of the dicts.
+    `delays`: the delay keywords by name."""
     tensors, slope = _options.checked_arguments(op, x, w_in, w_rec, bias, params, initial, reset,
                                                 detach_reset, surrogate, slope, flags, lengths)
+    delay_args = _options.checked_delays(op, x, **delays)
     getattr(torch.ops.torch_ext, f"_{op}_check")(*tensors, reset, detach_reset, surrogate, slope,
-                                                 lengths)
+                                                 lengths, *delay_args)
     slope = _options.resolve_slope(op, reset, detach_reset, surrogate, slope, x.dtype)
     compute = _options.compute_dtype(x.dtype)
     if w_in is not None and w_in.dtype != x.dtype:
@@ -97,7 +91,12 @@ def _prepare(op, x, w_in, w_rec, bias, params, initial, reset, detach_reset, sur
     if bias is not None:
         current = current + bias
     state = [value if value is not None else x.new_zeros(B, N) for value in initial]
-    recurrence = _Recurrence.checked(w_rec, state[-1], history, N, **delays)
+    history = state[-1] if state[-1].dim() == 3 else None  # the spike history [D, B, N]
+    if history is not None:
+        state[-1] = history[-1]
+    delays, max_delay, sigma, mask = [t.to(compute) if isinstance(t, torch.Tensor) else t
+                                      for t in delay_args]
+    recurrence = _Recurrence.build(w_rec, state[-1], history, delays, max_delay, sigma, mask)
     return current, recurrence, params, state, slope
 
 
@@ -107,11 +106,12 @@ def _recurrent_input(s, w_rec):
 
 
 def delay_kernel(x, s):
-    """kappa(x; s) = max(0, s - |x|) / s^2, written as (a + |a|) / (2 s^2),
+    """kappa(x; s) = max(0, s - |x|) / s^2, written as (a/2 + |a|/2) / s^2,
     a = s - |x|, so that autograd's derivative at the kinks (d|v|/dv =
-    sign(v), sign(0) = 0) is the one the delays' contract defines."""
+    sign(v), sign(0) = 0) is the one the delays' contract defines (and the
+    value, a or 0 over s^2, is the fused op's to the bit)."""
     a = s - x.abs()
-    return (a + a.abs()) / (2 * s * s)
+    return (0.5 * a + 0.5 * a.abs()) / (s * s)
 
 
 class _Recurrence:
@@ -134,67 +134,21 @@ class _Recurrence:
         self.w_rec, self.mask, self.taps, self.history = w_rec, mask, taps, history
 
     @classmethod
-    def checked(cls, w_rec, s0, history, N, delays=None, max_delay=None, delay_sigma=0.0,
-                rec_mask=None):
-        """The checks of the delay keywords against w_rec ([N, N], [N] or None),
-        s0 (the [B, N] initial spikes, zeros for None) and the history s0 was
-        given as ([D, B, N], [B, N] or None)."""
-        def fail(exc, message):
-            raise exc(f"recurrent delays: {message}")
-
-        B = s0.shape[0]
-        like = dict(dtype=s0.dtype, device=s0.device)
-        if rec_mask is not None:
-            if w_rec is None:
-                fail(ValueError, "'rec_mask' needs a recurrent weight 'w_rec'")
-            _check_tensor("rec_mask", rec_mask, (B, N), s0)
-            rec_mask = rec_mask.to(s0.dtype)
-        if delays is None:
-            if max_delay is not None:
-                fail(ValueError, "'max_delay' is given without 'delays'")
-            if not (isinstance(delay_sigma, (int, float)) and delay_sigma == 0):
-                fail(ValueError, "'delay_sigma' is given without 'delays'")
-            return None if w_rec is None else cls(w_rec, rec_mask, history=s0)
+    def build(cls, w_rec, s0, history, delays, max_delay, sigma, mask):
+        """From checked arguments in the compute dtype: s0 the [B, N] spikes
+        S[0], history the [D, B, N] spike history if s0 was given as one."""
         if w_rec is None:
-            fail(ValueError, "'delays' needs a recurrent weight 'w_rec'")
-        if isinstance(max_delay, bool) or not isinstance(max_delay, int) or max_delay < 1:
-            fail(ValueError, f"'max_delay' must be an int >= 1 with 'delays', got {max_delay!r}")
-        D = max_delay
-        if not isinstance(delays, torch.Tensor) or delays.shape not in ((N,), (N, N)):
-            got = tuple(delays.shape) if isinstance(delays, torch.Tensor) else type(delays).__name__
-            fail(ValueError, f"'delays' must be a tensor [N] (per source neuron) or [N, N] (per "
-                             f"synapse) with N = {N}, got {got}")
-        if delays.dim() == 2 and w_rec.dim() == 1:
-            fail(ValueError, "'delays' of shape [N, N] (per synapse) with a one-to-one [N] "
-                             "'w_rec': use [N] delays (per source neuron)")
-        _check_tensor("delays", delays, delays.shape, s0)
-        if not torch.isfinite(delays).all():
-            fail(ValueError, "'delays' must be finite")
-        if isinstance(delay_sigma, torch.Tensor):
-            if delay_sigma.shape not in ((), (N,)):
-                fail(ValueError, f"'delay_sigma' must be a float, a 0-dim tensor or [N] with "
-                                 f"N = {N}, got {tuple(delay_sigma.shape)}")
-            _check_tensor("delay_sigma", delay_sigma, delay_sigma.shape, s0)
-            sigma = delay_sigma.to(s0.dtype)
-        elif isinstance(delay_sigma, (int, float)) and not isinstance(delay_sigma, bool):
-            sigma = torch.full((), float(delay_sigma), **like)
-        else:
-            fail(TypeError, f"'delay_sigma' must be a float or a tensor, got "
-                            f"{type(delay_sigma).__name__}")
-        if not (torch.isfinite(sigma).all() and (sigma >= 0).all()):
-            fail(ValueError, "'delay_sigma' must be finite and >= 0")
-        if history is None or history.dim() == 2:
-            older = s0.new_zeros(D - 1, B, N)  # steps before S[0]: 0
-            history = torch.cat([older, s0.unsqueeze(0)])
-        elif history.shape != (D, B, N):
-            fail(ValueError, f"'s0' must be [B, N] or the spike history [max_delay, B, N] = "
-                             f"{[D, B, N]} with delays, got {list(history.shape)}")
-        else:
-            history = history.to(s0.dtype)
+            return None
+        if delays is None:
+            return cls(w_rec, mask, history=s0)
+        D, (B, N) = max_delay, s0.shape
+        if history is None:  # steps before S[0]: 0
+            history = torch.cat([s0.new_zeros(D - 1, B, N), s0.unsqueeze(0)])
         # K_k, k = 1..D: [D, N] per source, [D, N, N] per synapse (source j last).
-        k = torch.arange(1, D + 1, **like).view(D, *([1] * delays.dim()))
-        taps = delay_kernel(delays.to(s0.dtype) - k, 1 + sigma)
-        return cls(w_rec, rec_mask, taps, list(history.unbind(0)))
+        k = torch.arange(1, D + 1, dtype=s0.dtype, device=s0.device)
+        s = 1 + sigma if sigma is not None else torch.ones((), dtype=s0.dtype, device=s0.device)
+        taps = delay_kernel(delays - k.view(D, *([1] * delays.dim())), s)
+        return cls(w_rec, mask, taps, list(history.unbind(0)))
 
     def input(self):
         """rec[t] from the spikes before t."""
@@ -207,7 +161,7 @@ class _Recurrence:
             else:  # per synapse: [B, D*N] @ [D*N, N]
                 D, N = self.taps.shape[0], self.taps.shape[1]
                 weights = (self.w_rec * self.taps).transpose(1, 2).reshape(D * N, N)
-                rec = buffer.transpose(0, 1).reshape(-1, D * N) @ weights
+                rec = buffer.transpose(0, 1).reshape(buffer.shape[1], D * N) @ weights
         return rec if self.mask is None else self.mask * rec
 
     def push(self, s):
@@ -220,17 +174,6 @@ class _Recurrence:
 
 def _delay_keywords(delays, max_delay, delay_sigma, rec_mask, **_):
     return dict(delays=delays, max_delay=max_delay, delay_sigma=delay_sigma, rec_mask=rec_mask)
-
-
-def _check_tensor(name, t, shape, like):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"recurrent delays: '{name}' must be a tensor, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"recurrent delays: '{name}' must be {list(shape)}, got {list(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"recurrent delays: '{name}' must be floating point, got {t.dtype}")
-    if t.device != like.device:
-        raise ValueError(f"recurrent delays: '{name}' is on {t.device}, x on {like.device}")
 
 
 def _reset(v, r, theta, reset):
@@ -363,4 +306,4 @@ if recurrent_lif_ref.__doc__ is not None:  # None under python -OO
     recurrent_cubalif_ref.__doc__ += _docs.CUBA_FUNCTIONAL.format(
         name="torch_ext.recurrent_cubalif_ref")
     for _ref in (recurrent_lif_ref, recurrent_adlif_ref, recurrent_cubalif_ref):
-        _ref.__doc__ += _docs.REFERENCE_DELAYS
+        _ref.__doc__ += _docs.DELAYS

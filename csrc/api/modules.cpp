@@ -35,10 +35,14 @@ std::vector<at::Tensor> call_op(const at::Tensor& x, const std::optional<at::Ten
                                 std::vector<at::Tensor> params,
                                 const std::vector<std::optional<at::Tensor>>& initial,
                                 const std::optional<at::Tensor>& s0, OpSettings settings,
-                                const std::optional<at::Tensor>& lengths) {
+                                const std::optional<at::Tensor>& lengths,
+                                const std::optional<at::Tensor>& delays = std::nullopt,
+                                const std::optional<at::Tensor>& delay_sigma = std::nullopt,
+                                const std::optional<at::Tensor>& rec_mask = std::nullopt) {
   check_required(neuron_info<M>(), x, params);
-  OpTensors t{x, given(w_in), given(w_rec), given(bias), std::move(params), {}, given(s0),
-              given(lengths)};
+  OpTensors t{x,          given(w_in),    given(w_rec),        given(bias),
+              std::move(params), {},      given(s0),           given(lengths),
+              given(delays), given(delay_sigma), given(rec_mask)};
   for (const auto& state : initial) t.initial.push_back(given(state));
   return NeuronOp<M>::call_forward(t, settings);
 }
@@ -77,8 +81,9 @@ auto call_functional(const at::Tensor& x, const std::optional<at::Tensor>& w_in,
                      const std::vector<std::optional<at::Tensor>>& initial, const FuncOptions& o,
                      bool save_state) {
   return as_tuple(call_op<M>(x, w_in, w_rec, bias, std::move(params), initial, o.s0(),
-                             {o.reset(), o.detach_reset(), o.surrogate(), o.slope(), save_state},
-                             o.lengths()),
+                             {o.reset(), o.detach_reset(), o.surrogate(), o.slope(), save_state,
+                              o.max_delay()},
+                             o.lengths(), o.delays(), o.delay_sigma(), o.rec_mask()),
                   std::make_index_sequence<1 + num_states_of<M>>{});
 }
 

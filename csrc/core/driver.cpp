@@ -209,8 +209,66 @@ Dims check_inputs(const NeuronInfo& neuron, const OpTensors& in) {
     }
   };
   for (int k = 0; k < neuron.num_states; ++k) check_state(in.initial[k], neuron.states[k].initial);
-  check_state(in.s0, "s0");
+  // (With delays s0 may be the spike history [D, B, N]: check_delays.)
+  if (!(in.delays.has_value() && in.s0.has_value() && in.s0->dim() == 3)) check_state(in.s0, "s0");
   return d;
+}
+
+// The recurrent delays' arguments (README, "Recurrent delays"). Their values
+// are read on CPU only (on CUDA delays are refused: not written yet).
+void check_delays(const OpTensors& in, const OpSettings& s, const Dims& d) {
+  const char* op = d.op;
+  const at::Tensor& x = in.x;
+  const OptionalTensor &delays = in.delays, &sigma = in.delay_sigma, &mask = in.rec_mask;
+  const bool one_to_one = in.w_rec.has_value() && in.w_rec->dim() == 1;
+  auto read_values = [&](const at::Tensor& t) { return t.device().is_cpu() && t.numel() > 0; };
+  TORCH_CHECK_NOT_IMPLEMENTED(!(x.is_cuda() && (delays.has_value() || mask.has_value())), op,
+                              ": argument '", delays.has_value() ? "delays" : "rec_mask",
+                              "': recurrent delays and masks run on CPU only so far");
+  if (mask.has_value()) {
+    TORCH_CHECK_VALUE(in.w_rec.has_value(), ARG("rec_mask"), "needs a recurrent weight 'w_rec'");
+    check_like_x(op, *mask, "rec_mask", x, d.compute, true);
+    check_shape(op, *mask, "rec_mask", {d.B, d.N}, "[B, N]");
+  }
+  if (!delays.has_value()) {
+    TORCH_CHECK_VALUE(!s.max_delay.has_value(), ARG("max_delay"), "is given without 'delays'");
+    TORCH_CHECK_VALUE(!sigma.has_value(), ARG("delay_sigma"), "is given without 'delays'");
+    return;
+  }
+  TORCH_CHECK_VALUE(in.w_rec.has_value(), ARG("delays"), "needs a recurrent weight 'w_rec'");
+  TORCH_CHECK_VALUE(s.max_delay.has_value() && *s.max_delay >= 1, ARG("max_delay"),
+                    "must be an int >= 1 with 'delays', got ",
+                    s.max_delay.has_value() ? std::to_string(*s.max_delay) : "None");
+  const int64_t D = *s.max_delay;
+  check_like_x(op, *delays, "delays", x, d.compute, true);
+  const bool per_source = delays->dim() == 1 && delays->sym_size(0) == d.N;
+  const bool per_synapse =
+      delays->dim() == 2 && delays->sym_size(0) == d.N && delays->sym_size(1) == d.N;
+  TORCH_CHECK_VALUE(per_source || per_synapse, ARG("delays"),
+                    "must have shape [N] (per source neuron) or [N, N] (per synapse) with N = ",
+                    d.N, ", got ", delays->sym_sizes());
+  TORCH_CHECK_VALUE(!(per_synapse && one_to_one), ARG("delays"),
+                    "of shape [N, N] (per synapse) with a one-to-one [N] 'w_rec': use [N] "
+                    "delays (per source neuron)");
+  TORCH_CHECK_VALUE(!read_values(*delays) || at::isfinite(*delays).all().item<bool>(),
+                    ARG("delays"), "must be finite");
+  if (sigma.has_value()) {
+    check_like_x(op, *sigma, "delay_sigma", x, d.compute, true);
+    TORCH_CHECK_VALUE(sigma->dim() == 0 || (sigma->dim() == 1 && sigma->sym_size(0) == d.N),
+                      ARG("delay_sigma"), "must be a float, a 0-dim tensor or [N] = [", d.N,
+                      "], got shape ", sigma->sym_sizes());
+    TORCH_CHECK_VALUE(!read_values(*sigma) ||
+                          at::logical_and(at::isfinite(*sigma), *sigma >= 0).all().item<bool>(),
+                      ARG("delay_sigma"), "must be finite and >= 0");
+  }
+  if (in.s0.has_value() && in.s0->dim() == 3) {
+    check_like_x(op, *in.s0, "s0", x, d.compute, true);
+    check_shape(op, *in.s0, "s0", {D, d.B, d.N},
+                "[max_delay, B, N] (the spike history) or [B, N]");
+  } else if (in.s0.has_value()) {
+    check_like_x(op, *in.s0, "s0", x, d.compute, true);
+    check_shape(op, *in.s0, "s0", {d.B, d.N}, "[B, N] or the spike history [max_delay, B, N]");
+  }
 }
 
 // lengths: [B] integers on x's device; on CPU also their values (on CUDA that
@@ -239,6 +297,7 @@ std::pair<Dims, Options> check_call(const NeuronInfo& neuron, const OpTensors& t
                                     const OpSettings& s) {
   const Dims d = check_inputs(neuron, t);
   check_lengths(t.lengths, t.x, d);
+  check_delays(t, s, d);
   // TORCH_EXT_LOW_PRECISION_PRODUCTS is checked at every call, whether or
   // not this one has products to run, so a bad value never goes unnoticed.
   low_precision_path(t.x.scalar_type());
@@ -254,6 +313,7 @@ std::pair<Dims, Options> check_backward_call(const NeuronInfo& neuron, const Bac
   const Dims d = check_inputs(neuron, t.inputs);
   const at::Tensor& x = t.inputs.x;
   check_lengths(t.inputs.lengths, x, d);
+  check_delays(t.inputs, s, d);
   const char* op = d.op;
   const std::vector<c10::SymInt> out_shape{d.T, d.B, d.N};
   auto check_output = [&](const OptionalTensor& g, const char* name) {
@@ -288,17 +348,63 @@ at::Tensor incoming_gradient(const at::Tensor& g, at::ScalarType compute) {
   return compute_contiguous(distinct, compute).expand(g.sizes());
 }
 
-LoopInputs loop_inputs(const OpTensors& t, int64_t N, at::ScalarType compute, Reset reset) {
+// The delays' kernel over the taps k = 1..D (README, "Recurrent delays"):
+// K = kappa(delta - k; s), and its derivatives by delta (Kx) and by s (Ks)
+// with the contract's values at the kinks; [D, N] per source, [D, N, N] per
+// synapse (row i = into i), in the compute dtype. A mask without delays: K = 1
+// ([1, N]). K is kappa written as max(0, a) / s^2, a = s - |x|: the bits of
+// the reference's (a + |a|) / (2 s^2).
+struct DelayKernel {
+  at::Tensor K, Kx, Ks;
+  bool per_synapse() const { return K.dim() == 3; }
+};
+DelayKernel delay_kernel(const OpTensors& t, std::optional<int64_t> max_delay, int64_t N,
+                         at::ScalarType compute, bool derivatives) {
+  const auto opts = t.x.options().dtype(compute);
+  if (!t.delays.has_value()) return {at::ones({1, N}, opts), at::Tensor(), at::Tensor()};
+  const at::Tensor delta = t.delays->to(compute);
+  const int64_t D = *max_delay;
+  std::vector<int64_t> shape{D, 1};
+  if (delta.dim() == 2) shape.push_back(1);
+  const at::Tensor x = delta.unsqueeze(0) - at::arange(1, D + 1, opts).view(shape);
+  at::Tensor s = t.delay_sigma.has_value() ? 1 + t.delay_sigma->to(compute)
+                                           : at::ones({}, opts);  // per source j: the last dim
+  const at::Tensor a = s - x.abs(), s2 = s * s;
+  DelayKernel k{a.clamp_min(0) / s2, at::Tensor(), at::Tensor()};
+  if (derivatives) {
+    const at::Tensor h = (a > 0).to(compute) + 0.5 * (a == 0).to(compute);
+    k.Kx = -x.sign() * h / s2;
+    k.Ks = h / s2 - 2 * (k.K / s);  // (2 max(0, a) / s^3 would overflow for a huge s)
+  }
+  return k;
+}
+
+// The loops' inputs: the tensors in the compute dtype, contiguous; with
+// delays or a mask the taps (loop.h) and the spike history, s0 then S[0].
+LoopInputs loop_inputs(const OpTensors& t, int64_t N, at::ScalarType compute, Reset reset,
+                       std::optional<int64_t> max_delay) {
   const int64_t B = t.x.size(1);
   const auto opts = t.x.options().dtype(compute);
   auto state = [&](const OptionalTensor& s) {
     return s.has_value() ? compute_contiguous(*s, compute) : at::zeros({B, N}, opts);
   };
+  const bool history_given = t.delays.has_value() && t.s0.has_value() && t.s0->dim() == 3;
   LoopInputs in{t.w_rec.has_value() ? compute_contiguous(*t.w_rec, compute) : at::Tensor(),
-                {}, {}, state(t.s0), reset,
+                {}, {}, history_given ? compute_contiguous((*t.s0)[-1], compute) : state(t.s0),
+                reset,
                 t.lengths.has_value() ? t.lengths->to(at::kLong).contiguous() : at::Tensor()};
   for (const at::Tensor& p : t.params) in.params.push_back(compute_contiguous(p, compute));
   for (const OptionalTensor& s : t.initial) in.initial.push_back(state(s));
+  if (t.delayed()) {
+    const DelayKernel k = delay_kernel(t, max_delay, N, compute, false);
+    const int64_t D = k.K.size(0);
+    // Per synapse the loop adds rows of W_k.T (the weights out of each source).
+    in.delay_taps = k.per_synapse() ? (in.w_rec.unsqueeze(0) * k.K).transpose(1, 2).contiguous()
+                                    : k.K.contiguous();
+    in.history = history_given ? compute_contiguous(*t.s0, compute)
+                               : at::cat({at::zeros({D - 1, B, N}, opts), in.s0.unsqueeze(0)});
+    if (t.rec_mask.has_value()) in.rec_mask = compute_contiguous(*t.rec_mask, compute);
+  }
   return in;
 }
 
@@ -598,6 +704,9 @@ struct InputGrads {
 
 struct InputGradsNeeded {
   bool x, w_in, w_rec, bias, s0, drive;
+  // false: the recurrence's terms (w_rec's and s0's gradients, its share of
+  // the drive) are left to delay_gradients.
+  bool recurrence = true;
 };
 
 InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutputs& out,
@@ -697,7 +806,7 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     const at::Tensor sum = gain.defined() ? out.bias_sum * gain : out.bias_sum;
     g.bias = sum.to(bias.has_value() ? bias->scalar_type() : x.scalar_type());
   }
-  const bool want_w_rec = w_rec.has_value() && (need.w_rec || need.drive);
+  const bool want_w_rec = need.recurrence && w_rec.has_value() && (need.w_rec || need.drive);
   if (want_w_rec && one_to_one) {  // sum over t, b of gU[t] * S[t-1]
     if (need.w_rec) {
       const at::Tensor sum = gain.defined() ? out.w_rec_sum * gain : out.w_rec_sum;
@@ -719,7 +828,7 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     if (need.w_rec) g.w_rec = scale_rows(gain, m).to(w_rec->scalar_type());
     if (need.drive) drive = drive + (in.state.w_rec * m).sum(1);
   }
-  if (need.s0 && s0.has_value()) {
+  if (need.recurrence && need.s0 && s0.has_value()) {
     at::Tensor grad_s0 = out.grad_s0_reset;
     if (one_to_one) {
       grad_s0 = grad_s0 + grad_u_first * in.w_rec_adjoint;
@@ -735,6 +844,135 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   }
   g.drive = drive;
   return g;
+}
+
+// What flows back through the delayed recurrent input (README, "Recurrent
+// delays"), given the loop's gX: with gR = gain * gX (the gradient reaching
+// rec[t]), g~ = m * gR and S[t-k] from the history before step 0, per source
+// gP = g~ @ w_rec, P[t] = sum_k K_k * S[t-k], E[k] = sum_{t,b} gP[t] * S[t-k]:
+//   grad_w_rec = sum_t g~[t].T @ P[t], grad_delays = sum_k Kx_k * E[k],
+//   grad_sigma = sum_k Ks_k * E[k], history: sum_k K_k * gP[t+k];
+// per synapse W_k = w_rec * K_k and C[k] = sum_t g~[t].T @ S[t-k]:
+//   grad_w_rec = sum_k K_k * C[k], grad_delays = w_rec * sum_k Kx_k * C[k],
+//   grad_sigma = sum_{i,k} w_rec * Ks_k * C[k], history: sum_k g~[t+k] @ W_k;
+// and grad_rec_mask = sum_t gR[t] * rec[t] with m = 1; drive: sum gX * rec.
+// Taps whose kernel and derivatives are all zero are skipped.
+struct DelayGrads {
+  at::Tensor w_rec, delays, sigma, mask, history, drive;
+};
+struct DelayGradsNeeded {
+  bool w_rec, delays, sigma, mask, s0, drive;
+};
+DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutputs& loop_out,
+                           const at::Tensor& gain, const DelayKernel& kernel,
+                           DelayGradsNeeded need) {
+  const at::Tensor& grad_input = loop_out.grad_input;
+  const LoopInputs& st = in.state;
+  const int64_t T = grad_input.size(0), B = grad_input.size(1), N = grad_input.size(2);
+  const int64_t D = kernel.K.size(0), TB = T * B;
+  const bool one_to_one = st.one_to_one(), per_synapse = kernel.per_synapse();
+  const at::Tensor& w_rec = st.w_rec;
+  const at::Tensor gR = gain.defined() ? grad_input * gain : grad_input;
+  const at::Tensor g_tilde = st.rec_mask.defined() ? gR * st.rec_mask : gR;
+  const at::Tensor g2 = g_tilde.reshape({TB, N});
+  at::Tensor spikes_x;  // S[1-D..T], built where needed
+  auto S_k = [&](int64_t k) {  // S[t-k], t = 1..T
+    if (!spikes_x.defined()) spikes_x = at::cat({st.history, in.spikes});
+    return spikes_x.narrow(0, D - k, T);
+  };
+  // A tap adds nothing where its kernel and derivatives are all zero, unless
+  // the history holds a non-finite value (0 * NaN spreads, as in the reference).
+  const bool history_finite = at::isfinite(st.history).all().item<bool>();
+  auto used = [&](int64_t k) {
+    bool u = !history_finite || kernel.K[k - 1].ne(0).any().item<bool>();
+    if (kernel.Kx.defined()) u = u || kernel.Kx[k - 1].ne(0).any().item<bool>();
+    if (kernel.Ks.defined()) u = u || kernel.Ks[k - 1].ne(0).any().item<bool>();
+    return u;
+  };
+  // The history's steps h = 0..D-1 are t = h - D (0-based); tap k reads them
+  // from step h - D + k when that lies in [0, T).
+  auto history_grad = [&](auto&& term) {
+    at::Tensor g = at::zeros({D, B, N}, grad_input.options());
+    for (int64_t h = 0; h < D; ++h) {
+      for (int64_t k = D - h; k <= D && h - D + k < T; ++k) g[h].add_(term(k, h - D + k));
+    }
+    return g;
+  };
+  DelayGrads out;
+  const bool need_rec = need.mask || need.drive;
+  at::Tensor rec;  // [T, B, N], m = 1
+  if (!per_synapse) {
+    // (The loop may have summed E and the history's gradient from its gP.)
+    const at::Tensor& loop_E = loop_out.delay_sums;
+    const bool need_E = (need.delays || need.sigma) && !loop_E.defined();
+    const bool need_history = need.s0 && !loop_out.history_grad.defined();
+    const at::Tensor gP = !(need_E || need_history) ? at::Tensor()
+                          : one_to_one ? g_tilde * w_rec
+                                       : deterministic_mm(g2, w_rec).view({T, B, N});
+    at::Tensor P = loop_out.delayed_spikes;
+    if ((need.w_rec || need_rec) && !P.defined()) {
+      P = at::zeros({T, B, N}, grad_input.options());
+      for (int64_t k = 1; k <= D; ++k) {
+        if (used(k)) P.addcmul_(S_k(k), kernel.K[k - 1]);
+      }
+    }
+    if (need.w_rec) {
+      out.w_rec = one_to_one ? (g_tilde * P).sum({0, 1})
+                             : deterministic_mm(g2.t(), P.reshape({TB, N}));
+    }
+    if (need.delays || need.sigma) {
+      at::Tensor E = loop_E;
+      if (need_E) {
+        E = at::zeros({D, N}, grad_input.options());
+        for (int64_t k = 1; k <= D; ++k) {
+          if (used(k)) E[k - 1] = (gP * S_k(k)).sum({0, 1});
+        }
+      }
+      if (need.delays) out.delays = (kernel.Kx * E).sum(0);
+      if (need.sigma) out.sigma = (kernel.Ks * E).sum(0);
+    }
+    if (need_rec) {
+      rec = one_to_one ? P * w_rec
+                       : deterministic_mm(P.reshape({TB, N}), w_rec.t().contiguous())
+                             .view({T, B, N});
+    }
+    if (need.s0) {
+      out.history = need_history ? history_grad([&](int64_t k, int64_t t) {
+                                     return kernel.K[k - 1] * gP[t];
+                                   })
+                                 : loop_out.history_grad.clone();
+    }
+  } else {
+    at::Tensor grad_w = need.w_rec ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
+    at::Tensor by_x = need.delays ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
+    at::Tensor by_s = need.sigma ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
+    if (need_rec) rec = at::zeros({TB, N}, grad_input.options());
+    for (int64_t k = 1; k <= D; ++k) {
+      if (!used(k)) continue;
+      const at::Tensor s_k = S_k(k).reshape({TB, N});
+      if (need.w_rec || need.delays || need.sigma) {
+        const at::Tensor C = deterministic_mm(g2.t(), s_k);
+        if (need.w_rec) grad_w.addcmul_(kernel.K[k - 1], C);
+        if (need.delays) by_x.addcmul_(kernel.Kx[k - 1], C);
+        if (need.sigma) by_s.addcmul_(kernel.Ks[k - 1], C);
+      }
+      if (need_rec) rec.add_(deterministic_mm(s_k, (w_rec * kernel.K[k - 1]).t().contiguous()));
+    }
+    out.w_rec = grad_w;
+    if (need.delays) out.delays = w_rec * by_x;
+    if (need.sigma) out.sigma = (w_rec * by_s).sum(0);
+    if (need_rec) rec = rec.view({T, B, N});
+    if (need.s0) {
+      out.history = history_grad([&](int64_t k, int64_t t) {
+        return deterministic_mm(g_tilde[t], (w_rec * kernel.K[k - 1]).contiguous());
+      });
+    }
+  }
+  if (need.mask) out.mask = (gR * rec).sum(0);
+  if (need.drive) {
+    out.drive = (grad_input * (st.rec_mask.defined() ? rec * st.rec_mask : rec)).sum({0, 1});
+  }
+  return out;
 }
 
 // A parameter's gradient from its [N] sum: summed once more for a 0-dim parameter.
@@ -753,7 +991,7 @@ std::vector<at::Tensor> neuron_forward(const NeuronInfo& neuron, const OpTensors
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto [d, options] = check_call(neuron, t, s);
   const int64_t T = t.x.size(0), B = t.x.size(1), N = d.N.expect_int();
-  const LoopInputs in = loop_inputs(t, N, d.compute, options.reset);
+  const LoopInputs in = loop_inputs(t, N, d.compute, options.reset, s.max_delay);
   std::vector<at::Tensor> states = states_with_input(neuron, t, N, d.compute, false);
   at::Tensor spikes = at::empty({T, B, N}, t.x.options().dtype(d.compute));
   if (spikes.numel() > 0) loop(in, states, spikes, /*replay=*/false);
@@ -783,12 +1021,23 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
   const int drive_param = neuron.traits.gain_param;
   const bool need_drive = drive_param >= 0 && need_params[drive_param];
 
-  LoopInputs state = loop_inputs(in_t, N, compute, options.reset);
+  LoopInputs state = loop_inputs(in_t, N, compute, options.reset, s.max_delay);
   if (state.lengths.defined()) {
     // A row that takes no step passes nothing back: its s0 (any value, NaN
     // included) must not reach the w_rec gradient through gX = 0 times it.
     state.s0 = state.s0.masked_fill(state.lengths.le(0).unsqueeze(1), 0);
+    if (state.delayed()) {
+      state.history = state.history.masked_fill(state.lengths.le(0).view({1, B, 1}), 0);
+    }
   }
+  // Recurrent delays (or a mask): the delays' gradients come after the loop.
+  const bool delayed = in_t.delayed();
+  const int delay_at = 5 + P + K;  // needs: ..., s0, delays, delay_sigma, rec_mask
+  const bool need_delays = needs[delay_at], need_sigma = needs[delay_at + 1],
+             need_mask = needs[delay_at + 2];
+  const DelayKernel kernel =
+      delayed ? delay_kernel(in_t, s.max_delay, N, compute, need_delays || need_sigma)
+              : DelayKernel{};
   at::Tensor spikes_c = compute_contiguous(t.spikes, compute);
   std::vector<at::Tensor> states =
       states_for_backward(neuron, state, t, spikes_c, N, compute, forward_loop);
@@ -800,6 +1049,11 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
       !state.w_rec.defined() || !gain.defined()
           ? state.w_rec
           : (one_to_one ? state.w_rec * gain : scale_rows(gain, state.w_rec)).contiguous();
+  // Per synapse the reverse step multiplies by w_rec_adjoint * K_k (loop.h).
+  const at::Tensor delay_adjoint =
+      !delayed ? at::Tensor()
+               : (kernel.per_synapse() ? w_rec_adjoint.unsqueeze(0) * kernel.K : kernel.K)
+                     .contiguous();
   std::vector<at::Tensor> grad_states;
   for (const OptionalTensor& g : t.grad_states) grad_states.push_back(incoming(g));
   // The drive (sum gX * (I + rec)) needs the sums behind the bias and w_rec gradients too.
@@ -809,6 +1063,7 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         incoming(t.grad_spikes),
                         std::move(grad_states),
                         w_rec_adjoint,
+                        delay_adjoint,
                         options.detach_reset,
                         options.surrogate,
                         options.slope,
@@ -817,13 +1072,44 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         need_bias || (need_drive && in_t.bias.has_value()) ||
                             (in_t.w_in.has_value() && (need_w_in || need_drive) &&
                              may_gather(x)),
-                        (need_w_rec || need_drive) && one_to_one,
-                        (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one};
+                        (need_w_rec || need_drive) && one_to_one && !delayed,
+                        (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one &&
+                            !delayed};
+  in.need_delay_sums = need_delays || need_sigma;
+  in.need_history_grad = need_s0 && in_t.s0.has_value();
+  in.need_delayed_spikes = need_w_rec || need_mask || need_drive;
   const BackwardLoopOutputs out =
       spikes_c.numel() > 0 ? loop(in) : empty_backward(neuron, T, B, N, x.options().dtype(compute));
-  const InputGrads g =
+  InputGrads g =
       input_gradients(in, out, x, in_t.w_in, in_t.w_rec, in_t.bias, in_t.s0, gain,
-                      {need_x, need_w_in, need_w_rec, need_bias, need_s0, need_drive}, compute);
+                      {need_x, need_w_in, need_w_rec, need_bias, need_s0, need_drive, !delayed},
+                      compute);
+  at::Tensor grad_delays = at::empty({0}, x.options()), grad_sigma = at::empty({0}, x.options()),
+             grad_mask = at::empty({0}, x.options());
+  if (delayed) {
+    const DelayGrads dg = delay_gradients(
+        in, out, gain, kernel,
+        {need_w_rec, need_delays, need_sigma, need_mask, need_s0 && in_t.s0.has_value(),
+         need_drive});
+    if (need_w_rec) g.w_rec = dg.w_rec.to(in_t.w_rec->scalar_type());
+    if (need_drive) g.drive = g.drive.defined() ? g.drive + dg.drive : dg.drive;
+    if (need_delays) grad_delays = dg.delays.to(in_t.delays->scalar_type());
+    if (need_sigma) {
+      const at::Tensor& sigma = *in_t.delay_sigma;
+      grad_sigma = (sigma.dim() == 0 ? dg.sigma.sum() : dg.sigma).to(sigma.scalar_type());
+    }
+    if (need_mask) grad_mask = dg.mask.to(in_t.rec_mask->scalar_type());
+    if (need_s0 && in_t.s0.has_value()) {
+      // The history's gradient, and through R[0] = S[0] the reset's.
+      at::Tensor history = dg.history;
+      history[-1].add_(out.grad_s0_reset);
+      if (in.state.lengths.defined()) {
+        history = history.masked_fill(in.state.lengths.le(0).view({1, B, 1}), 0);
+      }
+      const at::Tensor& s0 = *in_t.s0;
+      g.s0 = (s0.dim() == 3 ? history : history[-1]).to(s0.scalar_type());
+    }
+  }
   std::vector<at::Tensor> grads{g.x, g.w_in, g.w_rec, g.bias};
   for (int k = 0; k < P; ++k) {
     const bool needed = need_params[k];
@@ -837,7 +1123,7 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         ? out.grad_initial[k].to(given->scalar_type())
                         : at::empty({0}, x.options()));
   }
-  grads.push_back(g.s0);
+  grads.insert(grads.end(), {g.s0, grad_delays, grad_sigma, grad_mask});
   return grads;
 }
 

@@ -50,15 +50,23 @@ struct OpTensors {
   std::vector<at::Tensor> params;
   std::vector<OptionalTensor> initial;
   OptionalTensor s0, lengths;
+  // Recurrent delays (README, "Recurrent delays"): [N] per source or [N, N]
+  // per synapse; the kernel's spread sigma, 0-dim or [N] (absent: 0); the
+  // recurrent mask [B, N] (also without delays). With delays s0 may be the
+  // spike history [max_delay, B, N].
+  OptionalTensor delays, delay_sigma, rec_mask;
 
-  // The differentiable ones, x .. s0, in the op's order (lengths has no gradient).
+  // The differentiable ones, x .. s0, delays, delay_sigma, rec_mask, in the
+  // op's order (lengths has no gradient).
   std::vector<OptionalTensor> grad_inputs() const {
     std::vector<OptionalTensor> flat{x, w_in, w_rec, bias};
     flat.insert(flat.end(), params.begin(), params.end());
     flat.insert(flat.end(), initial.begin(), initial.end());
-    flat.push_back(s0);
+    flat.insert(flat.end(), {s0, delays, delay_sigma, rec_mask});
     return flat;
   }
+  // Whether the recurrent input takes the delayed path (delays or a mask).
+  bool delayed() const { return delays.has_value() || rec_mask.has_value(); }
 };
 
 // Its other arguments.
@@ -68,6 +76,7 @@ struct OpSettings {
   std::string surrogate;
   std::optional<double> slope;
   bool save_state;  // false: the low-memory mode (the backward replays the states)
+  std::optional<int64_t> max_delay = std::nullopt;  // D, with delays
 };
 
 // A backward call: the forward's inputs and outputs (states absent in the
@@ -80,9 +89,10 @@ struct BackwardTensors {
   std::vector<OptionalTensor> grad_states;
 };
 
-// The number of a model's differentiable inputs, x .. s0 (lengths has none).
+// The number of a model's differentiable inputs, x .. s0 and the three of
+// the delays (lengths has none).
 inline int num_grad_inputs(const NeuronInfo& neuron) {
-  return 5 + neuron.num_params + neuron.num_states;
+  return 8 + neuron.num_params + neuron.num_states;
 }
 
 // Forward: (spikes in x's dtype, the states in the compute dtype, each

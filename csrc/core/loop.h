@@ -21,8 +21,16 @@ struct LoopInputs {
   // [B] int64, or undefined: row b takes steps t < lengths[b] only; later steps
   // output 0 and take no part in the backward.
   at::Tensor lengths;
+  // The delayed recurrent input (README, "Recurrent delays"), where defined:
+  //   rec[t] = m * sum_{k=1..D} (K_k * S[t-k]) @ w_rec.T      delay_taps [D, N] (per source)
+  //   rec[t] = m * sum_{k=1..D} S[t-k] @ W_k.T                 delay_taps [D, N, N]: W_k.T
+  // (per synapse: row j of W_k.T holds w_rec[i, j] K_k[i, j] over i); S[t-k]
+  // for t-k < 0 from history [D, B, N] = S[1-D..0]; m = rec_mask [B, N], or
+  // 1 where undefined. A mask without delays is D = 1 with K_1 = 1.
+  at::Tensor delay_taps, history, rec_mask;
 
   bool one_to_one() const { return w_rec.defined() && w_rec.dim() == 1; }
+  bool delayed() const { return delay_taps.defined(); }
 };
 
 // Runs t = 1..T. `states` are the model's [T, B, N] state tensors; on entry
@@ -49,6 +57,11 @@ struct BackwardLoopInputs {
   // of the input state: w_rec, its rows scaled by the model's input gain.
   // Undefined without w_rec.
   at::Tensor w_rec_adjoint;
+  // With delays (state.delayed()): what the recurrent term of the reverse
+  // step reads instead, gS[t] += sum_{k=1..D} of, per source,
+  // K_k * ((m * gX[t+k]) @ w_rec_adjoint) (delay_adjoint = K [D, N]) or, per
+  // synapse, (m * gX[t+k]) @ (w_rec_adjoint * K_k) (delay_adjoint [D, N, N]).
+  at::Tensor delay_adjoint;
   bool detach_reset;
   Surrogate surrogate;
   double slope;
@@ -57,7 +70,11 @@ struct BackwardLoopInputs {
   bool need_w_rec_sum;            // one-to-one w_rec: sum of gX[t] * S[t-1] per neuron
   // All-to-all w_rec: a loop may return sum_t gX[t].T @ S[t-1] (w_rec_grad);
   // where it does not, the driver computes it with matrix products.
+  // (Neither this nor need_w_rec_sum with delays: the driver computes those.)
   bool need_w_rec_grad;
+  // Per-source delays: a loop may return the delays' sums and the history's
+  // gradient (BackwardLoopOutputs); where it does not, the driver computes them.
+  bool need_delay_sums = false, need_history_grad = false, need_delayed_spikes = false;
 };
 
 struct BackwardLoopOutputs {
@@ -73,6 +90,13 @@ struct BackwardLoopOutputs {
   // [N, N]: sum over t of gX[t].T @ S[t-1] (S[0] = s0) for an all-to-all
   // w_rec, if the loop computed it; otherwise undefined.
   at::Tensor w_rec_grad;
+  // Per-source delays, if asked for and computed: [D, N] E[k] = sum over t
+  // and b of gP[t] * S[t-k], gP = (m * gX) @ w_rec_adjoint (S before step 1
+  // from the history); [D, B, N] the history's gradient through the delayed
+  // recurrence, sum_k K_k * gP[t+k] at the history's step t.
+  at::Tensor delay_sums, history_grad;
+  // Per-source delays, if asked for: [T, B, N] P[t] = sum_k K_k * S[t-k].
+  at::Tensor delayed_spikes;
 };
 
 // Runs the reverse recurrence t = T..1; called only when T, B and N are all > 0.

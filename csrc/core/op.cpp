@@ -22,11 +22,14 @@ OptionalTensor optional(const at::Tensor& t) {
   return t.defined() ? OptionalTensor(t) : std::nullopt;
 }
 
-// The driver's structure from the op's tensor arguments in schema order
-// (x, w_in, w_rec, bias, parameters, initial states, s0, lengths).
+// The driver's structure from the op's tensor arguments in the order of
+// OpTensors::grad_inputs, then lengths (x, w_in, w_rec, bias, parameters,
+// initial states, s0, delays, delay_sigma, rec_mask, lengths).
 OpTensors op_tensors(const NeuronInfo& n, const std::vector<OptionalTensor>& flat) {
-  OpTensors t{*flat[0], flat[1], flat[2], flat[3], {}, {}, flat[4 + n.num_params + n.num_states],
-              flat[5 + n.num_params + n.num_states]};
+  const int s0 = 4 + n.num_params + n.num_states;
+  OpTensors t{*flat[0], flat[1],      flat[2],      flat[3],     {},
+              {},       flat[s0],     flat[s0 + 4], flat[s0 + 1], flat[s0 + 2],
+              flat[s0 + 3]};
   for (int k = 0; k < n.num_params; ++k) t.params.push_back(*flat[4 + k]);
   for (int k = 0; k < n.num_states; ++k) t.initial.push_back(flat[4 + n.num_params + k]);
   return t;
@@ -73,6 +76,7 @@ class RecurrentFunction : public torch::autograd::Function<RecurrentFunction<M>>
     ctx->saved_data["detach_reset"] = settings.detach_reset;
     ctx->saved_data["surrogate"] = settings.surrogate;
     ctx->saved_data["slope"] = settings.slope;
+    ctx->saved_data["max_delay"] = settings.max_delay;
     // An output nobody used arrives as an undefined tensor, not as zeros.
     ctx->set_materialize_grads(false);
     return out;
@@ -98,10 +102,11 @@ class RecurrentFunction : public torch::autograd::Function<RecurrentFunction<M>>
     const OpSettings settings{ctx->saved_data["reset"].toStringRef(),
                               ctx->saved_data["detach_reset"].toBool(),
                               ctx->saved_data["surrogate"].toStringRef(),
-                              ctx->saved_data["slope"].toOptional<double>(), true};
+                              ctx->saved_data["slope"].toOptional<double>(), true,
+                              ctx->saved_data["max_delay"].toOptional<int64_t>()};
     const std::vector<at::Tensor> grads = NeuronOp<M>::call_backward(t, settings, needs);
     // One per forward argument: none for the settings, the gradients of x ..
-    // s0 where needed, none for lengths.
+    // rec_mask where needed, none for lengths.
     variable_list result{at::Tensor()};
     for (int i = 0; i < inputs; ++i) result.push_back(needs[i] ? grads[i] : at::Tensor());
     result.emplace_back();

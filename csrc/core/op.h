@@ -56,7 +56,7 @@ struct NeuronOp<M, std::index_sequence<P...>, std::index_sequence<K...>> {
   using State = typename Each<I, const OptionalTensor&>::type;
   template <size_t I>
   using Output = typename Each<I, at::Tensor>::type;
-  static constexpr size_t kGradInputs = 5 + sizeof...(P) + sizeof...(K);  // x .. s0
+  static constexpr size_t kGradInputs = 8 + sizeof...(P) + sizeof...(K);  // x .. rec_mask
   using ForwardResult = std::tuple<at::Tensor, Output<K>...>;
   using Needs = std::array<bool, kGradInputs>;
 
@@ -67,10 +67,15 @@ struct NeuronOp<M, std::index_sequence<P...>, std::index_sequence<K...>> {
                                Param<P>... params, State<K>... initial, const OptionalTensor& s0,
                                c10::string_view reset, bool detach_reset,
                                c10::string_view surrogate, std::optional<double> slope,
-                               bool save_state, const OptionalTensor& lengths) {
+                               bool save_state, const OptionalTensor& lengths,
+                               const OptionalTensor& delays, std::optional<int64_t> max_delay,
+                               const OptionalTensor& delay_sigma, const OptionalTensor& rec_mask) {
     const std::vector<at::Tensor> out =
-        Run(neuron_info<M>(), {x, w_in, w_rec, bias, {params...}, {initial...}, s0, lengths},
-            {std::string(reset), detach_reset, std::string(surrogate), slope, save_state});
+        Run(neuron_info<M>(),
+            {x, w_in, w_rec, bias, {params...}, {initial...}, s0, lengths, delays, delay_sigma,
+             rec_mask},
+            {std::string(reset), detach_reset, std::string(surrogate), slope, save_state,
+             max_delay});
     return {out[0], out[K + 1]...};
   }
 
@@ -80,15 +85,18 @@ struct NeuronOp<M, std::index_sequence<P...>, std::index_sequence<K...>> {
       const OptionalTensor& w_in, const OptionalTensor& w_rec, const OptionalTensor& bias,
       Param<P>... params, State<K>... initial, const OptionalTensor& s0, const at::Tensor& spikes,
       State<K>... states, c10::string_view reset, bool detach_reset, c10::string_view surrogate,
-      std::optional<double> slope, Needs needs_grad, const OptionalTensor& lengths) {
+      std::optional<double> slope, Needs needs_grad, const OptionalTensor& lengths,
+      const OptionalTensor& delays, std::optional<int64_t> max_delay,
+      const OptionalTensor& delay_sigma, const OptionalTensor& rec_mask) {
     return Run(neuron_info<M>(),
-               {{x, w_in, w_rec, bias, {params...}, {initial...}, s0, lengths},
+               {{x, w_in, w_rec, bias, {params...}, {initial...}, s0, lengths, delays,
+                 delay_sigma, rec_mask},
                 spikes,
                 {states...},
                 grad_spikes,
                 {grad_states...}},
                {std::string(reset), detach_reset, std::string(surrogate), slope,
-                /*save_state: not used*/ true},
+                /*save_state: not used*/ true, max_delay},
                std::vector<bool>(needs_grad.begin(), needs_grad.end()));
   }
 
@@ -96,9 +104,14 @@ struct NeuronOp<M, std::index_sequence<P...>, std::index_sequence<K...>> {
                     const OptionalTensor& bias, Param<P>... params, State<K>... initial,
                     const OptionalTensor& s0, c10::string_view reset, bool detach_reset,
                     c10::string_view surrogate, std::optional<double> slope,
-                    const OptionalTensor& lengths) {
-    neuron_check(neuron_info<M>(), {x, w_in, w_rec, bias, {params...}, {initial...}, s0, lengths},
-                 {std::string(reset), detach_reset, std::string(surrogate), slope, true});
+                    const OptionalTensor& lengths, const OptionalTensor& delays,
+                    std::optional<int64_t> max_delay, const OptionalTensor& delay_sigma,
+                    const OptionalTensor& rec_mask) {
+    neuron_check(neuron_info<M>(),
+                 {x, w_in, w_rec, bias, {params...}, {initial...}, s0, lengths, delays,
+                  delay_sigma, rec_mask},
+                 {std::string(reset), detach_reset, std::string(surrogate), slope, true,
+                  max_delay});
   }
 
   // The ops through the dispatcher (so autocast, autograd and the device's
@@ -109,7 +122,8 @@ struct NeuronOp<M, std::index_sequence<P...>, std::index_sequence<K...>> {
                                .typed<decltype(forward<nullptr>)>();
     const ForwardResult out =
         op.call(t.x, t.w_in, t.w_rec, t.bias, t.params[P]..., t.initial[K]..., t.s0, s.reset,
-                s.detach_reset, s.surrogate, s.slope, s.save_state, t.lengths);
+                s.detach_reset, s.surrogate, s.slope, s.save_state, t.lengths, t.delays,
+                s.max_delay, t.delay_sigma, t.rec_mask);
     return std::apply([](const auto&... outputs) { return std::vector<at::Tensor>{outputs...}; },
                       out);
   }
@@ -124,15 +138,21 @@ struct NeuronOp<M, std::index_sequence<P...>, std::index_sequence<K...>> {
     const OpTensors& in = t.inputs;
     return op.call(t.grad_spikes, t.grad_states[K]..., in.x, in.w_in, in.w_rec, in.bias,
                    in.params[P]..., in.initial[K]..., in.s0, t.spikes, t.states[K]..., s.reset,
-                   s.detach_reset, s.surrogate, s.slope, needs_grad, in.lengths);
+                   s.detach_reset, s.surrogate, s.slope, needs_grad, in.lengths, in.delays,
+                   s.max_delay, in.delay_sigma, in.rec_mask);
   }
 
   static std::string forward_name() { return M::kTraits.op; }
   static std::string backward_name() { return "_" + forward_name() + "_backward"; }
   static std::string check_name() { return "_" + forward_name() + "_check"; }
 
+  // The recurrent delays' arguments, last in every schema.
+  static constexpr const char* kDelayArguments =
+      "Tensor? delays=None, int? max_delay=None, Tensor? delay_sigma=None, "
+      "Tensor? rec_mask=None";
+
   // The schemas: x, w_in, w_rec, bias, the parameters, the initial states, s0,
-  // the options, lengths; the backward takes the incoming gradients first and
+  // the options, lengths, the delays' arguments; the backward takes the incoming gradients first and
   // the forward's outputs after its inputs, and returns the gradients of x ..
   // s0 as a list.
   static std::string forward_schema() {
@@ -142,7 +162,7 @@ struct NeuronOp<M, std::index_sequence<P...>, std::index_sequence<K...>> {
     return forward_name() + "(" + tensor_arguments(/*defaults=*/true) + ", str reset=\"" +
            tr.default_reset + "\", bool detach_reset=" + (tr.default_detach_reset ? "True" : "False") +
            ", str surrogate=\"sigmoid\", float? slope=None, bool " + tr.save_flag +
-           "=True, Tensor? lengths=None) -> (" + outputs + ")";
+           "=True, Tensor? lengths=None, " + kDelayArguments + ") -> (" + outputs + ")";
   }
   static std::string backward_schema() {
     std::string grads = "Tensor? grad_spikes", outputs = "Tensor spikes";
@@ -152,11 +172,13 @@ struct NeuronOp<M, std::index_sequence<P...>, std::index_sequence<K...>> {
     }
     return backward_name() + "(" + grads + ", " + tensor_arguments(/*defaults=*/false) + ", " +
            outputs + ", str reset, bool detach_reset, str surrogate, float? slope, bool[" +
-           std::to_string(kGradInputs) + "] needs_grad, Tensor? lengths=None) -> Tensor[]";
+           std::to_string(kGradInputs) + "] needs_grad, Tensor? lengths=None, " +
+           kDelayArguments + ") -> Tensor[]";
   }
   static std::string check_schema() {
     return check_name() + "(" + tensor_arguments(/*defaults=*/false) +
-           ", str reset, bool detach_reset, str surrogate, float? slope, Tensor? lengths) -> ()";
+           ", str reset, bool detach_reset, str surrogate, float? slope, Tensor? lengths, " +
+           kDelayArguments + ") -> ()";
   }
 
  private:

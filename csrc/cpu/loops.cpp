@@ -97,16 +97,20 @@ TORCH_EXT_CPU_CLONES void nonzero_bits(const scalar_t* __restrict__ src, int64_t
 // w_out = w_rec.T, in order of j. For a spike (r = 1) a plain add, exact like
 // the sum it stands for; s0 may hold any real value. One cloned function for
 // the whole row, so the adds vectorise without a call per spike.
+// With `accumulate`, rec += that sum instead.
 template <typename scalar_t>
 TORCH_EXT_CPU_CLONES void recurrent_input(scalar_t* __restrict__ rec,
                                           const scalar_t* __restrict__ w_out,
                                           const scalar_t* __restrict__ r,
                                           const uint64_t* __restrict__ always_add,
-                                          uint64_t* __restrict__ sources, int64_t N) {
+                                          uint64_t* __restrict__ sources, int64_t N,
+                                          bool accumulate = false) {
   const int64_t words = (N + 63) / 64;
   nonzero_bits(r, N, sources);
   for (int64_t w = 0; w < words; ++w) sources[w] |= always_add[w];
-  for (int64_t n = 0; n < N; ++n) rec[n] = scalar_t(0);
+  if (!accumulate) {
+    for (int64_t n = 0; n < N; ++n) rec[n] = scalar_t(0);
+  }
   for (int64_t w = 0; w < words; ++w) {
     for (uint64_t m = sources[w]; m != 0; m &= m - 1) {
       const int64_t j = w * 64 + __builtin_ctzll(m);
@@ -119,6 +123,27 @@ TORCH_EXT_CPU_CLONES void recurrent_input(scalar_t* __restrict__ rec,
       }
     }
   }
+}
+
+// Bit j % 64 of word j / 64 set where row j of the [N, N] matrix w (or of
+// nothing, if null) holds a value that is not finite: those sources are
+// always added, so that inf/NaN spread as in the dense product.
+template <typename scalar_t>
+std::vector<uint64_t> non_finite_rows(const scalar_t* w, int64_t N, int64_t words) {
+  std::vector<uint64_t> bits(words, 0);
+  for (int64_t j = 0; w != nullptr && j < N; ++j) {
+    bool finite = true;
+    for (int64_t i = 0; i < N; ++i) finite &= static_cast<bool>(std::isfinite(w[j * N + i]));
+    bits[j / 64] |= uint64_t(!finite) << (j % 64);
+  }
+  return bits;
+}
+
+// out += tap * s, element-wise over N (one tap of the per-source delays).
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES void add_tap(scalar_t* __restrict__ out, const scalar_t* __restrict__ tap,
+                                  const scalar_t* __restrict__ s, int64_t N) {
+  for (int64_t n = 0; n < N; ++n) out[n] += tap[n] * s[n];
 }
 
 // One forward step of one batch row (all pointers at (t, b, 0)): the model's
@@ -175,11 +200,28 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
   const scalar_t* W1 = one_to_one ? in.w_rec.data_ptr<scalar_t>() : nullptr;
   // Source neurons with a non-finite outgoing weight (one pass over w_rec), as bits.
   const int64_t words = (N + 63) / 64;
-  std::vector<uint64_t> always_add(words, 0);
-  for (int64_t j = 0; W != nullptr && j < N; ++j) {
-    bool finite = true;
-    for (int64_t i = 0; i < N; ++i) finite &= static_cast<bool>(std::isfinite(W[j * N + i]));
-    always_add[j / 64] |= uint64_t(!finite) << (j % 64);
+  std::vector<uint64_t> always_add = non_finite_rows(W, N, words);
+
+  // Recurrent delays: the taps of the steps before (loop.h, LoopInputs).
+  const bool delayed = in.delayed();
+  const bool per_synapse = delayed && in.delay_taps.dim() == 3;
+  const int64_t D = delayed ? in.delay_taps.size(0) : 0;
+  const scalar_t* taps = delayed ? in.delay_taps.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* history = delayed ? in.history.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* mask = in.rec_mask.defined() ? in.rec_mask.data_ptr<scalar_t>() : nullptr;
+  const int64_t tap_size = per_synapse ? N * N : N;
+  std::vector<uint64_t> tap_always_add;  // per synapse: per tap, non_finite_rows of W_k.T
+  // Taps that are all zero add nothing, unless the history they read holds a
+  // non-finite value (0 * NaN spreads, as in the dense sum).
+  const bool history_finite = !delayed || at::isfinite(in.history).all().item<bool>();
+  std::vector<char> tap_used(D, history_finite ? 0 : 1);
+  for (int64_t k = 0; k < D; ++k) {
+    const scalar_t* tap = taps + k * tap_size;
+    for (int64_t e = 0; e < tap_size && !tap_used[k]; ++e) tap_used[k] = tap[e] != scalar_t(0);
+    if (per_synapse) {
+      const std::vector<uint64_t> bits = non_finite_rows(tap, N, words);
+      tap_always_add.insert(tap_always_add.end(), bits.begin(), bits.end());
+    }
   }
 
   const int64_t* lengths = in.lengths.defined() ? in.lengths.data_ptr<int64_t>() : nullptr;
@@ -187,6 +229,7 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
   at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
     std::vector<scalar_t> rec_buffer(N, scalar_t(0));  // stays 0 without recurrence
     scalar_t* __restrict__ rec = rec_buffer.data();
+    std::vector<scalar_t> delayed_buffer(per_synapse ? 0 : N);  // per source: P[t]
     std::vector<uint64_t> sources(words);
     for (int64_t b = b_begin; b < b_end; ++b) {
       std::array<const scalar_t*, kMaxStates> prev{};
@@ -198,11 +241,39 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
         for (int k = 0; k < K; ++k) std::fill_n(X[k] + (t * B + b) * N, N, scalar_t(0));
         if constexpr (!Replay) std::fill_n(S + (t * B + b) * N, N, scalar_t(0));
       }
+      // S[t'] of this row for t' in [-D, t): the history before step 0.
+      auto spikes_at = [&](int64_t step) {
+        return step >= 0 ? S + (step * B + b) * N : history + ((D + step) * B + b) * N;
+      };
       for (int64_t t = 0; t < steps; ++t) {
-        if (W1 != nullptr) {
+        if (delayed && per_synapse) {  // sum_k S[t-k] @ W_k.T
+          std::fill_n(rec, N, scalar_t(0));
+          for (int64_t k = 1; k <= D; ++k) {
+            if (!tap_used[k - 1]) continue;
+            recurrent_input<scalar_t>(rec, taps + (k - 1) * tap_size, spikes_at(t - k),
+                                      tap_always_add.data() + (k - 1) * words, sources.data(),
+                                      N, /*accumulate=*/true);
+          }
+        } else if (delayed) {  // P[t] = sum_k K_k * S[t-k], then P[t] @ w_rec.T
+          scalar_t* __restrict__ delayed_spikes = delayed_buffer.data();
+          std::fill_n(delayed_spikes, N, scalar_t(0));
+          for (int64_t k = 1; k <= D; ++k) {
+            if (!tap_used[k - 1]) continue;
+            add_tap(delayed_spikes, taps + (k - 1) * N, spikes_at(t - k), N);
+          }
+          if (W1 != nullptr) {
+            for (int64_t n = 0; n < N; ++n) rec[n] = W1[n] * delayed_spikes[n];
+          } else {
+            recurrent_input<scalar_t>(rec, W, delayed_spikes, always_add.data(), sources.data(),
+                                      N);
+          }
+        } else if (W1 != nullptr) {
           for (int64_t n = 0; n < N; ++n) rec[n] = W1[n] * r_prev[n];
         } else if (W != nullptr) {
           recurrent_input<scalar_t>(rec, W, r_prev, always_add.data(), sources.data(), N);
+        }
+        if (mask != nullptr) {
+          for (int64_t n = 0; n < N; ++n) rec[n] *= mask[b * N + n];
         }
         for (int k = 0; k < K; ++k) now[k] = X[k] + (t * B + b) * N;  // the input state holds I[t]
         scalar_t* s = S + (t * B + b) * N;
@@ -437,6 +508,67 @@ struct IncomingGrad {
   const scalar_t* row(int64_t t, int64_t b) const { return data + t * step_stride + b * row_stride; }
 };
 
+// The reverse step's delayed recurrence for a block of `rows` batch rows
+// (loop.h, BackwardLoopInputs::delay_adjoint), with a ring of D slots of
+// `rows` x N per block: delayed_slot stores what step `step` contributes
+// (g = its gX rows): m * gX[step], and per source its product with
+// w_rec_adjoint, gP[step]; delayed_rec_grad then sums the recurrent term of
+// step t over the taps k = 1..D with t+k < T: per source K_k * gP[t+k], per
+// synapse ring[t+k] (or gX[t+k] itself without a mask, gx_at(t+k)) @
+// W_k_adjoint. Called under SingleThreadedBlas; every sum in a fixed order.
+template <typename scalar_t>
+struct DelayRing {
+  int64_t rows, N, D;
+  bool per_synapse;
+  const scalar_t *mask, *W, *W1, *adjoint;  // mask: the block's rows
+  scalar_t *ring, *masked;
+  scalar_t* slot(int64_t step) const { return ring + (step % D) * rows * N; }
+};
+
+template <typename scalar_t>
+void delayed_slot(const DelayRing<scalar_t>& r, int64_t step, const scalar_t* g) {
+  const int64_t size = r.rows * r.N;
+  const scalar_t* source = g;
+  if (r.mask != nullptr) {
+    scalar_t* m_out = r.per_synapse ? r.slot(step) : r.masked;
+    for (int64_t e = 0; e < size; ++e) m_out[e] = g[e] * r.mask[e];
+    source = m_out;
+  }
+  if (r.per_synapse) return;
+  scalar_t* product = r.slot(step);
+  if (r.W != nullptr) {
+    gemm_on_this_thread<scalar_t>(r.rows, r.N, r.N, source, r.N, r.W, r.N, scalar_t(0), product,
+                                  r.N);
+  } else {
+    for (int64_t e = 0; e < size; ++e) product[e] = source[e] * r.W1[e % r.N];
+  }
+}
+
+template <typename scalar_t, typename GradAt>
+void delayed_rec_grad(const DelayRing<scalar_t>& r, int64_t t, int64_t T, scalar_t* rec,
+                      const GradAt& gx_at) {
+  const int64_t N = r.N;
+  std::fill_n(rec, r.rows * N, scalar_t(0));
+  for (int64_t k = 1; k <= r.D && t + k < T; ++k) {
+    if (r.per_synapse) {
+      const scalar_t* g = r.mask != nullptr ? r.slot(t + k) : gx_at(t + k);
+      gemm_on_this_thread<scalar_t>(r.rows, N, N, g, N, r.adjoint + (k - 1) * N * N, N,
+                                    scalar_t(1), rec, N);
+    } else {
+      const scalar_t* tap = r.adjoint + (k - 1) * N;
+      const scalar_t* product = r.slot(t + k);
+      for (int64_t row = 0; row < r.rows; ++row) add_tap(rec + row * N, tap, product + row * N, N);
+    }
+  }
+}
+
+// out += a * b, element-wise over N.
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES void add_product(scalar_t* __restrict__ out, const scalar_t* __restrict__ a,
+                                      const scalar_t* __restrict__ b, int64_t N) {
+  for (int64_t n = 0; n < N; ++n) out[n] += a[n] * b[n];
+}
+
 // Batch rows per block of the backward: fixed by the shape alone (never by
 // the thread count), so every block's products and sums, and the results, are
 // the same however many threads share the blocks. At least 16 rows, so that
@@ -490,6 +622,28 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const bool one_to_one = st.one_to_one();
   const scalar_t* W = one_to_one ? nullptr : ptr(in.w_rec_adjoint);
   const scalar_t* W1 = one_to_one ? ptr(in.w_rec_adjoint) : nullptr;
+  // Recurrent delays (loop.h): the next D steps' masked gX (per synapse, only
+  // with a mask) or their products (per source) in a ring per block.
+  const bool delayed = st.delayed();
+  const bool per_synapse = delayed && in.delay_adjoint.dim() == 3;
+  const int64_t D = delayed ? in.delay_adjoint.size(0) : 0;
+  const scalar_t* delay_adj = delayed ? ptr(in.delay_adjoint) : nullptr;
+  const scalar_t* mask = ptr(st.rec_mask);
+  const bool ring_needed = delayed && (!per_synapse || mask != nullptr);
+  // Per source, from the ring's gP: E[k] = sum_{t,b} gP[t] * S[t-k] (the
+  // delays' and sigma's sums, per (b, n) here, over b at the end) and the
+  // history's gradient, sum_k K_k * gP[t+k] for t+k-D... (loop.h).
+  const bool delay_sums = delayed && !per_synapse && in.need_delay_sums;
+  const bool history_grad = delayed && !per_synapse && in.need_history_grad;
+  const scalar_t* history = delayed ? ptr(st.history) : nullptr;
+  const at::Tensor acc_delay = delay_sums ? at::zeros({D, B, N}, opts) : at::Tensor();
+  if (history_grad) out.history_grad = at::zeros({D, B, N}, opts);
+  if (delayed && !per_synapse && in.need_delayed_spikes) {
+    out.delayed_spikes = at::empty({T, B, N}, opts);
+  }
+  scalar_t* delayed_spikes = ptr(out.delayed_spikes);
+  scalar_t* acc_E = ptr(acc_delay);
+  scalar_t* g_history = ptr(out.history_grad);
   const at::Tensor acc_w_rec = in.need_w_rec_sum ? at::zeros({B, N}, opts) : at::Tensor();
   scalar_t* acc_w = ptr(acc_w_rec);
   const IncomingGrad<scalar_t> gS_out(in.grad_spikes);
@@ -509,6 +663,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     const SingleThreadedBlas single_threaded;
     std::vector<scalar_t> rec_buffer(W != nullptr || W1 != nullptr ? block_rows * N : 0);
+    std::vector<scalar_t> ring(ring_needed ? D * block_rows * N : 0);
+    std::vector<scalar_t> masked(delayed && mask != nullptr ? block_rows * N : 0);
     std::vector<scalar_t> scratch(N);
     // The gradient of the state other than the input state, carried from
     // step t+1 to step t, per row of the block.
@@ -517,10 +673,50 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
       const int64_t b0 = block * block_rows;
       const int64_t rows = std::min(block_rows, B - b0);
       std::fill(carried.begin(), carried.end(), scalar_t(0));
+      const DelayRing<scalar_t> delay_ring{rows, N, D, per_synapse, mask ? mask + b0 * N : nullptr,
+                                           W, W1, delay_adj, ring.data(), masked.data()};
+      auto gx_at = [&](int64_t step) { return gU + step * BN + b0 * N; };
+      // Step `step`'s slot, and per source its share of E and of the history's gradient.
+      auto take_slot = [&](int64_t step) {
+        delayed_slot(delay_ring, step, gx_at(step));
+        if (!delay_sums && !history_grad) return;
+        const scalar_t* gP = delay_ring.slot(step);
+        for (int64_t k = 1; k <= D; ++k) {
+          const int64_t source = step - k;  // S[step-k]: spikes or the history
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t b = b0 + r;
+            if (delay_sums) {
+              const scalar_t* s_k = source >= 0 ? S + (source * B + b) * N
+                                                : history + ((D + source) * B + b) * N;
+              add_product(acc_E + ((k - 1) * B + b) * N, gP + r * N, s_k, N);
+            }
+            if (history_grad && source < 0) {
+              add_product(g_history + ((D + source) * B + b) * N, delay_adj + (k - 1) * N,
+                          gP + r * N, N);
+            }
+          }
+        }
+      };
       for (int64_t t = T - 1; t >= 0; --t) {
         const bool has_next = t < T - 1;
         const bool has_rec_grad = (W != nullptr || W1 != nullptr) && has_next;
-        if (has_rec_grad && W != nullptr) {  // rec[b] = gX[t+1][b] @ w_rec for the block's rows
+        if (delayed_spikes != nullptr) {  // P[t] = sum_k K_k * S[t-k], as the forward sums it
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t b = b0 + r;
+            scalar_t* p_row = delayed_spikes + (t * B + b) * N;
+            std::fill_n(p_row, N, scalar_t(0));
+            for (int64_t k = 1; k <= D; ++k) {
+              const int64_t source = t - k;
+              add_tap(p_row, delay_adj + (k - 1) * N,
+                      source >= 0 ? S + (source * B + b) * N : history + ((D + source) * B + b) * N,
+                      N);
+            }
+          }
+        }
+        if (has_rec_grad && delayed) {
+          take_slot(t + 1);
+          delayed_rec_grad(delay_ring, t, T, rec_buffer.data(), gx_at);
+        } else if (has_rec_grad && W != nullptr) {  // rec[b] = gX[t+1][b] @ w_rec for the block's rows
           gemm_on_this_thread<scalar_t>(rows, N, N, gU + (t + 1) * BN + b0 * N, N, W, N,
                                         scalar_t(0), rec_buffer.data(), N);
         } else if (has_rec_grad) {  // rec[b] = gX[t+1][b] * w_rec
@@ -583,8 +779,13 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           }
         }
       }
+      if (delayed && (delay_sums || history_grad)) take_slot(0);  // gP[0]'s shares
     }
   });
+  if (delay_sums) {
+    out.delay_sums = at::empty({D, N}, opts);
+    for (int64_t k = 0; k < D; ++k) out.delay_sums[k] = sum_over_batch<scalar_t>(acc_delay[k]);
+  }
   out.param_sums.resize(P);
   for (int k = 0; k < P; ++k) {
     if (in.need_params[k]) out.param_sums[k] = sum_over_batch<scalar_t>(acc_params[k]);

@@ -387,14 +387,105 @@ TEST(RecurrentLIFFunctionalMisuse, UndefinedRequiredTensorsNameTheArgument) {
                                  const Tensor&, const Tensor&, const std::optional<Tensor>&,
                                  const std::optional<Tensor>&, c10::string_view, bool,
                                  c10::string_view, std::optional<double>, bool,
+                                 const std::optional<Tensor>&, const std::optional<Tensor>&,
+                                 std::optional<int64_t>, const std::optional<Tensor>&,
                                  const std::optional<Tensor>&)>();
   expect_error_naming<c10::ValueError>(
       [&] {
         op.call(x.requires_grad_(), w_in, std::nullopt, std::nullopt, Tensor(), theta,
                 std::nullopt, std::nullopt, "subtract", false, "sigmoid", std::nullopt, true,
-                std::nullopt);
+                std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt);
       },
       "argument 'alpha' is required");
+}
+
+}  // namespace
+
+namespace {
+
+// Recurrent delays through the C++ API: integer delays with sigma 0 are a
+// pure shift, rec[t] = S[t - delays[j]]_j @ w_rec.T, checked against that
+// loop written with LibTorch autograd (values, and the gradients of x and
+// w_rec); bad delay arguments raise errors naming them.
+TEST(RecurrentDelays, IntegerDelaysAreAShiftAgainstALibTorchLoop) {
+  torch::manual_seed(3);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t T = 12, B = 3, F = 5, N = 4, D = 3;
+  const Tensor x = (torch::randn({T, B, F}, f64) * 1.2 + 0.3).requires_grad_();
+  const Tensor w_in = (torch::randn({N, F}, f64) * 0.6).requires_grad_();
+  const Tensor w_rec = (torch::randn({N, N}, f64) * 0.4).requires_grad_();
+  const std::vector<int64_t> shift{1, 3, 2, 1};
+  const Tensor delays = torch::tensor({1.0, 3.0, 2.0, 1.0}, f64).requires_grad_();
+  const double alpha = 0.8, theta = 1.0;
+  auto [spikes, membrane] = torch_ext::recurrent_lif(
+      x, w_in, w_rec, std::nullopt, alpha, theta,
+      torch_ext::RecurrentLIFFuncOptions().delays(delays).max_delay(D));
+  // The same layer (reset subtract) as a loop: S[t-k] from the past outputs.
+  std::vector<Tensor> S, U;
+  Tensor u = torch::zeros({B, N}, f64);
+  const Tensor zero = torch::zeros({B, N}, f64);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<Tensor> columns;
+    for (int64_t j = 0; j < N; ++j) {
+      const int64_t step = t - shift[j];
+      columns.push_back((step >= 0 ? S[step] : zero).select(1, j));
+    }
+    const Tensor delayed = torch::stack(columns, 1);
+    const Tensor r = t > 0 ? S[t - 1] : zero;
+    u = alpha * u + torch::matmul(x[t], w_in.t()) + torch::matmul(delayed, w_rec.t()) - theta * r;
+    U.push_back(u);
+    S.push_back((u > theta).to(torch::kFloat64).detach() + 0 * u);  // values only past here
+  }
+  const Tensor want_u = torch::stack(U);
+  ASSERT_TRUE(torch::equal(spikes, torch::stack(S).detach()));
+  ASSERT_TRUE(torch::allclose(membrane, want_u, 1e-12, 1e-12));
+  const Tensor g = torch::randn({T, B, N}, f64);
+  // Gradients through the C++ autograd: with a threshold never reached (no
+  // spike, none before), the membrane is the leaky sum of the input, whose
+  // gradients the LibTorch loop gives, and nothing reaches the delays.
+  // (Every gradient with spikes: tests/test_delays.py against the reference.)
+  auto [spikes2, membrane2] = torch_ext::recurrent_lif(
+      x, w_in, w_rec, std::nullopt, alpha, 1e4,
+      torch_ext::RecurrentLIFFuncOptions().delays(delays).max_delay(D));
+  std::vector<Tensor> U2;
+  u = torch::zeros({B, N}, f64);
+  for (int64_t t = 0; t < T; ++t) {
+    u = alpha * u + torch::matmul(x[t], w_in.t());
+    U2.push_back(u);
+  }
+  ASSERT_TRUE(torch::allclose(membrane2, torch::stack(U2), 1e-12, 1e-12));
+  const auto got = torch::autograd::grad({(membrane2 * g).sum()}, {x, w_in, delays},
+                                         /*grad_outputs=*/{}, /*retain_graph=*/false,
+                                         /*create_graph=*/false, /*allow_unused=*/true);
+  const auto want = torch::autograd::grad({(torch::stack(U2) * g).sum()}, {x, w_in});
+  EXPECT_TRUE(torch::allclose(got[0], want[0], 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(got[1], want[1], 1e-12, 1e-12));
+  // No spike in the run and none before: nothing reaches the delays.
+  EXPECT_TRUE(torch::equal(got[2], torch::zeros_like(delays)));
+
+  expect_error_naming<c10::ValueError>(
+      [&] {
+        torch_ext::recurrent_lif(x, w_in, w_rec, std::nullopt, alpha, theta,
+                                 torch_ext::RecurrentLIFFuncOptions().delays(delays));
+      },
+      "'max_delay'");
+  expect_error_naming<c10::ValueError>(
+      [&] {
+        torch_ext::recurrent_lif(x, w_in, w_rec.diagonal(), std::nullopt, alpha, theta,
+                                 torch_ext::RecurrentLIFFuncOptions()
+                                     .delays(torch::ones({N, N}, f64))
+                                     .max_delay(D));
+      },
+      "'delays'");
+  expect_error_naming<c10::ValueError>(
+      [&] {
+        torch_ext::recurrent_lif(x, w_in, w_rec, std::nullopt, alpha, theta,
+                                 torch_ext::RecurrentLIFFuncOptions()
+                                     .delays(delays)
+                                     .max_delay(D)
+                                     .s0(torch::zeros({D + 1, B, N}, f64)));
+      },
+      "'s0'");
 }
 
 }  // namespace

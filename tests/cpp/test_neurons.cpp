@@ -88,6 +88,7 @@ std::vector<Tensor> call_op(const std::string& op, const Inputs& in, const std::
   stack.emplace_back(c10::IValue());  // slope: the surrogate's default
   stack.emplace_back(save_state);
   stack.emplace_back(lengths ? c10::IValue(*lengths) : c10::IValue());
+  for (int i = 0; i < 4; ++i) stack.emplace_back();  // no delays, max_delay, sigma, mask
   handle.callBoxed(stack);
   std::vector<Tensor> outputs;
   for (const c10::IValue& v : stack) outputs.push_back(v.toTensor());

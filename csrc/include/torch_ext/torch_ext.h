@@ -69,11 +69,21 @@
 //                 the states (exactly)
 //   lengths       [B] integers: row b takes steps t < lengths[b] only (a
 //                 variable-length batch); its later steps output 0
+//   delays        recurrent delays (README, "Recurrent delays"; CPU only so
+//                 far): [N] per source neuron or [N, N] per synapse, read
+//                 through a triangular kernel of spread delay_sigma
+//                 (0-dim or [N]; none: 0) over the taps 1..max_delay; s0
+//                 may then be the spike history [max_delay, B, N]
+//   rec_mask      [B, N]: multiplies every step's recurrent input
 #define TORCH_EXT_CALL_OPTIONS(save_flag, default_reset, default_detach_reset) \
   TORCH_ARG(std::optional<at::Tensor>, s0) = std::nullopt;                     \
   TORCH_EXT_NEURON_OPTIONS(default_reset, default_detach_reset);               \
   TORCH_ARG(bool, save_flag) = true;                                           \
-  TORCH_ARG(std::optional<at::Tensor>, lengths) = std::nullopt
+  TORCH_ARG(std::optional<at::Tensor>, lengths) = std::nullopt;                \
+  TORCH_ARG(std::optional<at::Tensor>, delays) = std::nullopt;                 \
+  TORCH_ARG(std::optional<int64_t>, max_delay) = std::nullopt;                 \
+  TORCH_ARG(std::optional<at::Tensor>, delay_sigma) = std::nullopt;            \
+  TORCH_ARG(std::optional<at::Tensor>, rec_mask) = std::nullopt
 
 namespace torch_ext {
 

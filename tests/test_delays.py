@@ -1,0 +1,213 @@
+"""Recurrent delays in the fused ops (CPU): outputs and every gradient
+(delays, delay_sigma, rec_mask and the [D, B, N] spike history included)
+against the plain-autograd reference in float64, for every model, kind of
+delay, reset, detach and surrogate; the low-memory mode and thread counts
+bitwise; lengths; chunked continuation with the history; unit delays as the
+layer without delays. (The reference itself is checked against the closed
+forms in test_delays_reference.py; hostile inputs: test_delays_adversarial.py.)"""
+import pytest
+import torch
+
+import torch_ext
+from torch_ext._neurons import NEURONS
+
+from neurons import FUSED, OPS, REFERENCE, RESETS, make_inputs
+
+KINDS = ("axonal", "synaptic", "one_to_one", "mask_only")
+T, B, N, D = 11, 3, 5, 4
+
+
+def delay_arguments(kind, seed=0, requires_grad=True, history=True):
+    """The delay keywords of `kind` (delays around [0, D + 1], some taps on
+    kinks, a per-neuron sigma, a mask) and the s0 to pass (a random binary
+    history [D, B, N], or None)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def leaf(t):
+        return t.to(torch.float64).requires_grad_(requires_grad)
+
+    per_source = torch.tensor([1.0, 2.5, 3.25, 0.5, 4.0], dtype=torch.float64)
+    kw = dict(rec_mask=leaf(torch.rand(B, N, generator=g) * 1.5))
+    if kind != "mask_only":
+        delays = per_source if kind != "synaptic" else (
+            per_source.expand(N, N) + torch.rand(N, N, generator=g) * 2 - 1)
+        kw.update(delays=leaf(delays.clone()), max_delay=D,
+                  delay_sigma=leaf(torch.tensor([0.0, 0.5, 0.25, 1.0, 0.0])))
+    s0 = None
+    if history:
+        s0 = (torch.rand(D, B, N, generator=g) > 0.5).double()
+        s0 = s0 if kind != "mask_only" else s0[-1]
+        s0.requires_grad_(requires_grad)
+    return kw, s0
+
+
+def inputs(op, kind, seed=0, requires_grad=True, history=True, **kw):
+    args = make_inputs(op, T=T, B=B, F=6, N=N, state=True, seed=seed,
+                       recurrent="one_to_one" if kind == "one_to_one" else "all_to_all",
+                       requires_grad=requires_grad, **kw)
+    delays, s0 = delay_arguments(kind, seed, requires_grad, history)
+    return args._replace(s0=s0), delays
+
+
+def leaves(args, delays):
+    return ([a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+            + [v for v in delays.values() if isinstance(v, torch.Tensor) and v.requires_grad])
+
+
+def run(fn, args, delays, weights=None, **options):
+    out = fn(*args, **delays, **options)
+    if weights is None:
+        g = torch.Generator().manual_seed(11)
+        weights = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out]
+    grads = torch.autograd.grad(out, leaves(args, delays), weights, allow_unused=True)
+    return out, grads
+
+
+def assert_matches_reference(op, args, delays, **options):
+    got, got_grads = run(FUSED[op], args, delays, **options)
+    want, want_grads = run(REFERENCE[op], args, delays, **options)
+    margin = (want[1] - (args.theta if "theta" in args._fields else 1.0)).abs().min()
+    assert margin > 1e-9, "a membrane at the threshold: pick another seed"
+    assert torch.equal(got[0], want[0])
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # The sums run in other orders (the products, the taps): float64 rounding.
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    return got
+
+
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("op", OPS)
+def test_fused_matches_reference(op, kind, reset, detach):
+    args, delays = inputs(op, kind, params="neuron")
+    spikes = assert_matches_reference(op, args, delays, reset=reset, detach_reset=detach)[0]
+    assert 0 < spikes.mean() < 1
+
+
+@pytest.mark.parametrize("surrogate", ["fast_sigmoid", "atan", "triangle"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("op", OPS)
+def test_surrogates_and_scalar_parameters(op, kind, surrogate):
+    args, delays = inputs(op, kind, seed=1, params="scalar")
+    assert_matches_reference(op, args, delays, surrogate=surrogate)
+
+
+@pytest.mark.parametrize("sigma", ["float", "0-dim", "none"])
+@pytest.mark.parametrize("kind", ["axonal", "synaptic"])
+def test_sigma_given_every_way_and_no_history(kind, sigma):
+    args, delays = inputs("recurrent_lif", kind, seed=2, history=False)
+    if sigma == "float":
+        delays["delay_sigma"] = 0.75
+    elif sigma == "0-dim":
+        delays["delay_sigma"] = torch.tensor(0.75, dtype=torch.float64, requires_grad=True)
+    else:
+        del delays["delay_sigma"]
+    assert_matches_reference("recurrent_lif", args, delays)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("op", OPS)
+def test_lengths(op, kind):
+    args, delays = inputs(op, kind, seed=3)
+    assert_matches_reference(op, args, delays, lengths=torch.tensor([T, 4, 0]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("op", OPS)
+def test_low_memory_mode_is_bitwise_the_same(op, kind):
+    args, delays = inputs(op, kind, seed=4)
+    flag = NEURONS[op].save_flag
+    saved, saved_grads = run(FUSED[op], args, delays, **{flag: True})
+    replayed, replayed_grads = run(FUSED[op], args, delays, **{flag: False})
+    for a, b in zip(saved + saved_grads, replayed + replayed_grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bitwise_the_same_for_any_thread_count(kind):
+    args, delays = inputs("recurrent_adlif", kind, seed=5)
+    args = args._replace(x=args.x.detach().repeat(1, 20, 1).requires_grad_())
+    delays["rec_mask"] = delays["rec_mask"].detach().repeat(20, 1).requires_grad_()
+    if args.s0 is not None:
+        args = args._replace(s0=args.s0.detach().repeat_interleave(20, dim=-2).requires_grad_())
+    for name in ("v0", "a0"):
+        args = args._replace(**{name: getattr(args, name).detach().repeat(20, 1).requires_grad_()})
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(torch_ext.recurrent_adlif, args, delays)
+        torch.set_num_threads(2)
+        two = run(torch_ext.recurrent_adlif, args, delays)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one[0] + one[1], two[0] + two[1]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["axonal", "synaptic", "one_to_one"])
+@pytest.mark.parametrize("op", OPS)
+def test_chunks_continued_with_the_history_equal_the_whole_run(op, kind):
+    args, delays = inputs(op, kind, seed=6, requires_grad=False, w_in=False)
+    whole = FUSED[op](*args, **delays)
+    first = FUSED[op](*args._replace(x=args.x[:5]), **delays)
+    states = {name: out[-1] for name, out in zip(NEURONS[op].initial_names[:-1], first[1:])}
+    history = torch.cat([args.s0, first[0]])[-D:]
+    second = FUSED[op](*args._replace(x=args.x[5:], s0=history, **states), **delays)
+    for w, a, b in zip(whole, first, second):
+        assert torch.equal(w, torch.cat([a, b]))
+
+
+@pytest.mark.parametrize("kind", ["axonal", "synaptic"])
+@pytest.mark.parametrize("op", OPS)
+def test_unit_delays_are_the_layer_without_delays(op, kind):
+    """delays = 1, sigma = 0: the same spikes and states to the bit (the
+    recurrent input sums the same rows); the gradients to rounding (the
+    delays' weight gradient is a dense product where the plain op gathers)."""
+    args = make_inputs(op, T=T, B=B, F=6, N=N, state=True, seed=7)
+    ones = torch.ones(N, dtype=torch.float64) if kind == "axonal" else torch.ones(N, N).double()
+    delays = dict(delays=ones.requires_grad_(), max_delay=2)
+    plain, plain_grads = run(FUSED[op], args, {})
+    got, got_grads = run(FUSED[op], args, delays, weights=None)
+    for a, b in zip(got, plain):
+        assert torch.equal(a, b)
+    for a, b in zip(got_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_autocast_keeps_the_delays_float32():
+    torch.manual_seed(0)
+    x = torch.randn(20, 4, 8)
+    w_in, w_rec = torch.randn(6, 8) * 0.5, torch.randn(6, 6) * 0.3
+    delays = torch.tensor([1.0, 2.5, 3.0, 1.5, 2.0, 4.0], requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spikes, u = torch_ext.recurrent_lif(x, w_in, w_rec, delays=delays, max_delay=4,
+                                            delay_sigma=0.5)
+    direct = torch_ext.recurrent_lif(x, w_in.bfloat16(), w_rec.bfloat16(), delays=delays,
+                                     max_delay=4, delay_sigma=0.5)
+    assert torch.equal(spikes, direct[0]) and torch.equal(u, direct[1])
+    (grad,) = torch.autograd.grad(u.sum(), [delays])
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+
+
+def test_delays_on_meta_give_the_shapes():
+    args, delays = inputs("recurrent_cubalif", "synaptic", requires_grad=False)
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    kw = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in delays.items()}
+    out = torch_ext.recurrent_cubalif(*meta, **kw)
+    assert [o.shape for o in out] == [(T, B, N)] * 3 and out[0].device.type == "meta"
+
+
+def test_compile_fullgraph_with_delays_matches_eager():
+    args, delays = inputs("recurrent_lif", "axonal", seed=8)
+
+    def f(*a, **kw):
+        return torch_ext.recurrent_lif(*a, **kw)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    eager, eager_grads = run(f, args, delays)
+    got, got_grads = run(compiled, args, delays)
+    for a, b in zip(got + got_grads, eager + eager_grads):
+        assert torch.equal(a, b)
