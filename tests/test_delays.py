@@ -211,3 +211,27 @@ def test_compile_fullgraph_with_delays_matches_eager():
     got, got_grads = run(compiled, args, delays)
     for a, b in zip(got + got_grads, eager + eager_grads):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("given", ["delays", "rec_mask"])
+def test_backward_op_asked_for_absent_delay_arguments_returns_nothing_for_them(given):
+    """needs_grad set for delays, delay_sigma and rec_mask when only one of
+    them was passed: the absent ones get empty gradients (as every absent
+    input does), and nothing reads them."""
+    args = make_inputs("recurrent_lif", T=6, B=2, F=4, N=3, state=True, params="scalar",
+                       requires_grad=False)
+    kw = (dict(delays=torch.tensor([1.0, 2.5, 2.0], dtype=torch.float64), max_delay=3,
+               delay_sigma=None, rec_mask=None) if given == "delays" else
+          dict(delays=None, max_delay=None, delay_sigma=None,
+               rec_mask=torch.rand(2, 3, dtype=torch.float64)))
+    options = ("subtract", False, "sigmoid", None)
+    spikes, u = torch.ops.torch_ext.recurrent_lif(*args, *options, True, None, *kw.values())
+    grads = torch.ops.torch_ext._recurrent_lif_backward(
+        torch.ones_like(spikes), torch.ones_like(u), *args, spikes, u, *options, [True] * 11,
+        None, *kw.values())
+    names = ["delays", "delay_sigma", "rec_mask"]
+    for name, grad in zip(names, grads[-3:]):
+        if name == given:
+            assert grad.shape == kw[name].shape and torch.isfinite(grad).all()
+        else:
+            assert grad.numel() == 0, name

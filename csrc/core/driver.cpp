@@ -353,7 +353,7 @@ at::Tensor incoming_gradient(const at::Tensor& g, at::ScalarType compute) {
 // with the contract's values at the kinks; [D, N] per source, [D, N, N] per
 // synapse (row i = into i), in the compute dtype. A mask without delays: K = 1
 // ([1, N]). K is kappa written as max(0, a) / s^2, a = s - |x|: the bits of
-// the reference's (a + |a|) / (2 s^2).
+// the reference's (a/2 + |a|/2) / (s s).
 struct DelayKernel {
   at::Tensor K, Kx, Ks;
   bool per_synapse() const { return K.dim() == 3; }
@@ -855,13 +855,14 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
 // per synapse W_k = w_rec * K_k and C[k] = sum_t g~[t].T @ S[t-k]:
 //   grad_w_rec = sum_k K_k * C[k], grad_delays = w_rec * sum_k Kx_k * C[k],
 //   grad_sigma = sum_{i,k} w_rec * Ks_k * C[k], history: sum_k g~[t+k] @ W_k;
-// and grad_rec_mask = sum_t gR[t] * rec[t] with m = 1; drive: sum gX * rec.
+// and grad_rec_mask = sum_t gR[t] * rec[t] with m = 1; drive: sum gX * m * rec.
 // Taps whose kernel and derivatives are all zero are skipped.
 struct DelayGrads {
   at::Tensor w_rec, delays, sigma, mask, history, drive;
 };
 struct DelayGradsNeeded {
   bool w_rec, delays, sigma, mask, s0, drive;
+  bool full_history;  // s0 was given as the history [D, B, N]
 };
 DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutputs& loop_out,
                            const at::Tensor& gain, const DelayKernel& kernel,
@@ -893,14 +894,19 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   // from step h - D + k when that lies in [0, T).
   auto history_grad = [&](auto&& term) {
     at::Tensor g = at::zeros({D, B, N}, grad_input.options());
-    for (int64_t h = 0; h < D; ++h) {
+    // (An s0 [B, N] is the history's last step: the others are not needed.)
+    for (int64_t h = need.full_history ? 0 : D - 1; h < D; ++h) {
       for (int64_t k = D - h; k <= D && h - D + k < T; ++k) g[h].add_(term(k, h - D + k));
     }
     return g;
   };
   DelayGrads out;
-  const bool need_rec = need.mask || need.drive;
-  at::Tensor rec;  // [T, B, N], m = 1
+  // With gM = m * gX (no gain): grad_w_rec = diag(gain) M and the drive's
+  // recurrent part sum_j w_rec * M, M = sum_t gM[t].T @ P[t] (per synapse
+  // sum_k K_k * C'[k], C'[k] = sum_t gM[t].T @ S[t-k]): one product for both.
+  const at::Tensor gM = st.rec_mask.defined() ? grad_input * st.rec_mask : grad_input;
+  const at::Tensor gM2 = gM.reshape({TB, N});
+  at::Tensor rec;  // [T, B, N], m = 1: for the mask's gradient only
   if (!per_synapse) {
     // (The loop may have summed E and the history's gradient from its gP.)
     const at::Tensor& loop_E = loop_out.delay_sums;
@@ -910,15 +916,19 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
                           : one_to_one ? g_tilde * w_rec
                                        : deterministic_mm(g2, w_rec).view({T, B, N});
     at::Tensor P = loop_out.delayed_spikes;
-    if ((need.w_rec || need_rec) && !P.defined()) {
+    if ((need.w_rec || need.drive || need.mask) && !P.defined()) {
       P = at::zeros({T, B, N}, grad_input.options());
       for (int64_t k = 1; k <= D; ++k) {
         if (used(k)) P.addcmul_(S_k(k), kernel.K[k - 1]);
       }
     }
-    if (need.w_rec) {
-      out.w_rec = one_to_one ? (g_tilde * P).sum({0, 1})
-                             : deterministic_mm(g2.t(), P.reshape({TB, N}));
+    if (need.w_rec || need.drive) {
+      const at::Tensor M = one_to_one ? (gM * P).sum({0, 1})
+                                      : deterministic_mm(gM2.t(), P.reshape({TB, N}));
+      if (need.w_rec) {
+        out.w_rec = !gain.defined() ? M : one_to_one ? M * gain : scale_rows(gain, M);
+      }
+      if (need.drive) out.drive = one_to_one ? w_rec * M : (w_rec * M).sum(1);
     }
     if (need.delays || need.sigma) {
       at::Tensor E = loop_E;
@@ -931,7 +941,7 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       if (need.delays) out.delays = (kernel.Kx * E).sum(0);
       if (need.sigma) out.sigma = (kernel.Ks * E).sum(0);
     }
-    if (need_rec) {
+    if (need.mask) {
       rec = one_to_one ? P * w_rec
                        : deterministic_mm(P.reshape({TB, N}), w_rec.t().contiguous())
                              .view({T, B, N});
@@ -940,38 +950,39 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       out.history = need_history ? history_grad([&](int64_t k, int64_t t) {
                                      return kernel.K[k - 1] * gP[t];
                                    })
-                                 : loop_out.history_grad.clone();
+                                 : loop_out.history_grad;
     }
   } else {
-    at::Tensor grad_w = need.w_rec ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
+    // W_k.T is the forward's tap k (loop.h): W_k = w_rec * K_k.
+    auto W_k = [&](int64_t k) { return st.delay_taps[k - 1].t(); };
+    const bool weights = need.w_rec || need.drive;
+    at::Tensor grad_w = weights ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
     at::Tensor by_x = need.delays ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
     at::Tensor by_s = need.sigma ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
-    if (need_rec) rec = at::zeros({TB, N}, grad_input.options());
+    if (need.mask) rec = at::zeros({TB, N}, grad_input.options());
     for (int64_t k = 1; k <= D; ++k) {
       if (!used(k)) continue;
       const at::Tensor s_k = S_k(k).reshape({TB, N});
-      if (need.w_rec || need.delays || need.sigma) {
-        const at::Tensor C = deterministic_mm(g2.t(), s_k);
-        if (need.w_rec) grad_w.addcmul_(kernel.K[k - 1], C);
+      if (weights || need.delays || need.sigma) {
+        const at::Tensor C = deterministic_mm(gM2.t(), s_k);  // C'[k], no gain
+        if (weights) grad_w.addcmul_(kernel.K[k - 1], C);
         if (need.delays) by_x.addcmul_(kernel.Kx[k - 1], C);
         if (need.sigma) by_s.addcmul_(kernel.Ks[k - 1], C);
       }
-      if (need_rec) rec.add_(deterministic_mm(s_k, (w_rec * kernel.K[k - 1]).t().contiguous()));
+      if (need.mask) rec.add_(deterministic_mm(s_k, st.delay_taps[k - 1]));
     }
-    out.w_rec = grad_w;
-    if (need.delays) out.delays = w_rec * by_x;
-    if (need.sigma) out.sigma = (w_rec * by_s).sum(0);
-    if (need_rec) rec = rec.view({T, B, N});
+    if (need.w_rec) out.w_rec = scale_rows(gain, grad_w);
+    if (need.drive) out.drive = (w_rec * grad_w).sum(1);
+    if (need.delays) out.delays = w_rec * scale_rows(gain, by_x);
+    if (need.sigma) out.sigma = (w_rec * scale_rows(gain, by_s)).sum(0);
+    if (need.mask) rec = rec.view({T, B, N});
     if (need.s0) {
       out.history = history_grad([&](int64_t k, int64_t t) {
-        return deterministic_mm(g_tilde[t], (w_rec * kernel.K[k - 1]).contiguous());
+        return deterministic_mm(g_tilde[t], W_k(k));
       });
     }
   }
   if (need.mask) out.mask = (gR * rec).sum(0);
-  if (need.drive) {
-    out.drive = (grad_input * (st.rec_mask.defined() ? rec * st.rec_mask : rec)).sum({0, 1});
-  }
   return out;
 }
 
@@ -1033,8 +1044,9 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
   // Recurrent delays (or a mask): the delays' gradients come after the loop.
   const bool delayed = in_t.delayed();
   const int delay_at = 5 + P + K;  // needs: ..., s0, delays, delay_sigma, rec_mask
-  const bool need_delays = needs[delay_at], need_sigma = needs[delay_at + 1],
-             need_mask = needs[delay_at + 2];
+  const bool need_delays = needs[delay_at] && in_t.delays.has_value(),
+             need_sigma = needs[delay_at + 1] && in_t.delay_sigma.has_value(),
+             need_mask = needs[delay_at + 2] && in_t.rec_mask.has_value();
   const DelayKernel kernel =
       delayed ? delay_kernel(in_t, s.max_delay, N, compute, need_delays || need_sigma)
               : DelayKernel{};
@@ -1090,7 +1102,7 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
     const DelayGrads dg = delay_gradients(
         in, out, gain, kernel,
         {need_w_rec, need_delays, need_sigma, need_mask, need_s0 && in_t.s0.has_value(),
-         need_drive});
+         need_drive, in_t.s0.has_value() && in_t.s0->dim() == 3});
     if (need_w_rec) g.w_rec = dg.w_rec.to(in_t.w_rec->scalar_type());
     if (need_drive) g.drive = g.drive.defined() ? g.drive + dg.drive : dg.drive;
     if (need_delays) grad_delays = dg.delays.to(in_t.delays->scalar_type());
@@ -1101,13 +1113,13 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
     if (need_mask) grad_mask = dg.mask.to(in_t.rec_mask->scalar_type());
     if (need_s0 && in_t.s0.has_value()) {
       // The history's gradient, and through R[0] = S[0] the reset's.
-      at::Tensor history = dg.history;
+      at::Tensor history = dg.history.clone();  // (the loop's own output is const)
       history[-1].add_(out.grad_s0_reset);
       if (in.state.lengths.defined()) {
         history = history.masked_fill(in.state.lengths.le(0).view({1, B, 1}), 0);
       }
       const at::Tensor& s0 = *in_t.s0;
-      g.s0 = (s0.dim() == 3 ? history : history[-1]).to(s0.scalar_type());
+      g.s0 = (s0.dim() == 3 ? history : history[-1].clone()).to(s0.scalar_type());
     }
   }
   std::vector<at::Tensor> grads{g.x, g.w_in, g.w_rec, g.bias};

@@ -632,7 +632,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const bool ring_needed = delayed && (!per_synapse || mask != nullptr);
   // Per source, from the ring's gP: E[k] = sum_{t,b} gP[t] * S[t-k] (the
   // delays' and sigma's sums, per (b, n) here, over b at the end) and the
-  // history's gradient, sum_k K_k * gP[t+k] for t+k-D... (loop.h).
+  // history's gradient, K_k * gP[t] added to the history's step t-k < 0.
   const bool delay_sums = delayed && !per_synapse && in.need_delay_sums;
   const bool history_grad = delayed && !per_synapse && in.need_history_grad;
   const scalar_t* history = delayed ? ptr(st.history) : nullptr;

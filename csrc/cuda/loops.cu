@@ -667,6 +667,8 @@ void forward_steps(const LoopInputs& in, std::vector<at::Tensor>& states, at::Te
 template <typename M>
 void forward_loop_cuda(const LoopInputs& in, std::vector<at::Tensor>& states, at::Tensor& spikes,
                        bool replay) {
+  // Delays and masks are refused on CUDA before any loop (driver, check_delays).
+  TORCH_INTERNAL_ASSERT(!in.delayed(), "recurrent delays reached a CUDA loop");
   const c10::cuda::CUDAGuard device_guard(spikes.device());
   AT_DISPATCH_FLOATING_TYPES(spikes.scalar_type(), "recurrent_forward_cuda", [&] {
     dispatch_reset(in.reset, [&](auto reset) {
@@ -751,6 +753,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
 
 template <typename M>
 BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& given) {
+  TORCH_INTERNAL_ASSERT(!given.state.delayed(), "recurrent delays reached a CUDA loop");
   const c10::cuda::CUDAGuard device_guard(given.spikes.device());
   // The kernels index the incoming gradients as contiguous [T, B, N]; the
   // driver hands them on broadcast where they are (loop.h).
