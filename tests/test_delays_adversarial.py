@@ -201,6 +201,22 @@ def leaves_of(args, kw):
     return [n for n, _ in named], [t for _, t in named]
 
 
+def assert_runs_bitwise_equal(runs, context=()):
+    """Each of `runs` (callables returning (the op's outputs, (names,
+    leaves))): the same outputs and gradients of loss_of(out, spikes=True)
+    by its leaves, bit for bit. Returns the first run's outputs."""
+    results = []
+    for run in runs:
+        out, (names, leaves) = run()
+        results.append((out, grads_of(loss_of(out, spikes=True), leaves)))
+    (a, ga), (b, gb) = results
+    for x, y in zip(a, b):
+        assert torch.equal(x, y), context
+    for name, x, y in zip(names, ga, gb):
+        assert torch.equal(x, y), (*context, name)
+    return a
+
+
 def assert_fused_is_reference(op, args, kw, margin=1e-9, spikes_in_loss=True):
     """float64: the fused op's spikes equal the reference's (no membrane
     within `margin` of the threshold), its states to 1e-12, the gradient of
@@ -552,19 +568,13 @@ def test_fused_length_zero_row_with_a_nan_history_passes_nothing_back(op, kind):
               delay_sigma=(torch.rand(N, generator=gen(71), dtype=F64)).requires_grad_(),
               rec_mask=(torch.rand(3, N, generator=gen(72), dtype=F64) + 0.5).requires_grad_(),
               lengths=torch.tensor([6, 2, 0]))
-    results = []
-    for value in (0.0, math.nan):
+    def run(value):
         history = random_history(D, 3, N, seed=73)
         history[:, 2] = value
         a = args._replace(s0=history.requires_grad_())
-        names, leaves = leaves_of(a, kw)
-        out = FUSED[op](*a, **kw)
-        results.append((out, grads_of(loss_of(out, spikes=True), leaves)))
-    (clean, g_clean), (dirty, g_dirty) = results
-    for a, b in zip(clean, dirty):
-        assert torch.equal(a, b)
-    for name, a, b in zip(names, g_clean, g_dirty):
-        assert torch.equal(a, b), name
+        return FUSED[op](*a, **kw), leaves_of(a, kw)
+
+    assert_runs_bitwise_equal([lambda: run(0.0), lambda: run(math.nan)])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -1272,16 +1282,9 @@ def test_low_memory_mode_is_bitwise_the_default(op, kind):
     for variant in (VARIANTS["lengths"], VARIANTS["s0 [B, N], float sigma"],
                     VARIANTS["subtract, not detached"]):
         args, kw = fused_case(op, kind, D, variant, N=N, seed=79)
-        names, leaves = leaves_of(args, kw)
-        results = []
-        for save in (True, False):
-            out = FUSED[op](*args, **kw, **{flag: save})
-            results.append((out, grads_of(loss_of(out, spikes=True), leaves)))
-        (a, ga), (b, gb) = results
-        for x, y in zip(a, b):
-            assert torch.equal(x, y)
-        for name, x, y in zip(names, ga, gb):
-            assert torch.equal(x, y), name
+        assert_runs_bitwise_equal(
+            [lambda save=save: (FUSED[op](*args, **kw, **{flag: save}), leaves_of(args, kw))
+             for save in (True, False)])
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -1310,19 +1313,13 @@ def test_fused_results_do_not_depend_on_the_thread_count(dtype):
                                     for a in args])
                 kw = {k: v.requires_grad_() if isinstance(v, torch.Tensor) and
                       v.is_floating_point() else v for k, v in kw.items()}
-                names, leaves = leaves_of(args, kw)
-                results = []
-                for n in (1, 2):
+                def run(n):
                     torch.set_num_threads(n)
                     assert torch.get_num_threads() == n
-                    out = FUSED[op](*args, **kw)
-                    results.append((out, grads_of(loss_of(out, spikes=True), leaves)))
-                (a, ga), (b, gb) = results
+                    return FUSED[op](*args, **kw), leaves_of(args, kw)
+
+                a = assert_runs_bitwise_equal([lambda: run(1), lambda: run(2)], (op, kind))
                 assert 0 < a[0].double().mean() < 1
-                for x, y in zip(a, b):
-                    assert torch.equal(x, y), (op, kind)
-                for name, x, y in zip(names, ga, gb):
-                    assert torch.equal(x, y), (op, kind, name)
                 if dtype == F64:  # and several backward blocks against the reference
                     assert_fused_is_reference(op, args, kw)
     finally:
