@@ -247,6 +247,44 @@ DELAYS = """
 """
 
 
+MODULE_DELAYS = """
+    Recurrent delays (CPU; DelRec, README "Recurrent delays"): each layer's
+    recurrent input reads the spike history through a triangular kernel at
+    learnt real delays (the functional's ``delays``, whose formula its
+    docstring gives)::
+
+        rec_i[t] = sum_j w_rec[i,j] * sum_(k=1..D) kappa(delta_ij - k; s_j) * S_j[t-k]
+
+    Delay arguments (keyword):
+        recurrent_delays (str or None): ``"axonal"``: one delay per source
+            neuron, Parameter ``delays`` ``[N]`` (the only kind with
+            ``recurrent="one_to_one"``); ``"synaptic"``: one per connection,
+            ``delays`` ``[N, N]`` (row i = into neuron i). Default: ``None``
+            (no delays; the arguments below must keep their defaults).
+        max_delay (int or None): D >= 1, the longest tap, in steps; required
+            with delays. Default: ``None``.
+        delay_sigma (float): the kernel's spread sigma >= 0 (s = 1 + sigma),
+            an attribute to anneal during training (DelRec: 10 *
+            0.95^(100 e / E) at epoch e of E, to 0). Default: ``0.0``.
+        learn_delay_spread (bool): adds a Parameter ``delay_spread`` ``[N]``
+            (zeros): sigma_j = 2 * delay_sigma * sigmoid(delay_spread_j).
+            Default: ``False``.
+        delay_init_std (float or None): the delays start at 1 + |N(0,
+            std^2)| clamped into [1, D] (DelRec's initialisation).
+            Default: ``None`` (max_delay / 4).
+
+    The parameters are named ``delays`` and ``delay_spread`` (``_l0`` ...
+    in a stack), in float32 for a half-precision module. The forward does
+    not clamp the delays (that would zero their gradient at the bounds):
+    call :meth:`clamp_delays_` after each optimiser step and
+    :meth:`round_delays_` (with ``delay_sigma = 0``) for integer delays,
+    as DelRec does. The state's spikes are the spike history of the last D
+    steps, oldest first: ``[D, B, N]`` (``[L, D, B, N]`` for a stack,
+    ``[D, N]`` unbatched); a given state continues the sequence exactly.
+    ``to_nir`` refuses a layer with delays.
+"""
+
+
 def from_snntorch(doc, layer, argument, neuron, what):
     """A from_snntorch docstring completed with the parts both share (None
     stays None, as under python -OO)."""

@@ -365,8 +365,10 @@ def to_nir(module, dt=1e-4):
             alpha < 1, its IF has no leak), a ``RecurrentCubaLIF`` layer with
             ``reset="subtract"`` or ``"none"`` or with alpha or alpha_syn 1
             (an infinite tau: NIR has no current-based IF), a first
-            ``LeakyIntegrator`` with only 0-dim values (no N); each naming the
-            layer.
+            ``LeakyIntegrator`` with only 0-dim values (no N), a layer with
+            recurrent delays (``recurrent_delays``: NIR's Delay node is
+            integer-valued, and no importer runs one in a recurrent
+            cycle); each naming the layer.
 
     Warns:
         UserWarning: a ``RecurrentLIF`` with ``reset="subtract"`` or
@@ -416,6 +418,15 @@ def to_nir(module, dt=1e-4):
         if size is not None and ins != size:
             raise ValueError(f"torch_ext.to_nir: {where} takes {ins} features but the module "
                              f"before it gives {size}")
+        if isinstance(m, _SPIKING) and m.recurrent_delays is not None:
+            # NIR's Delay node holds integer delays of a node's output; a
+            # learnt real delay read through a kernel of width 1 + delay_sigma
+            # is not what it computes, and no importer reads a Delay node
+            # inside a recurrent cycle.
+            raise ValueError(f"torch_ext.to_nir: {where} has recurrent delays "
+                             f"(recurrent_delays={m.recurrent_delays!r}), which NIR cannot "
+                             "express: its Delay node holds integer delays only and no "
+                             "importer runs one inside a recurrent cycle")
         if isinstance(m, _SPIKING):
             ends = []
             for layer in range(m.num_layers):

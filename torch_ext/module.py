@@ -14,6 +14,7 @@ from .functional import recurrent_adlif, recurrent_cubalif, recurrent_lif
 from .reference import recurrent_adlif_ref, recurrent_cubalif_ref, recurrent_lif_ref
 
 RECURRENT = ("all_to_all", "one_to_one", "none")
+DELAY_KINDS = (None, "axonal", "synaptic")
 
 
 class _RecurrentStack(nn.Module):
@@ -38,9 +39,10 @@ class _RecurrentStack(nn.Module):
     _STATE_IS = ""
 
     def __init__(self, in_features, hidden_size, *, bias, num_layers, dropout, recurrent, reset,
-                 detach_reset, surrogate, slope, batch_first, backend, flags, dtype):
+                 detach_reset, surrogate, slope, batch_first, backend, flags, dtype, delays):
         """Checks the common arguments (flags: the subclass's own bool
-        arguments by name) and keeps them as attributes."""
+        arguments by name; delays: the recurrent delays' arguments by name)
+        and keeps them as attributes."""
         super().__init__()
         who = type(self).__name__
         if not isinstance(backend, str) or backend not in self._BACKENDS:
@@ -74,6 +76,53 @@ class _RecurrentStack(nn.Module):
         self.num_layers, self.dropout = num_layers, float(dropout)
         self.reset, self.detach_reset, self.surrogate = reset, detach_reset, surrogate
         self.batch_first, self.backend, self.recurrent = batch_first, backend, recurrent
+        self._check_delay_options(**delays)
+
+    def _check_delay_options(self, recurrent_delays, max_delay, delay_sigma, learn_delay_spread,
+                             delay_init_std):
+        """Checks the recurrent delays' constructor arguments and keeps them
+        as attributes (delay_init_std resolved: max_delay / 4 by default)."""
+        who = type(self).__name__
+        if not (recurrent_delays is None or isinstance(recurrent_delays, str)) \
+                or recurrent_delays not in DELAY_KINDS:
+            raise ValueError(f"{who}: argument 'recurrent_delays' must be one of {DELAY_KINDS}, "
+                             f"got {recurrent_delays!r}")
+        if not isinstance(learn_delay_spread, bool):
+            raise TypeError(f"{who}: argument 'learn_delay_spread' must be a bool, got "
+                            f"{_options.type_name(learn_delay_spread)}")
+        if recurrent_delays is None:
+            given = [name for name, value, default in (
+                ("max_delay", max_delay, None), ("delay_sigma", delay_sigma, 0.0),
+                ("learn_delay_spread", learn_delay_spread, False),
+                ("delay_init_std", delay_init_std, None)) if value != default]
+            if given:
+                raise ValueError(f"{who}: argument '{given[0]}' is given without "
+                                 "'recurrent_delays' (\"axonal\" or \"synaptic\")")
+        else:
+            if self.recurrent == "none":
+                raise ValueError(f"{who}: argument 'recurrent_delays' delays the recurrent "
+                                 "connections, which recurrent='none' does not have")
+            if recurrent_delays == "synaptic" and self.recurrent == "one_to_one":
+                raise ValueError(f"{who}: argument 'recurrent_delays' is \"synaptic\" (one delay "
+                                 "per [N, N] connection) but recurrent='one_to_one' has one "
+                                 "connection per neuron: use \"axonal\"")
+            if (isinstance(max_delay, bool) or not isinstance(max_delay, numbers.Integral)
+                    or not 1 <= max_delay < 2**31):
+                raise ValueError(f"{who}: argument 'max_delay' must be an int >= 1 (the longest "
+                                 f"delay, in steps) with recurrent_delays, got {max_delay!r}")
+            max_delay = int(max_delay)
+            for name, value in (("delay_sigma", delay_sigma), ("delay_init_std", delay_init_std)):
+                if value is None and name == "delay_init_std":
+                    continue
+                if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                        or not (math.isfinite(value) and value >= 0)):
+                    raise ValueError(f"{who}: argument '{name}' must be a finite number >= 0, "
+                                     f"got {value!r}")
+            delay_sigma = float(delay_sigma)
+            delay_init_std = max_delay / 4 if delay_init_std is None else float(delay_init_std)
+        self.recurrent_delays, self.max_delay = recurrent_delays, max_delay
+        self.delay_sigma, self.learn_delay_spread = delay_sigma, learn_delay_spread
+        self.delay_init_std = delay_init_std
 
     def _repr(self, neuron, save_flag):
         """extra_repr: the sizes, the neuron's own arguments, then the
@@ -87,6 +136,11 @@ class _RecurrentStack(nn.Module):
             text += f", num_layers={self.num_layers}, dropout={self.dropout}"
         if self.recurrent != "all_to_all":
             text += f", recurrent={self.recurrent!r}"
+        if self.recurrent_delays is not None:
+            text += (f", recurrent_delays={self.recurrent_delays!r}, max_delay={self.max_delay}, "
+                     f"delay_sigma={self.delay_sigma}")
+            if self.learn_delay_spread:
+                text += ", learn_delay_spread=True"
         if not getattr(self, save_flag):
             text += f", {save_flag}=False"
         return text
@@ -114,6 +168,16 @@ class _RecurrentStack(nn.Module):
                     self.register_parameter(self._name(name, layer), nn.Parameter(value))
                 else:
                     self.register_buffer(self._name(name, layer), value)
+            if self.recurrent_delays is not None:
+                # In the compute dtype: a bfloat16 delay of 25 would move in steps of 1/8.
+                delay_factory = {**factory, "dtype": _options.compute_dtype(
+                    dtype or torch.get_default_dtype())}
+                shape = (N,) if self.recurrent_delays == "axonal" else (N, N)
+                self.register_parameter(self._name("delays", layer),
+                                        nn.Parameter(torch.empty(shape, **delay_factory)))
+                if self.learn_delay_spread:
+                    self.register_parameter(self._name("delay_spread", layer),
+                                            nn.Parameter(torch.empty(N, **delay_factory)))
 
     def _name(self, name, layer):
         """The attribute name of one layer's tensor: ``w_in`` for a one-layer
@@ -130,6 +194,70 @@ class _RecurrentStack(nn.Module):
         if self.recurrent != "one_to_one":
             return w_rec
         return w_rec.expand(self.hidden_size)
+
+    def _delay_tensors(self, layer):
+        """Layer ``layer``'s (delays, delay_spread or None)."""
+        spread = (getattr(self, self._name("delay_spread", layer))
+                  if self.learn_delay_spread else None)
+        return getattr(self, self._name("delays", layer)), spread
+
+    def _delay_arguments(self, layer):
+        """The op's delay keywords for layer ``layer`` (none without delays):
+        the delays as they are (the forward does not clamp them, which would
+        zero their gradient at the bounds), and sigma = delay_sigma, or
+        2 * delay_sigma * sigmoid(delay_spread) per neuron with
+        learn_delay_spread."""
+        if self.recurrent_delays is None:
+            return {}
+        delays, spread = self._delay_tensors(layer)
+        sigma = self.delay_sigma if spread is None else 2 * self.delay_sigma * spread.sigmoid()
+        return dict(delays=delays, max_delay=self.max_delay, delay_sigma=sigma)
+
+    def _reset_delays(self):
+        """DelRec's initialisation: delays 1 + |N(0, delay_init_std^2)|,
+        clamped into [1, max_delay]; the spreads 0 (sigma = delay_sigma)."""
+        if self.recurrent_delays is None:
+            return
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                delays, spread = self._delay_tensors(layer)
+                values = torch.randn(delays.shape, device=delays.device, dtype=delays.dtype)
+                delays.copy_(values.abs_().mul_(self.delay_init_std).add_(1).clamp_(
+                    1, self.max_delay))
+                if spread is not None:
+                    spread.zero_()
+
+    def _each_delay(self, method):
+        if self.recurrent_delays is None:
+            raise ValueError(f"{type(self).__name__}.{method}: the module has no recurrent "
+                             "delays (recurrent_delays=None)")
+        return [self._delay_tensors(layer)[0] for layer in range(self.num_layers)]
+
+    @torch.no_grad()
+    def clamp_delays_(self):
+        """Projects every layer's delays onto [1, max_delay], in place (as
+        DelRec does after each optimiser step; the forward does not clamp,
+        which would zero the gradient of a delay at a bound). Returns the
+        module.
+
+        Raises:
+            ValueError: the module has no recurrent delays."""
+        for delays in self._each_delay("clamp_delays_"):
+            delays.clamp_(1, self.max_delay)
+        return self
+
+    @torch.no_grad()
+    def round_delays_(self):
+        """Rounds every layer's delays to the nearest integer, in place (as
+        DelRec does before evaluation: with ``delay_sigma = 0`` a layer of
+        integer delays reads single past steps, as hardware with integer
+        delays does). Returns the module.
+
+        Raises:
+            ValueError: the module has no recurrent delays."""
+        for delays in self._each_delay("round_delays_"):
+            delays.round_()
+        return self
 
     def _run(self, x, state, lengths):
         """The shared forward: checks x and the state, runs the layers, and
@@ -153,14 +281,9 @@ class _RecurrentStack(nn.Module):
             if layer > 0 and self.dropout > 0 and self.training:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
             outputs = self._run_layer(layer, layer_input, initial, lengths)
-            firsts = [given if given is not None else out.new_zeros(B, self.hidden_size)
-                      for given, out in zip(initial, outputs)]
-            if T == 0:  # no step taken: the state is what was given, or zeros
-                finals.append(tuple(firsts))
-            elif lengths is None:
-                finals.append(tuple(out[-1] for out in outputs))
-            else:  # each row's state after its own last step (the given one if it took none)
-                finals.append(_state_at(lengths, outputs, firsts))
+            finals.append(tuple(
+                _final_value(out, given, lengths, self._history(k))
+                for k, (given, out) in enumerate(zip(initial, outputs))))
             layer_input = outputs[-1]
         final = self._final_state(finals, state, batched, T)
         if not batched:
@@ -169,18 +292,30 @@ class _RecurrentStack(nn.Module):
             outputs = tuple(out.transpose(0, 1) for out in outputs)
         return outputs, final
 
-    def _state_layout(self, B, batched):
-        """The expected shape of each state tensor: (shape, description)."""
-        names = (["L"] if self.num_layers > 1 else []) + (["B"] if batched else []) + ["N"]
-        sizes = {"L": self.num_layers, "B": B, "N": self.hidden_size}
+    def _history(self, k):
+        """D for the state variable k that is a spike history (the spikes,
+        with recurrent delays), else None."""
+        if self.recurrent_delays is None or k != len(self._STATE) - 1:
+            return None
+        return self.max_delay
+
+    def _state_layout(self, B, batched, history=None):
+        """The expected shape of a state tensor (``history``: D for the spike
+        history): (shape, description)."""
+        names = ((["L"] if self.num_layers > 1 else []) + (["D"] if history else [])
+                 + (["B"] if batched else []) + ["N"])
+        sizes = {"L": self.num_layers, "D": history, "B": B, "N": self.hidden_size}
         shape = [sizes[n] for n in names]
         where = (f"{'one layer' if self.num_layers == 1 else f'num_layers={self.num_layers}'}, "
                  f"{'batched' if batched else 'unbatched'} input")
+        if history:
+            where += f", the spike history of max_delay={history} steps, oldest first"
         return shape, f"[{', '.join(names)}] = {shape} ({where})"
 
     def _layer_states(self, state, B, batched):
-        """Checks the state; returns per layer a tuple of [B, N] tensors or
-        Nones, one per state variable."""
+        """Checks the state; returns per layer a tuple of [B, N] tensors (the
+        spike history [D, B, N] with delays) or Nones, one per state
+        variable."""
         shape, expected = self._state_layout(B, batched)
         count = len(self._STATE)
         if state is None:
@@ -197,9 +332,10 @@ class _RecurrentStack(nn.Module):
             kind = {2: "a pair", 3: "a triple"}.get(count, f"a tuple of {count}")
             raise TypeError(f"{who}: argument 'state' must be None or {kind} "
                             f"({', '.join(self._STATE)}) of tensors, each {expected}; got {got}")
-        for value, name in zip(state, self._STATE):
+        for k, (value, name) in enumerate(zip(state, self._STATE)):
             if value is None:
                 continue
+            shape, expected = self._state_layout(B, batched, self._history(k))
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{who}: argument 'state': {name} must be a tensor "
                                 f"{expected} or None, got {_options.type_name(value)}")
@@ -217,7 +353,7 @@ class _RecurrentStack(nn.Module):
                 return None
             if self.num_layers > 1:
                 value = value[layer]
-            return value if batched else value.unsqueeze(0)
+            return value if batched else value.unsqueeze(-2)  # [N] -> [1, N], [D, N] -> [D, 1, N]
 
         return [tuple(per_layer(value, layer) for value in state)
                 for layer in range(self.num_layers)]
@@ -227,11 +363,11 @@ class _RecurrentStack(nn.Module):
             return state  # given tensors come back as they are
         per_variable = list(zip(*finals))  # one tuple of layers per state variable
         if self.num_layers > 1:
-            values, dim = [torch.stack(layers) for layers in per_variable], 1
+            values = [torch.stack(layers) for layers in per_variable]
         else:
-            values, dim = [layers[0] for layers in per_variable], 0
-        if not batched:
-            values = [v.squeeze(dim) for v in values]
+            values = [layers[0] for layers in per_variable]
+        if not batched:  # the batch dimension, next to last in every layout
+            values = [v.squeeze(-2) for v in values]
         if T == 0 and state is not None:
             values = [given if given is not None else made for given, made in zip(state, values)]
         return tuple(values)
@@ -255,7 +391,7 @@ class _LeakyStack(_RecurrentStack):
 
     def __init__(self, in_features, hidden_size, *, bias, values, learn, per_neuron, reset,
                  detach_reset, surrogate, slope, batch_first, return_membrane, backend,
-                 num_layers, dropout, recurrent, save_state, device, dtype):
+                 num_layers, dropout, recurrent, save_state, device, dtype, delays):
         neuron = NEURONS[self._OP]
         super().__init__(in_features, hidden_size, bias=bias, num_layers=num_layers,
                          dropout=dropout, recurrent=recurrent, reset=reset,
@@ -263,7 +399,7 @@ class _LeakyStack(_RecurrentStack):
                          batch_first=batch_first, backend=backend,
                          flags={**{f"learn_{n}": learn[n] for n in neuron.param_names},
                                 "per_neuron": per_neuron, "return_membrane": return_membrane,
-                                neuron.save_flag: save_state}, dtype=dtype)
+                                neuron.save_flag: save_state}, dtype=dtype, delays=delays)
         # The same checks, and so the same errors, as the functional's.
         self._inits = {p.name: _initial_value(values[p.name], p.name, p.decay, hidden_size,
                                               type(self).__name__, self._OP, device)
@@ -299,6 +435,7 @@ class _LeakyStack(_RecurrentStack):
                         param.copy_(init)
                     else:
                         param.fill_(init)
+        self._reset_delays()
 
     def _run_layer(self, layer, x, initial, lengths):
         neuron = NEURONS[self._OP]
@@ -307,7 +444,8 @@ class _LeakyStack(_RecurrentStack):
         spikes, *states = self._BACKENDS[self.backend](
             x, w_in, self._w_rec_for_op(w_rec), bias, *params, *initial, reset=self.reset,
             detach_reset=self.detach_reset, surrogate=self.surrogate, slope=self.slope,
-            lengths=lengths, **{neuron.save_flag: getattr(self, neuron.save_flag)})
+            lengths=lengths, **{neuron.save_flag: getattr(self, neuron.save_flag)},
+            **self._delay_arguments(layer))
         return (*states, spikes)
 
     def _forward(self, x, state, lengths):
@@ -432,7 +570,9 @@ class RecurrentLIF(_LeakyStack):
                  learn_alpha=False, learn_theta=False, per_neuron=False, reset="subtract",
                  detach_reset=False, surrogate="sigmoid", slope=None, batch_first=False,
                  return_membrane=False, backend="fused", num_layers=1, dropout=0.0,
-                 recurrent="all_to_all", save_membrane=True, device=None, dtype=None):
+                 recurrent="all_to_all", save_membrane=True, device=None, dtype=None,
+                 recurrent_delays=None, max_delay=None, delay_sigma=0.0,
+                 learn_delay_spread=False, delay_init_std=None):
         super().__init__(in_features, hidden_size, bias=bias,
                          values=dict(alpha=alpha, theta=theta),
                          learn=dict(alpha=learn_alpha, theta=learn_theta), per_neuron=per_neuron,
@@ -440,7 +580,9 @@ class RecurrentLIF(_LeakyStack):
                          batch_first=batch_first, return_membrane=return_membrane,
                          backend=backend, num_layers=num_layers, dropout=dropout,
                          recurrent=recurrent, save_state=save_membrane, device=device,
-                         dtype=dtype)
+                         dtype=dtype, delays=_delay_options(
+                             recurrent_delays, max_delay, delay_sigma, learn_delay_spread,
+                             delay_init_std))
 
     def forward(self, x, state=None, lengths=None):
         """Runs the layer(s) over a whole sequence.
@@ -657,7 +799,9 @@ class RecurrentCubaLIF(_LeakyStack):
                  learn_alpha=False, learn_alpha_syn=False, learn_theta=False, per_neuron=False,
                  reset="subtract", detach_reset=False, surrogate="sigmoid", slope=None,
                  batch_first=False, return_membrane=False, backend="fused", num_layers=1,
-                 dropout=0.0, recurrent="all_to_all", save_state=True, device=None, dtype=None):
+                 dropout=0.0, recurrent="all_to_all", save_state=True, device=None, dtype=None,
+                 recurrent_delays=None, max_delay=None, delay_sigma=0.0,
+                 learn_delay_spread=False, delay_init_std=None):
         super().__init__(in_features, hidden_size, bias=bias,
                          values=dict(alpha=alpha, alpha_syn=alpha_syn, theta=theta),
                          learn=dict(alpha=learn_alpha, alpha_syn=learn_alpha_syn,
@@ -666,7 +810,9 @@ class RecurrentCubaLIF(_LeakyStack):
                          surrogate=surrogate, slope=slope, batch_first=batch_first,
                          return_membrane=return_membrane, backend=backend,
                          num_layers=num_layers, dropout=dropout, recurrent=recurrent,
-                         save_state=save_state, device=device, dtype=dtype)
+                         save_state=save_state, device=device, dtype=dtype,
+                         delays=_delay_options(recurrent_delays, max_delay, delay_sigma,
+                                               learn_delay_spread, delay_init_std))
 
     def forward(self, x, state=None, lengths=None):
         """Runs the layer(s) over a whole sequence, as :meth:`RecurrentLIF.forward`.
@@ -890,12 +1036,16 @@ class RecurrentAdLIF(_RecurrentStack):
                  recurrent="all_to_all", tau_u_range=(5.0, 25.0), tau_w_range=(60.0, 300.0),
                  a_range=(0.0, 1.0), b_range=(0.0, 2.0), q=120.0, theta=1.0, dt=1.0,
                  reset="zero", detach_reset=True, surrogate="sigmoid", slope=None,
-                 batch_first=False, backend="fused", save_state=True, device=None, dtype=None):
+                 batch_first=False, backend="fused", save_state=True, device=None, dtype=None,
+                 recurrent_delays=None, max_delay=None, delay_sigma=0.0,
+                 learn_delay_spread=False, delay_init_std=None):
         super().__init__(in_features, hidden_size, bias=bias, num_layers=num_layers,
                          dropout=dropout, recurrent=recurrent, reset=reset,
                          detach_reset=detach_reset, surrogate=surrogate, slope=slope,
                          batch_first=batch_first, backend=backend,
-                         flags=dict(save_state=save_state), dtype=dtype)
+                         flags=dict(save_state=save_state), dtype=dtype,
+                         delays=_delay_options(recurrent_delays, max_delay, delay_sigma,
+                                               learn_delay_spread, delay_init_std))
         self.save_state = save_state
         self.tau_u_range = _range(tau_u_range, "tau_u_range", positive=True)
         self.tau_w_range = _range(tau_w_range, "tau_w_range", positive=True)
@@ -938,6 +1088,7 @@ class RecurrentAdLIF(_RecurrentStack):
                 nn.init.uniform_(tau_w, 0.0, 1.0)
                 nn.init.uniform_(a, *self.a_range)
                 nn.init.uniform_(b, *self.b_range)
+        self._reset_delays()
 
     def neuron_parameters(self, layer=0):
         """The neuron parameters layer ``layer`` gives the op, ``(alpha,
@@ -962,7 +1113,8 @@ class RecurrentAdLIF(_RecurrentStack):
         spikes, membrane, adaptation = self._BACKENDS[self.backend](
             x, w_in, self._w_rec_for_op(w_rec), bias, alpha, beta, a, b, self.theta, *initial,
             reset=self.reset, detach_reset=self.detach_reset, surrogate=self.surrogate,
-            slope=self.slope, save_state=self.save_state, lengths=lengths)
+            slope=self.slope, save_state=self.save_state, lengths=lengths,
+            **self._delay_arguments(layer))
         return membrane, adaptation, spikes
 
     def forward(self, x, state=None, lengths=None):
@@ -1015,6 +1167,16 @@ class RecurrentAdLIF(_RecurrentStack):
                           f"theta={self.theta}, dt={self.dt}", "save_state")
 
 
+for _cls in (RecurrentLIF, RecurrentCubaLIF, RecurrentAdLIF):
+    if _cls.__doc__ is not None:  # None under python -OO
+        _cls.__doc__ += _docs.MODULE_DELAYS
+
+
+def _delay_options(recurrent_delays, max_delay, delay_sigma, learn_delay_spread, delay_init_std):
+    return dict(recurrent_delays=recurrent_delays, max_delay=max_delay, delay_sigma=delay_sigma,
+                learn_delay_spread=learn_delay_spread, delay_init_std=delay_init_std)
+
+
 def _range(value, name, positive=False):
     """A (low, high) pair of finite numbers, low <= high (and low > 0 with
     positive), as a tuple of floats."""
@@ -1060,13 +1222,28 @@ def _initial_value(value, name, decay, hidden_size, module, op, device):
     return value
 
 
-def _state_at(lengths, outputs, firsts):
-    """Each batch row's state after its own last step: every output [T, B, N]
-    at t = lengths[b] - 1, or the initial state (firsts) where lengths[b] = 0."""
-    T, shape = outputs[0].shape[0], outputs[0].shape[1:]
-    # Clamped as the kernels do (on CUDA the op does not check the values).
-    lengths = lengths.to(device=outputs[0].device, dtype=torch.long).clamp(0, T)
-    last = (lengths - 1).clamp(min=0).view(1, -1, 1).expand(1, *shape)
-    took_steps = (lengths > 0).unsqueeze(1)
-    return tuple(torch.where(took_steps, out.gather(0, last)[0], first.to(out.dtype))
-                 for out, first in zip(outputs, firsts))
+def _final_value(out, given, lengths, history):
+    """A state variable's final value from its sequence ``out`` [T, B, N]
+    and its initial value ``given`` (None: zeros): each batch row's value
+    after its own last step (t = lengths[b] - 1, all T steps without
+    lengths; the initial value where it took none); with ``history`` = D the
+    spike history [D, B, N] of its last D steps, oldest first, reaching back
+    into the initial history where a row took fewer than D steps."""
+    T, B, N = out.shape
+    if history:
+        first = given if given is not None else out.new_zeros(history, B, N)
+        steps = torch.cat([first.to(out.dtype), out])  # S[1-D..T]
+        if lengths is None:
+            return steps[-history:]
+        # Clamped as the kernels do (on CUDA the op does not check the values).
+        ends = lengths.to(device=out.device, dtype=torch.long).clamp(0, T)
+        index = ends.view(1, B, 1) + torch.arange(history, device=out.device).view(-1, 1, 1)
+        return steps.gather(0, index.expand(history, B, N))
+    first = given if given is not None else out.new_zeros(B, N)
+    if T == 0:  # no step taken: the state is what was given, or zeros
+        return first
+    if lengths is None:
+        return out[-1]
+    ends = lengths.to(device=out.device, dtype=torch.long).clamp(0, T)
+    last = (ends - 1).clamp(min=0).view(1, -1, 1).expand(1, B, N)
+    return torch.where((ends > 0).unsqueeze(1), out.gather(0, last)[0], first.to(out.dtype))

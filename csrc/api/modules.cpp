@@ -167,16 +167,33 @@ at::Tensor value_after_last_step(const at::Tensor& lengths, const at::Tensor& se
 using LayerRun = std::function<std::vector<at::Tensor>(
     int64_t layer, const at::Tensor& input, const std::vector<OptionalTensor>& initial)>;
 
-// The layer stack of both modules, with the Python modules' conventions:
+// The spike history [D, B, N] after each batch row's own last step: the
+// last D of the given history (`first`) followed by the spikes [T, B, N] up
+// to t = lengths[b] - 1 (all T steps without lengths), oldest first.
+at::Tensor history_after_last_step(const OptionalTensor& lengths, const at::Tensor& spikes,
+                                   const at::Tensor& first) {
+  const int64_t T = spikes.size(0), B = spikes.size(1), N = spikes.size(2), D = first.size(0);
+  const at::Tensor steps = at::cat({first.to(spikes.scalar_type()), spikes});  // S[1-D..T]
+  if (!lengths) return steps.narrow(0, T, D);
+  // Clamped as the kernels do (on CUDA the op does not check the values).
+  const at::Tensor ends = lengths->to(spikes.device(), at::kLong).clamp(0, T);
+  const at::Tensor index =
+      ends.view({1, B, 1}) + at::arange(D, ends.options()).view({D, 1, 1});
+  return steps.gather(0, index.expand({D, B, N}));
+}
+
+// The layer stack of every module, with the Python modules' conventions:
 // batch_first and unbatched input, a state of `parts` (named for the
-// messages; the spikes last), each [L, B, N] for L > 1, split per layer;
-// dropout between layers in training; each part's final value after each
-// row's own last step. Returns the top layer's sequences (its states', the
-// spikes last), laid out like the input, and the final state.
+// messages; the spikes last), each [L, B, N] for L > 1, split per layer
+// (with history = D > 0, recurrent delays: the spikes are the spike history,
+// [L, D, B, N]); dropout between layers in training; each part's final
+// value after each row's own last step. Returns the top layer's sequences
+// (its states', the spikes last), laid out like the input, and the final
+// state.
 std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> run_stack(
     const char* module, const at::Tensor& input, const std::vector<at::Tensor>& state,
     const std::vector<const char*>& parts, int64_t L, int64_t N, bool batch_first, double dropout,
-    bool training, const OptionalTensor& lengths, const LayerRun& run_layer) {
+    bool training, const OptionalTensor& lengths, int64_t history, const LayerRun& run_layer) {
   TORCH_CHECK_VALUE(input.defined() && (input.dim() == 2 || input.dim() == 3), module,
                     ": argument 'x' must have shape ", batch_first ? "[B, T, F]" : "[T, B, F]",
                     " (batched) or [T, F] (unbatched), got ",
@@ -187,23 +204,35 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> run_stack(
   const int64_t T = x.size(0), B = x.size(1);
   const size_t P = parts.size();
 
-  // The state's expected shape, as the Python module checks it.
-  std::vector<int64_t> shape;
-  if (L > 1) shape.push_back(L);
-  if (batched) shape.push_back(B);
-  shape.push_back(N);
-  // initial[l][p]: part p of layer l, [B, N] (absent where not given).
+  // Part p's expected shape, as the Python module checks it.
+  auto is_history = [&](size_t p) { return history > 0 && p == P - 1; };
+  auto expected_shape = [&](size_t p) {
+    std::vector<int64_t> shape;
+    if (L > 1) shape.push_back(L);
+    if (is_history(p)) shape.push_back(history);
+    if (batched) shape.push_back(B);
+    shape.push_back(N);
+    return shape;
+  };
+  // initial[l][p]: part p of layer l, [B, N] or the history [D, B, N]
+  // (absent where not given).
   std::vector<std::vector<OptionalTensor>> initial(L, std::vector<OptionalTensor>(P));
   for (size_t p = 0; p < P && p < state.size(); ++p) {
     const at::Tensor& value = state[p];
     if (!value.defined()) continue;
+    const std::vector<int64_t> shape = expected_shape(p);
     TORCH_CHECK_VALUE(value.sizes() == at::IntArrayRef(shape), module, ": argument 'state': ",
                       parts[p], " must have shape ", at::IntArrayRef(shape), " (",
                       L == 1 ? std::string("one layer") : c10::str("num_layers=", L), ", ",
-                      batched ? "batched" : "unbatched", " input), got ", value.sizes());
+                      batched ? "batched" : "unbatched", " input",
+                      is_history(p) ? c10::str(", the spike history of max_delay=", history,
+                                               " steps, oldest first")
+                                    : std::string(),
+                      "), got ", value.sizes());
     for (int64_t l = 0; l < L; ++l) {
       const at::Tensor layer = L > 1 ? value.select(0, l) : value;
-      initial[l][p] = batched ? layer : layer.unsqueeze(0);
+      // [N] -> [1, N], [D, N] -> [D, 1, N]
+      initial[l][p] = batched ? layer : layer.unsqueeze(-2);
     }
   }
 
@@ -216,6 +245,12 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> run_stack(
     }
     sequences = run_layer(l, layer_input, initial[l]);
     for (size_t p = 0; p < P; ++p) {
+      if (is_history(p)) {
+        const at::Tensor first =
+            initial[l][p] ? *initial[l][p] : sequences[p].new_zeros({history, B, N});
+        finals[p].push_back(history_after_last_step(lengths, sequences[p], first));
+        continue;
+      }
       const at::Tensor first =
           initial[l][p] ? *initial[l][p] : sequences[p].new_zeros({B, N});
       if (T == 0) {  // no step taken: the state is what was given, or zeros
@@ -237,7 +272,7 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> run_stack(
   } else {
     for (size_t p = 0; p < P; ++p) {
       at::Tensor value = L > 1 ? at::stack(finals[p]) : finals[p][0];
-      last.push_back(batched ? value : value.squeeze(L > 1 ? 1 : 0));
+      last.push_back(batched ? value : value.squeeze(-2));  // the batch dimension
     }
   }
   for (at::Tensor& sequence : sequences) {
@@ -276,12 +311,97 @@ std::string layer_name(const char* base, int64_t layer, int64_t num_layers) {
   return num_layers == 1 ? std::string(base) : c10::str(base, "_l", layer);
 }
 
+// The recurrent delays' options, checked with the Python module's messages.
+template <typename Options>
+void check_delay_options(const char* module, const Options& o) {
+  if (!o.recurrent_delays()) {
+    const char* given = o.max_delay()           ? "max_delay"
+                        : o.delay_sigma() != 0  ? "delay_sigma"
+                        : o.learn_delay_spread() ? "learn_delay_spread"
+                        : o.delay_init_std()    ? "delay_init_std"
+                                                : nullptr;
+    TORCH_CHECK_VALUE(given == nullptr, module, ": argument '", given, "' is given without "
+                      "'recurrent_delays' (\"axonal\" or \"synaptic\")");
+    return;
+  }
+  const std::string& kind = *o.recurrent_delays();
+  TORCH_CHECK_VALUE(kind == "axonal" || kind == "synaptic", module,
+                    ": argument 'recurrent_delays' must be none, \"axonal\" or \"synaptic\", "
+                    "got \"", kind, "\"");
+  TORCH_CHECK_VALUE(o.recurrent() != "none", module, ": argument 'recurrent_delays' delays the "
+                    "recurrent connections, which recurrent='none' does not have");
+  TORCH_CHECK_VALUE(!(kind == "synaptic" && o.recurrent() == "one_to_one"), module,
+                    ": argument 'recurrent_delays' is \"synaptic\" (one delay per [N, N] "
+                    "connection) but recurrent='one_to_one' has one connection per neuron: use "
+                    "\"axonal\"");
+  TORCH_CHECK_VALUE(o.max_delay() && *o.max_delay() >= 1 && *o.max_delay() < (int64_t{1} << 31),
+                    module, ": argument 'max_delay' must be an int >= 1 (the longest delay, in "
+                    "steps) with recurrent_delays, got ",
+                    o.max_delay() ? std::to_string(*o.max_delay()) : std::string("none"));
+  TORCH_CHECK_VALUE(std::isfinite(o.delay_sigma()) && o.delay_sigma() >= 0, module,
+                    ": argument 'delay_sigma' must be a finite number >= 0, got ",
+                    o.delay_sigma());
+  TORCH_CHECK_VALUE(!o.delay_init_std() ||
+                        (std::isfinite(*o.delay_init_std()) && *o.delay_init_std() >= 0),
+                    module, ": argument 'delay_init_std' must be a finite number >= 0, got ",
+                    o.delay_init_std() ? *o.delay_init_std() : 0.0);
+}
+
+// Registers layer l's delays (and spread) after its other tensors, under the
+// Python module's names; leaves them undefined without delays.
+template <typename Options, typename Layer>
+void register_delays(torch::nn::Module& m, int64_t l, const Options& o, Layer& layer) {
+  if (!o.recurrent_delays()) return;
+  const int64_t N = o.hidden_size(), L = o.num_layers();
+  layer.delays = m.register_parameter(
+      layer_name("delays", l, L),
+      *o.recurrent_delays() == "axonal" ? torch::empty({N}) : torch::empty({N, N}));
+  if (o.learn_delay_spread()) {
+    layer.delay_spread = m.register_parameter(layer_name("delay_spread", l, L), torch::empty({N}));
+  }
+}
+
+// DelRec's initialisation: delays 1 + |N(0, std^2)| clamped into [1, D]
+// (std = D / 4 unless given), the spreads 0.
+template <typename Options, typename Layer>
+void init_delays(const Options& o, const Layer& layer) {
+  if (!layer.delays.defined()) return;
+  torch::NoGradGuard no_grad;
+  const double D = static_cast<double>(*o.max_delay());
+  const double std = o.delay_init_std() ? *o.delay_init_std() : D / 4;
+  at::Tensor delays = layer.delays;
+  delays.copy_(at::randn(delays.sizes(), delays.options()).abs_().mul_(std).add_(1).clamp_(1, D));
+  if (layer.delay_spread.defined()) {
+    at::Tensor spread = layer.delay_spread;
+    spread.zero_();
+  }
+}
+
+// clamp_delays_() / round_delays_(): `change` applied to every layer's delays.
+template <typename Impl>
+void change_delays(Impl& m, const char* module, const char* method,
+                   const std::function<void(at::Tensor&)>& change) {
+  TORCH_CHECK_VALUE(m.options.recurrent_delays().has_value(), module, ".", method,
+                    ": the module has no recurrent delays (recurrent_delays is none)");
+  torch::NoGradGuard no_grad;
+  for (auto& layer : m.layers) change(layer.delays);
+}
+
 // One layer's tensors as model M's op takes them.
 struct LayerTensors {
   at::Tensor w_in;
   OptionalTensor w_rec, bias;
   std::vector<at::Tensor> params;  // the model's parameters, in the op's order
+  at::Tensor delays, delay_spread;  // undefined without recurrent delays
 };
+
+// The op's delay_sigma for a layer's delays: sigma, or 2 sigma
+// sigmoid(delay_spread) per neuron with a learnt spread.
+template <typename Options>
+at::Tensor delay_sigma_for_op(const Options& o, const at::Tensor& x, const at::Tensor& spread) {
+  if (spread.defined()) return 2 * o.delay_sigma() * spread.sigmoid();
+  return at::full({}, o.delay_sigma(), x.options().dtype(compute_dtype(x.scalar_type())));
+}
 
 // Every module's forward: the layer stack (run_stack) over model M's op, each
 // layer's tensors from `layer` and the state's parts named `parts` (the
@@ -296,15 +416,19 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> run_model(
   auto run_layer = [&](int64_t l, const at::Tensor& x, const std::vector<OptionalTensor>& initial) {
     const LayerTensors t = layer(l);
     const std::vector<std::optional<at::Tensor>> states(initial.begin(), initial.end() - 1);
-    std::vector<at::Tensor> out =
-        call_op<M>(x, t.w_in, t.w_rec, t.bias, t.params, states, initial.back(),
-                   {o.reset(), o.detach_reset(), o.surrogate(), o.slope(), save_state},
-                   given_lengths);
+    const bool delayed = t.delays.defined();
+    std::vector<at::Tensor> out = call_op<M>(
+        x, t.w_in, t.w_rec, t.bias, t.params, states, initial.back(),
+        {o.reset(), o.detach_reset(), o.surrogate(), o.slope(), save_state,
+         delayed ? o.max_delay() : std::nullopt},
+        given_lengths, delayed ? OptionalTensor(t.delays) : std::nullopt,
+        delayed ? OptionalTensor(delay_sigma_for_op(o, x, t.delay_spread)) : std::nullopt);
     std::rotate(out.begin(), out.begin() + 1, out.end());  // the spikes last
     return out;
   };
   return run_stack(module, input, state, parts, o.num_layers(), o.hidden_size(), o.batch_first(),
-                   o.dropout(), training, given_lengths, run_layer);
+                   o.dropout(), training, given_lengths,
+                   o.recurrent_delays() ? *o.max_delay() : 0, run_layer);
 }
 
 }  // namespace
@@ -385,6 +509,11 @@ void print_stack_options(std::ostream& stream, const Options& options) {
     stream << ", num_layers=" << options.num_layers() << ", dropout=" << options.dropout();
   }
   if (options.recurrent() != "all_to_all") stream << ", recurrent=" << options.recurrent();
+  if (options.recurrent_delays()) {
+    stream << ", recurrent_delays=" << *options.recurrent_delays()
+           << ", max_delay=" << *options.max_delay() << ", delay_sigma=" << options.delay_sigma();
+    if (options.learn_delay_spread()) stream << ", learn_delay_spread=true";
+  }
   stream << ")";
 }
 
@@ -415,6 +544,7 @@ void construct_module(Impl& m, const char* name, const std::vector<NeuronValue>&
   check_neuron_module<M>(name, o.in_features(), o.hidden_size(), o.num_layers(), o.dropout(),
                          o.recurrent(), values, o.reset(), o.detach_reset(), o.surrogate(),
                          o.slope());
+  check_delay_options(name, o);
   m.reset();
 }
 
@@ -427,6 +557,7 @@ void register_layers(Impl& m, const std::vector<NeuronValue>& values, std::index
     const auto t = register_layer(m, l, L, o.in_features(), o.hidden_size(), o.bias(),
                                   o.recurrent(), o.per_neuron(), values);
     m.layers[l] = typename Impl::Layer{t[I]...};
+    register_delays(m, l, o, m.layers[l]);
   }
 }
 
@@ -447,6 +578,7 @@ void RecurrentLIFImpl::reset_parameters() {
   for (const Layer& l : layers) {
     init_layer({l.w_in, l.w_rec, l.bias, l.alpha, l.theta}, options.hidden_size(),
                lif_values(options));
+    init_delays(options, l);
   }
 }
 
@@ -459,7 +591,8 @@ std::tuple<at::Tensor, at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::fo
       state_parts(state, std::make_index_sequence<2>{}), lengths, [&](int64_t l) {
         const Layer& layer = layers[l];
         return LayerTensors{layer.w_in, w_rec_for_op(layer.w_rec, options.recurrent(), N),
-                            given(layer.bias), {layer.alpha.clamp(0, 1), layer.theta}};
+                            given(layer.bias), {layer.alpha.clamp(0, 1), layer.theta},
+                            layer.delays, layer.delay_spread};
       });
   return {top[1], top[0], State{last[0], last[1]}};
 }
@@ -469,6 +602,15 @@ std::tuple<at::Tensor, RecurrentLIFImpl::State> RecurrentLIFImpl::forward(
     const std::optional<at::Tensor>& lengths) {
   auto [spikes, membrane, last] = forward_with_membrane(input, state, lengths);
   return {spikes, last};
+}
+
+void RecurrentLIFImpl::clamp_delays_() {
+  const double D = static_cast<double>(options.max_delay().value_or(1));
+  change_delays(*this, "RecurrentLIF", "clamp_delays_", [&](at::Tensor& d) { d.clamp_(1, D); });
+}
+
+void RecurrentLIFImpl::round_delays_() {
+  change_delays(*this, "RecurrentLIF", "round_delays_", [](at::Tensor& d) { d.round_(); });
 }
 
 void RecurrentLIFImpl::pretty_print(std::ostream& stream) const {
@@ -495,6 +637,7 @@ void RecurrentCubaLIFImpl::reset_parameters() {
   for (const Layer& l : layers) {
     init_layer({l.w_in, l.w_rec, l.bias, l.alpha, l.alpha_syn, l.theta}, options.hidden_size(),
                cuba_values(options));
+    init_delays(options, l);
   }
 }
 
@@ -510,7 +653,8 @@ RecurrentCubaLIFImpl::forward_with_membrane(const at::Tensor& input,
         return LayerTensors{layer.w_in,
                             w_rec_for_op(layer.w_rec, options.recurrent(), N),
                             given(layer.bias),
-                            {layer.alpha.clamp(0, 1), layer.alpha_syn.clamp(0, 1), layer.theta}};
+                            {layer.alpha.clamp(0, 1), layer.alpha_syn.clamp(0, 1), layer.theta},
+                            layer.delays, layer.delay_spread};
       });
   return {top[2], top[0], State{last[0], last[1], last[2]}};
 }
@@ -520,6 +664,15 @@ std::tuple<at::Tensor, RecurrentCubaLIFImpl::State> RecurrentCubaLIFImpl::forwar
     const std::optional<at::Tensor>& lengths) {
   auto [spikes, membrane, last] = forward_with_membrane(input, state, lengths);
   return {spikes, last};
+}
+
+void RecurrentCubaLIFImpl::clamp_delays_() {
+  const double D = static_cast<double>(options.max_delay().value_or(1));
+  change_delays(*this, "RecurrentCubaLIF", "clamp_delays_", [&](at::Tensor& d) { d.clamp_(1, D); });
+}
+
+void RecurrentCubaLIFImpl::round_delays_() {
+  change_delays(*this, "RecurrentCubaLIF", "round_delays_", [](at::Tensor& d) { d.round_(); });
 }
 
 void RecurrentCubaLIFImpl::pretty_print(std::ostream& stream) const {
@@ -560,6 +713,7 @@ RecurrentAdLIFImpl::RecurrentAdLIFImpl(const RecurrentAdLIFOptions& options_)
   TORCH_CHECK_VALUE(options.dt() > 0, module, ": argument 'dt' must be > 0, got ", options.dt());
   check_options("recurrent_adlif", options.reset(), options.detach_reset(), options.surrogate(),
                 options.slope(), at::kFloat);
+  check_delay_options(module, options);
   reset();
 }
 
@@ -573,6 +727,7 @@ void RecurrentAdLIFImpl::reset() {
         options.recurrent(), /*per_neuron=*/true,
         {{"tau_u", 0, true}, {"tau_w", 0, true}, {"a", 0, true}, {"b", 0, true}});
     layers[l] = Layer{t[0], t[1], t[2], t[3], t[4], t[5], t[6]};
+    register_delays(*this, l, options, layers[l]);
   }
   reset_parameters();
 }
@@ -598,6 +753,7 @@ void RecurrentAdLIFImpl::reset_parameters() {
     torch::nn::init::uniform_(layer.tau_w, 0.0, 1.0);
     torch::nn::init::uniform_(layer.a, options.a_range()[0], options.a_range()[1]);
     torch::nn::init::uniform_(layer.b, options.b_range()[0], options.b_range()[1]);
+    init_delays(options, layer);
   }
 }
 
@@ -626,9 +782,18 @@ std::tuple<at::Tensor, RecurrentAdLIFImpl::State> RecurrentAdLIFImpl::forward(
         const at::Tensor theta = at::full(
             {}, options.theta(), alpha.options().dtype(compute_dtype(alpha.scalar_type())));
         return LayerTensors{layer.w_in, given(layer.w_rec), given(layer.bias),
-                            {alpha, beta, a, b, theta}};
+                            {alpha, beta, a, b, theta}, layer.delays, layer.delay_spread};
       });
   return {top[2], State{last[0], last[1], last[2]}};
+}
+
+void RecurrentAdLIFImpl::clamp_delays_() {
+  const double D = static_cast<double>(options.max_delay().value_or(1));
+  change_delays(*this, "RecurrentAdLIF", "clamp_delays_", [&](at::Tensor& d) { d.clamp_(1, D); });
+}
+
+void RecurrentAdLIFImpl::round_delays_() {
+  change_delays(*this, "RecurrentAdLIF", "round_delays_", [](at::Tensor& d) { d.round_(); });
 }
 
 void RecurrentAdLIFImpl::pretty_print(std::ostream& stream) const {

@@ -85,6 +85,11 @@ Options options_from(const c10::impl::GenericDict& python) {
     TORCH_EXT_OPTION(b_range, to_range(v))
     TORCH_EXT_OPTION(q, v.toDouble())
     TORCH_EXT_OPTION(dt, v.toDouble())
+    TORCH_EXT_OPTION(recurrent_delays, v.toStringRef())
+    TORCH_EXT_OPTION(max_delay, v.toInt())
+    TORCH_EXT_OPTION(delay_sigma, v.toDouble())
+    TORCH_EXT_OPTION(learn_delay_spread, v.toBool())
+    TORCH_EXT_OPTION(delay_init_std, v.toDouble())
 #undef TORCH_EXT_OPTION
     if (!known) ADD_FAILURE() << "the C++ module has no option '" << key << "'";
   }

@@ -97,6 +97,7 @@ TEST_P(AdaptiveMatchesPython, OutputsStateAndGradients) {
 
 INSTANTIATE_TEST_SUITE_P(PythonCases, AdaptiveMatchesPython,
                          ::testing::Values("default", "stack_state_lengths", "one_to_one_subtract",
-                                           "feed_forward_batch_first", "unbatched_stack"));
+                                           "feed_forward_batch_first", "unbatched_stack",
+                                           "delays_synaptic_state_lengths"));
 
 }  // namespace

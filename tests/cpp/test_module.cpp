@@ -10,7 +10,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
+#include <sstream>
 #include <string>
 
 #include "lif_reference.h"
@@ -33,7 +35,9 @@ TEST_P(MatchesPython, OutputsStateAndGradients) {
 INSTANTIATE_TEST_SUITE_P(PythonCases, MatchesPython,
                          ::testing::Values("default", "stack_state_lengths",
                                            "one_to_one_zero_reset", "feed_forward_batch_first",
-                                           "unbatched_stack", "stack_dropout_eval"));
+                                           "unbatched_stack", "stack_dropout_eval",
+                                           "delays_axonal_stack_state_lengths",
+                                           "delays_synaptic_unbatched"));
 
 TEST(LoadStateDict, ReadsWhatPythonSaves) {
   torch_ext::RecurrentLIF module(
@@ -303,6 +307,140 @@ TEST(RecurrentLIFModuleMisuse, BadOptionsNameTheArgument) {
       [] { torch_ext::RecurrentLIF(Opts(3, 4).theta(INFINITY)); }, "'theta'");
   expect_error_naming<c10::ValueError>([] { torch_ext::RecurrentLIF(Opts(3, 4).slope(0.0)); },
                                        "slope");
+}
+
+// A module with recurrent delays: its parameters (DelRec's initialisation),
+// the op called with them, the spike history as state continuing a
+// sequence, clamp_delays_() and round_delays_(), and bad options and states
+// named. (The same outputs and gradients as Python: the delays_* cases of
+// MatchesPython and of the adaptive and current-based suites.)
+TEST(RecurrentDelaysModule, ParametersHistoryClampAndRound) {
+  torch::manual_seed(7);
+  const int64_t D = 5, N = 6;
+  torch_ext::RecurrentLIF layer(
+      Opts(3, N).num_layers(2).recurrent_delays("synaptic").max_delay(D).delay_sigma(0.5)
+          .learn_delay_spread(true));
+  layer->to(torch::kFloat64);
+  const auto params = layer->named_parameters();
+  for (const char* name : {"delays_l0", "delays_l1", "delay_spread_l0", "delay_spread_l1"}) {
+    ASSERT_TRUE(params.contains(name)) << name;
+  }
+  const Tensor delays = params["delays_l0"];
+  EXPECT_EQ(delays.sizes(), (std::vector<int64_t>{N, N}));
+  EXPECT_GE(delays.min().item<double>(), 1.0);
+  EXPECT_LE(delays.max().item<double>(), static_cast<double>(D));
+  EXPECT_TRUE(torch::equal(params["delay_spread_l1"], torch::zeros({N}, torch::kFloat64)));
+
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& l : layer->layers) l.w_in.mul_(3.0), l.delay_spread.normal_();
+  }
+  const Tensor x = torch::rand({11, 2, 3}, torch::kFloat64) * 2;
+  const auto [spikes, state] = layer(x);
+  ASSERT_GT(spikes.sum().item<double>(), 0);
+  // The history [L, D, B, N]: the last D spikes of each layer.
+  const Tensor history = std::get<1>(state);
+  EXPECT_EQ(history.sizes(), (std::vector<int64_t>{2, D, 2, N}));
+  EXPECT_TRUE(torch::equal(history[1], spikes.narrow(0, 11 - D, D)));
+  // Layer 0 is the op with its delays and sigma = 2 delay_sigma sigmoid(spread).
+  const auto& l0 = layer->layers[0];
+  const Tensor below = std::get<0>(torch_ext::recurrent_lif(
+      x, l0.w_in, l0.w_rec, l0.bias, l0.alpha.clamp(0, 1), l0.theta,
+      torch_ext::RecurrentLIFFuncOptions().delays(l0.delays).max_delay(D).delay_sigma(
+          2 * 0.5 * l0.delay_spread.sigmoid())));
+  EXPECT_TRUE(torch::equal(history[0], below.narrow(0, 11 - D, D)));
+  // Two chunks continued with the state are one run.
+  const auto [first, mid] = layer(x.narrow(0, 0, 3));
+  const auto [second, last] = layer->forward(x.narrow(0, 3, 8), mid);
+  EXPECT_TRUE(torch::equal(torch::cat({first, second}), spikes));
+  EXPECT_TRUE(torch::equal(std::get<1>(last), history));
+  EXPECT_TRUE(torch::allclose(std::get<0>(last), std::get<0>(state), 1e-12, 1e-12));
+
+  {
+    torch::NoGradGuard no_grad;
+    delays.uniform_(-3.0, 9.0);
+  }
+  layer->clamp_delays_();
+  EXPECT_EQ(delays.min().item<double>(), 1.0);
+  EXPECT_EQ(delays.max().item<double>(), static_cast<double>(D));
+  {
+    torch::NoGradGuard no_grad;
+    delays.uniform_(1.0, 5.0);
+  }
+  const Tensor before = delays.clone();
+  layer->round_delays_();
+  EXPECT_TRUE(torch::equal(delays, before.round()));
+
+  std::ostringstream text;
+  text << *layer;
+  EXPECT_NE(text.str().find("recurrent_delays=synaptic, max_delay=5, delay_sigma=0.5, "
+                            "learn_delay_spread=true"),
+            std::string::npos)
+      << text.str();
+
+  // Without delays: no parameters, and clamp/round say why they cannot run.
+  torch_ext::RecurrentAdLIF plain(torch_ext::RecurrentAdLIFOptions(3, N));
+  EXPECT_FALSE(plain->named_parameters().contains("delays"));
+  expect_error_naming<c10::ValueError>([&] { plain->clamp_delays_(); },
+                                       "RecurrentAdLIF.clamp_delays_: the module has no "
+                                       "recurrent delays");
+  torch_ext::RecurrentCubaLIF cuba(torch_ext::RecurrentCubaLIFOptions(3, N)
+                                       .recurrent("one_to_one")
+                                       .recurrent_delays("axonal")
+                                       .max_delay(2)
+                                       .delay_init_std(0.0));
+  EXPECT_TRUE(torch::equal(cuba->layers[0].delays, torch::ones({N})));
+  // The state's spikes must be the history.
+  expect_error_naming<c10::ValueError>(
+      [&] {
+        cuba->forward(torch::rand({4, 2, 3}),
+                      torch_ext::RecurrentCubaLIFImpl::State{Tensor(), Tensor(),
+                                                             torch::zeros({2, N})});
+      },
+      "s must have shape [2, 2, 6] (one layer, batched input, the spike history of "
+      "max_delay=2 steps, oldest first), got [2, 6]");
+}
+
+TEST(RecurrentDelaysModule, BadOptionsNameTheArgument) {
+  using Adaptive = torch_ext::RecurrentAdLIFOptions;
+  const std::vector<std::pair<std::function<void()>, std::string>> cases{
+      {[] { torch_ext::RecurrentLIF(Opts(3, 4).recurrent_delays("dendritic").max_delay(2)); },
+       "argument 'recurrent_delays' must be none, \"axonal\" or \"synaptic\", got "
+       "\"dendritic\""},
+      {[] { torch_ext::RecurrentLIF(Opts(3, 4).recurrent_delays("axonal")); },
+       "argument 'max_delay' must be an int >= 1 (the longest delay, in steps) with "
+       "recurrent_delays, got none"},
+      {[] { torch_ext::RecurrentLIF(Opts(3, 4).recurrent_delays("axonal").max_delay(0)); },
+       "argument 'max_delay' must be an int >= 1"},
+      {[] {
+         torch_ext::RecurrentLIF(
+             Opts(3, 4).recurrent_delays("axonal").max_delay(2).delay_sigma(-1.0));
+       },
+       "argument 'delay_sigma' must be a finite number >= 0, got -1"},
+      {[] {
+         torch_ext::RecurrentLIF(
+             Opts(3, 4).recurrent_delays("axonal").max_delay(2).delay_init_std(NAN));
+       },
+       "argument 'delay_init_std' must be a finite number >= 0"},
+      {[] { torch_ext::RecurrentLIF(Opts(3, 4).max_delay(3)); },
+       "RecurrentLIF: argument 'max_delay' is given without 'recurrent_delays'"},
+      {[] { torch_ext::RecurrentAdLIF(Adaptive(3, 4).learn_delay_spread(true)); },
+       "RecurrentAdLIF: argument 'learn_delay_spread' is given without 'recurrent_delays'"},
+      {[] {
+         torch_ext::RecurrentAdLIF(
+             Adaptive(3, 4).recurrent("none").recurrent_delays("axonal").max_delay(2));
+       },
+       "RecurrentAdLIF: argument 'recurrent_delays' delays the recurrent connections, which "
+       "recurrent='none' does not have"},
+      {[] {
+         torch_ext::RecurrentCubaLIF(torch_ext::RecurrentCubaLIFOptions(3, 4)
+                                         .recurrent("one_to_one")
+                                         .recurrent_delays("synaptic")
+                                         .max_delay(2));
+       },
+       "use \"axonal\""},
+  };
+  for (const auto& [call, message] : cases) expect_error_naming<c10::ValueError>(call, message);
 }
 
 TEST(RecurrentLIFModuleMisuse, BadStateAndLengthsNameTheArgument) {

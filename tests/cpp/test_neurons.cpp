@@ -204,7 +204,7 @@ TEST_P(CubaMatchesPython, OutputsStateAndGradients) {
 INSTANTIATE_TEST_SUITE_P(PythonCases, CubaMatchesPython,
                          ::testing::Values("default", "stack_state_lengths",
                                            "one_to_one_zero_reset", "feed_forward_batch_first",
-                                           "unbatched_stack"));
+                                           "unbatched_stack", "delays_axonal_one_to_one"));
 
 TEST(CubaModule, ParametersNamesAndErrors) {
   torch_ext::RecurrentCubaLIF layer(

@@ -47,6 +47,12 @@ CASES = {
     # Dropout in eval mode is the identity (in training the masks are random).
     "stack_dropout_eval": (dict(num_layers=2, dropout=0.5, recurrent="one_to_one"), 8, 3,
                            False, True, False),
+    # Recurrent delays: the state's spikes are the spike history [(L,) D, (B,) N].
+    "delays_axonal_stack_state_lengths": (dict(num_layers=2, recurrent_delays="axonal",
+                                               max_delay=4, delay_sigma=0.7,
+                                               learn_delay_spread=True), 9, 4, True, True, False),
+    "delays_synaptic_unbatched": (dict(recurrent_delays="synaptic", max_delay=3, delay_sigma=0.3,
+                                       delay_init_std=2.0), 8, 1, True, False, True),
 }
 
 
@@ -63,6 +69,9 @@ ADAPTIVE_CASES = {
                                  False, True, False),
     "unbatched_stack": (dict(num_layers=2, reset="none", surrogate="triangle"), 6, 1, True,
                         False, True),
+    "delays_synaptic_state_lengths": (dict(recurrent_delays="synaptic", max_delay=3,
+                                           delay_sigma=0.5, batch_first=True), 8, 3, True, True,
+                                      False),
 }
 
 
@@ -79,6 +88,9 @@ CUBA_CASES = {
                                  True, False),
     "unbatched_stack": (dict(num_layers=2, reset="none", surrogate="triangle"), 6, 1, True,
                         False, True),
+    "delays_axonal_one_to_one": (dict(recurrent="one_to_one", recurrent_delays="axonal",
+                                      max_delay=5, delay_sigma=1.0, learn_delay_spread=True),
+                                 10, 2, True, True, False),
 }
 
 LAYERS = {"lif": torch_ext.RecurrentLIF, "adaptive": torch_ext.RecurrentAdLIF,
@@ -101,6 +113,8 @@ def module_case(options, T, B, with_state, with_lengths, unbatched, seed, kind="
                 p.add_(torch.rand_like(p) * 0.1)
             if adaptive and name.startswith("bias"):  # a drive the adaptation cannot silence
                 p.fill_(1.5)
+            if name.startswith("delay_spread"):  # per-neuron spreads, not the initial zeros
+                p.normal_()
     batch_first = options.get("batch_first", False)
     L = options.get("num_layers", 1)
     x_shape = [T, F] if unbatched else ([B, T, F] if batch_first else [T, B, F])
@@ -110,6 +124,9 @@ def module_case(options, T, B, with_state, with_lengths, unbatched, seed, kind="
         shape = ([L] if L > 1 else []) + ([] if unbatched else [B]) + [N]
         real = [torch.randn(shape, dtype=torch.float64) * 0.5
                 for _ in range(len(module._STATE) - 1)]
+        if module.recurrent_delays is not None:  # the spike history
+            shape = ([L] if L > 1 else []) + [module.max_delay] + shape[len(shape) - (
+                1 if unbatched else 2):]
         state = (*real, (torch.rand(shape) > 0.5).double())
     lengths = torch.randint(0, T + 1, (B,)) if with_lengths else None
     if lengths is not None:

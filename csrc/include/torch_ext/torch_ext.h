@@ -54,12 +54,39 @@
 //                training mode only
 //   recurrent    "all_to_all" (w_rec [N, N]), "one_to_one" (w_rec [N]: each
 //                neuron feeds back only its own spike) or "none" (no w_rec)
-#define TORCH_EXT_STACK_OPTIONS                        \
-  TORCH_ARG(bool, bias) = true;                        \
-  TORCH_ARG(bool, batch_first) = false;                \
-  TORCH_ARG(int64_t, num_layers) = 1;                  \
-  TORCH_ARG(double, dropout) = 0.0;                    \
-  TORCH_ARG(std::string, recurrent) = "all_to_all"
+// and its learnable recurrent delays (CPU; README, "Recurrent delays"):
+//   recurrent_delays  "axonal" (a parameter delays [N], one per source
+//                neuron; the only kind with "one_to_one") or "synaptic"
+//                (delays [N, N]); none: no delays, and the options below
+//                keep their defaults
+//   max_delay    D >= 1, the longest tap, required with delays
+//   delay_sigma  the kernel's spread sigma >= 0, to anneal during training
+//   learn_delay_spread  a parameter delay_spread [N] (zeros): sigma_j =
+//                2 delay_sigma sigmoid(delay_spread_j)
+//   delay_init_std  delays start at 1 + |N(0, std^2)| clamped into [1, D];
+//                none: D / 4
+// With delays the state's spikes are the spike history of the last D steps,
+// oldest first: [D, B, N] ([L, D, B, N] for a stack, [D, N] unbatched).
+#define TORCH_EXT_STACK_OPTIONS                                         \
+  TORCH_ARG(bool, bias) = true;                                         \
+  TORCH_ARG(bool, batch_first) = false;                                 \
+  TORCH_ARG(int64_t, num_layers) = 1;                                   \
+  TORCH_ARG(double, dropout) = 0.0;                                     \
+  TORCH_ARG(std::string, recurrent) = "all_to_all";                     \
+  TORCH_ARG(std::optional<std::string>, recurrent_delays) = std::nullopt; \
+  TORCH_ARG(std::optional<int64_t>, max_delay) = std::nullopt;          \
+  TORCH_ARG(double, delay_sigma) = 0.0;                                 \
+  TORCH_ARG(bool, learn_delay_spread) = false;                          \
+  TORCH_ARG(std::optional<double>, delay_init_std) = std::nullopt
+
+// What every module offers with recurrent delays: the delays projected onto
+// [1, max_delay] (DelRec: after each optimiser step; the forward does not
+// clamp, which would zero their gradient at the bounds) or rounded to
+// integers (DelRec: before evaluation, with delay_sigma 0), in place. Both
+// throw without delays.
+#define TORCH_EXT_DELAY_METHODS \
+  void clamp_delays_();         \
+  void round_delays_()
 
 // The options of every functional op besides its initial states:
 //   s0            initial spikes [B, N] (any real values; default zeros)
@@ -177,10 +204,12 @@ class RecurrentLIFImpl : public torch::nn::Cloneable<RecurrentLIFImpl> {
 
   void reset() override;             // (re)creates the parameters and buffers
   void reset_parameters();           // initial values, as the Python module
+  TORCH_EXT_DELAY_METHODS;
   void pretty_print(std::ostream& stream) const override;
 
   struct Layer {
     at::Tensor w_in, w_rec, bias, alpha, theta;  // w_rec, bias undefined when absent
+    at::Tensor delays, delay_spread;  // undefined without recurrent delays
   };
 
   RecurrentLIFOptions options;
@@ -261,10 +290,12 @@ class RecurrentAdLIFImpl : public torch::nn::Cloneable<RecurrentAdLIFImpl> {
 
   void reset() override;
   void reset_parameters();  // the paper's initialisation, as the Python module
+  TORCH_EXT_DELAY_METHODS;
   void pretty_print(std::ostream& stream) const override;
 
   struct Layer {
     at::Tensor w_in, w_rec, bias, tau_u, tau_w, a, b;  // w_rec, bias undefined when absent
+    at::Tensor delays, delay_spread;  // undefined without recurrent delays
   };
   // The op's per-neuron alpha, beta, a and b of layer l, from its parameters
   // kept in range (differentiable).
@@ -349,10 +380,12 @@ class RecurrentCubaLIFImpl : public torch::nn::Cloneable<RecurrentCubaLIFImpl> {
 
   void reset() override;
   void reset_parameters();  // as RecurrentLIF's (alpha_syn filled with its option)
+  TORCH_EXT_DELAY_METHODS;
   void pretty_print(std::ostream& stream) const override;
 
   struct Layer {
     at::Tensor w_in, w_rec, bias, alpha, alpha_syn, theta;  // w_rec, bias undefined when absent
+    at::Tensor delays, delay_spread;  // undefined without recurrent delays
   };
 
   RecurrentCubaLIFOptions options;
