@@ -10,9 +10,12 @@ gradient difference).
 Pixel by pixel: each image is read one pixel per step (T = 64, one input
 feature), a long sequence whose label is read out at its last step only, so
 the network has to remember: RecurrentLIF, the adaptive RecurrentAdLIF and
-the current-based RecurrentCubaLIF side by side, the same hidden size and
-epochs; their test accuracies and the time per epoch of the fused op and of
-the autograd reference (a few batches).
+the current-based RecurrentCubaLIF side by side, and the RecurrentLIF again
+with learnable axonal recurrent delays (DelRec-style: delays up to
+--max-delay steps, the kernel's spread annealed, the delays clamped after
+each step and rounded for the final test), the same hidden size and epochs;
+their test accuracies and the time per epoch of the fused op and of the
+autograd reference (a few batches).
 
     python -m torch_ext.demo [--epochs 60] [--pixel-epochs 40] [--device cpu] [--out DIR]
 """
@@ -86,12 +89,18 @@ class PixelNet(nn.Module):
     synaptic current as well (alpha_syn ~ 0.8, ~5 steps), both decays
     learnt per neuron."""
 
-    def __init__(self, kind="adlif", hidden=64, backend="fused"):
+    def __init__(self, kind="adlif", hidden=64, backend="fused", max_delay=16):
         super().__init__()
-        if kind == "lif":  # as DigitNet's layer
+        if kind in ("lif", "lif_delays"):  # as DigitNet's layer
+            # With delays (DelRec's layer): each neuron's spikes reach the
+            # others after a learnt delay in [1, max_delay], read through a
+            # triangular kernel whose spread train_pixel_models anneals.
+            delays = (dict(recurrent_delays="axonal", max_delay=max_delay,
+                           delay_sigma=delay_sigma_at(0, 1, max_delay))
+                      if kind == "lif_delays" else {})
             self.layer = RecurrentLIF(1, hidden, alpha=0.9, learn_alpha=True, learn_theta=True,
                                       per_neuron=True, surrogate="sigmoid", slope=5.0,
-                                      batch_first=True, backend=backend)
+                                      batch_first=True, backend=backend, **delays)
             gain = 4.0
         elif kind == "cuba":  # the LIF layer's options, with a learnt synapse
             self.layer = RecurrentCubaLIF(1, hidden, alpha=0.9, alpha_syn=0.8, learn_alpha=True,
@@ -123,8 +132,9 @@ def with_backend(model, backend):
     return model
 
 
-def run_epoch(model, loader, optimizer=None, device="cpu"):
-    """One pass; trains if an optimizer is given. Returns (loss, accuracy, seconds)."""
+def run_epoch(model, loader, optimizer=None, device="cpu", after_step=None):
+    """One pass; trains if an optimizer is given (calling after_step, if
+    given, after each optimiser step). Returns (loss, accuracy, seconds)."""
     model.train(optimizer is not None)
     total_loss, correct, count = 0.0, 0, 0
     start = time.perf_counter()
@@ -137,6 +147,8 @@ def run_epoch(model, loader, optimizer=None, device="cpu"):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                if after_step is not None:
+                    after_step()
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             count += len(y)
@@ -176,7 +188,23 @@ def batch_seconds(model, loader, lr, device, batches):
     return (time.perf_counter() - start) / max(taken, 1)
 
 
-LAYER_NAMES = {"lif": "RecurrentLIF", "adlif": "RecurrentAdLIF", "cuba": "RecurrentCubaLIF"}
+LAYER_NAMES = {"lif": "RecurrentLIF", "adlif": "RecurrentAdLIF", "cuba": "RecurrentCubaLIF",
+               "lif_delays": "RecurrentLIF + delays"}
+
+# The delays learn faster than the weights (as in DelRec, whose delays have
+# their own, larger learning rate): a step of lr = 1e-2 would move a delay
+# by about one step of time over the whole run.
+DELAY_LR_FACTOR = 10.0
+
+
+def delay_sigma_at(epoch, epochs, max_delay):
+    """DelRec's annealing of the kernel's spread: sigma_0 * 0.95^(100 e / E)
+    at epoch e of E, from sigma_0 = max_delay / 2 (a kernel wide enough to
+    give every delay a gradient from the whole range) down to about
+    0.6 % of it; the last epoch trains with sigma = 0, as the test runs."""
+    if epoch >= epochs - 1 and epochs > 1:
+        return 0.0
+    return max_delay / 2 * 0.95 ** (100 * epoch / epochs)
 
 
 def train_pixel_models(args, make_loader):
@@ -194,8 +222,13 @@ def train_pixel_models(args, make_loader):
     for kind in LAYER_NAMES:
         train_loader = make_loader(train_set, True)  # the same batches for each
         torch.manual_seed(args.seed)
-        model = PixelNet(kind, args.pixel_hidden, args.backend).to(args.device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.pixel_lr)
+        model = PixelNet(kind, args.pixel_hidden, args.backend, args.max_delay).to(args.device)
+        delayed = kind == "lif_delays"
+        delays = [model.layer.delays] if delayed else []
+        others = [p for p in model.parameters() if all(p is not d for d in delays)]
+        optimizer = torch.optim.Adam(
+            [{"params": others}] + ([{"params": delays, "lr": args.pixel_lr * DELAY_LR_FACTOR}]
+                                    if delayed else []), lr=args.pixel_lr)
         # The learning rate decays to 0 over the epochs (cosine): on these long
         # sequences the test accuracy of a constant rate swings by several
         # points from epoch to epoch; the decay lets both layers settle.
@@ -203,8 +236,12 @@ def train_pixel_models(args, make_loader):
         history = {"loss": [], "train_acc": [], "test_acc": [], "seconds": []}
         bar = tqdm(range(args.pixel_epochs), desc=f"pixels, {LAYER_NAMES[kind]} ({args.backend})",
                    unit="epoch")
-        for _ in bar:
-            loss, acc, seconds = run_epoch(model, train_loader, optimizer, args.device)
+        for epoch in bar:
+            if delayed:
+                model.layer.delay_sigma = delay_sigma_at(epoch, args.pixel_epochs, args.max_delay)
+            loss, acc, seconds = run_epoch(model, train_loader, optimizer, args.device,
+                                           after_step=model.layer.clamp_delays_ if delayed
+                                           else None)
             schedule.step()
             _, test_acc, _ = run_epoch(model, test_loader, device=args.device)
             for key, value in zip(history, (loss, acc, test_acc, seconds)):
@@ -215,9 +252,17 @@ def train_pixel_models(args, make_loader):
                          args.pixel_lr, args.device, args.timing_batches)
                      for backend in ("fused", "autograd")}
         x, y = next(iter(test_loader))
+        extra = {}
+        if delayed:  # DelRec's evaluation: integer delays read without spread
+            model.layer.delay_sigma = 0.0
+            model.layer.round_delays_()
+            extra = {"test_accuracy_unrounded": history["test_acc"][-1],
+                     "max_delay": args.max_delay, "delay_lr_factor": DELAY_LR_FACTOR,
+                     "delays": model.layer.delays.detach().cpu().tolist()}
+            history["test_acc"][-1] = run_epoch(model, test_loader, device=args.device)[1]
         results[kind] = {
             "layer": LAYER_NAMES[kind],
-            "test_accuracy": history["test_acc"][-1],
+            "test_accuracy": history["test_acc"][-1], **extra,
             "epoch_seconds_fused": per_epoch["fused"],
             "epoch_seconds_autograd": per_epoch["autograd"],
             "speedup": per_epoch["autograd"] / per_epoch["fused"],
@@ -284,6 +329,8 @@ def main(argv=None):
                         help="hidden size of the three layers in the pixel-by-pixel task")
     parser.add_argument("--pixel-lr", type=float, default=1e-2,
                         help="initial learning rate of the pixel-by-pixel task (cosine decay)")
+    parser.add_argument("--max-delay", type=int, default=16,
+                        help="the longest recurrent delay of the pixel task's delayed layer")
     parser.add_argument("--timing-batches", type=int, default=5,
                         help="training batches timed per backend in the pixel-by-pixel task")
     args = parser.parse_args(argv)
@@ -340,10 +387,14 @@ def main(argv=None):
               f"{args.pixel_epochs} epochs each; seconds per epoch from {args.timing_batches} "
               "training batches per backend:")
         for result in pixel.values():
-            print(f"  {result['layer']:<15} test accuracy {result['test_accuracy']:.3f}   "
+            print(f"  {result['layer']:<21} test accuracy {result['test_accuracy']:.3f}   "
                   f"seconds per epoch fused {result['epoch_seconds_fused']:.2f}   "
                   f"autograd {result['epoch_seconds_autograd']:.2f}   ({result['speedup']:.1f}x)   "
                   f"max |grad diff| {result['max_grad_diff']:.1e}")
+            if "test_accuracy_unrounded" in result:
+                print(f"  {'':<21} (delays rounded to integers in [1, {result['max_delay']}] "
+                      f"for the test, as DelRec does; before rounding "
+                      f"{result['test_accuracy_unrounded']:.3f})")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
