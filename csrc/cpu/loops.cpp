@@ -139,6 +139,14 @@ std::vector<uint64_t> non_finite_rows(const scalar_t* w, int64_t N, int64_t word
   return bits;
 }
 
+// Row b of the spikes at `step` [T, B, N] for step >= 0; before step 0, of
+// the spike history [D, B, N] (S[1-D..0], oldest first: step -k is slot D - k).
+template <typename scalar_t>
+inline const scalar_t* spikes_row(const scalar_t* spikes, const scalar_t* history, int64_t step,
+                                  int64_t b, int64_t B, int64_t N, int64_t D) {
+  return step >= 0 ? spikes + (step * B + b) * N : history + ((D + step) * B + b) * N;
+}
+
 // out += tap * s, element-wise over N (one tap of the per-source delays).
 template <typename scalar_t>
 TORCH_EXT_CPU_CLONES void add_tap(scalar_t* __restrict__ out, const scalar_t* __restrict__ tap,
@@ -241,10 +249,7 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
         for (int k = 0; k < K; ++k) std::fill_n(X[k] + (t * B + b) * N, N, scalar_t(0));
         if constexpr (!Replay) std::fill_n(S + (t * B + b) * N, N, scalar_t(0));
       }
-      // S[t'] of this row for t' in [-D, t): the history before step 0.
-      auto spikes_at = [&](int64_t step) {
-        return step >= 0 ? S + (step * B + b) * N : history + ((D + step) * B + b) * N;
-      };
+      auto spikes_at = [&](int64_t step) { return spikes_row(S, history, step, b, B, N, D); };
       for (int64_t t = 0; t < steps; ++t) {
         if (delayed && per_synapse) {  // sum_k S[t-k] @ W_k.T
           std::fill_n(rec, N, scalar_t(0));
@@ -452,18 +457,19 @@ auto backward_row_for(bool detach_reset, bool spike_has_grad, bool has_next) {
 // j and sums their rows over (t, b) in order, so the result does not depend on
 // the thread count. Only for a finite gU: zero spikes are skipped, which
 // would drop the NaN of 0 * inf.
-// out[j] += src[j] * g for the sources j set in words [w_begin, w_end) of bits.
+// out[j] += src[j] * g for the sources j set in words [w_begin, w_end) of bits
+// (row j of out at out + j * stride).
 template <typename scalar_t>
 TORCH_EXT_CPU_CLONES void add_row_to_sources(scalar_t* __restrict__ out,
                                              const scalar_t* __restrict__ g,
                                              const scalar_t* __restrict__ src,
                                              const uint64_t* __restrict__ bits, int64_t w_begin,
-                                             int64_t w_end, int64_t N) {
+                                             int64_t w_end, int64_t N, int64_t stride) {
   for (int64_t w = w_begin; w < w_end; ++w) {
     for (uint64_t m = bits[w]; m != 0; m &= m - 1) {
       const int64_t j = w * 64 + __builtin_ctzll(m);
       const scalar_t v = src[j];
-      scalar_t* __restrict__ o = out + j * N;
+      scalar_t* __restrict__ o = out + j * stride;
       for (int64_t i = 0; i < N; ++i) o[i] += v * g[i];
     }
   }
@@ -479,15 +485,20 @@ at::Tensor w_rec_gradient_from_spikes(const scalar_t* gU, const scalar_t* s0, co
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) nonzero_bits(source_row(r), N, bits.data() + r * words);
   });
-  at::Tensor transposed = at::zeros({N, N}, opts);  // [j][i]
+  // [j][i], each row padded by 64 bytes: with rows a multiple of 4 KiB apart
+  // (N = 512 floats: 2 KiB) out's rows and gU's would sit at the same 4 KiB
+  // offsets, and the CPU's store-to-load check (on the low 12 address bits)
+  // would stall each load of gU behind the store to out before it.
+  const int64_t stride = N + 64 / static_cast<int64_t>(sizeof(scalar_t));
+  at::Tensor transposed = at::zeros({N, stride}, opts);
   scalar_t* out = transposed.data_ptr<scalar_t>();
   at::parallel_for(0, words, 1, [&](int64_t w_begin, int64_t w_end) {
     for (int64_t r = 0; r < rows; ++r) {
       add_row_to_sources(out, gU + r * N, source_row(r), bits.data() + r * words, w_begin, w_end,
-                         N);
+                         N, stride);
     }
   });
-  return transposed.t().contiguous();
+  return transposed.narrow(1, 0, N).t().contiguous();
 }
 
 // An incoming gradient's rows (t, b): contiguous along N, any strides along T
@@ -686,9 +697,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t b = b0 + r;
             if (delay_sums) {
-              const scalar_t* s_k = source >= 0 ? S + (source * B + b) * N
-                                                : history + ((D + source) * B + b) * N;
-              add_product(acc_E + ((k - 1) * B + b) * N, gP + r * N, s_k, N);
+              add_product(acc_E + ((k - 1) * B + b) * N, gP + r * N,
+                          spikes_row(S, history, source, b, B, N, D), N);
             }
             if (history_grad && source < 0) {
               add_product(g_history + ((D + source) * B + b) * N, delay_adj + (k - 1) * N,
@@ -707,8 +717,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
             std::fill_n(p_row, N, scalar_t(0));
             for (int64_t k = 1; k <= D; ++k) {
               const int64_t source = t - k;
-              add_tap(p_row, delay_adj + (k - 1) * N,
-                      source >= 0 ? S + (source * B + b) * N : history + ((D + source) * B + b) * N,
+              add_tap(p_row, delay_adj + (k - 1) * N, spikes_row(S, history, source, b, B, N, D),
                       N);
             }
           }
