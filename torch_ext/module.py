@@ -91,10 +91,16 @@ class _RecurrentStack(nn.Module):
             raise TypeError(f"{who}: argument 'learn_delay_spread' must be a bool, got "
                             f"{_options.type_name(learn_delay_spread)}")
         if recurrent_delays is None:
-            given = [name for name, value, default in (
-                ("max_delay", max_delay, None), ("delay_sigma", delay_sigma, 0.0),
-                ("learn_delay_spread", learn_delay_spread, False),
-                ("delay_init_std", delay_init_std, None)) if value != default]
+            # (Anything equal to 0 is the default sigma; anything else, an array
+            # of several values included, is given.)
+            try:
+                sigma_given = not bool(delay_sigma == 0)
+            except (TypeError, ValueError, RuntimeError):
+                sigma_given = True
+            given = [name for name, is_given in (
+                ("max_delay", max_delay is not None), ("delay_sigma", sigma_given),
+                ("learn_delay_spread", learn_delay_spread),
+                ("delay_init_std", delay_init_std is not None)) if is_given]
             if given:
                 raise ValueError(f"{who}: argument '{given[0]}' is given without "
                                  "'recurrent_delays' (\"axonal\" or \"synaptic\")")
@@ -111,15 +117,9 @@ class _RecurrentStack(nn.Module):
                 raise ValueError(f"{who}: argument 'max_delay' must be an int >= 1 (the longest "
                                  f"delay, in steps) with recurrent_delays, got {max_delay!r}")
             max_delay = int(max_delay)
-            for name, value in (("delay_sigma", delay_sigma), ("delay_init_std", delay_init_std)):
-                if value is None and name == "delay_init_std":
-                    continue
-                if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                        or not (math.isfinite(value) and value >= 0)):
-                    raise ValueError(f"{who}: argument '{name}' must be a finite number >= 0, "
-                                     f"got {value!r}")
-            delay_sigma = float(delay_sigma)
-            delay_init_std = max_delay / 4 if delay_init_std is None else float(delay_init_std)
+            delay_sigma = _non_negative(delay_sigma, "delay_sigma", who)
+            delay_init_std = (max_delay / 4 if delay_init_std is None
+                              else _non_negative(delay_init_std, "delay_init_std", who))
         self.recurrent_delays, self.max_delay = recurrent_delays, max_delay
         self.delay_sigma, self.learn_delay_spread = delay_sigma, learn_delay_spread
         self.delay_init_std = delay_init_std
@@ -210,7 +210,15 @@ class _RecurrentStack(nn.Module):
         if self.recurrent_delays is None:
             return {}
         delays, spread = self._delay_tensors(layer)
-        sigma = self.delay_sigma if spread is None else 2 * self.delay_sigma * spread.sigmoid()
+        sigma = self.delay_sigma  # the op checks it, as it checks its own delay_sigma
+        if spread is not None:  # checked first here where the spread scales it
+            op = self._BACKENDS["fused"].__name__
+            if not isinstance(sigma, torch.Tensor):
+                sigma = _options.number(sigma, "delay_sigma", op)
+            elif not (sigma.dim() == 0 or list(sigma.shape) == [self.hidden_size]):
+                raise ValueError(f"{op}: argument 'delay_sigma' must be a float, a 0-dim tensor "
+                                 f"or [N] = [{self.hidden_size}], got shape {list(sigma.shape)}")
+            sigma = 2 * sigma * spread.sigmoid()
         return dict(delays=delays, max_delay=self.max_delay, delay_sigma=sigma)
 
     def _reset_delays(self):
@@ -1170,6 +1178,20 @@ class RecurrentAdLIF(_RecurrentStack):
 for _cls in (RecurrentLIF, RecurrentCubaLIF, RecurrentAdLIF):
     if _cls.__doc__ is not None:  # None under python -OO
         _cls.__doc__ += _docs.MODULE_DELAYS
+
+
+def _non_negative(value, name, who):
+    """A constructor's finite number >= 0 (not a bool), as a float."""
+    message = f"{who}: argument '{name}' must be a finite number >= 0, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(message)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(message) from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(message)
+    return value
 
 
 def _delay_options(recurrent_delays, max_delay, delay_sigma, learn_delay_spread, delay_init_std):
