@@ -17,13 +17,16 @@ Implementations (interleaved, one repetition of each in turn; medians):
   reference, torch_ext.recurrent_lif_ref: the taps once per call, DelRec's
   buffer of the last D spikes, one product per step);
 - fused_no_delays: the fused op without delays (the layer's cost without
-  them, for scale).
+  them, for scale);
+- fused_dense (per synapse): the fused op with its products C[k] dense
+  (TORCH_EXT_BINARY_INPUTS=dense) instead of from the spikes that fired.
 
 Writes a JSON file under benchmarks/results/.
 """
 import argparse
 import datetime
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +39,8 @@ from benchmarks.spike_inputs import cpu_description
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = [("axonal", 250, 32, 256, 25), ("synaptic", 200, 32, 128, 16)]
 MORE = [("axonal", 250, 32, 256, 5), ("axonal", 250, 32, 256, 50),
-        ("synaptic", 200, 32, 128, 4), ("synaptic", 200, 32, 128, 32)]
+        ("synaptic", 200, 32, 128, 4), ("synaptic", 200, 32, 128, 32),
+        ("synaptic", 100, 32, 512, 8)]
 
 
 def case(kind, T, B, N, D, seed=0):
@@ -50,14 +54,25 @@ def case(kind, T, B, N, D, seed=0):
     return x, [w_in, w_rec, delays, sigma]
 
 
-def runner(fn, x, leaves, D, with_delays=True):
+def runner(fn, x, leaves, D, with_delays=True, dense=False):
+    """One forward + backward; dense: with TORCH_EXT_BINARY_INPUTS=dense (the
+    per-synapse products C[k] dense instead of from the spikes)."""
     w_in, w_rec, delays, sigma = leaves
 
     def run():
-        kw = dict(delays=delays, max_delay=D, delay_sigma=sigma) if with_delays else {}
-        spikes, membrane = fn(x, w_in, w_rec, **kw)
-        wanted = leaves if with_delays else [w_in, w_rec]
-        torch.autograd.grad(spikes.sum() + 0.01 * membrane.sum(), wanted)
+        before = os.environ.get("TORCH_EXT_BINARY_INPUTS")
+        if dense:
+            os.environ["TORCH_EXT_BINARY_INPUTS"] = "dense"
+        try:
+            kw = dict(delays=delays, max_delay=D, delay_sigma=sigma) if with_delays else {}
+            spikes, membrane = fn(x, w_in, w_rec, **kw)
+            wanted = leaves if with_delays else [w_in, w_rec]
+            torch.autograd.grad(spikes.sum() + 0.01 * membrane.sum(), wanted)
+        finally:
+            if dense:
+                os.environ.pop("TORCH_EXT_BINARY_INPUTS")
+                if before is not None:
+                    os.environ["TORCH_EXT_BINARY_INPUTS"] = before
         return spikes
     return run
 
@@ -67,6 +82,8 @@ def measure(kind, T, B, N, D, reps):
     runs = {"fused": runner(torch_ext.recurrent_lif, x, leaves, D),
             "autograd": runner(torch_ext.recurrent_lif_ref, x, leaves, D),
             "fused_no_delays": runner(torch_ext.recurrent_lif, x, leaves, D, with_delays=False)}
+    if kind == "synaptic":
+        runs["fused_dense"] = runner(torch_ext.recurrent_lif, x, leaves, D, dense=True)
     rate = runs["fused"]().mean().item()
     for run in runs.values():  # warm-up
         run()
@@ -95,7 +112,7 @@ def main(argv=None):
     print(f"recurrent delays, recurrent_lif float32, forward + backward; {cpu_description()}; "
           f"torch {torch.__version__}")
     print(f"{'kind':>8} {'T':>4} {'B':>3} {'N':>4} {'D':>3} {'rate':>5} {'fused':>9} "
-          f"{'autograd':>9} {'autograd/fused':>14} {'no delays':>9}")
+          f"{'autograd':>9} {'autograd/fused':>14} {'no delays':>9} {'dense C[k]':>10}")
     rows = []
     for kind, T, B, N, D in cases:
         r = measure(kind, T, B, N, D, reps)
@@ -103,9 +120,11 @@ def main(argv=None):
         ms = r["ms"]
         print(f"{kind:>8} {T:>4} {B:>3} {N:>4} {D:>3} {r['rate']:>5.3f} {ms['fused']:>9.1f} "
               f"{ms['autograd']:>9.1f} {r['autograd_over_fused']:>14.1f} "
-              f"{ms['fused_no_delays']:>9.1f}")
+              f"{ms['fused_no_delays']:>9.1f} "
+              + (f"{ms['fused_dense']:>10.1f}" if "fused_dense" in ms else f"{'-':>10}"))
     print("ms: medians of interleaved repetitions; autograd: the expert autograd loop "
-          "(recurrent_lif_ref); no delays: the fused op without delays, for scale")
+          "(recurrent_lif_ref); no delays: the fused op without delays, for scale; dense "
+          "C[k]: the fused op per synapse with its products C[k] dense, not from the spikes")
     if not args.smoke:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"delays-cpu-{datetime.date.today().isoformat()}.json"

@@ -147,6 +147,52 @@ def test_bitwise_the_same_for_any_thread_count(kind):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("mode", ["gather", "dense"])
+@pytest.mark.parametrize("op", OPS)
+def test_per_synapse_products_from_the_spikes_that_fired(op, mode, monkeypatch):
+    """Per synapse, C[k] = sum_t g[t].T @ S[t-k] adds rows of g at the
+    spikes (TORCH_EXT_BINARY_INPUTS=gather forces it at this small N; by
+    default below the binary inputs' crossover density) or is a dense
+    product: both the reference's gradients, with the mask, lengths and a
+    binary history; the gather also with every thread count bitwise."""
+    monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", mode)
+    args, delays = inputs(op, "synaptic", seed=4)
+    lengths = torch.tensor([T, 7, 0])
+    assert_matches_reference(op, args, delays)
+    assert_matches_reference(op, args, delays, lengths=lengths)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(FUSED[op], args, delays)
+        torch.set_num_threads(2)
+        two = run(FUSED[op], args, delays)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one[0] + one[1], two[0] + two[1]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_per_synapse_gather_falls_back_where_it_would_differ(op, monkeypatch):
+    """What a gather would get wrong stays dense: an infinite incoming
+    gradient (a skipped zero spike would drop the NaN of 0 * inf) and a
+    history that is not binary (values other than 0 and 1 are weights, not
+    spikes): the reference's values, NaN where it has NaN."""
+    monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", "gather")
+    args, delays = inputs(op, "synaptic", seed=6)
+    real_history = args.s0.detach() * torch.linspace(0.5, 2.0, N, dtype=torch.float64)
+    assert_matches_reference(op, args._replace(s0=real_history.requires_grad_()), delays)
+    out = FUSED[op](*args, **delays)
+    weights = [torch.zeros_like(o) for o in out]
+    weights[0][3, 1, 2] = float("inf")
+    got = torch.autograd.grad(out, leaves(args, delays), weights, allow_unused=True)
+    want_out = REFERENCE[op](*args, **delays)
+    want = torch.autograd.grad(want_out, leaves(args, delays), weights, allow_unused=True)
+    assert any(g is not None and g.isnan().any() for g in want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
 @pytest.mark.parametrize("kind", ["axonal", "synaptic", "one_to_one"])
 @pytest.mark.parametrize("op", OPS)
 def test_chunks_continued_with_the_history_equal_the_whole_run(op, kind):

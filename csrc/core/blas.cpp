@@ -599,6 +599,14 @@ void binary_mm_out(at::Tensor& out, const BinaryRows& x, const at::Tensor& w_t, 
   });
 }
 
+BinaryRows BinaryRows::slice(int64_t first, int64_t count) const {
+  TORCH_INTERNAL_ASSERT(first >= 0 && count >= 0 && first + count <= rows);
+  const at::Tensor bounds = offsets.narrow(0, first, count + 1);
+  const int64_t begin = offsets[first].item<int64_t>();
+  const int64_t end = offsets[first + count].item<int64_t>();
+  return {count, cols, bounds - begin, active.narrow(0, begin, end - begin)};
+}
+
 at::Tensor binary_t_mm(const BinaryRows& x, const at::Tensor& g) {
   const at::Tensor g_c = g.contiguous();
   const int64_t N = g.size(1);

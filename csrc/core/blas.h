@@ -110,6 +110,8 @@ struct BinaryRows {
   double density() const {
     return rows * cols == 0 ? 0.0 : static_cast<double>(active.numel()) / (rows * cols);
   }
+  // Rows [first, first + count) as a BinaryRows of their own.
+  BinaryRows slice(int64_t first, int64_t count) const;
 };
 // x (any floating dtype, at least 1 dim, CPU or CUDA) as [numel / x.size(-1),
 // x.size(-1)] if every value is 0 or 1 (-0.0 counts as 0) and at most

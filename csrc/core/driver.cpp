@@ -864,6 +864,20 @@ struct DelayGradsNeeded {
   bool w_rec, delays, sigma, mask, s0, drive;
   bool full_history;  // s0 was given as the history [D, B, N]
 };
+// The history and spikes S[1-D..T] ([D + T, B, N]) as an index of their
+// ones, for products gM.T @ S[t-k] that add gM's rows at the spikes; nullopt
+// where they must stay dense: the history or spikes not binary, gM not
+// finite, TORCH_EXT_BINARY_INPUTS=dense, or the spikes denser than the
+// crossover (the binary inputs' own: the products have the same shape).
+std::optional<BinaryRows> spike_rows(const at::Tensor& spikes, const at::Tensor& gM) {
+  const GatherMode mode = gather_mode();
+  if (!may_gather(gM, mode)) return std::nullopt;
+  const int64_t N = gM.size(-1);
+  const double max_density = mode == GatherMode::kAlways ? 1.0 : binary_input_crossover(N);
+  if (max_density < 0 || !at::isfinite(gM).all().item<bool>()) return std::nullopt;
+  return binary_rows(spikes, max_density);
+}
+
 DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutputs& loop_out,
                            const at::Tensor& gain, const DelayKernel& kernel,
                            DelayGradsNeeded need) {
@@ -877,10 +891,11 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   const at::Tensor g_tilde = st.rec_mask.defined() ? gR * st.rec_mask : gR;
   const at::Tensor g2 = g_tilde.reshape({TB, N});
   at::Tensor spikes_x;  // S[1-D..T], built where needed
-  auto S_k = [&](int64_t k) {  // S[t-k], t = 1..T
+  auto all_spikes = [&]() -> const at::Tensor& {
     if (!spikes_x.defined()) spikes_x = at::cat({st.history, in.spikes});
-    return spikes_x.narrow(0, D - k, T);
+    return spikes_x;
   };
+  auto S_k = [&](int64_t k) { return all_spikes().narrow(0, D - k, T); };  // S[t-k], t = 1..T
   // A tap adds nothing where its kernel and derivatives are all zero, unless
   // the history holds a non-finite value (0 * NaN spreads, as in the reference).
   const bool history_finite = at::isfinite(st.history).all().item<bool>();
@@ -960,11 +975,20 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     at::Tensor by_x = need.delays ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
     at::Tensor by_s = need.sigma ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
     if (need.mask) rec = at::zeros({TB, N}, grad_input.options());
+    // C'[k] = gM.T @ S[t-k] from the spikes that fired: gM's rows added at
+    // each spike (one index of S[1-D..T] for every tap), the dense product's
+    // sum up to its order, where the spikes and the history are binary and gM
+    // is finite (a skipped 0 would drop the NaN of 0 * inf).
+    const bool products = weights || need.delays || need.sigma;
+    std::optional<BinaryRows> spike_index;
+    if (products) spike_index = spike_rows(all_spikes(), gM);
     for (int64_t k = 1; k <= D; ++k) {
       if (!used(k)) continue;
       const at::Tensor s_k = S_k(k).reshape({TB, N});
-      if (weights || need.delays || need.sigma) {
-        const at::Tensor C = deterministic_mm(gM2.t(), s_k);  // C'[k], no gain
+      if (products) {
+        const at::Tensor C = spike_index  // C'[k], no gain
+                                 ? binary_t_mm(spike_index->slice((D - k) * B, TB), gM2).t()
+                                 : deterministic_mm(gM2.t(), s_k);
         if (weights) grad_w.addcmul_(kernel.K[k - 1], C);
         if (need.delays) by_x.addcmul_(kernel.Kx[k - 1], C);
         if (need.sigma) by_s.addcmul_(kernel.Ks[k - 1], C);
