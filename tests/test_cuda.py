@@ -450,3 +450,41 @@ def test_cuda_low_precision_products_match_the_reference(op, dtype, path, monkey
     eps = torch.finfo(dtype).eps
     for a, b in zip(grads, want_grads):
         assert (a.float() - b.float()).norm() <= 8 * eps * b.float().norm()
+
+
+@cuda_only
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("kind", ["axonal", "synaptic", "one_to_one", "mask_only"])
+@pytest.mark.parametrize("op", neurons.OPS)
+def test_cuda_delays_match_the_cpu_op(op, kind, lengths, monkeypatch):
+    """Recurrent delays on CUDA (TORCH_EXT_CUDA_DELAYS=1: never run on a GPU
+    so far): the CPU op's spikes and states, and its gradients of every
+    argument (the delays, sigma, the mask and the history included) to
+    float64 rounding."""
+    from test_delays import inputs, run
+
+    monkeypatch.setenv("TORCH_EXT_CUDA_DELAYS", "1")
+    args, delays = inputs(op, kind, seed=3)
+    options = dict(lengths=torch.tensor([11, 6, 0])) if lengths else {}
+    out = neurons.FUSED[op](*args, **delays, **options)
+    g = torch.Generator().manual_seed(11)
+    weights = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out]
+    want, want_grads = run(neurons.FUSED[op], args, delays, weights=weights, **options)
+
+    def on_cuda(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        return value.detach().cuda().requires_grad_(value.requires_grad)
+
+    cuda_args = type(args)(*[on_cuda(a) for a in args])
+    cuda_delays = {k: on_cuda(v) for k, v in delays.items()}
+    cuda_options = {k: v.cuda() for k, v in options.items()}
+    got, got_grads = run(neurons.FUSED[op], cuda_args, cuda_delays,
+                         weights=[w.cuda() for w in weights], **cuda_options)
+    assert torch.equal(got[0].cpu(), want[0])
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-10)

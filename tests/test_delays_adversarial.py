@@ -1385,10 +1385,12 @@ def test_fused_in_place_change_after_the_forward_is_an_error(op, name):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("op", OPS)
-def test_cuda_delays_and_masks_are_not_implemented_yet(op):
-    """x on CUDA with delays or a mask: NotImplementedError naming the
-    argument, from both implementations (the reference calls the op's check);
-    without them the op runs."""
+def test_cuda_delays_and_masks_are_off_unless_asked(op, monkeypatch):
+    """x on CUDA with delays or a mask, TORCH_EXT_CUDA_DELAYS unset (the
+    CUDA kernels' delays have never run on a GPU): NotImplementedError naming
+    the argument, from both implementations (the reference calls the op's
+    check); without them the op runs."""
+    monkeypatch.delenv("TORCH_EXT_CUDA_DELAYS", raising=False)
     N, D = 4, 3
     args = cast(base_args(op, "synaptic", T=5, N=N, seed=96), torch.float32)
     args = type(args)(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args])

@@ -208,7 +208,8 @@ CUBA_FUNCTIONAL = """
 
 # The recurrent delays, which every op and reference takes.
 DELAYS = """
-    Recurrent delays (CPU; CUDA not yet). With ``delays`` each recurrent
+    Recurrent delays (CPU; on CUDA only with TORCH_EXT_CUDA_DELAYS=1, never
+    run on a GPU so far). With ``delays`` each recurrent
     connection reads the spike history through a triangular kernel: the
     recurrent input ``S[t-1] @ w_rec.T`` above becomes, with D = max_delay
     and s_j = 1 + delay_sigma_j::
@@ -248,7 +249,8 @@ DELAYS = """
 
 
 MODULE_DELAYS = """
-    Recurrent delays (CPU; DelRec, README "Recurrent delays"): each layer's
+    Recurrent delays (DelRec, README "Recurrent delays"; CUDA as the
+    functional's): each layer's
     recurrent input reads the spike history through a triangular kernel at
     learnt real delays (the functional's ``delays``, whose formula its
     docstring gives)::

@@ -222,9 +222,15 @@ void check_delays(const OpTensors& in, const OpSettings& s, const Dims& d) {
   const OptionalTensor &delays = in.delays, &sigma = in.delay_sigma, &mask = in.rec_mask;
   const bool one_to_one = in.w_rec.has_value() && in.w_rec->dim() == 1;
   auto read_values = [&](const at::Tensor& t) { return t.device().is_cpu() && t.numel() > 0; };
-  TORCH_CHECK_NOT_IMPLEMENTED(!(x.is_cuda() && (delays.has_value() || mask.has_value())), op,
-                              ": argument '", delays.has_value() ? "delays" : "rec_mask",
-                              "': recurrent delays and masks run on CPU only so far");
+  // The CUDA loops' delays (cuda/loops.cu) have never run on a GPU: off
+  // unless TORCH_EXT_CUDA_DELAYS is "1" at the call.
+  const char* cuda_delays = std::getenv("TORCH_EXT_CUDA_DELAYS");
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      !(x.is_cuda() && (delays.has_value() || mask.has_value())) ||
+          (cuda_delays != nullptr && std::string(cuda_delays) == "1"),
+      op, ": argument '", delays.has_value() ? "delays" : "rec_mask",
+      "': recurrent delays and masks on CUDA have never run on a GPU, so they are off; "
+      "TORCH_EXT_CUDA_DELAYS=1 turns on the untested kernels");
   if (mask.has_value()) {
     TORCH_CHECK_VALUE(in.w_rec.has_value(), ARG("rec_mask"), "needs a recurrent weight 'w_rec'");
     check_like_x(op, *mask, "rec_mask", x, d.compute, true);

@@ -74,7 +74,10 @@
 //   4. a side stream, and the time per step against the per-step design;
 //   5. every model's op (the same kernels with each model) against the CPU
 //      op in both designs (tests/test_cuda.py), including zero-length rows,
-//      several tiles and batch groups, and 0-dim parameters.
+//      several tiles and batch groups, and 0-dim parameters;
+//   6. recurrent delays and masks (TORCH_EXT_CUDA_DELAYS=1, per-step design
+//      only) against the CPU op: test_cuda_delays_match_the_cpu_op, every
+//      model and kind, with lengths.
 //
 // The input projection and the weight gradients are single cuBLAS products over
 // all T*B rows, done by the shared driver (core/driver.cpp).
@@ -173,6 +176,8 @@ __host__ __device__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) 
 // the model's states at t from those at t-1, R[t-1] and the input
 // I[t] + sum_j R[t-1][j] * w_out[j][n].
 // w_out = w_rec.T (row j: what a spike of neuron j adds), or null.
+// rec_in: the step's recurrent input [B, N] computed before the launch
+// (recurrent delays), which replaces the sum; then w_out and w_self are null.
 template <typename scalar_t, typename M, Reset R>
 __global__ void __launch_bounds__(kThreads)
     forward_step_kernel(int64_t N, const scalar_t* __restrict__ w_out,
@@ -180,7 +185,8 @@ __global__ void __launch_bounds__(kThreads)
                         const scalar_t* __restrict__ w_self, DeviceParams<scalar_t> p,
                         StepStates<scalar_t> x, const scalar_t* __restrict__ r_prev,
                         scalar_t* __restrict__ s, bool replay, int64_t t,
-                        const int64_t* __restrict__ lengths) {
+                        const int64_t* __restrict__ lengths,
+                        const scalar_t* __restrict__ rec_in) {
   constexpr int kStates = num_states_of<M>;
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
@@ -198,6 +204,7 @@ __global__ void __launch_bounds__(kThreads)
     return;  // the whole block: b is the block's
   }
   scalar_t rec = owner && w_self != nullptr ? w_self[n] * r_prev[i] : scalar_t(0);  // one-to-one
+  if (owner && rec_in != nullptr) rec = rec_in[i];
   if (w_out != nullptr) {
     const scalar_t* r_row = r_prev + b * N;
     for (int64_t first = 0; first < N; first += kListCapacity) {
@@ -634,6 +641,29 @@ void forward_steps(const LoopInputs& in, std::vector<at::Tensor>& states, at::Te
   scalar_t* S = spikes.data_ptr<scalar_t>();
   const auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned int>(B), static_cast<unsigned int>(ceil_div(N, kThreads)));
+  // Recurrent delays (loop.h): each step's recurrent input from the spikes of
+  // the D steps before, by ATen on the same stream before the step's launch
+  // (dense products: the CPU loop's sums up to their order).
+  const bool delayed = in.delayed();
+  const at::Tensor rec_step = delayed ? at::empty({B, N}, spikes.options()) : at::Tensor();
+  auto delayed_input = [&](int64_t t) {
+    const int64_t D = in.delay_taps.size(0);
+    auto spikes_at = [&](int64_t step) { return step >= 0 ? spikes[step] : in.history[D + step]; };
+    at::Tensor rec = rec_step;
+    if (in.delay_taps.dim() == 3) {  // per synapse: sum_k S[t-k] @ W_k.T
+      rec.zero_();
+      for (int64_t k = 1; k <= D; ++k) rec.addmm_(spikes_at(t - k), in.delay_taps[k - 1]);
+    } else {  // per source: P[t] = sum_k K_k * S[t-k], then P[t] @ w_rec.T
+      at::Tensor P = at::zeros({B, N}, spikes.options());
+      for (int64_t k = 1; k <= D; ++k) P.addcmul_(spikes_at(t - k), in.delay_taps[k - 1]);
+      if (one_to_one) {
+        at::mul_out(rec, P, in.w_rec);
+      } else {
+        at::mm_out(rec, P, w_out);
+      }
+    }
+    if (in.rec_mask.defined()) rec.mul_(in.rec_mask);
+  };
   auto per_step = [&](int64_t first, int64_t end) {
     for (int64_t t = first; t < end; ++t) {
       StepStates<scalar_t> step{};
@@ -642,12 +672,14 @@ void forward_steps(const LoopInputs& in, std::vector<at::Tensor>& states, at::Te
         step.prev[k] = t > 0 ? X.x[k] + (t - 1) * BN : in.initial[k].data_ptr<scalar_t>();
       }
       const scalar_t* r_prev = t > 0 ? S + (t - 1) * BN : in.s0.data_ptr<scalar_t>();
+      if (delayed) delayed_input(t);
       forward_step_kernel<scalar_t, M, R><<<grid, kThreads, 0, stream>>>(
-          N, W, nonfinite_source, W_self, p, step, r_prev, S + t * BN, replay, t, lengths);
+          N, delayed ? nullptr : W, nonfinite_source, delayed ? nullptr : W_self, p, step, r_prev,
+          S + t * BN, replay, t, lengths, delayed ? rec_step.data_ptr<scalar_t>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   };
-  if (T > 1 && W != nullptr && !replay && cuda_persistent_requested()) {
+  if (T > 1 && W != nullptr && !replay && !delayed && cuda_persistent_requested()) {
     const auto kernel = forward_persistent_kernel<scalar_t, M, R>;
     const PersistentPlan plan = persistent_plan(kernel, B, N, forward_shared_bytes<scalar_t>(N));
     if (plan.blocks > 0) {
@@ -667,8 +699,6 @@ void forward_steps(const LoopInputs& in, std::vector<at::Tensor>& states, at::Te
 template <typename M>
 void forward_loop_cuda(const LoopInputs& in, std::vector<at::Tensor>& states, at::Tensor& spikes,
                        bool replay) {
-  // Delays and masks are refused on CUDA before any loop (driver, check_delays).
-  TORCH_INTERNAL_ASSERT(!in.delayed(), "recurrent delays reached a CUDA loop");
   const c10::cuda::CUDAGuard device_guard(spikes.device());
   AT_DISPATCH_FLOATING_TYPES(spikes.scalar_type(), "recurrent_forward_cuda", [&] {
     dispatch_reset(in.reset, [&](auto reset) {
@@ -724,10 +754,28 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   q.acc_w_self = ptr(acc_w_self);
   q.lengths = st.lengths.defined() ? st.lengths.data_ptr<int64_t>() : nullptr;
   q.all_to_all = all_to_all;
+  // Recurrent delays (loop.h): what reaches S[t] through the recurrence sums
+  // the next D steps' g~ = m * gU (per source through gP[t] = g~[t] @
+  // w_rec_adjoint, kept for every step), by ATen before each launch, which
+  // reads it as an all-to-all step's (the driver adds the weights' and the
+  // delays' gradients after the loop).
+  const bool delayed = st.delayed();
+  const bool per_synapse = delayed && in.delay_adjoint.dim() == 3;
+  const at::Tensor delayed_grad = delayed ? at::empty({B, N}, opts) : at::Tensor();
+  const at::Tensor gP = delayed && !per_synapse ? at::empty({T, B, N}, opts) : at::Tensor();
+  auto g_tilde = [&](int64_t t) {
+    const at::Tensor g = out.grad_input[t];
+    return st.rec_mask.defined() ? g * st.rec_mask : g;
+  };
+  if (delayed) {
+    q.rec = ptr(delayed_grad);
+    q.w_self = nullptr;
+    q.all_to_all = true;
+  }
   const auto p = device_params<scalar_t>(st);
   const auto slope = static_cast<scalar_t>(in.slope);
   bool done = false;
-  if (T > 1 && all_to_all && cuda_persistent_requested()) {
+  if (T > 1 && all_to_all && !delayed && cuda_persistent_requested()) {
     const auto kernel = backward_persistent_kernel<scalar_t, M, R, SG>;
     const PersistentPlan plan = persistent_plan(kernel, B, N, backward_shared_bytes<scalar_t>(N));
     done = plan.blocks > 0 && launch_cooperative(kernel, plan, T, B, N, plan.rows_per_group,
@@ -736,10 +784,30 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   }
   const auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t t = T - 1; t >= 0 && !done; --t) {
-    if (all_to_all && t < T - 1) at::mm_out(rec_grad, out.grad_input[t + 1], in.w_rec_adjoint);
+    if (delayed) {
+      at::Tensor rec = delayed_grad;
+      rec.zero_();
+      for (int64_t k = 1; k <= in.delay_adjoint.size(0) && t + k < T; ++k) {
+        if (per_synapse) {
+          rec.addmm_(g_tilde(t + k), in.delay_adjoint[k - 1]);
+        } else {
+          rec.addcmul_(gP[t + k], in.delay_adjoint[k - 1]);
+        }
+      }
+    } else if (all_to_all && t < T - 1) {
+      at::mm_out(rec_grad, out.grad_input[t + 1], in.w_rec_adjoint);
+    }
     backward_step_kernel<scalar_t, M, R, SG><<<blocks_for(B * N), kThreads, 0, stream>>>(
         t, T, B, N, in.detach_reset, slope, p, q);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (gP.defined()) {  // gP[t] = g~[t] @ w_rec_adjoint, for the steps before
+      at::Tensor row = gP[t];
+      if (one_to_one) {
+        at::mul_out(row, g_tilde(t), in.w_rec_adjoint);
+      } else {
+        at::mm_out(row, g_tilde(t), in.w_rec_adjoint);
+      }
+    }
   }
   // Reductions over the batch; ATen's CUDA sum uses no atomics (deterministic).
   out.param_sums.resize(kParams);
@@ -753,7 +821,6 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
 
 template <typename M>
 BackwardLoopOutputs backward_loop_cuda(const BackwardLoopInputs& given) {
-  TORCH_INTERNAL_ASSERT(!given.state.delayed(), "recurrent delays reached a CUDA loop");
   const c10::cuda::CUDAGuard device_guard(given.spikes.device());
   // The kernels index the incoming gradients as contiguous [T, B, N]; the
   // driver hands them on broadcast where they are (loop.h).

@@ -96,8 +96,9 @@
 //                 the states (exactly)
 //   lengths       [B] integers: row b takes steps t < lengths[b] only (a
 //                 variable-length batch); its later steps output 0
-//   delays        recurrent delays (README, "Recurrent delays"; CPU only so
-//                 far): [N] per source neuron or [N, N] per synapse, read
+//   delays        recurrent delays (README, "Recurrent delays"; on CUDA
+//                 only with TORCH_EXT_CUDA_DELAYS=1, never run on a GPU):
+//                 [N] per source neuron or [N, N] per synapse, read
 //                 through a triangular kernel of spread delay_sigma
 //                 (0-dim or [N]; none: 0) over the taps 1..max_delay; s0
 //                 may then be the spike history [max_delay, B, N]
