@@ -453,19 +453,27 @@ def test_cuda_low_precision_products_match_the_reference(op, dtype, path, monkey
 
 
 @cuda_only
-@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("variant", ["plain", "lengths", "low_memory", "long_delays"])
 @pytest.mark.parametrize("kind", ["axonal", "synaptic", "one_to_one", "mask_only"])
 @pytest.mark.parametrize("op", neurons.OPS)
-def test_cuda_delays_match_the_cpu_op(op, kind, lengths, monkeypatch):
+def test_cuda_delays_match_the_cpu_op(op, kind, variant, monkeypatch):
     """Recurrent delays on CUDA (TORCH_EXT_CUDA_DELAYS=1: never run on a GPU
     so far): the CPU op's spikes and states, and its gradients of every
     argument (the delays, sigma, the mask and the history included) to
-    float64 rounding."""
+    float64 rounding; with lengths, in the low-memory mode (the backward
+    replays the forward) and with D longer than T."""
     from test_delays import inputs, run
 
     monkeypatch.setenv("TORCH_EXT_CUDA_DELAYS", "1")
     args, delays = inputs(op, kind, seed=3)
-    options = dict(lengths=torch.tensor([11, 6, 0])) if lengths else {}
+    options = {"lengths": dict(lengths=torch.tensor([11, 6, 0])),
+               "low_memory": {neurons.NEURONS[op].save_flag: False}}.get(variant, {})
+    if variant == "long_delays" and kind != "mask_only":
+        D = 15  # T = 11: taps reach past the history's start
+        delays = dict(delays, max_delay=D, delays=(delays["delays"].detach() * 3).requires_grad_())
+        args = args._replace(s0=torch.cat([torch.zeros(D - 4, *args.s0.shape[1:],
+                                                       dtype=torch.float64),
+                                           args.s0.detach()]).requires_grad_())
     out = neurons.FUSED[op](*args, **delays, **options)
     g = torch.Generator().manual_seed(11)
     weights = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out]
@@ -478,7 +486,8 @@ def test_cuda_delays_match_the_cpu_op(op, kind, lengths, monkeypatch):
 
     cuda_args = type(args)(*[on_cuda(a) for a in args])
     cuda_delays = {k: on_cuda(v) for k, v in delays.items()}
-    cuda_options = {k: v.cuda() for k, v in options.items()}
+    cuda_options = {k: v.cuda() if isinstance(v, torch.Tensor) else v
+                    for k, v in options.items()}
     got, got_grads = run(neurons.FUSED[op], cuda_args, cuda_delays,
                          weights=[w.cuda() for w in weights], **cuda_options)
     assert torch.equal(got[0].cpu(), want[0])

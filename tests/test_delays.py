@@ -172,6 +172,38 @@ def test_per_synapse_products_from_the_spikes_that_fired(op, mode, monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_per_synapse_gather_is_bitwise_the_same_for_any_thread_count(monkeypatch):
+    """The products from the spikes split N into tiles over threads (32
+    float64 columns each): at N = 100, four tiles, 1 and 2 threads give the
+    same bits."""
+    monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", "gather")
+    g = torch.Generator().manual_seed(8)
+    n, d = 100, 5
+    x = (torch.rand(20, 4, n, generator=g, dtype=torch.float64) * 0.8).requires_grad_()
+    w_in = (torch.randn(n, n, generator=g, dtype=torch.float64) / n ** 0.5).requires_grad_()
+    w_rec = (torch.randn(n, n, generator=g, dtype=torch.float64) / n ** 0.5).requires_grad_()
+    delays = (1 + (d - 1) * torch.rand(n, n, generator=g, dtype=torch.float64)).requires_grad_()
+    sigma = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    leaves_ = [x, w_in, w_rec, delays, sigma]
+
+    def grads():
+        spikes, membrane = torch_ext.recurrent_lif(x, w_in, w_rec, delays=delays, max_delay=d,
+                                                   delay_sigma=sigma)
+        assert 0 < spikes.mean() < 0.3
+        return torch.autograd.grad(spikes.sum() + membrane.sum(), leaves_)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = grads()
+        torch.set_num_threads(2)
+        two = grads()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_per_synapse_gather_falls_back_where_it_would_differ(op, monkeypatch):
     """What a gather would get wrong stays dense: an infinite incoming

@@ -215,7 +215,7 @@ Dims check_inputs(const NeuronInfo& neuron, const OpTensors& in) {
 }
 
 // The recurrent delays' arguments (README, "Recurrent delays"). Their values
-// are read on CPU only (on CUDA delays are refused: not written yet).
+// are read on CPU only (on CUDA that would synchronise with the host).
 void check_delays(const OpTensors& in, const OpSettings& s, const Dims& d) {
   const char* op = d.op;
   const at::Tensor& x = in.x;

@@ -3,7 +3,9 @@
 // are template arguments. Both give the same
 // forward bitwise (the recurrent input of binary spikes is a plain sum of
 // weights, added in ascending source order, as on the CPU), so the recurrence
-// is exact float32 whatever the TF32 setting, and deterministic.
+// is exact float32 whatever the TF32 setting, and deterministic. (Not with
+// recurrent delays: their recurrent input is a cuBLAS product, TF32 where
+// torch allows it, like the weight gradients.)
 //
 // Per-step design (the default, and the fallback of the other for every size
 // and option): one launch per time step in each direction.
@@ -732,7 +734,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   // Per-step: gU[t+1] @ w_rec_adjoint for all rows, one cuBLAS product per
   // step (each W tile read once for the whole batch), then the element-wise
   // launch reads it.
-  at::Tensor rec_grad = all_to_all ? at::empty({B, N}, opts) : at::Tensor();
+  at::Tensor rec_grad = all_to_all && !st.delayed() ? at::empty({B, N}, opts) : at::Tensor();
   BackwardPointers<scalar_t> q{};
   for (int k = 0; k < kStates; ++k) {
     q.X[k] = ptr(in.states[k]);
