@@ -1,4 +1,6 @@
 """The benchmark's peers compute what the fused op computes, and its smoke mode runs."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -148,5 +150,20 @@ def test_delays_benchmark_runs(capsys):
     from benchmarks import delays
     rows = delays.main(["--smoke"])
     assert [r["kind"] for r in rows] == ["axonal", "synaptic"]
-    assert all(set(r["ms"]) == {"fused", "autograd", "fused_no_delays"} for r in rows)
+    # Per synapse also the op with its products C[k] dense (not from the spikes).
+    assert [set(r["ms"]) for r in rows] == [{"fused", "autograd", "fused_no_delays"},
+                                            {"fused", "autograd", "fused_no_delays", "fused_dense"}]
     assert "autograd/fused" in capsys.readouterr().out
+
+
+def test_against_commit_benchmark_runs_both_checkouts(capsys):
+    """benchmarks/against_commit.py with this checkout as the other one: two
+    workers, each importing its checkout's build, take turns; the ratio of
+    equal builds is a number near 1 (not asserted: tiny sizes are noise)."""
+    from benchmarks import against_commit
+    root = Path(__file__).resolve().parents[1]
+    rows = against_commit.main(["--other", str(root), "--size", "5,2,8", "--reps", "2",
+                                "--inner", "1"])
+    assert [(r["T"], r["B"], r["N"]) for r in rows] == [(5, 2, 8)]
+    assert rows[0]["new_ms"] > 0 and rows[0]["old_ms"] > 0
+    assert "new/old" in capsys.readouterr().out
