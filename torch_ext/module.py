@@ -1253,14 +1253,19 @@ def _final_value(out, given, lengths, history):
     into the initial history where a row took fewer than D steps."""
     T, B, N = out.shape
     if history:
-        first = given if given is not None else out.new_zeros(history, B, N)
-        steps = torch.cat([first.to(out.dtype), out])  # S[1-D..T]
-        if lengths is None:
-            return steps[-history:]
+        D = history
+        first = (given if given is not None else out.new_zeros(D, B, N)).to(out.dtype)
+        if T == 0:
+            return first
+        # Slot k of row b holds step ends[b] - D + k: from out where >= 0, else
+        # from the initial history's slot D + that (no copy of the sequence).
         # Clamped as the kernels do (on CUDA the op does not check the values).
-        ends = lengths.to(device=out.device, dtype=torch.long).clamp(0, T)
-        index = ends.view(1, B, 1) + torch.arange(history, device=out.device).view(-1, 1, 1)
-        return steps.gather(0, index.expand(history, B, N))
+        ends = (torch.full((B,), T, dtype=torch.long, device=out.device) if lengths is None
+                else lengths.to(device=out.device, dtype=torch.long).clamp(0, T))
+        step = (ends.view(1, B, 1) - D
+                + torch.arange(D, device=out.device).view(-1, 1, 1)).expand(D, B, N)
+        return torch.where(step >= 0, out.gather(0, step.clamp(min=0)),
+                           first.gather(0, (step + D).clamp(max=D - 1)))
     first = given if given is not None else out.new_zeros(B, N)
     if T == 0:  # no step taken: the state is what was given, or zeros
         return first

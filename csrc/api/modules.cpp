@@ -169,17 +169,22 @@ using LayerRun = std::function<std::vector<at::Tensor>(
 
 // The spike history [D, B, N] after each batch row's own last step: the
 // last D of the given history (`first`) followed by the spikes [T, B, N] up
-// to t = lengths[b] - 1 (all T steps without lengths), oldest first.
+// to t = lengths[b] - 1 (all T steps without lengths), oldest first. Slot k
+// of row b holds step ends[b] - D + k: from the spikes where >= 0, else from
+// the history's slot D + that (no copy of the whole sequence).
 at::Tensor history_after_last_step(const OptionalTensor& lengths, const at::Tensor& spikes,
                                    const at::Tensor& first) {
   const int64_t T = spikes.size(0), B = spikes.size(1), N = spikes.size(2), D = first.size(0);
-  const at::Tensor steps = at::cat({first.to(spikes.scalar_type()), spikes});  // S[1-D..T]
-  if (!lengths) return steps.narrow(0, T, D);
+  const at::Tensor history = first.to(spikes.scalar_type());
+  if (T == 0) return history;
   // Clamped as the kernels do (on CUDA the op does not check the values).
-  const at::Tensor ends = lengths->to(spikes.device(), at::kLong).clamp(0, T);
-  const at::Tensor index =
-      ends.view({1, B, 1}) + at::arange(D, ends.options()).view({D, 1, 1});
-  return steps.gather(0, index.expand({D, B, N}));
+  const auto long_options = spikes.options().dtype(at::kLong);
+  const at::Tensor ends = lengths ? lengths->to(spikes.device(), at::kLong).clamp(0, T)
+                                  : at::full({B}, T, long_options);
+  const at::Tensor step =
+      (ends.view({1, B, 1}) - D + at::arange(D, long_options).view({D, 1, 1})).expand({D, B, N});
+  return at::where(step >= 0, spikes.gather(0, step.clamp_min(0)),
+                   history.gather(0, (step + D).clamp_max(D - 1)));
 }
 
 // The layer stack of every module, with the Python modules' conventions:
