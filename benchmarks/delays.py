@@ -18,8 +18,10 @@ Implementations (interleaved, one repetition of each in turn; medians):
   buffer of the last D spikes, one product per step);
 - fused_no_delays: the fused op without delays (the layer's cost without
   them, for scale);
-- fused_dense (per synapse): the fused op with its products C[k] dense
-  (TORCH_EXT_BINARY_INPUTS=dense) instead of from the spikes that fired.
+- fused_dense: the fused op with TORCH_EXT_BINARY_INPUTS=dense, nothing
+  from the spikes that fired: per source P[t], the delays' sums and
+  grad_w_rec by dense sums and products instead of by events at the spikes
+  (the op as it was before those); per synapse the products C[k] dense.
 
 Writes a JSON file under benchmarks/results/.
 """
@@ -55,8 +57,8 @@ def case(kind, T, B, N, D, seed=0):
 
 
 def runner(fn, x, leaves, D, with_delays=True, dense=False):
-    """One forward + backward; dense: with TORCH_EXT_BINARY_INPUTS=dense (the
-    per-synapse products C[k] dense instead of from the spikes)."""
+    """One forward + backward; dense: with TORCH_EXT_BINARY_INPUTS=dense
+    (nothing computed from the spikes that fired)."""
     w_in, w_rec, delays, sigma = leaves
 
     def run():
@@ -82,8 +84,7 @@ def measure(kind, T, B, N, D, reps):
     runs = {"fused": runner(torch_ext.recurrent_lif, x, leaves, D),
             "autograd": runner(torch_ext.recurrent_lif_ref, x, leaves, D),
             "fused_no_delays": runner(torch_ext.recurrent_lif, x, leaves, D, with_delays=False)}
-    if kind == "synaptic":
-        runs["fused_dense"] = runner(torch_ext.recurrent_lif, x, leaves, D, dense=True)
+    runs["fused_dense"] = runner(torch_ext.recurrent_lif, x, leaves, D, dense=True)
     rate = runs["fused"]().mean().item()
     for run in runs.values():  # warm-up
         run()
@@ -112,7 +113,7 @@ def main(argv=None):
     print(f"recurrent delays, recurrent_lif float32, forward + backward; {cpu_description()}; "
           f"torch {torch.__version__}")
     print(f"{'kind':>8} {'T':>4} {'B':>3} {'N':>4} {'D':>3} {'rate':>5} {'fused':>9} "
-          f"{'autograd':>9} {'autograd/fused':>14} {'no delays':>9} {'dense C[k]':>10}")
+          f"{'autograd':>9} {'autograd/fused':>14} {'no delays':>9} {'dense':>9}")
     rows = []
     for kind, T, B, N, D in cases:
         r = measure(kind, T, B, N, D, reps)
@@ -121,10 +122,11 @@ def main(argv=None):
         print(f"{kind:>8} {T:>4} {B:>3} {N:>4} {D:>3} {r['rate']:>5.3f} {ms['fused']:>9.1f} "
               f"{ms['autograd']:>9.1f} {r['autograd_over_fused']:>14.1f} "
               f"{ms['fused_no_delays']:>9.1f} "
-              + (f"{ms['fused_dense']:>10.1f}" if "fused_dense" in ms else f"{'-':>10}"))
+              + f"{ms['fused_dense']:>9.1f}")
     print("ms: medians of interleaved repetitions; autograd: the expert autograd loop "
-          "(recurrent_lif_ref); no delays: the fused op without delays, for scale; dense "
-          "C[k]: the fused op per synapse with its products C[k] dense, not from the spikes")
+          "(recurrent_lif_ref); no delays: the fused op without delays, for scale; dense: "
+          "the fused op with TORCH_EXT_BINARY_INPUTS=dense (its sums over the taps and "
+          "products dense, not from the spikes that fired)")
     if not args.smoke:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"delays-cpu-{datetime.date.today().isoformat()}.json"

@@ -5,6 +5,8 @@ delay, reset, detach and surrogate; the low-memory mode and thread counts
 bitwise; lengths; chunked continuation with the history; unit delays as the
 layer without delays. (The reference itself is checked against the closed
 forms in test_delays_reference.py; hostile inputs: test_delays_adversarial.py.)"""
+import itertools
+
 import pytest
 import torch
 
@@ -221,6 +223,89 @@ def test_per_synapse_gather_falls_back_where_it_would_differ(op, monkeypatch):
     want_out = REFERENCE[op](*args, **delays)
     want = torch.autograd.grad(want_out, leaves(args, delays), weights, allow_unused=True)
     assert any(g is not None and g.isnan().any() for g in want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+def per_source_case(op, kind, dtype, n, d, steps, seed):
+    """A per-source case at 10-15 % spikes with a random binary history,
+    delays spread over [0.5, d + 0.5] (kinks included), a per-neuron sigma
+    (P[t] non-zero at under 30 % of its entries), a mask and lengths."""
+    g = torch.Generator().manual_seed(seed)
+    args = make_inputs(op, T=steps, B=4, F=7, N=n, state=True, seed=seed, dtype=dtype,
+                       bias=False,
+                       recurrent="one_to_one" if kind == "one_to_one" else "all_to_all")
+    args = args._replace(x=(args.x.detach() * 0.6).requires_grad_())
+    delays = 0.5 + d * torch.rand(n, generator=g, dtype=torch.float64)
+    delays[: n // 4] = delays[: n // 4].round()
+    kw = dict(delays=delays.to(dtype).requires_grad_(), max_delay=d,
+              delay_sigma=torch.rand(n, generator=g).to(dtype).requires_grad_(),
+              rec_mask=(0.5 + torch.rand(4, n, generator=g)).to(dtype).requires_grad_())
+    history = (torch.rand(d, 4, n, generator=g) < 0.05).to(dtype).requires_grad_()
+    lengths = torch.tensor([steps, steps - 3, 1, 0])
+    return args._replace(s0=history), kw, lengths
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [1, 3, 64, 65])
+@pytest.mark.parametrize("kind", ["axonal", "one_to_one"])
+@pytest.mark.parametrize("op", OPS)
+def test_per_source_spike_events_give_the_dense_sums(op, kind, d, dtype, monkeypatch):
+    """Per source (D <= 64, a binary history) the loops sum over the taps by
+    events at the spikes: P[t] = sum_k K_k * S[t-k] and the delays' E[k] in
+    the order of the dense sums (TORCH_EXT_BINARY_INPUTS=dense), so every
+    output is the same to the bit, float32 included, and so are the
+    gradients of x, w_in, the delays, sigma, the mask and the history. All
+    to-all, sum_t g[t].T @ P[t] adds rows of g at P's non-zeros (forced with
+    TORCH_EXT_BINARY_INPUTS=gather; by default below the binary inputs'
+    crossover density, never at this N): the dense product's sum in another
+    order (float64: 1e-12) in w_rec's gradient and in an input gain's (its
+    drive). D = 65 takes the dense path either way. With lengths, the
+    low-memory mode, D > T, and N over one 64-bit word."""
+    args, kw, lengths = per_source_case(op, kind, dtype, n=70, d=d, steps=40, seed=9)
+    flag = NEURONS[op].save_flag
+    exact = [args.x, args.w_in, args.s0] + [kw[name] for name in
+                                            ("delays", "delay_sigma", "rec_mask")]
+    exact_at = [i for i, a in enumerate(leaves(args, kw)) if any(a is e for e in exact)]
+    for mode, options in itertools.product(["default", "gather"],
+                                           [{}, dict(lengths=lengths), {flag: False}]):
+        monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", mode)
+        events, events_grads = run(FUSED[op], args, kw, **options)
+        monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", "dense")
+        dense, dense_grads = run(FUSED[op], args, kw, **options)
+        assert 0.05 < events[0].mean() < 0.2
+        for a, b in zip(events, dense):
+            assert torch.equal(a, b)
+        for i, (a, b) in enumerate(zip(events_grads, dense_grads)):
+            if i in exact_at or kind == "one_to_one" or d > 64 or mode == "default":
+                assert torch.equal(a, b)
+            elif dtype == torch.float32:
+                # Sums of T * B = 160 terms in another order: apart by up to
+                # 160 roundings of their magnitudes' sum (a few times the
+                # largest result here).
+                bound = 4 * 160 * torch.finfo(dtype).eps * b.abs().max()
+                torch.testing.assert_close(a, b, rtol=0, atol=bound.item())
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_per_source_spike_bits_fall_back_where_they_would_differ(op, monkeypatch):
+    """What the bits and the events would get wrong is left to the dense
+    sums: a history that is not binary, and an infinite incoming gradient
+    (an event sum skips the NaN of 0 * inf): the reference's values, NaN
+    where it has NaN."""
+    monkeypatch.delenv("TORCH_EXT_BINARY_INPUTS", raising=False)
+    args, delays = inputs(op, "axonal", seed=6)
+    real_history = args.s0.detach() * torch.linspace(0.5, 2.0, N, dtype=torch.float64)
+    assert_matches_reference(op, args._replace(s0=real_history.requires_grad_()), delays)
+    out = FUSED[op](*args, **delays)
+    weights = [torch.zeros_like(o) for o in out]
+    weights[0][6, 1, 2] = float("inf")
+    got = torch.autograd.grad(out, leaves(args, delays), weights, allow_unused=True)
+    want_out = REFERENCE[op](*args, **delays)
+    want = torch.autograd.grad(want_out, leaves(args, delays), weights, allow_unused=True)
+    assert want[-2].isnan().any()  # the delays' gradient
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, equal_nan=True)
 

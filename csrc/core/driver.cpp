@@ -385,6 +385,33 @@ DelayKernel delay_kernel(const OpTensors& t, std::optional<int64_t> max_delay, i
   return k;
 }
 
+// The environment variable TORCH_EXT_BINARY_INPUTS, read at each call:
+// "dense" never gathers, "gather" gathers any binary x whatever its density;
+// unset (or anything else): below the crossover density, on CPU only. (The
+// CUDA gather has never run on a GPU: it stays off unless asked for.)
+enum class GatherMode { kNever, kByDensity, kAlways };
+GatherMode gather_mode() {
+  const char* mode = std::getenv("TORCH_EXT_BINARY_INPUTS");
+  if (mode != nullptr && std::string(mode) == "dense") return GatherMode::kNever;
+  if (mode != nullptr && std::string(mode) == "gather") return GatherMode::kAlways;
+  return GatherMode::kByDensity;
+}
+
+// Per source, whether the loops sum over the taps by events at the spikes
+// (loop.h, LoopInputs::spike_events; the spikes are binary, the caller checks
+// the history and D): always with TORCH_EXT_BINARY_INPUTS=gather, never with
+// "dense", by default where they pay. An event costs about what a dense tap
+// costs per neuron, with a branch, so they pay from D = 16 taps on with a
+// kernel at most D / 4 taps wide (measured, benchmarks/delays.py's case on a
+// 2-core AMD EPYC: at D = 5 the events took 5 % longer, at D = 25 10 % less
+// time; about even at D = 12 and 16).
+bool use_spike_events(const at::Tensor& K, GatherMode mode) {
+  if (mode != GatherMode::kByDensity) return mode == GatherMode::kAlways;
+  const int64_t D = K.size(0), N = K.size(1);
+  const double taps_per_neuron = K.ne(0).sum().item<double>() / static_cast<double>(N);
+  return D >= 16 && taps_per_neuron <= D / 4.0;
+}
+
 // The loops' inputs: the tensors in the compute dtype, contiguous; with
 // delays or a mask the taps (loop.h) and the spike history, s0 then S[0].
 LoopInputs loop_inputs(const OpTensors& t, int64_t N, at::ScalarType compute, Reset reset,
@@ -410,6 +437,9 @@ LoopInputs loop_inputs(const OpTensors& t, int64_t N, at::ScalarType compute, Re
     in.history = history_given ? compute_contiguous(*t.s0, compute)
                                : at::cat({at::zeros({D - 1, B, N}, opts), in.s0.unsqueeze(0)});
     if (t.rec_mask.has_value()) in.rec_mask = compute_contiguous(*t.rec_mask, compute);
+    in.spike_events = !k.per_synapse() && D <= kMaxBitDelay && t.x.is_cpu() &&
+                      use_spike_events(k.K, gather_mode()) &&
+                      in.history.eq(0).logical_or(in.history.eq(1)).all().item<bool>();
   }
   return in;
 }
@@ -425,18 +455,6 @@ LoopInputs loop_inputs(const OpTensors& t, int64_t N, at::ScalarType compute, Re
 // noisy): about 5 % at N=128, 15 % at N=256, 20 % at N=512 (F from 128 to
 // 700); taken at 80 % of that fit, so that a call near it is not made slower.
 double binary_input_crossover(int64_t N) { return 0.2 * (1.0 - 100.0 / static_cast<double>(N)); }
-
-// The environment variable TORCH_EXT_BINARY_INPUTS, read at each call:
-// "dense" never gathers, "gather" gathers any binary x whatever its density;
-// unset (or anything else): below the crossover density, on CPU only. (The
-// CUDA gather has never run on a GPU: it stays off unless asked for.)
-enum class GatherMode { kNever, kByDensity, kAlways };
-GatherMode gather_mode() {
-  const char* mode = std::getenv("TORCH_EXT_BINARY_INPUTS");
-  if (mode != nullptr && std::string(mode) == "dense") return GatherMode::kNever;
-  if (mode != nullptr && std::string(mode) == "gather") return GatherMode::kAlways;
-  return GatherMode::kByDensity;
-}
 
 bool may_gather(const at::Tensor& x, GatherMode mode) {
   return (x.is_cpu() && mode != GatherMode::kNever) || (x.is_cuda() && mode == GatherMode::kAlways);
@@ -893,9 +911,17 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   const int64_t D = kernel.K.size(0), TB = T * B;
   const bool one_to_one = st.one_to_one(), per_synapse = kernel.per_synapse();
   const at::Tensor& w_rec = st.w_rec;
-  const at::Tensor gR = gain.defined() ? grad_input * gain : grad_input;
-  const at::Tensor g_tilde = st.rec_mask.defined() ? gR * st.rec_mask : gR;
-  const at::Tensor g2 = g_tilde.reshape({TB, N});
+  // gR, g~ and gM (below), [T, B, N], built where needed: a pass and fresh
+  // memory each, which the loop's sums usually make unnecessary.
+  at::Tensor gR_, g_tilde_, gM_;
+  auto gR = [&]() -> const at::Tensor& {
+    if (!gR_.defined()) gR_ = gain.defined() ? grad_input * gain : grad_input;
+    return gR_;
+  };
+  auto g_tilde = [&]() -> const at::Tensor& {
+    if (!g_tilde_.defined()) g_tilde_ = st.rec_mask.defined() ? gR() * st.rec_mask : gR();
+    return g_tilde_;
+  };
   at::Tensor spikes_x;  // S[1-D..T], built where needed
   auto all_spikes = [&]() -> const at::Tensor& {
     if (!spikes_x.defined()) spikes_x = at::cat({st.history, in.spikes});
@@ -925,27 +951,33 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   // With gM = m * gX (no gain): grad_w_rec = diag(gain) M and the drive's
   // recurrent part sum_j w_rec * M, M = sum_t gM[t].T @ P[t] (per synapse
   // sum_k K_k * C'[k], C'[k] = sum_t gM[t].T @ S[t-k]): one product for both.
-  const at::Tensor gM = st.rec_mask.defined() ? grad_input * st.rec_mask : grad_input;
-  const at::Tensor gM2 = gM.reshape({TB, N});
+  auto gM = [&]() -> const at::Tensor& {
+    if (!gM_.defined()) gM_ = st.rec_mask.defined() ? grad_input * st.rec_mask : grad_input;
+    return gM_;
+  };
+  auto gM2 = [&]() { return gM().reshape({TB, N}); };
   at::Tensor rec;  // [T, B, N], m = 1: for the mask's gradient only
   if (!per_synapse) {
-    // (The loop may have summed E and the history's gradient from its gP.)
+    // (The loop may have summed E and the history's gradient from its gP,
+    // and M from P's non-zeros.)
     const at::Tensor& loop_E = loop_out.delay_sums;
     const bool need_E = (need.delays || need.sigma) && !loop_E.defined();
     const bool need_history = need.s0 && !loop_out.history_grad.defined();
     const at::Tensor gP = !(need_E || need_history) ? at::Tensor()
-                          : one_to_one ? g_tilde * w_rec
-                                       : deterministic_mm(g2, w_rec).view({T, B, N});
+                          : one_to_one ? g_tilde() * w_rec
+                                       : deterministic_mm(g_tilde().reshape({TB, N}), w_rec)
+                                             .view({T, B, N});
     at::Tensor P = loop_out.delayed_spikes;
     if ((need.w_rec || need.drive || need.mask) && !P.defined()) {
       P = at::zeros({T, B, N}, grad_input.options());
-      for (int64_t k = 1; k <= D; ++k) {
+      for (int64_t k = D; k >= 1; --k) {  // the CPU forward's order
         if (used(k)) P.addcmul_(S_k(k), kernel.K[k - 1]);
       }
     }
     if (need.w_rec || need.drive) {
-      const at::Tensor M = one_to_one ? (gM * P).sum({0, 1})
-                                      : deterministic_mm(gM2.t(), P.reshape({TB, N}));
+      const at::Tensor M = one_to_one                          ? (gM() * P).sum({0, 1})
+                           : loop_out.delayed_w_rec_grad.defined() ? loop_out.delayed_w_rec_grad
+                                 : deterministic_mm(gM2().t(), P.reshape({TB, N}));
       if (need.w_rec) {
         out.w_rec = !gain.defined() ? M : one_to_one ? M * gain : scale_rows(gain, M);
       }
@@ -987,14 +1019,14 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     // is finite (a skipped 0 would drop the NaN of 0 * inf).
     const bool products = weights || need.delays || need.sigma;
     std::optional<BinaryRows> spike_index;
-    if (products) spike_index = spike_rows(all_spikes(), gM);
+    if (products) spike_index = spike_rows(all_spikes(), gM());
     for (int64_t k = 1; k <= D; ++k) {
       if (!used(k)) continue;
       const at::Tensor s_k = S_k(k).reshape({TB, N});
       if (products) {
         const at::Tensor C = spike_index  // C'[k], no gain
-                                 ? binary_t_mm(spike_index->slice((D - k) * B, TB), gM2).t()
-                                 : deterministic_mm(gM2.t(), s_k);
+                                 ? binary_t_mm(spike_index->slice((D - k) * B, TB), gM2()).t()
+                                 : deterministic_mm(gM2().t(), s_k);
         if (weights) grad_w.addcmul_(kernel.K[k - 1], C);
         if (need.delays) by_x.addcmul_(kernel.Kx[k - 1], C);
         if (need.sigma) by_s.addcmul_(kernel.Ks[k - 1], C);
@@ -1008,11 +1040,11 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     if (need.mask) rec = rec.view({T, B, N});
     if (need.s0) {
       out.history = history_grad([&](int64_t k, int64_t t) {
-        return deterministic_mm(g_tilde[t], W_k(k));
+        return deterministic_mm(g_tilde()[t], W_k(k));
       });
     }
   }
-  if (need.mask) out.mask = (gR * rec).sum(0);
+  if (need.mask) out.mask = (gR() * rec).sum(0);
   return out;
 }
 
@@ -1106,6 +1138,7 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         std::move(grad_states),
                         w_rec_adjoint,
                         delay_adjoint,
+                        at::Tensor(),  // delay_sum_taps, below
                         options.detach_reset,
                         options.surrogate,
                         options.slope,
@@ -1118,8 +1151,15 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one &&
                             !delayed};
   in.need_delay_sums = need_delays || need_sigma;
+  if (in.need_delay_sums && !kernel.per_synapse()) {
+    in.delay_sum_taps = kernel.Kx.ne(0).logical_or(kernel.Ks.ne(0)).to(compute);
+  }
   in.need_history_grad = need_s0 && in_t.s0.has_value();
   in.need_delayed_spikes = need_w_rec || need_mask || need_drive;
+  in.need_delayed_w_rec_grad = need_w_rec || need_drive;
+  // (Row adds against one product, as for binary inputs: the same crossover.)
+  in.max_delayed_spike_density =
+      gather_mode() == GatherMode::kAlways ? 1.0 : binary_input_crossover(N);
   const BackwardLoopOutputs out =
       spikes_c.numel() > 0 ? loop(in) : empty_backward(neuron, T, B, N, x.options().dtype(compute));
   InputGrads g =

@@ -12,6 +12,9 @@
 namespace torch_ext {
 
 // Everything a time loop reads, contiguous and in the compute dtype.
+// The longest delay whose taps fit in one 64-bit word per neuron.
+inline constexpr int64_t kMaxBitDelay = 64;
+
 struct LoopInputs {
   at::Tensor w_rec;  // [N, N] (all-to-all), [N] (one-to-one), or undefined: none
   std::vector<at::Tensor> params;   // the model's parameters, each 0-dim or [N]
@@ -28,6 +31,11 @@ struct LoopInputs {
   // for t-k < 0 from history [D, B, N] = S[1-D..0]; m = rec_mask [B, N], or
   // 1 where undefined. A mask without delays is D = 1 with K_1 = 1.
   at::Tensor delay_taps, history, rec_mask;
+  // Per source, where the history is binary (the spikes are), D <= 64 and
+  // the driver finds that they pay (use_spike_events): a loop may sum over
+  // the taps by events at the spikes, with the taps a neuron uses as the
+  // bits of one word (cpu/loops.cpp).
+  bool spike_events = false;
 
   bool one_to_one() const { return w_rec.defined() && w_rec.dim() == 1; }
   bool delayed() const { return delay_taps.defined(); }
@@ -62,6 +70,10 @@ struct BackwardLoopInputs {
   // K_k * ((m * gX[t+k]) @ w_rec_adjoint) (delay_adjoint = K [D, N]) or, per
   // synapse, (m * gX[t+k]) @ (w_rec_adjoint * K_k) (delay_adjoint [D, N, N]).
   at::Tensor delay_adjoint;
+  // Per source, with need_delay_sums: [D, N], non-zero at the taps where the
+  // kernel's derivatives are not both 0; E[k][n] elsewhere is only ever
+  // multiplied by 0, so a loop may leave it 0.
+  at::Tensor delay_sum_taps;
   bool detach_reset;
   Surrogate surrogate;
   double slope;
@@ -75,6 +87,10 @@ struct BackwardLoopInputs {
   // Per-source delays: a loop may return the delays' sums and the history's
   // gradient (BackwardLoopOutputs); where it does not, the driver computes them.
   bool need_delay_sums = false, need_history_grad = false, need_delayed_spikes = false;
+  // Per source, all-to-all: a loop may return sum_t (m * gX[t]).T @ P[t],
+  // from P's non-zeros where at most this share of P is non-zero (< 0: never).
+  bool need_delayed_w_rec_grad = false;
+  double max_delayed_spike_density = -1;
 };
 
 struct BackwardLoopOutputs {
@@ -95,8 +111,9 @@ struct BackwardLoopOutputs {
   // from the history); [D, B, N] the history's gradient through the delayed
   // recurrence, sum_k K_k * gP[t+k] at the history's step t.
   at::Tensor delay_sums, history_grad;
-  // Per-source delays, if asked for: [T, B, N] P[t] = sum_k K_k * S[t-k].
-  at::Tensor delayed_spikes;
+  // Per-source delays, if asked for: [T, B, N] P[t] = sum_k K_k * S[t-k];
+  // and [N, N] sum_t (m * gX[t]).T @ P[t], if computed.
+  at::Tensor delayed_spikes, delayed_w_rec_grad;
 };
 
 // Runs the reverse recurrence t = T..1; called only when T, B and N are all > 0.

@@ -24,7 +24,7 @@
 // per-neuron sums of the parameter gradients and of gU accumulate in a fixed
 // order (t, then b), so results do not depend on the number of threads. The gradient of
 // an all-to-all w_rec, sum_t gU[t].T @ S[t-1], again uses that spikes are
-// binary and sparse: one add of a gU row per spike (w_rec_gradient_from_spikes).
+// binary and sparse: one add of a gU row per spike (product_from_nonzeros).
 //
 // The sigmoid surrogate's exp vectorises through glibc's vector math library
 // (libmvec): the declarations below tell GCC that exp/expf have SIMD variants
@@ -37,7 +37,9 @@ extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../core/blas.h"
@@ -147,11 +149,98 @@ inline const scalar_t* spikes_row(const scalar_t* spikes, const scalar_t* histor
   return step >= 0 ? spikes + (step * B + b) * N : history + ((D + step) * B + b) * N;
 }
 
+// Per-source delays with LoopInputs::spike_events (binary history, D <= 64):
+// the sums over the taps k run by events at the spikes, S[t-k] = 1, with the
+// taps a neuron uses as the bits of one word (tap_bits); the dense sums'
+// other terms are K_k * 0 = +0 and leave the same bits.
+
+// Word n: bit k-1 set where taps[k-1][n] != 0 ([D, N] taps, D <= 64).
+template <typename scalar_t>
+std::vector<uint64_t> tap_bits(const scalar_t* taps, int64_t D, int64_t N) {
+  std::vector<uint64_t> bits(N, 0);
+  for (int64_t k = 1; k <= D; ++k) {
+    for (int64_t n = 0; n < N; ++n) bits[n] |= uint64_t(taps[(k - 1) * N + n] != 0) << (k - 1);
+  }
+  return bits;
+}
+
+// step mod D in [0, D) for any step >= -D (a ring's slot).
+inline int64_t ring_slot(int64_t step, int64_t D) { return step >= 0 ? step % D : step + D; }
+
+// Taps k in [k_min, k_max] as bits (bit k-1), none if k_min > k_max.
+inline uint64_t tap_range(int64_t k_min, int64_t k_max) {
+  if (k_min > k_max) return 0;
+  const uint64_t below_max = k_max == 64 ? ~uint64_t(0) : (uint64_t(1) << k_max) - 1;
+  return below_max & ~((uint64_t(1) << (k_min - 1)) - 1);
+}
+
+// P[t] = sum_k K_k * S[t-k] of one batch row by events: a ring of the next D
+// steps' P; a spike of neuron n at step `source` adds K_k[n] to step
+// source + k for each tap k it uses. Step t's P thus gets its terms by
+// increasing source step, decreasing k: the order of the dense sum
+// (add_delayed_spikes), to the bit.
+template <typename scalar_t>
+class DelayedSpikeRing {
+ public:
+  DelayedSpikeRing(const scalar_t* taps, const uint64_t* used, int64_t D, int64_t N)
+      : taps_(taps), used_(used), D_(D), N_(N), ring_(D * N), fired_((N + 63) / 64) {}
+  // Empties the ring and adds the history's spikes S[-D..-1] ([D, N] rows
+  // `stride` apart, oldest first): the terms of steps 0..D-1.
+  void start(const scalar_t* history, int64_t stride) {
+    std::fill(ring_.begin(), ring_.end(), scalar_t(0));
+    for (int64_t h = 0; h < D_; ++h) add(h - D_, history + h * stride);
+  }
+  // P[t], complete once the spikes of every step before t are added.
+  const scalar_t* at(int64_t t) const { return ring_.data() + (t % D_) * N_; }
+  // After P[t] is read: S[t] (binary) added to steps t+1..t+D, whose slot
+  // t+D is t's.
+  void step(int64_t t, const scalar_t* s) {
+    std::fill_n(ring_.data() + (t % D_) * N_, N_, scalar_t(0));
+    add(t, s);
+  }
+
+ private:
+  void add(int64_t source, const scalar_t* s) {
+    const uint64_t in_range = tap_range(std::max<int64_t>(1, -source), D_);
+    const int64_t first = ring_slot(source + 1, D_);  // tap k = 1's slot (no division per add)
+    nonzero_bits(s, N_, fired_.data());
+    for (int64_t w = 0; w * 64 < N_; ++w) {
+      for (uint64_t m = fired_[w]; m != 0; m &= m - 1) {
+        const int64_t n = w * 64 + __builtin_ctzll(m);
+        for (uint64_t k = used_[n] & in_range; k != 0; k &= k - 1) {
+          const int64_t tap = __builtin_ctzll(k);  // k - 1
+          const int64_t slot = first + tap < D_ ? first + tap : first + tap - D_;
+          ring_[slot * N_ + n] += taps_[tap * N_ + n];
+        }
+      }
+    }
+  }
+  const scalar_t* taps_;
+  const uint64_t* used_;
+  int64_t D_, N_;
+  std::vector<scalar_t> ring_;
+  std::vector<uint64_t> fired_;
+};
+
 // out += tap * s, element-wise over N (one tap of the per-source delays).
 template <typename scalar_t>
 TORCH_EXT_CPU_CLONES void add_tap(scalar_t* __restrict__ out, const scalar_t* __restrict__ tap,
                                   const scalar_t* __restrict__ s, int64_t N) {
   for (int64_t n = 0; n < N; ++n) out[n] += tap[n] * s[n];
+}
+
+// P = sum_k K_k * S[t-k] of one batch row, dense, by decreasing k (the
+// order of DelayedSpikeRing's events); skips the taps that are all zero
+// (tap_used, null: none).
+template <typename scalar_t>
+void add_delayed_spikes(scalar_t* P, const scalar_t* taps, const char* tap_used, int64_t t,
+                        const scalar_t* S, const scalar_t* history, int64_t b, int64_t B,
+                        int64_t N, int64_t D) {
+  std::fill_n(P, N, scalar_t(0));
+  for (int64_t k = D; k >= 1; --k) {
+    if (tap_used != nullptr && !tap_used[k - 1]) continue;
+    add_tap(P, taps + (k - 1) * N, spikes_row(S, history, t - k, b, B, N, D), N);
+  }
 }
 
 // One forward step of one batch row (all pointers at (t, b, 0)): the model's
@@ -232,12 +321,16 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
     }
   }
 
+  const bool events = delayed && !per_synapse && in.spike_events;
+  const std::vector<uint64_t> used_taps = events ? tap_bits(taps, D, N) : std::vector<uint64_t>();
+
   const int64_t* lengths = in.lengths.defined() ? in.lengths.data_ptr<int64_t>() : nullptr;
 
   at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
     std::vector<scalar_t> rec_buffer(N, scalar_t(0));  // stays 0 without recurrence
     scalar_t* __restrict__ rec = rec_buffer.data();
     std::vector<scalar_t> delayed_buffer(per_synapse ? 0 : N);  // per source: P[t]
+    DelayedSpikeRing<scalar_t> ring(taps, used_taps.data(), events ? D : 0, events ? N : 0);
     std::vector<uint64_t> sources(words);
     for (int64_t b = b_begin; b < b_end; ++b) {
       std::array<const scalar_t*, kMaxStates> prev{};
@@ -250,6 +343,7 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
         if constexpr (!Replay) std::fill_n(S + (t * B + b) * N, N, scalar_t(0));
       }
       auto spikes_at = [&](int64_t step) { return spikes_row(S, history, step, b, B, N, D); };
+      if (events) ring.start(history + b * N, B * N);
       for (int64_t t = 0; t < steps; ++t) {
         if (delayed && per_synapse) {  // sum_k S[t-k] @ W_k.T
           std::fill_n(rec, N, scalar_t(0));
@@ -260,11 +354,12 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
                                       N, /*accumulate=*/true);
           }
         } else if (delayed) {  // P[t] = sum_k K_k * S[t-k], then P[t] @ w_rec.T
-          scalar_t* __restrict__ delayed_spikes = delayed_buffer.data();
-          std::fill_n(delayed_spikes, N, scalar_t(0));
-          for (int64_t k = 1; k <= D; ++k) {
-            if (!tap_used[k - 1]) continue;
-            add_tap(delayed_spikes, taps + (k - 1) * N, spikes_at(t - k), N);
+          const scalar_t* delayed_spikes = delayed_buffer.data();
+          if (events) {
+            delayed_spikes = ring.at(t);
+          } else {
+            add_delayed_spikes(delayed_buffer.data(), taps, tap_used.data(), t, S, history, b, B,
+                               N, D);
           }
           if (W1 != nullptr) {
             for (int64_t n = 0; n < N; ++n) rec[n] = W1[n] * delayed_spikes[n];
@@ -286,6 +381,7 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
                                             r_prev, rec, now[0], now[1], s, N);
         for (int k = 0; k < K; ++k) prev[k] = now[k];
         r_prev = s;
+        if (events) ring.step(t, s);
       }
     }
   });
@@ -445,18 +541,20 @@ auto backward_row_for(bool detach_reset, bool spike_has_grad, bool has_next) {
   });
 }
 
-// The gradient of an all-to-all w_rec, sum over t of gU[t].T @ S[t-1] (S[-1]
-// = s0), without the products of zero spikes: spikes are binary and sparse
-// (10-20 % in typical training), so this costs rate * T*B*N^2 instead of the
-// dense product's T*B*N^2. Built transposed: for each row (t, b) and each
-// source j that fired, out[j] += S[j] * gU row, a contiguous axpy of length N.
+// sum over rows r of g[r].T @ x[r] ([N, N]: [i][j] = sum_r g[r][i] x[r][j])
+// without the products of x's zeros: the gradient of an all-to-all w_rec,
+// x[t] = S[t-1] (S[-1] = s0) and g = gU, where spikes are binary and sparse
+// (10-20 % in typical training), and of the delayed recurrence, x = P, whose
+// non-zeros are the spikes' taps. This costs density * rows*N^2 instead of the
+// dense product's rows*N^2. Built transposed: for each row r and each source
+// j with x[r][j] != 0, out[j] += x[r][j] * g[r], a contiguous axpy of length N.
 // Measured on the 2-core CI machine at a 13 % rate, per core: 11 ms against
 // 31 ms for the dense product at T*B=6400, N=512; 0.9 against 3.3 ms at
 // T*B=9600, N=128. (Column tiles of out kept in L1 were slower: the cost is
 // per update, and long rows amortise it.) Each thread owns a range of sources
-// j and sums their rows over (t, b) in order, so the result does not depend on
-// the thread count. Only for a finite gU: zero spikes are skipped, which
-// would drop the NaN of 0 * inf.
+// j and sums their rows in order, so the result does not depend on the thread
+// count. Only for a finite g: zeros are skipped, which would drop the NaN of
+// 0 * inf. Undefined where more than max_density of x is non-zero.
 // out[j] += src[j] * g for the sources j set in words [w_begin, w_end) of bits
 // (row j of out at out + j * stride).
 template <typename scalar_t>
@@ -475,27 +573,38 @@ TORCH_EXT_CPU_CLONES void add_row_to_sources(scalar_t* __restrict__ out,
   }
 }
 
-template <typename scalar_t>
-at::Tensor w_rec_gradient_from_spikes(const scalar_t* gU, const scalar_t* s0, const scalar_t* S,
-                                      int64_t T, int64_t B, int64_t N,
-                                      const at::TensorOptions& opts) {
-  const int64_t rows = T * B, words = (N + 63) / 64;
-  auto source_row = [&](int64_t r) { return r < B ? s0 + r * N : S + (r - B) * N; };
-  std::vector<uint64_t> bits(rows * words);  // bit j of row r: S[r][j] != 0
+// source_row(r): x[r]; grad_row(r, scratch): g[r], or written into scratch
+// (N) and returned (a masked row, say).
+template <typename scalar_t, typename SourceRow, typename GradRow>
+at::Tensor product_from_nonzeros(int64_t rows, int64_t N, const SourceRow& source_row,
+                                 const GradRow& grad_row, const at::TensorOptions& opts,
+                                 double max_density = 1.0) {
+  const int64_t words = (N + 63) / 64;
+  std::vector<uint64_t> bits(rows * words);  // bit j of row r: x[r][j] != 0
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) nonzero_bits(source_row(r), N, bits.data() + r * words);
   });
+  if (max_density < 1.0) {
+    int64_t ones = 0;
+    for (const uint64_t word : bits) ones += __builtin_popcountll(word);
+    if (static_cast<double>(ones) > max_density * static_cast<double>(rows * N)) return {};
+  }
   // [j][i], each row padded by 64 bytes: with rows a multiple of 4 KiB apart
-  // (N = 512 floats: 2 KiB) out's rows and gU's would sit at the same 4 KiB
+  // (N = 512 floats: 2 KiB) out's rows and g's would sit at the same 4 KiB
   // offsets, and the CPU's store-to-load check (on the low 12 address bits)
-  // would stall each load of gU behind the store to out before it.
+  // would stall each load of g behind the store to out before it.
   const int64_t stride = N + 64 / static_cast<int64_t>(sizeof(scalar_t));
   at::Tensor transposed = at::zeros({N, stride}, opts);
   scalar_t* out = transposed.data_ptr<scalar_t>();
   at::parallel_for(0, words, 1, [&](int64_t w_begin, int64_t w_end) {
+    std::vector<scalar_t> scratch(N);
     for (int64_t r = 0; r < rows; ++r) {
-      add_row_to_sources(out, gU + r * N, source_row(r), bits.data() + r * words, w_begin, w_end,
-                         N, stride);
+      const uint64_t* row_bits = bits.data() + r * words;
+      if (std::all_of(row_bits + w_begin, row_bits + w_end, [](uint64_t w) { return w == 0; })) {
+        continue;
+      }
+      add_row_to_sources(out, grad_row(r, scratch.data()), source_row(r), row_bits, w_begin,
+                         w_end, N, stride);
     }
   });
   return transposed.narrow(1, 0, N).t().contiguous();
@@ -569,6 +678,45 @@ void delayed_rec_grad(const DelayRing<scalar_t>& r, int64_t t, int64_t T, scalar
       const scalar_t* tap = r.adjoint + (k - 1) * N;
       const scalar_t* product = r.slot(t + k);
       for (int64_t row = 0; row < r.rows; ++row) add_tap(rec + row * N, tap, product + row * N, N);
+    }
+  }
+}
+
+// Whether every one of the n values is finite (vectorises: NaN fails the compare).
+template <typename scalar_t>
+TORCH_EXT_CPU_CLONES bool all_finite(const scalar_t* __restrict__ v, int64_t n) {
+  bool finite = true;
+  for (int64_t e = 0; e < n; ++e) finite &= std::abs(v[e]) <= std::numeric_limits<scalar_t>::max();
+  return finite;
+}
+
+// E[k] += gP[source + k] * S[source] over the ring's row `row`, by events:
+// for each neuron n that fired at `source` (a binary row s of the spikes or
+// the history), the ring's gP[source + k][n] for the taps k of sum_taps[n]
+// with 0 <= source + k < T. Called for source = T-1 down to -D, it adds to
+// each accumulator in the order the dense sum does (descending source), and
+// what it leaves out are the dense sum's gP * 0 = +0 terms (gP finite) and
+// the taps whose kernel derivatives are all 0. acc: E's row (k = 1, b) with
+// tap stride k_stride.
+template <typename scalar_t>
+void delay_sums_at_spikes(scalar_t* acc, int64_t k_stride, const scalar_t* s,
+                          const uint64_t* sum_taps, const DelayRing<scalar_t>& ring, int64_t row,
+                          int64_t source, int64_t T, uint64_t* fired) {
+  const int64_t N = ring.N, D = ring.D, slot_size = ring.rows * N;
+  const uint64_t taps_in_range =
+      tap_range(std::max<int64_t>(1, -source), std::min(D, T - 1 - source));
+  if (taps_in_range == 0) return;
+  const int64_t first = ring_slot(source + 1, D);  // tap k = 1's slot (no division per add)
+  const scalar_t* g = ring.ring + row * N;
+  nonzero_bits(s, N, fired);
+  for (int64_t w = 0; w * 64 < N; ++w) {
+    for (uint64_t m = fired[w]; m != 0; m &= m - 1) {
+      const int64_t n = w * 64 + __builtin_ctzll(m);
+      for (uint64_t taps = sum_taps[n] & taps_in_range; taps != 0; taps &= taps - 1) {
+        const int64_t tap = __builtin_ctzll(taps);  // k - 1
+        const int64_t slot = first + tap < D ? first + tap : first + tap - D;
+        acc[tap * k_stride + n] += g[slot * slot_size + n];
+      }
     }
   }
 }
@@ -647,6 +795,17 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const bool delay_sums = delayed && !per_synapse && in.need_delay_sums;
   const bool history_grad = delayed && !per_synapse && in.need_history_grad;
   const scalar_t* history = delayed ? ptr(st.history) : nullptr;
+  // With spike_events (loop.h): P[t] and E by events at the spikes
+  // (DelayedSpikeRing, delay_sums_at_spikes). E's events stand for the dense
+  // sums where every gP is finite; where one is not, the loop returns no E
+  // and the driver sums it (a skipped 0 * gP would drop the NaN of 0 * inf).
+  const bool events = delayed && !per_synapse && st.spike_events;
+  const bool event_sums = delay_sums && events;
+  const std::vector<uint64_t> used_taps =
+      events ? tap_bits(delay_adj, D, N) : std::vector<uint64_t>();
+  const std::vector<uint64_t> sum_taps =
+      event_sums ? tap_bits(ptr(in.delay_sum_taps), D, N) : std::vector<uint64_t>();
+  std::atomic<bool> gP_finite{true};
   const at::Tensor acc_delay = delay_sums ? at::zeros({D, B, N}, opts) : at::Tensor();
   if (history_grad) out.history_grad = at::zeros({D, B, N}, opts);
   if (delayed && !per_synapse && in.need_delayed_spikes) {
@@ -677,6 +836,10 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
     std::vector<scalar_t> ring(ring_needed ? D * block_rows * N : 0);
     std::vector<scalar_t> masked(delayed && mask != nullptr ? block_rows * N : 0);
     std::vector<scalar_t> scratch(N);
+    const bool ring_events = events && delayed_spikes != nullptr;
+    DelayedSpikeRing<scalar_t> spike_ring(delay_adj, used_taps.data(), ring_events ? D : 0,
+                                          ring_events ? N : 0);
+    std::vector<uint64_t> fired(event_sums ? (N + 63) / 64 : 0);
     // The gradient of the state other than the input state, carried from
     // step t+1 to step t, per row of the block.
     std::vector<scalar_t> carried((K - 1) * block_rows * N);
@@ -690,13 +853,14 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
       // Step `step`'s slot, and per source its share of E and of the history's gradient.
       auto take_slot = [&](int64_t step) {
         delayed_slot(delay_ring, step, gx_at(step));
-        if (!delay_sums && !history_grad) return;
+        if (event_sums && !all_finite(delay_ring.slot(step), rows * N)) gP_finite = false;
+        if (!(delay_sums && !event_sums) && !history_grad) return;
         const scalar_t* gP = delay_ring.slot(step);
         for (int64_t k = 1; k <= D; ++k) {
           const int64_t source = step - k;  // S[step-k]: spikes or the history
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t b = b0 + r;
-            if (delay_sums) {
+            if (delay_sums && !event_sums) {
               add_product(acc_E + ((k - 1) * B + b) * N, gP + r * N,
                           spikes_row(S, history, source, b, B, N, D), N);
             }
@@ -707,24 +871,36 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           }
         }
       };
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const bool has_next = t < T - 1;
-        const bool has_rec_grad = (W != nullptr || W1 != nullptr) && has_next;
-        if (delayed_spikes != nullptr) {  // P[t] = sum_k K_k * S[t-k], as the forward sums it
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t b = b0 + r;
+      // E's events at the spikes of step `source` (a step of S or of the history).
+      auto sums_at_spikes = [&](int64_t source) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t b = b0 + r;
+          delay_sums_at_spikes(acc_E + b * N, B * N, spikes_row(S, history, source, b, B, N, D),
+                               sum_taps.data(), delay_ring, r, source, T, fired.data());
+        }
+      };
+      if (delayed_spikes != nullptr) {  // P[t] = sum_k K_k * S[t-k], as the forward sums it
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t b = b0 + r;
+          if (ring_events) spike_ring.start(history + b * N, BN);
+          for (int64_t t = 0; t < T; ++t) {
             scalar_t* p_row = delayed_spikes + (t * B + b) * N;
-            std::fill_n(p_row, N, scalar_t(0));
-            for (int64_t k = 1; k <= D; ++k) {
-              const int64_t source = t - k;
-              add_tap(p_row, delay_adj + (k - 1) * N, spikes_row(S, history, source, b, B, N, D),
-                      N);
+            if (ring_events) {
+              std::copy_n(spike_ring.at(t), N, p_row);
+              spike_ring.step(t, S + (t * B + b) * N);
+            } else {
+              add_delayed_spikes(p_row, delay_adj, nullptr, t, S, history, b, B, N, D);
             }
           }
         }
+      }
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const bool has_next = t < T - 1;
+        const bool has_rec_grad = (W != nullptr || W1 != nullptr) && has_next;
         if (has_rec_grad && delayed) {
           take_slot(t + 1);
           delayed_rec_grad(delay_ring, t, T, rec_buffer.data(), gx_at);
+          if (event_sums) sums_at_spikes(t);
         } else if (has_rec_grad && W != nullptr) {  // rec[b] = gX[t+1][b] @ w_rec for the block's rows
           gemm_on_this_thread<scalar_t>(rows, N, N, gU + (t + 1) * BN + b0 * N, N, W, N,
                                         scalar_t(0), rec_buffer.data(), N);
@@ -789,9 +965,12 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
         }
       }
       if (delayed && (delay_sums || history_grad)) take_slot(0);  // gP[0]'s shares
+      if (event_sums) {
+        for (int64_t source = -1; source >= -D; --source) sums_at_spikes(source);
+      }
     }
   });
-  if (delay_sums) {
+  if (delay_sums && gP_finite) {
     out.delay_sums = at::empty({D, N}, opts);
     for (int64_t k = 0; k < D; ++k) out.delay_sums[k] = sum_over_batch<scalar_t>(acc_delay[k]);
   }
@@ -803,7 +982,35 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   if (in.need_w_rec_sum) out.w_rec_sum = sum_over_batch<scalar_t>(acc_w_rec);
   // acc_bias sums gX over t: all finite only if every gX entry is.
   if (in.need_w_rec_grad && at::isfinite(acc_bias).all().item<bool>()) {
-    out.w_rec_grad = w_rec_gradient_from_spikes(gU, s0, S, T, B, N, opts);
+    out.w_rec_grad = product_from_nonzeros<scalar_t>(
+        T * B, N, [&](int64_t r) { return r < B ? s0 + r * N : S + (r - B) * N; },
+        [&](int64_t r, scalar_t*) { return gU + r * N; }, opts);
+  }
+  // Per source with spike_events: sum_t (m * gX[t]).T @ P[t] from P's
+  // non-zeros (each spike's taps), where every m * gX is finite and P is
+  // sparse enough to pay (loop.h).
+  if (events && delayed_spikes != nullptr && W != nullptr && in.need_delayed_w_rec_grad &&
+      in.max_delayed_spike_density >= 0 && at::isfinite(acc_bias).all().item<bool>()) {
+    auto masked_row = [&](int64_t r, scalar_t* scratch) -> const scalar_t* {
+      if (mask == nullptr) return gU + r * N;
+      const scalar_t* m = mask + (r % B) * N;
+      for (int64_t n = 0; n < N; ++n) scratch[n] = gU[r * N + n] * m[n];
+      return scratch;
+    };
+    std::atomic<bool> finite{true};
+    if (mask != nullptr) {
+      at::parallel_for(0, T * B, 64, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> scratch(N);
+        for (int64_t r = begin; r < end && finite; ++r) {
+          if (!all_finite(masked_row(r, scratch.data()), N)) finite = false;
+        }
+      });
+    }
+    if (finite) {
+      out.delayed_w_rec_grad = product_from_nonzeros<scalar_t>(
+          T * B, N, [&](int64_t r) { return delayed_spikes + r * N; }, masked_row, opts,
+          in.max_delayed_spike_density);
+    }
   }
   return out;
 }

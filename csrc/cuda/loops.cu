@@ -657,7 +657,7 @@ void forward_steps(const LoopInputs& in, std::vector<at::Tensor>& states, at::Te
       for (int64_t k = 1; k <= D; ++k) rec.addmm_(spikes_at(t - k), in.delay_taps[k - 1]);
     } else {  // per source: P[t] = sum_k K_k * S[t-k], then P[t] @ w_rec.T
       at::Tensor P = at::zeros({B, N}, spikes.options());
-      for (int64_t k = 1; k <= D; ++k) P.addcmul_(spikes_at(t - k), in.delay_taps[k - 1]);
+      for (int64_t k = D; k >= 1; --k) P.addcmul_(spikes_at(t - k), in.delay_taps[k - 1]);
       if (one_to_one) {
         at::mul_out(rec, P, in.w_rec);
       } else {
