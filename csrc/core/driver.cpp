@@ -986,10 +986,10 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     if (need.delays || need.sigma) {
       at::Tensor E = loop_E;
       if (need_E) {
+        // Every tap: the loop leaves E here where a gP is not finite or
+        // large, where an E at an unused tap may be NaN or inf (0 * that: NaN).
         E = at::zeros({D, N}, grad_input.options());
-        for (int64_t k = 1; k <= D; ++k) {
-          if (used(k)) E[k - 1] = (gP * S_k(k)).sum({0, 1});
-        }
+        for (int64_t k = 1; k <= D; ++k) E[k - 1] = (gP * S_k(k)).sum({0, 1});
       }
       if (need.delays) out.delays = (kernel.Kx * E).sum(0);
       if (need.sigma) out.sigma = (kernel.Ks * E).sum(0);
@@ -1044,7 +1044,16 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       });
     }
   }
-  if (need.mask) out.mask = (gR() * rec).sum(0);
+  if (need.mask) {
+    // A step a row does not take passes nothing back, even where its rec is
+    // not finite (gR = 0 there, and 0 * inf would be NaN).
+    if (st.lengths.defined()) {
+      const at::Tensor untaken = at::arange(T, st.lengths.options()).view({T, 1, 1}) >=
+                                 st.lengths.view({1, B, 1});
+      rec = rec.masked_fill(untaken, 0);
+    }
+    out.mask = (gR() * rec).sum(0);
+  }
   return out;
 }
 

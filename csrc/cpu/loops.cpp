@@ -682,12 +682,13 @@ void delayed_rec_grad(const DelayRing<scalar_t>& r, int64_t t, int64_t T, scalar
   }
 }
 
-// Whether every one of the n values is finite (vectorises: NaN fails the compare).
+// Whether every one of the n values is at most `limit` in magnitude
+// (vectorises; NaN fails the compare).
 template <typename scalar_t>
-TORCH_EXT_CPU_CLONES bool all_finite(const scalar_t* __restrict__ v, int64_t n) {
-  bool finite = true;
-  for (int64_t e = 0; e < n; ++e) finite &= std::abs(v[e]) <= std::numeric_limits<scalar_t>::max();
-  return finite;
+TORCH_EXT_CPU_CLONES bool all_within(const scalar_t* __restrict__ v, int64_t n, scalar_t limit) {
+  bool within = true;
+  for (int64_t e = 0; e < n; ++e) within &= std::abs(v[e]) <= limit;
+  return within;
 }
 
 // E[k] += gP[source + k] * S[source] over the ring's row `row`, by events:
@@ -797,15 +798,19 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const scalar_t* history = delayed ? ptr(st.history) : nullptr;
   // With spike_events (loop.h): P[t] and E by events at the spikes
   // (DelayedSpikeRing, delay_sums_at_spikes). E's events stand for the dense
-  // sums where every gP is finite; where one is not, the loop returns no E
-  // and the driver sums it (a skipped 0 * gP would drop the NaN of 0 * inf).
+  // sums where no gP is larger than max / (T * B), so that no sum of them
+  // overflows; where one is (or is not finite), the loop returns no E and the
+  // driver sums it (a skipped 0 * gP, or 0 times an E that overflowed at a
+  // tap the events skip, would drop a NaN).
   const bool events = delayed && !per_synapse && st.spike_events;
   const bool event_sums = delay_sums && events;
   const std::vector<uint64_t> used_taps =
       events ? tap_bits(delay_adj, D, N) : std::vector<uint64_t>();
   const std::vector<uint64_t> sum_taps =
       event_sums ? tap_bits(ptr(in.delay_sum_taps), D, N) : std::vector<uint64_t>();
-  std::atomic<bool> gP_finite{true};
+  std::atomic<bool> gP_small{true};
+  const scalar_t gP_limit =
+      std::numeric_limits<scalar_t>::max() / static_cast<scalar_t>(std::max<int64_t>(T * B, 1));
   const at::Tensor acc_delay = delay_sums ? at::zeros({D, B, N}, opts) : at::Tensor();
   if (history_grad) out.history_grad = at::zeros({D, B, N}, opts);
   if (delayed && !per_synapse && in.need_delayed_spikes) {
@@ -853,7 +858,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
       // Step `step`'s slot, and per source its share of E and of the history's gradient.
       auto take_slot = [&](int64_t step) {
         delayed_slot(delay_ring, step, gx_at(step));
-        if (event_sums && !all_finite(delay_ring.slot(step), rows * N)) gP_finite = false;
+        if (event_sums && !all_within(delay_ring.slot(step), rows * N, gP_limit)) gP_small = false;
         if (!(delay_sums && !event_sums) && !history_grad) return;
         const scalar_t* gP = delay_ring.slot(step);
         for (int64_t k = 1; k <= D; ++k) {
@@ -970,7 +975,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
       }
     }
   });
-  if (delay_sums && gP_finite) {
+  if (delay_sums && gP_small) {
     out.delay_sums = at::empty({D, N}, opts);
     for (int64_t k = 0; k < D; ++k) out.delay_sums[k] = sum_over_batch<scalar_t>(acc_delay[k]);
   }
@@ -1002,7 +1007,9 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
       at::parallel_for(0, T * B, 64, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> scratch(N);
         for (int64_t r = begin; r < end && finite; ++r) {
-          if (!all_finite(masked_row(r, scratch.data()), N)) finite = false;
+          if (!all_within(masked_row(r, scratch.data()), N, std::numeric_limits<scalar_t>::max())) {
+            finite = false;
+          }
         }
       });
     }

@@ -811,6 +811,28 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
       }
     }
   }
+  // Per source, from the gP kept for every step (loop.h): the delays' sums
+  // E[k] = sum_{t,b} gP[t] * S[t-k] and the history's gradient, sum_k K_k *
+  // gP[t+k] at its steps t < 0, so that the driver need not multiply m * gX
+  // by w_rec once more.
+  if (gP.defined() && (in.need_delay_sums || in.need_history_grad)) {
+    const int64_t D = in.delay_adjoint.size(0);
+    if (in.need_delay_sums) {
+      const at::Tensor spikes_all = at::cat({st.history, in.spikes});  // S[1-D..T]
+      out.delay_sums = at::empty({D, N}, opts);
+      for (int64_t k = 1; k <= D; ++k) {
+        out.delay_sums[k - 1] = (gP * spikes_all.narrow(0, D - k, T)).sum({0, 1});
+      }
+    }
+    if (in.need_history_grad) {
+      out.history_grad = at::zeros({D, B, N}, opts);
+      for (int64_t h = 0; h < D; ++h) {  // history step h is t = h - D; tap k reads it from t + k
+        for (int64_t k = D - h; k <= D && h - D + k < T; ++k) {
+          out.history_grad[h].addcmul_(gP[h - D + k], in.delay_adjoint[k - 1]);
+        }
+      }
+    }
+  }
   // Reductions over the batch; ATen's CUDA sum uses no atomics (deterministic).
   out.param_sums.resize(kParams);
   for (int k = 0; k < kParams; ++k) {
