@@ -206,27 +206,6 @@ def test_per_synapse_gather_is_bitwise_the_same_for_any_thread_count(monkeypatch
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_per_synapse_gather_falls_back_where_it_would_differ(op, monkeypatch):
-    """What a gather would get wrong stays dense: an infinite incoming
-    gradient (a skipped zero spike would drop the NaN of 0 * inf) and a
-    history that is not binary (values other than 0 and 1 are weights, not
-    spikes): the reference's values, NaN where it has NaN."""
-    monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", "gather")
-    args, delays = inputs(op, "synaptic", seed=6)
-    real_history = args.s0.detach() * torch.linspace(0.5, 2.0, N, dtype=torch.float64)
-    assert_matches_reference(op, args._replace(s0=real_history.requires_grad_()), delays)
-    out = FUSED[op](*args, **delays)
-    weights = [torch.zeros_like(o) for o in out]
-    weights[0][3, 1, 2] = float("inf")
-    got = torch.autograd.grad(out, leaves(args, delays), weights, allow_unused=True)
-    want_out = REFERENCE[op](*args, **delays)
-    want = torch.autograd.grad(want_out, leaves(args, delays), weights, allow_unused=True)
-    assert any(g is not None and g.isnan().any() for g in want)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, equal_nan=True)
-
-
 def per_source_case(op, kind, dtype, n, d, steps, seed):
     """A per-source case at 10-15 % spikes with a random binary history,
     delays spread over [0.5, d + 0.5] (kinks included), a per-neuron sigma
@@ -289,23 +268,28 @@ def test_per_source_spike_events_give_the_dense_sums(op, kind, d, dtype, monkeyp
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["synaptic", "axonal"])
 @pytest.mark.parametrize("op", OPS)
-def test_per_source_spike_bits_fall_back_where_they_would_differ(op, monkeypatch):
-    """What the bits and the events would get wrong is left to the dense
-    sums: a history that is not binary, and an infinite incoming gradient
-    (an event sum skips the NaN of 0 * inf): the reference's values, NaN
-    where it has NaN."""
-    monkeypatch.delenv("TORCH_EXT_BINARY_INPUTS", raising=False)
-    args, delays = inputs(op, "axonal", seed=6)
+def test_gather_and_events_fall_back_where_they_would_differ(op, kind, monkeypatch):
+    """What the per-synapse gather and the per-source events (both forced:
+    TORCH_EXT_BINARY_INPUTS=gather) would get wrong stays dense: an infinite
+    incoming gradient (a skipped zero spike would drop the NaN of 0 * inf)
+    and a history that is not binary (values other than 0 and 1 are
+    weights, not spikes): the reference's values, NaN where it has NaN (per
+    source, in the delays' gradient)."""
+    monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", "gather")
+    args, delays = inputs(op, kind, seed=6)
     real_history = args.s0.detach() * torch.linspace(0.5, 2.0, N, dtype=torch.float64)
     assert_matches_reference(op, args._replace(s0=real_history.requires_grad_()), delays)
     out = FUSED[op](*args, **delays)
     weights = [torch.zeros_like(o) for o in out]
-    weights[0][6, 1, 2] = float("inf")
+    weights[0][(3, 1, 2) if kind == "synaptic" else (6, 1, 2)] = float("inf")
     got = torch.autograd.grad(out, leaves(args, delays), weights, allow_unused=True)
     want_out = REFERENCE[op](*args, **delays)
     want = torch.autograd.grad(want_out, leaves(args, delays), weights, allow_unused=True)
-    assert want[-2].isnan().any()  # the delays' gradient
+    assert any(g is not None and g.isnan().any() for g in want)
+    if kind == "axonal":
+        assert want[-2].isnan().any()  # the delays' gradient
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, equal_nan=True)
 

@@ -174,6 +174,25 @@ inline uint64_t tap_range(int64_t k_min, int64_t k_max) {
   return below_max & ~((uint64_t(1) << (k_min - 1)) - 1);
 }
 
+// The events of the spikes of step `source` (a binary row s of N): f(n,
+// tap, slot) for each neuron n that fired and each tap (k - 1) of taps[n] &
+// in_range, in increasing k, with slot the ring slot of step source + k
+// (first: tap k = 1's slot; no division per event).
+template <typename scalar_t, typename F>
+void for_each_spike_tap(const scalar_t* s, int64_t N, uint64_t* fired, const uint64_t* taps,
+                        uint64_t in_range, int64_t first, int64_t D, const F& f) {
+  nonzero_bits(s, N, fired);
+  for (int64_t w = 0; w * 64 < N; ++w) {
+    for (uint64_t m = fired[w]; m != 0; m &= m - 1) {
+      const int64_t n = w * 64 + __builtin_ctzll(m);
+      for (uint64_t k = taps[n] & in_range; k != 0; k &= k - 1) {
+        const int64_t tap = __builtin_ctzll(k);
+        f(n, tap, first + tap < D ? first + tap : first + tap - D);
+      }
+    }
+  }
+}
+
 // P[t] = sum_k K_k * S[t-k] of one batch row by events: a ring of the next D
 // steps' P; a spike of neuron n at step `source` adds K_k[n] to step
 // source + k for each tap k it uses. Step t's P thus gets its terms by
@@ -201,19 +220,10 @@ class DelayedSpikeRing {
 
  private:
   void add(int64_t source, const scalar_t* s) {
-    const uint64_t in_range = tap_range(std::max<int64_t>(1, -source), D_);
-    const int64_t first = ring_slot(source + 1, D_);  // tap k = 1's slot (no division per add)
-    nonzero_bits(s, N_, fired_.data());
-    for (int64_t w = 0; w * 64 < N_; ++w) {
-      for (uint64_t m = fired_[w]; m != 0; m &= m - 1) {
-        const int64_t n = w * 64 + __builtin_ctzll(m);
-        for (uint64_t k = used_[n] & in_range; k != 0; k &= k - 1) {
-          const int64_t tap = __builtin_ctzll(k);  // k - 1
-          const int64_t slot = first + tap < D_ ? first + tap : first + tap - D_;
-          ring_[slot * N_ + n] += taps_[tap * N_ + n];
-        }
-      }
-    }
+    for_each_spike_tap(s, N_, fired_.data(), used_, tap_range(std::max<int64_t>(1, -source), D_),
+                       ring_slot(source + 1, D_), D_, [&](int64_t n, int64_t tap, int64_t slot) {
+                         ring_[slot * N_ + n] += taps_[tap * N_ + n];
+                       });
   }
   const scalar_t* taps_;
   const uint64_t* used_;
@@ -707,19 +717,11 @@ void delay_sums_at_spikes(scalar_t* acc, int64_t k_stride, const scalar_t* s,
   const uint64_t taps_in_range =
       tap_range(std::max<int64_t>(1, -source), std::min(D, T - 1 - source));
   if (taps_in_range == 0) return;
-  const int64_t first = ring_slot(source + 1, D);  // tap k = 1's slot (no division per add)
   const scalar_t* g = ring.ring + row * N;
-  nonzero_bits(s, N, fired);
-  for (int64_t w = 0; w * 64 < N; ++w) {
-    for (uint64_t m = fired[w]; m != 0; m &= m - 1) {
-      const int64_t n = w * 64 + __builtin_ctzll(m);
-      for (uint64_t taps = sum_taps[n] & taps_in_range; taps != 0; taps &= taps - 1) {
-        const int64_t tap = __builtin_ctzll(taps);  // k - 1
-        const int64_t slot = first + tap < D ? first + tap : first + tap - D;
-        acc[tap * k_stride + n] += g[slot * slot_size + n];
-      }
-    }
-  }
+  for_each_spike_tap(s, N, fired, sum_taps, taps_in_range, ring_slot(source + 1, D), D,
+                     [&](int64_t n, int64_t tap, int64_t slot) {
+                       acc[tap * k_stride + n] += g[slot * slot_size + n];
+                     });
 }
 
 // out += a * b, element-wise over N.
