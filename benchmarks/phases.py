@@ -12,9 +12,12 @@ time (its time loop), the dense products it hands to ATen (input projection,
 grad_x, grad_w_in), copies (aten::copy_: dtype conversions, broadcasts,
 transposes) and everything else. The ratio fused / floor and the page faults
 (minor faults per fused call; bench.minor_faults says why they matter) come
-from separate timed calls, fused and floor interleaved, medians.
+from separate timed calls, fused and floor interleaved, medians; so does the
+fused op with its buffer cache turned off (TORCH_EXT_BUFFER_CACHE_MB=0 for
+that call: its buffers from malloc, as before the cache).
 """
 import argparse
+import os
 import statistics
 
 import torch
@@ -46,12 +49,16 @@ def measure(model, T, B, N, calls, reps):
     for _ in range(3):
         fused(x, True)
         floor(x, True)
-    times = {"fused": [], "floor": []}
-    faults = []
+    times = {"fused": [], "no_cache": [], "floor": []}
+    faults = {"fused": [], "no_cache": []}
     for _ in range(reps):
-        before = bench.minor_faults()
-        times["fused"].append(bench.timed(fused, x, True, x.device))
-        faults.append(bench.minor_faults() - before)
+        for name in ("fused", "no_cache"):
+            if name == "no_cache":
+                os.environ["TORCH_EXT_BUFFER_CACHE_MB"] = "0"
+            before = bench.minor_faults()
+            times[name].append(bench.timed(fused, x, True, x.device))
+            faults[name].append(bench.minor_faults() - before)
+            os.environ.pop("TORCH_EXT_BUFFER_CACHE_MB", None)
         times["floor"].append(bench.timed(floor, x, True, x.device))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
@@ -63,10 +70,13 @@ def measure(model, T, B, N, calls, reps):
         ms[phase] += event.self_cpu_time_total / 1e3 / calls
         if phase == "copies":
             copies += event.count / calls
-    fused_ms, floor_ms = (1e3 * statistics.median(times[k]) for k in ("fused", "floor"))
+    fused_ms, no_cache_ms, floor_ms = (1e3 * statistics.median(times[k])
+                                       for k in ("fused", "no_cache", "floor"))
     return {"model": model, "T": T, "B": B, "N": N, **ms, "copy_calls": copies,
-            "page_faults": statistics.median(faults), "fused_ms": fused_ms, "floor_ms": floor_ms,
-            "fused_over_floor": fused_ms / floor_ms}
+            "page_faults": statistics.median(faults["fused"]),
+            "page_faults_no_cache": statistics.median(faults["no_cache"]), "fused_ms": fused_ms,
+            "no_cache_ms": no_cache_ms, "floor_ms": floor_ms,
+            "fused_over_floor": fused_ms / floor_ms, "no_cache_over_floor": no_cache_ms / floor_ms}
 
 
 def main(argv=None):
@@ -85,11 +95,16 @@ def main(argv=None):
     print(f"ms per forward + backward, T, B, F=N = {args.size}, "
           f"{torch.get_num_threads()} threads, float32:")
     print(f"{'model':>9} " + " ".join(f"{p:>13}" for p in PHASES)
-          + f" {'copy_ calls':>11} {'page faults':>11} {'fused/floor':>11}")
+          + f" {'copy_ calls':>11} {'page faults':>11} {'fused/floor':>11}"
+          + f" {'faults, no cache':>16} {'no cache/floor':>14}")
     for r in rows:
         print(f"{r['model']:>9} " + " ".join(f"{r[p]:>13.2f}" for p in PHASES)
               + f" {r['copy_calls']:>11.0f} {r['page_faults']:>11.0f}"
-              + f" {r['fused_over_floor']:>11.2f}")
+              + f" {r['fused_over_floor']:>11.2f} {r['page_faults_no_cache']:>16.0f}"
+              + f" {r['no_cache_over_floor']:>14.2f}")
+    print("times (ms): " + ", ".join(f"{r['model']} fused {r['fused_ms']:.1f}, no cache "
+                                      f"{r['no_cache_ms']:.1f}, floor {r['floor_ms']:.1f}"
+                                      for r in rows))
     return rows
 
 

@@ -6,11 +6,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <torch/version.h>
+#include <torch_ext/buffer_cache.h>
 
 #include <string>
 #include <vector>
 
 #include "core/blas.h"
+#include "core/buffers.h"
 #include "core/driver.h"
 #include "neurons/registry.h"
 
@@ -121,6 +123,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "torch_ext's compiled part: the recurrent spiking ops and the facts of this build";
   m.def("build_info", &build_info,
         "How this extension was built: versions, CUDA and its architectures, OpenMP, SIMD, BLAS.");
+  m.def(
+      "buffer_cache_info",
+      [] {
+        const torch_ext::BufferCacheInfo i = torch_ext::buffer_cache_info();
+        py::dict d;
+        d["cached_bytes"] = i.cached_bytes;
+        d["cached_blocks"] = i.cached_blocks;
+        d["reused"] = i.reused;
+        d["allocated"] = i.allocated;
+        d["limit_bytes"] = i.limit_bytes;
+        return d;
+      },
+      "The cache of the ops' large CPU buffers: the freed bytes and blocks it holds, how many "
+      "allocations it served from them and how many took fresh memory, and its limit "
+      "(TORCH_EXT_BUFFER_CACHE_MB, as last read).");
+  m.def("release_buffer_cache", &torch_ext::release_buffer_cache,
+        "Hands every block the buffer cache holds back to the system.");
+  m.def("_set_buffer_cache_poison", &torch_ext::set_buffer_cache_poison, py::arg("poison"),
+        "Test hook: fill every reused buffer with NaN bytes before the op gets it.");
   m.def("resolve_slope", &resolve_slope, py::arg("op"), py::arg("reset"), py::arg("detach_reset"),
         py::arg("surrogate"), py::arg("slope"), py::arg("float64"),
         "Checks the options as the op does; returns the slope to use.");

@@ -1,6 +1,7 @@
 // Matrix products: BLAS on the calling thread for the CPU loops, and
 // products split so that their results do not depend on the thread count.
 #include "blas.h"
+#include "buffers.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -148,7 +149,7 @@ at::Tensor empty_rows_aligned_as_whole(int64_t rows, int64_t cols, int64_t first
   // Elements per 64 bytes, the CPU allocator's alignment.
   const int64_t per_line = 64 / static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
   const int64_t offset = (first * cols) % per_line;
-  return at::empty({rows * cols + per_line}, options).narrow(0, offset, rows * cols).view({rows, cols});
+  return empty_buffer({rows * cols + per_line}, options).narrow(0, offset, rows * cols).view({rows, cols});
 }
 
 bool low_precision_products(at::ScalarType dtype, const at::Device& device) {
@@ -301,7 +302,7 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a_given, const at::T
     const at::Tensor& b = b_given;
     const int64_t chunk = (inner + inner_chunks - 1) / inner_chunks;
     const int64_t chunks = (inner + chunk - 1) / chunk;
-    at::Tensor partial = at::empty({chunks, rows, cols}, out.options());
+    at::Tensor partial = empty_buffer({chunks, rows, cols}, out.options());
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       // Worker threads do not inherit the caller's dispatch state: stay below autograd.
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -344,7 +345,7 @@ void deterministic_mm_out(at::Tensor out, const at::Tensor& a_given, const at::T
 
 at::Tensor deterministic_mm(const at::Tensor& a, const at::Tensor& b) {
   const bool low = is_low_precision(a.scalar_type());
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options().dtype(low ? at::kFloat : a.scalar_type()));
+  at::Tensor out = empty_buffer({a.size(0), b.size(1)}, a.options().dtype(low ? at::kFloat : a.scalar_type()));
   deterministic_mm_out(out, a, b);
   return out;
 }

@@ -15,6 +15,7 @@
 #include <limits>
 
 #include "blas.h"
+#include "buffers.h"
 
 namespace torch_ext {
 
@@ -630,7 +631,7 @@ at::Tensor input_current(const at::Tensor& x, const OptionalTensor& w_in,
                          const OptionalTensor& bias, int64_t N, at::ScalarType compute,
                          bool backward) {
   const int64_t T = x.size(0), B = x.size(1), F = x.size(2);
-  at::Tensor current = at::empty({T, B, N}, x.options().dtype(compute));
+  at::Tensor current = empty_buffer({T, B, N}, x.options().dtype(compute));
   at::Tensor current_2d = current.view({T * B, N});
   if (w_in.has_value()) {
     // Contiguous whatever the caller's strides: BLAS picks its kernel by
@@ -670,7 +671,7 @@ std::vector<at::Tensor> states_with_input(const NeuronInfo& neuron, const OpTens
   for (int k = 0; k < neuron.num_states; ++k) {
     states.push_back(k == neuron.traits.input_state
                          ? input_current(t.x, t.w_in, t.bias, N, compute, backward)
-                         : at::empty({T, B, N}, t.x.options().dtype(compute)));
+                         : empty_buffer({T, B, N}, t.x.options().dtype(compute)));
   }
   return states;
 }
@@ -969,7 +970,7 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
                                              .view({T, B, N});
     at::Tensor P = loop_out.delayed_spikes;
     if ((need.w_rec || need.drive || need.mask) && !P.defined()) {
-      P = at::zeros({T, B, N}, grad_input.options());
+      P = zeros_buffer({T, B, N}, grad_input.options());
       for (int64_t k = D; k >= 1; --k) {  // the CPU forward's order
         if (used(k)) P.addcmul_(S_k(k), kernel.K[k - 1]);
       }
@@ -1012,7 +1013,7 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     at::Tensor grad_w = weights ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
     at::Tensor by_x = need.delays ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
     at::Tensor by_s = need.sigma ? at::zeros({N, N}, grad_input.options()) : at::Tensor();
-    if (need.mask) rec = at::zeros({TB, N}, grad_input.options());
+    if (need.mask) rec = zeros_buffer({TB, N}, grad_input.options());
     // C'[k] = gM.T @ S[t-k] from the spikes that fired: gM's rows added at
     // each spike (one index of S[1-D..T] for every tap), the dense product's
     // sum up to its order, where the spikes and the history are binary and gM
@@ -1075,7 +1076,7 @@ std::vector<at::Tensor> neuron_forward(const NeuronInfo& neuron, const OpTensors
   const int64_t T = t.x.size(0), B = t.x.size(1), N = d.N.expect_int();
   const LoopInputs in = loop_inputs(t, N, d.compute, options.reset, s.max_delay);
   std::vector<at::Tensor> states = states_with_input(neuron, t, N, d.compute, false);
-  at::Tensor spikes = at::empty({T, B, N}, t.x.options().dtype(d.compute));
+  at::Tensor spikes = empty_buffer({T, B, N}, t.x.options().dtype(d.compute));
   if (spikes.numel() > 0) loop(in, states, spikes, /*replay=*/false);
   std::vector<at::Tensor> out{spikes.to(t.x.scalar_type())};
   out.insert(out.end(), states.begin(), states.end());

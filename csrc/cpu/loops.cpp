@@ -43,6 +43,7 @@ extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
 #include <vector>
 
 #include "../core/blas.h"
+#include "../core/buffers.h"
 #include "../core/op.h"
 #include "../neurons/registry.h"
 
@@ -749,7 +750,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
 
   BackwardLoopOutputs out;
-  out.grad_input = at::empty({T, B, N}, opts);
+  out.grad_input = empty_buffer({T, B, N}, opts);
   for (int k = 0; k < K; ++k) out.grad_initial.push_back(at::empty({B, N}, opts));
   out.grad_s0_reset = at::empty({B, N}, opts);
   // Per-(b, n) sums over t, always kept: unconditional adds vectorise, and
@@ -816,7 +817,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   const at::Tensor acc_delay = delay_sums ? at::zeros({D, B, N}, opts) : at::Tensor();
   if (history_grad) out.history_grad = at::zeros({D, B, N}, opts);
   if (delayed && !per_synapse && in.need_delayed_spikes) {
-    out.delayed_spikes = at::empty({T, B, N}, opts);
+    out.delayed_spikes = empty_buffer({T, B, N}, opts);
   }
   scalar_t* delayed_spikes = ptr(out.delayed_spikes);
   scalar_t* acc_E = ptr(acc_delay);

@@ -84,6 +84,26 @@ TEST(RecurrentLIF, LowMemoryModeGivesTheSameGradients) {
   for (size_t i = 0; i < g1.size(); ++i) EXPECT_TRUE(torch::equal(g1[i], g2[i])) << i;
 }
 
+// The large buffers come from the cache: after the first steps of a training
+// loop no call takes fresh memory, and the results stay those of the first.
+TEST(RecurrentLIF, TrainingStepsReuseTheCachedBuffers) {
+  const Inputs in = random_inputs(40, 8, 24, 64);  // [T, B, N] float64: 160 KiB buffers
+  std::vector<Tensor> first;
+  torch_ext::BufferCacheInfo start{};
+  for (int step = 0; step < 5; ++step) {
+    if (step == 2) start = torch_ext::buffer_cache_info();
+    const auto [spikes, membrane] = fused(in, {});
+    const auto grads = torch::autograd::grad({spikes.sum() + membrane.square().sum()}, in.all());
+    if (step == 0) first = grads;
+    for (size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(torch::equal(grads[i], first[i])) << i;
+  }
+  const torch_ext::BufferCacheInfo end = torch_ext::buffer_cache_info();
+  EXPECT_EQ(end.allocated, start.allocated);
+  EXPECT_GT(end.reused, start.reused);
+  torch_ext::release_buffer_cache();
+  EXPECT_EQ(torch_ext::buffer_cache_info().cached_bytes, 0);
+}
+
 TEST(RecurrentLIF, SecondDerivativeRaises) {
   const Inputs in = random_inputs(5, 2, 3, 4);
   const auto [spikes, membrane] = fused(in, {});

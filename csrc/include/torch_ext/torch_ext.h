@@ -25,6 +25,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
+#include <torch_ext/buffer_cache.h>
 
 #include <optional>
 #include <string>
