@@ -9,6 +9,7 @@ with NaN bytes first (the poison hook) and compare with the cache turned off
 (TORCH_EXT_BUFFER_CACHE_MB=0), over every model and the options that take
 other buffers (lengths, the low-memory replay, delays of both kinds, binary
 inputs, one-to-one recurrence, autocast)."""
+import copy
 import multiprocessing
 import pickle
 
@@ -169,6 +170,11 @@ def test_outputs_are_ordinary_tensors(tmp_path):
     torch.save({"m": membrane}, tmp_path / "m.pt")
     assert torch.equal(torch.load(tmp_path / "m.pt")["m"], membrane)
     assert torch.equal(pickle.loads(pickle.dumps(current)), current)
+    assert torch.equal(copy.deepcopy(membrane), membrane)
+    if hasattr(torch.Tensor, "_lazy_clone"):  # copy-on-write clones need a "simple" data pointer
+        lazy = membrane._lazy_clone()
+        membrane.add_(1)
+        assert torch.equal(lazy + 1, membrane)
     shared = current.clone().share_memory_()
     assert shared.is_shared() and torch.equal(shared, current)
     current.share_memory_()

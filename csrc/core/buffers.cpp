@@ -11,6 +11,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <unordered_map>
 #include <vector>
 
 #include "torch_ext/buffer_cache.h"
@@ -42,7 +43,15 @@ class BufferCache final : public c10::Allocator {
       reused_.fetch_add(1, std::memory_order_relaxed);
       if (poison_.load(std::memory_order_relaxed)) std::memset(block->memory.get(), 0xff, n);
     }
-    return {block->memory.get(), block, &BufferCache::give_back, c10::Device(c10::kCPU)};
+    // A "simple" data pointer (context = data), as the CPU allocator's are,
+    // so that what torch does only with those (copy-on-write clones) works on
+    // these buffers too: the block is found again from its address.
+    void* data = block->memory.get();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      in_use_.emplace(data, block);
+    }
+    return {data, data, &BufferCache::give_back, c10::Device(c10::kCPU)};
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -74,7 +83,7 @@ class BufferCache final : public c10::Allocator {
     new (&mutex_) std::mutex();
     free_.clear();
     cached_bytes_ = 0;
-  }
+  }  // (in_use_ stays: the child frees its copies of the parent's live buffers)
 
   static BufferCache& instance() {
     // Never destroyed: buffers may outlive static destruction (Python frees
@@ -122,16 +131,18 @@ class BufferCache final : public c10::Allocator {
     return block;
   }
 
-  static void give_back(void* context) {
-    instance().keep(static_cast<Block*>(context));
-  }
+  static void give_back(void* data) { instance().keep(data); }
 
   // Keeps a freed block, dropping the oldest ones beyond the limit.
-  void keep(Block* block) {
+  void keep(void* data) {
     const size_t limit = limit_.load(std::memory_order_relaxed);
     std::vector<Block*> dropped;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      const auto found = in_use_.find(data);
+      TORCH_INTERNAL_ASSERT(found != in_use_.end(), "a buffer the cache did not hand out");
+      Block* block = found->second;
+      in_use_.erase(found);
       if (block->bytes > limit) {
         dropped.push_back(block);
       } else {
@@ -150,6 +161,7 @@ class BufferCache final : public c10::Allocator {
 
   std::mutex mutex_;
   std::vector<Block*> free_;  // oldest first
+  std::unordered_map<void*, Block*> in_use_;  // handed out, by address
   size_t cached_bytes_ = 0;
   std::atomic<size_t> limit_{static_cast<size_t>(kDefaultLimitMiB) << 20};
   std::atomic<int64_t> reused_{0}, allocated_{0};
