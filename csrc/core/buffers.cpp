@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <new>
 #include <unordered_map>
@@ -32,8 +33,12 @@ struct Block {
 
 class BufferCache final : public c10::Allocator {
  public:
+  // (Never throws for the limit: torch also allocates through a buffer's
+  // allocator, to grow it or to copy a copy-on-write clone, and not every
+  // such place survives an exception. The op's own calls read the variable
+  // first, in update_limit.)
   c10::DataPtr allocate(size_t n) override {
-    const size_t limit = read_limit();
+    const size_t limit = limit_.load(std::memory_order_relaxed);
     if (n < kMinCachedBytes || limit == 0) return c10::GetCPUAllocator()->allocate(n);
     Block* block = take(n);
     if (block == nullptr) {
@@ -64,14 +69,14 @@ class BufferCache final : public c10::Allocator {
             reused_.load(), allocated_.load(), static_cast<int64_t>(limit_.load())};
   }
 
-  void release() {
-    std::vector<Block*> dropped;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      dropped.swap(free_);
-      cached_bytes_ = 0;
-    }
-    for (Block* b : dropped) delete b;  // (freed outside the lock)
+  void release() { drop_beyond(0); }
+
+  // Reads TORCH_EXT_BUFFER_CACHE_MB (a bad value raises, naming it) and
+  // drops what the cache holds beyond it.
+  void update_limit() {
+    const size_t limit = read_limit();
+    limit_.store(limit, std::memory_order_relaxed);
+    drop_beyond(limit);
   }
 
   void set_poison(bool poison) { poison_.store(poison); }
@@ -79,11 +84,16 @@ class BufferCache final : public c10::Allocator {
   // A child of fork() gets the cache as the forking thread saw it; another
   // thread may have held the lock then, so the child starts with a fresh one
   // and forgets the cached blocks (their memory stays the parent's pages).
+  // The same holds for the map of buffers in use, which the fork may have
+  // caught mid-update: the child starts with an empty one (and leaks the old
+  // one's nodes), and its copies of the parent's buffers, unknown to it, are
+  // left alone when it frees them (keep).
   void after_fork_in_child() {
     new (&mutex_) std::mutex();
-    free_.clear();
+    new (&free_) std::vector<Block*>();
+    new (&in_use_) std::unordered_map<void*, Block*>();
     cached_bytes_ = 0;
-  }  // (in_use_ stays: the child frees its copies of the parent's live buffers)
+  }
 
   static BufferCache& instance() {
     // Never destroyed: buffers may outlive static destruction (Python frees
@@ -97,20 +107,42 @@ class BufferCache final : public c10::Allocator {
   }
 
  private:
-  size_t read_limit() {
+  static size_t read_limit() {
     const char* env = std::getenv("TORCH_EXT_BUFFER_CACHE_MB");
-    int64_t mib = kDefaultLimitMiB;
-    if (env != nullptr && *env != '\0') {
-      char* end = nullptr;
-      const long long parsed = std::strtoll(env, &end, 10);
-      TORCH_CHECK_VALUE(end != env && *end == '\0' && parsed >= 0,
-                        "TORCH_EXT_BUFFER_CACHE_MB must be a whole number of MiB >= 0, got '",
-                        env, "'");
-      mib = parsed;
+    if (env == nullptr || *env == '\0') return static_cast<size_t>(kDefaultLimitMiB) << 20;
+    // Digits only (no sign, space or exponent), and few enough MiB that the
+    // bytes fit an int64.
+    constexpr uint64_t kMaxMiB = static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) >> 20;
+    uint64_t mib = 0;
+    bool valid = true;
+    for (const char* c = env; *c != '\0' && valid; ++c) {
+      valid = *c >= '0' && *c <= '9' && mib <= (kMaxMiB - (*c - '0')) / 10;
+      if (valid) mib = mib * 10 + static_cast<uint64_t>(*c - '0');
     }
-    const size_t limit = static_cast<size_t>(mib) << 20;
-    limit_.store(limit, std::memory_order_relaxed);
-    return limit;
+    TORCH_CHECK_VALUE(valid,
+                      "TORCH_EXT_BUFFER_CACHE_MB must be a whole number of MiB from 0 to ",
+                      kMaxMiB, ", got '", env, "'");
+    return static_cast<size_t>(mib) << 20;
+  }
+
+  // (Under the lock.) Moves the oldest cached blocks to `dropped` until at
+  // most `limit` bytes are held.
+  void evict_locked(size_t limit, std::vector<Block*>& dropped) {
+    size_t oldest = 0;
+    while (cached_bytes_ > limit) {
+      cached_bytes_ -= free_[oldest]->bytes;
+      dropped.push_back(free_[oldest++]);
+    }
+    free_.erase(free_.begin(), free_.begin() + static_cast<std::ptrdiff_t>(oldest));
+  }
+
+  void drop_beyond(size_t limit) {
+    std::vector<Block*> dropped;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      evict_locked(limit, dropped);
+    }
+    for (Block* b : dropped) delete b;  // (freed outside the lock)
   }
 
   // The smallest cached block of n to 2n bytes (a larger one would hold
@@ -140,20 +172,15 @@ class BufferCache final : public c10::Allocator {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       const auto found = in_use_.find(data);
-      TORCH_INTERNAL_ASSERT(found != in_use_.end(), "a buffer the cache did not hand out");
+      if (found == in_use_.end()) return;  // a forked child's copy of its parent's buffer
       Block* block = found->second;
       in_use_.erase(found);
-      if (block->bytes > limit) {
+      if (block->bytes > limit) {  // (not kept: it would push out everything else)
         dropped.push_back(block);
       } else {
         free_.push_back(block);
         cached_bytes_ += block->bytes;
-        size_t oldest = 0;
-        while (cached_bytes_ > limit) {
-          cached_bytes_ -= free_[oldest]->bytes;
-          dropped.push_back(free_[oldest++]);
-        }
-        free_.erase(free_.begin(), free_.begin() + static_cast<std::ptrdiff_t>(oldest));
+        evict_locked(limit, dropped);
       }
     }
     for (Block* b : dropped) delete b;
@@ -173,8 +200,10 @@ class BufferCache final : public c10::Allocator {
 at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (options.device().is_cpu() && options.layout() == at::kStrided &&
       !options.pinned_memory()) {
+    BufferCache& cache = BufferCache::instance();
+    cache.update_limit();
     constexpr c10::DispatchKeySet cpu(c10::DispatchKey::CPU);
-    return at::detail::empty_generic(sizes, &BufferCache::instance(), cpu,
+    return at::detail::empty_generic(sizes, &cache, cpu,
                                      c10::typeMetaToScalarType(options.dtype()), std::nullopt);
   }
   return at::empty(sizes, options);

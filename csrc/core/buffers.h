@@ -10,8 +10,9 @@
 // scratch) is kept here and handed to the next call that asks for about as
 // much, already mapped. Results do not change (the memory is uninitialised
 // either way). What it keeps is bounded: TORCH_EXT_BUFFER_CACHE_MB (read at
-// every allocation; default 256, 0 turns the cache off) caps the freed bytes
-// held, oldest dropped first; release_buffer_cache() hands them all back.
+// each of the op's allocations, which drops what is held beyond it; default
+// 256, 0 turns the cache off) caps the freed bytes held, oldest dropped
+// first; release_buffer_cache() hands them all back.
 #pragma once
 
 #include <ATen/core/Tensor.h>
