@@ -1051,7 +1051,7 @@ DelayGrads delay_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     if (st.lengths.defined()) {
       const at::Tensor untaken = at::arange(T, st.lengths.options()).view({T, 1, 1}) >=
                                  st.lengths.view({1, B, 1});
-      rec = rec.masked_fill(untaken, 0);
+      rec.masked_fill_(untaken, 0);  // (rec is this function's own buffer)
     }
     out.mask = (gR() * rec).sum(0);
   }
