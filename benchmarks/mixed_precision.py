@@ -97,6 +97,48 @@ def measure(T, B, N, args):
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}, errors, phases
 
 
+def w_rec_crossover(args, sizes=((200, 32, 128), (200, 32, 512)),
+                    scales=(0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.5)):
+    """Under autocast on the low-precision path, grad_w_rec as the loop's
+    float32 row adds at the spikes (TORCH_EXT_BINARY_INPUTS=gather) against
+    one low-precision product (=dense), at spike rates set by x's scale:
+    forward + backward, medians of --reps interleaved repetitions. The op
+    picks the product above a fixed density; this is where that comes from."""
+    dtype = getattr(torch, args.dtype)
+    print(f"grad_w_rec under autocast {args.dtype}: row adds at the spikes against one "
+          f"low-precision product ({torch.get_num_threads()} threads)")
+    print(f"{'T':>4} {'B':>3} {'N':>4} {'rate %':>7} {'row adds ms':>12} {'product ms':>11} "
+          f"{'product / adds':>15}")
+    rows = []
+    for T, B, N in sizes:
+        params = peers.MODELS[args.model]["make_params"](N, N, "cpu")
+        fused = peers.fused(params, args.model)
+        inputs = [p for p in params.values() if isinstance(p, torch.Tensor)]
+        base = torch.randn(T, B, N, generator=torch.Generator().manual_seed(1))
+        for scale in scales:
+            x = base * scale
+
+            def go(mode):
+                def run():
+                    with mock.patch.dict(os.environ, {"TORCH_EXT_BINARY_INPUTS": mode}):
+                        with torch.autocast("cpu", dtype=dtype):
+                            spikes = fused(x)[0]
+                        torch.autograd.grad(spikes.float().sum(), inputs)
+                        return spikes
+                return run
+            rate = 100 * go("gather")().float().mean().item()
+            times = {"gather": [], "dense": []}
+            for _ in range(args.reps):
+                for mode in times:
+                    times[mode] += timed(go(mode), 1)
+            adds, product = (1e3 * statistics.median(times[m]) for m in ("gather", "dense"))
+            rows.append({"T": T, "B": B, "N": N, "rate": rate, "adds_ms": adds,
+                         "product_ms": product})
+            print(f"{T:>4} {B:>3} {N:>4} {rate:>7.1f} {adds:>12.1f} {product:>11.1f} "
+                  f"{product / adds:>15.2f}")
+    return rows
+
+
 def op_phases(go, calls=5):
     """ms per call of the fused op's own time (its forward and backward ops,
     with everything they call: the autocast kernel's casts included) by
@@ -136,7 +178,11 @@ def main(argv=None):
     parser.add_argument("--size", type=size_arg, action="append", metavar="T,B,N")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--w-rec-crossover", action="store_true",
+                        help="time grad_w_rec's two paths under autocast by spike rate")
     args = parser.parse_args(argv)
+    if args.w_rec_crossover:
+        return w_rec_crossover(args)
     sizes = args.size or [(200, 32, 512), (300, 32, 128)]
     low = args.dtype
     cpu = args.device == "cpu"

@@ -32,6 +32,21 @@ LOW = _low_precision_products_present()  # present in this build, whatever the s
 INSTRUCTIONS = torch_ext.build_info()["cpu_low_precision_instructions"]
 
 
+def bfloat16_dot_products(path, dtype):
+    """Whether the products run on the CPU's bfloat16 dot-product instructions
+    (MKL's path for bfloat16 on a CPU with AVX512-BF16 or AMX-BF16). Those
+    count subnormal bfloat16 operands as zero and add each pair of products
+    before rounding (so +big and -big products of one pair cancel to 0 where
+    float32 gives inf - inf = NaN); elsewhere MKL converts the operands to
+    float32 and its products are float32 products."""
+    return path == "on" and dtype == torch.bfloat16 and "bfloat16" in INSTRUCTIONS
+
+
+def flushed(t):
+    """t with its bfloat16-subnormal values as (signed) zeros."""
+    return torch.where(t.abs() < torch.finfo(torch.bfloat16).tiny, t * 0, t)
+
+
 def use_path(monkeypatch, path, dtype=None):
     """Selects the product path (skipping "on" where this build has no MKL
     product for dtype) and leaves the binary-input choice at its default."""

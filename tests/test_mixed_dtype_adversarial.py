@@ -32,6 +32,7 @@ import torch
 
 import torch_ext
 from mixed_precision_helpers import (BINARY_ENV, ENV, LOW, LOW_DTYPES, PATHS,
+                                     bfloat16_dot_products, flushed,
                                      assert_same_results, dtype_id, float64_args, inputs_of,
                                      leaf, names_of, nonfinite_pattern_equal, norm_close,
                                      rebuild, same_bits, spike_rate_ok, use_path)
@@ -463,6 +464,8 @@ def test_rounding_is_torchs_round_to_nearest_even(dtype, path, monkeypatch):
     theta = torch.finfo(torch.float32).max
     values = rounding_values(dtype)
     want = values.to(dtype).float()
+    if bfloat16_dot_products(path, dtype):  # (they count subnormal operands as zero)
+        want = flushed(want)
     B = values.numel()
     w_in = torch.ones(1, 1, dtype=dtype, requires_grad=True)
     x = values.view(1, B, 1).clone()
@@ -474,7 +477,7 @@ def test_rounding_is_torchs_round_to_nearest_even(dtype, path, monkeypatch):
     u_ref = torch_ext.recurrent_lif_ref(x, w_in.detach(), None, None, alpha=0.0, theta=theta,
                                         reset="none")[1]
     keep = ~values.isinf()
-    assert same_bits(u_ref.flatten()[keep], want[keep])
+    assert same_bits(u_ref.flatten()[keep], values.to(dtype).float()[keep])
     # Gradients, on the values whose rounding is finite (one row at a time).
     finite = want.isfinite()
     xs = values[finite].view(1, -1, 1).clone().requires_grad_()

@@ -128,10 +128,14 @@ TORCH_EXT_CPU_CLONES void round_to_bfloat16(const float* src, float* dst, int64_
 
 void round_through_into(const at::Tensor& x, at::ScalarType dtype, at::Tensor& out) {
   TORCH_INTERNAL_ASSERT(x.is_cpu() && x.scalar_type() == at::kFloat && out.is_contiguous() &&
-                        out.scalar_type() == at::kFloat && out.numel() == x.numel() &&
-                        is_low_precision(dtype));
+                        (out.scalar_type() == at::kFloat || out.scalar_type() == dtype) &&
+                        out.numel() == x.numel() && is_low_precision(dtype));
   // A dtype conversion, named for profiles (benchmarks/mixed_precision.py).
   RECORD_FUNCTION("torch_ext::rounded_through", std::vector<c10::IValue>{});
+  if (out.scalar_type() == dtype) {  // a conversion: ATen's (vectorised, bound by memory)
+    out.view(x.sizes()).copy_(x);
+    return;
+  }
   if (dtype == at::kHalf) {  // ATen's vectorised conversions
     out.view(x.sizes()).copy_(x.to(dtype));
     return;
@@ -142,6 +146,15 @@ void round_through_into(const at::Tensor& x, at::ScalarType dtype, at::Tensor& o
   at::parallel_for(0, in.numel(), int64_t{1} << 16, [&](int64_t begin, int64_t end) {
     round_to_bfloat16(src + begin, dst + begin, end - begin);
   });
+}
+
+at::Tensor rounded_to(const at::Tensor& x, at::ScalarType dtype) {
+  if (!(x.is_cpu() && x.scalar_type() == at::kFloat && is_low_precision(dtype))) {
+    return x.to(dtype);
+  }
+  at::Tensor out = empty_buffer(x.sizes(), x.options().dtype(dtype));
+  round_through_into(x, dtype, out);
+  return out;
 }
 
 at::Tensor empty_rows_aligned_as_whole(int64_t rows, int64_t cols, int64_t first,

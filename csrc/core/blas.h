@@ -82,10 +82,13 @@ bool low_precision_products_present(at::ScalarType dtype, at::DeviceType device 
 // instructions for it and, until a GPU run has checked it, never on CUDA;
 // on takes it wherever it is present, off never.
 LowPrecisionPath low_precision_path(at::ScalarType dtype, at::DeviceType device = at::kCPU);
-// out (contiguous float32, x's numel) = the float32 values of the float32 CPU
-// tensor x rounded to dtype (bfloat16 or float16): x.to(dtype).to(float32),
-// for bfloat16 in one pass.
+// out (contiguous, x's numel, float32 or dtype) = the float32 CPU tensor x
+// rounded to dtype (bfloat16 or float16), as x.to(dtype) rounds it, stored in
+// out's dtype: for float32 x.to(dtype).to(float32), for bfloat16 in one pass.
 void round_through_into(const at::Tensor& x, at::ScalarType dtype, at::Tensor& out);
+// x.to(dtype), for a float32 CPU x and a low-precision dtype by
+// round_through_into into a contiguous buffer of the op's cache.
+at::Tensor rounded_to(const at::Tensor& x, at::ScalarType dtype);
 // An empty contiguous [rows, cols] tensor whose data start where row `first`
 // of a fresh contiguous [*, cols] tensor with these options would: at the same
 // offset from a 64-byte boundary (the CPU allocator's alignment). MKL's

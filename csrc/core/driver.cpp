@@ -612,10 +612,11 @@ at::Tensor rows_rounded(const at::Tensor& rows, int64_t first, at::ScalarType pr
   }
   at::Tensor out =
       empty_rows_aligned_as_whole(rows.size(0), rows.size(1), first, rows.options().dtype(dtype));
-  if (rows.scalar_type() == products || dtype == products) {
-    out.copy_(rows);  // a conversion, or none
-  } else if (rows.is_cpu()) {
+  if (rows.is_cpu() && rows.scalar_type() == at::kFloat && is_low_precision(products) &&
+      (dtype == products || dtype == at::kFloat)) {
     round_through_into(rows, products, out);  // float32 rounded to the products' dtype
+  } else if (rows.scalar_type() == products || dtype == products) {
+    out.copy_(rows);  // a conversion, or none
   } else {
     out.copy_(rows.to(products));
   }
@@ -732,7 +733,43 @@ struct InputGradsNeeded {
   // false: the recurrence's terms (w_rec's and s0's gradients, its share of
   // the drive) are left to delay_gradients.
   bool recurrence = true;
+  // grad_w_rec by one low-precision product (w_rec_grad_by_low_precision_product).
+  bool w_rec_low_precision = false;
 };
+
+// Spikes at least this dense make grad_w_rec = sum_t gU[t].T @ S[t-1] one
+// low-precision product rather than the loop's float32 row adds at the
+// spikes. The product's cost is fixed by the shape, the adds' grow with the
+// spikes: measured on an Intel Xeon with AMX-BF16 (2 threads, bfloat16,
+// python -m benchmarks.mixed_precision --w-rec-crossover, fwd + bwd), at
+// T*B = 6400, N = 512 the two tie at 3-5 % (product / adds 1.00-1.04), the
+// product wins above (0.96 at 7.6 %, 0.85 at 17 %, 0.76 at 30 %); at N = 128
+// they are within noise of each other up to 16 % and 0.88 from 22 %.
+constexpr double kLowPrecisionWRecDensity = 0.05;
+
+// Whether grad_w_rec (all-to-all, without delays) is one low-precision
+// product: only for bfloat16 products on MKL's path
+// (LowPrecisionPath::kLowPrecision: a CPU with instructions for them, by
+// default), since gU is then rounded to bfloat16 for them anyway (the spikes
+// are exact in it); by the spikes' density, or always with
+// TORCH_EXT_BINARY_INPUTS=dense and never with =gather (the row adds). Not
+// for float16, whose rounding of gU overflows past 65504 (grad_w_rec stays
+// the float32 op's), nor for a model whose gain takes a gradient (the
+// drive's w_rec share needs the float32 sums, and grad_w_rec's bits must not
+// depend on which gradients a call asks for).
+bool w_rec_grad_by_low_precision_product(const NeuronInfo& neuron, const at::Tensor& x,
+                                         const OptionalTensor& w_in, const at::Tensor& spikes,
+                                         at::ScalarType compute) {
+  const at::ScalarType products = products_dtype(x, w_in);
+  if (!spikes.is_cpu() || compute != at::kFloat || products != at::kBFloat16 ||
+      operands_dtype(products, x, compute) != products || neuron.traits.gain_param >= 0) {
+    return false;
+  }
+  const GatherMode mode = gather_mode();
+  if (mode != GatherMode::kByDensity) return mode == GatherMode::kNever;
+  // (float32 sums of 0/1 are exact below 2^24 ones, and close enough above.)
+  return spikes.sum().item<double>() >= kLowPrecisionWRecDensity * static_cast<double>(spikes.numel());
+}
 
 InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutputs& out,
                            const at::Tensor& x, const OptionalTensor& w_in,
@@ -756,7 +793,7 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   const at::ScalarType products = products_dtype(x, w_in);
   const at::ScalarType operands = operands_dtype(products, x, compute);
   const at::Tensor grad_u_ops =
-      w_in.has_value() && (need.x || need.w_in || need.drive) ? grad_u_2d.to(operands)
+      w_in.has_value() && (need.x || need.w_in || need.drive) ? rounded_to(grad_u_2d, operands)
                                                              : at::Tensor();
   // [T, B, 1]: the steps past each row's length, which take no part.
   const at::Tensor past_end =
@@ -845,9 +882,17 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       m = deterministic_mm(grad_u_first.t(), in.state.s0);
       if (T > 1) {
         const int64_t rows = (T - 1) * B;
-        deterministic_mm_out(m, out.grad_input.narrow(0, 1, T - 1).reshape({rows, N}).t(),
-                             in.spikes.narrow(0, 0, T - 1).reshape({rows, N}),
-                             /*accumulate=*/true);
+        const at::Tensor spikes = in.spikes.narrow(0, 0, T - 1).reshape({rows, N});
+        if (need.w_rec_low_precision) {
+          // gU rounded as for grad_w_in, the spikes converted (exactly) as read.
+          const at::Tensor g = grad_u_ops.defined() ? grad_u_ops : rounded_to(grad_u_2d, operands);
+          deterministic_mm_out(m, g.narrow(0, B, rows).t(), spikes, /*accumulate=*/true, {},
+                               [&](const at::Tensor& piece, int64_t first) {
+                                 return rows_rounded(piece, first, products, operands, false);
+                               });
+        } else {
+          deterministic_mm_out(m, grad_u_2d.narrow(0, B, rows).t(), spikes, /*accumulate=*/true);
+        }
       }
     }
     if (need.w_rec) g.w_rec = scale_rows(gain, m).to(w_rec->scalar_type());
@@ -1140,6 +1185,9 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                      .contiguous();
   std::vector<at::Tensor> grad_states;
   for (const OptionalTensor& g : t.grad_states) grad_states.push_back(incoming(g));
+  const bool w_rec_low_precision =
+      need_w_rec && in_t.w_rec.has_value() && !one_to_one && !delayed &&
+      w_rec_grad_by_low_precision_product(neuron, x, in_t.w_in, spikes_c, compute);
   // The drive (sum gX * (I + rec)) needs the sums behind the bias and w_rec gradients too.
   BackwardLoopInputs in{std::move(state),
                         spikes_c,
@@ -1159,7 +1207,7 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                              may_gather(x)),
                         (need_w_rec || need_drive) && one_to_one && !delayed,
                         (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one &&
-                            !delayed};
+                            !delayed && !w_rec_low_precision};
   in.need_delay_sums = need_delays || need_sigma;
   if (in.need_delay_sums && !kernel.per_synapse()) {
     in.delay_sum_taps = kernel.Kx.ne(0).logical_or(kernel.Ks.ne(0)).to(compute);
@@ -1174,7 +1222,8 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
       spikes_c.numel() > 0 ? loop(in) : empty_backward(neuron, T, B, N, x.options().dtype(compute));
   InputGrads g =
       input_gradients(in, out, x, in_t.w_in, in_t.w_rec, in_t.bias, in_t.s0, gain,
-                      {need_x, need_w_in, need_w_rec, need_bias, need_s0, need_drive, !delayed},
+                      {need_x, need_w_in, need_w_rec, need_bias, need_s0, need_drive, !delayed,
+                       w_rec_low_precision},
                       compute);
   at::Tensor grad_delays = at::empty({0}, x.options()), grad_sigma = at::empty({0}, x.options()),
              grad_mask = at::empty({0}, x.options());
