@@ -100,8 +100,8 @@ def measure(T, B, N, args):
 def w_rec_crossover(args, sizes=((200, 32, 128), (200, 32, 512)),
                     scales=(0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.5)):
     """Under autocast on the low-precision path, grad_w_rec as the loop's
-    float32 row adds at the spikes (TORCH_EXT_BINARY_INPUTS=gather) against
-    one low-precision product (=dense), at spike rates set by x's scale:
+    float32 row adds at the spikes against one low-precision product (each
+    forced by the op's test hook), at spike rates set by x's scale:
     forward + backward, medians of --reps interleaved repetitions. The op
     picks the product above a fixed density; this is where that comes from."""
     dtype = getattr(torch, args.dtype)
@@ -120,11 +120,14 @@ def w_rec_crossover(args, sizes=((200, 32, 128), (200, 32, 512)),
 
             def go(mode):
                 def run():
-                    with mock.patch.dict(os.environ, {"TORCH_EXT_BINARY_INPUTS": mode}):
+                    torch_ext._C._set_w_rec_product_forced(1 if mode == "dense" else 0)
+                    try:
                         with torch.autocast("cpu", dtype=dtype):
                             spikes = fused(x)[0]
                         torch.autograd.grad(spikes.float().sum(), inputs)
-                        return spikes
+                    finally:
+                        torch_ext._C._set_w_rec_product_forced(-1)
+                    return spikes
                 return run
             rate = 100 * go("gather")().float().mean().item()
             times = {"gather": [], "dense": []}

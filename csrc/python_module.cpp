@@ -142,6 +142,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Hands every block the buffer cache holds back to the system.");
   m.def("_set_buffer_cache_poison", &torch_ext::set_buffer_cache_poison, py::arg("poison"),
         "Test hook: fill every reused buffer with NaN bytes before the op gets it.");
+  m.def("_set_w_rec_product_forced", &torch_ext::set_w_rec_product_forced, py::arg("forced"),
+        "Test hook: on MKL's bfloat16 path, the spikes' share of grad_w_rec always one bfloat16 "
+        "product (1), never (0), or by the spikes' density (-1).");
   m.def("resolve_slope", &resolve_slope, py::arg("op"), py::arg("reset"), py::arg("detach_reset"),
         py::arg("surrogate"), py::arg("slope"), py::arg("float64"),
         "Checks the options as the op does; returns the slope to use.");

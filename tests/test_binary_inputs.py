@@ -189,8 +189,10 @@ def test_stacked_layers_gather_the_spikes_below(layer, monkeypatch):
     monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", "dense")
     out_dense, grads_dense = stack_grads(module, x)
     assert torch.equal(out_auto, out_dense)
+    # 1e-12 relative to each gradient's largest entry (they reach 1e6 here;
+    # an entry that is a cancelling sum of many terms carries their rounding).
     for a, b in zip(grads_auto, grads_dense):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * b.abs().max().item())
 
 
 def test_dropout_between_layers_falls_back_to_dense(monkeypatch):

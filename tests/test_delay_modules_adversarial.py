@@ -980,7 +980,11 @@ def test_unbatched_lengths_and_small_integer_lengths():
     cut, (u, s) = module(xu, lengths=torch.tensor([4]))
     alone, (au, as_) = module(xu[:4])
     assert torch.equal(cut[:4], alone) and not cut[4:].any()
-    assert torch.equal(u, au) and torch.equal(s, as_) and s.shape == (D, N)
+    assert torch.equal(s, as_) and s.shape == (D, N)
+    # The input projection is one product over all T*B rows, and how BLAS
+    # sums a row can depend on how many rows the product has (it does with
+    # MKL on AVX-512): the same values up to float64 rounding.
+    torch.testing.assert_close(u, au, rtol=1e-13, atol=1e-13 * au.abs().max().item())
     a = module(x, lengths=torch.tensor([3, 0, 9], dtype=torch.uint8))
     b = module(x, lengths=torch.tensor([3, 0, 9]))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1][1], b[1][1])

@@ -923,16 +923,20 @@ def test_delay_arguments_of_another_dtype_are_a_type_error(op, x_dtype, dtype, n
 
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("op", OPS)
-def test_half_precision_is_float32_of_the_same_values_bitwise(op, low):
+def test_half_precision_is_float32_of_the_same_values_bitwise(op, low, monkeypatch):
     """bfloat16/float16 x, weights, history, delays, sigma and mask (each in
-    x's dtype, or in float32, the compute dtype, of the same values): both
-    implementations compute in float32 after exact up-casts, so states and
+    x's dtype, or in float32, the compute dtype, of the same values): on the
+    float32 product path (MKL's low-precision products, the default on a CPU
+    with bfloat16/float16 instructions, sum in another order:
+    test_mixed_precision.py) both implementations compute in float32 after
+    exact up-casts, so states and
     gradients equal a float32 run of the same (rounded) values bit for bit;
     spikes come back in x's dtype, each gradient in its argument's dtype.
     The reference only with a detached reset: otherwise history[-1]'s
     gradient is the sum of two paths (the reset and the taps), each rounded
     to the low dtype before they add, which a float32 run does not reproduce
     bit for bit; the fused op adds them in float32, so both resets."""
+    monkeypatch.setenv("TORCH_EXT_LOW_PRECISION_PRODUCTS", "off")
     N, D = 4, 3
     args = base_args(op, "synaptic", T=6, N=N, seed=41, w_in=True)
     low_args = cast(args, low)

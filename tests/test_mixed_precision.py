@@ -169,22 +169,26 @@ def test_gradients_under_autocast_closer_to_float32_than_the_expert_loop(model, 
     assert errors["fused"] <= errors["expert"], errors
 
 
-def w_rec_grad_runs(monkeypatch, dtype, op, x_scale, bias_shift=0.0,
+@pytest.fixture
+def force_w_rec_product():
+    """The test hook that forces grad_w_rec's path, reset afterwards."""
+    yield torch_ext._C._set_w_rec_product_forced
+    torch_ext._C._set_w_rec_product_forced(-1)
+
+
+def w_rec_grad_runs(force, dtype, op, x_scale, bias_shift=0.0,
                     modes=("dense", "gather", None)):
     """Forward + backward under autocast with the spikes' w_rec gradient
-    forced to one low-precision product (TORCH_EXT_BINARY_INPUTS=dense), to
-    the float32 row adds at the spikes (=gather), or by density (None):
-    (spike rate, {mode: gradients of x, w_in, w_rec, bias})."""
+    forced to one low-precision product ("dense"), to the float32 row adds
+    at the spikes ("gather"), or by density (None): (spike rate, {mode:
+    gradients of x, w_in, w_rec, bias})."""
     x, w_in, w_rec, bias = small_inputs(seed=2)
     x = (x.detach() * x_scale).requires_grad_()
     bias = (bias.detach() - bias_shift).requires_grad_()
     fn = getattr(torch_ext, op)
     out = {}
     for mode in modes:
-        if mode is None:
-            monkeypatch.delenv("TORCH_EXT_BINARY_INPUTS", raising=False)
-        else:
-            monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", mode)
+        force({"dense": 1, "gather": 0, None: -1}[mode])
         with torch.autocast("cpu", dtype=dtype):
             spikes, *states = fn(x, w_in, w_rec, bias)
         g = torch.randn_like(spikes, generator=torch.Generator().manual_seed(4))
@@ -197,7 +201,8 @@ def w_rec_grad_runs(monkeypatch, dtype, op, x_scale, bias_shift=0.0,
 # x's scale for a spike rate above 5 %, and x's scale and a bias shift for one below
 @pytest.mark.parametrize("op, dense, sparse", [("recurrent_lif", 1.0, (0.05, 0.0)),
                                                ("recurrent_cubalif", 1.0, (0.2, 0.5))])
-def test_w_rec_gradient_as_one_low_precision_product(op, dense, sparse, monkeypatch):
+def test_w_rec_gradient_as_one_low_precision_product(op, dense, sparse, monkeypatch,
+                                                      force_w_rec_product):
     """On MKL's bfloat16 path grad_w_rec is one low-precision product (gU
     rounded as for grad_w_in, the spikes exact) where the spikes are dense
     enough, else the float32 row adds at the spikes. Only w_rec's gradient
@@ -205,7 +210,7 @@ def test_w_rec_gradient_as_one_low_precision_product(op, dense, sparse, monkeypa
     5 %, the row adds below; on the float32 path the product is never taken."""
     dtype = torch.bfloat16
     use_path(monkeypatch, "on", dtype)
-    rate, runs = w_rec_grad_runs(monkeypatch, dtype, op, x_scale=dense)
+    rate, runs = w_rec_grad_runs(force_w_rec_product, dtype, op, x_scale=dense)
     assert rate > 0.05, rate
     product, adds = runs["dense"], runs["gather"]
     for i in (0, 1, 3):  # x, w_in, bias: the same bits
@@ -214,24 +219,24 @@ def test_w_rec_gradient_as_one_low_precision_product(op, dense, sparse, monkeypa
     eps = torch.finfo(dtype).eps
     assert (product[2].float() - adds[2].float()).norm() <= 8 * eps * adds[2].float().norm()
     assert torch.equal(runs[None][2], product[2])  # dense enough: the product
-    rate, runs = w_rec_grad_runs(monkeypatch, dtype, op, *sparse)
+    rate, runs = w_rec_grad_runs(force_w_rec_product, dtype, op, *sparse)
     assert 0 < rate < 0.05, rate
     assert torch.equal(runs[None][2], runs["gather"][2])  # sparse: the row adds
     use_path(monkeypatch, "off", dtype)
-    _, runs = w_rec_grad_runs(monkeypatch, dtype, op, dense, modes=("dense", "gather"))
+    _, runs = w_rec_grad_runs(force_w_rec_product, dtype, op, dense, modes=("dense", "gather"))
     assert all(torch.equal(a, b) for a, b in zip(runs["dense"], runs["gather"]))
 
 
 @pytest.mark.skipif("bfloat16" not in LOW, reason="no MKL bfloat16 products in this build")
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_w_rec_gradient_product_keeps_non_finite_values(bad, monkeypatch):
+def test_w_rec_gradient_product_keeps_non_finite_values(bad, monkeypatch, force_w_rec_product):
     """A non-finite incoming gradient reaches grad_w_rec the same way through
     the low-precision product as through the row adds' dense fallback."""
     use_path(monkeypatch, "on", torch.bfloat16)
     x, w_in, w_rec, bias = small_inputs(seed=2)
     grads = {}
     for mode in ("dense", "gather"):
-        monkeypatch.setenv("TORCH_EXT_BINARY_INPUTS", mode)
+        force_w_rec_product(1 if mode == "dense" else 0)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             spikes = torch_ext.recurrent_lif(x, w_in, w_rec, bias)[0]
         g = torch.zeros_like(spikes)
@@ -245,11 +250,11 @@ def test_w_rec_gradient_product_keeps_non_finite_values(bad, monkeypatch):
                     reason="no MKL low-precision products in this build")
 @pytest.mark.parametrize("dtype, op", [(torch.float16, "recurrent_lif"),
                                        (torch.bfloat16, "recurrent_adlif")])
-def test_w_rec_gradient_stays_the_row_adds(dtype, op, monkeypatch):
+def test_w_rec_gradient_stays_the_row_adds(dtype, op, monkeypatch, force_w_rec_product):
     """float16 (whose rounding of gU overflows past 65504) and the adaptive
     model (whose alpha gradient needs grad_w_rec's float32 sums) never take
     the low-precision product: forcing it changes nothing."""
     use_path(monkeypatch, "on", dtype)
-    rate, runs = w_rec_grad_runs(monkeypatch, dtype, op, 6.0, modes=("dense", "gather"))
+    rate, runs = w_rec_grad_runs(force_w_rec_product, dtype, op, 6.0, modes=("dense", "gather"))
     assert rate > 0.05, rate
     assert all(torch.equal(a, b) for a, b in zip(runs["dense"], runs["gather"]))

@@ -7,6 +7,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -746,13 +747,13 @@ struct InputGradsNeeded {
 // product wins above (0.96 at 7.6 %, 0.85 at 17 %, 0.76 at 30 %); at N = 128
 // they are within noise of each other up to 16 % and 0.88 from 22 %.
 constexpr double kLowPrecisionWRecDensity = 0.05;
+std::atomic<int> forced_w_rec_product{-1};  // set_w_rec_product_forced
 
 // Whether grad_w_rec (all-to-all, without delays) is one low-precision
 // product: only for bfloat16 products on MKL's path
 // (LowPrecisionPath::kLowPrecision: a CPU with instructions for them, by
 // default), since gU is then rounded to bfloat16 for them anyway (the spikes
-// are exact in it); by the spikes' density, or always with
-// TORCH_EXT_BINARY_INPUTS=dense and never with =gather (the row adds). Not
+// are exact in it); by the spikes' density (a test hook forces it). Not
 // for float16, whose rounding of gU overflows past 65504 (grad_w_rec stays
 // the float32 op's), nor for a model whose gain takes a gradient (the
 // drive's w_rec share needs the float32 sums, and grad_w_rec's bits must not
@@ -765,8 +766,8 @@ bool w_rec_grad_by_low_precision_product(const NeuronInfo& neuron, const at::Ten
       operands_dtype(products, x, compute) != products || neuron.traits.gain_param >= 0) {
     return false;
   }
-  const GatherMode mode = gather_mode();
-  if (mode != GatherMode::kByDensity) return mode == GatherMode::kNever;
+  const int forced = forced_w_rec_product.load();
+  if (forced >= 0) return forced == 1;
   // (float32 sums of 0/1 are exact below 2^24 ones, and close enough above.)
   return spikes.sum().item<double>() >= kLowPrecisionWRecDensity * static_cast<double>(spikes.numel());
 }
@@ -1301,6 +1302,11 @@ std::vector<at::Tensor> neuron_backward_meta(const NeuronInfo& neuron, const Bac
 
 void neuron_check(const NeuronInfo& neuron, const OpTensors& t, const OpSettings& s) {
   check_call(neuron, t, s);
+}
+
+void set_w_rec_product_forced(int forced) {
+  TORCH_CHECK_VALUE(forced >= -1 && forced <= 1, "forced must be -1, 0 or 1, got ", forced);
+  forced_w_rec_product = forced;
 }
 
 }  // namespace torch_ext

@@ -128,4 +128,9 @@ std::vector<at::Tensor> neuron_backward_meta(const NeuronInfo& neuron, const Bac
 // so that it accepts and rejects exactly what the op does).
 void neuron_check(const NeuronInfo& neuron, const OpTensors& t, const OpSettings& s);
 
+// Test hook: the spikes' share of grad_w_rec on MKL's bfloat16 path (where
+// the op may take it as one bfloat16 product) always that product (1), never
+// (0), or by the spikes' density (-1, the default).
+void set_w_rec_product_forced(int forced);
+
 }  // namespace torch_ext
