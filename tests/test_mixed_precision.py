@@ -258,3 +258,34 @@ def test_w_rec_gradient_stays_the_row_adds(dtype, op, monkeypatch, force_w_rec_p
     rate, runs = w_rec_grad_runs(force_w_rec_product, dtype, op, 6.0, modes=("dense", "gather"))
     assert rate > 0.05, rate
     assert all(torch.equal(a, b) for a, b in zip(runs["dense"], runs["gather"]))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("lengths", [None, [12, 7, 0, 9]])
+def test_adaptive_alpha_gradient_takes_gu_unrounded(path, lengths, monkeypatch):
+    """alpha's gradient (its drive, sum gX * (I + rec)) is float32 work on the
+    unrounded gU on both paths: on MKL's path from the input current
+    recomputed by the forward's product, on the float32 path from the
+    products it shares with w_in. Both are the float32 reference's to float32
+    rounding; padding past each row's length (NaN for the op, 0 for the
+    reference, whose products would spread the NaN) takes no part."""
+    use_path(monkeypatch, path, torch.bfloat16)
+    x, *weights = small_inputs(seed=1, weight_dtype=torch.bfloat16)
+    x = x.detach().clone()
+    x_ref = x.clone()
+    if lengths is not None:
+        lengths = torch.tensor(lengths)
+        for b, n in enumerate(lengths.tolist()):
+            x[n:, b], x_ref[n:, b] = float("nan"), 0.0
+    alpha = torch.full((16,), 0.9, requires_grad=True)
+    a = torch.full((16,), 0.5, requires_grad=True)
+    got = torch_ext.recurrent_adlif(x, *weights, alpha=alpha, a=a, theta=0.3, lengths=lengths)
+    want = torch_ext.recurrent_adlif_ref(x_ref, *weights, alpha=alpha, a=a, theta=0.3,
+                                         lengths=lengths)
+    assert torch.equal(got[0], want[0]) and 0.02 < want[0].mean() < 0.9
+    g = [torch.randn_like(o) for o in want]
+    g_got = torch.autograd.grad(got, [alpha, a], g)
+    g_want = torch.autograd.grad(want, [alpha, a], g)
+    for p, q in zip(g_got, g_want):
+        assert p.isfinite().all()
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-4 * q.abs().max().item())

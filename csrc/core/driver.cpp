@@ -852,14 +852,21 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       return m;
     };
     // The drive belongs to a float32 parameter, whose sums take gU as it is:
-    // where the products round gU, the drive takes its own product of the
-    // float32 values.
+    // where the products round gU, the drive is the float32 sum of gU times
+    // the input current (sum_t,b gU * (x @ w_in.T), what w_in * (gU.T @ x)
+    // sums in another order), recomputed by the forward's low-precision
+    // product, rather than a float32 product of gU with x (several times
+    // the low-precision one's cost on a CPU with instructions for it).
     const bool drive_shares_product = operands == compute;
     at::Tensor m;
     if (need.w_in || drive_shares_product) m = input_product(grad_u_ops, operands);
     if (need.w_in) g.w_in = scale_rows(gain, m).to(w_in->scalar_type());
-    if (need.drive) {
-      drive = (w_in_c * (drive_shares_product ? m : input_product(grad_u_2d, compute))).sum(1);
+    if (need.drive && drive_shares_product) {
+      drive = (w_in_c * m).sum(1);
+    } else if (need.drive) {
+      at::Tensor current = input_current(x, w_in, std::nullopt, N, compute, /*backward=*/true);
+      if (past_end.defined()) current.masked_fill_(past_end, 0);  // (padding: any value)
+      drive = current.mul_(out.grad_input).sum(0).sum(0);
     }
   } else if (need.drive) {
     drive = (out.grad_input * x_rows_for_products(compute)(x_2d, 0).view({T, B, F})).sum(0).sum(0);
