@@ -120,13 +120,14 @@ def w_rec_crossover(args, sizes=((200, 32, 128), (200, 32, 512)),
 
             def go(mode):
                 def run():
-                    torch_ext._C._set_w_rec_product_forced(1 if mode == "dense" else 0)
+                    torch_ext._C._set_low_precision_path_forced("w_rec_grad",
+                                                                1 if mode == "dense" else 0)
                     try:
                         with torch.autocast("cpu", dtype=dtype):
                             spikes = fused(x)[0]
                         torch.autograd.grad(spikes.float().sum(), inputs)
                     finally:
-                        torch_ext._C._set_w_rec_product_forced(-1)
+                        torch_ext._C._set_low_precision_path_forced("w_rec_grad", -1)
                     return spikes
                 return run
             rate = 100 * go("gather")().float().mean().item()

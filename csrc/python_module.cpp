@@ -74,6 +74,10 @@ py::dict build_info() {
   info["cpu_low_precision_products"] = low_precision;
   info["cpu_low_precision_instructions"] = instructions;
   info["cpu_product_paths"] = cpu_paths;
+  // Whether the reverse loop's per-step product can run on bfloat16 matrix
+  // instructions here (ATen's brgemm, a CPU it packs for: AMX).
+  info["cpu_bfloat16_recurrence_product"] =
+      torch_ext::bfloat16_packed_columns(at::zeros({64, 64})).defined();
 #ifdef WITH_CUDA
   info["cuda_product_paths"] = cuda_paths;
 #else
@@ -142,9 +146,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Hands every block the buffer cache holds back to the system.");
   m.def("_set_buffer_cache_poison", &torch_ext::set_buffer_cache_poison, py::arg("poison"),
         "Test hook: fill every reused buffer with NaN bytes before the op gets it.");
-  m.def("_set_w_rec_product_forced", &torch_ext::set_w_rec_product_forced, py::arg("forced"),
-        "Test hook: on MKL's bfloat16 path, the spikes' share of grad_w_rec always one bfloat16 "
-        "product (1), never (0), or by the spikes' density (-1).");
+  m.def("_set_low_precision_path_forced", &torch_ext::set_low_precision_path_forced,
+        py::arg("path"), py::arg("forced"),
+        "Test hook: on MKL's bfloat16 path, 'w_rec_grad' (the spikes' share of grad_w_rec as one "
+        "bfloat16 product) or 'recurrence' (the reverse loop's per-step product on the bfloat16 "
+        "matrix instructions) always (1), never (0), or by the op's rules (-1).");
   m.def("resolve_slope", &resolve_slope, py::arg("op"), py::arg("reset"), py::arg("detach_reset"),
         py::arg("surrogate"), py::arg("slope"), py::arg("float64"),
         "Checks the options as the op does; returns the slope to use.");

@@ -172,8 +172,8 @@ def test_gradients_under_autocast_closer_to_float32_than_the_expert_loop(model, 
 @pytest.fixture
 def force_w_rec_product():
     """The test hook that forces grad_w_rec's path, reset afterwards."""
-    yield torch_ext._C._set_w_rec_product_forced
-    torch_ext._C._set_w_rec_product_forced(-1)
+    yield lambda forced: torch_ext._C._set_low_precision_path_forced("w_rec_grad", forced)
+    torch_ext._C._set_low_precision_path_forced("w_rec_grad", -1)
 
 
 def w_rec_grad_runs(force, dtype, op, x_scale, bias_shift=0.0,
@@ -289,3 +289,49 @@ def test_adaptive_alpha_gradient_takes_gu_unrounded(path, lengths, monkeypatch):
     for p, q in zip(g_got, g_want):
         assert p.isfinite().all()
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-4 * q.abs().max().item())
+
+
+@pytest.fixture
+def force_recurrence():
+    """The test hook that forces the reverse loop's bfloat16 per-step product."""
+    yield lambda forced: torch_ext._C._set_low_precision_path_forced("recurrence", forced)
+    torch_ext._C._set_low_precision_path_forced("recurrence", -1)
+
+
+RECURRENCE_PRODUCT = torch_ext.build_info()["cpu_bfloat16_recurrence_product"]
+
+
+@pytest.mark.skipif("bfloat16" not in LOW, reason="no MKL bfloat16 products in this build")
+@pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_cubalif", "recurrent_adlif"])
+def test_recurrence_product_on_bfloat16_matrix_instructions(op, monkeypatch, force_recurrence):
+    """On MKL's bfloat16 path, where the CPU has bfloat16 matrix instructions
+    (build_info()["cpu_bfloat16_recurrence_product"]), the reverse loop's
+    per-step product gX[t+1] @ w_rec rounds gX to bfloat16 (N = 64 here,
+    forced; by default from N = 512): the forward is untouched, every
+    gradient is within a few bfloat16 roundings of the float32 recurrence's.
+    Elsewhere, and for the adaptive model (w_rec's rows scaled by its gain are
+    not bfloat16 values), nothing changes."""
+    use_path(monkeypatch, "on", torch.bfloat16)
+    torch.manual_seed(3)
+    T, B, F, N = 25, 8, 24, 64
+    x = torch.randn(T, B, F) * (6.0 if op == "recurrent_adlif" else 1.0)  # (a spike rate)
+    weights = [torch.randn(N, F) * (3 / F ** 0.5), torch.randn(N, N) * (0.5 / N ** 0.5),
+               torch.randn(N) * 0.1]
+    runs = {}
+    for forced in (1, 0):
+        force_recurrence(forced)
+        leaves = [x.clone().requires_grad_()] + [w.clone().requires_grad_() for w in weights]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = getattr(torch_ext, op)(*leaves)
+        g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(4))
+        runs[forced] = out, torch.autograd.grad(out[0] * g, leaves, torch.ones_like(out[0]))
+    (out_1, grads_1), (out_0, grads_0) = runs[1], runs[0]
+    assert all(torch.equal(a, b) for a, b in zip(out_1, out_0))
+    assert 0.02 < out_0[0].mean() < 0.9
+    if not RECURRENCE_PRODUCT or op == "recurrent_adlif":
+        assert all(torch.equal(a, b) for a, b in zip(grads_1, grads_0))
+        return
+    assert not torch.equal(grads_1[0], grads_0[0]), "the bfloat16 recurrence was not taken"
+    eps = torch.finfo(torch.bfloat16).eps
+    for a, b in zip(grads_1, grads_0):
+        assert (a.float() - b.float()).norm() <= 8 * eps * b.float().norm()

@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <ATen/record_function.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -266,6 +267,65 @@ template void gemm_on_this_thread<float>(int64_t, int64_t, int64_t, const float*
                                          const float*, int64_t, float, float*, int64_t);
 template void gemm_on_this_thread<double>(int64_t, int64_t, int64_t, const double*, int64_t,
                                           const double*, int64_t, double, double*, int64_t);
+
+// ATen's bfloat16 brgemm and its packing (torch >= 2.6 defines the macro).
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+#define TORCH_EXT_HAS_BRGEMM 1
+#else
+#define TORCH_EXT_HAS_BRGEMM 0
+#endif
+// Columns per packed block of W (oneDNN's packing of B refused wider blocks
+// when tried at N = 512 on an AMX Xeon).
+constexpr int64_t kPackedColumns = 64;
+
+at::Tensor bfloat16_packed_columns(const at::Tensor& W) {
+#if TORCH_EXT_HAS_BRGEMM
+  const int64_t N = W.size(0);
+  if (!W.is_cpu() || W.scalar_type() != at::kFloat || W.dim() != 2 || W.size(1) != N ||
+      N % kPackedColumns != 0 || !at::native::cpublas::could_pack(at::kBFloat16)) {
+    return at::Tensor();
+  }
+  const at::Tensor w16 = W.contiguous().to(at::kBFloat16);
+  if (!at::equal(w16.to(at::kFloat), W)) return at::Tensor();  // (NaN too: never equal)
+  const int64_t blocks = N / kPackedColumns;
+  at::Tensor packed = at::empty({blocks, N * kPackedColumns}, w16.options());
+  try {  // (oneDNN throws where it cannot pack a shape: then the float32 product)
+    for (int64_t j = 0; j < blocks; ++j) {
+      at::native::cpublas::pack(N, kPackedColumns, N, kPackedColumns, at::kBFloat16,
+                                at::kBFloat16, w16.const_data_ptr<c10::BFloat16>() + j * kPackedColumns,
+                                packed[j].data_ptr());
+    }
+  } catch (const std::exception&) {
+    return at::Tensor();
+  }
+  return packed;
+#else
+  (void)W;
+  return at::Tensor();
+#endif
+}
+
+void bfloat16_rows_product(const float* g, int64_t rows, int64_t N, const at::Tensor& packed,
+                           c10::BFloat16* scratch, float* out) {
+#if TORCH_EXT_HAS_BRGEMM
+  for (int64_t i = 0; i < rows * N; ++i) scratch[i] = c10::BFloat16(g[i]);  // round to nearest even
+  const c10::BFloat16* blocks = packed.const_data_ptr<c10::BFloat16>();
+  for (int64_t j = 0; j < N / kPackedColumns; ++j) {
+    at::native::cpublas::brgemm(rows, kPackedColumns, N, N, kPackedColumns, N, /*add_C=*/false,
+                                scratch, blocks + j * N * kPackedColumns, out + j * kPackedColumns,
+                                /*is_vnni=*/true);
+  }
+#else
+  (void)g, (void)rows, (void)N, (void)packed, (void)scratch, (void)out;
+  TORCH_INTERNAL_ASSERT(false, "bfloat16_rows_product without ATen's brgemm");
+#endif
+}
+
+void release_matrix_instructions() {
+#if TORCH_EXT_HAS_BRGEMM
+  at::native::cpublas::brgemm_release(/*is_vnni=*/true);
+#endif
+}
 
 void deterministic_mm_out(at::Tensor out, const at::Tensor& a_given, const at::Tensor& b_given,
                           bool accumulate, const OperandRows& a_rows, const OperandRows& b_rows,

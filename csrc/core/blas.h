@@ -161,4 +161,19 @@ template <typename T>
 void gemm_on_this_thread(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                          int64_t ldb, T beta, T* c, int64_t ldc);
 
+// The reverse loop's per-step product rec = g @ W (g [rows, N] float32, W
+// [N, N]) with bfloat16 operands and float32 accumulation on the CPU's
+// matrix instructions (oneDNN's brgemm through ATen: AMX), W packed once per
+// backward in blocks of 64 columns, where each call repacks it with MKL.
+// bfloat16_packed_columns(W): that packing, or an undefined tensor where the
+// path is not there: a torch without ATen's bfloat16 brgemm, a CPU it cannot
+// pack for, N not a multiple of 64, or a W not exactly bfloat16 values.
+at::Tensor bfloat16_packed_columns(const at::Tensor& W);
+// out[rows, N] = g rounded to bfloat16 @ W, by the packing above; scratch
+// holds rows * N bfloat16 values (g's rounding). On the calling thread;
+// release_matrix_instructions() once the thread is done with them.
+void bfloat16_rows_product(const float* g, int64_t rows, int64_t N, const at::Tensor& packed,
+                           c10::BFloat16* scratch, float* out);
+void release_matrix_instructions();
+
 }  // namespace torch_ext

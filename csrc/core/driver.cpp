@@ -747,7 +747,15 @@ struct InputGradsNeeded {
 // product wins above (0.96 at 7.6 %, 0.85 at 17 %, 0.76 at 30 %); at N = 128
 // they are within noise of each other up to 16 % and 0.88 from 22 %.
 constexpr double kLowPrecisionWRecDensity = 0.05;
-std::atomic<int> forced_w_rec_product{-1};  // set_w_rec_product_forced
+// The reverse loop's per-step product gX[t+1] @ w_rec on the CPU's bfloat16
+// matrix instructions (bfloat16_rows_product) from this N on: measured for
+// 16 rows on an AMX Xeon (one thread), float32 sgemm 49.5 us at N = 512
+// against about 30 us (MKL's bfloat16 product, which repacks w_rec at every
+// call: 37 us); at N = 128, 5.4 against 4.0 us for MKL's, too little to pay
+// for the rounding of gX.
+constexpr int64_t kPackedRecurrenceMinN = 512;
+// Test hooks (set_low_precision_path_forced): 1 always, 0 never, -1 by the rules.
+std::atomic<int> forced_w_rec_product{-1}, forced_packed_recurrence{-1};
 
 // Whether grad_w_rec (all-to-all, without delays) is one low-precision
 // product: only for bfloat16 products on MKL's path
@@ -770,6 +778,27 @@ bool w_rec_grad_by_low_precision_product(const NeuronInfo& neuron, const at::Ten
   if (forced >= 0) return forced == 1;
   // (float32 sums of 0/1 are exact below 2^24 ones, and close enough above.)
   return spikes.sum().item<double>() >= kLowPrecisionWRecDensity * static_cast<double>(spikes.numel());
+}
+
+// w_rec_adjoint packed for the reverse loop's per-step product in bfloat16
+// (loop.h, w_rec_packed), or undefined: only where the dense products take
+// MKL's bfloat16 path (gX is then rounded for the recurrent term as gU is
+// for them), all-to-all without delays, N >= kPackedRecurrenceMinN, and
+// where bfloat16_packed_columns can (w_rec_adjoint exactly bfloat16 values:
+// not the adaptive model's rows scaled by its gain).
+at::Tensor packed_recurrence(const at::Tensor& x, const OptionalTensor& w_in,
+                             const at::Tensor& w_rec_adjoint, at::ScalarType compute,
+                             bool all_to_all) {
+  const at::ScalarType products = products_dtype(x, w_in);
+  if (!w_rec_adjoint.defined() || !all_to_all || !x.is_cpu() || compute != at::kFloat ||
+      products != at::kBFloat16 || operands_dtype(products, x, compute) != products) {
+    return at::Tensor();
+  }
+  const int forced = forced_packed_recurrence.load();
+  if (forced == 0 || (forced < 0 && w_rec_adjoint.size(0) < kPackedRecurrenceMinN)) {
+    return at::Tensor();
+  }
+  return bfloat16_packed_columns(w_rec_adjoint);
 }
 
 InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutputs& out,
@@ -1216,6 +1245,7 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         (need_w_rec || need_drive) && one_to_one && !delayed,
                         (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one &&
                             !delayed && !w_rec_low_precision};
+  in.w_rec_packed = packed_recurrence(x, in_t.w_in, w_rec_adjoint, compute, !one_to_one && !delayed);
   in.need_delay_sums = need_delays || need_sigma;
   if (in.need_delay_sums && !kernel.per_synapse()) {
     in.delay_sum_taps = kernel.Kx.ne(0).logical_or(kernel.Ks.ne(0)).to(compute);
@@ -1311,9 +1341,11 @@ void neuron_check(const NeuronInfo& neuron, const OpTensors& t, const OpSettings
   check_call(neuron, t, s);
 }
 
-void set_w_rec_product_forced(int forced) {
+void set_low_precision_path_forced(const std::string& path, int forced) {
   TORCH_CHECK_VALUE(forced >= -1 && forced <= 1, "forced must be -1, 0 or 1, got ", forced);
-  forced_w_rec_product = forced;
+  TORCH_CHECK_VALUE(path == "w_rec_grad" || path == "recurrence",
+                    "path must be 'w_rec_grad' or 'recurrence', got '", path, "'");
+  (path == "w_rec_grad" ? forced_w_rec_product : forced_packed_recurrence) = forced;
 }
 
 }  // namespace torch_ext

@@ -128,9 +128,11 @@ std::vector<at::Tensor> neuron_backward_meta(const NeuronInfo& neuron, const Bac
 // so that it accepts and rejects exactly what the op does).
 void neuron_check(const NeuronInfo& neuron, const OpTensors& t, const OpSettings& s);
 
-// Test hook: the spikes' share of grad_w_rec on MKL's bfloat16 path (where
-// the op may take it as one bfloat16 product) always that product (1), never
-// (0), or by the spikes' density (-1, the default).
-void set_w_rec_product_forced(int forced);
+// Test hook for two paths of MKL's bfloat16 products: "w_rec_grad", the
+// spikes' share of grad_w_rec as one bfloat16 product; "recurrence", the
+// reverse loop's per-step product on the bfloat16 matrix instructions.
+// forced: 1 wherever the path can run, 0 never, -1 by the op's rules (the
+// default: the spikes' density; N).
+void set_low_precision_path_forced(const std::string& path, int forced);
 
 }  // namespace torch_ext

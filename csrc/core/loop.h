@@ -91,6 +91,10 @@ struct BackwardLoopInputs {
   // from P's non-zeros where at most this share of P is non-zero (< 0: never).
   bool need_delayed_w_rec_grad = false;
   double max_delayed_spike_density = -1;
+  // Optional (CPU, float32, all-to-all, no delays): w_rec_adjoint packed for
+  // bfloat16_rows_product, which then computes the recurrent term with
+  // gX[t+1] rounded to bfloat16.
+  at::Tensor w_rec_packed;
 };
 
 struct BackwardLoopOutputs {

@@ -40,6 +40,7 @@ extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../core/blas.h"
@@ -838,9 +839,13 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   // and no dispatcher call per step.
   const int64_t block_rows = backward_rows_per_block(B);
   const int64_t blocks = (B + block_rows - 1) / block_rows;
+  // The per-step product on bfloat16 matrix instructions (float32 only).
+  const bool packed_product = std::is_same_v<scalar_t, float> && in.w_rec_packed.defined() &&
+                              W != nullptr && !delayed;
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     const SingleThreadedBlas single_threaded;
     std::vector<scalar_t> rec_buffer(W != nullptr || W1 != nullptr ? block_rows * N : 0);
+    std::vector<c10::BFloat16> rounded_rows(packed_product ? block_rows * N : 0);
     std::vector<scalar_t> ring(ring_needed ? D * block_rows * N : 0);
     std::vector<scalar_t> masked(delayed && mask != nullptr ? block_rows * N : 0);
     std::vector<scalar_t> scratch(N);
@@ -910,8 +915,15 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           delayed_rec_grad(delay_ring, t, T, rec_buffer.data(), gx_at);
           if (event_sums) sums_at_spikes(t);
         } else if (has_rec_grad && W != nullptr) {  // rec[b] = gX[t+1][b] @ w_rec for the block's rows
-          gemm_on_this_thread<scalar_t>(rows, N, N, gU + (t + 1) * BN + b0 * N, N, W, N,
-                                        scalar_t(0), rec_buffer.data(), N);
+          if (packed_product) {
+            if constexpr (std::is_same_v<scalar_t, float>) {
+              bfloat16_rows_product(gU + (t + 1) * BN + b0 * N, rows, N, in.w_rec_packed,
+                                    rounded_rows.data(), rec_buffer.data());
+            }
+          } else {
+            gemm_on_this_thread<scalar_t>(rows, N, N, gU + (t + 1) * BN + b0 * N, N, W, N,
+                                          scalar_t(0), rec_buffer.data(), N);
+          }
         } else if (has_rec_grad) {  // rec[b] = gX[t+1][b] * w_rec
           const scalar_t* g_next = gU + (t + 1) * BN + b0 * N;
           for (int64_t r = 0; r < rows; ++r) {
@@ -977,6 +989,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
         for (int64_t source = -1; source >= -D; --source) sums_at_spikes(source);
       }
     }
+    if (packed_product) release_matrix_instructions();
   });
   if (delay_sums && gP_small) {
     out.delay_sums = at::empty({D, N}, opts);
