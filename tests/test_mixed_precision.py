@@ -335,3 +335,26 @@ def test_recurrence_product_on_bfloat16_matrix_instructions(op, monkeypatch, for
     eps = torch.finfo(torch.bfloat16).eps
     for a, b in zip(grads_1, grads_0):
         assert (a.float() - b.float()).norm() <= 8 * eps * b.float().norm()
+
+
+@pytest.mark.skipif("bfloat16" not in LOW, reason="no MKL bfloat16 products in this build")
+@pytest.mark.parametrize("path", ["w_rec_grad", "recurrence"])
+def test_float32_w_rec_next_to_bfloat16_w_in_keeps_float32_sums(path, monkeypatch):
+    """A float32 w_rec holding bfloat16 values, next to a bfloat16 w_in: its
+    gradient and the recurrence stay the float32 op's, forced or not."""
+    use_path(monkeypatch, "on", torch.bfloat16)
+    torch.manual_seed(5)
+    x = torch.randn(20, 8, 24)
+    w_in = (torch.randn(64, 24) * (3 / 24 ** 0.5)).bfloat16()
+    w_rec = (torch.randn(64, 64) * (0.5 / 8)).bfloat16().float()  # bfloat16 values, float32
+    runs = []
+    for forced in (1, 0):
+        torch_ext._C._set_low_precision_path_forced(path, forced)
+        try:
+            leaves = [t.clone().requires_grad_() for t in (x, w_in, w_rec)]
+            spikes = torch_ext.recurrent_lif(*leaves)[0]
+            assert 0.05 < spikes.mean() < 0.9
+            runs.append(torch.autograd.grad(spikes.sum(), leaves))
+        finally:
+            torch_ext._C._set_low_precision_path_forced(path, -1)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

@@ -22,6 +22,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace torch_ext {
 
@@ -268,7 +269,7 @@ template void gemm_on_this_thread<float>(int64_t, int64_t, int64_t, const float*
 template void gemm_on_this_thread<double>(int64_t, int64_t, int64_t, const double*, int64_t,
                                           const double*, int64_t, double, double*, int64_t);
 
-// ATen's bfloat16 brgemm and its packing (torch >= 2.6 defines the macro).
+// ATen's bfloat16 brgemm and its packing (the macro is defined from torch 2.9 on).
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
 #define TORCH_EXT_HAS_BRGEMM 1
 #else
@@ -295,6 +296,16 @@ at::Tensor bfloat16_packed_columns(const at::Tensor& W) {
                                 at::kBFloat16, w16.const_data_ptr<c10::BFloat16>() + j * kPackedColumns,
                                 packed[j].data_ptr());
     }
+    // One product through it, so that a kernel oneDNN cannot make shows here
+    // rather than inside the loop.
+    std::vector<c10::BFloat16> row(N, c10::BFloat16(0.0f));
+    std::vector<float> out(N);
+    for (int64_t j = 0; j < blocks; ++j) {
+      at::native::cpublas::brgemm(1, kPackedColumns, N, N, kPackedColumns, N, false, row.data(),
+                                  packed[j].const_data_ptr<c10::BFloat16>(),
+                                  out.data() + j * kPackedColumns, true);
+    }
+    at::native::cpublas::brgemm_release(true);
   } catch (const std::exception&) {
     return at::Tensor();
   }

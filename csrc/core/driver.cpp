@@ -767,11 +767,13 @@ std::atomic<int> forced_w_rec_product{-1}, forced_packed_recurrence{-1};
 // drive's w_rec share needs the float32 sums, and grad_w_rec's bits must not
 // depend on which gradients a call asks for).
 bool w_rec_grad_by_low_precision_product(const NeuronInfo& neuron, const at::Tensor& x,
-                                         const OptionalTensor& w_in, const at::Tensor& spikes,
-                                         at::ScalarType compute) {
+                                         const OptionalTensor& w_in, const OptionalTensor& w_rec,
+                                         const at::Tensor& spikes, at::ScalarType compute) {
   const at::ScalarType products = products_dtype(x, w_in);
+  // (w_rec a bfloat16 parameter too: a float32 one takes the float32 sums.)
   if (!spikes.is_cpu() || compute != at::kFloat || products != at::kBFloat16 ||
-      operands_dtype(products, x, compute) != products || neuron.traits.gain_param >= 0) {
+      operands_dtype(products, x, compute) != products || neuron.traits.gain_param >= 0 ||
+      !w_rec.has_value() || w_rec->scalar_type() != products) {
     return false;
   }
   const int forced = forced_w_rec_product.load();
@@ -787,11 +789,14 @@ bool w_rec_grad_by_low_precision_product(const NeuronInfo& neuron, const at::Ten
 // where bfloat16_packed_columns can (w_rec_adjoint exactly bfloat16 values:
 // not the adaptive model's rows scaled by its gain).
 at::Tensor packed_recurrence(const at::Tensor& x, const OptionalTensor& w_in,
-                             const at::Tensor& w_rec_adjoint, at::ScalarType compute,
-                             bool all_to_all) {
+                             const OptionalTensor& w_rec, const at::Tensor& w_rec_adjoint,
+                             at::ScalarType compute, bool all_to_all) {
   const at::ScalarType products = products_dtype(x, w_in);
+  // (w_rec a bfloat16 parameter: a float32 one that happens to hold bfloat16
+  // values keeps the float32 recurrence.)
   if (!w_rec_adjoint.defined() || !all_to_all || !x.is_cpu() || compute != at::kFloat ||
-      products != at::kBFloat16 || operands_dtype(products, x, compute) != products) {
+      products != at::kBFloat16 || operands_dtype(products, x, compute) != products ||
+      !w_rec.has_value() || w_rec->scalar_type() != products) {
     return at::Tensor();
   }
   const int forced = forced_packed_recurrence.load();
@@ -1224,7 +1229,7 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
   for (const OptionalTensor& g : t.grad_states) grad_states.push_back(incoming(g));
   const bool w_rec_low_precision =
       need_w_rec && in_t.w_rec.has_value() && !one_to_one && !delayed &&
-      w_rec_grad_by_low_precision_product(neuron, x, in_t.w_in, spikes_c, compute);
+      w_rec_grad_by_low_precision_product(neuron, x, in_t.w_in, in_t.w_rec, spikes_c, compute);
   // The drive (sum gX * (I + rec)) needs the sums behind the bias and w_rec gradients too.
   BackwardLoopInputs in{std::move(state),
                         spikes_c,
@@ -1245,7 +1250,8 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         (need_w_rec || need_drive) && one_to_one && !delayed,
                         (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one &&
                             !delayed && !w_rec_low_precision};
-  in.w_rec_packed = packed_recurrence(x, in_t.w_in, w_rec_adjoint, compute, !one_to_one && !delayed);
+  in.w_rec_packed =
+      packed_recurrence(x, in_t.w_in, in_t.w_rec, w_rec_adjoint, compute, !one_to_one && !delayed);
   in.need_delay_sums = need_delays || need_sigma;
   if (in.need_delay_sums && !kernel.per_synapse()) {
     in.delay_sum_taps = kernel.Kx.ne(0).logical_or(kernel.Ks.ne(0)).to(compute);
