@@ -35,10 +35,11 @@ INSTRUCTIONS = torch_ext.build_info()["cpu_low_precision_instructions"]
 def bfloat16_dot_products(path, dtype):
     """Whether the products run on the CPU's bfloat16 dot-product instructions
     (MKL's path for bfloat16 on a CPU with AVX512-BF16 or AMX-BF16). Those
-    count subnormal bfloat16 operands as zero and add each pair of products
-    before rounding (so +big and -big products of one pair cancel to 0 where
-    float32 gives inf - inf = NaN); elsewhere MKL converts the operands to
-    float32 and its products are float32 products."""
+    count subnormal bfloat16 operands as zero and round each product before
+    adding it (so an overflowing +big and -big pair sums to inf - inf = NaN,
+    where float32 FMAs, adding the next product exactly, give inf);
+    elsewhere MKL converts the operands to float32 and its products are
+    float32 products."""
     return path == "on" and dtype == torch.bfloat16 and "bfloat16" in INSTRUCTIONS
 
 

@@ -757,6 +757,18 @@ constexpr int64_t kPackedRecurrenceMinN = 512;
 // Test hooks (set_low_precision_path_forced): 1 always, 0 never, -1 by the rules.
 std::atomic<int> forced_w_rec_product{-1}, forced_packed_recurrence{-1};
 
+// Whether the dense products take MKL's bfloat16 path (LowPrecisionPath::
+// kLowPrecision) with w_rec a bfloat16 parameter too: where the two bfloat16
+// paths of the recurrence below may run (a float32 w_rec, next to a bfloat16
+// w_in in a direct call, keeps the float32 sums and recurrence).
+bool bfloat16_products_and_w_rec(const at::Tensor& x, const OptionalTensor& w_in,
+                                 const OptionalTensor& w_rec, at::ScalarType compute) {
+  const at::ScalarType products = products_dtype(x, w_in);
+  return x.is_cpu() && compute == at::kFloat && products == at::kBFloat16 &&
+         operands_dtype(products, x, compute) == products && w_rec.has_value() &&
+         w_rec->scalar_type() == products;
+}
+
 // Whether grad_w_rec (all-to-all, without delays) is one low-precision
 // product: only for bfloat16 products on MKL's path
 // (LowPrecisionPath::kLowPrecision: a CPU with instructions for them, by
@@ -769,11 +781,7 @@ std::atomic<int> forced_w_rec_product{-1}, forced_packed_recurrence{-1};
 bool w_rec_grad_by_low_precision_product(const NeuronInfo& neuron, const at::Tensor& x,
                                          const OptionalTensor& w_in, const OptionalTensor& w_rec,
                                          const at::Tensor& spikes, at::ScalarType compute) {
-  const at::ScalarType products = products_dtype(x, w_in);
-  // (w_rec a bfloat16 parameter too: a float32 one takes the float32 sums.)
-  if (!spikes.is_cpu() || compute != at::kFloat || products != at::kBFloat16 ||
-      operands_dtype(products, x, compute) != products || neuron.traits.gain_param >= 0 ||
-      !w_rec.has_value() || w_rec->scalar_type() != products) {
+  if (!bfloat16_products_and_w_rec(x, w_in, w_rec, compute) || neuron.traits.gain_param >= 0) {
     return false;
   }
   const int forced = forced_w_rec_product.load();
@@ -791,12 +799,8 @@ bool w_rec_grad_by_low_precision_product(const NeuronInfo& neuron, const at::Ten
 at::Tensor packed_recurrence(const at::Tensor& x, const OptionalTensor& w_in,
                              const OptionalTensor& w_rec, const at::Tensor& w_rec_adjoint,
                              at::ScalarType compute, bool all_to_all) {
-  const at::ScalarType products = products_dtype(x, w_in);
-  // (w_rec a bfloat16 parameter: a float32 one that happens to hold bfloat16
-  // values keeps the float32 recurrence.)
-  if (!w_rec_adjoint.defined() || !all_to_all || !x.is_cpu() || compute != at::kFloat ||
-      products != at::kBFloat16 || operands_dtype(products, x, compute) != products ||
-      !w_rec.has_value() || w_rec->scalar_type() != products) {
+  if (!w_rec_adjoint.defined() || !all_to_all ||
+      !bfloat16_products_and_w_rec(x, w_in, w_rec, compute)) {
     return at::Tensor();
   }
   const int forced = forced_packed_recurrence.load();

@@ -839,9 +839,9 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   // and no dispatcher call per step.
   const int64_t block_rows = backward_rows_per_block(B);
   const int64_t blocks = (B + block_rows - 1) / block_rows;
-  // The per-step product on bfloat16 matrix instructions (float32 only).
-  const bool packed_product = std::is_same_v<scalar_t, float> && in.w_rec_packed.defined() &&
-                              W != nullptr && !delayed;
+  // The per-step product on bfloat16 matrix instructions (float32 only;
+  // w_rec_packed is set for all-to-all w_rec without delays only).
+  const bool packed_product = std::is_same_v<scalar_t, float> && in.w_rec_packed.defined();
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     const SingleThreadedBlas single_threaded;
     std::vector<scalar_t> rec_buffer(W != nullptr || W1 != nullptr ? block_rows * N : 0);
