@@ -200,7 +200,8 @@ def w_rec_grad_runs(force, dtype, op, x_scale, bias_shift=0.0,
 @pytest.mark.skipif("bfloat16" not in LOW, reason="no MKL bfloat16 products in this build")
 # x's scale for a spike rate above 5 %, and x's scale and a bias shift for one below
 @pytest.mark.parametrize("op, dense, sparse", [("recurrent_lif", 1.0, (0.05, 0.0)),
-                                               ("recurrent_cubalif", 1.0, (0.2, 0.5))])
+                                               ("recurrent_cubalif", 1.0, (0.2, 0.5)),
+                                               ("recurrent_adlif", 6.0, (2.0, 0.0))])
 def test_w_rec_gradient_as_one_low_precision_product(op, dense, sparse, monkeypatch,
                                                       force_w_rec_product):
     """On MKL's bfloat16 path grad_w_rec is one low-precision product (gU
@@ -246,30 +247,35 @@ def test_w_rec_gradient_product_keeps_non_finite_values(bad, monkeypatch, force_
     assert nonfinite_pattern_equal(grads["dense"], grads["gather"])
 
 
-@pytest.mark.skipif("bfloat16" not in LOW or "float16" not in LOW,
-                    reason="no MKL low-precision products in this build")
-@pytest.mark.parametrize("dtype, op", [(torch.float16, "recurrent_lif"),
-                                       (torch.bfloat16, "recurrent_adlif")])
-def test_w_rec_gradient_stays_the_row_adds(dtype, op, monkeypatch, force_w_rec_product):
-    """float16 (whose rounding of gU overflows past 65504) and the adaptive
-    model (whose alpha gradient needs grad_w_rec's float32 sums) never take
-    the low-precision product: forcing it changes nothing."""
-    use_path(monkeypatch, "on", dtype)
-    rate, runs = w_rec_grad_runs(force_w_rec_product, dtype, op, 6.0, modes=("dense", "gather"))
+@pytest.mark.skipif("float16" not in LOW, reason="no MKL float16 products in this build")
+def test_w_rec_gradient_stays_the_row_adds_for_float16(monkeypatch, force_w_rec_product):
+    """float16, whose rounding of gU overflows past 65504, never takes the
+    low-precision product: forcing it changes nothing."""
+    use_path(monkeypatch, "on", torch.float16)
+    rate, runs = w_rec_grad_runs(force_w_rec_product, torch.float16, "recurrent_lif", 6.0,
+                                 modes=("dense", "gather"))
     assert rate > 0.05, rate
     assert all(torch.equal(a, b) for a, b in zip(runs["dense"], runs["gather"]))
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("lengths", [None, [12, 7, 0, 9]])
-def test_adaptive_alpha_gradient_takes_gu_unrounded(path, lengths, monkeypatch):
+@pytest.mark.parametrize("w_rec_product", [1, 0])
+@pytest.mark.parametrize("wanted", ["alpha", "alpha and w_rec"])
+def test_adaptive_alpha_gradient_takes_gu_unrounded(path, lengths, w_rec_product, wanted,
+                                                    monkeypatch, force_w_rec_product):
     """alpha's gradient (its drive, sum gX * (I + rec)) is float32 work on the
     unrounded gU on both paths: on MKL's path from the input current
-    recomputed by the forward's product, on the float32 path from the
-    products it shares with w_in. Both are the float32 reference's to float32
-    rounding; padding past each row's length (NaN for the op, 0 for the
-    reference, whose products would spread the NaN) takes no part."""
+    recomputed by the forward's product and (where grad_w_rec is the product
+    of the rounded gU, forced here or not) from the recurrent input
+    recomputed by a product of the spikes, otherwise from grad_w_rec's
+    float32 sums; on the float32 path from the products it shares with w_in.
+    All are the float32 reference's to float32 rounding, whichever other
+    gradients the call asks for; padding past each row's length (NaN for the
+    op, 0 for the reference, whose products would spread the NaN) takes no
+    part."""
     use_path(monkeypatch, path, torch.bfloat16)
+    force_w_rec_product(w_rec_product)
     x, *weights = small_inputs(seed=1, weight_dtype=torch.bfloat16)
     x = x.detach().clone()
     x_ref = x.clone()
@@ -284,11 +290,15 @@ def test_adaptive_alpha_gradient_takes_gu_unrounded(path, lengths, monkeypatch):
                                          lengths=lengths)
     assert torch.equal(got[0], want[0]) and 0.02 < want[0].mean() < 0.9
     g = [torch.randn_like(o) for o in want]
-    g_got = torch.autograd.grad(got, [alpha, a], g)
-    g_want = torch.autograd.grad(want, [alpha, a], g)
-    for p, q in zip(g_got, g_want):
+    leaves = [alpha, a] + ([weights[1]] if wanted == "alpha and w_rec" else [])
+    g_got = torch.autograd.grad(got, leaves, g)
+    g_want = torch.autograd.grad(want, leaves, g)
+    for p, q in list(zip(g_got, g_want))[:2]:
         assert p.isfinite().all()
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-4 * q.abs().max().item())
+    if len(leaves) == 3:  # w_rec's: the product rounds gU to bfloat16 where it is taken
+        eps = torch.finfo(torch.bfloat16).eps
+        assert (g_got[2].float() - g_want[2].float()).norm() <= 8 * eps * g_want[2].float().norm()
 
 
 @pytest.fixture
@@ -309,8 +319,8 @@ def test_recurrence_product_on_bfloat16_matrix_instructions(op, monkeypatch, for
     per-step product gX[t+1] @ w_rec rounds gX to bfloat16 (N = 64 here,
     forced; by default from N = 512): the forward is untouched, every
     gradient is within a few bfloat16 roundings of the float32 recurrence's.
-    Elsewhere, and for the adaptive model (w_rec's rows scaled by its gain are
-    not bfloat16 values), nothing changes."""
+    (The adaptive model scales gX[t+1] by its gain before rounding it.)
+    Elsewhere nothing changes."""
     use_path(monkeypatch, "on", torch.bfloat16)
     torch.manual_seed(3)
     T, B, F, N = 25, 8, 24, 64
@@ -328,7 +338,7 @@ def test_recurrence_product_on_bfloat16_matrix_instructions(op, monkeypatch, for
     (out_1, grads_1), (out_0, grads_0) = runs[1], runs[0]
     assert all(torch.equal(a, b) for a, b in zip(out_1, out_0))
     assert 0.02 < out_0[0].mean() < 0.9
-    if not RECURRENCE_PRODUCT or op == "recurrent_adlif":
+    if not RECURRENCE_PRODUCT:
         assert all(torch.equal(a, b) for a, b in zip(grads_1, grads_0))
         return
     assert not torch.equal(grads_1[0], grads_0[0]), "the bfloat16 recurrence was not taken"

@@ -317,9 +317,17 @@ at::Tensor bfloat16_packed_columns(const at::Tensor& W) {
 }
 
 void bfloat16_rows_product(const float* g, int64_t rows, int64_t N, const at::Tensor& packed,
-                           c10::BFloat16* scratch, float* out) {
+                           const float* column_scale, c10::BFloat16* scratch, float* out) {
 #if TORCH_EXT_HAS_BRGEMM
-  for (int64_t i = 0; i < rows * N; ++i) scratch[i] = c10::BFloat16(g[i]);  // round to nearest even
+  if (column_scale == nullptr) {
+    for (int64_t i = 0; i < rows * N; ++i) scratch[i] = c10::BFloat16(g[i]);  // round to nearest even
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t n = 0; n < N; ++n) {
+        scratch[r * N + n] = c10::BFloat16(g[r * N + n] * column_scale[n]);
+      }
+    }
+  }
   const c10::BFloat16* blocks = packed.const_data_ptr<c10::BFloat16>();
   for (int64_t j = 0; j < N / kPackedColumns; ++j) {
     at::native::cpublas::brgemm(rows, kPackedColumns, N, N, kPackedColumns, N, /*add_C=*/false,
@@ -327,7 +335,7 @@ void bfloat16_rows_product(const float* g, int64_t rows, int64_t N, const at::Te
                                 /*is_vnni=*/true);
   }
 #else
-  (void)g, (void)rows, (void)N, (void)packed, (void)scratch, (void)out;
+  (void)g, (void)rows, (void)N, (void)packed, (void)column_scale, (void)scratch, (void)out;
   TORCH_INTERNAL_ASSERT(false, "bfloat16_rows_product without ATen's brgemm");
 #endif
 }

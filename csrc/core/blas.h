@@ -169,11 +169,13 @@ void gemm_on_this_thread(int64_t m, int64_t n, int64_t k, const T* a, int64_t ld
 // path is not there: a torch without ATen's bfloat16 brgemm, a CPU it cannot
 // pack for, N not a multiple of 64, or a W not exactly bfloat16 values.
 at::Tensor bfloat16_packed_columns(const at::Tensor& W);
-// out[rows, N] = g rounded to bfloat16 @ W, by the packing above; scratch
-// holds rows * N bfloat16 values (g's rounding). On the calling thread;
+// out[rows, N] = g rounded to bfloat16 @ W, by the packing above, where
+// with column_scale ([N], or null for none) each g[r][n] is first multiplied
+// by column_scale[n] (in float32) and that product rounded; scratch holds
+// rows * N bfloat16 values (the rounding). On the calling thread;
 // release_matrix_instructions() once the thread is done with them.
 void bfloat16_rows_product(const float* g, int64_t rows, int64_t N, const at::Tensor& packed,
-                           c10::BFloat16* scratch, float* out);
+                           const float* column_scale, c10::BFloat16* scratch, float* out);
 void release_matrix_instructions();
 
 }  // namespace torch_ext

@@ -775,39 +775,38 @@ bool bfloat16_products_and_w_rec(const at::Tensor& x, const OptionalTensor& w_in
 // default), since gU is then rounded to bfloat16 for them anyway (the spikes
 // are exact in it); by the spikes' density (a test hook forces it). Not
 // for float16, whose rounding of gU overflows past 65504 (grad_w_rec stays
-// the float32 op's), nor for a model whose gain takes a gradient (the
-// drive's w_rec share needs the float32 sums, and grad_w_rec's bits must not
-// depend on which gradients a call asks for).
-bool w_rec_grad_by_low_precision_product(const NeuronInfo& neuron, const at::Tensor& x,
-                                         const OptionalTensor& w_in, const OptionalTensor& w_rec,
-                                         const at::Tensor& spikes, at::ScalarType compute) {
-  if (!bfloat16_products_and_w_rec(x, w_in, w_rec, compute) || neuron.traits.gain_param >= 0) {
-    return false;
-  }
+// the float32 op's). A model whose gain takes a gradient then sums the
+// drive's w_rec share from the recurrent input recomputed by a product
+// (input_gradients), not from this product of the rounded gU.
+bool w_rec_grad_by_low_precision_product(const at::Tensor& x, const OptionalTensor& w_in,
+                                         const OptionalTensor& w_rec, const at::Tensor& spikes,
+                                         at::ScalarType compute) {
+  if (!bfloat16_products_and_w_rec(x, w_in, w_rec, compute)) return false;
   const int forced = forced_w_rec_product.load();
   if (forced >= 0) return forced == 1;
   // (float32 sums of 0/1 are exact below 2^24 ones, and close enough above.)
   return spikes.sum().item<double>() >= kLowPrecisionWRecDensity * static_cast<double>(spikes.numel());
 }
 
-// w_rec_adjoint packed for the reverse loop's per-step product in bfloat16
-// (loop.h, w_rec_packed), or undefined: only where the dense products take
-// MKL's bfloat16 path (gX is then rounded for the recurrent term as gU is
-// for them), all-to-all without delays, N >= kPackedRecurrenceMinN, and
-// where bfloat16_packed_columns can (w_rec_adjoint exactly bfloat16 values:
-// not the adaptive model's rows scaled by its gain).
+// w_rec packed for the reverse loop's per-step product in bfloat16 (loop.h,
+// w_rec_packed; the loop scales gX[t+1] by the model's gain before rounding
+// it), or undefined: only where the dense products take MKL's bfloat16 path
+// (gX is then rounded for the recurrent term as gU is for them), all-to-all
+// without delays, N >= kPackedRecurrenceMinN, and where
+// bfloat16_packed_columns can. w_rec: the loop's, in the compute dtype
+// (bfloat16 values).
 at::Tensor packed_recurrence(const at::Tensor& x, const OptionalTensor& w_in,
-                             const OptionalTensor& w_rec, const at::Tensor& w_rec_adjoint,
+                             const OptionalTensor& w_rec, const at::Tensor& loop_w_rec,
                              at::ScalarType compute, bool all_to_all) {
-  if (!w_rec_adjoint.defined() || !all_to_all ||
+  if (!loop_w_rec.defined() || !all_to_all ||
       !bfloat16_products_and_w_rec(x, w_in, w_rec, compute)) {
     return at::Tensor();
   }
   const int forced = forced_packed_recurrence.load();
-  if (forced == 0 || (forced < 0 && w_rec_adjoint.size(0) < kPackedRecurrenceMinN)) {
+  if (forced == 0 || (forced < 0 && loop_w_rec.size(0) < kPackedRecurrenceMinN)) {
     return at::Tensor();
   }
-  return bfloat16_packed_columns(w_rec_adjoint);
+  return bfloat16_packed_columns(loop_w_rec);
 }
 
 InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutputs& out,
@@ -867,6 +866,37 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     };
   };
   const at::Tensor x_2d = x.reshape({T * B, F});
+  // Where grad_w_rec is the product of the rounded gU, the drive's w_rec
+  // share is not taken from it: it is sum gU * rec, rec[t] = S[t-1] @ w_rec.T
+  // (S[0] = s0) recomputed as the forward sums it, up to order (the spikes
+  // are exact in the low-precision dtype, the products accumulate in
+  // float32; s0, which may be any value, in float32), added into current_2d.
+  const bool drive_rec_by_product =
+      need.drive && need.recurrence && need.w_rec_low_precision && w_rec.has_value();
+  // The spikes S[0..T-2] as [(T-1) * B, N] in the products' dtype (exact),
+  // converted once where grad_w_rec's product and the drive's recurrent
+  // input both read them.
+  const at::Tensor spikes_ops =
+      drive_rec_by_product && need.w_rec && T > 1
+          ? rows_rounded(in.spikes.narrow(0, 0, T - 1).reshape({(T - 1) * B, N}), 0, products,
+                         operands, false)
+          : at::Tensor();
+  auto add_recurrent_input = [&](at::Tensor current_2d) {
+    if (T == 0) return;
+    deterministic_mm_out(current_2d.narrow(0, 0, B), in.state.s0, in.state.w_rec.t(),
+                         /*accumulate=*/true);
+    if (T > 1) {
+      deterministic_mm_out(current_2d.narrow(0, B, (T - 1) * B),
+                           spikes_ops.defined()
+                               ? spikes_ops
+                               : in.spikes.narrow(0, 0, T - 1).reshape({(T - 1) * B, N}),
+                           w_rec->to(operands).contiguous().t(), /*accumulate=*/true,
+                           [&](const at::Tensor& piece, int64_t first) {
+                             return rows_rounded(piece, first, products, operands, false);
+                           });
+    }
+  };
+  bool drive_has_rec = false;
   if (need.x) {
     g.x = (w_in.has_value()
                ? deterministic_mm(grad_u_ops, scale_rows(gain, w_in_c).to(operands).contiguous())
@@ -882,11 +912,22 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   if (w_in.has_value() && (need.w_in || need.drive)) {
     // sum_t gU[t].T @ x[t]: one product over all T*B rows. (A binary x's
     // steps past a row's length add nothing: gU is 0 there.)
+    const bool drive_shares_product = operands == compute;
+    // Where both grad_w_in's product and the drive's input current (below)
+    // read x rounded, it is rounded once, whole (a pass over memory saved;
+    // the same bits: the products' pieces are those of x rounded whole).
+    const at::Tensor x_ops = !binary && !drive_shares_product && need.w_in && need.drive
+                                 ? x_rows_for_products(operands)(x_2d, 0)
+                                 : at::Tensor();
     auto input_product = [&](const at::Tensor& grad_u, at::ScalarType dtype) {
       if (binary) return binary_t_mm(*binary, grad_u.to(compute)).t().contiguous();
       at::Tensor m = at::empty({N, F}, opts);
-      deterministic_mm_out(m, grad_u.t(), x_2d, /*accumulate=*/false, {},
-                           x_rows_for_products(dtype));
+      if (x_ops.defined()) {
+        deterministic_mm_out(m, grad_u.t(), x_ops, /*accumulate=*/false);
+      } else {
+        deterministic_mm_out(m, grad_u.t(), x_2d, /*accumulate=*/false, {},
+                             x_rows_for_products(dtype));
+      }
       return m;
     };
     // The drive belongs to a float32 parameter, whose sums take gU as it is:
@@ -895,19 +936,32 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
     // sums in another order), recomputed by the forward's low-precision
     // product, rather than a float32 product of gU with x (several times
     // the low-precision one's cost on a CPU with instructions for it).
-    const bool drive_shares_product = operands == compute;
     at::Tensor m;
     if (need.w_in || drive_shares_product) m = input_product(grad_u_ops, operands);
     if (need.w_in) g.w_in = scale_rows(gain, m).to(w_in->scalar_type());
     if (need.drive && drive_shares_product) {
       drive = (w_in_c * m).sum(1);
     } else if (need.drive) {
-      at::Tensor current = input_current(x, w_in, std::nullopt, N, compute, /*backward=*/true);
+      at::Tensor current;
+      if (x_ops.defined()) {  // (the dense branch of input_current, on x_ops)
+        current = empty_buffer({T, B, N}, opts);
+        deterministic_mm_out(current.view({T * B, N}), x_ops, w_in->to(operands).contiguous().t());
+      } else {
+        current = input_current(x, w_in, std::nullopt, N, compute, /*backward=*/true);
+      }
+      if (drive_rec_by_product) add_recurrent_input(current.view({T * B, N}));
+      drive_has_rec = drive_rec_by_product;
       if (past_end.defined()) current.masked_fill_(past_end, 0);  // (padding: any value)
       drive = current.mul_(out.grad_input).sum(0).sum(0);
     }
   } else if (need.drive) {
     drive = (out.grad_input * x_rows_for_products(compute)(x_2d, 0).view({T, B, F})).sum(0).sum(0);
+  }
+  if (drive_rec_by_product && !drive_has_rec) {
+    at::Tensor rec = at::zeros({T * B, N}, opts);
+    add_recurrent_input(rec);
+    if (past_end_rows.defined()) rec.masked_fill_(past_end_rows, 0);
+    drive = drive + rec.mul_(grad_u_2d).sum(0);
   }
   if (need.drive && bias.has_value()) drive = drive + bias->to(compute) * out.bias_sum;
   if (need.bias) {
@@ -921,7 +975,7 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       g.w_rec = sum.to(w_rec->scalar_type());
     }
     if (need.drive) drive = drive + in.state.w_rec * out.w_rec_sum;
-  } else if (want_w_rec) {
+  } else if (want_w_rec && (need.w_rec || !drive_rec_by_product)) {
     at::Tensor m = out.w_rec_grad;
     if (!m.defined()) {
       // sum_t gU[t].T @ S[t-1], with S[0] = s0: two GEMMs instead of a copy of S.
@@ -932,8 +986,9 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
         if (need.w_rec_low_precision) {
           // gU rounded as for grad_w_in, the spikes converted (exactly) as read.
           const at::Tensor g = grad_u_ops.defined() ? grad_u_ops : rounded_to(grad_u_2d, operands);
-          deterministic_mm_out(m, g.narrow(0, B, rows).t(), spikes, /*accumulate=*/true, {},
-                               [&](const at::Tensor& piece, int64_t first) {
+          deterministic_mm_out(m, g.narrow(0, B, rows).t(),
+                               spikes_ops.defined() ? spikes_ops : spikes, /*accumulate=*/true,
+                               {}, [&](const at::Tensor& piece, int64_t first) {
                                  return rows_rounded(piece, first, products, operands, false);
                                });
         } else {
@@ -942,7 +997,7 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
       }
     }
     if (need.w_rec) g.w_rec = scale_rows(gain, m).to(w_rec->scalar_type());
-    if (need.drive) drive = drive + (in.state.w_rec * m).sum(1);
+    if (need.drive && !drive_rec_by_product) drive = drive + (in.state.w_rec * m).sum(1);
   }
   if (need.recurrence && need.s0 && s0.has_value()) {
     at::Tensor grad_s0 = out.grad_s0_reset;
@@ -1232,8 +1287,8 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
   std::vector<at::Tensor> grad_states;
   for (const OptionalTensor& g : t.grad_states) grad_states.push_back(incoming(g));
   const bool w_rec_low_precision =
-      need_w_rec && in_t.w_rec.has_value() && !one_to_one && !delayed &&
-      w_rec_grad_by_low_precision_product(neuron, x, in_t.w_in, in_t.w_rec, spikes_c, compute);
+      (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one && !delayed &&
+      w_rec_grad_by_low_precision_product(x, in_t.w_in, in_t.w_rec, spikes_c, compute);
   // The drive (sum gX * (I + rec)) needs the sums behind the bias and w_rec gradients too.
   BackwardLoopInputs in{std::move(state),
                         spikes_c,
@@ -1255,7 +1310,10 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
                         (need_w_rec || need_drive) && in_t.w_rec.has_value() && !one_to_one &&
                             !delayed && !w_rec_low_precision};
   in.w_rec_packed =
-      packed_recurrence(x, in_t.w_in, in_t.w_rec, w_rec_adjoint, compute, !one_to_one && !delayed);
+      packed_recurrence(x, in_t.w_in, in_t.w_rec, in.state.w_rec, compute, !one_to_one && !delayed);
+  if (in.w_rec_packed.defined() && gain.defined()) {
+    in.w_rec_packed_gain = gain.expand({N}).contiguous();  // (a parameter may be one value)
+  }
   in.need_delay_sums = need_delays || need_sigma;
   if (in.need_delay_sums && !kernel.per_synapse()) {
     in.delay_sum_taps = kernel.Kx.ne(0).logical_or(kernel.Ks.ne(0)).to(compute);

@@ -91,10 +91,12 @@ struct BackwardLoopInputs {
   // from P's non-zeros where at most this share of P is non-zero (< 0: never).
   bool need_delayed_w_rec_grad = false;
   double max_delayed_spike_density = -1;
-  // Optional (CPU, float32, all-to-all, no delays): w_rec_adjoint packed for
-  // bfloat16_rows_product, which then computes the recurrent term with
-  // gX[t+1] rounded to bfloat16.
-  at::Tensor w_rec_packed;
+  // Optional (CPU, float32, all-to-all, no delays): w_rec (bfloat16 values)
+  // packed for bfloat16_rows_product, which then computes the recurrent term
+  // as (gain * gX[t+1]) rounded to bfloat16 @ w_rec, with w_rec_packed_gain
+  // the model's input gain ([N]; undefined: 1), the same term as gX[t+1] @
+  // w_rec_adjoint up to that rounding.
+  at::Tensor w_rec_packed, w_rec_packed_gain;
 };
 
 struct BackwardLoopOutputs {

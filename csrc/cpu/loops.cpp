@@ -842,6 +842,10 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   // The per-step product on bfloat16 matrix instructions (float32 only;
   // w_rec_packed is set for all-to-all w_rec without delays only).
   const bool packed_product = std::is_same_v<scalar_t, float> && in.w_rec_packed.defined();
+  const float* packed_gain =
+      packed_product ? in.w_rec_packed_gain.defined() ? in.w_rec_packed_gain.const_data_ptr<float>()
+                                                      : nullptr
+                     : nullptr;
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     const SingleThreadedBlas single_threaded;
     std::vector<scalar_t> rec_buffer(W != nullptr || W1 != nullptr ? block_rows * N : 0);
@@ -918,7 +922,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           if (packed_product) {
             if constexpr (std::is_same_v<scalar_t, float>) {
               bfloat16_rows_product(gU + (t + 1) * BN + b0 * N, rows, N, in.w_rec_packed,
-                                    rounded_rows.data(), rec_buffer.data());
+                                    packed_gain, rounded_rows.data(), rec_buffer.data());
             }
           } else {
             gemm_on_this_thread<scalar_t>(rows, N, N, gU + (t + 1) * BN + b0 * N, N, W, N,
