@@ -831,8 +831,10 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   const at::ScalarType products = products_dtype(x, w_in);
   const at::ScalarType operands = operands_dtype(products, x, compute);
   const at::Tensor grad_u_ops =
-      w_in.has_value() && (need.x || need.w_in || need.drive) ? rounded_to(grad_u_2d, operands)
-                                                             : at::Tensor();
+      !(w_in.has_value() && (need.x || need.w_in || need.drive)) ? at::Tensor()
+      : out.grad_input_rounded.defined() && operands == at::kBFloat16
+          ? out.grad_input_rounded.view({T * B, N})  // (the reverse loop's rounding)
+          : rounded_to(grad_u_2d, operands);
   // [T, B, 1]: the steps past each row's length, which take no part.
   const at::Tensor past_end =
       in.state.lengths.defined()
@@ -985,7 +987,10 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
         const at::Tensor spikes = in.spikes.narrow(0, 0, T - 1).reshape({rows, N});
         if (need.w_rec_low_precision) {
           // gU rounded as for grad_w_in, the spikes converted (exactly) as read.
-          const at::Tensor g = grad_u_ops.defined() ? grad_u_ops : rounded_to(grad_u_2d, operands);
+          const at::Tensor g = grad_u_ops.defined() ? grad_u_ops
+                               : out.grad_input_rounded.defined()
+                                   ? out.grad_input_rounded.view({T * B, N})
+                                   : rounded_to(grad_u_2d, operands);
           deterministic_mm_out(m, g.narrow(0, B, rows).t(),
                                spikes_ops.defined() ? spikes_ops : spikes, /*accumulate=*/true,
                                {}, [&](const at::Tensor& piece, int64_t first) {
@@ -1314,6 +1319,8 @@ std::vector<at::Tensor> neuron_backward(const NeuronInfo& neuron, const Backward
   if (in.w_rec_packed.defined() && gain.defined()) {
     in.w_rec_packed_gain = gain.expand({N}).contiguous();  // (a parameter may be one value)
   }
+  in.need_grad_input_rounded =
+      (in_t.w_in.has_value() && (need_x || need_w_in || need_drive)) || w_rec_low_precision;
   in.need_delay_sums = need_delays || need_sigma;
   if (in.need_delay_sums && !kernel.per_synapse()) {
     in.delay_sum_taps = kernel.Kx.ne(0).logical_or(kernel.Ks.ne(0)).to(compute);

@@ -97,12 +97,19 @@ struct BackwardLoopInputs {
   // the model's input gain ([N]; undefined: 1), the same term as gX[t+1] @
   // w_rec_adjoint up to that rounding.
   at::Tensor w_rec_packed, w_rec_packed_gain;
+  // With w_rec_packed and no gain: also return gX rounded to bfloat16
+  // (BackwardLoopOutputs::grad_input_rounded), the rows the per-step product
+  // rounds anyway, for the driver's products that round gX.
+  bool need_grad_input_rounded = false;
 };
 
 struct BackwardLoopOutputs {
   // [T, B, N]: gX[t], the gradient of the input state; dL/dI[t] is gX[t]
   // times the model's input gain.
   at::Tensor grad_input;
+  // [T, B, N] bfloat16: gX rounded to it, if asked for (need_grad_input_rounded)
+  // and computed; otherwise undefined.
+  at::Tensor grad_input_rounded;
   std::vector<at::Tensor> grad_initial;  // per state [B, N]: what reaches the initial state
   at::Tensor grad_s0_reset;  // [B, N]: through R[0] only (the w_rec part is added later)
   // [N] sums over t and b of each parameter's terms, of gX, and of gX[t] *

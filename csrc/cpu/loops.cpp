@@ -846,6 +846,13 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
       packed_product ? in.w_rec_packed_gain.defined() ? in.w_rec_packed_gain.const_data_ptr<float>()
                                                       : nullptr
                      : nullptr;
+  // gX rounded: the per-step product rounds rows 1..T-1 into it as it reads
+  // them (without a gain), row 0 is rounded after the loop.
+  if (packed_product && packed_gain == nullptr && in.need_grad_input_rounded) {
+    out.grad_input_rounded = empty_buffer({T, B, N}, opts.dtype(at::kBFloat16));
+  }
+  c10::BFloat16* gX_rounded =
+      out.grad_input_rounded.defined() ? out.grad_input_rounded.data_ptr<c10::BFloat16>() : nullptr;
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     const SingleThreadedBlas single_threaded;
     std::vector<scalar_t> rec_buffer(W != nullptr || W1 != nullptr ? block_rows * N : 0);
@@ -922,7 +929,10 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
           if (packed_product) {
             if constexpr (std::is_same_v<scalar_t, float>) {
               bfloat16_rows_product(gU + (t + 1) * BN + b0 * N, rows, N, in.w_rec_packed,
-                                    packed_gain, rounded_rows.data(), rec_buffer.data());
+                                    packed_gain,
+                                    gX_rounded != nullptr ? gX_rounded + (t + 1) * BN + b0 * N
+                                                          : rounded_rows.data(),
+                                    rec_buffer.data());
             }
           } else {
             gemm_on_this_thread<scalar_t>(rows, N, N, gU + (t + 1) * BN + b0 * N, N, W, N,
@@ -995,6 +1005,7 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
     }
     if (packed_product) release_matrix_instructions();
   });
+  if (gX_rounded != nullptr) out.grad_input_rounded[0].copy_(out.grad_input[0]);
   if (delay_sums && gP_small) {
     out.delay_sums = at::empty({D, N}, opts);
     for (int64_t k = 0; k < D; ++k) out.delay_sums[k] = sum_over_batch<scalar_t>(acc_delay[k]);
