@@ -97,17 +97,25 @@ def measure(T, B, N, args):
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}, errors, phases
 
 
-def w_rec_crossover(args, sizes=((200, 32, 128), (200, 32, 512)),
-                    scales=(0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.5)):
-    """Under autocast on the low-precision path, grad_w_rec as the loop's
-    float32 row adds at the spikes against one low-precision product (each
-    forced by the op's test hook), at spike rates set by x's scale:
-    forward + backward, medians of --reps interleaved repetitions. The op
-    picks the product above a fixed density; this is where that comes from."""
+CROSSOVERS = {  # test hook path: (what is compared, the sizes)
+    "w_rec_grad": ("grad_w_rec: row adds at the spikes against one low-precision product",
+                   ((200, 32, 128), (200, 32, 512))),
+    "forward_recurrence": ("the forward's recurrent input: the gather of the columns that "
+                           "fired against one bfloat16 product per step and block of rows",
+                           ((200, 32, 512),)),
+}
+
+
+def path_crossover(args, path, scales=(0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.5)):
+    """Under autocast on the low-precision path, one of the op's choices by
+    spike density (CROSSOVERS), each side forced by the op's test hook, at
+    spike rates set by x's scale: forward + backward, medians of --reps
+    interleaved repetitions. The op picks the product above a fixed density;
+    this is where that comes from."""
     dtype = getattr(torch, args.dtype)
-    print(f"grad_w_rec under autocast {args.dtype}: row adds at the spikes against one "
-          f"low-precision product ({torch.get_num_threads()} threads)")
-    print(f"{'T':>4} {'B':>3} {'N':>4} {'rate %':>7} {'row adds ms':>12} {'product ms':>11} "
+    what, sizes = CROSSOVERS[path]
+    print(f"under autocast {args.dtype}, {args.model}: {what} ({torch.get_num_threads()} threads)")
+    print(f"{'T':>4} {'B':>3} {'N':>4} {'rate %':>7} {'adds ms':>12} {'product ms':>11} "
           f"{'product / adds':>15}")
     rows = []
     for T, B, N in sizes:
@@ -120,14 +128,13 @@ def w_rec_crossover(args, sizes=((200, 32, 128), (200, 32, 512)),
 
             def go(mode):
                 def run():
-                    torch_ext._C._set_low_precision_path_forced("w_rec_grad",
-                                                                1 if mode == "dense" else 0)
+                    torch_ext._C._set_low_precision_path_forced(path, 1 if mode == "dense" else 0)
                     try:
                         with torch.autocast("cpu", dtype=dtype):
                             spikes = fused(x)[0]
                         torch.autograd.grad(spikes.float().sum(), inputs)
                     finally:
-                        torch_ext._C._set_low_precision_path_forced("w_rec_grad", -1)
+                        torch_ext._C._set_low_precision_path_forced(path, -1)
                     return spikes
                 return run
             rate = 100 * go("gather")().float().mean().item()
@@ -184,9 +191,14 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     parser.add_argument("--w-rec-crossover", action="store_true",
                         help="time grad_w_rec's two paths under autocast by spike rate")
+    parser.add_argument("--forward-crossover", action="store_true",
+                        help="time the forward recurrent input's two paths under autocast by "
+                             "spike rate")
     args = parser.parse_args(argv)
     if args.w_rec_crossover:
-        return w_rec_crossover(args)
+        return path_crossover(args, "w_rec_grad")
+    if args.forward_crossover:
+        return path_crossover(args, "forward_recurrence")
     sizes = args.size or [(200, 32, 512), (300, 32, 128)]
     low = args.dtype
     cpu = args.device == "cpu"

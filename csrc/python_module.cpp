@@ -149,8 +149,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_low_precision_path_forced", &torch_ext::set_low_precision_path_forced,
         py::arg("path"), py::arg("forced"),
         "Test hook: on MKL's bfloat16 path, 'w_rec_grad' (the spikes' share of grad_w_rec as one "
-        "bfloat16 product) or 'recurrence' (the reverse loop's per-step product on the bfloat16 "
-        "matrix instructions) always (1), never (0), or by the op's rules (-1).");
+        "bfloat16 product), 'recurrence' (the reverse loop's per-step product on the bfloat16 "
+        "matrix instructions) or 'forward_recurrence' (the forward's recurrent input on them) "
+        "always (1), never (0), or by the op's rules (-1).");
   m.def("resolve_slope", &resolve_slope, py::arg("op"), py::arg("reset"), py::arg("detach_reset"),
         py::arg("surrogate"), py::arg("slope"), py::arg("float64"),
         "Checks the options as the op does; returns the slope to use.");

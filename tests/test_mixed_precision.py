@@ -368,3 +368,83 @@ def test_float32_w_rec_next_to_bfloat16_w_in_keeps_float32_sums(path, monkeypatc
         finally:
             torch_ext._C._set_low_precision_path_forced(path, -1)
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def forward_recurrence_runs(op, forced, x, weights, lengths=None, save=True):
+    """Forward + backward of op under autocast bfloat16 with the forward's
+    recurrent-input product forced (1), never taken (0) or by the op's rules
+    (-1): (outputs, gradients of x and the weights)."""
+    torch_ext._C._set_low_precision_path_forced("forward_recurrence", forced)
+    try:
+        leaves = [x.clone().requires_grad_()] + [w.clone().requires_grad_() for w in weights]
+        flag = "save_membrane" if op == "recurrent_lif" else "save_state"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = getattr(torch_ext, op)(*leaves, lengths=lengths, **{flag: save})
+        g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(4))
+        return out, torch.autograd.grad(out[0] * g, leaves, torch.ones_like(out[0]))
+    finally:
+        torch_ext._C._set_low_precision_path_forced("forward_recurrence", -1)
+
+
+def recurrence_inputs(op, B, N, scale=1.0, bias_shift=0.0, T=25, F=24, seed=3):
+    torch.manual_seed(seed)
+    x = torch.randn(T, B, F) * (scale * (6.0 if op == "recurrent_adlif" else 1.0))
+    weights = [torch.randn(N, F) * (3 / F ** 0.5), torch.randn(N, N) * (0.5 / N ** 0.5),
+               torch.randn(N) * 0.1 + bias_shift]
+    return x, weights
+
+
+@pytest.mark.skipif("bfloat16" not in LOW, reason="no MKL bfloat16 products in this build")
+@pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_cubalif", "recurrent_adlif"])
+@pytest.mark.parametrize("B", [8, 20, 37])  # blocks of 16 rows: one, a partial one, three
+def test_forward_recurrent_input_on_bfloat16_matrix_instructions(op, B, monkeypatch):
+    """On MKL's bfloat16 path, where the CPU has bfloat16 matrix instructions,
+    the forward may take a block of rows' recurrent input at each step as one
+    product of the spikes (exact in bfloat16) with the rounded w_rec, float32
+    accumulation (forced here at N = 64; by default from N = 512 where the
+    spikes are dense enough): the gather's sums up to order, so the spikes
+    and states are the gather's to float32 rounding, with lengths; the
+    low-memory mode's replay takes the same path, to the bit. Elsewhere
+    nothing changes."""
+    use_path(monkeypatch, "on", torch.bfloat16)
+    N = 64
+    x, weights = recurrence_inputs(op, B, N)
+    lengths = torch.randint(0, x.shape[0] + 1, (B,), generator=torch.Generator().manual_seed(B))
+    (out_1, grads_1), (out_0, grads_0) = (forward_recurrence_runs(op, f, x, weights, lengths)
+                                          for f in (1, 0))
+    assert 0.02 < out_0[0].mean() < 0.9
+    if not RECURRENCE_PRODUCT:
+        assert all(torch.equal(a, b) for a, b in zip(out_1, out_0))
+        assert all(torch.equal(a, b) for a, b in zip(grads_1, grads_0))
+        return
+    assert torch.equal(out_1[0], out_0[0])  # (no threshold within rounding of these inputs)
+    for a, b in zip(out_1[1:], out_0[1:]):
+        torch.testing.assert_close(a, b, rtol=0, atol=4e-6 * b.abs().max().item())
+    for a, b in zip(grads_1, grads_0):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * b.abs().max().item())
+    replayed = forward_recurrence_runs(op, 1, x, weights, lengths, save=False)
+    assert all(torch.equal(a, b) for a, b in zip(replayed[0], out_1))
+    assert all(torch.equal(a, b) for a, b in zip(replayed[1], grads_1))
+
+
+@pytest.mark.skipif(not RECURRENCE_PRODUCT, reason="no bfloat16 matrix instructions here")
+@pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_adlif"])
+def test_forward_recurrent_input_product_by_density(op, monkeypatch):
+    """By default the forward takes the product from N = 512 on for a
+    block's step whose spikes before are at least 8 % ones, else the gather:
+    a sparse run is the gather's to the bit, a dense one the product's; at
+    N = 64 never; on the float32 path never."""
+    use_path(monkeypatch, "on", torch.bfloat16)
+    for N, scale, shift, want in ((512, 0.1, -0.5, 0), (512, 3.0, 1.5, 1), (64, 3.0, 1.5, 0)):
+        x, weights = recurrence_inputs(op, 16, N, scale, shift, T=8)
+        default, forced = (forward_recurrence_runs(op, f, x, weights) for f in (-1, want))
+        # (one block of 16 rows: the density of S[t-1] at each step t >= 1)
+        rates = default[0][0][:-1].float().mean(dim=(1, 2))
+        rate = rates.max().item() if scale < 1 else rates.min().item()
+        assert (rate < 0.08) if scale < 1 else (rate > 0.1), rate
+        assert all(torch.equal(a, b) for a, b in zip(default[0], forced[0])), (N, rate)
+        assert all(torch.equal(a, b) for a, b in zip(default[1], forced[1])), (N, rate)
+    use_path(monkeypatch, "off", torch.bfloat16)
+    x, weights = recurrence_inputs(op, 16, 512, 3.0, 1.5, T=8)
+    runs = [forward_recurrence_runs(op, f, x, weights) for f in (1, 0)]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][0], runs[1][0]))

@@ -130,9 +130,10 @@ void neuron_check(const NeuronInfo& neuron, const OpTensors& t, const OpSettings
 
 // Test hook for two paths of MKL's bfloat16 products: "w_rec_grad", the
 // spikes' share of grad_w_rec as one bfloat16 product; "recurrence", the
-// reverse loop's per-step product on the bfloat16 matrix instructions.
-// forced: 1 wherever the path can run, 0 never, -1 by the op's rules (the
-// default: the spikes' density; N).
+// reverse loop's per-step product on the bfloat16 matrix instructions;
+// "forward_recurrence", the forward's recurrent input on them.
+// forced: 1 wherever the path can run (the forward's at every step), 0
+// never, -1 by the op's rules (the default: the spikes' density; N).
 void set_low_precision_path_forced(const std::string& path, int forced);
 
 }  // namespace torch_ext

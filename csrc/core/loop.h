@@ -36,6 +36,14 @@ struct LoopInputs {
   // the taps by events at the spikes, with the taps a neuron uses as the
   // bits of one word (cpu/loops.cpp).
   bool spike_events = false;
+  // Optional (CPU, float32, all-to-all, no delays or mask): w_rec.T (bfloat16
+  // values) packed for bfloat16_rows_product. The forward then steps blocks
+  // of rows together and takes a block's recurrent input at step t >= 1 as
+  // one product S[t-1] @ w_rec.T on the CPU's bfloat16 matrix instructions
+  // (the spikes exact in bfloat16, float32 sums: the gather's sum up to
+  // order) where at least this share of the block's S[t-1] are ones.
+  at::Tensor w_out_packed;
+  double w_out_packed_density = 0;
 
   bool one_to_one() const { return w_rec.defined() && w_rec.dim() == 1; }
   bool delayed() const { return delay_taps.defined(); }

@@ -281,6 +281,10 @@ TORCH_EXT_CPU_CLONES void forward_row(
   }
 }
 
+// Rows per block of the loops that step a block of batch rows together (a
+// split fixed by B alone, so that results do not depend on the thread count).
+int64_t backward_rows_per_block(int64_t B) { return std::clamp<int64_t>((B + 7) / 8, 16, 64); }
+
 // The steps row b takes: all T, or its length (clamped to [0, T]).
 inline int64_t row_steps(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths == nullptr ? T : std::clamp<int64_t>(lengths[b], 0, T);
@@ -337,6 +341,66 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
   const std::vector<uint64_t> used_taps = events ? tap_bits(taps, D, N) : std::vector<uint64_t>();
 
   const int64_t* lengths = in.lengths.defined() ? in.lengths.data_ptr<int64_t>() : nullptr;
+
+  // The recurrent input on the CPU's bfloat16 matrix instructions
+  // (LoopInputs::w_out_packed): a block of rows steps together, and at each
+  // step t >= 1 their S[t-1] @ w_rec.T is one product where enough of those
+  // spikes are ones, else each row's gather.
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (in.w_out_packed.defined() && W != nullptr && !delayed && mask == nullptr) {
+      const int64_t block_rows = backward_rows_per_block(B);
+      const int64_t blocks = (B + block_rows - 1) / block_rows;
+      at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+        std::vector<float> rec_block(block_rows * N);
+        std::vector<c10::BFloat16> rounded(block_rows * N);
+        std::vector<uint64_t> sources(words);
+        for (int64_t block = block_begin; block < block_end; ++block) {
+          const int64_t b0 = block * block_rows, rows = std::min(block_rows, B - b0);
+          int64_t longest = 0;
+          for (int64_t b = b0; b < b0 + rows; ++b) {
+            const int64_t steps = row_steps(lengths, b, T);
+            longest = std::max(longest, steps);
+            for (int64_t t = steps; t < T; ++t) {  // past the row's length: spikes and states 0
+              for (int k = 0; k < K; ++k) std::fill_n(X[k] + (t * B + b) * N, N, 0.0f);
+              if constexpr (!Replay) std::fill_n(S + (t * B + b) * N, N, 0.0f);
+            }
+          }
+          for (int64_t t = 0; t < longest; ++t) {
+            const float* block_prev = t > 0 ? S + ((t - 1) * B + b0) * N : nullptr;
+            bool product = false;
+            if (t > 0) {
+              int64_t ones = 0;
+              for (int64_t e = 0; e < rows * N; ++e) ones += block_prev[e] != 0.0f;
+              product = static_cast<double>(ones) >=
+                        in.w_out_packed_density * static_cast<double>(rows * N);
+            }
+            if (product) {
+              bfloat16_rows_product(block_prev, rows, N, in.w_out_packed, nullptr, rounded.data(),
+                                    rec_block.data());
+            }
+            for (int64_t r = 0; r < rows; ++r) {
+              const int64_t b = b0 + r;
+              if (t >= row_steps(lengths, b, T)) continue;
+              const float* r_prev = t > 0 ? block_prev + r * N : in.s0.data_ptr<float>() + b * N;
+              float* rec = rec_block.data() + r * N;
+              if (!product) recurrent_input<float>(rec, W, r_prev, always_add.data(), sources.data(), N);
+              std::array<const float*, kMaxStates> prev{};
+              std::array<float*, kMaxStates> now{};
+              for (int k = 0; k < K; ++k) {
+                prev[k] = t > 0 ? X[k] + ((t - 1) * B + b) * N : X0[k] + b * N;
+                now[k] = X[k] + (t * B + b) * N;  // the input state holds I[t]
+              }
+              forward_row<float, M, R, Replay>(p[0], p[1], p[2], p[3], p[4], prev[0], prev[1],
+                                               r_prev, rec, now[0], now[1], S + (t * B + b) * N,
+                                               N);
+            }
+          }
+        }
+        release_matrix_instructions();
+      });
+      return;
+    }
+  }
 
   at::parallel_for(0, B, 1, [&](int64_t b_begin, int64_t b_end) {
     std::vector<scalar_t> rec_buffer(N, scalar_t(0));  // stays 0 without recurrence
@@ -739,7 +803,6 @@ TORCH_EXT_CPU_CLONES void add_product(scalar_t* __restrict__ out, const scalar_t
 // the per-step product is not dominated by the BLAS call's own overhead; at
 // most 64, and about B/8 in between, so that large batches give every core
 // several blocks.
-int64_t backward_rows_per_block(int64_t B) { return std::clamp<int64_t>((B + 7) / 8, 16, 64); }
 
 template <typename scalar_t, typename M, Reset R, Surrogate SG>
 BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
