@@ -102,7 +102,7 @@ CROSSOVERS = {  # test hook path: (what is compared, the sizes)
                    ((200, 32, 128), (200, 32, 512))),
     "forward_recurrence": ("the forward's recurrent input: the gather of the columns that "
                            "fired against one bfloat16 product per step and block of rows",
-                           ((200, 32, 512),)),
+                           ((300, 32, 128), (200, 32, 512))),
 }
 
 

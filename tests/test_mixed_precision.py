@@ -430,21 +430,23 @@ def test_forward_recurrent_input_on_bfloat16_matrix_instructions(op, B, monkeypa
 @pytest.mark.skipif(not RECURRENCE_PRODUCT, reason="no bfloat16 matrix instructions here")
 @pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_adlif"])
 def test_forward_recurrent_input_product_by_density(op, monkeypatch):
-    """By default the forward takes the product from N = 512 on for a
-    block's step whose spikes before are at least 8 % ones, else the gather:
-    a sparse run is the gather's to the bit, a dense one the product's; at
-    N = 64 never; on the float32 path never."""
+    """By default the forward takes the product for N a multiple of 64 and B
+    >= 32 (two blocks of 16 rows) at each block's step whose spikes before
+    are at least 8 % ones, else the gather: a sparse run is the gather's to
+    the bit, a dense one the product's; never for other N or B, nor on the
+    float32 path."""
     use_path(monkeypatch, "on", torch.bfloat16)
-    for N, scale, shift, want in ((512, 0.1, -0.5, 0), (512, 3.0, 1.5, 1), (64, 3.0, 1.5, 0)):
-        x, weights = recurrence_inputs(op, 16, N, scale, shift, T=8)
+    T = 8
+    for N, B, sparse, want in ((512, 32, True, 0), (512, 32, False, 1), (128, 32, False, 1),
+                               (48, 32, False, 0), (512, 16, False, 0)):
+        x, weights = recurrence_inputs(op, B, N, *((0.1, -0.5) if sparse else (3.0, 1.5)), T=T)
         default, forced = (forward_recurrence_runs(op, f, x, weights) for f in (-1, want))
-        # (one block of 16 rows: the density of S[t-1] at each step t >= 1)
-        rates = default[0][0][:-1].float().mean(dim=(1, 2))
-        rate = rates.max().item() if scale < 1 else rates.min().item()
-        assert (rate < 0.08) if scale < 1 else (rate > 0.1), rate
-        assert all(torch.equal(a, b) for a, b in zip(default[0], forced[0])), (N, rate)
-        assert all(torch.equal(a, b) for a, b in zip(default[1], forced[1])), (N, rate)
+        # the density of each block's S[t-1] at each step t >= 1
+        rates = default[0][0][:-1].float().reshape(T - 1, -1, 16 * N).mean(2)
+        assert rates.max() < 0.08 if sparse else rates.min() > 0.1, rates
+        assert all(torch.equal(a, b) for a, b in zip(default[0], forced[0])), (N, B)
+        assert all(torch.equal(a, b) for a, b in zip(default[1], forced[1])), (N, B)
     use_path(monkeypatch, "off", torch.bfloat16)
-    x, weights = recurrence_inputs(op, 16, 512, 3.0, 1.5, T=8)
+    x, weights = recurrence_inputs(op, 32, 512, 3.0, 1.5, T=T)
     runs = [forward_recurrence_runs(op, f, x, weights) for f in (1, 0)]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][0], runs[1][0]))

@@ -748,12 +748,18 @@ struct InputGradsNeeded {
 // they are within noise of each other up to 16 % and 0.88 from 22 %.
 constexpr double kLowPrecisionWRecDensity = 0.05;
 // The reverse loop's per-step product gX[t+1] @ w_rec on the CPU's bfloat16
-// matrix instructions (bfloat16_rows_product) from this N on: measured for
-// 16 rows on an AMX Xeon (one thread), float32 sgemm 49.5 us at N = 512
-// against about 30 us (MKL's bfloat16 product, which repacks w_rec at every
-// call: 37 us); at N = 128, 5.4 against 4.0 us for MKL's, too little to pay
-// for the rounding of gX.
-constexpr int64_t kPackedRecurrenceMinN = 512;
+// matrix instructions (bfloat16_rows_product) from this N on (packing needs
+// a multiple of 64): measured for 16 rows on an AMX Xeon (one thread),
+// float32 sgemm 49.5 us at N = 512 against about 30 us (MKL's bfloat16
+// product, which repacks w_rec at every call: 37 us). Since the loop's
+// rounding of gX also serves the backward's products (grad_input_rounded),
+// it pays at smaller N too: LIF under autocast, fwd + bwd, T = 300, B = 32,
+// 2 threads, bfloat16 recurrence against float32: 0.88x at N = 64, 0.87x at
+// 128, 0.82x at 256 (B = 8, N = 128: 0.87x).
+constexpr int64_t kPackedRecurrenceMinN = 64;
+// The forward's product needs at least two blocks of rows to keep two
+// threads busy as its gather does (blocks of 16 rows for B up to 128).
+constexpr int64_t kPackedForwardMinB = 32;
 // The forward's recurrent input of a block of rows as one bfloat16 product
 // per step (LoopInputs::w_out_packed), from the same N, where at least this
 // share of the block's spikes at the step before are ones (below it the
@@ -827,7 +833,10 @@ void plan_packed_forward(LoopInputs& in, const OpTensors& t, at::ScalarType comp
     return;
   }
   const int forced = forced_packed_forward.load();
-  if (forced == 0 || (forced < 0 && in.w_rec.size(0) < kPackedRecurrenceMinN)) return;
+  if (forced == 0 || (forced < 0 && (in.w_rec.size(0) < kPackedRecurrenceMinN ||
+                                      t.x.size(1) < kPackedForwardMinB))) {
+    return;
+  }
   in.w_out_packed = bfloat16_packed_columns(in.w_rec.t().contiguous());
   in.w_out_packed_density = forced == 1 ? 0.0 : kPackedForwardDensity;
 }
