@@ -282,12 +282,17 @@ constexpr int64_t kPackedColumns = 64;
 at::Tensor bfloat16_packed_columns(const at::Tensor& W) {
 #if TORCH_EXT_HAS_BRGEMM
   const int64_t N = W.size(0);
-  if (!W.is_cpu() || W.scalar_type() != at::kFloat || W.dim() != 2 || W.size(1) != N ||
-      N % kPackedColumns != 0 || !at::native::cpublas::could_pack(at::kBFloat16)) {
+  const bool bf16 = W.scalar_type() == at::kBFloat16;
+  if (!W.is_cpu() || !(W.scalar_type() == at::kFloat || bf16) || W.dim() != 2 ||
+      W.size(1) != N || N % kPackedColumns != 0 ||
+      !at::native::cpublas::could_pack(at::kBFloat16)) {
     return at::Tensor();
   }
-  const at::Tensor w16 = W.contiguous().to(at::kBFloat16);
-  if (!at::equal(w16.to(at::kFloat), W)) return at::Tensor();  // (NaN too: never equal)
+  const at::Tensor w16 = bf16 ? W.contiguous() : W.contiguous().to(at::kBFloat16);
+  // (No NaN: a float32 W with one is never equal to its rounding.)
+  if (bf16 ? w16.isnan().any().item<bool>() : !at::equal(w16.to(at::kFloat), W)) {
+    return at::Tensor();
+  }
   const int64_t blocks = N / kPackedColumns;
   at::Tensor packed = at::empty({blocks, N * kPackedColumns}, w16.options());
   try {  // (oneDNN throws where it cannot pack a shape: then the float32 product)

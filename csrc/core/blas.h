@@ -167,7 +167,8 @@ void gemm_on_this_thread(int64_t m, int64_t n, int64_t k, const T* a, int64_t ld
 // backward in blocks of 64 columns, where each call repacks it with MKL.
 // bfloat16_packed_columns(W): that packing, or an undefined tensor where the
 // path is not there: a torch without ATen's bfloat16 brgemm, a CPU it cannot
-// pack for, N not a multiple of 64, or a W not exactly bfloat16 values.
+// pack for, N not a multiple of 64, or a W not exactly bfloat16 values (W
+// float32 or bfloat16; one holding a NaN is not packed either).
 at::Tensor bfloat16_packed_columns(const at::Tensor& W);
 // out[rows, N] = g rounded to bfloat16 @ W, by the packing above, where
 // with column_scale ([N], or null for none) each g[r][n] is first multiplied

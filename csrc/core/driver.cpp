@@ -798,8 +798,10 @@ bool w_rec_grad_by_low_precision_product(const at::Tensor& x, const OptionalTens
   if (!bfloat16_products_and_w_rec(x, w_in, w_rec, compute)) return false;
   const int forced = forced_w_rec_product.load();
   if (forced >= 0) return forced == 1;
-  // (float32 sums of 0/1 are exact below 2^24 ones, and close enough above.)
-  return spikes.sum().item<double>() >= kLowPrecisionWRecDensity * static_cast<double>(spikes.numel());
+  // The density of every fourth step's spikes (a quarter of a pass over
+  // them; float32 sums of 0/1 are exact below 2^24 ones, and close enough above).
+  const at::Tensor sample = spikes.slice(0, 0, spikes.size(0), 4);
+  return sample.sum().item<double>() >= kLowPrecisionWRecDensity * static_cast<double>(sample.numel());
 }
 
 // w_rec packed for the reverse loop's per-step product in bfloat16 (loop.h,
@@ -807,8 +809,8 @@ bool w_rec_grad_by_low_precision_product(const at::Tensor& x, const OptionalTens
 // it), or undefined: only where the dense products take MKL's bfloat16 path
 // (gX is then rounded for the recurrent term as gU is for them), all-to-all
 // without delays, N >= kPackedRecurrenceMinN, and where
-// bfloat16_packed_columns can. w_rec: the loop's, in the compute dtype
-// (bfloat16 values).
+// bfloat16_packed_columns can (the bfloat16 parameter packed as it is).
+// loop_w_rec: the loop's w_rec, in the compute dtype.
 at::Tensor packed_recurrence(const at::Tensor& x, const OptionalTensor& w_in,
                              const OptionalTensor& w_rec, const at::Tensor& loop_w_rec,
                              at::ScalarType compute, bool all_to_all) {
@@ -820,7 +822,7 @@ at::Tensor packed_recurrence(const at::Tensor& x, const OptionalTensor& w_in,
   if (forced == 0 || (forced < 0 && loop_w_rec.size(0) < kPackedRecurrenceMinN)) {
     return at::Tensor();
   }
-  return bfloat16_packed_columns(loop_w_rec);
+  return bfloat16_packed_columns(*w_rec);  // (bfloat16: as it is)
 }
 
 // The forward's (and the low-memory backward's replay's) recurrent input
@@ -837,7 +839,7 @@ void plan_packed_forward(LoopInputs& in, const OpTensors& t, at::ScalarType comp
                                       t.x.size(1) < kPackedForwardMinB))) {
     return;
   }
-  in.w_out_packed = bfloat16_packed_columns(in.w_rec.t().contiguous());
+  in.w_out_packed = bfloat16_packed_columns(t.w_rec->t().contiguous());  // (bfloat16)
   in.w_out_packed_density = forced == 1 ? 0.0 : kPackedForwardDensity;
 }
 
@@ -856,8 +858,9 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   const bool one_to_one = in.state.one_to_one();
   InputGrads g{none(), none(), none(), none(), none(), at::Tensor()};
   const at::Tensor w_in_c =
-      w_in.has_value() && (need.x || need.drive) ? compute_contiguous(*w_in, compute)
-                                                 : at::Tensor();
+      w_in.has_value() && ((need.x && gain.defined()) || need.drive)
+          ? compute_contiguous(*w_in, compute)
+          : at::Tensor();
   // The products' operands: low-precision inputs multiply in their own dtype
   // (gU rounded to it) with float32 accumulation, as the forward's projection.
   const at::ScalarType products = products_dtype(x, w_in);
@@ -933,7 +936,9 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   bool drive_has_rec = false;
   if (need.x) {
     g.x = (w_in.has_value()
-               ? deterministic_mm(grad_u_ops, scale_rows(gain, w_in_c).to(operands).contiguous())
+               ? deterministic_mm(grad_u_ops,
+                                  gain.defined() ? scale_rows(gain, w_in_c).to(operands).contiguous()
+                                                 : w_in->to(operands).contiguous())
                      .view({T, B, F})
                : (gain.defined() ? out.grad_input * gain : out.grad_input))
               .to(x.scalar_type());
