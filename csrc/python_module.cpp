@@ -74,8 +74,9 @@ py::dict build_info() {
   info["cpu_low_precision_products"] = low_precision;
   info["cpu_low_precision_instructions"] = instructions;
   info["cpu_product_paths"] = cpu_paths;
-  // Whether the reverse loop's per-step product can run on bfloat16 matrix
-  // instructions here (ATen's brgemm, a CPU it packs for: AMX).
+  // Whether the loops' per-step recurrent products (the forward's and the
+  // reverse loop's) can run on bfloat16 matrix instructions here (ATen's
+  // brgemm, a CPU it packs for: AMX).
   info["cpu_bfloat16_recurrence_product"] =
       torch_ext::bfloat16_packed_columns(at::zeros({64, 64})).defined();
 #ifdef WITH_CUDA
