@@ -317,7 +317,7 @@ def test_recurrence_product_on_bfloat16_matrix_instructions(op, monkeypatch, for
     """On MKL's bfloat16 path, where the CPU has bfloat16 matrix instructions
     (build_info()["cpu_bfloat16_recurrence_product"]), the reverse loop's
     per-step product gX[t+1] @ w_rec rounds gX to bfloat16 (N = 64 here,
-    forced; by default from N = 512): the forward is untouched, every
+    forced; by default for N a multiple of 64): the forward is untouched, every
     gradient is within a few bfloat16 roundings of the float32 recurrence's.
     (The adaptive model scales gX[t+1] by its gain before rounding it.)
     Elsewhere nothing changes."""
@@ -396,13 +396,13 @@ def recurrence_inputs(op, B, N, scale=1.0, bias_shift=0.0, T=25, F=24, seed=3):
 
 @pytest.mark.skipif("bfloat16" not in LOW, reason="no MKL bfloat16 products in this build")
 @pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_cubalif", "recurrent_adlif"])
-@pytest.mark.parametrize("B", [8, 20, 37])  # blocks of 16 rows: one, a partial one, three
+@pytest.mark.parametrize("B", [8, 20, 37])  # blocks of 16 rows: one partial, a full and a partial, three
 def test_forward_recurrent_input_on_bfloat16_matrix_instructions(op, B, monkeypatch):
     """On MKL's bfloat16 path, where the CPU has bfloat16 matrix instructions,
     the forward may take a block of rows' recurrent input at each step as one
     product of the spikes (exact in bfloat16) with the rounded w_rec, float32
-    accumulation (forced here at N = 64; by default from N = 512 where the
-    spikes are dense enough): the gather's sums up to order, so the spikes
+    accumulation (forced here at N = 64; by default for N a multiple of 64
+    and B >= 32 where the spikes are dense enough): the gather's sums up to order, so the spikes
     and states are the gather's to float32 rounding, with lengths; the
     low-memory mode's replay takes the same path, to the bit. Elsewhere
     nothing changes."""
@@ -428,6 +428,23 @@ def test_forward_recurrent_input_on_bfloat16_matrix_instructions(op, B, monkeypa
 
 
 @pytest.mark.skipif(not RECURRENCE_PRODUCT, reason="no bfloat16 matrix instructions here")
+@pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_cubalif", "recurrent_adlif"])
+def test_forward_recurrent_input_product_is_taken(op, monkeypatch):
+    """The forward's product really runs: with w_rec's entries six orders of
+    magnitude apart, its float32 sums (in the matrix instructions' order)
+    round differently from the gather's (in the order of the neurons that
+    fired), so the states differ in their last bits where it is forced."""
+    use_path(monkeypatch, "on", torch.bfloat16)
+    T, B, F, N = 10, 32, 24, 64
+    x, (w_in, _, bias) = recurrence_inputs(op, B, N, 0.5, 1.0, T=T, F=F)
+    w_rec = torch.randn(N, N) * 10.0 ** torch.randint(-6, 1, (N, N)).float()
+    out_1, _ = forward_recurrence_runs(op, 1, x, [w_in, w_rec, bias])
+    out_0, _ = forward_recurrence_runs(op, 0, x, [w_in, w_rec, bias])
+    assert 0.02 < out_0[0].mean() < 0.9
+    assert not all(torch.equal(a, b) for a, b in zip(out_1[1:], out_0[1:])), "not taken"
+
+
+@pytest.mark.skipif(not RECURRENCE_PRODUCT, reason="no bfloat16 matrix instructions here")
 @pytest.mark.parametrize("op", ["recurrent_lif", "recurrent_adlif"])
 def test_forward_recurrent_input_product_by_density(op, monkeypatch):
     """By default the forward takes the product for N a multiple of 64 and B
@@ -446,6 +463,13 @@ def test_forward_recurrent_input_product_by_density(op, monkeypatch):
         assert rates.max() < 0.08 if sparse else rates.min() > 0.1, rates
         assert all(torch.equal(a, b) for a, b in zip(default[0], forced[0])), (N, B)
         assert all(torch.equal(a, b) for a, b in zip(default[1], forced[1])), (N, B)
+    # The low-memory replay makes the same choices by density, with lengths.
+    x, weights = recurrence_inputs(op, 37, 128, 1.0, 0.3, T=T)
+    lengths = torch.randint(0, T + 1, (37,), generator=torch.Generator().manual_seed(1))
+    saved, replayed = (forward_recurrence_runs(op, -1, x, weights, lengths, save=save)
+                       for save in (True, False))
+    assert all(torch.equal(a, b) for a, b in zip(saved[0], replayed[0]))
+    assert all(torch.equal(a, b) for a, b in zip(saved[1], replayed[1]))
     use_path(monkeypatch, "off", torch.bfloat16)
     x, weights = recurrence_inputs(op, 32, 512, 3.0, 1.5, T=T)
     runs = [forward_recurrence_runs(op, f, x, weights) for f in (1, 0)]

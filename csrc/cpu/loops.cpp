@@ -15,6 +15,12 @@
 // stays: it needs no synchronisation per step and gets cheaper as spikes get
 // sparser. A source neuron whose weights are not all finite is always added,
 // spike or not, so that inf/NaN spread as in the dense product (0 * inf = NaN).
+// The exception: on a CPU with bfloat16 matrix instructions (AMX) and
+// bfloat16 weights (LoopInputs::w_out_packed), blocks of rows step together
+// and a block's dense steps take one product on them, which is several
+// times faster than float32 there; whether a step of a row takes the product
+// or the gather then depends on the other rows of its block (a split fixed
+// by B, not by the thread count), as do its sums' order and last bits.
 //
 // Backward: gU[t+1] (the gradient of the model's input state, the one the
 // recurrent input enters) is dense, so the recurrent term gU[t+1] @
