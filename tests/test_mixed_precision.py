@@ -301,6 +301,16 @@ def test_adaptive_alpha_gradient_takes_gu_unrounded(path, lengths, w_rec_product
         assert (g_got[2].float() - g_want[2].float()).norm() <= 8 * eps * g_want[2].float().norm()
 
 
+def recurrence_inputs(op, B, N, scale=1.0, bias_shift=0.0, T=25, F=24, seed=3):
+    """x [T, B, F] and w_in, w_rec, bias for the recurrence tests: a moderate
+    spike rate (scale and bias_shift move it)."""
+    torch.manual_seed(seed)
+    x = torch.randn(T, B, F) * (scale * (6.0 if op == "recurrent_adlif" else 1.0))
+    weights = [torch.randn(N, F) * (3 / F ** 0.5), torch.randn(N, N) * (0.5 / N ** 0.5),
+               torch.randn(N) * 0.1 + bias_shift]
+    return x, weights
+
+
 @pytest.fixture
 def force_recurrence():
     """The test hook that forces the reverse loop's bfloat16 per-step product."""
@@ -322,11 +332,7 @@ def test_recurrence_product_on_bfloat16_matrix_instructions(op, monkeypatch, for
     (The adaptive model scales gX[t+1] by its gain before rounding it.)
     Elsewhere nothing changes."""
     use_path(monkeypatch, "on", torch.bfloat16)
-    torch.manual_seed(3)
-    T, B, F, N = 25, 8, 24, 64
-    x = torch.randn(T, B, F) * (6.0 if op == "recurrent_adlif" else 1.0)  # (a spike rate)
-    weights = [torch.randn(N, F) * (3 / F ** 0.5), torch.randn(N, N) * (0.5 / N ** 0.5),
-               torch.randn(N) * 0.1]
+    x, weights = recurrence_inputs(op, B=8, N=64)
     runs = {}
     for forced in (1, 0):
         force_recurrence(forced)
@@ -384,14 +390,6 @@ def forward_recurrence_runs(op, forced, x, weights, lengths=None, save=True):
         return out, torch.autograd.grad(out[0] * g, leaves, torch.ones_like(out[0]))
     finally:
         torch_ext._C._set_low_precision_path_forced("forward_recurrence", -1)
-
-
-def recurrence_inputs(op, B, N, scale=1.0, bias_shift=0.0, T=25, F=24, seed=3):
-    torch.manual_seed(seed)
-    x = torch.randn(T, B, F) * (scale * (6.0 if op == "recurrent_adlif" else 1.0))
-    weights = [torch.randn(N, F) * (3 / F ** 0.5), torch.randn(N, N) * (0.5 / N ** 0.5),
-               torch.randn(N) * 0.1 + bias_shift]
-    return x, weights
 
 
 @pytest.mark.skipif("bfloat16" not in LOW, reason="no MKL bfloat16 products in this build")

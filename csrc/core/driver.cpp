@@ -865,11 +865,16 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
   // (gU rounded to it) with float32 accumulation, as the forward's projection.
   const at::ScalarType products = products_dtype(x, w_in);
   const at::ScalarType operands = operands_dtype(products, x, compute);
-  const at::Tensor grad_u_ops =
-      !(w_in.has_value() && (need.x || need.w_in || need.drive)) ? at::Tensor()
-      : out.grad_input_rounded.defined() && operands == at::kBFloat16
-          ? out.grad_input_rounded.view({T * B, N})  // (the reverse loop's rounding)
-          : rounded_to(grad_u_2d, operands);
+  // gU rounded to the operands' dtype: the reverse loop's rounding where it
+  // kept it, else a pass here.
+  auto rounded_grad_u = [&] {
+    return out.grad_input_rounded.defined() && operands == at::kBFloat16
+               ? out.grad_input_rounded.view({T * B, N})
+               : rounded_to(grad_u_2d, operands);
+  };
+  const at::Tensor grad_u_ops = w_in.has_value() && (need.x || need.w_in || need.drive)
+                                    ? rounded_grad_u()
+                                    : at::Tensor();
   // [T, B, 1]: the steps past each row's length, which take no part.
   const at::Tensor past_end =
       in.state.lengths.defined()
@@ -1024,10 +1029,7 @@ InputGrads input_gradients(const BackwardLoopInputs& in, const BackwardLoopOutpu
         const at::Tensor spikes = in.spikes.narrow(0, 0, T - 1).reshape({rows, N});
         if (need.w_rec_low_precision) {
           // gU rounded as for grad_w_in, the spikes converted (exactly) as read.
-          const at::Tensor g = grad_u_ops.defined() ? grad_u_ops
-                               : out.grad_input_rounded.defined()
-                                   ? out.grad_input_rounded.view({T * B, N})
-                                   : rounded_to(grad_u_2d, operands);
+          const at::Tensor g = grad_u_ops.defined() ? grad_u_ops : rounded_grad_u();
           deterministic_mm_out(m, g.narrow(0, B, rows).t(),
                                spikes_ops.defined() ? spikes_ops : spikes, /*accumulate=*/true,
                                {}, [&](const at::Tensor& piece, int64_t first) {

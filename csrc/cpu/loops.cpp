@@ -287,8 +287,13 @@ TORCH_EXT_CPU_CLONES void forward_row(
   }
 }
 
-// Rows per block of the loops that step a block of batch rows together (a
-// split fixed by B alone, so that results do not depend on the thread count).
+// Batch rows per block of the loops that step a block of rows together (the
+// backward; the forward on bfloat16 matrix instructions): fixed by the shape
+// alone (never by the thread count), so every block's products and sums, and
+// the results, are the same however many threads share the blocks. At least
+// 16 rows, so that the per-step product is not dominated by the BLAS call's
+// own overhead; at most 64, and about B/8 in between, so that large batches
+// give every core several blocks.
 int64_t backward_rows_per_block(int64_t B) { return std::clamp<int64_t>((B + 7) / 8, 16, 64); }
 
 // The steps row b takes: all T, or its length (clamped to [0, T]).
@@ -347,6 +352,13 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
   const std::vector<uint64_t> used_taps = events ? tap_bits(taps, D, N) : std::vector<uint64_t>();
 
   const int64_t* lengths = in.lengths.defined() ? in.lengths.data_ptr<int64_t>() : nullptr;
+  // Row b past its length (steps taken): spikes and states 0.
+  auto clear_past_length = [&](int64_t b, int64_t steps) {
+    for (int64_t t = steps; t < T; ++t) {
+      for (int k = 0; k < K; ++k) std::fill_n(X[k] + (t * B + b) * N, N, scalar_t(0));
+      if constexpr (!Replay) std::fill_n(S + (t * B + b) * N, N, scalar_t(0));
+    }
+  };
 
   // The recurrent input on the CPU's bfloat16 matrix instructions
   // (LoopInputs::w_out_packed): a block of rows steps together, and at each
@@ -366,10 +378,7 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
           for (int64_t b = b0; b < b0 + rows; ++b) {
             const int64_t steps = row_steps(lengths, b, T);
             longest = std::max(longest, steps);
-            for (int64_t t = steps; t < T; ++t) {  // past the row's length: spikes and states 0
-              for (int k = 0; k < K; ++k) std::fill_n(X[k] + (t * B + b) * N, N, 0.0f);
-              if constexpr (!Replay) std::fill_n(S + (t * B + b) * N, N, 0.0f);
-            }
+            clear_past_length(b, steps);
           }
           for (int64_t t = 0; t < longest; ++t) {
             const float* block_prev = t > 0 ? S + ((t - 1) * B + b0) * N : nullptr;
@@ -420,10 +429,7 @@ void forward_rows(const LoopInputs& in, std::vector<at::Tensor>& states, at::Ten
       for (int k = 0; k < K; ++k) prev[k] = X0[k] + b * N;
       const scalar_t* r_prev = in.s0.data_ptr<scalar_t>() + b * N;
       const int64_t steps = row_steps(lengths, b, T);
-      for (int64_t t = steps; t < T; ++t) {  // past the row's length: spikes and states 0
-        for (int k = 0; k < K; ++k) std::fill_n(X[k] + (t * B + b) * N, N, scalar_t(0));
-        if constexpr (!Replay) std::fill_n(S + (t * B + b) * N, N, scalar_t(0));
-      }
+      clear_past_length(b, steps);
       auto spikes_at = [&](int64_t step) { return spikes_row(S, history, step, b, B, N, D); };
       if (events) ring.start(history + b * N, B * N);
       for (int64_t t = 0; t < steps; ++t) {
@@ -803,13 +809,6 @@ TORCH_EXT_CPU_CLONES void add_product(scalar_t* __restrict__ out, const scalar_t
   for (int64_t n = 0; n < N; ++n) out[n] += a[n] * b[n];
 }
 
-// Batch rows per block of the backward: fixed by the shape alone (never by
-// the thread count), so every block's products and sums, and the results, are
-// the same however many threads share the blocks. At least 16 rows, so that
-// the per-step product is not dominated by the BLAS call's own overhead; at
-// most 64, and about B/8 in between, so that large batches give every core
-// several blocks.
-
 template <typename scalar_t, typename M, Reset R, Surrogate SG>
 BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   constexpr int K = num_states_of<M>, P = num_params_of<M>, kIn = M::kTraits.input_state;
@@ -925,7 +924,8 @@ BackwardLoopOutputs backward_steps(const BackwardLoopInputs& in) {
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     const SingleThreadedBlas single_threaded;
     std::vector<scalar_t> rec_buffer(W != nullptr || W1 != nullptr ? block_rows * N : 0);
-    std::vector<c10::BFloat16> rounded_rows(packed_product ? block_rows * N : 0);
+    std::vector<c10::BFloat16> rounded_rows(packed_product && gX_rounded == nullptr ? block_rows * N
+                                                                                  : 0);
     std::vector<scalar_t> ring(ring_needed ? D * block_rows * N : 0);
     std::vector<scalar_t> masked(delayed && mask != nullptr ? block_rows * N : 0);
     std::vector<scalar_t> scratch(N);
